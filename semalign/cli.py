@@ -1,0 +1,61 @@
+"""The ``semalign`` command line.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)`` adding an
+argparse sub-parser whose ``func`` default is called with the parsed arguments and returns the
+process exit code. Modules are imported lazily so ``semalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from semalign import __version__
+
+#: Modules that contribute subcommands (each defines ``register(subparsers)``).
+COMMAND_MODULES: tuple[str, ...] = (
+    "semalign.simulate",
+)
+
+
+class UserError(Exception):
+    """An error caused by bad input: reported as one line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semalign",
+        description="Federated latent-space alignment for multi-user semantic communications.",
+    )
+    parser.add_argument("--version", action="version", version=f"semalign {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"semalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"semalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
