@@ -1,0 +1,84 @@
+"""Each user's downstream task: a linear softmax classifier on its own native latents.
+
+A user trains it on its own native train latents (never on anything received) and uses it to
+classify decoded latents. Weights are a plain ``.npz`` so any node can load them without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LinearClassifier:
+    """Multinomial logistic regression on standardized features.
+
+    Attributes:
+        mean: (d,) feature mean used for standardization.
+        scale: (d,) feature standard deviation (floored at 1e-8).
+        weight: (c, d) class weights on standardized features.
+        bias: (c,) class biases.
+        classes: (c,) int64 class labels.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    classes: np.ndarray
+
+    def decision_function(self, latents: np.ndarray) -> np.ndarray:
+        """Scores (n, c) for latents (n, d)."""
+        z = (np.asarray(latents, dtype=np.float64) - self.mean) / self.scale
+        return z @ self.weight.T + self.bias
+
+    def predict(self, latents: np.ndarray) -> np.ndarray:
+        """Predicted labels (n,) int64 for latents (n, d)."""
+        return self.classes[np.argmax(self.decision_function(latents), axis=1)]
+
+    def accuracy(self, latents: np.ndarray, labels: np.ndarray) -> float:
+        """Fraction of rows of ``latents`` (n, d) classified as ``labels`` (n,)."""
+        if len(labels) == 0:
+            raise ValueError("accuracy of an empty set is undefined")
+        return float(np.mean(self.predict(latents) == np.asarray(labels)))
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights to ``path`` (.npz) atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, mean=self.mean, scale=self.scale, weight=self.weight,
+                     bias=self.bias, classes=self.classes)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearClassifier:
+        with np.load(path) as data:
+            return cls(**{key: data[key] for key in ("mean", "scale", "weight", "bias", "classes")})
+
+
+def train_classifier(
+    latents: np.ndarray, labels: np.ndarray, *, seed: int = 0, c_reg: float = 1.0,
+    max_iter: int = 500,
+) -> LinearClassifier:
+    """Fit a multinomial logistic regression (L2, lbfgs) to ``latents`` (n, d), ``labels`` (n,)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(latents, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(labels):
+        raise ValueError(f"latents {x.shape} and labels ({len(labels)},) do not match")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("latents contain non-finite values")
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), 1e-8)
+    model = LogisticRegression(C=c_reg, max_iter=max_iter, random_state=seed)
+    model.fit((x - mean) / scale, np.asarray(labels))
+    classes = np.asarray(model.classes_, dtype=np.int64)
+    weight, bias = model.coef_, model.intercept_
+    if len(classes) == 2:  # sklearn returns one row for binary problems
+        weight = np.vstack([-weight[0] / 2, weight[0] / 2])
+        bias = np.array([-bias[0] / 2, bias[0] / 2])
+    return LinearClassifier(mean=mean, scale=scale, weight=weight, bias=bias, classes=classes)

@@ -1,0 +1,1 @@
+"""Datasets, timm encoders and the latent cache (issue 3)."""
