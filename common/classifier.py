@@ -50,8 +50,14 @@ class LinearClassifier:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, mean=self.mean, scale=self.scale, weight=self.weight,
-                     bias=self.bias, classes=self.classes)
+            np.savez(
+                handle,
+                mean=self.mean,
+                scale=self.scale,
+                weight=self.weight,
+                bias=self.bias,
+                classes=self.classes,
+            )
         tmp.replace(path)
 
     @classmethod
@@ -61,7 +67,11 @@ class LinearClassifier:
 
 
 def train_classifier(
-    latents: np.ndarray, labels: np.ndarray, *, seed: int = 0, c_reg: float = 1.0,
+    latents: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    c_reg: float = 1.0,
     max_iter: int = 500,
 ) -> LinearClassifier:
     """Fit a multinomial logistic regression (L2, lbfgs) to ``latents`` (n, d), ``labels`` (n,)."""

@@ -1,0 +1,265 @@
+"""A user's side of the alignment protocol, as a transport-free state machine.
+
+The user owns its encoder's latents (pilots and test data), its classifier and its channel.
+Only whitened statistics leave it: A_l = (G_l H_l)^H (G_l H_l) and P_l = (G_l H_l)^H Y_l with
+Y_l whitened (section III-B iii), scalar loss terms and evaluation metrics.
+
+:meth:`User.handshake_request` opens the session; :meth:`User.handle` answers every AP message
+(bytes in, bytes out, ``None`` when nothing is to be sent back).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from semalign.common import admm, baselines
+from semalign.common.channel import RayleighChannel, rayleigh_matrix
+from semalign.common.classifier import LinearClassifier
+from semalign.common.packing import complex_dim, complex_to_real, real_to_complex
+from semalign.common.whitening import Whitener, fit_whitener
+from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_ap_message, to_matrix
+from semalign.proto import semalign_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class UserProtocolError(RuntimeError):
+    """The AP sent something this user cannot act on."""
+
+
+@dataclass
+class UserData:
+    """A user's private latents.
+
+    Attributes:
+        pilot_ids: (n,) ids of the pilot data points (rows of the train split).
+        pilot_latents: (n, m) real native latents of those pilots.
+        test_latents: (n_test, m) real native latents of the test split.
+        test_labels: (n_test,) labels of the test split.
+        classifier: the user's own classifier, trained on its native train latents.
+    """
+
+    pilot_ids: np.ndarray
+    pilot_latents: np.ndarray
+    test_latents: np.ndarray
+    test_labels: np.ndarray
+    classifier: LinearClassifier
+
+
+@dataclass
+class User:
+    """User state machine.
+
+    Args:
+        user_id: unique name in the session.
+        encoder: the user's encoder name (informational for the AP).
+        data: private latents and classifier.
+        antennas_rx: N_R.
+        antennas_tx: N_T of the AP (needed to draw the channel before the handshake).
+        snr_db: this user's SNR.
+        channel_seed: seeds the channel draw and the noise; the same seed gives the same
+            channel in every transport.
+        share_csi: send Hbar_l in the handshake (for a channel-aware AP).
+        token: invitation token (networked sessions).
+    """
+
+    user_id: str
+    encoder: str
+    data: UserData
+    antennas_rx: int
+    antennas_tx: int
+    snr_db: float
+    channel_seed: tuple[int, ...]
+    share_csi: bool = True
+    token: str = ""
+    received_rounds: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.latent_dim = self.data.pilot_latents.shape[1]
+        self.hbar = rayleigh_matrix(
+            self.antennas_rx, self.antennas_tx, np.random.default_rng(self.channel_seed)
+        )
+        self.noise_rng = np.random.default_rng((*self.channel_seed, 1))
+        self.accept: pb.HandshakeAccept | None = None
+        self.whitener: Whitener | None = None
+        self.y: np.ndarray | None = None
+        self.g: np.ndarray | None = None  # ADMM equalizer G_l
+        self.alignment: np.ndarray | None = None  # baselines: Q_l
+        self.channel: RayleighChannel | None = None
+
+    # ------------------------------------------------------------------ handshake
+    def handshake_request(self) -> bytes:
+        req = pb.HandshakeRequest(
+            protocol_version=PROTOCOL_VERSION,
+            user_id=self.user_id,
+            encoder=self.encoder,
+            latent_dim=self.latent_dim,
+            antennas_rx=self.antennas_rx,
+            snr_db=self.snr_db,
+            pilot_ids=np.asarray(self.data.pilot_ids).tolist(),
+            token=self.token,
+        )
+        if self.share_csi:
+            req.csi.CopyFrom(to_matrix(self.hbar, "complex128"))
+        return pb.UserMessage(handshake=req).SerializeToString()
+
+    def _on_accept(self, acc: pb.HandshakeAccept) -> None:
+        if acc.protocol_version != PROTOCOL_VERSION:
+            raise UserProtocolError(f"AP speaks protocol {acc.protocol_version}")
+        if acc.antennas_tx != self.antennas_tx:
+            raise UserProtocolError(
+                f"AP has N_T={acc.antennas_tx}, channel drawn for {self.antennas_tx}"
+            )
+        position = {int(i): k for k, i in enumerate(self.data.pilot_ids)}
+        try:
+            rows = [position[int(i)] for i in acc.pilot_ids]
+        except KeyError as exc:
+            raise UserProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
+        pilots = real_to_complex(np.asarray(self.data.pilot_latents, dtype=np.float64)[rows].T)
+        self.whitener = fit_whitener(pilots)
+        self.y = self.whitener.whiten(pilots)  # Y_l: never leaves the user
+        self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
+        self.accept = acc
+        if self.whitener.shrinkage:
+            log.info(
+                "%s: pilot covariance regularized (condition %.3g)",
+                self.user_id,
+                self.whitener.condition,
+            )
+
+    # ------------------------------------------------------------------ messages
+    def handle(self, data: bytes) -> bytes | None:
+        """Answer one AP message (bytes); returns the reply bytes or ``None``."""
+        msg = parse_ap_message(data)
+        kind = msg.WhichOneof("body")
+        try:
+            if kind == "accept":
+                self._on_accept(msg.accept)
+                return None
+            if self.accept is None:
+                raise UserProtocolError(f"got {kind} before the handshake was accepted")
+            if kind == "broadcast":
+                return self._on_broadcast(msg.broadcast)
+            if kind == "pilots":
+                return self._on_pilots(msg.pilots)
+            if kind == "evaluate":
+                return self._on_evaluate(msg.evaluate)
+            if kind in ("end", "error"):
+                return None
+            raise UserProtocolError(f"unexpected message {kind}")
+        except (UserProtocolError, ValueError) as exc:
+            log.error("%s: %s", self.user_id, exc)
+            return pb.UserMessage(error=pb.ProtocolError(message=str(exc))).SerializeToString()
+
+    def _on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
+        acc, channel = self.accept, self.channel
+        s = from_matrix(msg.symbols).astype(np.complex128)
+        k = acc.channel_uses
+        expected = (
+            k * (self.antennas_rx if acc.channel_aware else acc.antennas_tx),
+            len(acc.pilot_ids),
+        )
+        if s.shape != expected:
+            raise UserProtocolError(f"broadcast shape {s.shape}, expected {expected}")
+        if not acc.channel_aware:
+            s = channel(s, noiseless=True)  # S_l = H_l (F X), known channel, no noise
+        self.g = admm.g_step(self.y, s, acc.noise_var)
+        sq, noise = admm.local_objective_terms(self.y, self.g, s, acc.noise_var)
+        self.received_rounds.append(msg.round)
+        if msg.final:
+            ack = pb.Ack(
+                session_id=acc.session_id, round=msg.round, squared_error=sq, noise_term=noise
+            )
+            return pb.UserMessage(ack=ack).SerializeToString()
+        a, p = admm.uplink_statistics(self.g, channel.matrix, self.y)
+        up = pb.RoundUpload(
+            session_id=acc.session_id,
+            round=msg.round,
+            a=to_matrix(a, "complex64"),
+            p=to_matrix(p, "complex64"),
+            squared_error=sq,
+            noise_term=noise,
+        )
+        return pb.UserMessage(upload=up).SerializeToString()
+
+    def _baseline_estimate(self, symbols: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Receive, SVD-MMSE equalize and zero-fill: (K N_T, n) sent -> (d_AP/2, n) estimate."""
+        acc = self.accept
+        equalizer = baselines.svd_mmse_equalizer(self.hbar, self.snr_db, acc.channel_uses)
+        estimate = equalizer @ self.channel(symbols)
+        return baselines.scatter(estimate, indices.astype(np.int64), complex_dim(acc.ap_latent_dim))
+
+    def _on_pilots(self, msg: pb.PilotTransmission) -> bytes:
+        acc = self.accept
+        source = self._baseline_estimate(from_matrix(msg.symbols), from_matrix(msg.indices))
+        if acc.baseline_fit == pb.FULL:
+            if not msg.HasField("reference"):
+                raise UserProtocolError("full-feature fit needs the AP's reference pilots")
+            self.alignment = baselines.fit_alignment(from_matrix(msg.reference), self.y)
+        else:
+            self.alignment = baselines.fit_alignment(source, self.y)
+        residual = self.y - self.alignment @ source
+        ack = pb.Ack(
+            session_id=acc.session_id,
+            squared_error=float(np.real(np.vdot(residual, residual))),
+            noise_term=0.0,
+        )
+        return pb.UserMessage(ack=ack).SerializeToString()
+
+    def decode(
+        self, symbols: np.ndarray, indices: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Receive ``symbols`` (K N_T, n) through this user's channel and decode them.
+
+        Returns the decoded latents (n, m) in the user's native real space and the estimate
+        (m/2, n) in its whitened complex space.
+        """
+        if self.alignment is not None:
+            if indices is None:
+                raise UserProtocolError("baseline evaluation needs symbol indices")
+            y_hat = self.alignment @ self._baseline_estimate(symbols, indices)
+        elif self.g is not None:
+            y_hat = self.g @ self.channel(symbols)
+        else:
+            raise UserProtocolError("no equalizer yet: evaluation before alignment")
+        return complex_to_real(self.whitener.dewhiten(y_hat), self.latent_dim).T, y_hat
+
+    def _on_evaluate(self, msg: pb.EvaluationRequest) -> bytes:
+        ids = np.asarray(msg.sample_ids, dtype=np.int64)
+        native = np.asarray(self.data.test_latents, dtype=np.float64)
+        if len(ids) == 0 or ids.min() < 0 or ids.max() >= len(native):
+            raise UserProtocolError(f"evaluation ids out of range for {len(native)} test rows")
+        symbols = from_matrix(msg.symbols).astype(np.complex128)
+        indices = from_matrix(msg.indices) if msg.HasField("indices") else None
+        decoded, y_hat = self.decode(symbols, indices)
+        native, labels = native[ids], np.asarray(self.data.test_labels)[ids]
+        y_true = self.whitener.whiten(real_to_complex(native.T))
+        report = pb.EvaluationReport(
+            session_id=self.accept.session_id,
+            accuracy=self.data.classifier.accuracy(decoded, labels),
+            native_accuracy=self.data.classifier.accuracy(native, labels),
+            mse=float(np.mean((decoded - native) ** 2)),
+            mse_whitened=float(np.mean(np.abs(y_hat - y_true) ** 2)),
+            samples=len(ids),
+        )
+        return pb.UserMessage(report=report).SerializeToString()
+
+
+def user_data_from_cache(
+    latents_dir, encoder: str, pilot_fraction: float, *, classifier_seed: int = 0
+) -> UserData:
+    """A user's private data from the latent cache: first ``pilot_fraction`` of train as pilots."""
+    from semalign.common.latents import load_classifier, load_encoder_splits, pilot_count
+
+    splits = load_encoder_splits(latents_dir, encoder)
+    train, test = splits["train"], splits["test"]
+    n = pilot_count(len(train.labels), pilot_fraction)
+    return UserData(
+        pilot_ids=np.arange(n, dtype=np.int64),
+        pilot_latents=train.latents[:n],
+        test_latents=test.latents,
+        test_labels=test.labels,
+        classifier=load_classifier(latents_dir, encoder, train, seed=classifier_seed),
+    )

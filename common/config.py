@@ -1,0 +1,52 @@
+"""Validated configuration of an alignment session: the one place that defines defaults.
+
+Defaults follow the paper (section IV): rho = 1, P_T = 1, T = 30, SNR 20 dB, 4x4 MIMO.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Strategy = Literal["fed", "multi-link", "first-k", "top-k"]
+STRATEGIES: tuple[str, ...] = ("fed", "multi-link", "first-k", "top-k")
+ADMM_STRATEGIES: tuple[str, ...] = ("fed", "multi-link")
+BaselineFit = Literal["received", "full"]
+IndexCost = Literal["none", "channel-uses"]
+
+
+class AlignmentConfig(BaseModel):
+    """Everything that determines one alignment session (one seed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Strategy = Field("fed", description="fed | multi-link | first-k | top-k")
+    antennas_tx: int = Field(4, ge=1, le=256, description="N_T, AP antennas")
+    antennas_rx: int = Field(4, ge=1, le=256, description="N_R, antennas per user")
+    channel_uses: int = Field(2, ge=1, le=4096, description="K, channel uses per data point")
+    snr_db: float = Field(20.0, ge=-50.0, le=100.0, description="SNR per receive antenna, dB")
+    rho: float = Field(1.0, gt=0.0, le=1e6, description="ADMM penalty rho")
+    power: float = Field(1.0, gt=0.0, le=1e6, description="P_T, transmit power budget")
+    iterations: int = Field(30, ge=1, le=100_000, description="T, ADMM rounds")
+    csi: bool = Field(True, description="channel-aware AP (users send Hbar_l at handshake)")
+    pilot_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of train as pilots")
+    baseline_fit: BaselineFit = Field(
+        "received", description="First-K/Top-K alignment fitted on received pilots or full X"
+    )
+    topk_index_cost: IndexCost = Field(
+        "none", description="charge Top-K index bits as channel uses (at Shannon capacity)"
+    )
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+
+    @field_validator("snr_db", "rho", "power", "pilot_fraction")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be finite")
+        return value
+
+    @property
+    def symbols(self) -> int:
+        """K N_T: complex symbols transmitted per data point."""
+        return self.channel_uses * self.antennas_tx

@@ -1,0 +1,124 @@
+"""Reading the latent cache shared by the encoders, the simulator and the networked system.
+
+Layout: ``<dir>/<encoder>/{train,val,test}.npz`` with ``latents`` float32 (n, d) and ``labels``
+int64 (n,); row i is the same data point for every encoder. An optional
+``<dir>/<encoder>/classifier.npz`` holds the encoder owner's classifier.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from semalign.common.classifier import LinearClassifier, train_classifier
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CLASSIFIER_FILE = "classifier.npz"
+
+
+class LatentsError(ValueError):
+    """The latent cache is missing, inconsistent or holds invalid values."""
+
+
+@dataclass(frozen=True)
+class Split:
+    latents: np.ndarray  # (n, d) float32
+    labels: np.ndarray  # (n,) int64
+
+
+def available_encoders(latents_dir: Path) -> list[str]:
+    return (
+        sorted(
+            p.name for p in Path(latents_dir).iterdir() if p.is_dir() and (p / "train.npz").exists()
+        )
+        if Path(latents_dir).is_dir()
+        else []
+    )
+
+
+def load_split(latents_dir: str | Path, encoder: str, split: str) -> Split:
+    """Load and validate one split of one encoder."""
+    latents_dir = Path(latents_dir)
+    if not latents_dir.is_dir():
+        raise LatentsError(f"latents directory {latents_dir} does not exist")
+    folder = latents_dir / encoder
+    if not folder.is_dir():
+        known = available_encoders(latents_dir)
+        close = difflib.get_close_matches(encoder, known, n=3)
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else (
+                f"; available: {', '.join(known)}" if known else "; the directory holds no encoders"
+            )
+        )
+        raise LatentsError(f"no latents for encoder {encoder!r} in {latents_dir}{hint}")
+    path = folder / f"{split}.npz"
+    try:
+        with np.load(path) as data:
+            latents, labels = data["latents"], data["labels"]
+    except FileNotFoundError:
+        raise LatentsError(f"missing {path}") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise LatentsError(f"cannot read {path}: {exc}") from None
+    if latents.ndim != 2 or labels.ndim != 1 or len(latents) != len(labels):
+        raise LatentsError(f"{path}: latents {latents.shape} and labels {labels.shape} mismatch")
+    if len(latents) == 0:
+        raise LatentsError(f"{path}: empty split")
+    if not np.all(np.isfinite(latents)):
+        raise LatentsError(f"{path}: latents contain non-finite values (NaN or inf)")
+    return Split(
+        latents=latents.astype(np.float32, copy=False), labels=labels.astype(np.int64, copy=False)
+    )
+
+
+def load_encoder_splits(
+    latents_dir: str | Path, encoder: str, splits: tuple[str, ...] = ("train", "test")
+) -> dict[str, Split]:
+    return {s: load_split(latents_dir, encoder, s) for s in splits}
+
+
+def check_aligned(named: dict[str, dict[str, Split]]) -> None:
+    """Every encoder must have the same rows (same count, same labels) in every split."""
+    names = list(named)
+    ref = named[names[0]]
+    for name in names[1:]:
+        for split, data in named[name].items():
+            other = ref[split]
+            if len(data.labels) != len(other.labels):
+                raise LatentsError(
+                    f"{split} split: {name} has {len(data.labels)} rows, {names[0]} has "
+                    f"{len(other.labels)}; row i must be the same data point for every encoder"
+                )
+            if not np.array_equal(data.labels, other.labels):
+                raise LatentsError(
+                    f"{split} split: labels of {name} and {names[0]} differ: "
+                    "rows are not the same data points"
+                )
+
+
+def load_classifier(
+    latents_dir: str | Path, encoder: str, train: Split, *, seed: int = 0
+) -> LinearClassifier:
+    """The encoder owner's classifier: cached file if valid, else trained on native train."""
+    path = Path(latents_dir) / encoder / CLASSIFIER_FILE
+    if path.exists():
+        try:
+            clf = LinearClassifier.load(path)
+            if clf.weight.shape[1] == train.latents.shape[1]:
+                return clf
+            log.warning("%s: classifier dimension mismatch, retraining", path)
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("%s unreadable (%s), retraining", path, exc)
+    log.info("training classifier for %s on %d native train latents", encoder, len(train.labels))
+    return train_classifier(train.latents, train.labels, seed=seed)
+
+
+def pilot_count(n_train: int, pilot_fraction: float) -> int:
+    """Pilots are the first ``pilot_fraction`` of the train split (at least 2)."""
+    return max(2, int(round(n_train * pilot_fraction)))

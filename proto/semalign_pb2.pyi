@@ -1,0 +1,237 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    COMPLEX64: _ClassVar[DType]
+    COMPLEX128: _ClassVar[DType]
+    FLOAT32: _ClassVar[DType]
+    FLOAT64: _ClassVar[DType]
+    INT64: _ClassVar[DType]
+    INT32: _ClassVar[DType]
+    UINT16: _ClassVar[DType]
+
+class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STRATEGY_UNSPECIFIED: _ClassVar[Strategy]
+    FED: _ClassVar[Strategy]
+    MULTI_LINK: _ClassVar[Strategy]
+    FIRST_K: _ClassVar[Strategy]
+    TOP_K: _ClassVar[Strategy]
+
+class BaselineFit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BASELINE_FIT_UNSPECIFIED: _ClassVar[BaselineFit]
+    RECEIVED: _ClassVar[BaselineFit]
+    FULL: _ClassVar[BaselineFit]
+DTYPE_UNSPECIFIED: DType
+COMPLEX64: DType
+COMPLEX128: DType
+FLOAT32: DType
+FLOAT64: DType
+INT64: DType
+INT32: DType
+UINT16: DType
+STRATEGY_UNSPECIFIED: Strategy
+FED: Strategy
+MULTI_LINK: Strategy
+FIRST_K: Strategy
+TOP_K: Strategy
+BASELINE_FIT_UNSPECIFIED: BaselineFit
+RECEIVED: BaselineFit
+FULL: BaselineFit
+
+class Matrix(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class HandshakeRequest(_message.Message):
+    __slots__ = ("protocol_version", "user_id", "encoder", "latent_dim", "antennas_rx", "snr_db", "pilot_ids", "csi", "token")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    ANTENNAS_RX_FIELD_NUMBER: _ClassVar[int]
+    SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    PILOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CSI_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    user_id: str
+    encoder: str
+    latent_dim: int
+    antennas_rx: int
+    snr_db: float
+    pilot_ids: _containers.RepeatedScalarFieldContainer[int]
+    csi: Matrix
+    token: str
+    def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class HandshakeAccept(_message.Message):
+    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_USES_FIELD_NUMBER: _ClassVar[int]
+    ANTENNAS_TX_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    POWER_FIELD_NUMBER: _ClassVar[int]
+    PILOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    AP_LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_AWARE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_VAR_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    user_index: int
+    strategy: Strategy
+    channel_uses: int
+    antennas_tx: int
+    rho: float
+    iterations: int
+    power: float
+    pilot_ids: _containers.RepeatedScalarFieldContainer[int]
+    ap_latent_dim: int
+    channel_aware: bool
+    noise_var: float
+    baseline_fit: BaselineFit
+    protocol_version: int
+    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class RoundBroadcast(_message.Message):
+    __slots__ = ("session_id", "round", "symbols", "final")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    symbols: Matrix
+    final: bool
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., symbols: _Optional[_Union[Matrix, _Mapping]] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class RoundUpload(_message.Message):
+    __slots__ = ("session_id", "round", "a", "p", "squared_error", "noise_term")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    P_FIELD_NUMBER: _ClassVar[int]
+    SQUARED_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOISE_TERM_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    a: Matrix
+    p: Matrix
+    squared_error: float
+    noise_term: float
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., a: _Optional[_Union[Matrix, _Mapping]] = ..., p: _Optional[_Union[Matrix, _Mapping]] = ..., squared_error: _Optional[float] = ..., noise_term: _Optional[float] = ...) -> None: ...
+
+class PilotTransmission(_message.Message):
+    __slots__ = ("session_id", "symbols", "indices", "reference")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    symbols: Matrix
+    indices: Matrix
+    reference: Matrix
+    def __init__(self, session_id: _Optional[str] = ..., symbols: _Optional[_Union[Matrix, _Mapping]] = ..., indices: _Optional[_Union[Matrix, _Mapping]] = ..., reference: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+
+class EvaluationRequest(_message.Message):
+    __slots__ = ("session_id", "symbols", "indices", "sample_ids")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    symbols: Matrix
+    indices: Matrix
+    sample_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., symbols: _Optional[_Union[Matrix, _Mapping]] = ..., indices: _Optional[_Union[Matrix, _Mapping]] = ..., sample_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("session_id", "accuracy", "native_accuracy", "mse", "mse_whitened", "samples")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MSE_FIELD_NUMBER: _ClassVar[int]
+    MSE_WHITENED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    accuracy: float
+    native_accuracy: float
+    mse: float
+    mse_whitened: float
+    samples: int
+    def __init__(self, session_id: _Optional[str] = ..., accuracy: _Optional[float] = ..., native_accuracy: _Optional[float] = ..., mse: _Optional[float] = ..., mse_whitened: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("session_id", "round", "squared_error", "noise_term")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SQUARED_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOISE_TERM_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    squared_error: float
+    noise_term: float
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., squared_error: _Optional[float] = ..., noise_term: _Optional[float] = ...) -> None: ...
+
+class SessionEnd(_message.Message):
+    __slots__ = ("session_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ProtocolError(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
+class UserMessage(_message.Message):
+    __slots__ = ("handshake", "upload", "ack", "report", "error")
+    HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    handshake: HandshakeRequest
+    upload: RoundUpload
+    ack: Ack
+    report: EvaluationReport
+    error: ProtocolError
+    def __init__(self, handshake: _Optional[_Union[HandshakeRequest, _Mapping]] = ..., upload: _Optional[_Union[RoundUpload, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ...) -> None: ...
+
+class ApMessage(_message.Message):
+    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error")
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    PILOTS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    accept: HandshakeAccept
+    broadcast: RoundBroadcast
+    pilots: PilotTransmission
+    evaluate: EvaluationRequest
+    end: SessionEnd
+    error: ProtocolError
+    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ...) -> None: ...
