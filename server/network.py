@@ -1,0 +1,251 @@
+"""The AP's networked sessions: lobby, unchanged SessionDriver, wire measurements, results.
+
+For each seed the AP opens a lobby on the alignment service, waits for the invited users, runs
+the same :class:`~semalign.server.session.SessionDriver` the simulator runs (over
+:class:`~semalign.server.service.GrpcLink` objects instead of loopback links) and records, per
+round, the bytes each user's stream carried across the gRPC boundary and the round latency. The
+results JSON is the simulator's (``seed_block``/``aggregate``) plus a ``wire`` block per seed and
+a top-level ``network`` summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from semalign.common.config import AlignmentConfig
+from semalign.server.access_point import AccessPoint
+from semalign.server.results import aggregate, seed_block
+from semalign.server.service import AlignmentService, GrpcLink
+from semalign.server.session import RoundRecord, SessionDriver, SessionResult
+
+from semalign.transport import SessionOffer
+
+log = logging.getLogger(__name__)
+
+
+class NoUsersError(RuntimeError):
+    """Nobody joined the session in time."""
+
+
+@dataclass
+class WireRound:
+    """One ADMM round as seen at the gRPC boundary."""
+
+    round: int
+    latency_s: float
+    bytes_down: dict[str, int]
+    bytes_up: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "latency_s": self.latency_s,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "bytes_down_total": sum(self.bytes_down.values()),
+            "bytes_up_total": sum(self.bytes_up.values()),
+        }
+
+
+class MeasuredDriver(SessionDriver):
+    """SessionDriver plus gRPC-boundary byte counters per round and drop times.
+
+    Only measurement is added; the protocol order is the base class's.
+    """
+
+    def __init__(
+        self,
+        ap: AccessPoint,
+        links: Sequence[GrpcLink],
+        *,
+        timeout: float | None,
+        on_round: Callable[[RoundRecord, WireRound], None] | None = None,
+    ) -> None:
+        super().__init__(ap, links, timeout=timeout, on_round=self._measured)
+        self.grpc_links = {link.user_id: link for link in links}
+        self.wire_rounds: list[WireRound] = []
+        self.drop_times: dict[str, float] = {}
+        self.timings: dict[str, float] = {}
+        self._callback = on_round
+        self._before: dict[str, tuple[int, int]] = {}
+        self._t0 = time.perf_counter()
+
+    def _snapshot(self) -> dict[str, tuple[int, int]]:
+        return {uid: link.counters() for uid, link in self.grpc_links.items()}
+
+    def handshake(self) -> None:
+        start = time.perf_counter()
+        super().handshake()
+        self.timings["handshake_s"] = time.perf_counter() - start
+
+    def admm_round(self) -> RoundRecord:
+        self._before = self._snapshot()
+        return super().admm_round()
+
+    def _measured(self, record: RoundRecord) -> None:
+        after = self._snapshot()
+        down, up = {}, {}
+        for uid, (d, u) in after.items():
+            d0, u0 = self._before.get(uid, (d, u))
+            if d - d0 or u - u0:
+                down[uid], up[uid] = d - d0, u - u0
+        wire = WireRound(record.round, record.seconds, down, up)
+        self.wire_rounds.append(wire)
+        if self._callback:
+            self._callback(record, wire)
+
+    def _drop(self, user_id: str, reason: str) -> None:
+        self.drop_times.setdefault(user_id, time.perf_counter() - self._t0)
+        super()._drop(user_id, reason)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def serve_session(
+    service: AlignmentService,
+    ap: AccessPoint,
+    offer: SessionOffer,
+    expected: Sequence[str] | int,
+    test_latents: np.ndarray,
+    test_ids: np.ndarray,
+    *,
+    join_timeout: float | None,
+    reply_timeout: float | None,
+    on_round: Callable[[RoundRecord, WireRound], None] | None = None,
+    on_joined: Callable[[list[str]], None] | None = None,
+) -> tuple[SessionResult, dict[str, Any]]:
+    """Gather the users of one session and run it; returns the result and its wire block."""
+    opened = time.perf_counter()
+    lobby = service.open_lobby(offer, expected)
+    links = lobby.wait(join_timeout)
+    join_s = time.perf_counter() - opened
+    if on_joined:
+        on_joined([link.user_id for link in links])
+    if not links:
+        raise NoUsersError(
+            f"no user joined session {offer.session_id} within {join_timeout:g} s"
+            if join_timeout is not None
+            else f"no user joined session {offer.session_id}"
+        )
+    driver = MeasuredDriver(ap, links, timeout=reply_timeout, on_round=on_round)
+    start = time.perf_counter()
+    try:
+        result = driver.run(test_latents, test_ids)
+    finally:
+        for link in links:
+            state = ap.users.get(link.user_id)
+            if state is not None and state.dropped:
+                link.abort(f"dropped by the AP at {state.dropped}")
+            elif state is None:
+                link.abort("the AP could not register this user")
+            else:
+                link.finish()
+    session_s = time.perf_counter() - start
+    latencies = [w.latency_s for w in driver.wire_rounds]
+    wire = {
+        "transport": "grpc",
+        "join_s": join_s,
+        "session_s": session_s,
+        **driver.timings,
+        "not_joined": lobby.missing,
+        "dropped_at_s": driver.drop_times,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "rounds": [w.as_dict() for w in driver.wire_rounds],
+        "users": {
+            link.user_id: {
+                "peer": link.peer,
+                "bytes_down": link.counters()[0],
+                "bytes_up": link.counters()[1],
+                "messages_down": link.messages_down,
+                "messages_up": link.messages_up,
+            }
+            for link in links
+        },
+    }
+    for uid in lobby.missing:
+        log.warning("%s never joined session %s", uid, offer.session_id)
+    return result, wire
+
+
+def serve_sessions(
+    service: AlignmentService,
+    make_ap: Callable[[AlignmentConfig], AccessPoint],
+    config: AlignmentConfig,
+    seeds: list[int],
+    expected: Sequence[str] | int,
+    test_latents: np.ndarray,
+    *,
+    join_timeout: float | None,
+    reply_timeout: float | None,
+    on_round: Callable[[int, RoundRecord, WireRound], None] | None = None,
+    on_seed: Callable[[dict[str, Any]], None] | None = None,
+    on_joined: Callable[[int, list[str]], None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One session per seed, then the simulator's aggregate plus a ``network`` summary."""
+    from semalign.simulate import baseline_info
+
+    test_ids = np.arange(len(test_latents), dtype=np.int64)
+    blocks = []
+    for index, seed in enumerate(seeds):
+        cfg = config.model_copy(update={"seed": seed})
+        start = time.perf_counter()
+        ap = make_ap(cfg)
+        offer = SessionOffer(ap.session_id, index, len(seeds), cfg.model_dump())
+        result, wire = serve_session(
+            service,
+            ap,
+            offer,
+            expected,
+            test_latents,
+            test_ids,
+            join_timeout=join_timeout,
+            reply_timeout=reply_timeout,
+            on_round=(lambda r, w, s=seed: on_round(s, r, w)) if on_round else None,
+            on_joined=(lambda ids, s=seed: on_joined(s, ids)) if on_joined else None,
+        )
+        block_extra = {
+            "seconds": time.perf_counter() - start,
+            "ap_whitening_condition": ap.whitener.condition,
+            **baseline_info(ap),
+            "wire": wire,
+        }
+        blocks.append(seed_block(result, seed, extra=block_extra))
+        if on_seed:
+            on_seed(blocks[-1])
+    results = aggregate(config, blocks, extra)
+    results["network"] = network_summary(blocks)
+    return results
+
+
+def network_summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency p50/p95 over all rounds of all seeds, mean bytes per round, drops."""
+    latencies = [r["latency_s"] for b in blocks for r in b["wire"]["rounds"]]
+    down = [r["bytes_down_total"] for b in blocks for r in b["wire"]["rounds"]]
+    up = [r["bytes_up_total"] for b in blocks for r in b["wire"]["rounds"]]
+    return {
+        "transport": "grpc",
+        "rounds": len(latencies),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_mean_s": float(np.mean(latencies)) if latencies else None,
+        "bytes_down_per_round": float(np.mean(down)) if down else None,
+        "bytes_up_per_round": float(np.mean(up)) if up else None,
+        "dropped": {
+            str(b["seed"]): {
+                uid: {"reason": reason, "at_s": b["wire"]["dropped_at_s"].get(uid)}
+                for uid, reason in b["dropped"].items()
+            }
+            for b in blocks
+            if b["dropped"]
+        },
+        "not_joined": {str(b["seed"]): b["wire"]["not_joined"] for b in blocks},
+    }
