@@ -70,26 +70,40 @@ def load_scenario(latents_dir: str | Path, ap_encoder: str, user_encoders: list[
     )
 
 
+def build_access_point(
+    ap_train: np.ndarray, config: AlignmentConfig, expected_users: int | None
+) -> AccessPoint:
+    """The AP state machine from its own train latents (pilots: the first pilot_fraction)."""
+    n = pilot_count(len(ap_train), config.pilot_fraction)
+    return AccessPoint(
+        config=config,
+        pilot_latents=ap_train[:n],
+        pilot_ids=np.arange(n, dtype=np.int64),
+        expected_users=expected_users,
+    )
+
+
+def build_user(
+    name: str, encoder: str, data: UserData, config: AlignmentConfig, ordinal: int
+) -> User:
+    """One user's state machine; ``ordinal`` (0-based position) seeds its channel with the seed."""
+    return User(
+        user_id=name,
+        encoder=encoder,
+        data=data,
+        antennas_rx=config.antennas_rx,
+        antennas_tx=config.antennas_tx,
+        snr_db=config.snr_db,
+        channel_seed=(config.seed, ordinal),
+        share_csi=config.csi,
+    )
+
+
 def build_session(scenario: Scenario, config: AlignmentConfig) -> tuple[AccessPoint, list[User]]:
     """The AP and user state machines for one seed (same construction in every transport)."""
-    n = pilot_count(len(scenario.ap_train), config.pilot_fraction)
-    ap = AccessPoint(
-        config=config,
-        pilot_latents=scenario.ap_train[:n],
-        pilot_ids=np.arange(n, dtype=np.int64),
-        expected_users=len(scenario.user_encoders),
-    )
+    ap = build_access_point(scenario.ap_train, config, len(scenario.user_encoders))
     users = [
-        User(
-            user_id=name,
-            encoder=enc,
-            data=scenario.data_for(enc, config.pilot_fraction),
-            antennas_rx=config.antennas_rx,
-            antennas_tx=config.antennas_tx,
-            snr_db=config.snr_db,
-            channel_seed=(config.seed, ordinal),
-            share_csi=config.csi,
-        )
+        build_user(name, enc, scenario.data_for(enc, config.pilot_fraction), config, ordinal)
         for ordinal, (name, enc) in enumerate(
             zip(user_names(scenario.user_encoders), scenario.user_encoders, strict=True)
         )
