@@ -10,6 +10,10 @@ The F-step solves the Sylvester equation (14) A_l F B + n rho F = C_l through th
 eigendecompositions A_l = V_A diag(a) V_A^H and B = V_B diag(b) V_B^H:
 F = V_A [(V_A^H C_l V_B) / (a b^T + n rho)] V_B^H. B = X X^H does not change during a run, so it
 is factored once (:func:`factor_gram`) and only the small (K N_T)^2 matrix A_l per round.
+
+Note on eq. (15): with column-major vec, vec(A F B) = (B^T (x) A) vec(F). The paper writes B^H,
+which equals B here (Hermitian), not B^T = conj(B); the two differ for complex pilots. The
+eigen-solution below solves eq. (14) itself and is tested against the B^T Kronecker form.
 """
 
 from __future__ import annotations
