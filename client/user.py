@@ -120,6 +120,7 @@ class User:
         pilots = real_to_complex(np.asarray(self.data.pilot_latents, dtype=np.float64)[rows].T)
         self.whitener = fit_whitener(pilots)
         self.y = self.whitener.whiten(pilots)  # Y_l: never leaves the user
+        self.y_norm2 = float(np.real(np.vdot(self.y, self.y)))
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
         self.accept = acc
         if self.whitener.shrinkage:
@@ -165,8 +166,9 @@ class User:
             raise UserProtocolError(f"broadcast shape {s.shape}, expected {expected}")
         if not acc.channel_aware:
             s = channel(s, noiseless=True)  # S_l = H_l (F X), known channel, no noise
-        self.g = admm.g_step(self.y, s, acc.noise_var)
-        sq, noise = admm.local_objective_terms(self.y, self.g, s, acc.noise_var)
+        products = admm.pilot_products(self.y, s, self.y_norm2)
+        self.g = admm.g_step(self.y, s, acc.noise_var, products)
+        sq, noise = admm.local_objective_terms(self.y, self.g, s, acc.noise_var, products)
         self.received_rounds.append(msg.round)
         if msg.final:
             ack = pb.Ack(

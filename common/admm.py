@@ -51,20 +51,44 @@ def factor_gram(x: np.ndarray) -> GramFactor:
     return GramFactor(eigvals=np.clip(eigvals, 0.0, None), eigvecs=eigvecs, n=x.shape[1])
 
 
-def g_step(y: np.ndarray, s: np.ndarray, noise_var: float) -> np.ndarray:
+@dataclass(frozen=True)
+class PilotProducts:
+    """Products of a user's pilots with its received pilots, shared by the G-step and the loss.
+
+    Attributes:
+        ys: (m, K N_R) Y S^H.  ss: (K N_R, K N_R) S S^H.  y_norm2: ||Y||_F^2.  n: pilots.
+    """
+
+    ys: np.ndarray
+    ss: np.ndarray
+    y_norm2: float
+    n: int
+
+
+def pilot_products(y: np.ndarray, s: np.ndarray, y_norm2: float | None = None) -> PilotProducts:
+    """Y S^H, S S^H and ||Y||^2 for Y (m, n), S (K N_R, n): the only O(n) work of a G-step."""
+    s_h = s.conj().T
+    norm2 = float(np.real(np.vdot(y, y))) if y_norm2 is None else y_norm2
+    return PilotProducts(ys=y @ s_h, ss=s @ s_h, y_norm2=norm2, n=s.shape[1])
+
+
+def g_step(
+    y: np.ndarray, s: np.ndarray, noise_var: float, products: PilotProducts | None = None
+) -> np.ndarray:
     """Equalizer update (eq. 7): G = Y S^H (S S^H + n sigma^2 I)^-1.
 
     Args:
         y: (m, n) whitened user pilots Y_l.
         s: (K N_R, n) received noiseless pilots S_l = H_l F X.
         noise_var: sigma^2, the per-antenna noise variance (Sigma_n = sigma^2 I).
+        products: precomputed :func:`pilot_products` (optional).
 
     Returns:
         G (m, K N_R). The regularizer is n sigma^2 times the identity (not added to every entry).
     """
-    n = s.shape[1]
-    gram = s @ s.conj().T + n * noise_var * np.eye(s.shape[0])
-    rhs = s @ y.conj().T  # (K N_R, m) = (Y S^H)^H
+    pp = products or pilot_products(y, s)
+    gram = pp.ss + pp.n * noise_var * np.eye(pp.ss.shape[0])
+    rhs = pp.ys.conj().T  # (K N_R, m) = (Y S^H)^H
     try:
         g_h = scipy.linalg.solve(gram, rhs, assume_a="her")
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
@@ -155,15 +179,20 @@ def init_pre_equalizer(rows: int, cols: int, rng: np.random.Generator) -> np.nda
 
 
 def local_objective_terms(
-    y: np.ndarray, g: np.ndarray, s: np.ndarray, noise_var: float
+    y: np.ndarray,
+    g: np.ndarray,
+    s: np.ndarray,
+    noise_var: float,
+    products: PilotProducts | None = None,
 ) -> tuple[float, float]:
     """User l's terms of eq. (4): (||Y - G S||_F^2, n sigma^2 ||G||_F^2).
 
-    The objective of eq. (3) is (1/(L n)) sum_l of their sum (the expected squared error per
-    pilot, averaged over users).
+    Uses ||Y - G S||^2 = ||Y||^2 - 2 Re<G, Y S^H> + Re tr(G S S^H G^H), so with precomputed
+    :func:`pilot_products` no (m, n) residual is formed. The objective of eq. (3) is
+    (1/(L n)) sum_l of both terms (expected squared error per pilot, averaged over users).
     """
-    n = y.shape[1]
-    residual = y - g @ s
-    return float(np.real(np.vdot(residual, residual))), float(
-        n * noise_var * np.real(np.vdot(g, g))
-    )
+    pp = products or pilot_products(y, s)
+    cross = float(np.real(np.vdot(g, pp.ys)))
+    fit = float(np.real(np.vdot(g, g @ pp.ss)))
+    squared_error = max(pp.y_norm2 - 2 * cross + fit, 0.0)
+    return squared_error, float(pp.n * noise_var * np.real(np.vdot(g, g)))

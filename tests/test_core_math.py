@@ -231,3 +231,12 @@ def test_fit_alignment_recovers_linear_map():
     q = crandn(rng, 3, 5)
     s = crandn(rng, 5, 100)
     np.testing.assert_allclose(baselines.fit_alignment(s, q @ s, ridge=1e-12), q, atol=1e-8)
+
+
+def test_objective_terms_from_products_equal_explicit_residual():
+    rng, y, h, x = _problem(seed=4)
+    s = h @ crandn(rng, 4, 7) @ x
+    g = admm.g_step(y, s, 0.2)
+    sq, noise = admm.local_objective_terms(y, g, s, 0.2)
+    assert sq == pytest.approx(np.linalg.norm(y - g @ s) ** 2, rel=1e-10)
+    assert noise == pytest.approx(x.shape[1] * 0.2 * np.linalg.norm(g) ** 2, rel=1e-12)
