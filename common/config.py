@@ -21,7 +21,11 @@ class AlignmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Strategy = Field("fed", description="fed | multi-link | first-k | top-k")
+    strategy: Strategy = Field(
+        "fed",
+        description="fed: shared F by federated ADMM; multi-link: one F per user; "
+        "first-k/top-k: the baselines of section IV",
+    )
     antennas_tx: int = Field(4, ge=1, le=256, description="N_T, AP antennas")
     antennas_rx: int = Field(4, ge=1, le=256, description="N_R, antennas per user")
     channel_uses: int = Field(2, ge=1, le=4096, description="K, channel uses per data point")

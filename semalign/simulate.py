@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 from pydantic import ValidationError
 
 from semalign.client.user import User, UserData, user_data_from_cache
-from semalign.common.config import STRATEGIES, AlignmentConfig
+from semalign.common.config import AlignmentConfig
 from semalign.common.latents import LatentsError, check_aligned, load_encoder_splits, pilot_count
 from semalign.server.access_point import AccessPoint
 from semalign.server.results import aggregate, seed_block
@@ -170,69 +170,32 @@ def simulate(
 
 
 # ---------------------------------------------------------------------------- CLI
+#: AlignmentConfig fields that are per-session CLI options (the seed comes from --seeds).
+CLI_FIELDS: tuple[str, ...] = tuple(f for f in AlignmentConfig.model_fields if f != "seed")
+
+
 def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
-    """The alignment options shared by ``simulate`` and ``run`` (names of the reference code)."""
-    defaults = AlignmentConfig()
-    add = parser.add_argument
-    add(
-        "--strategy",
-        choices=STRATEGIES,
-        default=defaults.strategy,
-        help="fed: shared F by federated ADMM; multi-link: one F per user; first-k/top-k: "
-        "baselines (default: %(default)s)",
-    )
-    add("--antennas-tx", type=int, default=defaults.antennas_tx, help="N_T (default: %(default)s)")
-    add("--antennas-rx", type=int, default=defaults.antennas_rx, help="N_R (default: %(default)s)")
-    add(
-        "--channel-uses",
-        type=int,
-        default=defaults.channel_uses,
-        help="K channel uses per data point (default: %(default)s)",
-    )
-    add(
-        "--snr-db",
-        type=float,
-        default=defaults.snr_db,
-        help="SNR per receive antenna in dB at full power (default: %(default)s)",
-    )
-    add("--rho", type=float, default=defaults.rho, help="ADMM penalty (default: %(default)s)")
-    add(
-        "--power",
-        type=float,
-        default=defaults.power,
-        help="transmit power budget P_T (default: %(default)s)",
-    )
-    add(
-        "--iterations",
-        type=int,
-        default=defaults.iterations,
-        help="ADMM rounds T (default: %(default)s)",
-    )
-    add("--seeds", default="27,42", help="comma-separated seeds (default: %(default)s)")
-    add(
-        "--pilot-fraction",
-        type=float,
-        default=defaults.pilot_fraction,
-        help="fraction of the train split used as pilots (default: %(default)s)",
-    )
-    add(
-        "--csi",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.csi,
-        help="channel-aware AP: users send their channel at handshake (default: on)",
-    )
-    add(
-        "--baseline-fit",
-        choices=("received", "full"),
-        default=defaults.baseline_fit,
-        help="First-K/Top-K alignment Q_l fitted on pilots as received through the channel "
-        "(fair) or on the AP's full features (the paper's reading) (default: %(default)s)",
-    )
-    add(
-        "--topk-index-cost",
-        choices=("none", "channel-uses"),
-        default=defaults.topk_index_cost,
-        help="charge Top-K's index side information as channel uses (default: %(default)s)",
+    """The alignment options shared by ``simulate`` and ``run`` (names of the reference code).
+
+    Generated from :class:`AlignmentConfig`: option ``--channel-uses`` for field
+    ``channel_uses``, its description as help, its default, its Literal values as choices.
+    """
+    for name in CLI_FIELDS:
+        info = AlignmentConfig.model_fields[name]
+        option = "--" + name.replace("_", "-")
+        help_text = f"{info.description} (default: %(default)s)"
+        if info.annotation is bool:
+            parser.add_argument(
+                option, action=argparse.BooleanOptionalAction, default=info.default, help=help_text
+            )
+        elif get_origin(info.annotation) is Literal:
+            parser.add_argument(
+                option, choices=get_args(info.annotation), default=info.default, help=help_text
+            )
+        else:
+            parser.add_argument(option, type=info.annotation, default=info.default, help=help_text)
+    parser.add_argument(
+        "--seeds", default="27,42", help="comma-separated seeds (default: %(default)s)"
     )
 
 
@@ -252,22 +215,8 @@ def config_from_args(args: argparse.Namespace) -> AlignmentConfig:
     """Validated AlignmentConfig from CLI arguments (UserError with one line on bad values)."""
     from semalign.cli import UserError
 
-    fields = (
-        "strategy",
-        "antennas_tx",
-        "antennas_rx",
-        "channel_uses",
-        "snr_db",
-        "rho",
-        "power",
-        "iterations",
-        "csi",
-        "pilot_fraction",
-        "baseline_fit",
-        "topk_index_cost",
-    )
     try:
-        return AlignmentConfig(**{f: getattr(args, f) for f in fields})
+        return AlignmentConfig(**{f: getattr(args, f) for f in CLI_FIELDS})
     except ValidationError as exc:
         err = exc.errors()[0]
         option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
@@ -412,7 +361,6 @@ def register(subparsers) -> None:
         help="run AP and users in one process (in-memory transport)",
         description="Federated latent-space alignment with the AP and all users in one "
         "process, exchanging the same serialized messages as the networked system.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--latents",
