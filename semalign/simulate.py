@@ -371,7 +371,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--users",
         default="paper-users",
-        help="user encoders: comma-separated names or a group name",
+        help="user encoders: comma-separated names or a group name (default: %(default)s)",
     )
     add_alignment_arguments(parser)
     parser.add_argument("--out", help="write the results JSON here")
