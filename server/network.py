@@ -120,11 +120,15 @@ def serve_session(
     reply_timeout: float | None,
     on_round: Callable[[RoundRecord, WireRound], None] | None = None,
     on_joined: Callable[[list[str]], None] | None = None,
+    poll: Callable[[list[str]], None] | None = None,
 ) -> tuple[SessionResult, dict[str, Any]]:
-    """Gather the users of one session and run it; returns the result and its wire block."""
+    """Gather the users of one session and run it; returns the result and its wire block.
+
+    ``poll(joined_ids)`` is called while waiting for users (progress, child checks).
+    """
     opened = time.perf_counter()
     lobby = service.open_lobby(offer, expected)
-    links = lobby.wait(join_timeout)
+    links = lobby.wait(join_timeout, poll)
     join_s = time.perf_counter() - opened
     if on_joined:
         on_joined([link.user_id for link in links])
@@ -188,6 +192,7 @@ def serve_sessions(
     on_round: Callable[[int, RoundRecord, WireRound], None] | None = None,
     on_seed: Callable[[dict[str, Any]], None] | None = None,
     on_joined: Callable[[int, list[str]], None] | None = None,
+    poll: Callable[[list[str]], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One session per seed, then the simulator's aggregate plus a ``network`` summary."""
@@ -211,6 +216,7 @@ def serve_sessions(
             reply_timeout=reply_timeout,
             on_round=(lambda r, w, s=seed: on_round(s, r, w)) if on_round else None,
             on_joined=(lambda ids, s=seed: on_joined(s, ids)) if on_joined else None,
+            poll=poll,
         )
         block_extra = {
             "seconds": time.perf_counter() - start,

@@ -29,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -192,21 +192,35 @@ class Lobby:
         log.info("%s joined session %s from %s", link.user_id, self.offer.session_id, link.peer)
         return None
 
-    def wait(self, timeout: float | None) -> list[GrpcLink]:
+    def wait(
+        self, timeout: float | None, poll: Callable[[list[str]], None] | None = None
+    ) -> list[GrpcLink]:
         """Wait for every expected user (or ``timeout`` s), close the lobby, return the links.
 
+        ``poll(joined_ids)`` is called about every 0.25 s while waiting (progress display, child
+        process checks); an exception from it closes the lobby and propagates.
         Links are returned in natural order of user id (user1, user2, ..., user10), the order
         the simulator registers users, so the AP's averaging order is the same.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while len(self.links) < self.expected_count:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(left)
-            self.is_open = False
-            links = sorted(self.links.values(), key=lambda link: _natural_key(link.user_id))
+        try:
+            with self._cond:
+                while len(self.links) < self.expected_count:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    if poll is not None:
+                        joined = list(self.links)
+                        self._cond.release()
+                        try:
+                            poll(joined)
+                        finally:
+                            self._cond.acquire()
+                    self._cond.wait(0.25 if left is None else min(left, 0.25))
+        finally:
+            with self._cond:
+                self.is_open = False
+                links = sorted(self.links.values(), key=lambda link: _natural_key(link.user_id))
         return links
 
     @property
@@ -302,14 +316,17 @@ class AlignmentService:
 
 
 def _read_stream(request_iterator, link: GrpcLink) -> None:
+    reason = "the stream broke"
     try:
         for data in request_iterator:
             link._incoming(data)
         reason = "the user closed its stream"
-    except Exception as exc:  # grpc raises RpcError subclasses on cancel/reset
-        details = exc.details() if isinstance(exc, grpc.RpcError) else None
-        reason = f"the stream broke: {details or exc}"
-    link._closed(reason)
+    except Exception as exc:  # grpc raises a bare RpcError when the user cancels or vanishes
+        details = getattr(exc, "details", None)
+        text = details() if callable(details) else str(exc)
+        reason = f"the stream broke ({type(exc).__name__}{': ' + text if text else ''})"
+    finally:
+        link._closed(reason)
 
 
 @dataclass

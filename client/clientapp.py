@@ -1,0 +1,98 @@
+"""The Flower ClientApp of the deployment: a user's process for the whole run.
+
+The SuperNode's node config says who this user is (``semalign user`` writes it):
+
+* ``user-id`` (e.g. "user3"), ``ordinal`` (0-based; with the seed it seeds the emulated channel),
+  ``encoder`` (timm name);
+* ``latents``: a latent cache directory, or empty: then the user encodes ``dataset`` with its
+  own encoder into ``cache-dir`` on first use (``semalign.encoders.ensure_latents``);
+* optional ``antennas-rx``/``snr-db`` overrides, ``tls-ca``/``tls-cert``/``tls-key`` paths,
+  ``connect-timeout-s``.
+
+When the ServerApp's invitation arrives, the ClientApp loads this user's private latents, joins
+the AP's alignment service over one gRPC stream per session (:func:`run_user`) and, once the AP
+has run its last session, answers the invitation with its final report. Latents never leave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def _opt(node: dict, key: str, cast):
+    value = node.get(key, "")
+    return None if value in ("", None) else cast(value)
+
+
+def load_user_data(node: dict):
+    """This user's private data from the node config (encoding its own latents if needed)."""
+    from semalign.client.user import user_data_from_cache
+
+    encoder = str(node["encoder"])
+    latents = str(node.get("latents", "") or "")
+    if not latents:
+        from semalign.encoders import default_cache_dir, ensure_latents
+
+        cache = str(node.get("cache-dir", "") or "") or default_cache_dir()
+        latents = str(ensure_latents(str(node.get("dataset", "digits")), [encoder], cache))
+    return lambda pilot_fraction: user_data_from_cache(latents, encoder, pilot_fraction)
+
+
+def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict]:
+    """Join the AP's sessions as the user described by ``node``; the session reports."""
+    from semalign.client.stream import run_user, user_factory
+
+    from semalign.transport import TlsFiles
+
+    user_id = str(node["user-id"])
+    factory = user_factory(
+        user_id,
+        str(node["encoder"]),
+        int(node["ordinal"]),
+        load_user_data(node),
+        antennas_rx=_opt(node, "antennas-rx", int),
+        snr_db=_opt(node, "snr-db", float),
+    )
+    files = TlsFiles(
+        cert=_opt(node, "tls-cert", str),
+        key=_opt(node, "tls-key", str),
+        ca=_opt(node, "tls-ca", str),
+    )
+    reports = run_user(
+        address,
+        token,
+        factory,
+        tls=files if tls else None,
+        connect_timeout=float(node.get("connect-timeout-s", 60.0)),
+        user_id=user_id,
+    )
+    return [r.as_dict() for r in reports]
+
+
+@app.query("invitation")
+def invitation(message: Message, context: Context) -> Message:
+    node = dict(context.node_config)
+    inv = message.content["invitation"]
+    logging.basicConfig(level=os.environ.get("SEMALIGN_LOG", "WARNING"))
+    user_id = str(node.get("user-id", "?"))
+    payload: dict = {"encoder": str(node.get("encoder", "")), "pid": os.getpid()}
+    try:
+        payload["sessions"] = run_invitation(
+            node, str(inv["address"]), str(inv["token"]), bool(inv["tls"])
+        )
+        payload["status"] = "ok"
+    except Exception as exc:  # reported to the AP in the final report, one line
+        log.error("%s: %s", user_id, exc)
+        payload["status"] = "error"
+        payload["error"] = f"{type(exc).__name__}: {exc}"
+    report = ConfigRecord({"user-id": user_id, "json": json.dumps(payload)})
+    return Message(RecordDict({"report": report}), reply_to=message)

@@ -1,0 +1,1 @@
+"""Deployment: `semalign run`/`ap`/`user`, the local process launcher, the Flower App."""

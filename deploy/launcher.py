@@ -1,0 +1,241 @@
+"""Starting and stopping the processes of a deployment: Flower SuperLink, SuperNodes, users.
+
+Every child runs in its own process session (``start_new_session``) with Flower telemetry and
+update checks off, its own ``FLWR_HOME`` and a log file; :meth:`Processes.stop` ends each one by
+its process-group id (SIGTERM, then SIGKILL after a grace period), which also reaches the
+children Flower spawns (SuperExec, ClientApp and ServerApp processes). On Linux each child also
+gets SIGTERM if the launcher dies (``PR_SET_PDEATHSIG``), so no orphan survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+#: Set in every process we start: no telemetry posts, no update checks (privacy and speed).
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+APP_DIR = Path(__file__).resolve().parent / "flwr_app"
+
+
+class LaunchError(RuntimeError):
+    """A child process failed to start or died early (one line, with its log file)."""
+
+
+def bin_dir() -> Path:
+    return Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script next to this interpreter (the venv), else from PATH."""
+    candidate = bin_dir() / name
+    return str(candidate) if candidate.exists() else name
+
+
+def child_env(flwr_home: Path | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FLOWER_ENV)
+    env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec & co
+    env["PYTHONUNBUFFERED"] = "1"
+    if flwr_home is not None:
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra)
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    log_file: IO[bytes]
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text[-lines:])
+
+
+@dataclass
+class Processes:
+    """The children of one launcher; a context manager that always stops them."""
+
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        except OSError as exc:
+            log_file.close()
+            raise LaunchError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
+        child = Child(name, proc, log_path, log_file)
+        self.children.append(child)
+        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+        return child
+
+    def check(self) -> None:
+        """LaunchError if a child exited (they all must live until stop())."""
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None:
+                raise LaunchError(
+                    f"{child.name} exited with code {code} (log {child.log_path}: {child.tail()})"
+                )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every child's process group, wait, SIGKILL what is left."""
+        for child in self.children:
+            _signal_group(child.proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                child.proc.wait(left)
+            except subprocess.TimeoutExpired:
+                pass
+        for child in self.children:
+            _signal_group(child.proc, signal.SIGKILL)  # stragglers, and grandchildren
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(2)
+            child.log_file.close()
+        self.children.clear()
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    # Our children lead their own process group (start_new_session): pgid == pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def wait_for_port(host: str, port: int, timeout: float, procs: Processes | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if procs is not None:
+            procs.check()
+        if time.monotonic() > deadline:
+            raise LaunchError(f"nothing listens on {host}:{port} after {timeout:g} s")
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- Flower
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def config_string(values: dict[str, Any]) -> str:
+    """``key=value`` pairs with TOML-typed values, as --node-config/--run-config expect."""
+    return " ".join(f"{key}={toml_value(v)}" for key, v in values.items() if v is not None)
+
+
+def superlink_argv(host: str, port: int, *, tls: dict[str, str] | None = None) -> list[str]:
+    argv = [tool("flower-superlink"), "--disable-runtime-dependency-installation"]
+    argv += ["--host", host, "--port", str(port)]
+    if tls:
+        argv += ["--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]]
+        if tls.get("ca"):
+            argv += ["--ssl-ca-certfile", tls["ca"]]
+    else:
+        argv.append("--insecure")
+    return argv
+
+
+def supernode_argv(
+    superlink: str, runtime_port: int, node_config: dict[str, Any], *, root_ca: str | None = None
+) -> list[str]:
+    argv = [tool("flower-supernode"), "--superlink", superlink]
+    argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
+    argv += ["--node-config", config_string(node_config)]
+    argv += ["--root-certificates", root_ca] if root_ca else ["--insecure"]
+    return argv
+
+
+def write_cli_config(flwr_home: Path, superlink: str, *, root_ca: str | None = None) -> None:
+    """The `flwr` CLI's connection to our SuperLink, in its own FLWR_HOME."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", 'default = "semalign"', "", "[superlink.semalign]"]
+    lines.append(f"address = {json.dumps(superlink)}")
+    if root_ca:
+        lines.append(f"root-certificates = {json.dumps(root_ca)}")
+    else:
+        lines.append("insecure = true")
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def start_flower_run(
+    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 60
+) -> int:
+    """Submit the semalign Flower App to the SuperLink (``flwr run``); returns the run id."""
+    argv = [tool("flwr"), "run", str(app_dir), "semalign", "--format", "json"]
+    argv += ["--run-config", config_string(run_config)]
+    try:
+        done = subprocess.run(
+            argv,
+            env=child_env(flwr_home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=flwr_home,
+        )
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"`flwr run` did not answer within {timeout:g} s") from None
+    try:
+        payload = json.loads(done.stdout[done.stdout.index("{") :])
+    except ValueError:
+        payload = {}
+    if done.returncode != 0 or not payload.get("success"):
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise LaunchError(f"`flwr run` failed: {detail[-1] if detail else done.returncode}")
+    return int(payload["run-id"])
