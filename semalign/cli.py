@@ -15,7 +15,7 @@ import sys
 from semalign import __version__
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
-COMMAND_MODULES: tuple[str, ...] = ("semalign.simulate", "semalign.deploy.cli")
+COMMAND_MODULES: tuple[str, ...] = ("semalign.simulate", "semalign.deploy.cli", "semalign.sweep")
 
 
 class UserError(Exception):

@@ -1,0 +1,502 @@
+"""``semalign plot``: the paper's figures from a sweep table (matplotlib, Agg backend).
+
+Every figure shows, per point, the mean over seeds of the network accuracy (the mean over users
+of each user's task accuracy in that run) with a band of +/- one standard deviation over seeds.
+Only complete runs are read (see :func:`semalign.sweep.read_table`).
+
+Figures (each written as PNG and PDF by default):
+
+* ``fig2``: accuracy vs compression factor zeta = K/(d/2), one panel per antenna configuration,
+  the strategies side by side (paper Fig. 2). One file per combination of group, SNR, pilot
+  fraction and CSI mode found in the table that compares two or more strategies.
+* ``fig3``: network MSE and accuracy vs zeta, one line per user group (colour) and pilot
+  fraction (line style) (paper Fig. 3). One file per strategy, antenna configuration, SNR and
+  CSI mode that has more than one (group, pilot fraction) pair.
+* ``snr``: accuracy vs SNR, one panel per number of channel uses K, strategies side by side.
+
+A figure needs at least two distinct x values in a context; contexts without them are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FIGURES: tuple[str, ...] = ("fig2", "fig3", "snr")
+FORMATS: tuple[str, ...] = ("png", "pdf")
+
+STRATEGY_STYLE: dict[str, dict[str, Any]] = {
+    "fed": {"label": "Federated (shared F)", "color": "tab:blue", "marker": "o"},
+    "multi-link": {"label": "Multi-link (F per user)", "color": "tab:orange", "marker": "s"},
+    "first-k": {"label": "First-K", "color": "tab:green", "marker": "^"},
+    "top-k": {"label": "Top-K", "color": "tab:red", "marker": "v"},
+}
+STRATEGY_ORDER = tuple(STRATEGY_STYLE)
+GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray")
+LINESTYLES = ("-", "--", ":", "-.")
+ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$"
+ACC_LABEL = "accuracy (mean over users, fraction)"
+MSE_LABEL = "network MSE (whitened pilots, per complex feature)"
+
+
+@dataclass
+class Point:
+    """One cell: its parameters and the mean/std over seeds."""
+
+    params: dict[str, Any]
+    seeds: int
+    accuracy: float
+    accuracy_std: float
+    native: float
+    network_mse: float
+    network_mse_std: float
+
+
+# ---------------------------------------------------------------------------- aggregation
+def load_rows(tables: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Complete runs' rows of every table, each run once."""
+    from semalign.sweep import read_table
+
+    rows, seen = [], set()
+    for path in tables:
+        for row in read_table(path).rows:
+            key = (row["run_key"], row["user"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows
+
+
+_CELL_PARAMS = (
+    "cell_key",
+    "strategy",
+    "antennas",
+    "antennas_tx",
+    "antennas_rx",
+    "channel_uses",
+    "snr_db",
+    "group",
+    "pilot_fraction",
+    "csi",
+    "zeta",
+    "d_ap",
+)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _nanstd(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.std(finite)) if finite else float("nan")
+
+
+def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
+    """Mean over users per run, then mean and std over seeds per cell."""
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        runs[row["run_key"]].append(row)
+    cells: dict[str, list[dict[str, float]]] = defaultdict(list)
+    params: dict[str, dict[str, Any]] = {}
+    for run_rows in runs.values():
+        first = run_rows[0]
+        params.setdefault(first["cell_key"], {k: first[k] for k in _CELL_PARAMS})
+        cells[first["cell_key"]].append(
+            {
+                "accuracy": _nanmean([r["accuracy"] for r in run_rows]),
+                "native": _nanmean([r["native_accuracy"] for r in run_rows]),
+                "network_mse": first["network_mse"],
+            }
+        )
+    points = []
+    for key, per_seed in cells.items():
+        points.append(
+            Point(
+                params=params[key],
+                seeds=len(per_seed),
+                accuracy=_nanmean([s["accuracy"] for s in per_seed]),
+                accuracy_std=_nanstd([s["accuracy"] for s in per_seed]),
+                native=_nanmean([s["native"] for s in per_seed]),
+                network_mse=_nanmean([s["network_mse"] for s in per_seed]),
+                network_mse_std=_nanstd([s["network_mse"] for s in per_seed]),
+            )
+        )
+    return points
+
+
+def _group_by(points: Iterable[Point], keys: Sequence[str]) -> dict[tuple, list[Point]]:
+    out: dict[tuple, list[Point]] = defaultdict(list)
+    for p in points:
+        out[tuple(p.params[k] for k in keys)].append(p)
+    return dict(sorted(out.items(), key=lambda kv: tuple(map(_sort_key, kv[0]))))
+
+
+def _sort_key(value: Any) -> Any:
+    if isinstance(value, str) and value in STRATEGY_ORDER:
+        return (0, STRATEGY_ORDER.index(value), "")
+    if isinstance(value, (int, float, bool)):
+        return (1, float(value), "")
+    return (2, 0, str(value))
+
+
+def _antenna_sort(label: str) -> tuple[int, int]:
+    nt, nr = label.split("x")
+    return int(nt), int(nr)
+
+
+def _fmt_context(names: Sequence[str], values: Sequence[Any]) -> tuple[str, str]:
+    """(title text, file-name suffix) for a context."""
+    parts, slug = [], []
+    for name, value in zip(names, values, strict=True):
+        if name == "snr_db":
+            parts.append(f"SNR {value:g} dB")
+            slug.append(f"snr{value:g}")
+        elif name == "pilot_fraction":
+            parts.append(f"pilots {value * 100:g}%")
+            slug.append(f"pilots{value * 100:g}")
+        elif name == "csi":
+            parts.append("CSI" if value else "no CSI")
+            slug.append("csi" if value else "nocsi")
+        elif name == "antennas":
+            parts.append(f"{value} MIMO")
+            slug.append(str(value))
+        elif name == "strategy":
+            parts.append(STRATEGY_STYLE.get(value, {}).get("label", value))
+            slug.append(str(value))
+        else:
+            parts.append(str(value))
+            slug.append(str(value).replace("+", "_"))
+    return ", ".join(parts), "-".join(slug)
+
+
+# ---------------------------------------------------------------------------- drawing
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _line(ax, xs, ys, stds, *, label, color, marker=None, linestyle="-") -> None:
+    xs, ys, stds = np.asarray(xs, float), np.asarray(ys, float), np.asarray(stds, float)
+    order = np.argsort(xs)
+    xs, ys, stds = xs[order], ys[order], np.nan_to_num(stds[order])
+    ax.plot(xs, ys, label=label, color=color, marker=marker, linestyle=linestyle, ms=4, lw=1.5)
+    ax.fill_between(xs, ys - stds, ys + stds, color=color, alpha=0.18, lw=0)
+
+
+def _native_line(ax, points: list[Point]) -> None:
+    native = _nanmean([p.native for p in points])
+    if not math.isnan(native):
+        ax.axhline(native, color="0.4", ls=":", lw=1, label="native (own encoder, no channel)")
+
+
+def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{name}.{fmt}"
+        fig.savefig(path, dpi=110 if fmt == "png" else None, bbox_inches="tight")
+        paths.append(path)
+    _pyplot().close(fig)
+    return paths
+
+
+def _seeds_note(points: list[Point]) -> str:
+    seeds = sorted({p.seeds for p in points})
+    return f"mean ± 1 std over {seeds[0] if len(seeds) == 1 else f'{seeds[0]}-{seeds[-1]}'} seeds"
+
+
+def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """Accuracy vs zeta per antenna configuration, strategies side by side."""
+    plt = _pyplot()
+    context_keys = ("group", "snr_db", "pilot_fraction", "csi")
+    contexts = {
+        ctx: pts
+        for ctx, pts in _group_by(points, context_keys).items()
+        if len({p.params["zeta"] for p in pts}) >= 2
+    }
+    # Strategies side by side: contexts with one strategy only (e.g. a fig3 sweep) are left
+    # out, unless no context has more than one.
+    compared = {c: p for c, p in contexts.items() if len({q.params["strategy"] for q in p}) >= 2}
+    contexts = compared or contexts
+    paths = []
+    for ctx, pts in contexts.items():
+        antennas = sorted({p.params["antennas"] for p in pts}, key=_antenna_sort)
+        fig, axes = plt.subplots(
+            1, len(antennas), figsize=(4.2 * len(antennas), 3.6), sharey=True, squeeze=False
+        )
+        for ax, ant in zip(axes[0], antennas, strict=True):
+            panel = [p for p in pts if p.params["antennas"] == ant]
+            for strategy, spts in _group_by(panel, ("strategy",)).items():
+                style = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
+                _line(
+                    ax,
+                    [p.params["zeta"] for p in spts],
+                    [p.accuracy for p in spts],
+                    [p.accuracy_std for p in spts],
+                    label=style["label"],
+                    color=style["color"],
+                    marker=style.get("marker"),
+                )
+            _native_line(ax, panel)
+            ax.set_title(f"{ant} MIMO")
+            ax.set_xlabel(ZETA_LABEL)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ACC_LABEL)
+        title, slug = _fmt_context(context_keys, ctx)
+        fig.suptitle(f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})", fontsize=10)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in axes[0][1:]:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=len(labels),
+            fontsize=8,
+            bbox_to_anchor=(0.5, -0.08),
+            frameon=False,
+        )
+        fig.tight_layout()
+        name = "fig2-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
+        paths += _save(fig, out_dir, name, formats)
+    return paths
+
+
+def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """Network MSE and accuracy vs zeta per group (colour) and pilot fraction (line style)."""
+    plt = _pyplot()
+    context_keys = ("strategy", "antennas", "snr_db", "csi")
+    contexts = {}
+    for ctx, pts in _group_by(points, context_keys).items():
+        pairs = {(p.params["group"], p.params["pilot_fraction"]) for p in pts}
+        if len(pairs) >= 2 and len({p.params["zeta"] for p in pts}) >= 2:
+            contexts[ctx] = pts
+    paths = []
+    for ctx, pts in contexts.items():
+        groups = sorted({p.params["group"] for p in pts})
+        fractions = sorted({p.params["pilot_fraction"] for p in pts}, reverse=True)
+        fig, (ax_mse, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for (group, frac), lpts in _group_by(pts, ("group", "pilot_fraction")).items():
+            color = GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)]
+            ls = LINESTYLES[fractions.index(frac) % len(LINESTYLES)]
+            label = f"{group}, pilots {frac * 100:g}%"
+            xs = [p.params["zeta"] for p in lpts]
+            _line(
+                ax_mse,
+                xs,
+                [p.network_mse for p in lpts],
+                [p.network_mse_std for p in lpts],
+                label=label,
+                color=color,
+                linestyle=ls,
+                marker="o",
+            )
+            _line(
+                ax_acc,
+                xs,
+                [p.accuracy for p in lpts],
+                [p.accuracy_std for p in lpts],
+                label=label,
+                color=color,
+                linestyle=ls,
+                marker="o",
+            )
+        ax_mse.set_ylabel(MSE_LABEL)
+        ax_acc.set_ylabel(ACC_LABEL)
+        for ax in (ax_mse, ax_acc):
+            ax.set_xlabel(ZETA_LABEL)
+            ax.grid(alpha=0.3)
+        ax_mse.set_title("network MSE")
+        ax_acc.set_title("accuracy")
+        ax_acc.legend(fontsize=7, loc="lower right")
+        title, slug = _fmt_context(context_keys, ctx)
+        fig.suptitle(
+            f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts)})", fontsize=10
+        )
+        fig.tight_layout()
+        name = "fig3-mse-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
+        paths += _save(fig, out_dir, name, formats)
+    return paths
+
+
+def figure_snr(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """Accuracy vs SNR, one panel per K, strategies side by side."""
+    plt = _pyplot()
+    context_keys = ("group", "antennas", "pilot_fraction", "csi")
+    contexts = {
+        ctx: pts
+        for ctx, pts in _group_by(points, context_keys).items()
+        if len({p.params["snr_db"] for p in pts}) >= 2
+    }
+    paths = []
+    for ctx, pts in contexts.items():
+        # Only K values that were swept over SNR (at least two SNRs) get a panel.
+        ks = sorted(
+            k
+            for k, kpts in _group_by(pts, ("channel_uses",)).items()
+            if len({p.params["snr_db"] for p in kpts}) >= 2
+        )
+        ks = [k[0] for k in ks]
+        fig, axes = plt.subplots(
+            1, len(ks), figsize=(4.2 * len(ks), 3.6), sharey=True, squeeze=False
+        )
+        for ax, k in zip(axes[0], ks, strict=True):
+            panel = [p for p in pts if p.params["channel_uses"] == k]
+            for strategy, spts in _group_by(panel, ("strategy",)).items():
+                style = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
+                _line(
+                    ax,
+                    [p.params["snr_db"] for p in spts],
+                    [p.accuracy for p in spts],
+                    [p.accuracy_std for p in spts],
+                    label=style["label"],
+                    color=style["color"],
+                    marker=style.get("marker"),
+                )
+            _native_line(ax, panel)
+            ax.set_title(f"K = {k} (ζ = {panel[0].params['zeta']:.3g})")
+            ax.set_xlabel("SNR per receive antenna (dB)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ACC_LABEL)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=len(labels),
+            fontsize=8,
+            bbox_to_anchor=(0.5, -0.08),
+            frameon=False,
+        )
+        title, slug = _fmt_context(context_keys, ctx)
+        fig.suptitle(f"Accuracy vs SNR ({title}; {_seeds_note(pts)})", fontsize=10)
+        fig.tight_layout()
+        name = "snr-accuracy-vs-snr" + ("" if len(contexts) == 1 else f"-{slug}")
+        paths += _save(fig, out_dir, name, formats)
+    return paths
+
+
+_MAKERS = {"fig2": figure_fig2, "fig3": figure_fig3, "snr": figure_snr}
+
+
+def make_figures(
+    rows: list[dict[str, Any]],
+    out_dir: str | Path,
+    figures: Sequence[str] = FIGURES,
+    formats: Sequence[str] = FORMATS,
+) -> dict[str, list[Path]]:
+    """Draw the requested figures from table rows; returns the paths written per figure.
+
+    A figure whose data is not in the rows (fewer than two x values) gets an empty list.
+    """
+    points = aggregate(rows)
+    out = Path(out_dir)
+    written = {}
+    for name in figures:
+        written[name] = _MAKERS[name](points, out, formats) if points else []
+        if not written[name]:
+            log.info("%s: the table has no context with two or more x values", name)
+    return written
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-cell means for a text summary (sorted), used by the CLI and docs."""
+    out = []
+    for p in aggregate(rows):
+        out.append(
+            {
+                **p.params,
+                "seeds": p.seeds,
+                "accuracy": p.accuracy,
+                "accuracy_std": p.accuracy_std,
+                "network_mse": p.network_mse,
+            }
+        )
+    out.sort(
+        key=lambda r: tuple(
+            _sort_key(r[k])
+            for k in ("group", "pilot_fraction", "snr_db", "antennas", "strategy", "channel_uses")
+        )
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------- CLI
+def run_plot(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from semalign.cli import UserError
+    from semalign.sweep import SweepError
+
+    console = Console(stderr=True)
+    tables = (
+        [Path(t) for t in args.table] if args.table else sorted(Path("results").glob("sweep-*.csv"))
+    )
+    if not tables:
+        raise UserError("no table given and no results/sweep-*.csv found; pass --table FILE")
+    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    for name in figures:
+        if name not in FIGURES:
+            raise UserError(f"--figures: unknown figure {name!r}; choose from {', '.join(FIGURES)}")
+    for fmt in formats:
+        if fmt not in ("png", "pdf", "svg"):
+            raise UserError(f"--formats: unknown format {fmt!r}; choose from png, pdf, svg")
+    try:
+        rows = load_rows(tables)
+    except SweepError as exc:
+        raise UserError(str(exc)) from None
+    if not rows:
+        raise UserError(f"no complete run in {', '.join(map(str, tables))}")
+    written = make_figures(rows, args.out, figures, formats)
+    total = 0
+    for name, paths in written.items():
+        if paths:
+            for path in paths:
+                console.print(f"{name}: {path}")
+            total += len(paths)
+        else:
+            console.print(f"[yellow]{name}: nothing to plot (needs two or more x values)[/yellow]")
+    if not total:
+        raise UserError("the table holds no data for the requested figures")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="draw the paper's figures (fig2, fig3, snr) from sweep tables",
+        description="PNG/PDF figures from `semalign sweep` tables: mean over seeds with a "
+        "+/- one std band. fig2: accuracy vs zeta per antenna configuration, strategies side by "
+        "side; fig3: network MSE and accuracy vs zeta per group and pilot fraction; snr: "
+        "accuracy vs SNR per K.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--table",
+        action="append",
+        help="results CSV (repeatable; default: every results/sweep-*.csv)",
+    )
+    parser.add_argument("--out", default="figures", help="output directory")
+    parser.add_argument("--figures", default=",".join(FIGURES), help="which figures")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="png, pdf, svg")
+    parser.set_defaults(func=run_plot)

@@ -1,0 +1,157 @@
+"""``semalign plot``: figures from sweep tables (aggregation, files, CLI)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import make_latents
+
+from semalign import plot
+from semalign.cli import main
+from semalign.sweep import COLUMNS, ResultsTable, grid_from_options, make_plan, run_sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(table: ResultsTable, seed: int, users: int = 3, **params) -> None:
+    """Append one run with made-up metrics (accuracy grows with K and SNR)."""
+    cell = {
+        "strategy": "fed",
+        "antennas_tx": 4,
+        "antennas_rx": 4,
+        "channel_uses": 1,
+        "snr_db": 20.0,
+        "group": "paper-users",
+        "pilot_fraction": 1.0,
+        "csi": True,
+    }
+    cell.update(params)
+    cell_key = "c" + str(abs(hash(tuple(sorted(cell.items())))))[:15]
+    rng = np.random.default_rng(seed)
+    d_ap = 64
+    base = 0.3 + 0.02 * cell["channel_uses"] + 0.005 * cell["snr_db"]
+    rows = []
+    for u in range(users):
+        row = {c: "" for c in COLUMNS}
+        row.update(cell)
+        row.update(
+            run_key=f"{cell_key}-{seed}",
+            cell_key=cell_key,
+            run_rows=users,
+            antennas=f"{cell['antennas_tx']}x{cell['antennas_rx']}",
+            iterations=30,
+            rho=1.0,
+            power=1.0,
+            ap_encoder="ap",
+            latents="/x",
+            d_ap=d_ap,
+            zeta=cell["channel_uses"] / (d_ap / 2),
+            seed=seed,
+            user=f"user{u + 1}",
+            encoder=f"enc{u}",
+            accuracy=min(1.0, base + 0.05 * rng.standard_normal()),
+            native_accuracy=0.95,
+            mse=1.0,
+            mse_whitened=0.5,
+            network_mse=1.0 / (1 + cell["channel_uses"]) + 0.01 * seed,
+            last_round_mse=0.5,
+            data_channel_uses=cell["channel_uses"],
+            index_bits_per_sample=0,
+            index_channel_uses=0,
+            seconds=1.0,
+        )
+        rows.append(row)
+    table.append(rows)
+
+
+@pytest.fixture(scope="module")
+def full_table(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plot") / "t.csv"
+    with ResultsTable(path) as table:
+        for seed in (1, 2, 3):
+            # fig2: 2 antenna configurations x 3 K x 4 strategies
+            for strategy, ant, k in itertools.product(
+                ("fed", "multi-link", "first-k", "top-k"), (1, 2), (1, 2, 4)
+            ):
+                fake_run(
+                    table, seed, strategy=strategy, antennas_tx=ant, antennas_rx=ant, channel_uses=k
+                )
+            # fig3: groups x pilot fractions
+            for group, frac, k in itertools.product(
+                ("homogeneous", "heterogeneous"), (0.1, 1.0), (1, 2, 4)
+            ):
+                fake_run(table, seed, group=group, pilot_fraction=frac, channel_uses=k)
+            # snr
+            for strategy, snr, k in itertools.product(("fed", "first-k"), (-10.0, 10.0), (1, 4)):
+                fake_run(
+                    table, seed, strategy=strategy, snr_db=snr, channel_uses=k, group="snr-users"
+                )
+    return path
+
+
+def test_aggregate_mean_and_std_over_seeds(tmp_path):
+    path = tmp_path / "t.csv"
+    with ResultsTable(path) as table:
+        for seed in (1, 2):
+            fake_run(table, seed, users=2)
+    rows = plot.load_rows([path, path])  # the same table twice: each run counted once
+    assert len(rows) == 4
+    (point,) = plot.aggregate(rows)
+    per_seed = [np.mean([r["accuracy"] for r in rows if r["seed"] == s]) for s in (1, 2)]
+    assert point.seeds == 2
+    assert point.accuracy == pytest.approx(np.mean(per_seed))
+    assert point.accuracy_std == pytest.approx(np.std(per_seed))
+    assert point.network_mse == pytest.approx(0.5 + 0.015)
+
+
+def test_every_figure_is_written(full_table, tmp_path):
+    written = plot.make_figures(plot.load_rows([full_table]), tmp_path)
+    assert set(written) == {"fig2", "fig3", "snr"}
+    for name, paths in written.items():
+        assert paths, name
+        for path in paths:
+            assert path.exists() and path.stat().st_size > 1000, path
+        pngs = [p for p in paths if p.suffix == ".png"]
+        assert pngs and all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+        assert any(p.suffix == ".pdf" for p in paths)
+    # fig2 has one file per context (group): paper-users and snr-users have >= 2 zeta values
+    fig2 = {p.name for p in written["fig2"] if p.suffix == ".png"}
+    assert len(fig2) == 3  # paper-users, snr-users at -10 dB and at 10 dB
+
+
+def test_missing_data_gives_no_figure(tmp_path):
+    path = tmp_path / "t.csv"
+    with ResultsTable(path) as table:
+        fake_run(table, 1)
+    written = plot.make_figures(plot.load_rows([path]), tmp_path / "out")
+    assert written == {"fig2": [], "fig3": [], "snr": []}
+    assert main(["plot", "--table", str(path), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_plot_cli_after_a_real_tiny_sweep(tmp_path, capsys):
+    root, ap, users = make_latents(tmp_path / "lat", n_train=200, n_test=60)
+    grid = grid_from_options(
+        None,
+        {
+            "strategies": ("fed", "first-k"),
+            "channel_uses": (1, 2),
+            "antennas": ("1x1",),
+            "seeds": (1, 2),
+            "groups": ("+".join(users),),
+            "iterations": 3,
+            "ap": ap,
+        },
+    )
+    plan = make_plan(grid, root, {"+".join(users): users})
+    table = tmp_path / "t.csv"
+    run_sweep(plan, table)
+    out = tmp_path / "fig"
+    assert main(["plot", "--table", str(table), "--out", str(out), "--formats", "png"]) == 0
+    png = out / "fig2-accuracy-vs-zeta.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_MAGIC
+    assert "fig2" in capsys.readouterr().err
+    assert main(["plot", "--table", str(table), "--figures", "fig9"]) == 2
+    assert main(["plot", "--table", str(tmp_path / "none.csv")]) == 2

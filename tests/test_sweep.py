@@ -1,0 +1,240 @@
+"""``semalign sweep``: grid validation, resumable table, end to end on synthetic latents."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+from synthetic import make_latents
+
+from semalign import sweep
+from semalign.cli import main
+from semalign.sweep import (
+    COLUMNS,
+    PRESETS,
+    ResultsTable,
+    SweepError,
+    grid_from_options,
+    make_plan,
+    read_table,
+    run_sweep,
+)
+
+GROUP = "user_enc0+user_enc1"
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory) -> Path:
+    root, _, _ = make_latents(tmp_path_factory.mktemp("latents"), n_train=200, n_test=60)
+    return root
+
+
+def tiny_grid(**overrides):
+    fields = {
+        "strategies": ("fed", "first-k"),
+        "channel_uses": (1,),
+        "antennas": ("2x2",),
+        "seeds": (27, 42),
+        "groups": (GROUP,),
+        "iterations": 3,
+        "ap": "ap_enc",
+    }
+    fields.update(overrides)
+    return grid_from_options(None, fields)
+
+
+def tiny_plan(latents: Path, **overrides):
+    grid = tiny_grid(**overrides)
+    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
+    return make_plan(grid, latents, groups)
+
+
+def csv_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_tiny_sweep_end_to_end(latents, tmp_path):
+    plan = tiny_plan(latents)
+    assert plan.cells == 2 and len(plan.runs) == 4 and not plan.skipped
+    table = tmp_path / "t.csv"
+    summary = run_sweep(plan, table)
+    assert (summary.done, summary.already_done, summary.failed) == (4, 0, [])
+    with open(table, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == list(COLUMNS)
+        raw = list(reader)
+    assert len(raw) == 2 * 2 * 2  # cells x seeds x users
+    rows = read_table(table).rows
+    assert {r["strategy"] for r in rows} == {"fed", "first-k"}
+    assert {r["seed"] for r in rows} == {27, 42}
+    assert {r["user"] for r in rows} == {"user1", "user2"}
+    for r in rows:
+        assert r["d_ap"] == 16 and r["zeta"] == pytest.approx(1 / 8)
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["native_accuracy"] > 0.5
+        assert math.isfinite(r["network_mse"]) and r["seconds"] > 0
+        assert r["run_key"] == f"{r['cell_key']}-{r['seed']}"
+    fed = [r for r in rows if r["strategy"] == "fed"]
+    assert all(math.isfinite(r["last_round_mse"]) and r["iterations"] == 3 for r in fed)
+    base = [r for r in rows if r["strategy"] == "first-k"]
+    assert all(r["baseline_fit"] == "received" and r["iterations"] == 0 for r in base)
+    # Same command again: nothing to do.
+    again = run_sweep(plan, table)
+    assert (again.done, again.already_done) == (0, 4)
+    assert len(csv_lines(table)) == 1 + 8
+
+
+def test_resume_after_interruption(latents, tmp_path):
+    plan = tiny_plan(latents)
+    table = tmp_path / "t.csv"
+    calls = []
+
+    def interrupt(run, rows, error):
+        calls.append(run.key)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, table, on_run=interrupt)
+    assert len(calls) == 1
+    assert read_table(table).complete == {calls[0]}
+    summary = run_sweep(plan, table)
+    assert (summary.done, summary.already_done) == (3, 1)
+    assert read_table(table).complete == {r.key for r in plan.runs}
+
+
+def test_torn_and_partial_runs_are_redone(latents, tmp_path):
+    plan = tiny_plan(latents)
+    table = tmp_path / "t.csv"
+    run_sweep(plan, table)
+    lines = csv_lines(table)
+    # A crash mid-write: the last run lost one row and the last line is cut in the middle.
+    last_key = lines[-1].split(",")[0]
+    kept = lines[:-1]
+    (table).write_text("\n".join(kept) + "\n" + lines[-1][:20])
+    contents = read_table(table)
+    assert contents.torn_tail and last_key not in contents.complete
+    assert len(contents.complete) == 3
+    summary = run_sweep(plan, table)
+    assert (summary.done, summary.already_done) == (1, 3)
+    contents = read_table(table)
+    assert not contents.torn_tail and contents.dropped_lines == 0
+    assert len(contents.rows) == 8 and len(csv_lines(table)) == 9
+
+
+def test_parallel_workers(latents, tmp_path):
+    plan = tiny_plan(latents, strategies=("first-k", "top-k"))
+    table = tmp_path / "t.csv"
+    summary = run_sweep(plan, table, workers=2)
+    assert (summary.done, summary.failed) == (4, [])
+    assert len(read_table(table).rows) == 8
+
+
+def test_cell_key_covers_every_parameter(latents):
+    grid = tiny_grid(strategies=("fed",))
+    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
+    spec = sweep.ScenarioSpec(str(latents), "ap_enc", tuple(groups[GROUP]))
+    _, cfg = next(grid.configs())
+    key = sweep.cell_key(spec, GROUP, cfg)
+    assert key == sweep.cell_key(spec, GROUP, cfg.model_copy(update={"seed": 99}))
+    for change in ({"rho": 2.0}, {"snr_db": 10.0}, {"csi": False}, {"pilot_fraction": 0.5}):
+        assert sweep.cell_key(spec, GROUP, cfg.model_copy(update=change)) != key
+    other = sweep.ScenarioSpec(str(latents), "ap_enc", ("user_enc1", "user_enc0"))
+    assert sweep.cell_key(other, GROUP, cfg) != key
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"channel_uses": (1, 0)}, "--channel-uses"),
+        ({"antennas": ("4y4",)}, "--antennas"),
+        ({"antennas": ("0x2",)}, "--antennas"),
+        ({"strategies": ("fed", "feed")}, "--strategies"),
+        ({"pilot_fractions": (1.5,)}, "--pilot-fractions"),
+        ({"snr_db": (float("nan"),)}, "--snr-db"),
+        ({"seeds": ()}, "--seeds"),
+        ({"iterations": 0}, "--iterations"),
+        ({"groups": ("a+",)}, "--groups"),
+    ],
+)
+def test_bad_grid_values_fail_clearly(override, message):
+    with pytest.raises(SweepError, match=message):
+        tiny_grid(**override)
+
+
+def test_presets_are_valid_grids():
+    assert set(PRESETS) == {"fig2", "fig3", "snr"}
+    fig2 = grid_from_options("fig2", {})
+    assert fig2.cells_per_seed == 3 * 7 * 4 and len(fig2.seeds) == 6
+    assert fig2.antennas == ((1, 1), (2, 2), (4, 4))
+    fig3 = grid_from_options("fig3", {"seeds": (1,)})
+    assert fig3.groups == ("homogeneous", "heterogeneous") and fig3.seeds == (1,)
+    assert min(grid_from_options("snr", {}).snr_db) == -20.0
+    with pytest.raises(SweepError, match="unknown preset"):
+        grid_from_options("fig9", {})
+
+
+def test_oversized_cells_are_skipped_with_reason(latents):
+    # d_AP = 16 -> 8 complex features: K=4 with N_T=4 needs 16 symbols.
+    plan = tiny_plan(latents, channel_uses=(1, 4), antennas=("1x1", "4x4"))
+    assert len(plan.skipped) == 2  # fed and first-k at 4x4, K=4
+    assert all("exceed" in reason for _, reason in plan.skipped)
+    assert plan.cells == 6
+    with pytest.raises(SweepError, match="no valid cell"):
+        tiny_plan(latents, channel_uses=(4,), antennas=("4x4",))
+
+
+def test_foreign_table_is_refused(latents, tmp_path):
+    table = tmp_path / "other.csv"
+    table.write_text("a,b\n1,2\n")
+    with pytest.raises(SweepError, match="not a semalign sweep table"):
+        read_table(table)
+    with pytest.raises(SweepError):
+        with ResultsTable(table):
+            pass
+    assert table.read_text() == "a,b\n1,2\n"
+
+
+def test_cli_sweep_and_errors(latents, tmp_path, capsys):
+    table = tmp_path / "cli.csv"
+    base = [
+        "sweep",
+        "--latents",
+        str(latents),
+        "--ap",
+        "ap_enc",
+        "--groups",
+        GROUP,
+        "--strategies",
+        "first-k",
+        "--channel-uses",
+        "1,2",
+        "--antennas",
+        "1x1",
+        "--seeds",
+        "1,2",
+        "--workers",
+        "1",
+        "--table",
+        str(table),
+        "-q",
+    ]
+    assert main([*base, "--dry-run"]) == 0
+    assert not table.exists()
+    assert main(base) == 0
+    assert len(read_table(table).complete) == 4
+    # Bad values: one line, exit 2, before any work (the table is left as it was).
+    before = table.read_text()
+    for bad in (
+        ["--channel-uses", "1,x"],
+        ["--antennas", "4by4"],
+        ["--snr-db=-300"],
+        ["--strategies", "fedx"],
+        ["--groups", "nosuchencoder"],
+        ["--workers", "0"],
+    ):
+        capsys.readouterr()
+        assert main([*base, *bad]) == 2, bad
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("semalign sweep: error:"), err
+    assert table.read_text() == before
