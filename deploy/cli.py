@@ -124,6 +124,18 @@ def derive_ordinal(user_id: str) -> int:
     return int(match[1]) - 1
 
 
+def semalign_command() -> list[str]:
+    """How to start ``semalign`` as a child: the console script next to this interpreter.
+
+    (Not ``python -m semalign.cli``: run as ``__main__`` the module is imported twice and its
+    UserError is no longer caught as a one-line error.)
+    """
+    script = tool("semalign")
+    if Path(script).exists():
+        return [script]
+    return [sys.executable, "-c", "import sys; from semalign.cli import main; sys.exit(main())"]
+
+
 def user_argv(
     user_id: str,
     ordinal: int,
@@ -138,7 +150,7 @@ def user_argv(
     connect_timeout: float | None = None,
 ) -> list[str]:
     """The ``semalign user`` command line of one user (local launcher and docker-compose)."""
-    argv = [sys.executable, "-m", "semalign.cli", "user", "--user-id", user_id]
+    argv = [*semalign_command(), "user", "--user-id", user_id]
     argv += ["--ordinal", str(ordinal), "--encoder", encoder]
     argv += ["--ap", ap] if ap else ["--superlink", str(superlink)]
     argv += ["--latents", latents] if latents else ["--dataset", dataset]
@@ -383,7 +395,8 @@ def run_run(args: argparse.Namespace) -> int:
                         dataset=args.dataset,
                         cache_dir=args.cache_dir,
                     )
-                    procs.start(uid, argv, child_env(SEMALIGN_TOKEN=token))
+                    env = child_env(single_thread=True, SEMALIGN_TOKEN=token)
+                    procs.start(uid, argv, env)
             try:
                 results = serve(
                     service,
@@ -435,7 +448,7 @@ def _start_flower_local(procs, workdir, service_address, token, ids, encoders, a
             cache_dir=args.cache_dir,
             runtime_port=free_port(),
         )
-        procs.start(uid, argv, child_env(workdir / "flwr" / uid))
+        procs.start(uid, argv, child_env(workdir / "flwr" / uid, single_thread=True))
     wait_for_port("127.0.0.1", port, 60.0, procs)
     cli_home = workdir / "flwr" / "cli"
     write_cli_config(cli_home, superlink)
@@ -708,14 +721,19 @@ def run_user_cmd(args: argparse.Namespace) -> int:
         check_address(args.ap or args.superlink, what="AP address" if args.ap else "--superlink")
     except TransportError as exc:
         raise _user_error(str(exc)) from None
+    # Each user loads its own encoder's latents, or encodes the dataset with its own encoder
+    # on first use, before it is ready to join (so an invitation never waits on training).
+    cache = (
+        Path(args.latents)
+        if args.latents
+        else ensure_cache(args.dataset, [args.encoder], args.cache_dir)
+    )
     if args.superlink:
         node = {
             "user-id": args.user_id,
             "ordinal": ordinal,
             "encoder": args.encoder,
-            "latents": str(Path(args.latents).resolve()) if args.latents else "",
-            "dataset": args.dataset,
-            "cache-dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else "",
+            "latents": str(cache.resolve()),
             "antennas-rx": args.antennas_rx,
             "snr-db": args.snr_db,
             "tls-ca": args.tls_ca,
@@ -737,11 +755,6 @@ def run_user_cmd(args: argparse.Namespace) -> int:
     from semalign.client.user import user_data_from_cache
 
     def load(pilot_fraction: float):
-        cache = (
-            Path(args.latents)
-            if args.latents
-            else ensure_cache(args.dataset, [args.encoder], args.cache_dir)
-        )
         return user_data_from_cache(cache, args.encoder, pilot_fraction)
 
     factory = user_factory(

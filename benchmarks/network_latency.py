@@ -1,0 +1,188 @@
+"""Round latency and bytes per round: networked (gRPC, one process per user) vs in-process.
+
+    .venv/bin/python benchmarks/network_latency.py         # L in {2,10,20}, n in {1000,42500}
+    .venv/bin/python benchmarks/network_latency.py --users 10 --pilots 1000 --rounds 20
+
+For each pilot count n a synthetic latent cache is written (AP d=192 like vit_tiny; users of
+dims 192..384). For each user count L the AP's alignment service runs in this process and L
+``semalign user --ap`` processes join it (one BLAS thread each, as ``semalign run`` starts them).
+After one untimed networked warm-up session (every user process started, loaded its latents and
+joined), sessions alternate: one in-process session (``simulate_seed``: the same AP and users
+over loopback links), then one networked session, ``--reps`` times, so both see the same load.
+
+Reported per (L, n): round latency p50/p95 in-process and networked, the target
+(2 x in-process p50 + 50 ms), bytes per user per round measured at the gRPC boundary, the
+DESIGN.md formula (complex64: down K N_R n, up K N_T (K N_T + n) numbers) and the difference
+(protobuf framing of the messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from semalign.common.config import AlignmentConfig
+from semalign.common.latents import load_encoder_splits
+from semalign.deploy.cli import user_argv
+from semalign.deploy.launcher import Processes, child_env
+from semalign.server.network import serve_session
+from semalign.server.service import AlignmentService, start_server
+
+from semalign.simulate import build_access_point, load_scenario, simulate_seed, user_names
+from semalign.transport import SessionOffer
+
+USER_DIMS = (192, 384, 256, 320, 192, 384, 256, 320, 192, 384)
+
+
+def write_latents(root: Path, n_train: int, n_test: int, users: int, seed: int = 0) -> list[str]:
+    """Synthetic cache: users' latents are noisy linear maps of the AP's (10 classes)."""
+    rng = np.random.default_rng(seed)
+    ap_dim, classes = 192, 10
+    centers = rng.standard_normal((classes, ap_dim)) * 2.0
+    data = {}
+    for split, n in (("train", n_train), ("val", n_test), ("test", n_test)):
+        labels = rng.integers(0, classes, n).astype(np.int64)
+        data[split] = (centers[labels] + rng.standard_normal((n, ap_dim)), labels)
+    names = ["ap"] + [f"u{i}" for i in range(users)]
+    for i, name in enumerate(names):
+        dim = ap_dim if i == 0 else USER_DIMS[(i - 1) % len(USER_DIMS)]
+        w = np.eye(ap_dim) if i == 0 else rng.standard_normal((ap_dim, dim)) / np.sqrt(ap_dim)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for split, (s, labels) in data.items():
+            lat = s @ w + (0.05 * rng.standard_normal((len(s), dim)) if i else 0)
+            np.savez(root / name / f"{split}.npz", latents=lat.astype(np.float32), labels=labels)
+    return names[1:]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int, workdir: Path):
+    ids = user_names(encoders)
+    ap_splits = load_encoder_splits(root, "ap")
+    ap_train, ap_test = ap_splits["train"].latents, ap_splits["test"].latents
+    test_ids = np.arange(len(ap_test), dtype=np.int64)
+    scenario = load_scenario(root, "ap", encoders)
+    token = secrets.token_urlsafe(16)
+    service = AlignmentService(token, lobby_wait=3600)
+    server = start_server(service, "127.0.0.1:0")
+    inproc, networked, down, up = [], [], [], []
+    startup = time.perf_counter()
+    with Processes(workdir / "logs") as procs:
+        for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
+            argv = user_argv(uid, ordinal, enc, ap=server.address, latents=str(root))
+            procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
+        # Warm-up: every user process has started, loaded its latents and joined once before
+        # anything is timed (startup of ten processes on two cores would swamp the rounds).
+        sessions = reps + 1
+        for index in range(sessions):
+            cfg = config.model_copy(update={"seed": index})
+            if index:
+                block = simulate_seed(scenario, cfg)
+                inproc += [r["seconds"] for r in block["rounds"]]
+            ap = build_access_point(ap_train, cfg, len(ids))
+            offer = SessionOffer(ap.session_id, index, sessions, cfg.model_dump())
+            result, wire = serve_session(
+                service,
+                ap,
+                offer,
+                ids,
+                ap_test,
+                test_ids,
+                join_timeout=600,
+                reply_timeout=600,
+                poll=lambda _ids: procs.check(),
+            )
+            assert not result.dropped, result.dropped
+            if not index:
+                joined_s = time.perf_counter() - startup
+                continue
+            networked += [w["latency_s"] for w in wire["rounds"]]
+            for w in wire["rounds"]:
+                down += list(w["bytes_down"].values())
+                up += list(w["bytes_up"].values())
+            if os.environ.get("BENCH_DEBUG"):
+                print("inproc", [round(r["seconds"] * 1e3) for r in block["rounds"]])
+                print("net", [round(w["latency_s"] * 1e3) for w in wire["rounds"]], flush=True)
+    server.stop()
+    return inproc, networked, down, up, joined_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", default="2,10,20", help="user counts L")
+    parser.add_argument("--pilots", default="1000,42500", help="pilot counts n")
+    parser.add_argument("--rounds", type=int, default=10, help="ADMM rounds per session")
+    parser.add_argument("--reps", type=int, default=2, help="sessions per transport")
+    parser.add_argument("--test", type=int, default=200, help="test samples (evaluation)")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    users = [int(x) for x in args.users.split(",")]
+    pilots = [int(x) for x in args.pilots.split(",")]
+    config = AlignmentConfig(iterations=args.rounds)
+    k, nt, nr = config.channel_uses, config.antennas_tx, config.antennas_rx
+    rows = []
+    print(
+        f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; K={k}, "
+        f"N_T={nt}, N_R={nr}, {args.rounds} rounds x {args.reps} sessions per transport",
+        flush=True,
+    )
+    header = (
+        "| L | n | in-process p50 / p95 (ms) | networked p50 / p95 (ms) | target p50 (ms) | "
+        "down B/user/round (formula + framing) | up B/user/round (formula + framing) | "
+        "first session (s) |"
+    )
+    print(header)
+    print("|" + "---|" * 8, flush=True)
+    with tempfile.TemporaryDirectory(prefix="semalign-bench-") as tmp:
+        for n in pilots:
+            root = Path(tmp) / f"n{n}"
+            names = write_latents(root, n, args.test, max(users))
+            for count in users:
+                inproc, net, down, up, joined = measure(
+                    root, names[:count], config, args.reps, Path(tmp) / f"w{n}-{count}"
+                )
+                f_down, f_up = 8 * k * nr * n, 8 * k * nt * (k * nt + n)
+                row = {
+                    "users": count,
+                    "pilots": n,
+                    "inproc_p50_s": pct(inproc, 50),
+                    "inproc_p95_s": pct(inproc, 95),
+                    "net_p50_s": pct(net, 50),
+                    "net_p95_s": pct(net, 95),
+                    "target_p50_s": 2 * pct(inproc, 50) + 0.05,
+                    "bytes_down_user_round": sorted(set(down)),
+                    "bytes_up_user_round": sorted(set(up)),
+                    "formula_down": f_down,
+                    "formula_up": f_up,
+                    "joined_s": joined,
+                    "rounds": len(net),
+                }
+                rows.append(row)
+                ms = lambda v: f"{v * 1e3:.0f}"  # noqa: E731
+                d, u = max(down), max(up)
+                print(
+                    f"| {count} | {n:,} | {ms(row['inproc_p50_s'])} / {ms(row['inproc_p95_s'])} | "
+                    f"{ms(row['net_p50_s'])} / {ms(row['net_p95_s'])} | "
+                    f"{ms(row['target_p50_s'])} "
+                    f"({'met' if row['net_p50_s'] <= row['target_p50_s'] else 'MISSED'}) | "
+                    f"{d:,} ({f_down:,} + {d - f_down}) | {u:,} ({f_up:,} + {u - f_up}) | "
+                    f"{joined:.1f} |",
+                    flush=True,
+                )
+    print(f"# load average {os.getloadavg()[0]:.1f} at end")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

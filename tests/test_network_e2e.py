@@ -1,0 +1,231 @@
+"""End to end with real processes on 127.0.0.1: `semalign run` (Flower and direct), the
+docker-compose service commands as local processes, and Ctrl-C leaving no orphan.
+
+Synthetic latents (no encoder training); 2 users, 3 rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from semalign.deploy.cli import semalign_command
+from semalign.deploy.launcher import Processes, child_env, descendants, free_port
+from synthetic import make_latents
+
+from semalign.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SEMALIGN = semalign_command()
+ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2", "--iterations", "3"]
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return make_latents(tmp_path_factory.mktemp("lat"), user_dims=(12, 20), n_train=200)
+
+
+@pytest.fixture(scope="module")
+def simulated(latents, tmp_path_factory):
+    root, ap, users = latents
+    out = tmp_path_factory.mktemp("sim") / "sim.json"
+    argv = ["simulate", "--latents", str(root), "--ap", ap, "--users", ",".join(users)]
+    assert main([*argv, *ALIGN, "--seeds", "7", "-q", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _same_math(got: dict, want: dict) -> None:
+    for key in ("mean_accuracy", "mean_mse", "mean_native_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6)
+    for gu, wu in zip(got["users"], want["users"], strict=True):
+        assert (gu["name"], gu["encoder"]) == (wu["name"], wu["encoder"])
+        assert gu["accuracy"] == pytest.approx(wu["accuracy"], rel=1e-6)
+        assert gu["mse"] == pytest.approx(wu["mse"], rel=1e-6)
+
+
+def _run(latents, tmp_path, *extra, timeout=150):
+    root, ap, users = latents
+    out = tmp_path / "run.json"
+    argv = [*SEMALIGN, "run", "--latents", str(root), "--ap", ap, "--users", "2", *ALIGN]
+    argv += ["--seeds", "7", "--workdir", str(tmp_path / "work"), "--out", str(out), *extra]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done
+
+
+def _no_semalign_processes_under(pid_root: int) -> None:
+    assert descendants(pid_root) == []
+
+
+def test_semalign_run_with_flower_matches_simulate(latents, simulated, tmp_path):
+    results, done = _run(latents, tmp_path)
+    _same_math(results, simulated)
+    net = results["network"]
+    dep = net["deployment"]
+    assert dep["mode"] == "flower" and dep["users"] == 2
+    # Flower carried the invitations and brought back each user's final report
+    reports = dep["flower_reports"]["reports"]
+    assert set(reports) == {"user1", "user2"}
+    for uid, rep in reports.items():
+        assert rep["status"] == "ok"
+        (session,) = rep["sessions"]
+        assert session["seed"] == 7 and session["status"] == "ok"
+        mine = next(u for u in results["users"] if u["name"] == uid)
+        assert session["report"]["accuracy"] == pytest.approx(mine["accuracy"])
+    # wire figures per round, per user, and p50/p95
+    wire = results["seeds"][0]["wire"]
+    assert len(wire["rounds"]) == 3 and set(wire["rounds"][0]["bytes_up"]) == {"user1", "user2"}
+    assert net["latency_p95_s"] >= net["latency_p50_s"] > 0
+    # live progress and the tables went to stderr
+    assert "aligned acc" in done.stderr and "latency p50" in done.stderr
+    assert "Flower SuperNodes" in done.stderr
+
+
+def test_semalign_run_direct_processes_matches_simulate(latents, simulated, tmp_path):
+    results, _ = _run(latents, tmp_path, "--no-flower", "-q", timeout=60)
+    _same_math(results, simulated)
+    assert results["network"]["deployment"]["mode"] == "direct"
+    assert results["rounds"][0]["bytes_down"] == sum(
+        results["seeds"][0]["wire"]["rounds"][0]["bytes_down"].values()
+    )
+
+
+def _set(argv: list[str], name: str, value: str | None) -> list[str]:
+    """Replace (or drop with None, or append) an option's value in a command line."""
+    argv = list(argv)
+    if name in argv:
+        i = argv.index(name)
+        del argv[i : i + 2]
+    return argv + ([name, value] if value is not None else [])
+
+
+def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp_path):
+    """docker-compose.yml's AP and two of its users, on loopback instead of the compose network."""
+    root, ap_enc, users = latents
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    port, superlink = free_port(), free_port()
+    out = tmp_path / "results" / "run.json"
+    ap = services["ap"]["command"]
+    for name, value in (
+        ("--users", "2"),
+        ("--ap", ap_enc),
+        ("--listen", f"127.0.0.1:{port}"),
+        ("--advertise", f"127.0.0.1:{port}"),
+        ("--superlink-listen", f"127.0.0.1:{superlink}"),
+        ("--cache-dir", None),
+        ("--latents", str(root)),
+        ("--join-timeout", "120"),
+        ("--workdir", str(tmp_path / "work")),
+        ("--out", str(out)),
+        ("--seeds", "7"),
+    ):
+        ap = _set(ap, name, value)
+    with Processes(tmp_path / "logs") as procs:
+        for i, encoder in enumerate(users, 1):
+            argv = services[f"user{i}"]["command"]
+            for name, value in (
+                ("--superlink", f"127.0.0.1:{superlink}"),
+                ("--encoder", encoder),
+                ("--cache-dir", None),
+                ("--latents", str(root)),
+                ("--runtime-port", str(free_port())),
+                ("--flwr-home", str(tmp_path / f"flwr-user{i}")),
+            ):
+                argv = _set(argv, name, value)
+            procs.start(f"user{i}", [*SEMALIGN, *argv], child_env(single_thread=True))
+        done = subprocess.run(
+            [*SEMALIGN, *ap, *ALIGN, "-q"],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            env=child_env(),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        procs.check()  # the SuperNodes are still up: Flower supervises them, not the AP
+    results = json.loads(out.read_text())
+    _same_math(results, simulated)
+    reports = results["network"]["deployment"]["flower_reports"]["reports"]
+    assert {uid: r["status"] for uid, r in reports.items()} == {"user1": "ok", "user2": "ok"}
+
+
+def test_ctrl_c_stops_every_child_process(latents, tmp_path):
+    root, ap, _ = latents
+    argv = [*SEMALIGN, "run", "--latents", str(root), "--ap", ap, "--users", "2", *ALIGN]
+    argv = _set(argv, "--iterations", "100000")  # a session that would last for long
+    argv += ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json"), "-q"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        seen: set[tuple[int, int]] = set()
+        while time.monotonic() < deadline:  # until both ClientApps run the protocol
+            tree = descendants(proc.pid)
+            seen.update(tree)
+            apps = [pid for pid, _ in tree if b"flwr-clientapp" in _cmdline(pid)]
+            if len(apps) == 2:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the ClientApps never started")
+        time.sleep(1.0)
+        seen.update(descendants(proc.pid))
+        assert len(seen) >= 7  # SuperLink, its SuperExec, ServerApp, 2 x (SuperNode, ...)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130
+    assert "interrupted" in proc.stderr.read()
+    time.sleep(0.5)
+    survivors = [pid for pid, start in seen if _same_process_alive(pid, start)]
+    assert survivors == [], [_cmdline(pid) for pid in survivors]
+    assert not (tmp_path / "r.json").exists()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _same_process_alive(pid: int, start: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return int(fields[19]) == start and fields[0] != "Z"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["user", "--ap", "localhost", "--user-id", "user1", "--encoder", "e"], "bad AP address"),
+        (["user", "--superlink", "x:99999", "--user-id", "u1", "--encoder", "e"], "out of range"),
+    ],
+)
+def test_bad_addresses_fail_with_one_line(argv, expected, capsys, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_TOKEN", "t")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+
+
+def test_refused_connection_fails_with_one_line(latents, tmp_path):
+    root, _, users = latents
+    port = free_port()
+    argv = [*SEMALIGN, "user", "--ap", f"127.0.0.1:{port}", "--user-id", "user1"]
+    argv += ["--encoder", users[0], "--latents", str(root), "--connect-timeout", "1"]
+    env = {**os.environ, "SEMALIGN_TOKEN": "t"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], done.stderr
+    assert "refused" in lines[0].lower()
