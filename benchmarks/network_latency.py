@@ -1,3 +1,4 @@
+# ruff: noqa: E402 - BLAS thread settings must precede the numpy import
 """Round latency and bytes per round: networked (gRPC, one process per user) vs in-process.
 
     .venv/bin/python benchmarks/network_latency.py         # L in {2,10,20}, n in {1000,42500}
@@ -10,7 +11,9 @@ After one untimed networked warm-up session (every user process started, loaded 
 joined), sessions alternate: one in-process session (``simulate_seed``: the same AP and users
 over loopback links), then one networked session, ``--reps`` times, so both see the same load.
 
-Reported per (L, n): round latency p50/p95 in-process and networked, the target
+Reported per (L, n): round latency p50/p95 in-process and networked (networked round 0 also
+includes the users' whitening of their pilots, which they do on the HandshakeAccept, a message
+without reply; in-process that work falls into the handshake), the target
 (2 x in-process p50 + 50 ms), bytes per user per round measured at the gRPC boundary, the
 DESIGN.md formula (complex64: down K N_R n, up K N_T (K N_T + n) numbers) and the difference
 (protobuf framing of the messages).
@@ -18,12 +21,22 @@ DESIGN.md formula (complex64: down K N_R n, up K N_T (K N_T + n) numbers) and th
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread in every process (this one, which runs the AP and the in-process sessions, and
+# the user processes). On a shared 2-core machine under load, two-thread OpenBLAS made in-process
+# rounds about 10x slower (L=2, n=1,000: 150-280 ms instead of 10-30 ms). Override from the
+# environment to measure other settings.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
 import json
-import os
 import secrets
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +74,92 @@ def write_latents(root: Path, n_train: int, n_test: int, users: int, seed: int =
     return names[1:]
 
 
+class CountingProxy:
+    """A TCP relay in front of the alignment service counting the bytes on the wire (TCP
+    payload: gRPC and HTTP/2 framing, headers, window updates and pings included)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.up = self.down = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        try:
+            while data := src.recv(1 << 20):
+                with self._lock:
+                    if up:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def tcp_check(root: Path, encoders: list[str], config: AlignmentConfig, workdir: Path):
+    """One networked session through a counting proxy: TCP bytes vs gRPC payload bytes."""
+    ids = user_names(encoders)
+    ap_splits = load_encoder_splits(root, "ap")
+    ap_test = ap_splits["test"].latents
+    token = secrets.token_urlsafe(16)
+    service = AlignmentService(token)
+    server = start_server(service, "127.0.0.1:0")
+    proxy = CountingProxy(server.address)
+    with Processes(workdir / "logs") as procs:
+        for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
+            argv = user_argv(uid, ordinal, enc, ap=proxy.address, latents=str(root))
+            procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
+        cfg = config.model_copy(update={"seed": 0})
+        ap = build_access_point(ap_splits["train"].latents, cfg, len(ids))
+        offer = SessionOffer(ap.session_id, 0, 1, cfg.model_dump())
+        _, wire = serve_session(
+            service,
+            ap,
+            offer,
+            ids,
+            ap_test,
+            np.arange(len(ap_test), dtype=np.int64),
+            join_timeout=600,
+            reply_timeout=600,
+        )
+        time.sleep(0.5)  # let the streams close
+    server.stop()
+    proxy.close()
+    grpc_down = sum(u["bytes_down"] for u in wire["users"].values())
+    grpc_up = sum(u["bytes_up"] for u in wire["users"].values())
+    messages = sum(u["messages_down"] + u["messages_up"] for u in wire["users"].values())
+    return {
+        "grpc_payload_down": grpc_down,
+        "grpc_payload_up": grpc_up,
+        "tcp_down": proxy.down,
+        "tcp_up": proxy.up,
+        "messages": messages,
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -74,7 +173,7 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
     token = secrets.token_urlsafe(16)
     service = AlignmentService(token, lobby_wait=3600)
     server = start_server(service, "127.0.0.1:0")
-    inproc, networked, down, up = [], [], [], []
+    inproc, networked, down, up, later = [], [], [], [], []
     startup = time.perf_counter()
     with Processes(workdir / "logs") as procs:
         for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
@@ -106,6 +205,7 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
                 joined_s = time.perf_counter() - startup
                 continue
             networked += [w["latency_s"] for w in wire["rounds"]]
+            later += [w["latency_s"] for w in wire["rounds"][1:]]
             for w in wire["rounds"]:
                 down += list(w["bytes_down"].values())
                 up += list(w["bytes_up"].values())
@@ -113,7 +213,7 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
                 print("inproc", [round(r["seconds"] * 1e3) for r in block["rounds"]])
                 print("net", [round(w["latency_s"] * 1e3) for w in wire["rounds"]], flush=True)
     server.stop()
-    return inproc, networked, down, up, joined_s
+    return inproc, networked, down, up, joined_s, later
 
 
 def main() -> int:
@@ -124,19 +224,23 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2, help="sessions per transport")
     parser.add_argument("--test", type=int, default=200, help="test samples (evaluation)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument(
+        "--no-tcp-check", action="store_true", help="skip the TCP byte count through a proxy"
+    )
     args = parser.parse_args()
     users = [int(x) for x in args.users.split(",")]
     pilots = [int(x) for x in args.pilots.split(",")]
     config = AlignmentConfig(iterations=args.rounds)
     k, nt, nr = config.channel_uses, config.antennas_tx, config.antennas_rx
-    rows = []
+    rows, tcp_checks = [], []
     print(
         f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; K={k}, "
         f"N_T={nt}, N_R={nr}, {args.rounds} rounds x {args.reps} sessions per transport",
         flush=True,
     )
     header = (
-        "| L | n | in-process p50 / p95 (ms) | networked p50 / p95 (ms) | target p50 (ms) | "
+        "| L | n | in-process p50 / p95 (ms) | networked p50 / p95 (p95 w/o round 0) (ms) | "
+        "target p50 (ms) | "
         "down B/user/round (formula + framing) | up B/user/round (formula + framing) | "
         "first session (s) |"
     )
@@ -147,7 +251,7 @@ def main() -> int:
             root = Path(tmp) / f"n{n}"
             names = write_latents(root, n, args.test, max(users))
             for count in users:
-                inproc, net, down, up, joined = measure(
+                inproc, net, down, up, joined, later = measure(
                     root, names[:count], config, args.reps, Path(tmp) / f"w{n}-{count}"
                 )
                 f_down, f_up = 8 * k * nr * n, 8 * k * nt * (k * nt + n)
@@ -158,6 +262,7 @@ def main() -> int:
                     "inproc_p95_s": pct(inproc, 95),
                     "net_p50_s": pct(net, 50),
                     "net_p95_s": pct(net, 95),
+                    "net_p95_after_round0_s": pct(later, 95),
                     "target_p50_s": 2 * pct(inproc, 50) + 0.05,
                     "bytes_down_user_round": sorted(set(down)),
                     "bytes_up_user_round": sorted(set(up)),
@@ -171,13 +276,29 @@ def main() -> int:
                 d, u = max(down), max(up)
                 print(
                     f"| {count} | {n:,} | {ms(row['inproc_p50_s'])} / {ms(row['inproc_p95_s'])} | "
-                    f"{ms(row['net_p50_s'])} / {ms(row['net_p95_s'])} | "
+                    f"{ms(row['net_p50_s'])} / {ms(row['net_p95_s'])} "
+                    f"({ms(row['net_p95_after_round0_s'])}) | "
                     f"{ms(row['target_p50_s'])} "
                     f"({'met' if row['net_p50_s'] <= row['target_p50_s'] else 'MISSED'}) | "
                     f"{d:,} ({f_down:,} + {d - f_down}) | {u:,} ({f_up:,} + {u - f_up}) | "
                     f"{joined:.1f} |",
                     flush=True,
                 )
+            if not args.no_tcp_check:
+                tcp = tcp_check(root, names[:2], config, Path(tmp) / f"tcp{n}")
+                rows.append({"pilots": n, "users": 2, "tcp": tcp})
+                tcp_checks.append((n, tcp))
+    for n, tcp in tcp_checks:
+        print(
+            f"# TCP bytes, one session, L=2, n={n:,} ({args.rounds} rounds + handshake, final, "
+            f"evaluation; {tcp['messages']} messages): down {tcp['tcp_down']:,} on the wire vs "
+            f"{tcp['grpc_payload_down']:,} gRPC payload "
+            f"(+{tcp['tcp_down'] - tcp['grpc_payload_down']:,} B, "
+            f"{100 * (tcp['tcp_down'] / tcp['grpc_payload_down'] - 1):.2f}%); up "
+            f"{tcp['tcp_up']:,} vs {tcp['grpc_payload_up']:,} "
+            f"(+{tcp['tcp_up'] - tcp['grpc_payload_up']:,} B, "
+            f"{100 * (tcp['tcp_up'] / tcp['grpc_payload_up'] - 1):.2f}%)"
+        )
     print(f"# load average {os.getloadavg()[0]:.1f} at end")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -305,14 +305,40 @@ def serve(
         )
 
 
-def wait_for_reports(path: Path, timeout: float, procs: Processes | None = None) -> dict | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            with contextlib.suppress(ValueError, OSError):
-                return json.loads(path.read_text())
-        time.sleep(0.1)
+def read_reports(path: Path) -> dict | None:
+    """The ServerApp's status file (rewritten as Flower replies arrive), if readable."""
+    with contextlib.suppress(ValueError, OSError):
+        return json.loads(path.read_text())
     return None
+
+
+def wait_for_reports(path: Path, timeout: float) -> dict | None:
+    """Wait until the ServerApp has every user's final report (or ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = read_reports(path)
+        if status and status.get("done"):
+            break
+        time.sleep(0.1)
+    return status
+
+
+def check_flower(path: Path, procs: Processes):
+    """Fail fast while waiting for users: a dead child, or a ClientApp that reported an error."""
+
+    def check() -> None:
+        procs.check()
+        status = read_reports(path)
+        if not status:
+            return
+        reports = status["reports"].items()
+        failed = {u: r.get("error", "") for u, r in reports if r["status"] != "ok"}
+        if failed or status["errors"]:
+            detail = "; ".join([f"{u}: {e}" for u, e in failed.items()] + status["errors"])
+            raise LaunchError(f"Flower reports a failed user: {detail}")
+
+    return check
 
 
 def _load_ap(latents_dir: Path, ap: str):
@@ -408,7 +434,7 @@ def run_run(args: argparse.Namespace) -> int:
                     display=display,
                     join_timeout=args.join_timeout,
                     reply_timeout=args.reply_timeout,
-                    check=procs.check,
+                    check=check_flower(reports_file, procs) if args.flower else procs.check,
                     extra={"latents": str(cache), "ap": ap, "users": encoders},
                 )
             except (NoUsersError, LaunchError) as exc:
@@ -692,7 +718,9 @@ def run_ap(args: argparse.Namespace) -> int:
                     display=display,
                     join_timeout=args.join_timeout,
                     reply_timeout=args.reply_timeout,
-                    check=procs.check,
+                    check=check_flower(workdir / "flower-reports.json", procs)
+                    if args.flower
+                    else procs.check,
                     extra={"latents": str(cache), "ap": ap},
                 )
             except (NoUsersError, LaunchError) as exc:

@@ -121,13 +121,15 @@ def serve_session(
     on_round: Callable[[RoundRecord, WireRound], None] | None = None,
     on_joined: Callable[[list[str]], None] | None = None,
     poll: Callable[[list[str]], None] | None = None,
+    required: set[str] | None = None,
 ) -> tuple[SessionResult, dict[str, Any]]:
     """Gather the users of one session and run it; returns the result and its wire block.
 
-    ``poll(joined_ids)`` is called while waiting for users (progress, child checks).
+    ``poll(joined_ids)`` is called while waiting for users (progress, child checks);
+    ``required``: start once these have joined (see :class:`Lobby`).
     """
     opened = time.perf_counter()
-    lobby = service.open_lobby(offer, expected)
+    lobby = service.open_lobby(offer, expected, required)
     links = lobby.wait(join_timeout, poll)
     join_s = time.perf_counter() - opened
     if on_joined:
@@ -195,11 +197,16 @@ def serve_sessions(
     poll: Callable[[list[str]], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One session per seed, then the simulator's aggregate plus a ``network`` summary."""
+    """One session per seed, then the simulator's aggregate plus a ``network`` summary.
+
+    ``poll`` (progress, fail-fast checks of child processes) runs while the first session waits
+    for its users; later sessions wait only for the users that finished the one before.
+    """
     from semalign.simulate import baseline_info
 
     test_ids = np.arange(len(test_latents), dtype=np.int64)
     blocks = []
+    required: set[str] | None = None  # first session: everyone expected
     for index, seed in enumerate(seeds):
         cfg = config.model_copy(update={"seed": seed})
         start = time.perf_counter()
@@ -216,8 +223,12 @@ def serve_sessions(
             reply_timeout=reply_timeout,
             on_round=(lambda r, w, s=seed: on_round(s, r, w)) if on_round else None,
             on_joined=(lambda ids, s=seed: on_joined(s, ids)) if on_joined else None,
-            poll=poll,
+            poll=poll if index == 0 else None,  # fail-fast checks only while starting up
+            required=required,
         )
+        # The next session waits for those who finished this one; a dropped user is welcome
+        # back if it joins in time, but nobody waits for it.
+        required = {uid for uid in result.user_order if uid not in result.dropped}
         block_extra = {
             "seconds": time.perf_counter() - start,
             "ap_whitening_condition": ap.whitener.condition,

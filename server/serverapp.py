@@ -12,7 +12,8 @@ override them when they start the run):
 * ``token``: the per-session token; ``tls``: whether the service uses TLS;
 * ``users``: how many SuperNodes to wait for; ``node-wait-s``: for how long;
 * ``session-timeout-s``: how long to wait for the reports;
-* ``report-file``: where to write the reports (JSON), read by the AP process.
+* ``report-file``: where to write the status and reports (JSON, rewritten as replies arrive),
+  read by the AP process.
 """
 
 from __future__ import annotations
@@ -70,18 +71,29 @@ def main(grid: Grid, context: Context) -> None:
         Message(content, dst_node_id=node_id, message_type=INVITATION, group_id="invitation")
         for node_id in node_ids
     ]
+    # Our own pull loop (send_and_receive sleeps 3 s between pulls): each report is written as
+    # soon as it arrives, so the AP learns at once of a user whose ClientApp failed.
+    pending = set(grid.push_messages(messages))
     status["invited_s"] = time.monotonic() - start
-    _write(report_file + ".invited" if report_file else "", status)
-    replies = grid.send_and_receive(messages, timeout=float(cfg["session-timeout-s"]))
-    for reply in replies:
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            status["errors"].append(f"node {node}: {reply.error.reason}")
-            continue
-        record = reply.content["report"]
-        status["reports"][str(record["user-id"])] = {
-            "node_id": node,
-            **json.loads(str(record["json"])),
-        }
+    _write(report_file, status)
+    deadline = time.monotonic() + float(cfg["session-timeout-s"])
+    while pending and time.monotonic() < deadline:
+        replies = list(grid.pull_messages(pending))
+        for reply in replies:
+            pending.discard(reply.metadata.reply_to_message_id)
+            _record(status, reply)
+        if replies:
+            _write(report_file, status)
+        time.sleep(0.5)
+    status["done"] = not pending
     status["seconds"] = time.monotonic() - start
     _write(report_file, status)
+
+
+def _record(status: dict, reply: Message) -> None:
+    node = reply.metadata.src_node_id
+    if reply.has_error():
+        status["errors"].append(f"node {node}: {reply.error.reason}")
+        return
+    record = reply.content["report"]
+    status["reports"][str(record["user-id"])] = {"node_id": node, **json.loads(str(record["json"]))}

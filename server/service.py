@@ -153,10 +153,14 @@ class Lobby:
     Args:
         offer: sent to each user as initial metadata.
         expected: the user ids to wait for (``semalign run``), or just how many (``semalign ap``).
+        required: if given, the session starts as soon as these users have joined (later
+            sessions wait only for the users that finished the previous one; a dropped user may
+            still join while the lobby is open).
     """
 
     offer: SessionOffer
     expected: Sequence[str] | int
+    required: set[str] | None = None
     links: dict[str, GrpcLink] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
 
@@ -205,7 +209,7 @@ class Lobby:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with self._cond:
-                while len(self.links) < self.expected_count:
+                while not self._complete():
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         break
@@ -222,6 +226,11 @@ class Lobby:
                 self.is_open = False
                 links = sorted(self.links.values(), key=lambda link: _natural_key(link.user_id))
         return links
+
+    def _complete(self) -> bool:
+        if len(self.links) >= self.expected_count:
+            return True
+        return self.required is not None and self.required <= set(self.links)
 
     @property
     def missing(self) -> list[str]:
@@ -248,9 +257,14 @@ class AlignmentService:
         self._closing = False
 
     # ---------------------------------------------------------------- AP side
-    def open_lobby(self, offer: SessionOffer, expected: Sequence[str] | int) -> Lobby:
+    def open_lobby(
+        self,
+        offer: SessionOffer,
+        expected: Sequence[str] | int,
+        required: set[str] | None = None,
+    ) -> Lobby:
         with self._cond:
-            self._lobby = Lobby(offer, expected)
+            self._lobby = Lobby(offer, expected, required=required)
             self._cond.notify_all()
             return self._lobby
 

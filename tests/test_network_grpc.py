@@ -51,7 +51,7 @@ class Tap(AlignmentService):
         yield from super().session(tapped(), context)
 
 
-def start_users(address, root, encoders, *, token=TOKEN, make=None, errors=None):
+def start_users(address, root, encoders, *, token=TOKEN, make=None, errors=None, connect=10.0):
     reports, threads = {}, []
     errors = errors if errors is not None else {}
     for ordinal, enc in enumerate(encoders):
@@ -66,7 +66,9 @@ def start_users(address, root, encoders, *, token=TOKEN, make=None, errors=None)
 
         def target(uid=uid, factory=factory):
             try:
-                reports[uid] = run_user(address, token, factory, connect_timeout=10, user_id=uid)
+                reports[uid] = run_user(
+                    address, token, factory, connect_timeout=connect, user_id=uid
+                )
             except Exception as exc:  # noqa: BLE001 - reported to the test
                 errors[uid] = exc
 
@@ -226,7 +228,7 @@ def test_refused_connection_and_bad_address_fail_fast_with_one_line():
 
 
 def test_stalled_and_dead_users_are_dropped_and_session_finishes(latents):
-    """user2 stalls at round 1, user3 dies at round 2: both dropped, results still written."""
+    """user2 stalls at round 1, user3 dies there: both dropped, results still written."""
     root, ap_enc, encoders = latents
     service = AlignmentService(TOKEN)
     server = start_server(service, "127.0.0.1:0")
@@ -254,15 +256,15 @@ def test_stalled_and_dead_users_are_dropped_and_session_finishes(latents):
         return build
 
     try:
-        _, threads, errors = start_users(server.address, root, encoders, make=make)
+        _, threads, errors = start_users(server.address, root, encoders, make=make, connect=2)
         start = time.perf_counter()
-        results = run_ap(service, root, ap_enc, 3, seeds=[3], reply_timeout=1.5)
+        results = run_ap(service, root, ap_enc, 3, seeds=[3, 4], reply_timeout=1.5, join_timeout=30)
         elapsed = time.perf_counter() - start
-        release.set()
-        for t in threads:
-            t.join(20)
     finally:
-        server.stop()
+        release.set()
+        server.stop()  # user2, dropped twice over, may still be waiting for a third session
+    for t in threads:
+        t.join(20)
     block = results["seeds"][0]
     assert set(block["dropped"]) == {"user2", "user3"}
     assert (
@@ -275,5 +277,100 @@ def test_stalled_and_dead_users_are_dropped_and_session_finishes(latents):
     assert users["user1"]["accuracy"] is not None and users["user2"]["accuracy"] is None
     assert len(block["rounds"]) == CONFIG.iterations and block["rounds"][-1]["users"] == 1
     assert results["network"]["dropped"]["3"]["user2"]["at_s"] >= 1.5
-    assert elapsed < 15
+    # the second session (seed 4) waits only for user1, who finished the first one
+    second = results["seeds"][1]
+    assert second["users"][0]["name"] == "user1" and second["users"][0]["accuracy"] is not None
+    assert "user3" not in [u["name"] for u in second["users"]]
+    assert second["wire"]["join_s"] < 10
+    assert elapsed < 20
     assert isinstance(errors.get("user3"), RuntimeError)
+
+
+def _write_tls(tmp_path):
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1 (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def build(subject, issuer, key, sign_key, serial, ca):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - day)
+            .not_valid_after(now + day)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(sign_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "semalign test CA")])
+    host = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    ca = build(ca_name, ca_name, ca_key, ca_key, 1, True)
+    cert = build(host, ca_name, key, ca_key, 2, False)
+    paths = {}
+    for name, data in (
+        ("ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
+        ("cert.pem", cert.public_bytes(serialization.Encoding.PEM)),
+        (
+            "key.pem",
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        ),
+    ):
+        (tmp_path / name).write_bytes(data)
+        paths[name] = str(tmp_path / name)
+    return paths
+
+
+def test_tls_session_and_plaintext_client_refused(latents, tmp_path):
+    from semalign.transport import TlsFiles
+
+    root, ap_enc, encoders = latents
+    files = _write_tls(tmp_path)
+    service = AlignmentService(TOKEN)
+    server = start_server(
+        service, "127.0.0.1:0", tls=TlsFiles(cert=files["cert.pem"], key=files["key.pem"])
+    )
+    config = CONFIG.model_copy(update={"iterations": 2})
+    try:
+        factory = user_factory(
+            "user1", encoders[0], 0, lambda pf: user_data_from_cache(root, encoders[0], pf)
+        )
+        with pytest.raises(TransportError, match="cannot reach the AP"):
+            run_user(server.address, TOKEN, factory, connect_timeout=1.0)  # no TLS: refused
+        result = {}
+        thread = threading.Thread(
+            target=lambda: result.update(
+                r=run_user(
+                    f"localhost:{server.port}",
+                    TOKEN,
+                    factory,
+                    tls=TlsFiles(ca=files["ca.pem"]),
+                    connect_timeout=10,
+                )
+            ),
+            daemon=True,
+        )
+        thread.start()
+        results = run_ap(service, root, ap_enc, 1, config=config, seeds=[1])
+        thread.join(20)
+    finally:
+        server.stop()
+    assert results["users"][0]["accuracy"] > 0.5
+    assert [r.status for r in result["r"]] == ["ok"]
