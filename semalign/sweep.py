@@ -762,16 +762,34 @@ def _worker_init(blas_threads: int, log_level: int) -> None:
 
     # The parent handles Ctrl-C (it stops the pool); workers must not die mid-write noisily.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(blas_threads)  # read when the BLAS library loads
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     _limit_blas(blas_threads)
 
 
 def _limit_blas(threads: int):
+    """Limit BLAS threads now (returns the limiter; use as a context manager to restore).
+
+    numpy and scipy are imported first: threadpoolctl only sees libraries already loaded.
+    """
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
         return contextlib.nullcontext()
     return threadpool_limits(limits=threads)
+
+
+def blas_threads() -> list[int]:
+    """Thread counts of the BLAS libraries loaded in this process (diagnostics, tests)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return []
+    return [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
 def _worker_execute(run: Run) -> tuple[str, list[dict[str, Any]] | None, str | None]:

@@ -130,6 +130,18 @@ def test_parallel_workers(latents, tmp_path):
     assert len(read_table(table).rows) == 8
 
 
+def test_workers_use_one_blas_thread():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        1, mp_context=ctx, initializer=sweep._worker_init, initargs=(1, 30)
+    ) as pool:
+        threads = pool.submit(sweep.blas_threads).result()
+    assert threads and set(threads) == {1}
+
+
 def test_cell_key_covers_every_parameter(latents):
     grid = tiny_grid(strategies=("fed",))
     groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
