@@ -311,6 +311,7 @@ class ScenarioSpec:
     latents_dir: str
     ap: str
     users: tuple[str, ...]
+    fingerprint: str = ""  # content hash of those encoders' latents (see latents_fingerprint)
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,7 @@ def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     payload = {
         "schema": SCHEMA,
         "latents": spec.latents_dir,
+        "latents_id": spec.fingerprint,
         "ap": spec.ap,
         "users": list(spec.users),
         "group": group,
@@ -385,6 +387,27 @@ def describe(group: str, config: AlignmentConfig) -> str:
     return text
 
 
+def latents_fingerprint(latents_dir: str | Path, encoders: Iterable[str]) -> str:
+    """Content hash of the encoders' train/test latents and classifiers (16 hex digits).
+
+    Part of every cell key: re-encoding the cache (a new recipe, a new seed) makes new cells
+    instead of silently mixing old and new latents in one table.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for encoder in encoders:
+        folder = Path(latents_dir) / encoder
+        digest.update(encoder.encode())
+        for name in ("train.npz", "test.npz", "classifier.npz"):
+            path = folder / name
+            if not path.exists():
+                digest.update(b"-")
+                continue
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def make_plan(grid: SweepGrid, latents_dir: str | Path, groups: dict[str, list[str]]) -> Plan:
     """Load every group's scenario once (validates the latents), check each cell's geometry.
 
@@ -409,7 +432,8 @@ def make_plan(grid: SweepGrid, latents_dir: str | Path, groups: dict[str, list[s
     specs: dict[str, ScenarioSpec] = {}
     ap_train = None
     for label in grid.groups:
-        spec = ScenarioSpec(latents_dir, ap, tuple(groups[label]))
+        users = tuple(groups[label])
+        spec = ScenarioSpec(latents_dir, ap, users, latents_fingerprint(latents_dir, [ap, *users]))
         try:
             scenario = load_scenario(spec.latents_dir, spec.ap, list(spec.users))
         except LatentsError as exc:
@@ -470,6 +494,7 @@ COLUMNS: dict[str, type] = {
     "topk_index_cost": str,
     "ap_encoder": str,
     "latents": str,
+    "latents_id": str,
     "d_ap": int,
     "zeta": float,
     "seed": int,
@@ -524,6 +549,7 @@ def rows_for_run(run: Run, block: dict[str, Any]) -> list[dict[str, Any]]:
         "topk_index_cost": cfg.topk_index_cost if cfg.strategy == "top-k" else "",
         "ap_encoder": run.spec.ap,
         "latents": run.spec.latents_dir,
+        "latents_id": run.spec.fingerprint,
         "d_ap": run.d_ap,
         "zeta": zeta(cfg.channel_uses, run.d_ap),
         "seed": cfg.seed,

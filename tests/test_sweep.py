@@ -153,6 +153,16 @@ def test_cell_key_covers_every_parameter(latents):
         assert sweep.cell_key(spec, GROUP, cfg.model_copy(update=change)) != key
     other = sweep.ScenarioSpec(str(latents), "ap_enc", ("user_enc1", "user_enc0"))
     assert sweep.cell_key(other, GROUP, cfg) != key
+    reencoded = sweep.ScenarioSpec(str(latents), "ap_enc", spec.users, "other-latents")
+    assert sweep.cell_key(reencoded, GROUP, cfg) != key
+
+
+def test_fingerprint_follows_latent_content(tmp_path):
+    root, ap, users = make_latents(tmp_path / "a", seed=1)
+    first = sweep.latents_fingerprint(root, [ap, *users])
+    assert first == sweep.latents_fingerprint(root, [ap, *users])
+    make_latents(tmp_path / "a", seed=2)  # re-encoded in place
+    assert sweep.latents_fingerprint(root, [ap, *users]) != first
 
 
 @pytest.mark.parametrize(
