@@ -34,6 +34,7 @@ import argparse
 import json
 import secrets
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -160,6 +161,27 @@ def tcp_check(root: Path, encoders: list[str], config: AlignmentConfig, workdir:
     }
 
 
+def command_check(root: Path, users: int, rounds: int, reps: int, workdir: Path) -> dict:
+    """`semalign run` itself, with Flower supervising the users and with plain processes,
+    alternating: round latency over all rounds, startup (until all users joined) and total."""
+    from semalign.deploy.cli import semalign_command
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for rep in range(reps):
+        for mode in ("--flower", "--no-flower"):
+            target = workdir / f"{mode}-{rep}.json"
+            argv = [*semalign_command(), "run", "--latents", str(root), "--ap", "ap"]
+            argv += ["--users", str(users), "--iterations", str(rounds), "--seeds", str(rep)]
+            argv += [mode, "--out", str(target), "--workdir", str(workdir / f"{mode}-{rep}"), "-q"]
+            subprocess.run(argv, check=True, timeout=1800, stdin=subprocess.DEVNULL)
+            res = json.loads(target.read_text())
+            entry = out.setdefault(mode.strip("-"), {"rounds": [], "startup": [], "total": []})
+            entry["rounds"] += [r["latency_s"] for r in res["seeds"][0]["wire"]["rounds"]]
+            entry["startup"].append(res["network"]["deployment"]["startup_s"])
+            entry["total"].append(res["network"]["deployment"]["total_s"])
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -227,12 +249,18 @@ def main() -> int:
     parser.add_argument(
         "--no-tcp-check", action="store_true", help="skip the TCP byte count through a proxy"
     )
+    parser.add_argument(
+        "--command-users",
+        type=int,
+        default=10,
+        help="users for the `semalign run` Flower vs direct check at the smallest n (0: skip)",
+    )
     args = parser.parse_args()
     users = [int(x) for x in args.users.split(",")]
     pilots = [int(x) for x in args.pilots.split(",")]
     config = AlignmentConfig(iterations=args.rounds)
     k, nt, nr = config.channel_uses, config.antennas_tx, config.antennas_rx
-    rows, tcp_checks = [], []
+    rows, tcp_checks, command_checks = [], [], []
     print(
         f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; K={k}, "
         f"N_T={nt}, N_R={nr}, {args.rounds} rounds x {args.reps} sessions per transport",
@@ -284,10 +312,25 @@ def main() -> int:
                     f"{joined:.1f} |",
                     flush=True,
                 )
+            if args.command_users and n == min(pilots):
+                cmd = command_check(
+                    root, args.command_users, args.rounds, args.reps, Path(tmp) / f"cmd{n}"
+                )
+                rows.append({"pilots": n, "users": args.command_users, "command": cmd})
+                command_checks.append((n, cmd))
             if not args.no_tcp_check:
                 tcp = tcp_check(root, names[:2], config, Path(tmp) / f"tcp{n}")
                 rows.append({"pilots": n, "users": 2, "tcp": tcp})
                 tcp_checks.append((n, tcp))
+    for n, cmd in command_checks:
+        for mode, e in cmd.items():
+            print(
+                f"# `semalign run --{mode}`, L={args.command_users}, n={n:,}, {args.rounds} rounds "
+                f"x {args.reps} runs: round p50 {pct(e['rounds'], 50) * 1e3:.0f} ms, p95 "
+                f"{pct(e['rounds'], 95) * 1e3:.0f} ms; startup (until all users joined) "
+                f"{np.median(e['startup']):.1f} s, whole command {np.median(e['total']):.1f} s "
+                "(medians)"
+            )
     for n, tcp in tcp_checks:
         print(
             f"# TCP bytes, one session, L=2, n={n:,} ({args.rounds} rounds + handshake, final, "
