@@ -341,6 +341,11 @@ def check_flower(path: Path, procs: Processes):
     return check
 
 
+def workers(users: int) -> int:
+    """gRPC server threads: one per open stream (users reconnecting between sessions too)."""
+    return max(64, 2 * users + 8)
+
+
 def _load_ap(latents_dir: Path, ap: str):
     from semalign.common.latents import LatentsError, load_encoder_splits
 
@@ -392,7 +397,7 @@ def run_run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     service = AlignmentService(token)
     try:
-        server = start_server(service, args.listen)
+        server = start_server(service, args.listen, max_workers=workers(len(encoders)))
     except TransportError as exc:
         raise _user_error(str(exc)) from None
     display = Display(config, seeds, len(encoders), args.quiet)
@@ -664,7 +669,7 @@ def run_ap(args: argparse.Namespace) -> int:
     tls = _tls(args)
     try:
         service = AlignmentService(token)
-        server = start_server(service, args.listen, tls=tls)
+        server = start_server(service, args.listen, tls=tls, max_workers=workers(count))
         advertise = _advertised(args.listen, args.advertise, server.port)
     except TransportError as exc:
         raise _user_error(str(exc)) from None

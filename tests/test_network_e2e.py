@@ -229,3 +229,26 @@ def test_refused_connection_fails_with_one_line(latents, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], done.stderr
     assert "refused" in lines[0].lower()
+
+
+def test_semalign_ap_and_users_direct_with_token_from_environment(latents, simulated, tmp_path):
+    """`semalign ap` (no Flower) and two `semalign user --ap` processes, token in the env."""
+    root, ap_enc, users = latents
+    port = free_port()
+    env = child_env(SEMALIGN_TOKEN="shared-secret")
+    out = tmp_path / "ap.json"
+    with Processes(tmp_path / "logs") as procs:
+        for i, encoder in enumerate(users, 1):
+            argv = [*SEMALIGN, "user", "--ap", f"127.0.0.1:{port}", "--user-id", f"user{i}"]
+            argv += ["--encoder", encoder, "--latents", str(root), "--connect-timeout", "60"]
+            procs.start(f"user{i}", argv, env)
+        argv = [*SEMALIGN, "ap", "--users", "user1,user2", "--listen", f"127.0.0.1:{port}"]
+        argv += ["--latents", str(root), "--ap", ap_enc, *ALIGN, "--seeds", "7", "-q"]
+        argv += ["--out", str(out), "--workdir", str(tmp_path / "work")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for child in procs.children:  # each user saw its one session and exited cleanly
+            assert child.proc.wait(20) == 0, child.tail()
+            assert "session 1 (seed 7): ok, accuracy" in child.log_path.read_text()
+    _same_math(json.loads(out.read_text()), simulated)
+    assert "session token" not in done.stderr  # given, so not printed
