@@ -15,7 +15,12 @@ import sys
 from semalign import __version__
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
-COMMAND_MODULES: tuple[str, ...] = ("semalign.simulate", "semalign.deploy.cli", "semalign.sweep")
+COMMAND_MODULES: tuple[str, ...] = (
+    "semalign.simulate",
+    "semalign.deploy.cli",
+    "semalign.sweep",
+    "semalign.encoders.cli",
+)
 
 
 class UserError(Exception):

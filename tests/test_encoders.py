@@ -1,0 +1,407 @@
+"""Issue 3: datasets, timm encoders and the latent cache.
+
+The end-to-end tests run ``semalign encode`` in a tiny setting (two small encoders, 16x16
+images, one epoch, 64 rows per split) so the whole file stays fast on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from semalign.common.classifier import LinearClassifier
+
+from semalign.cli import main
+from semalign.encoders import cache, registry
+from semalign.encoders.datasets import DatasetUnavailable, load_dataset
+
+TINY = ["mobilenetv3_small_075", "levit_128"]
+TINY_ARGS = ["--image-size", "16", "--epochs", "1", "--limit", "64", "--no-progress"]
+SPLIT_FILES = ("train.npz", "val.npz", "test.npz")
+
+
+def encode_cli(cache_dir: Path, *extra: str, encoders: list[str] = TINY) -> tuple[int, dict]:
+    out = cache_dir / "summary.json"
+    out.unlink(missing_ok=True)
+    argv = ["encode", "--dataset", "digits", "--encoders", ",".join(encoders)]
+    argv += ["--cache", str(cache_dir), "--json", str(out), *TINY_ARGS, *extra]
+    rc = main(argv)
+    summary = json.loads(out.read_text()) if out.exists() else {}
+    return rc, {e["encoder"]: e for e in summary.get("encoders", [])}
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A cache holding the tiny setting, built once for the module."""
+    cache_dir = tmp_path_factory.mktemp("cache")
+    rc, results = encode_cli(cache_dir)
+    assert rc == 0
+    assert all(not r["cached"] and r["trained"] for r in results.values())
+    return cache_dir
+
+
+# ---------------------------------------------------------------------------------- registry
+
+
+def test_registry_groups_match_table_one():
+    assert registry.DEFAULT_AP == "vit_tiny_patch16_224"
+    assert len(registry.GROUPS["paper-users"]) == 10
+    assert len(registry.GROUPS["homogeneous"]) == 4
+    assert len(registry.GROUPS["heterogeneous"]) == 4
+    grouped = {n for members in registry.GROUPS.values() for n in members}
+    assert grouped <= set(registry.GROUPS["paper-users"])  # one default set serves all groups
+    assert set(registry.DEFAULT_SET) == grouped | {registry.DEFAULT_AP}
+    assert len(registry.DEFAULT_SET) == 11
+    families = {registry.get_spec(n).family for n in registry.DEFAULT_SET}
+    assert families == {"vit", "convnet", "efficientvit", "levit"}
+
+
+def test_resolve_encoders_groups_lists_and_dedup():
+    assert registry.resolve_encoders("homogeneous") == list(registry.GROUPS["homogeneous"])
+    assert registry.resolve_encoders("levit_128, rexnet_100,levit_128") == [
+        "levit_128",
+        "rexnet_100",
+    ]
+    mixed = registry.resolve_encoders("heterogeneous,resnet18")
+    assert mixed == [*registry.GROUPS["heterogeneous"], "resnet18"]
+    assert registry.resolve_encoders("default") == list(registry.DEFAULT_SET)
+
+
+@pytest.mark.parametrize(
+    ("bad", "suggested"),
+    [
+        ("mobilenetv3_small_10", "mobilenetv3_small_100"),
+        ("vit_tiny_patch16", "vit_tiny_patch16_224"),
+        ("homogenous", "homogeneous"),
+    ],
+)
+def test_unknown_encoder_lists_close_names(bad, suggested):
+    with pytest.raises(ValueError, match="unknown encoder") as info:
+        registry.resolve_encoders(f"levit_128,{bad}")
+    assert suggested in str(info.value)
+
+
+def test_vit_patch_grid_scales_with_image_size():
+    spec = registry.get_spec("vit_small_patch32_224")
+    assert spec.timm_kwargs(32)["patch_size"] == 16  # patch32 -> 2x2 grid
+    assert registry.get_spec("vit_base_patch16_224").timm_kwargs(32)["patch_size"] == 8
+    with pytest.raises(ValueError, match="not divisible"):
+        registry.get_spec("vit_tiny_patch16_224").timm_kwargs(30)
+
+
+def test_import_is_cheap():
+    code = "import sys, semalign.encoders; print('torch' in sys.modules, 'timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------- datasets
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    sizes = {k: len(a[k]) for k in ("train", "val", "test")}
+    assert sizes == {"train": 1257, "val": 180, "test": 360}
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(a[split].labels, b[split].labels)
+        np.testing.assert_array_equal(a[split].images, b[split].images)
+        assert a[split].images.shape[1:] == (8, 8, 3) and a[split].images.dtype == np.uint8
+        counts = np.bincount(a[split].labels, minlength=10) / len(a[split])
+        assert counts.min() > 0.07 and counts.max() < 0.13  # stratified: every class ~10 %
+    flat = {
+        s: {im.tobytes() + bytes([lab]) for im, lab in zip(a[s].images, a[s].labels, strict=True)}
+        for s in ("train", "test")
+    }
+    assert len(flat["train"] & flat["test"]) < 5  # (digits holds a few exact duplicates)
+
+
+def test_to_tensor_resizes_to_rgb():
+    from semalign.encoders.datasets import to_tensor
+
+    x = to_tensor(load_dataset("digits", limit=10)["train"].images, 32)
+    assert tuple(x.shape) == (10, 3, 32, 32)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def test_unknown_dataset_lists_close_names(capsys):
+    rc = main(["encode", "--dataset", "cifar", "--encoders", "levit_128", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'cifar'" in err and "cifar10" in err
+
+
+def test_cifar10_offline_fails_fast_with_instructions(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SEMALIGN_OFFLINE", raising=False)  # the real network check
+    start = time.monotonic()
+    rc = main(
+        [
+            "encode",
+            "--dataset",
+            "cifar10",
+            "--encoders",
+            "levit_128",
+            "--cache",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    elapsed = time.monotonic() - start
+    assert rc == 2
+    assert elapsed < 10
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "cifar-10-batches-py" in err
+
+
+def test_cifar10_missing_data_dir_is_reported(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="no CIFAR-10 in"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def _fake_cifar(root: Path, per_batch: int = 40) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "labels": [int(i % 10) for i in range(per_batch)],
+        }
+        with open(folder / name, "wb") as handle:
+            pickle.dump(entry, handle)
+    return folder
+
+
+def test_cifar10_reads_local_batches(tmp_path):
+    _fake_cifar(tmp_path)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert (len(data["train"]), len(data["val"]), len(data["test"])) == (180, 20, 40)
+    assert data["train"].images.shape[1:] == (32, 32, 3)
+    assert np.bincount(data["val"].labels, minlength=10).tolist() == [2] * 10
+    # the folder itself works too
+    again = load_dataset("cifar10", data_dir=tmp_path / "cifar-10-batches-py")
+    np.testing.assert_array_equal(again["train"].labels, data["train"].labels)
+
+
+# ------------------------------------------------------------------------------ pretrained
+
+
+def test_pretrained_offline_fails_fast_with_instructions(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    import timm  # noqa: F401  (import time is not what this test measures)
+
+    start = time.monotonic()
+    rc = main(
+        [
+            "encode",
+            "--encoders",
+            "levit_128",
+            "--cache",
+            str(tmp_path),
+            "--pretrained",
+            "--no-progress",
+        ]
+    )
+    assert rc == 2 and time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert "--weights levit_128=PATH" in err
+
+
+def test_weights_option_is_checked(tmp_path, capsys):
+    rc = main(
+        [
+            "encode",
+            "--encoders",
+            "levit_128",
+            "--cache",
+            str(tmp_path),
+            "--pretrained",
+            "--weights",
+            f"levit_128={tmp_path / 'missing.safetensors'}",
+            "--no-progress",
+        ]
+    )
+    assert rc == 2
+    assert "weights file for levit_128 not found" in capsys.readouterr().err
+    assert main(["encode", "--encoders", "levit_128", "--weights", "oops", "--no-progress"]) == 2
+
+
+# ------------------------------------------------------------------------- cache end to end
+
+
+def test_layout_shapes_and_row_alignment(built):
+    root = built / "digits"
+    assert sorted(p.name for p in root.iterdir()) == sorted(TINY)
+    reference = load_dataset("digits", limit=64)
+    for name in TINY:
+        folder = root / name
+        meta = json.loads((folder / "meta.json").read_text())
+        for split in ("train", "val", "test"):
+            with np.load(folder / f"{split}.npz") as data:
+                latents, labels = data["latents"], data["labels"]
+            assert latents.dtype == np.float32 and labels.dtype == np.int64
+            assert latents.shape == (64, meta["dim"]) and labels.shape == (64,)
+            assert np.all(np.isfinite(latents)) and latents.std() > 0
+            # row i is the same data point for every encoder: the dataset's own order
+            np.testing.assert_array_equal(labels, reference[split].labels)
+        clf = LinearClassifier.load(folder / "classifier.npz")
+        assert clf.weight.shape == (10, meta["dim"])
+        test_latents, test_labels = cache.load_latents(root, name, "test")
+        acc = clf.accuracy(test_latents, test_labels)
+        assert acc == pytest.approx(meta["native_accuracy"]["test"])
+        assert meta["key_material"]["image_size"] == 16
+        assert (folder / meta["weights"]).is_file()
+    assert json.loads((root / "mobilenetv3_small_075" / "meta.json").read_text())["dim"] == 1024
+    assert json.loads((root / "levit_128" / "meta.json").read_text())["dim"] == 384
+
+
+def test_rerun_is_a_cache_hit_without_retraining(built, monkeypatch):
+    before = {n: snapshot(built / "digits" / n) for n in TINY}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr("semalign.encoders.train.train_scratch", no_training)
+    start = time.monotonic()
+    rc, results = encode_cli(built)
+    assert rc == 0
+    assert time.monotonic() - start < 10
+    assert all(r["cached"] for r in results.values())
+    assert {n: snapshot(built / "digits" / n) for n in TINY} == before
+
+
+def test_ensure_latents_api_returns_latents_dir(built):
+    from semalign.encoders import ensure_latents
+
+    out = ensure_latents("digits", TINY, built, image_size=16, limit=64, epochs=1)
+    assert out == built / "digits"
+
+
+def test_corrupt_and_truncated_files_are_rebuilt(built, monkeypatch):
+    folder = built / "digits" / "levit_128"
+    good_train = (folder / "train.npz").read_bytes()
+    good_latents = {
+        s: cache.load_latents(folder.parent, "levit_128", s)[0] for s in ("train", "test")
+    }
+    # flip one byte of the latents (same size: only the checksum can tell)
+    damaged = bytearray(good_train)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (folder / "train.npz").write_bytes(bytes(damaged))
+    (folder / "test.npz").write_bytes(good_train[:100])  # truncated
+    monkeypatch.setattr(
+        "semalign.encoders.train.train_scratch",
+        lambda *a, **k: pytest.fail("weights are cached: rebuilding must not retrain"),
+    )
+    rc, results = encode_cli(built)
+    assert rc == 0
+    assert results["mobilenetv3_small_075"]["cached"]
+    lev = results["levit_128"]
+    assert not lev["cached"] and not lev["trained"]
+    assert "checksum mismatch" in lev["reason"]
+    for split, latents in good_latents.items():  # same weights -> same latents
+        np.testing.assert_array_equal(
+            cache.load_latents(folder.parent, "levit_128", split)[0], latents
+        )
+    assert cache.check_entry(folder, json.loads((folder / "meta.json").read_text())["key"]) == ""
+
+
+def test_missing_meta_or_classifier_is_rebuilt(built):
+    folder = built / "digits" / "mobilenetv3_small_075"
+    (folder / "classifier.npz").unlink()
+    rc, results = encode_cli(built)
+    assert rc == 0 and "classifier.npz missing" in results["mobilenetv3_small_075"]["reason"]
+    (folder / "meta.json").write_text("{not json")
+    rc, results = encode_cli(built)
+    assert rc == 0 and results["mobilenetv3_small_075"]["reason"] == "unreadable meta.json"
+    assert results["levit_128"]["cached"]
+
+
+def test_changed_settings_invalidate(built):
+    folder = built / "digits" / "levit_128"
+    key0 = json.loads((folder / "meta.json").read_text())["key"]
+    rc, results = encode_cli(built, "--seed", "1", encoders=["levit_128"])
+    assert rc == 0
+    assert results["levit_128"]["trained"] and results["levit_128"]["reason"] == "settings changed"
+    key1 = json.loads((folder / "meta.json").read_text())["key"]
+    rc, results = encode_cli(built, "--image-size", "32", encoders=["levit_128"])
+    assert rc == 0 and results["levit_128"]["trained"]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert len({key0, key1, meta["key"]}) == 3
+    assert meta["key_material"]["image_size"] == 32
+    # going back to the first setting reuses its weights: re-encoded, not retrained
+    rc, results = encode_cli(built, encoders=["levit_128"])
+    assert rc == 0
+    assert not results["levit_128"]["cached"] and not results["levit_128"]["trained"]
+    assert json.loads((folder / "meta.json").read_text())["key"] == key0
+
+
+def test_interrupted_encode_leaves_nothing_trusted(tmp_path):
+    class Interrupt(cache.Reporter):
+        def update(self, done, total):
+            if self.phase == "encode" and done > 0:
+                raise KeyboardInterrupt
+
+        def begin(self, encoder, phase, total):
+            self.phase = phase
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.encode(
+            "digits",
+            ["levit_128"],
+            tmp_path,
+            image_size=16,
+            limit=64,
+            epochs=1,
+            reporter=Interrupt(),
+        )
+    folder = tmp_path / "digits" / "levit_128"
+    assert not (folder / "meta.json").exists()
+    assert not list(folder.glob("*.npz"))
+    assert not [p for p in folder.iterdir() if "tmp" in p.name]
+    results = cache.encode("digits", ["levit_128"], tmp_path, image_size=16, limit=64, epochs=1)
+    assert not results[0].cached and not results[0].trained  # weights were complete
+    assert results[0].reason == "not cached"
+
+
+def test_interrupt_between_files_is_not_trusted(built, tmp_path):
+    """A run killed after some files were replaced but before meta.json: next run rebuilds."""
+    folder = built / "digits" / "levit_128"
+    meta = json.loads((folder / "meta.json").read_text())
+    np.savez(
+        tmp_path / "other.npz",
+        latents=np.zeros((64, meta["dim"]), np.float32),
+        labels=np.zeros(64, np.int64),
+    )
+    os.replace(tmp_path / "other.npz", folder / "val.npz")
+    assert "val.npz checksum mismatch" in cache.check_entry(folder, meta["key"])
+    rc, results = encode_cli(built, encoders=["levit_128"])
+    assert rc == 0 and "checksum mismatch" in results["levit_128"]["reason"]
+
+
+def test_unknown_encoder_on_command_line(capsys, tmp_path):
+    rc = main(
+        ["encode", "--encoders", "levit_128,rexnet_10", "--cache", str(tmp_path), "--no-progress"]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown encoder 'rexnet_10'" in err and "rexnet_100" in err
+    assert not (tmp_path / "digits").exists()  # nothing done before the names are checked
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEMALIGN_CACHE", str(tmp_path / "c"))
+    assert cache.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SEMALIGN_CACHE")
+    monkeypatch.chdir(tmp_path)
+    assert cache.default_cache_dir() == tmp_path / "cache"
