@@ -256,9 +256,12 @@ class Display:
         self.console.print(table)
         dep = net.get("deployment", {})
         if dep:
+            prepare = dep.get("prepare_s")
             self.console.print(
                 f"deployment: {dep.get('mode')}, {dep.get('users')} user processes, "
-                f"startup {dep.get('startup_s', 0):.1f} s, total {dep.get('total_s', 0):.1f} s"
+                + (f"latents ready after {prepare:.1f} s, " if prepare is not None else "")
+                + f"users joined {dep.get('startup_s', 0):.1f} s later, "
+                f"total {dep.get('total_s', 0):.1f} s"
             )
 
 
