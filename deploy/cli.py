@@ -750,6 +750,8 @@ def run_ap(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- semalign user
 def run_user_cmd(args: argparse.Namespace) -> int:
+    from semalign.common.latents import LatentsError, load_encoder_splits
+
     from semalign.transport import TOKEN_ENV, TransportError, check_address
 
     ordinal = args.ordinal if args.ordinal is not None else derive_ordinal(args.user_id)
@@ -764,6 +766,10 @@ def run_user_cmd(args: argparse.Namespace) -> int:
         if args.latents
         else ensure_cache(args.dataset, [args.encoder], args.cache_dir)
     )
+    try:  # fail now, with one line, rather than after joining the AP
+        load_encoder_splits(cache, args.encoder)
+    except LatentsError as exc:
+        raise _user_error(str(exc)) from None
     if args.superlink:
         node = {
             "user-id": args.user_id,
@@ -823,6 +829,6 @@ def run_user_cmd(args: argparse.Namespace) -> int:
                 user_id=args.user_id,
                 on_session=on_session,
             )
-    except TransportError as exc:
+    except (TransportError, LatentsError) as exc:  # unreachable AP, or this user's own data
         raise _user_error(str(exc)) from None
     return 0 if all(r.status == "ok" for r in reports) else 1

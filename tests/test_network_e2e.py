@@ -252,3 +252,12 @@ def test_semalign_ap_and_users_direct_with_token_from_environment(latents, simul
             assert "session 1 (seed 7): ok, accuracy" in child.log_path.read_text()
     _same_math(json.loads(out.read_text()), simulated)
     assert "session token" not in done.stderr  # given, so not printed
+
+
+def test_user_without_its_latents_fails_with_one_line(latents, capsys, monkeypatch):
+    root, _, _ = latents
+    monkeypatch.setenv("SEMALIGN_TOKEN", "t")
+    argv = ["user", "--ap", "127.0.0.1:1", "--user-id", "user1", "--encoder", "user_encX"]
+    assert main([*argv, "--latents", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no latents for encoder 'user_encX'" in err and len(err.splitlines()) == 1
