@@ -46,6 +46,26 @@ class UserData:
     test_latents: np.ndarray
     test_labels: np.ndarray
     classifier: LinearClassifier
+    _whitened: tuple[Whitener, np.ndarray, float] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def whitened_pilots(self, rows: list[int]) -> tuple[Whitener, np.ndarray, float]:
+        """Whitener fitted on the pilots ``rows`` (in that order), Y (m/2, n) and ||Y||_F^2.
+
+        The result for all pilots in their stored order is kept: it depends only on this
+        user's data, so sessions that reuse the data (seeds, sweep cells) whiten once.
+        """
+        full = len(rows) == len(self.pilot_ids) and rows == list(range(len(rows)))
+        if full and self._whitened is not None:
+            return self._whitened
+        pilots = real_to_complex(np.asarray(self.pilot_latents, dtype=np.float64)[rows].T)
+        whitener = fit_whitener(pilots)
+        y = whitener.whiten(pilots)
+        result = (whitener, y, float(np.real(np.vdot(y, y))))
+        if full:
+            self._whitened = result
+        return result
 
 
 @dataclass
@@ -117,10 +137,8 @@ class User:
             rows = [position[int(i)] for i in acc.pilot_ids]
         except KeyError as exc:
             raise UserProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
-        pilots = real_to_complex(np.asarray(self.data.pilot_latents, dtype=np.float64)[rows].T)
-        self.whitener = fit_whitener(pilots)
-        self.y = self.whitener.whiten(pilots)  # Y_l: never leaves the user
-        self.y_norm2 = float(np.real(np.vdot(self.y, self.y)))
+        # Y_l: whitened pilots, never leave the user
+        self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows)
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
         self.accept = acc
         if self.whitener.shrinkage:

@@ -253,3 +253,21 @@ def test_compression_above_one_is_rejected():
 
 def test_user_protocol_error_type():
     assert issubclass(UserProtocolError, RuntimeError)
+
+
+def test_user_data_whitening_is_reused_across_sessions_without_changing_results():
+    ap, users, test = _session(iterations=2)
+    first = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(50))
+    cached = users[0].data._whitened
+    assert cached is not None and cached[0] is users[0].whitener
+    ap2, users2, test2 = _session(iterations=2)  # fresh data objects: whitened anew
+    users2 = [
+        User(u.user_id, u.encoder, old.data, u.antennas_rx, u.antennas_tx, u.snr_db, u.channel_seed)
+        for u, old in zip(users2, users, strict=True)
+    ]
+    second = SessionDriver(ap2, [LoopbackLink(u) for u in users2]).run(test2, np.arange(50))
+    assert users2[0].whitener is cached[0]
+    assert second.reports == first.reports
+    # a subset of pilots is whitened on its own, not from the cache
+    whitener, y, _ = users[0].data.whitened_pilots([0, 2, 4, 6, 8, 10])
+    assert y.shape[1] == 6 and whitener is not cached[0]
