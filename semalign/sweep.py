@@ -792,8 +792,6 @@ def _worker_init(blas_threads: int, log_level: int) -> None:
         os.environ[var] = str(blas_threads)  # read when the BLAS library loads
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     _limit_blas(blas_threads)
-    # This process only runs sweep runs: keep the memo for its whole life.
-    memoized_user_whitening().__enter__()
 
 
 def _limit_blas(threads: int):
@@ -809,46 +807,6 @@ def _limit_blas(threads: int):
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
         return contextlib.nullcontext()
     return threadpool_limits(limits=threads)
-
-
-class _WhitenerMemo:
-    """``fit_whitener`` remembered by content: a user's pilot whitening depends only on its
-    pilots (encoder and pilot fraction), not on the cell or seed, so a sweep fits it once per
-    process instead of once per run (about 0.8 s of a 1.6 s baseline run with ten users).
-    """
-
-    def __init__(self, fit: Callable[..., Any], size: int = 64) -> None:
-        self.fit = fit
-        self.size = size
-        self.cache: dict[tuple, Any] = {}
-
-    def __call__(self, x: Any, **kwargs: Any) -> Any:
-        import numpy as np
-
-        arr = np.ascontiguousarray(x)
-        digest = hashlib.blake2b(arr.view(np.uint8).data, digest_size=16).hexdigest()
-        key = (arr.shape, arr.dtype.str, digest, tuple(sorted(kwargs.items())))
-        if key not in self.cache:
-            if len(self.cache) >= self.size:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[key] = self.fit(x, **kwargs)
-        return self.cache[key]
-
-
-@contextlib.contextmanager
-def memoized_user_whitening() -> Iterator[None]:
-    """Within the block, users' ``fit_whitener`` calls are memoized by pilot content."""
-    from semalign.client import user as user_module
-
-    original = getattr(user_module, "fit_whitener", None)
-    if original is None or isinstance(original, _WhitenerMemo):
-        yield
-        return
-    user_module.fit_whitener = _WhitenerMemo(original)
-    try:
-        yield
-    finally:
-        user_module.fit_whitener = original
 
 
 def blas_threads() -> list[int]:
@@ -919,7 +877,7 @@ def run_sweep(
                 on_run(run, rows, error)
 
         if workers <= 1 or len(todo) <= 1:
-            with _limit_blas(blas_threads), memoized_user_whitening():
+            with _limit_blas(blas_threads):
                 for run in todo:
                     key, rows, error = _worker_execute(run)
                     finish(run, rows, error)

@@ -260,25 +260,3 @@ def test_cli_sweep_and_errors(latents, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("semalign sweep: error:"), err
     assert table.read_text() == before
-
-
-def test_whitening_memo_keeps_results(latents):
-    from semalign.client import user as user_module
-
-    from semalign.simulate import load_scenario, simulate_seed
-
-    scenario = load_scenario(latents, "ap_enc", ["user_enc0", "user_enc1"])
-    _, cfg = next(tiny_grid(strategies=("fed",)).configs())
-    plain = simulate_seed(scenario, cfg)
-    original = user_module.fit_whitener
-    with sweep.memoized_user_whitening():
-        memo = user_module.fit_whitener
-        assert memo is not original
-        first = simulate_seed(scenario, cfg)
-        second = simulate_seed(scenario, cfg.model_copy(update={"seed": 5}))
-        assert len(memo.cache) == 2  # one per user, reused by the second run
-    assert user_module.fit_whitener is original
-    for block in (first,):
-        for a, b in zip(plain["users"], block["users"], strict=True):
-            assert a["accuracy"] == b["accuracy"] and a["mse"] == b["mse"]
-    assert second["seed"] == 5
