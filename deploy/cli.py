@@ -387,7 +387,7 @@ def run_run(args: argparse.Namespace) -> int:
     if latents is None:
         # Encode once, one encoder after another, before the user processes start: ten users
         # training at once on a small machine would only thrash. Each user process then loads
-        # its own encoder's latents from this cache.
+        # its own encoder's latents from this cache (--latents), without re-validating it.
         cache = ensure_cache(args.dataset, [ap, *encoders], args.cache_dir)
     else:
         cache = latents
@@ -416,7 +416,9 @@ def run_run(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             if args.flower:
-                _start_flower_local(procs, workdir, server.address, token, ids, encoders, args)
+                _start_flower_local(
+                    procs, workdir, server.address, token, ids, encoders, cache, args
+                )
                 deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
             else:
                 for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
@@ -425,9 +427,7 @@ def run_run(args: argparse.Namespace) -> int:
                         ordinal,
                         enc,
                         ap=server.address,
-                        latents=str(latents) if latents else None,
-                        dataset=args.dataset,
-                        cache_dir=args.cache_dir,
+                        latents=str(cache),
                     )
                     env = child_env(single_thread=True, SEMALIGN_TOKEN=token)
                     procs.start(uid, argv, env)
@@ -464,7 +464,9 @@ def run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_flower_local(procs, workdir, service_address, token, ids, encoders, args) -> None:
+def _start_flower_local(
+    procs, workdir, service_address, token, ids, encoders, cache: Path, args
+) -> None:
     """SuperLink + one SuperNode per user on loopback, then the Flower run (invitations)."""
     port = free_port()
     superlink = f"127.0.0.1:{port}"
@@ -477,9 +479,7 @@ def _start_flower_local(procs, workdir, service_address, token, ids, encoders, a
             ordinal,
             enc,
             superlink=superlink,
-            latents=args.latents,
-            dataset=args.dataset,
-            cache_dir=args.cache_dir,
+            latents=str(cache),
             runtime_port=free_port(),
         )
         procs.start(uid, argv, child_env(workdir / "flwr" / uid, single_thread=True))
