@@ -157,12 +157,15 @@ class SessionDriver:
     def handshake(self) -> None:
         down = up = 0
         for link in self.pending:
+            user_id = None
             try:
                 request = link.receive(self.timeout)
                 user_id, accept = self.ap.handshake(request)
                 link.send(accept)
             except (LinkError, ProtocolError) as exc:
                 log.warning("handshake failed: %s", exc)
+                if user_id is not None:  # registered, but the accept never arrived
+                    self.ap.drop(user_id, f"handshake: {exc}")
                 continue
             self.links[user_id] = link
             down, up = down + len(accept), up + len(request)

@@ -271,3 +271,18 @@ def test_user_data_whitening_is_reused_across_sessions_without_changing_results(
     # a subset of pilots is whitened on its own, not from the cache
     whitener, y, _ = users[0].data.whitened_pilots([0, 2, 4, 6, 8, 10])
     assert y.shape[1] == 6 and whitener is not cached[0]
+
+
+def test_user_whose_accept_cannot_be_delivered_is_dropped_not_kept():
+    from semalign.server.session import LinkError
+
+    ap, users, test = _session(iterations=2)
+
+    class BrokenLink(LoopbackLink):
+        def send(self, data):
+            raise LinkError("connection reset")
+
+    links = [BrokenLink(users[0]), LoopbackLink(users[1])]
+    result = SessionDriver(ap, links).run(test, np.arange(50))
+    assert set(result.reports) == {"user2"}
+    assert "handshake" in result.dropped["user1"]
