@@ -348,7 +348,7 @@ def test_changed_settings_invalidate(built):
 
 def test_interrupted_encode_leaves_nothing_trusted(tmp_path):
     class Interrupt(cache.Reporter):
-        def update(self, done, total):
+        def update(self, encoder, done, total):
             if self.phase == "encode" and done > 0:
                 raise KeyboardInterrupt
 
@@ -364,6 +364,7 @@ def test_interrupted_encode_leaves_nothing_trusted(tmp_path):
             limit=64,
             epochs=1,
             reporter=Interrupt(),
+            jobs=1,
         )
     folder = tmp_path / "digits" / "levit_128"
     assert not (folder / "meta.json").exists()
@@ -405,3 +406,52 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("SEMALIGN_CACHE")
     monkeypatch.chdir(tmp_path)
     assert cache.default_cache_dir() == tmp_path / "cache"
+
+
+def test_ctrl_c_leaves_no_trusted_partial_entry(tmp_path):
+    """A real SIGINT to ``semalign encode`` (parallel workers): nothing half-built is trusted."""
+    import signal
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "semalign.cli",
+        "encode",
+        "--dataset",
+        "digits",
+        "--encoders",
+        ",".join(TINY),
+        "--cache",
+        str(tmp_path),
+        "--image-size",
+        "16",
+        "--limit",
+        "64",
+        "--epochs",
+        "400",
+        "--jobs",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    root = tmp_path / "digits"
+    deadline = time.monotonic() + 120
+    while not list(root.glob("*/weights-*.pt")) and not list(root.glob("*/.tmp-*")):
+        # wait until the workers are training (the first weights appear only after training)
+        if time.monotonic() > deadline or proc.poll() is not None:
+            break
+        if len(list(root.glob("*/.lock"))) == 2:
+            time.sleep(3)
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    for name in TINY:
+        folder = root / name
+        meta = cache.read_meta(folder)
+        if meta is not None:  # only a complete entry may carry meta.json
+            assert cache.check_entry(folder, meta["key"]) == ""
+        assert not list(folder.glob(".tmp-*"))

@@ -62,16 +62,33 @@ def default_cache_dir() -> Path:
 
 
 class Reporter:
-    """Receives progress events; the default does nothing. The CLI passes a rich one."""
+    """Receives progress events, keyed by encoder (several may run at once); the default does
+    nothing. The CLI passes a rich one (``progress.RichReporter``)."""
 
-    def begin(self, encoder: str, phase: str, total: int) -> None:  # noqa: D102
-        pass
+    def begin(self, encoder: str, phase: str, total: int) -> None:
+        """``encoder`` starts ``phase`` (``train`` in steps, ``encode`` in images)."""
 
-    def update(self, done: int, total: int) -> None:  # noqa: D102
-        pass
+    def update(self, encoder: str, done: int, total: int) -> None:
+        """``done`` of ``total`` units of the current phase of ``encoder`` are finished."""
 
-    def end(self) -> None:  # noqa: D102
-        pass
+    def end(self, encoder: str) -> None:
+        """The current phase of ``encoder`` is over."""
+
+
+class _QueueReporter(Reporter):
+    """Forwards events from a worker process to the parent through a multiprocessing queue."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def begin(self, encoder: str, phase: str, total: int) -> None:
+        self.queue.put(("begin", encoder, phase, total))
+
+    def update(self, encoder: str, done: int, total: int) -> None:
+        self.queue.put(("update", encoder, done, total))
+
+    def end(self, encoder: str) -> None:
+        self.queue.put(("end", encoder))
 
 
 @dataclass
@@ -86,6 +103,7 @@ class EncoderResult:
     cached: bool
     trained: bool = False
     reason: str = ""
+    cpu_seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -264,39 +282,105 @@ def check_entry(folder: Path, key: str) -> str:
 # -------------------------------------------------------------------------------- encoding
 
 
-def _encode_one(
-    folder: Path,
-    dataset_name: str,
-    encoder: str,
-    material: dict[str, Any],
-    key: str,
-    load_data: Callable[[], Any],
-    *,
-    seed: int,
-    image_size: int,
-    pretrained: bool,
-    weights_file: str | Path | None,
-    device: str | None,
-    reporter: Reporter,
-) -> EncoderResult:
+@dataclass(frozen=True)
+class _Job:
+    """One entry to (re)build; picklable so a worker process can run it."""
+
+    folder: Path
+    dataset: str
+    encoder: str
+    material: dict[str, Any]
+    key: str
+    reason: str
+    seed: int
+    image_size: int
+    pretrained: bool
+    weights_file: str | None
+    data_dir: str | None
+    limit: int | None
+    download_root: str
+    device: str | None
+
+
+_DATA_MEMO: dict[tuple, Any] = {}
+
+
+def _job_data(job: _Job):
+    from semalign.encoders.datasets import load_dataset
+
+    memo_key = (job.dataset, job.data_dir, job.limit, job.download_root)
+    if memo_key not in _DATA_MEMO:
+        _DATA_MEMO.clear()
+        _DATA_MEMO[memo_key] = load_dataset(
+            job.dataset, data_dir=job.data_dir, limit=job.limit, download_root=job.download_root
+        )
+    return _DATA_MEMO[memo_key]
+
+
+def _cached_result(folder: Path, encoder: str, started: float) -> EncoderResult:
+    meta = read_meta(folder) or {}
+    acc = meta.get("native_accuracy", {})
+    return EncoderResult(
+        encoder,
+        int(meta["dim"]),
+        float(acc.get("test", float("nan"))),
+        float(acc.get("val", float("nan"))),
+        time.perf_counter() - started,
+        cached=True,
+        meta=meta,
+    )
+
+
+def _build_locked(job: _Job, reporter: Reporter) -> EncoderResult:
+    """Build ``job`` holding its folder's lock; a valid entry found under the lock is reused."""
+    started = time.perf_counter()
+    with _locked(job.folder):
+        _remove_stale_temporaries(job.folder)
+        if not check_entry(job.folder, job.key):  # another process built it meanwhile
+            return _cached_result(job.folder, job.encoder, started)
+        log.info("%s/%s: building (%s)", job.dataset, job.encoder, job.reason)
+        result = _build(job, reporter)
+    result.reason = job.reason
+    return result
+
+
+_WORKER_QUEUE: Any = None
+
+
+def _worker_init(queue: Any, threads: int) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+    from semalign.encoders.train import setup_torch
+
+    setup_torch(threads)
+
+
+def _worker_build(job: _Job) -> EncoderResult:
+    return _build_locked(job, _QueueReporter(_WORKER_QUEUE))
+
+
+def _build(job: _Job, reporter: Reporter) -> EncoderResult:
     """Train (or load) the encoder, encode every split, fit the classifier, write the entry."""
     import torch
 
     from semalign.common.classifier import train_classifier
     from semalign.encoders import train as tr
 
+    folder, encoder, material, key = job.folder, job.encoder, job.material, job.key
+    seed, image_size, device = job.seed, job.image_size, job.device
     started = time.perf_counter()
+    cpu_started = time.process_time()
     # From here on nothing in this folder is trusted: meta.json goes first, then the old files,
     # so a reader that skips the checks never mixes splits of two different settings.
     for stale in (META, *(f"{split}.npz" for split in SPLITS), CLASSIFIER):
         with contextlib.suppress(FileNotFoundError):
             (folder / stale).unlink()
-    data = load_data()
+    data = _job_data(job)
     spec = get_spec(encoder)
     trained = False
     train_seconds = 0.0
-    if pretrained:
-        model, inputs = tr.build_pretrained_model(encoder, weights_file)
+    if job.pretrained:
+        model, inputs = tr.build_pretrained_model(encoder, job.weights_file)
     else:
         inputs = tr.scratch_input(image_size)
         weights_path = folder / f"weights-{key}.pt"
@@ -320,7 +404,7 @@ def _encode_one(
                 if steps_total[0] != total:
                     steps_total[0] = total
                     reporter.begin(encoder, "train", total)
-                reporter.update(done, total)
+                reporter.update(encoder, done, total)
 
             t0 = time.perf_counter()
             model = tr.train_scratch(
@@ -328,13 +412,13 @@ def _encode_one(
                 data["train"],
                 image_size=image_size,
                 seed=seed,
-                flip=FLIP_OK[dataset_name],
+                flip=FLIP_OK[job.dataset],
                 num_classes=data.num_classes,
                 device=device,
                 tick=tick,
                 recipe=Recipe(**material["recipe"]),
             )
-            reporter.end()
+            reporter.end(encoder)
             train_seconds = time.perf_counter() - t0
             trained = True
             buffer = io.BytesIO()
@@ -351,10 +435,12 @@ def _encode_one(
             data[split].images,
             inputs,
             device=device,
-            tick=lambda done, _total, offset=offset: reporter.update(offset + done, total_rows),
+            tick=lambda done, _total, offset=offset: reporter.update(
+                encoder, offset + done, total_rows
+            ),
         )
         done_rows += len(data[split])
-    reporter.end()
+    reporter.end(encoder)
     del model
     files: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
@@ -368,12 +454,13 @@ def _encode_one(
     test_acc = classifier.accuracy(latents["test"], data["test"].labels)
     val_acc = classifier.accuracy(latents["val"], data["val"].labels)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     import timm
 
     meta = {
         "key": key,
         "key_material": material,
-        "dataset": dataset_name,
+        "dataset": job.dataset,
         "encoder": encoder,
         "family": spec.family,
         "dim": dim,
@@ -382,7 +469,8 @@ def _encode_one(
         "native_accuracy": {"val": val_acc, "test": test_acc},
         "train_seconds": round(train_seconds, 2),
         "seconds": round(seconds, 2),
-        "weights": None if pretrained else f"weights-{key}.pt",
+        "cpu_seconds": round(cpu_seconds, 2),
+        "weights": None if job.pretrained else f"weights-{key}.pt",
         "files": files,
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -390,7 +478,15 @@ def _encode_one(
     _atomic_write_bytes(folder / META, (json.dumps(meta, indent=2) + "\n").encode())
     # Weights of other settings stay (switching back is then cheap); bounded by the settings used.
     return EncoderResult(
-        encoder, dim, test_acc, val_acc, seconds, cached=False, trained=trained, meta=meta
+        encoder,
+        dim,
+        test_acc,
+        val_acc,
+        seconds,
+        cached=False,
+        trained=trained,
+        cpu_seconds=cpu_seconds,
+        meta=meta,
     )
 
 
@@ -407,6 +503,7 @@ def encode(
     limit: int | None = None,
     epochs: int | None = None,
     device: str | None = None,
+    jobs: int | None = None,
     reporter: Reporter | None = None,
     on_result: Callable[[EncoderResult], None] | None = None,
 ) -> list[EncoderResult]:
@@ -415,11 +512,22 @@ def encode(
     Missing, stale (settings changed) or damaged entries are rebuilt: the encoder is trained
     from scratch on the training split (or loaded with pretrained weights), every split is
     encoded, and the user's classifier is fit on its native train latents. Returns one result
-    per encoder, in order. Raises ValueError for unknown names, ``DatasetUnavailable`` /
-    ``WeightsUnavailable`` when data or weights cannot be had here.
+    per encoder, in the order given. Raises ValueError for unknown names,
+    ``DatasetUnavailable`` / ``WeightsUnavailable`` when data or weights cannot be had here.
+
+    Args:
+        jobs: encoders built at once, each in its own process with ``cores // jobs`` torch
+            threads. Default: one per core (at most one per entry to build). Small models
+            train far faster as single-threaded processes side by side than as one process
+            with two threads, and are much less hurt by other load on the machine. ``jobs=1``
+            builds in this process.
+        limit, epochs: quick-test knobs (rows per split; epochs of every recipe); both are part
+            of the cache key.
     """
     check_dataset_name(dataset)
     names = list(dict.fromkeys(encoders))
+    if not names:
+        raise ValueError("no encoder given")
     for name in names:
         get_spec(name)  # unknown names fail before any work
     if image_size < 8:
@@ -433,25 +541,13 @@ def encode(
     for name, path in weights.items():
         if not Path(path).is_file():
             raise ValueError(f"weights file for {name} not found: {path}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     reporter = reporter or Reporter()
     root = Path(cache_dir) / dataset
-    dataset_cache: list[Any] = []
 
-    def load_data():
-        if not dataset_cache:
-            from semalign.encoders.datasets import load_dataset
-
-            dataset_cache.append(
-                load_dataset(
-                    dataset,
-                    data_dir=data_dir,
-                    limit=limit,
-                    download_root=Path(cache_dir) / "datasets",
-                )
-            )
-        return dataset_cache[0]
-
-    results: list[EncoderResult] = []
+    results: dict[str, EncoderResult] = {}
+    todo: list[_Job] = []
     for name in names:
         folder = root / name
         material = cache_key_material(
@@ -470,39 +566,94 @@ def encode(
             _remove_stale_temporaries(folder)
             reason = check_entry(folder, key)
             if not reason:
-                meta = read_meta(folder) or {}
-                acc = meta.get("native_accuracy", {})
-                result = EncoderResult(
-                    name,
-                    int(meta["dim"]),
-                    float(acc.get("test", float("nan"))),
-                    float(acc.get("val", float("nan"))),
-                    time.perf_counter() - started,
-                    cached=True,
-                    meta=meta,
-                )
-            else:
-                log.info("%s/%s: building (%s)", dataset, name, reason)
-                result = _encode_one(
-                    folder,
-                    dataset,
-                    name,
-                    material,
-                    key,
-                    load_data,
+                results[name] = _cached_result(folder, name, started)
+        if reason:
+            weights_file = weights.get(name)
+            todo.append(
+                _Job(
+                    folder=folder,
+                    dataset=dataset,
+                    encoder=name,
+                    material=material,
+                    key=key,
+                    reason=reason,
                     seed=seed,
                     image_size=image_size,
                     pretrained=pretrained,
-                    weights_file=weights.get(name),
+                    weights_file=None if weights_file is None else str(weights_file),
+                    data_dir=None if data_dir is None else str(data_dir),
+                    limit=limit,
+                    download_root=str(Path(cache_dir) / "datasets"),
                     device=device,
-                    reporter=reporter,
                 )
-                result.reason = reason
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+            )
+        elif on_result is not None:
+            on_result(results[name])
+
+    if todo:
+        cores = max(1, len(os.sched_getaffinity(0)))
+        workers = min(jobs or cores, len(todo))
+        if workers <= 1:
+            for job in todo:
+                results[job.encoder] = _build_locked(job, reporter)
+                if on_result is not None:
+                    on_result(results[job.encoder])
+        else:
+            _build_parallel(todo, workers, max(1, cores // workers), reporter, on_result, results)
     _check_alignment(root, names)
-    return results
+    return [results[name] for name in names]
+
+
+def _build_parallel(
+    todo: list[_Job],
+    workers: int,
+    threads: int,
+    reporter: Reporter,
+    on_result: Callable[[EncoderResult], None] | None,
+    results: dict[str, EncoderResult],
+) -> None:
+    """Build ``todo`` in ``workers`` spawned processes, longest first; relay their progress."""
+    import multiprocessing
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # The dataset (cifar10) may need a download: do it once here, before the workers start.
+    if todo[0].dataset == "cifar10" and todo[0].data_dir is None:
+        _job_data(todo[0])
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    order = sorted(todo, key=lambda job: -get_spec(job.encoder).cost)
+
+    def relay() -> None:
+        while True:
+            try:
+                event = events.get_nowait()
+            except queue_mod.Empty:
+                return
+            getattr(reporter, event[0])(*event[1:])
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(events, threads)
+    )
+    try:
+        pending = {pool.submit(_worker_build, job): job for job in order}
+        while pending:
+            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            relay()
+            for future in done:
+                job = pending.pop(future)
+                results[job.encoder] = future.result()  # re-raises a worker's exception
+                if on_result is not None:
+                    on_result(results[job.encoder])
+        relay()
+    except BaseException:
+        # Ctrl-C or a failed build: stop the workers now. Every file they write is atomic and
+        # meta.json comes last, so whatever they leave behind is never trusted.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _check_alignment(root: Path, names: list[str]) -> None:
@@ -532,43 +683,30 @@ def ensure_latents(
     weights: dict[str, str | Path] | None = None,
     limit: int | None = None,
     epochs: int | None = None,
+    jobs: int | None = None,
 ) -> Path:
     """Make every listed encoder's latents and classifier present and valid; return the
     latents dir ``<cache_dir>/<dataset>`` (which holds ``<encoder>/{train,val,test}.npz``).
 
     ``progress=True`` shows rich progress bars on stderr. See ``encode`` for the details.
     """
-    reporter: Reporter | None = None
+    kwargs: dict[str, Any] = dict(
+        seed=seed,
+        image_size=image_size,
+        pretrained=pretrained,
+        data_dir=data_dir,
+        weights=weights,
+        limit=limit,
+        epochs=epochs,
+        jobs=jobs,
+    )
     if progress:
         from semalign.encoders.progress import RichReporter
 
         with RichReporter() as reporter:
-            encode(
-                dataset,
-                encoders,
-                cache_dir,
-                seed=seed,
-                image_size=image_size,
-                pretrained=pretrained,
-                data_dir=data_dir,
-                weights=weights,
-                limit=limit,
-                epochs=epochs,
-                reporter=reporter,
-            )
+            encode(dataset, encoders, cache_dir, reporter=reporter, **kwargs)
     else:
-        encode(
-            dataset,
-            encoders,
-            cache_dir,
-            seed=seed,
-            image_size=image_size,
-            pretrained=pretrained,
-            data_dir=data_dir,
-            weights=weights,
-            limit=limit,
-            epochs=epochs,
-        )
+        encode(dataset, encoders, cache_dir, **kwargs)
     return Path(cache_dir) / dataset
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="override every recipe's epochs (quick tests; part of the cache key)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="encoders built at once, one process each (default: one per core)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default cuda if present)")
     parser.add_argument(
         "--json",
@@ -130,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     from semalign.encoders.datasets import DatasetUnavailable, check_dataset_name
     from semalign.encoders.registry import resolve_encoders
 
-    console = Console()
+    # A pipe or a log file gets a fixed width wide enough for the summary table.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     if args.list:
         return _list(console)
     try:
@@ -161,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         epochs=args.epochs,
         device=args.device,
+        jobs=args.jobs,
         on_result=note,
     )
     try:
@@ -183,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         ("test acc", "right"),
         ("val acc", "right"),
         ("time (s)", "right"),
+        ("cpu (s)", "right"),
         ("cache", "left"),
     ):
         table.add_column(col, justify=justify, no_wrap=col in ("encoder", "dim", "test acc"))
@@ -190,7 +200,9 @@ def run(args: argparse.Namespace) -> int:
         if r.cached:
             state = "hit"
         else:
-            state = f"{'trained' if r.trained else 're-encoded'} ({r.reason})"
+            state = "trained" if r.trained else "re-encoded"
+            if r.reason != "not cached":
+                state += f": {r.reason}"
         table.add_row(
             r.encoder,
             "AP" if r.encoder == DEFAULT_AP else "user",
@@ -198,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r.native_accuracy:.3f}",
             f"{r.val_accuracy:.3f}",
             f"{r.seconds:.1f}",
+            "-" if r.cached else f"{r.cpu_seconds:.1f}",
             state,
         )
     console.print(table)
@@ -216,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
                     "test_accuracy": r.native_accuracy,
                     "val_accuracy": r.val_accuracy,
                     "seconds": round(r.seconds, 2),
+                    "cpu_seconds": round(r.cpu_seconds, 2),
                     "cached": r.cached,
                     "trained": r.trained,
                     "reason": r.reason,

@@ -31,27 +31,32 @@ class RichReporter(Reporter):
             console=self.console,
             transient=False,
         )
-        self._task: Any = None
+        self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.end()
         self.progress.stop()
 
     def begin(self, encoder: str, phase: str, total: int) -> None:
-        self.end()
+        self.end(encoder)
         unit = "steps" if phase == "train" else "images"
-        self._task = self.progress.add_task(f"{encoder} {phase} ({unit})", total=total)
+        self._tasks[encoder] = self.progress.add_task(f"{encoder} {phase} ({unit})", total=total)
 
-    def update(self, done: int, total: int) -> None:
-        if self._task is not None:
-            self.progress.update(self._task, completed=done, total=total)
+    def update(self, encoder: str, done: int, total: int) -> None:
+        task = self._tasks.get(encoder)
+        if task is not None:
+            self.progress.update(task, completed=done, total=total)
 
-    def end(self) -> None:
-        if self._task is not None:
-            task = self.progress.tasks[-1]
-            self.progress.update(self._task, completed=task.total)
-            self._task = None
+    def end(self, encoder: str) -> None:
+        task = self._tasks.pop(encoder, None)
+        if task is not None:
+            self.progress.update(task, completed=self._total(task))
+
+    def _total(self, task: Any) -> float:
+        for item in self.progress.tasks:
+            if item.id == task:
+                return item.total or 0
+        return 0

@@ -13,6 +13,7 @@ the AP's ViT-tiny.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -64,6 +65,8 @@ class EncoderSpec:
             scaled to the small image: ``patch16`` at 224 is a 14x14 grid, here it becomes
             ``vit_grid`` x ``vit_grid``; ``patch32`` gets half as many per side).
         model_kwargs: extra timm arguments for from-scratch models (e.g. a reduced ``depth``).
+        epoch_seconds: measured seconds per training epoch on digits at 32x32 with one thread;
+            only used to start the longest jobs first.
     """
 
     name: str
@@ -71,6 +74,12 @@ class EncoderSpec:
     recipe: Recipe
     vit_grid: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epoch_seconds: float = 5.0
+
+    @property
+    def cost(self) -> float:
+        """Estimated single-thread training seconds at 32x32 on digits (for scheduling)."""
+        return self.epoch_seconds * self.recipe.epochs
 
     def timm_kwargs(self, image_size: int) -> dict[str, Any]:
         """Arguments for ``timm.create_model`` of a from-scratch model at ``image_size``."""
@@ -93,31 +102,40 @@ class EncoderSpec:
         return kwargs
 
 
-# Recipes, measured on digits at 32x32 on a 2-core CPU (docs/encoders.md has the figures).
-_CONVNET = Recipe(epochs=6, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5, augment="light")
-_HYBRID = Recipe(epochs=8, lr=1e-3, weight_decay=0.05, warmup_epochs=1.0, augment="light")
-_VIT = Recipe(epochs=20, lr=1e-3, weight_decay=0.05, warmup_epochs=2.0, augment="strong")
+# Recipes, tuned on digits at 32x32 on a 2-core CPU (docs/encoders.md has the measurements).
+# Convnets at 32x32 end on 1x1 maps and learn fastest without augmentation in this budget (even
+# small shifts cost accuracy at 8-12 epochs); ViTs overfit without it and need more epochs.
+_CONVNET = Recipe(
+    epochs=12, lr=3e-3, batch_size=32, warmup_epochs=0.5, augment="none", label_smoothing=0.1
+)
+_HYBRID = Recipe(
+    epochs=5, lr=2e-3, batch_size=32, warmup_epochs=0.5, augment="none", label_smoothing=0.1
+)
+_VIT = Recipe(epochs=20, lr=1e-3, batch_size=64, warmup_epochs=2.0, augment="strong")
 
 
-def _vit(name: str, grid: int, depth: int, recipe: Recipe = _VIT) -> EncoderSpec:
+def _vit(name: str, grid: int, depth: int, epochs: int, cost: float) -> EncoderSpec:
     # Average-pooled tokens without a class token train faster from scratch on small data.
     kwargs = {"depth": depth, "global_pool": "avg", "class_token": False}
-    return EncoderSpec(name, "vit", recipe, vit_grid=grid, model_kwargs=kwargs)
+    recipe = dataclasses.replace(_VIT, epochs=epochs)
+    return EncoderSpec(name, "vit", recipe, vit_grid=grid, model_kwargs=kwargs, epoch_seconds=cost)
 
 
 _SPECS: tuple[EncoderSpec, ...] = (
-    _vit("vit_tiny_patch16_224", grid=4, depth=6),
-    _vit("vit_small_patch16_224", grid=4, depth=4),
-    _vit("vit_small_patch32_224", grid=2, depth=4),
-    _vit("vit_base_patch16_224", grid=4, depth=2),
-    _vit("vit_base_patch32_224", grid=2, depth=2),
-    EncoderSpec("mobilenetv3_small_075", "convnet", _CONVNET),
-    EncoderSpec("mobilenetv3_small_100", "convnet", _CONVNET),
-    EncoderSpec("mobilenetv3_large_100", "convnet", _CONVNET),
-    EncoderSpec("rexnet_100", "convnet", _CONVNET),
-    EncoderSpec("resnet18", "convnet", _CONVNET),
-    EncoderSpec("efficientvit_m5", "efficientvit", _HYBRID),
-    EncoderSpec("levit_128", "levit", _HYBRID, model_kwargs={"distilled": False}),
+    _vit("vit_tiny_patch16_224", grid=4, depth=6, epochs=20, cost=4.8),
+    _vit("vit_small_patch16_224", grid=4, depth=4, epochs=15, cost=10.8),
+    _vit("vit_small_patch32_224", grid=2, depth=4, epochs=15, cost=3.1),
+    _vit("vit_base_patch16_224", grid=4, depth=2, epochs=10, cost=21.7),
+    _vit("vit_base_patch32_224", grid=2, depth=2, epochs=15, cost=6.7),
+    EncoderSpec("mobilenetv3_small_075", "convnet", _CONVNET, epoch_seconds=2.8),
+    EncoderSpec("mobilenetv3_small_100", "convnet", _CONVNET, epoch_seconds=3.3),
+    EncoderSpec("mobilenetv3_large_100", "convnet", _CONVNET, epoch_seconds=6.8),
+    EncoderSpec("rexnet_100", "convnet", _CONVNET, epoch_seconds=6.9),
+    EncoderSpec("resnet18", "convnet", _CONVNET, epoch_seconds=4.0),
+    EncoderSpec("efficientvit_m5", "efficientvit", _HYBRID, epoch_seconds=9.3),
+    EncoderSpec(
+        "levit_128", "levit", _HYBRID, model_kwargs={"distilled": False}, epoch_seconds=3.2
+    ),
 )
 
 #: Registered encoders by name.

@@ -30,15 +30,23 @@ _SCRATCH_MEAN = 0.5
 _SCRATCH_STD = 0.5
 
 
+_THREADS_SET = False
+
+
 def setup_torch(threads: int | None = None) -> None:
-    """Use every core this process may run on (or ``threads``), once."""
+    """Set torch's intra-op threads: ``threads`` if given, else once per process to every core
+    this process may use (``$SEMALIGN_THREADS`` overrides). A worker process calls it with its
+    share first, so the later argument-less calls keep that share."""
+    global _THREADS_SET
     import torch
 
     if threads is None:
+        if _THREADS_SET:
+            return
         env = os.environ.get("SEMALIGN_THREADS")
         threads = int(env) if env else len(os.sched_getaffinity(0))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads))
+    _THREADS_SET = True
 
 
 def pick_device(device: str | None = None) -> str:
