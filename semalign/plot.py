@@ -9,9 +9,11 @@ Figures (each written as PNG and PDF by default):
 * ``fig2``: accuracy vs compression factor zeta = K/(d/2), one panel per antenna configuration,
   the strategies side by side (paper Fig. 2). One file per combination of group, SNR, pilot
   fraction and CSI mode found in the table that compares two or more strategies.
-* ``fig3``: network MSE and accuracy vs zeta, one line per user group (colour) and pilot
-  fraction (line style) (paper Fig. 3). One file per strategy, antenna configuration, SNR and
-  CSI mode that has more than one (group, pilot fraction) pair.
+* ``fig3``: network MSE on the pilots (the ADMM objective's error term, whitened: 1.0 means
+  nothing explained), latent MSE on held-out test data (each user's native space) and accuracy
+  vs zeta, one line per user group (colour) and pilot fraction (line style) (paper Fig. 3).
+  One file per strategy, antenna configuration, SNR and CSI mode that has more than one
+  (group, pilot fraction) pair.
 * ``snr``: accuracy vs SNR, one panel per number of channel uses K, strategies side by side.
 
 A figure needs at least two distinct x values in a context; contexts without them are skipped.
@@ -46,7 +48,8 @@ GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "
 LINESTYLES = ("-", "--", ":", "-.")
 ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$"
 ACC_LABEL = "accuracy (mean over users, fraction)"
-MSE_LABEL = "network MSE (whitened pilots, per complex feature)"
+MSE_LABEL = "network MSE on pilots (whitened, per complex feature)"
+TEST_MSE_LABEL = "latent MSE on test data (user's native space, per feature)"
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Point:
     native: float
     network_mse: float
     network_mse_std: float
+    test_mse: float = float("nan")
+    test_mse_std: float = float("nan")
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -118,6 +123,7 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
                 "accuracy": _nanmean([r["accuracy"] for r in run_rows]),
                 "native": _nanmean([r["native_accuracy"] for r in run_rows]),
                 "network_mse": first["network_mse"],
+                "test_mse": _nanmean([r["mse"] for r in run_rows]),
             }
         )
     points = []
@@ -131,6 +137,8 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
                 native=_nanmean([s["native"] for s in per_seed]),
                 network_mse=_nanmean([s["network_mse"] for s in per_seed]),
                 network_mse_std=_nanstd([s["network_mse"] for s in per_seed]),
+                test_mse=_nanmean([s["test_mse"] for s in per_seed]),
+                test_mse_std=_nanstd([s["test_mse"] for s in per_seed]),
             )
         )
     return points
@@ -294,39 +302,36 @@ def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
     for ctx, pts in contexts.items():
         groups = sorted({p.params["group"] for p in pts})
         fractions = sorted({p.params["pilot_fraction"] for p in pts}, reverse=True)
-        fig, (ax_mse, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (ax_mse, ax_test, ax_acc) = plt.subplots(1, 3, figsize=(14, 4.0))
         for (group, frac), lpts in _group_by(pts, ("group", "pilot_fraction")).items():
             color = GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)]
             ls = LINESTYLES[fractions.index(frac) % len(LINESTYLES)]
             label = f"{group}, pilots {frac * 100:g}%"
             xs = [p.params["zeta"] for p in lpts]
-            _line(
-                ax_mse,
-                xs,
-                [p.network_mse for p in lpts],
-                [p.network_mse_std for p in lpts],
-                label=label,
-                color=color,
-                linestyle=ls,
-                marker="o",
-            )
-            _line(
-                ax_acc,
-                xs,
-                [p.accuracy for p in lpts],
-                [p.accuracy_std for p in lpts],
-                label=label,
-                color=color,
-                linestyle=ls,
-                marker="o",
-            )
-        ax_mse.set_ylabel(MSE_LABEL)
-        ax_acc.set_ylabel(ACC_LABEL)
-        for ax in (ax_mse, ax_acc):
+            for ax, mean, std in (
+                (ax_mse, "network_mse", "network_mse_std"),
+                (ax_test, "test_mse", "test_mse_std"),
+                (ax_acc, "accuracy", "accuracy_std"),
+            ):
+                _line(
+                    ax,
+                    xs,
+                    [getattr(p, mean) for p in lpts],
+                    [getattr(p, std) for p in lpts],
+                    label=label,
+                    color=color,
+                    linestyle=ls,
+                    marker="o",
+                )
+        ax_mse.set_ylabel(MSE_LABEL, fontsize=8)
+        ax_test.set_ylabel(TEST_MSE_LABEL, fontsize=8)
+        ax_acc.set_ylabel(ACC_LABEL, fontsize=8)
+        for ax in (ax_mse, ax_test, ax_acc):
             ax.set_xlabel(ZETA_LABEL)
             ax.grid(alpha=0.3)
-        ax_mse.set_title("network MSE")
-        ax_acc.set_title("accuracy")
+        ax_mse.set_title("network MSE (pilots, training)")
+        ax_test.set_title("latent MSE (test, held out)")
+        ax_acc.set_title("accuracy (test)")
         ax_acc.legend(fontsize=7, loc="lower right")
         title, slug = _fmt_context(context_keys, ctx)
         fig.suptitle(

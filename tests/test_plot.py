@@ -105,6 +105,7 @@ def test_aggregate_mean_and_std_over_seeds(tmp_path):
     assert point.accuracy == pytest.approx(np.mean(per_seed))
     assert point.accuracy_std == pytest.approx(np.std(per_seed))
     assert point.network_mse == pytest.approx(0.5 + 0.015)
+    assert point.test_mse == pytest.approx(1.0) and point.test_mse_std == 0.0
 
 
 def test_every_figure_is_written(full_table, tmp_path):
