@@ -237,6 +237,47 @@ def test_weights_option_is_checked(tmp_path, capsys):
     assert main(["encode", "--encoders", "levit_128", "--weights", "oops", "--no-progress"]) == 2
 
 
+def test_pretrained_from_local_weights_file(tmp_path):
+    """The real --pretrained loading path (timm with a local file), offline."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    donor = timm.create_model("mobilenetv3_small_075", pretrained=False)
+    weights = tmp_path / "mnv3.pth"
+    torch.save(donor.state_dict(), weights)
+    argv = [
+        "encode",
+        "--encoders",
+        "mobilenetv3_small_075",
+        "--cache",
+        str(tmp_path / "c"),
+        "--pretrained",
+        "--weights",
+        f"mobilenetv3_small_075={weights}",
+        "--limit",
+        "16",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    folder = tmp_path / "c" / "digits" / "mobilenetv3_small_075"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["input_size"] == 224 and meta["weights"] is None  # no training, timm's size
+    assert (
+        meta["key_material"]["pretrained"]
+        and str(weights.resolve()) in (meta["key_material"]["weights"])
+    )
+    latents, _ = cache.load_latents(folder.parent, "mobilenetv3_small_075", "train")
+    donor.eval()
+    from semalign.encoders.train import build_pretrained_model
+
+    model, inputs = build_pretrained_model("mobilenetv3_small_075", weights)
+    x = inputs.prepare(load_dataset("digits", limit=16)["train"].images[:4])
+    with torch.no_grad():
+        expected = donor.forward_head(donor.forward_features(x), pre_logits=True).numpy()
+    np.testing.assert_allclose(latents[:4], expected, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------- cache end to end
 
 

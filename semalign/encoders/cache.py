@@ -345,18 +345,42 @@ def _build_locked(job: _Job, reporter: Reporter) -> EncoderResult:
 
 
 _WORKER_QUEUE: Any = None
+_WORKER_BLAS: Any = None
 
 
 def _worker_init(queue: Any, threads: int) -> None:
-    global _WORKER_QUEUE
+    """Runs first in each worker: progress queue, and torch and BLAS threads = its core share."""
+    global _WORKER_QUEUE, _WORKER_BLAS
     _WORKER_QUEUE = queue
+    from threadpoolctl import threadpool_limits
+
     from semalign.encoders.train import setup_torch
 
     setup_torch(threads)
+    _WORKER_BLAS = threadpool_limits(limits=threads)
 
 
 def _worker_build(job: _Job) -> EncoderResult:
     return _build_locked(job, _QueueReporter(_WORKER_QUEUE))
+
+
+def _load_weights(spec: Any, path: Path, material: dict[str, Any], num_classes: int):
+    """A from-scratch model with the weights stored at ``path`` (eval mode) and the precision
+    it was trained in."""
+    import torch
+
+    from semalign.encoders import train as tr
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = tr.build_scratch_model(
+        spec,
+        int(material["image_size"]),
+        num_classes,
+        int(material["seed"]),
+        material["timm_kwargs"],
+    )
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), str(saved.get("training_precision", "fp32"))
 
 
 def _build(job: _Job, reporter: Reporter) -> EncoderResult:
@@ -385,14 +409,10 @@ def _build(job: _Job, reporter: Reporter) -> EncoderResult:
         inputs = tr.scratch_input(image_size)
         weights_path = folder / f"weights-{key}.pt"
         model = None
+        precision = None
         if weights_path.is_file():
             try:
-                model = tr.build_scratch_model(
-                    spec, image_size, data.num_classes, seed, material["timm_kwargs"]
-                )
-                state = torch.load(weights_path, map_location="cpu", weights_only=True)
-                model.load_state_dict(state)
-                model.eval()
+                model, precision = _load_weights(spec, weights_path, material, data.num_classes)
                 log.info("%s: loaded cached weights %s", encoder, weights_path.name)
             except Exception as exc:  # corrupt or incompatible weights: retrain
                 log.warning("%s: cached weights unusable (%s); retraining", encoder, exc)
@@ -422,7 +442,9 @@ def _build(job: _Job, reporter: Reporter) -> EncoderResult:
             train_seconds = time.perf_counter() - t0
             trained = True
             buffer = io.BytesIO()
-            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+            precision = getattr(model, "training_precision", "fp32")
+            state = {k: v.cpu() for k, v in model.state_dict().items()}
+            torch.save({"state_dict": state, "training_precision": precision}, buffer)
             _atomic_write_bytes(weights_path, buffer.getvalue())
     total_rows = sum(len(data[split]) for split in SPLITS)
     reporter.begin(encoder, "encode", total_rows)
@@ -447,12 +469,18 @@ def _build(job: _Job, reporter: Reporter) -> EncoderResult:
         path = folder / f"{split}.npz"
         save_split(path, latents[split], data[split].labels)
         files[path.name] = {"sha256": _sha256(path), "rows": len(data[split])}
-    classifier = train_classifier(latents["train"], data["train"].labels, seed=seed)
+    # Single-threaded BLAS: this fit is small, and OpenBLAS's second thread spin-waits for a
+    # core; measured here with other load on the two cores, the fit of a (64, 1024) problem
+    # took 17 s with two BLAS threads and 0.19 s with one ((1257, 1280): 3.0 s and 0.20 s).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        classifier = train_classifier(latents["train"], data["train"].labels, seed=seed)
+        test_acc = classifier.accuracy(latents["test"], data["test"].labels)
+        val_acc = classifier.accuracy(latents["val"], data["val"].labels)
     classifier.save(folder / CLASSIFIER)
     files[CLASSIFIER] = {"sha256": _sha256(folder / CLASSIFIER)}
     dim = int(latents["train"].shape[1])
-    test_acc = classifier.accuracy(latents["test"], data["test"].labels)
-    val_acc = classifier.accuracy(latents["val"], data["val"].labels)
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     import timm
@@ -468,6 +496,7 @@ def _build(job: _Job, reporter: Reporter) -> EncoderResult:
         "input_size": inputs.size,
         "native_accuracy": {"val": val_acc, "test": test_acc},
         "train_seconds": round(train_seconds, 2),
+        "training_precision": None if job.pretrained else precision,
         "seconds": round(seconds, 2),
         "cpu_seconds": round(cpu_seconds, 2),
         "weights": None if job.pretrained else f"weights-{key}.pt",
@@ -720,7 +749,6 @@ def load_latents(
 def load_encoder_model(latents_dir: str | Path, encoder: str):
     """The trained from-scratch torch model behind a cache entry (eval mode), and its
     ``InputSpec``; for a node that needs to encode new images itself."""
-    import torch
 
     from semalign.encoders import train as tr
 
@@ -729,14 +757,7 @@ def load_encoder_model(latents_dir: str | Path, encoder: str):
     if meta is None or not meta.get("weights"):
         raise FileNotFoundError(f"no from-scratch weights recorded in {folder / META}")
     material = meta["key_material"]
-    size = int(material["image_size"])
-    model = tr.build_scratch_model(
-        get_spec(encoder),
-        size,
-        int(meta.get("num_classes", 10)),
-        int(material["seed"]),
-        material["timm_kwargs"],
+    model, _ = _load_weights(
+        get_spec(encoder), folder / meta["weights"], material, int(meta.get("num_classes", 10))
     )
-    state = torch.load(folder / meta["weights"], map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval(), tr.scratch_input(size)
+    return model, tr.scratch_input(int(material["image_size"]))

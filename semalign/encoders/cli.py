@@ -119,7 +119,7 @@ def _list(console) -> int:
             ", ".join(roles) or "-",
             str(spec.recipe.epochs),
             f"{spec.recipe.lr:g}",
-            json.dumps(spec.timm_kwargs(32)),
+            ", ".join(f"{k}={v}" for k, v in spec.timm_kwargs(32).items()) or "-",
         )
     console.print(table)
     for group, members in GROUPS.items():

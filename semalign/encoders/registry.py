@@ -37,6 +37,9 @@ class Recipe:
             and horizontal flips where the dataset allows them), see ``train.augment``.
         final_lr_frac: learning rate at the end of the cosine, as a fraction of ``lr``.
         optimizer: ``adamw`` or ``sgd`` (Nesterov momentum 0.9).
+        bf16: train under bfloat16 autocast where the hardware supports it natively (CPUs
+            with AVX512-BF16/AMX, CUDA GPUs with bf16); float32 elsewhere. Latents are always
+            computed in float32. Only worth it for matmul-bound models (ViTs).
     """
 
     epochs: int
@@ -48,6 +51,7 @@ class Recipe:
     augment: str = "light"
     final_lr_frac: float = 0.01
     optimizer: str = "adamw"
+    bf16: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +115,7 @@ _CONVNET = Recipe(
 _HYBRID = Recipe(
     epochs=5, lr=2e-3, batch_size=32, warmup_epochs=0.5, augment="none", label_smoothing=0.1
 )
-_VIT = Recipe(epochs=20, lr=1e-3, batch_size=64, warmup_epochs=2.0, augment="strong")
+_VIT = Recipe(epochs=20, lr=1e-3, batch_size=64, warmup_epochs=2.0, augment="strong", bf16=True)
 
 
 def _vit(name: str, grid: int, depth: int, epochs: int, cost: float) -> EncoderSpec:

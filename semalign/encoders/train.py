@@ -49,6 +49,18 @@ def setup_torch(threads: int | None = None) -> None:
     _THREADS_SET = True
 
 
+def bf16_supported(device: str) -> bool:
+    """Whether ``device`` runs bfloat16 matmuls natively (not emulated, which is slower)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def pick_device(device: str | None = None) -> str:
     import torch
 
@@ -211,6 +223,9 @@ def train_scratch(
     device = pick_device(device)
     recipe = recipe or spec.recipe
     model = build_scratch_model(spec, image_size, num_classes, seed).to(device)
+    device_type = torch.device(device).type
+    use_bf16 = recipe.bf16 and bf16_supported(device)
+    model.training_precision = "bf16" if use_bf16 else "fp32"  # recorded in the cache meta
     inputs = scratch_input(image_size)
     decay, no_decay = [], []
     for param in model.parameters():
@@ -250,7 +265,9 @@ def train_scratch(
             y = labels[idx].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, recipe)
-            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{spec.name}: training loss became {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
