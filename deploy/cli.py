@@ -40,6 +40,8 @@ from semalign.deploy.launcher import (
     write_cli_config,
 )
 
+from semalign.cli import HelpFormatter
+
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "paper-users"
@@ -528,7 +530,7 @@ def _add_common_ap_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     run = subparsers.add_parser(
         "run",
         help="AP and one process per user on loopback, over gRPC (Flower supervises users)",

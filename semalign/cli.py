@@ -23,6 +23,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, except where the help already states its
+    default, the default is ``None`` (the option then falls back to a preset or a config
+    field, which the help text names) or the option is a plain off-by-default flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class UserError(Exception):
     """An error caused by bad input: reported as one line, exit code 2, no traceback."""
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from semalign.cli import HelpFormatter
+
 log = logging.getLogger(__name__)
 
 FIGURES: tuple[str, ...] = ("fig2", "fig3", "snr")
@@ -494,7 +496,7 @@ def register(subparsers) -> None:
         "+/- one std band. fig2: accuracy vs zeta per antenna configuration, strategies side by "
         "side; fig3: network MSE and accuracy vs zeta per group and pilot fraction; snr: "
         "accuracy vs SNR per K.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--table",

@@ -46,6 +46,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from semalign.cli import HelpFormatter
 from semalign.common.config import ADMM_STRATEGIES, STRATEGIES, AlignmentConfig
 
 log = logging.getLogger(__name__)
@@ -1152,7 +1153,7 @@ def register(subparsers) -> None:
         "Rows (one per cell, seed and user) are appended to --table as each run finishes; "
         "re-running the same command skips finished runs. Options override the --preset's "
         "fields. Negative SNRs need '=': --snr-db=-20,-10,0.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--preset", choices=tuple(PRESETS), help="the paper's grids: " + ", ".join(PRESETS))
