@@ -231,6 +231,42 @@ def _seeds_note(points: list[Point]) -> str:
     return f"mean ± 1 std over {seeds[0] if len(seeds) == 1 else f'{seeds[0]}-{seeds[-1]}'} seeds"
 
 
+def _strategy_lines(ax: Any, panel: list[Point], x_key: str) -> None:
+    """One line per strategy (mean accuracy and its band against ``params[x_key]``) and the
+    users' native accuracy, on one panel."""
+    for strategy, spts in _group_by(panel, ("strategy",)).items():
+        style = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
+        _line(
+            ax,
+            [p.params[x_key] for p in spts],
+            [p.accuracy for p in spts],
+            [p.accuracy_std for p in spts],
+            label=style["label"],
+            color=style["color"],
+            marker=style.get("marker"),
+        )
+    _native_line(ax, panel)
+
+
+def _shared_legend(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend below the panels with every label any panel drew, first panel's order."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=len(labels),
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.08),
+        frameon=False,
+    )
+
+
 def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
     """Accuracy vs zeta per antenna configuration, strategies side by side."""
     plt = _pyplot()
@@ -251,40 +287,14 @@ def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
             1, len(antennas), figsize=(4.2 * len(antennas), 3.6), sharey=True, squeeze=False
         )
         for ax, ant in zip(axes[0], antennas, strict=True):
-            panel = [p for p in pts if p.params["antennas"] == ant]
-            for strategy, spts in _group_by(panel, ("strategy",)).items():
-                style = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
-                _line(
-                    ax,
-                    [p.params["zeta"] for p in spts],
-                    [p.accuracy for p in spts],
-                    [p.accuracy_std for p in spts],
-                    label=style["label"],
-                    color=style["color"],
-                    marker=style.get("marker"),
-                )
-            _native_line(ax, panel)
+            _strategy_lines(ax, [p for p in pts if p.params["antennas"] == ant], "zeta")
             ax.set_title(f"{ant} MIMO")
             ax.set_xlabel(ZETA_LABEL)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ACC_LABEL)
         title, slug = _fmt_context(context_keys, ctx)
         fig.suptitle(f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})", fontsize=10)
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        for ax in axes[0][1:]:
-            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(
-            handles,
-            labels,
-            loc="lower center",
-            ncol=len(labels),
-            fontsize=8,
-            bbox_to_anchor=(0.5, -0.08),
-            frameon=False,
-        )
+        _shared_legend(fig, axes[0])
         fig.tight_layout()
         name = "fig2-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
         paths += _save(fig, out_dir, name, formats)
@@ -368,32 +378,12 @@ def figure_snr(points: list[Point], out_dir: Path, formats: Sequence[str]) -> li
         )
         for ax, k in zip(axes[0], ks, strict=True):
             panel = [p for p in pts if p.params["channel_uses"] == k]
-            for strategy, spts in _group_by(panel, ("strategy",)).items():
-                style = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
-                _line(
-                    ax,
-                    [p.params["snr_db"] for p in spts],
-                    [p.accuracy for p in spts],
-                    [p.accuracy_std for p in spts],
-                    label=style["label"],
-                    color=style["color"],
-                    marker=style.get("marker"),
-                )
-            _native_line(ax, panel)
+            _strategy_lines(ax, panel, "snr_db")
             ax.set_title(f"K = {k} (ζ = {panel[0].params['zeta']:.3g})")
             ax.set_xlabel("SNR per receive antenna (dB)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ACC_LABEL)
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(
-            handles,
-            labels,
-            loc="lower center",
-            ncol=len(labels),
-            fontsize=8,
-            bbox_to_anchor=(0.5, -0.08),
-            frameon=False,
-        )
+        _shared_legend(fig, axes[0])
         title, slug = _fmt_context(context_keys, ctx)
         fig.suptitle(f"Accuracy vs SNR ({title}; {_seeds_note(pts)})", fontsize=10)
         fig.tight_layout()
