@@ -65,7 +65,8 @@ def main() -> None:
         return original(x)
 
     access_point.admm.factor_gram = counting_factor  # count B factorizations in the AP
-    print(f"L={args.users} users, n={n} pilots, AP d={args.ap_dim}, user dims {list(dims)}")
+    user_dims = [int(m) for m in dims]
+    print(f"L={args.users} users, n={n} pilots, AP d={args.ap_dim}, user dims {user_dims}")
     print(
         f"{'K*N_T':>6} {'round s (p50)':>14} {'users s':>9} {'AP s':>7} "
         f"{'MB down':>8} {'MB up':>8} {'B factored':>10}"
