@@ -438,6 +438,28 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- CLI
+def figure_sources(
+    figures: Sequence[str], tables: Sequence[str] | None, results_dir: str | Path = "results"
+) -> dict[str, tuple[Path, ...]]:
+    """The tables each figure is drawn from.
+
+    Tables given explicitly serve every figure. Otherwise a figure with its preset's table
+    (``results/sweep-<figure>.csv``) is drawn from that table alone, so that e.g. the SNR
+    sweep's few K values do not add accuracy-vs-zeta figures; any other figure is drawn from
+    every ``results/sweep-*.csv``.
+    """
+    from semalign.cli import UserError
+
+    if tables:
+        given = tuple(Path(t) for t in tables)
+        return {name: given for name in figures}
+    found = tuple(sorted(Path(results_dir).glob("sweep-*.csv")))
+    if not found:
+        raise UserError(f"no table given and no {results_dir}/sweep-*.csv found; pass --table FILE")
+    own = {name: Path(results_dir) / f"sweep-{name}.csv" for name in figures}
+    return {name: (own[name],) if own[name] in found else found for name in figures}
+
+
 def run_plot(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -445,11 +467,6 @@ def run_plot(args: argparse.Namespace) -> int:
     from semalign.sweep import SweepError
 
     console = Console(stderr=True)
-    tables = (
-        [Path(t) for t in args.table] if args.table else sorted(Path("results").glob("sweep-*.csv"))
-    )
-    if not tables:
-        raise UserError("no table given and no results/sweep-*.csv found; pass --table FILE")
     figures = [f.strip() for f in args.figures.split(",") if f.strip()]
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     for name in figures:
@@ -458,13 +475,17 @@ def run_plot(args: argparse.Namespace) -> int:
     for fmt in formats:
         if fmt not in ("png", "pdf", "svg"):
             raise UserError(f"--formats: unknown format {fmt!r}; choose from png, pdf, svg")
-    try:
-        rows = load_rows(tables)
-    except SweepError as exc:
-        raise UserError(str(exc)) from None
-    if not rows:
-        raise UserError(f"no complete run in {', '.join(map(str, tables))}")
-    written = make_figures(rows, args.out, figures, formats)
+    sources = figure_sources(figures, args.table)
+    written: dict[str, list[Path]] = {}
+    for tables in dict.fromkeys(sources.values()):
+        try:
+            rows = load_rows(list(tables))
+        except SweepError as exc:
+            raise UserError(str(exc)) from None
+        if not rows:
+            raise UserError(f"no complete run in {', '.join(map(str, tables))}")
+        names = [name for name in figures if sources[name] == tables]
+        written.update(make_figures(rows, args.out, names, formats))
     total = 0
     for name, paths in written.items():
         if paths:
@@ -491,7 +512,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--table",
         action="append",
-        help="results CSV (repeatable; default: every results/sweep-*.csv)",
+        help="results CSV (repeatable; default: each figure from its preset's "
+        "results/sweep-<figure>.csv, else from every results/sweep-*.csv)",
     )
     parser.add_argument("--out", default="figures", help="output directory")
     parser.add_argument("--figures", default=",".join(FIGURES), help="which figures")

@@ -10,7 +10,7 @@ import pytest
 from synthetic import make_latents
 
 from semalign import plot
-from semalign.cli import main
+from semalign.cli import UserError, main
 from semalign.sweep import COLUMNS, ResultsTable, grid_from_options, make_plan, run_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -156,3 +156,18 @@ def test_plot_cli_after_a_real_tiny_sweep(tmp_path, capsys):
     assert "fig2" in capsys.readouterr().err
     assert main(["plot", "--table", str(table), "--figures", "fig9"]) == 2
     assert main(["plot", "--table", str(tmp_path / "none.csv")]) == 2
+
+
+def test_default_tables_draw_each_figure_from_its_preset_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("sweep-fig2.csv", "sweep-snr.csv", "sweep-mine.csv"):
+        (results / name).write_text("")
+    sources = plot.figure_sources(["fig2", "fig3", "snr"], None, results)
+    assert sources["fig2"] == (results / "sweep-fig2.csv",)
+    assert sources["snr"] == (results / "sweep-snr.csv",)
+    assert sources["fig3"] == tuple(sorted(results.glob("sweep-*.csv")))  # no own table: all
+    given = plot.figure_sources(["fig2", "snr"], [str(results / "sweep-mine.csv")], results)
+    assert set(given.values()) == {(results / "sweep-mine.csv",)}
+    with pytest.raises(UserError, match="no table given"):
+        plot.figure_sources(["fig2"], None, tmp_path / "empty")
