@@ -345,19 +345,18 @@ def _build_locked(job: _Job, reporter: Reporter) -> EncoderResult:
 
 
 _WORKER_QUEUE: Any = None
-_WORKER_BLAS: Any = None
 
 
 def _worker_init(queue: Any, threads: int) -> None:
     """Runs first in each worker: progress queue, and torch and BLAS threads = its core share."""
-    global _WORKER_QUEUE, _WORKER_BLAS
+    global _WORKER_QUEUE
     _WORKER_QUEUE = queue
     from threadpoolctl import threadpool_limits
 
     from semalign.encoders.train import setup_torch
 
     setup_torch(threads)
-    _WORKER_BLAS = threadpool_limits(limits=threads)
+    threadpool_limits(limits=threads)  # applies at once, for the worker's lifetime
 
 
 def _worker_build(job: _Job) -> EncoderResult:
@@ -442,7 +441,7 @@ def _build(job: _Job, reporter: Reporter) -> EncoderResult:
             train_seconds = time.perf_counter() - t0
             trained = True
             buffer = io.BytesIO()
-            precision = getattr(model, "training_precision", "fp32")
+            precision = model.training_precision  # set by train_scratch
             state = {k: v.cpu() for k, v in model.state_dict().items()}
             torch.save({"state_dict": state, "training_precision": precision}, buffer)
             _atomic_write_bytes(weights_path, buffer.getvalue())
@@ -749,7 +748,6 @@ def load_latents(
 def load_encoder_model(latents_dir: str | Path, encoder: str):
     """The trained from-scratch torch model behind a cache entry (eval mode), and its
     ``InputSpec``; for a node that needs to encode new images itself."""
-
     from semalign.encoders import train as tr
 
     folder = Path(latents_dir) / encoder
