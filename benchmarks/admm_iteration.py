@@ -22,7 +22,9 @@ from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
 from semalign.server import access_point
 from semalign.server.access_point import AccessPoint
-from semalign.server.session import LoopbackLink, SessionDriver
+from semalign.server.session import SessionDriver
+
+from semalign.engine.loopback import LoopbackLink
 
 
 def dummy_classifier(dim: int) -> LinearClassifier:

@@ -43,14 +43,16 @@ from pathlib import Path
 
 import numpy as np
 from semalign.common.config import AlignmentConfig
+from semalign.common.contract import SessionOffer
 from semalign.common.latents import load_encoder_splits
 from semalign.deploy.cli import user_argv
 from semalign.deploy.launcher import Processes, child_env
+from semalign.server.access_point import build_access_point
 from semalign.server.network import serve_session
 from semalign.server.service import AlignmentService, start_server
 
-from semalign.simulate import build_access_point, load_scenario, simulate_seed, user_names
-from semalign.transport import SessionOffer
+from semalign.engine.scenario import load_scenario, user_names
+from semalign.engine.simulate import simulate_seed
 
 USER_DIMS = (192, 384, 256, 320, 192, 384, 256, 320, 192, 384)
 

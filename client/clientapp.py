@@ -50,8 +50,7 @@ def load_user_data(node: dict):
 def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict]:
     """Join the AP's sessions as the user described by ``node``; the session reports."""
     from semalign.client.stream import run_user, user_factory
-
-    from semalign.transport import TlsFiles
+    from semalign.common.contract import TlsFiles
 
     user_id = str(node["user-id"])
     factory = user_factory(

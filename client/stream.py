@@ -1,6 +1,6 @@
 """A user's side of the networked session: one gRPC stream to the AP's alignment service.
 
-The loop is the whole transport: read the :class:`~semalign.transport.SessionOffer` from the
+The loop is the whole transport: read the :class:`~semalign.common.contract.SessionOffer` from the
 stream's initial metadata, build the ``User`` state machine for it, send
 ``User.handshake_request()``, then feed every ApMessage into ``User.handle`` and send back what
 it returns, until the AP ends the stream. An AP running several sessions (one per seed) is
@@ -19,10 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import grpc
-from semalign.client.user import User, UserData
-from semalign.common.wire import parse_user_message
-
-from semalign.transport import (
+from semalign.client.user import User, UserData, build_user
+from semalign.common.contract import (
     MAX_MESSAGE_BYTES,
     METHOD,
     OFFER_KEY,
@@ -32,6 +30,7 @@ from semalign.transport import (
     channel_options,
     check_address,
 )
+from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +237,6 @@ def user_factory(
     ``load_data(pilot_fraction)`` returns the user's private latents (loaded once per fraction).
     ``antennas_rx``/``snr_db`` override the AP's suggestion for a real deployment.
     """
-    from semalign.simulate import build_user
-
     cache: dict[float, UserData] = {}
 
     def make(offer: SessionOffer) -> User:

@@ -17,16 +17,14 @@ import numpy as np
 from semalign.common import admm, baselines
 from semalign.common.channel import RayleighChannel, rayleigh_matrix
 from semalign.common.classifier import LinearClassifier
+from semalign.common.config import AlignmentConfig
+from semalign.common.errors import ProtocolError
 from semalign.common.packing import complex_dim, complex_to_real, real_to_complex
 from semalign.common.whitening import Whitener, fit_whitener
 from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_ap_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-class UserProtocolError(RuntimeError):
-    """The AP sent something this user cannot act on."""
 
 
 @dataclass
@@ -127,16 +125,16 @@ class User:
 
     def _on_accept(self, acc: pb.HandshakeAccept) -> None:
         if acc.protocol_version != PROTOCOL_VERSION:
-            raise UserProtocolError(f"AP speaks protocol {acc.protocol_version}")
+            raise ProtocolError(f"AP speaks protocol {acc.protocol_version}")
         if acc.antennas_tx != self.antennas_tx:
-            raise UserProtocolError(
+            raise ProtocolError(
                 f"AP has N_T={acc.antennas_tx}, channel drawn for {self.antennas_tx}"
             )
         position = {int(i): k for k, i in enumerate(self.data.pilot_ids)}
         try:
             rows = [position[int(i)] for i in acc.pilot_ids]
         except KeyError as exc:
-            raise UserProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
+            raise ProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
         # Y_l: whitened pilots, never leave the user
         self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows)
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
@@ -158,7 +156,7 @@ class User:
                 self._on_accept(msg.accept)
                 return None
             if self.accept is None:
-                raise UserProtocolError(f"got {kind} before the handshake was accepted")
+                raise ProtocolError(f"got {kind} before the handshake was accepted")
             if kind == "broadcast":
                 return self._on_broadcast(msg.broadcast)
             if kind == "pilots":
@@ -167,8 +165,8 @@ class User:
                 return self._on_evaluate(msg.evaluate)
             if kind in ("end", "error"):
                 return None
-            raise UserProtocolError(f"unexpected message {kind}")
-        except (UserProtocolError, ValueError) as exc:
+            raise ProtocolError(f"unexpected message {kind}")
+        except (ProtocolError, ValueError) as exc:
             log.error("%s: %s", self.user_id, exc)
             return pb.UserMessage(error=pb.ProtocolError(message=str(exc))).SerializeToString()
 
@@ -181,7 +179,7 @@ class User:
             len(acc.pilot_ids),
         )
         if s.shape != expected:
-            raise UserProtocolError(f"broadcast shape {s.shape}, expected {expected}")
+            raise ProtocolError(f"broadcast shape {s.shape}, expected {expected}")
         if not acc.channel_aware:
             s = channel(s, noiseless=True)  # S_l = H_l (F X), known channel, no noise
         products = admm.pilot_products(self.y, s, self.y_norm2)
@@ -216,7 +214,7 @@ class User:
         source = self._baseline_estimate(from_matrix(msg.symbols), from_matrix(msg.indices))
         if acc.baseline_fit == pb.FULL:
             if not msg.HasField("reference"):
-                raise UserProtocolError("full-feature fit needs the AP's reference pilots")
+                raise ProtocolError("full-feature fit needs the AP's reference pilots")
             self.alignment = baselines.fit_alignment(from_matrix(msg.reference), self.y)
         else:
             self.alignment = baselines.fit_alignment(source, self.y)
@@ -238,19 +236,19 @@ class User:
         """
         if self.alignment is not None:
             if indices is None:
-                raise UserProtocolError("baseline evaluation needs symbol indices")
+                raise ProtocolError("baseline evaluation needs symbol indices")
             y_hat = self.alignment @ self._baseline_estimate(symbols, indices)
         elif self.g is not None:
             y_hat = self.g @ self.channel(symbols)
         else:
-            raise UserProtocolError("no equalizer yet: evaluation before alignment")
+            raise ProtocolError("no equalizer yet: evaluation before alignment")
         return complex_to_real(self.whitener.dewhiten(y_hat), self.latent_dim).T, y_hat
 
     def _on_evaluate(self, msg: pb.EvaluationRequest) -> bytes:
         ids = np.asarray(msg.sample_ids, dtype=np.int64)
         native = np.asarray(self.data.test_latents, dtype=np.float64)
         if len(ids) == 0 or ids.min() < 0 or ids.max() >= len(native):
-            raise UserProtocolError(f"evaluation ids out of range for {len(native)} test rows")
+            raise ProtocolError(f"evaluation ids out of range for {len(native)} test rows")
         symbols = from_matrix(msg.symbols).astype(np.complex128)
         indices = from_matrix(msg.indices) if msg.HasField("indices") else None
         decoded, y_hat = self.decode(symbols, indices)
@@ -282,4 +280,20 @@ def user_data_from_cache(
         test_latents=test.latents,
         test_labels=test.labels,
         classifier=load_classifier(latents_dir, encoder, train, seed=classifier_seed),
+    )
+
+
+def build_user(
+    name: str, encoder: str, data: UserData, config: AlignmentConfig, ordinal: int
+) -> User:
+    """One user's state machine; ``ordinal`` (0-based position) seeds its channel with the seed."""
+    return User(
+        user_id=name,
+        encoder=encoder,
+        data=data,
+        antennas_rx=config.antennas_rx,
+        antennas_tx=config.antennas_tx,
+        snr_db=config.snr_db,
+        channel_seed=(config.seed, ordinal),
+        share_csi=config.csi,
     )

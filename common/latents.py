@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 from semalign.common.classifier import LinearClassifier, train_classifier
+from semalign.common.errors import LatentsError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CLASSIFIER_FILE = "classifier.npz"
-
-
-class LatentsError(ValueError):
-    """The latent cache is missing, inconsistent or holds invalid values."""
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from semalign.common.errors import WhiteningError
 
 log = logging.getLogger(__name__)
 
 #: Largest covariance condition number accepted without shrinkage.
 MAX_CONDITION = 1e10
-
-
-class WhiteningError(ValueError):
-    """The pilot covariance could not be factored even with the largest shrinkage allowed."""
 
 
 @dataclass(frozen=True)

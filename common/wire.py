@@ -8,6 +8,7 @@ serialized messages, so every transport reports the same figure.
 from __future__ import annotations
 
 import numpy as np
+from semalign.common.errors import ProtocolError
 from semalign.proto import semalign_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -24,10 +25,6 @@ _TO_NUMPY = {
 _FROM_NUMPY = {dtype: code for code, dtype in _TO_NUMPY.items()}
 
 
-class WireError(ValueError):
-    """A message or matrix on the wire is malformed."""
-
-
 def to_matrix(array: np.ndarray, dtype: str | np.dtype | None = None) -> pb.Matrix:
     """Encode ``array`` (optionally cast to ``dtype``, e.g. "complex64") as a proto Matrix."""
     arr = np.asarray(array)
@@ -35,7 +32,7 @@ def to_matrix(array: np.ndarray, dtype: str | np.dtype | None = None) -> pb.Matr
         arr = arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False)
     code = _FROM_NUMPY.get(arr.dtype.newbyteorder("<"))
     if code is None:
-        raise WireError(f"dtype {arr.dtype} cannot be sent")
+        raise ProtocolError(f"dtype {arr.dtype} cannot be sent")
     data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
     return pb.Matrix(shape=list(arr.shape), dtype=code, data=data)
 
@@ -44,11 +41,13 @@ def from_matrix(message: pb.Matrix) -> np.ndarray:
     """Decode a proto Matrix; checks that the byte count matches shape and dtype."""
     dtype = _TO_NUMPY.get(message.dtype)
     if dtype is None:
-        raise WireError(f"unknown matrix dtype code {message.dtype}")
+        raise ProtocolError(f"unknown matrix dtype code {message.dtype}")
     shape = tuple(int(s) for s in message.shape)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(message.data) != expected:
-        raise WireError(f"matrix {shape} {dtype} needs {expected} bytes, got {len(message.data)}")
+        raise ProtocolError(
+            f"matrix {shape} {dtype} needs {expected} bytes, got {len(message.data)}"
+        )
     return np.frombuffer(message.data, dtype=dtype).reshape(shape).copy()
 
 
@@ -62,7 +61,7 @@ def parse_user_message(data: bytes) -> pb.UserMessage:
     try:
         msg.ParseFromString(data)
     except Exception as exc:  # protobuf raises DecodeError
-        raise WireError(f"cannot parse user message: {exc}") from exc
+        raise ProtocolError(f"cannot parse user message: {exc}") from exc
     return msg
 
 
@@ -71,5 +70,5 @@ def parse_ap_message(data: bytes) -> pb.ApMessage:
     try:
         msg.ParseFromString(data)
     except Exception as exc:
-        raise WireError(f"cannot parse AP message: {exc}") from exc
+        raise ProtocolError(f"cannot parse AP message: {exc}") from exc
     return msg

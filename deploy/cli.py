@@ -40,7 +40,7 @@ from semalign.deploy.launcher import (
     write_cli_config,
 )
 
-from semalign.cli import HelpFormatter
+from semalign.commands.options import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ DEFAULT_SUPERLINK_PORT = 9092
 
 
 def _user_error(message: str) -> Exception:
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
 
-    return UserError(message)
+    return UsageError(message)
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -114,7 +114,7 @@ def add_tls_arguments(parser: argparse.ArgumentParser, side: str) -> None:
 
 
 def _tls(args):
-    from semalign.transport import TlsFiles
+    from semalign.common.contract import TlsFiles
 
     return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
@@ -130,7 +130,7 @@ def semalign_command() -> list[str]:
     """How to start ``semalign`` as a child: the console script next to this interpreter.
 
     (Not ``python -m semalign.cli``: run as ``__main__`` the module is imported twice and its
-    UserError is no longer caught as a one-line error.)
+    UsageError is no longer caught as a one-line error.)
     """
     script = tool("semalign")
     if Path(script).exists():
@@ -240,7 +240,7 @@ class Display:
     def summary(self, results: dict) -> None:
         from rich.table import Table
 
-        from semalign.simulate import print_summary
+        from semalign.summary import print_summary
 
         print_summary(results, self.console)
         net = results["network"]
@@ -281,9 +281,8 @@ def serve(
     check=None,
     extra: dict | None = None,
 ) -> dict[str, Any]:
+    from semalign.server.access_point import build_access_point
     from semalign.server.network import serve_sessions
-
-    from semalign.simulate import build_access_point
 
     count = expected if isinstance(expected, int) else len(expected)
 
@@ -361,7 +360,7 @@ def _load_ap(latents_dir: Path, ap: str):
 
 
 def _check_geometry(ap_train, config, users: int) -> None:
-    from semalign.simulate import build_access_point
+    from semalign.server.access_point import build_access_point
 
     try:
         build_access_point(ap_train[: max(2, min(len(ap_train), 64))], config, users)
@@ -371,11 +370,13 @@ def _check_geometry(ap_train, config, users: int) -> None:
 
 # ---------------------------------------------------------------------------- semalign run
 def run_run(args: argparse.Namespace) -> int:
+    from semalign.common.contract import TransportError
+    from semalign.common.io import write_json
     from semalign.server.network import NoUsersError
     from semalign.server.service import AlignmentService, start_server
 
-    from semalign.simulate import config_from_args, parse_seeds, user_names, write_json
-    from semalign.transport import TransportError
+    from semalign.commands.options import config_from_args, parse_seeds
+    from semalign.engine.scenario import user_names
 
     t_start = time.perf_counter()
     config = config_from_args(args)
@@ -503,7 +504,7 @@ def _start_flower_local(
 
 
 def _add_common_ap_arguments(parser: argparse.ArgumentParser) -> None:
-    from semalign.simulate import add_alignment_arguments
+    from semalign.commands.options import add_alignment_arguments
 
     parser.add_argument(
         "--latents",
@@ -636,7 +637,7 @@ def register(subparsers) -> None:
 def _advertised(listen: str, advertise: str | None, port: int) -> str:
     import socket
 
-    from semalign.transport import check_address
+    from semalign.common.contract import check_address
 
     if advertise:
         check_address(advertise, what="--advertise address")
@@ -648,11 +649,12 @@ def _advertised(listen: str, advertise: str | None, port: int) -> str:
 
 
 def run_ap(args: argparse.Namespace) -> int:
+    from semalign.common.contract import TOKEN_ENV, TransportError, check_address
+    from semalign.common.io import write_json
     from semalign.server.network import NoUsersError
     from semalign.server.service import AlignmentService, start_server
 
-    from semalign.simulate import config_from_args, parse_seeds, write_json
-    from semalign.transport import TOKEN_ENV, TransportError, check_address
+    from semalign.commands.options import config_from_args, parse_seeds
 
     t_start = time.perf_counter()
     config = config_from_args(args)
@@ -752,9 +754,8 @@ def run_ap(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- semalign user
 def run_user_cmd(args: argparse.Namespace) -> int:
+    from semalign.common.contract import TOKEN_ENV, TransportError, check_address
     from semalign.common.latents import LatentsError, load_encoder_splits
-
-    from semalign.transport import TOKEN_ENV, TransportError, check_address
 
     ordinal = args.ordinal if args.ordinal is not None else derive_ordinal(args.user_id)
     try:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from semalign.common.errors import LaunchError
+
 log = logging.getLogger(__name__)
 
 # We fork only to exec (Popen). gRPC's fork handlers are then useless, and with the alignment
@@ -42,10 +44,6 @@ SINGLE_THREAD_ENV = {
 }
 
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
-
-
-class LaunchError(RuntimeError):
-    """A child process failed to start or died early (one line, with its log file)."""
 
 
 def bin_dir() -> Path:

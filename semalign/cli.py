@@ -13,30 +13,15 @@ import logging
 import sys
 
 from semalign import __version__
+from semalign.common.errors import UsageError
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
-    "semalign.simulate",
+    "semalign.commands.simulate",
     "semalign.deploy.cli",
-    "semalign.sweep",
+    "semalign.experiments.sweep",
     "semalign.encoders.cli",
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to an option's help, except where the help already states its
-    default, the default is ``None`` (the option then falls back to a preset or a config
-    field, which the help text names) or the option is a plain off-by-default flag."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-class UserError(Exception):
-    """An error caused by bad input: reported as one line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except UsageError as exc:
         print(f"semalign {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import numpy as np
 from semalign.common import admm, baselines
 from semalign.common.channel import block_channel, noise_variance
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
+from semalign.common.errors import ProtocolError
 from semalign.common.packing import complex_dim, real_to_complex
 from semalign.common.whitening import Whitener, fit_whitener
 from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_user_message, to_matrix
@@ -40,10 +41,6 @@ _STRATEGY_CODES = {
 }
 _FIT_CODES = {"received": pb.RECEIVED, "full": pb.FULL}
 WIRE_DTYPE = "complex64"
-
-
-class ProtocolError(RuntimeError):
-    """A peer sent a message that violates the protocol (wrong type, shape, round, version)."""
 
 
 @dataclass
@@ -446,3 +443,18 @@ class AccessPoint:
         return pb.ApMessage(
             end=pb.SessionEnd(session_id=self.session_id, reason=reason)
         ).SerializeToString()
+
+
+def build_access_point(
+    ap_train: np.ndarray, config: AlignmentConfig, expected_users: int | None
+) -> AccessPoint:
+    """The AP state machine from its own train latents (pilots: the first pilot_fraction)."""
+    from semalign.common.latents import pilot_count
+
+    n = pilot_count(len(ap_train), config.pilot_fraction)
+    return AccessPoint(
+        config=config,
+        pilot_latents=ap_train[:n],
+        pilot_ids=np.arange(n, dtype=np.int64),
+        expected_users=expected_users,
+    )

@@ -18,18 +18,14 @@ from typing import Any
 
 import numpy as np
 from semalign.common.config import AlignmentConfig
+from semalign.common.contract import SessionOffer
+from semalign.common.errors import NoUsersError
 from semalign.server.access_point import AccessPoint
-from semalign.server.results import aggregate, seed_block
+from semalign.server.results import aggregate, baseline_info, seed_block
 from semalign.server.service import AlignmentService, GrpcLink
 from semalign.server.session import RoundRecord, SessionDriver, SessionResult
 
-from semalign.transport import SessionOffer
-
 log = logging.getLogger(__name__)
-
-
-class NoUsersError(RuntimeError):
-    """Nobody joined the session in time."""
 
 
 @dataclass
@@ -202,8 +198,6 @@ def serve_sessions(
     ``poll`` (progress, fail-fast checks of child processes) runs while the first session waits
     for its users; later sessions wait only for the users that finished the one before.
     """
-    from semalign.simulate import baseline_info
-
     test_ids = np.arange(len(test_latents), dtype=np.int64)
     blocks = []
     required: set[str] | None = None  # first session: everyone expected

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from semalign.common.config import AlignmentConfig
+from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionResult
 
 ROUND_FIELDS = (
@@ -96,3 +97,19 @@ def aggregate(
         out[key], out[key.replace("mean_", "std_")] = _mean(values), _std(values)
     out["seeds"] = blocks
     return out
+
+
+def baseline_info(ap: AccessPoint) -> dict[str, Any]:
+    """How a result was produced, for the First-K/Top-K baselines (honest accounting)."""
+    cfg = ap.config
+    if cfg.strategy not in ("first-k", "top-k"):
+        return {}
+    return {
+        "baseline": {
+            "fit": cfg.baseline_fit,
+            "data_channel_uses": ap.data_channel_uses,
+            "index_bits_per_sample": ap.index_cost.bits_per_sample,
+            "index_channel_uses": ap.index_cost.channel_uses,
+            "index_cost_charged": cfg.topk_index_cost == "channel-uses",
+        }
+    }

@@ -9,7 +9,7 @@ does over in-process loopback links.
 Stream life cycle, seen from the AP:
 
 1. the user opens the stream; the handler waits for an open lobby and sends the
-   :class:`~semalign.transport.SessionOffer` as initial metadata;
+   :class:`~semalign.common.contract.SessionOffer` as initial metadata;
 2. the first message must be a HandshakeRequest with the session token, otherwise the stream is
    aborted (UNAUTHENTICATED, PERMISSION_DENIED, ALREADY_EXISTS...) with a one-line reason;
 3. the link joins the lobby; a reader thread feeds the user's messages into the link, the
@@ -34,10 +34,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
-from semalign.common.wire import WireError, parse_user_message
-from semalign.server.session import LinkError
-
-from semalign.transport import (
+from semalign.common.contract import (
     MAX_MESSAGE_BYTES,
     METHOD_NAME,
     OFFER_KEY,
@@ -48,6 +45,8 @@ from semalign.transport import (
     check_address,
     server_options,
 )
+from semalign.common.errors import LinkError, ProtocolError
+from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +299,7 @@ class AlignmentService:
             return
         try:
             msg = parse_user_message(first)
-        except WireError as exc:
+        except ProtocolError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if msg.WhichOneof("body") != "handshake":
             context.abort(

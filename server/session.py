@@ -3,7 +3,8 @@
 The driver owns the order of the protocol (handshake, ADMM rounds or baseline pilots, final
 broadcast, evaluation, end) and the measurements (bytes per user and direction, counted on the
 serialized messages, and wall time per round). A transport only provides one
-:class:`UserLink` per user; the in-process simulator uses :class:`LoopbackLink`, the gRPC service
+:class:`UserLink` per user; the in-process engine uses a loopback link
+(``semalign.engine.loopback``), the gRPC service
 a link over each user's stream. Users that time out, disconnect or break the protocol are
 dropped and the session finishes with the others.
 """
@@ -12,21 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from semalign.client.user import User
 from semalign.common.config import ADMM_STRATEGIES
-from semalign.server.access_point import AccessPoint, ProtocolError, RoundStats
+from semalign.common.errors import LinkError, ProtocolError
+from semalign.server.access_point import AccessPoint, RoundStats
 
 log = logging.getLogger(__name__)
-
-
-class LinkError(RuntimeError):
-    """A user's link failed: timeout, disconnect, or a message that could not be delivered."""
 
 
 class UserLink(Protocol):
@@ -37,24 +33,6 @@ class UserLink(Protocol):
 
     def receive(self, timeout: float | None) -> bytes:
         """Next serialized UserMessage from the user (raises LinkError on timeout/close)."""
-
-
-class LoopbackLink:
-    """In-process link: delivering a message calls the user's state machine directly."""
-
-    def __init__(self, user: User) -> None:
-        self.user = user
-        self._replies: deque[bytes] = deque([user.handshake_request()])
-
-    def send(self, data: bytes) -> None:
-        reply = self.user.handle(data)
-        if reply is not None:
-            self._replies.append(reply)
-
-    def receive(self, timeout: float | None) -> bytes:
-        if not self._replies:
-            raise LinkError(f"user {self.user.user_id} has nothing to send")
-        return self._replies.popleft()
 
 
 @dataclass

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from semalign.client.user import User, UserData, UserProtocolError
+from semalign.client.user import User, UserData
 from semalign.common.classifier import train_classifier
 from semalign.common.config import AlignmentConfig
+from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.packing import complex_to_real, real_to_complex
-from semalign.common.wire import WireError, from_matrix, parse_user_message, to_matrix
+from semalign.common.wire import from_matrix, parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
-from semalign.server.access_point import AccessPoint, ProtocolError
-from semalign.server.session import LoopbackLink, SessionDriver
+from semalign.server.access_point import AccessPoint
+from semalign.server.session import SessionDriver
+
+from semalign.engine.loopback import LoopbackLink
 
 
 @pytest.mark.parametrize(
@@ -27,9 +30,9 @@ def test_matrix_round_trip(dtype):
 def test_matrix_with_wrong_byte_count_is_rejected():
     msg = to_matrix(np.zeros((2, 2), np.complex64))
     msg.shape[:] = [2, 3]
-    with pytest.raises(WireError, match="needs"):
+    with pytest.raises(ProtocolError, match="needs"):
         from_matrix(msg)
-    with pytest.raises(WireError):
+    with pytest.raises(ProtocolError):
         to_matrix(np.array(["a"]))
 
 
@@ -251,8 +254,10 @@ def test_compression_above_one_is_rejected():
         _session(channel_uses=5, antennas_tx=2, d=16)  # 10 symbols > 8
 
 
-def test_user_protocol_error_type():
-    assert issubclass(UserProtocolError, RuntimeError)
+def test_every_protocol_error_is_one_type_of_the_family():
+    assert issubclass(ProtocolError, SemalignError)
+    with pytest.raises(ProtocolError):
+        parse_user_message(b"\xff\xff\xff")
 
 
 def test_user_data_whitening_is_reused_across_sessions_without_changing_results():
@@ -274,7 +279,7 @@ def test_user_data_whitening_is_reused_across_sessions_without_changing_results(
 
 
 def test_user_whose_accept_cannot_be_delivered_is_dropped_not_kept():
-    from semalign.server.session import LinkError
+    from semalign.common.errors import LinkError
 
     ap, users, test = _session(iterations=2)
 

@@ -13,15 +13,17 @@ import pytest
 from semalign.client.stream import run_user, user_factory
 from semalign.client.user import user_data_from_cache
 from semalign.common.config import AlignmentConfig
+from semalign.common.contract import TransportError
 from semalign.common.latents import load_encoder_splits
 from semalign.common.wire import from_matrix, parse_user_message
 from semalign.proto import semalign_pb2 as pb
+from semalign.server.access_point import build_access_point
 from semalign.server.network import serve_sessions
 from semalign.server.service import AlignmentService, start_server
 from synthetic import make_latents
 
-from semalign.simulate import build_access_point, load_scenario, simulate
-from semalign.transport import TransportError
+from semalign.engine.scenario import load_scenario
+from semalign.engine.simulate import simulate
 
 TOKEN = "test-token"
 CONFIG = AlignmentConfig(antennas_tx=2, antennas_rx=2, channel_uses=2, iterations=4)
@@ -195,7 +197,7 @@ def test_bad_token_is_refused_with_one_line(latents):
     errors: dict = {}
     try:
         service.open_lobby(
-            __import__("semalign.transport", fromlist=["x"]).SessionOffer(
+            __import__("semalign.common.contract", fromlist=["x"]).SessionOffer(
                 "s", 0, 1, CONFIG.model_dump()
             ),
             ["user1"],
@@ -339,7 +341,7 @@ def _write_tls(tmp_path):
 
 
 def test_tls_session_and_plaintext_client_refused(latents, tmp_path):
-    from semalign.transport import TlsFiles
+    from semalign.common.contract import TlsFiles
 
     root, ap_enc, encoders = latents
     files = _write_tls(tmp_path)

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from semalign.common.errors import UsageError
 from synthetic import make_latents
 
-from semalign import plot
-from semalign.cli import UserError, main
-from semalign.sweep import COLUMNS, ResultsTable, grid_from_options, make_plan, run_sweep
+from semalign.cli import main
+from semalign.experiments import figures as plot
+from semalign.experiments.sweep import (
+    COLUMNS,
+    ResultsTable,
+    grid_from_options,
+    make_plan,
+    run_sweep,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -169,5 +176,5 @@ def test_default_tables_draw_each_figure_from_its_preset_table(tmp_path):
     assert sources["fig3"] == tuple(sorted(results.glob("sweep-*.csv")))  # no own table: all
     given = plot.figure_sources(["fig2", "snr"], [str(results / "sweep-mine.csv")], results)
     assert set(given.values()) == {(results / "sweep-mine.csv",)}
-    with pytest.raises(UserError, match="no table given"):
+    with pytest.raises(UsageError, match="no table given"):
         plot.figure_sources(["fig2"], None, tmp_path / "empty")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from synthetic import make_latents
 
-from semalign import sweep
 from semalign.cli import main
-from semalign.sweep import (
+from semalign.experiments import sweep
+from semalign.experiments.sweep import (
     COLUMNS,
     PRESETS,
     ResultsTable,

@@ -92,13 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_weights(items: list[str]) -> dict[str, Path]:
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
 
     out: dict[str, Path] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise UserError(f"--weights expects NAME=PATH, got {item!r}")
+            raise UsageError(f"--weights expects NAME=PATH, got {item!r}")
         out[name.strip()] = Path(path)
     return out
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
     from semalign.encoders.cache import default_cache_dir, encode
     from semalign.encoders.datasets import DatasetUnavailable, check_dataset_name
     from semalign.encoders.registry import resolve_encoders
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         check_dataset_name(args.dataset)
         names = resolve_encoders(args.encoders)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     weights = _parse_weights(args.weights)
     cache_dir = args.cache or default_cache_dir()
     started = time.perf_counter()
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             with RichReporter(err) as reporter:
                 results = encode(args.dataset, names, cache_dir, reporter=reporter, **kwargs)
     except (ValueError, DatasetUnavailable, WeightsUnavailable) as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     total = time.perf_counter() - started
 
     table = Table(title=f"{args.dataset} latents in {cache_dir / args.dataset}")

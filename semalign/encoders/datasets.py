@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semalign.common.errors import DatasetUnavailable
 from semalign.encoders.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ FLIP_OK: dict[str, bool] = {"digits": False, "cifar10": True}
 _SPLIT_SEED = 0
 _CIFAR_URL_HOST = ("www.cs.toronto.edu", 443)
 _CIFAR_DIRNAME = "cifar-10-batches-py"
-
-
-class DatasetUnavailable(RuntimeError):
-    """The dataset cannot be read here (no local copy and no network); the message says why."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semalign.common.errors import WeightsUnavailable
 from semalign.encoders.datasets import Split, to_tensor
 from semalign.encoders.registry import EncoderSpec, Recipe
 
@@ -125,10 +126,6 @@ def build_pretrained_model(name: str, weights_file: str | Path | None = None):
     config = resolve_data_config({}, model=model)
     size = int(config["input_size"][-1])
     return model, InputSpec(size, tuple(config["mean"]), tuple(config["std"]))
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights cannot be loaded here; the message says what to do."""
 
 
 def _check_hub_weights(name: str) -> None:

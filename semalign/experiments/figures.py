@@ -2,7 +2,7 @@
 
 Every figure shows, per point, the mean over seeds of the network accuracy (the mean over users
 of each user's task accuracy in that run) with a band of +/- one standard deviation over seeds.
-Only complete runs are read (see :func:`semalign.sweep.read_table`).
+Only complete runs are read (see :func:`semalign.experiments.sweep.read_table`).
 
 Figures (each written as PNG and PDF by default):
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from semalign.cli import HelpFormatter
+from semalign.commands.options import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Point:
 # ---------------------------------------------------------------------------- aggregation
 def load_rows(tables: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Complete runs' rows of every table, each run once."""
-    from semalign.sweep import read_table
+    from semalign.experiments.sweep import read_table
 
     rows, seen = [], set()
     for path in tables:
@@ -448,14 +448,16 @@ def figure_sources(
     sweep's few K values do not add accuracy-vs-zeta figures; any other figure is drawn from
     every ``results/sweep-*.csv``.
     """
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
 
     if tables:
         given = tuple(Path(t) for t in tables)
         return {name: given for name in figures}
     found = tuple(sorted(Path(results_dir).glob("sweep-*.csv")))
     if not found:
-        raise UserError(f"no table given and no {results_dir}/sweep-*.csv found; pass --table FILE")
+        raise UsageError(
+            f"no table given and no {results_dir}/sweep-*.csv found; pass --table FILE"
+        )
     own = {name: Path(results_dir) / f"sweep-{name}.csv" for name in figures}
     return {name: (own[name],) if own[name] in found else found for name in figures}
 
@@ -463,27 +465,29 @@ def figure_sources(
 def run_plot(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from semalign.cli import UserError
-    from semalign.sweep import SweepError
+    from semalign.common.errors import UsageError
+    from semalign.experiments.sweep import SweepError
 
     console = Console(stderr=True)
     figures = [f.strip() for f in args.figures.split(",") if f.strip()]
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     for name in figures:
         if name not in FIGURES:
-            raise UserError(f"--figures: unknown figure {name!r}; choose from {', '.join(FIGURES)}")
+            raise UsageError(
+                f"--figures: unknown figure {name!r}; choose from {', '.join(FIGURES)}"
+            )
     for fmt in formats:
         if fmt not in ("png", "pdf", "svg"):
-            raise UserError(f"--formats: unknown format {fmt!r}; choose from png, pdf, svg")
+            raise UsageError(f"--formats: unknown format {fmt!r}; choose from png, pdf, svg")
     sources = figure_sources(figures, args.table)
     written: dict[str, list[Path]] = {}
     for tables in dict.fromkeys(sources.values()):
         try:
             rows = load_rows(list(tables))
         except SweepError as exc:
-            raise UserError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         if not rows:
-            raise UserError(f"no complete run in {', '.join(map(str, tables))}")
+            raise UsageError(f"no complete run in {', '.join(map(str, tables))}")
         names = [name for name in figures if sources[name] == tables]
         written.update(make_figures(rows, args.out, names, formats))
     total = 0
@@ -495,7 +499,7 @@ def run_plot(args: argparse.Namespace) -> int:
         else:
             console.print(f"[yellow]{name}: nothing to plot (needs two or more x values)[/yellow]")
     if not total:
-        raise UserError("the table holds no data for the requested figures")
+        raise UsageError("the table holds no data for the requested figures")
     return 0
 
 

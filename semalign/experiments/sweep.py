@@ -2,7 +2,8 @@
 
 A :class:`SweepGrid` is the cartesian product of strategies, channel uses K, antenna
 configurations N_T x N_R, SNRs, user groups, pilot fractions and CSI modes, run for every seed on
-the in-process simulator (:func:`semalign.simulate.simulate_seed`). Presets reproduce the paper's
+the in-process engine (:func:`semalign.engine.simulate.simulate_seed`). Presets reproduce the
+paper's
 figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``).
 
 Results go to one CSV table with a row per (cell, seed, user). The unit of work and of writing is
@@ -46,8 +47,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from semalign.cli import HelpFormatter
+from semalign.commands.options import HelpFormatter
 from semalign.common.config import ADMM_STRATEGIES, STRATEGIES, AlignmentConfig
+from semalign.common.errors import SweepError
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +126,6 @@ OPTION_NAMES: dict[str, str] = {
     "topk_index_cost": "--topk-index-cost",
     "ap": "--ap",
 }
-
-
-class SweepError(ValueError):
-    """A sweep cannot start: bad grid, unreadable or foreign table, no valid cell."""
 
 
 def parse_antennas(value: Any) -> tuple[int, int]:
@@ -425,8 +423,8 @@ def make_plan(grid: SweepGrid, latents_dir: str | Path, groups: dict[str, list[s
     from semalign.common.latents import LatentsError
     from semalign.common.packing import complex_dim
     from semalign.encoders import registry
+    from semalign.engine.scenario import load_scenario
     from semalign.server.access_point import AccessPoint
-    from semalign.simulate import load_scenario
 
     latents_dir = str(Path(latents_dir).resolve())
     ap = grid.ap or registry.DEFAULT_AP
@@ -766,7 +764,7 @@ _SCENARIOS: dict[ScenarioSpec, Any] = {}
 
 def _scenario(spec: ScenarioSpec):
     """This process's Scenario for ``spec`` (loaded once, user data cached inside)."""
-    from semalign.simulate import load_scenario
+    from semalign.engine.scenario import load_scenario
 
     if spec not in _SCENARIOS:
         _SCENARIOS[spec] = load_scenario(spec.latents_dir, spec.ap, list(spec.users))
@@ -775,7 +773,7 @@ def _scenario(spec: ScenarioSpec):
 
 def execute(run: Run) -> list[dict[str, Any]]:
     """Run one (cell, seed) in this process; returns its table rows."""
-    from semalign.simulate import simulate_seed
+    from semalign.engine.simulate import simulate_seed
 
     scenario = _scenario(run.spec)
     for encoder in run.spec.users:  # load, train classifiers, whiten: outside the timing
@@ -934,14 +932,14 @@ def _split(text: str) -> list[str]:
 
 def _list_of(kind: type, option: str) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
-        from semalign.cli import UserError
+        from semalign.common.errors import UsageError
 
         values = []
         for part in _split(text):
             try:
                 values.append(kind(part))
             except ValueError:
-                raise UserError(
+                raise UsageError(
                     f"{option}: {part!r} is not a valid {kind.__name__} (got {text!r})"
                 ) from None
         return tuple(values)
@@ -954,13 +952,13 @@ def _opt(text: str | None, kind: type, option: str) -> tuple | None:
 
 
 def _csi_modes(text: str) -> tuple[bool, ...]:
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
 
     modes = {"on": True, "off": False, "true": True, "false": False}
     try:
         return tuple(modes[p.lower()] for p in _split(text))
     except KeyError as exc:
-        raise UserError(f"--csi-modes: {exc.args[0]!r} is not on or off (got {text!r})") from None
+        raise UsageError(f"--csi-modes: {exc.args[0]!r} is not on or off (got {text!r})") from None
 
 
 def resolve_groups(
@@ -994,7 +992,7 @@ def _default_table(preset: str | None) -> Path:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
 
     console = Console(stderr=True)
     overrides = {
@@ -1014,18 +1012,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         "ap": args.ap,
     }
     if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     try:
         grid = grid_from_options(args.preset, overrides)
         groups, needed = resolve_groups(grid.groups, bool(args.latents))
     except (SweepError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     table_path = Path(args.table) if args.table else _default_table(args.preset)
     if table_path.exists():
         try:
             read_table(table_path)  # foreign table: fail before any work
         except SweepError as exc:
-            raise UserError(str(exc)) from None
+            raise UsageError(str(exc)) from None
     from semalign.encoders import registry
 
     ap = grid.ap or registry.DEFAULT_AP
@@ -1036,7 +1034,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         plan = make_plan(grid, latents_dir, groups)
     except SweepError as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     _print_plan(console, plan, table_path, args)
     if args.dry_run:
         return 0
@@ -1057,18 +1055,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def _default_latents(encoders: list[str]) -> Path:
-    from semalign.cli import UserError
+    from semalign.common.errors import UsageError
 
     try:
         from semalign.encoders import default_cache_dir, ensure_latents
     except ImportError:
-        raise UserError(
+        raise UsageError(
             "the default digits latents are not available in this version; pass --latents DIR"
         ) from None
     try:
         return Path(ensure_latents("digits", encoders, default_cache_dir(), progress=True))
     except (ValueError, RuntimeError, OSError) as exc:
-        raise UserError(f"cannot prepare the digits latents: {exc}") from None
+        raise UsageError(f"cannot prepare the digits latents: {exc}") from None
 
 
 def _duration(seconds: float) -> str:
@@ -1208,6 +1206,6 @@ def register(subparsers) -> None:
     add("-q", "--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=run_sweep_command)
 
-    from semalign.plot import register as register_plot
+    from semalign.experiments.figures import register as register_plot
 
     register_plot(subparsers)

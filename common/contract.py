@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from semalign.common.errors import TransportError
 from semalign.proto import semalign_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Alignment"].full_name  # semalign.v1.Alignment
@@ -31,10 +32,6 @@ TOKEN_ENV = "SEMALIGN_TOKEN"
 #: Largest message either side accepts (bytes). A P_l upload at n = 42,500 pilots and
 #: K N_T = 8 is about 2.7 MB; at the paper's K N = 80 about 27 MB. 1 GiB leaves room.
 MAX_MESSAGE_BYTES = 1 << 30
-
-
-class TransportError(RuntimeError):
-    """A connection problem, reported as one line (bad address, refused, TLS, timeout)."""
 
 
 @dataclass(frozen=True)
