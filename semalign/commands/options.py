@@ -79,20 +79,141 @@ def config_from_args(args: argparse.Namespace) -> AlignmentConfig:
         raise UsageError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+#: The user group when ``--users`` is not given.
+DEFAULT_USERS = "paper-users"
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose`` (repeatable) and ``-q/--quiet``, accepted after the subcommand too.
+
+    The top-level parser defines ``-v`` as well; ``argparse.SUPPRESS`` keeps a subcommand's
+    own ``-v`` from resetting what was given before the subcommand.
+    """
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more log output (-vv for debug)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display or table")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, latents: bool = True) -> None:
+    """``--dataset``, ``--cache-dir`` and (optionally) ``--latents``: where latents come from."""
+    from semalign.encoders.datasets import DATASETS
+
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset",
+        default="digits",
+        choices=list(DATASETS),
+        help="dataset the encoders encode when their latents are not cached yet",
+    )
+    group.add_argument(
+        "--cache-dir",
+        help="latent cache folder (default: $SEMALIGN_CACHE, else ./cache)",
+    )
+    if latents:
+        group.add_argument(
+            "--latents",
+            help="use this latent folder <dir>/<encoder>/{train,val,test}.npz as it is "
+            "(default: <cache-dir>/<dataset>, encoded on first use)",
+        )
+
+
+def add_users_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--users",
+        default=DEFAULT_USERS,
+        help="user encoders: a count N (the first N of the paper-users group, or of --latents), "
+        "a group name, or comma-separated encoder names (default: %(default)s)",
+    )
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"parallel worker processes for {what} (default: the CPU count, at most the jobs)",
+    )
+
+
+def check_workers(args: argparse.Namespace) -> int | None:
+    """``--workers`` validated (>= 1) or None."""
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    return workers
+
+
+def check_output(path: str | None) -> None:
+    """``--out``: fail now, before any work, if the results could not be written there."""
+    if not path:
+        return
+    from semalign.common.io import check_writable
+
+    try:
+        check_writable(path)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
+    """``--users``: a count N, a group name, or comma-separated encoder names.
+
+    N takes the first N encoders of the default group (``paper-users``), or with ``--latents``
+    the first N encoders of that cache other than the AP's, repeating them if N is larger.
+    With ``--latents`` any name is accepted here (the cache is checked when loaded).
+    """
+    from semalign.common.latents import available_encoders
+    from semalign.encoders import registry
+
+    spec = spec.strip()
+    if spec.isdigit():
+        count = int(spec)
+        if count < 1:
+            raise UsageError("--users must be at least 1")
+        if latents is not None:
+            pool = [e for e in available_encoders(latents) if e != ap]
+            if not pool:
+                raise UsageError(f"no user encoders in {latents}")
+        else:
+            pool = list(registry.GROUPS[DEFAULT_USERS])
+        return [pool[i % len(pool)] for i in range(count)]
+    if latents is not None and spec not in registry.GROUPS:
+        return [u.strip() for u in spec.split(",") if u.strip()]
+    try:
+        return registry.resolve_encoders(spec)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def prepare_latents(args: argparse.Namespace, encoders: list[str]) -> Path:
+    """The latent folder for ``encoders``: ``--latents`` as given, else ``<cache-dir>/<dataset>``
+    with every missing entry encoded now (progress on the console unless ``--quiet``)."""
+    if getattr(args, "latents", None):
+        return Path(args.latents)
+    from semalign.common.errors import DatasetUnavailable, WeightsUnavailable
+    from semalign.encoders import default_cache_dir, ensure_latents
+
+    cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    try:
+        return Path(
+            ensure_latents(
+                args.dataset, encoders, cache_dir, progress=not getattr(args, "quiet", False)
+            )
+        )
+    except (DatasetUnavailable, WeightsUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def resolve_latents(args: argparse.Namespace) -> tuple[Path, str, list[str]]:
-    """--latents/--ap/--users, defaulting to the digits cache (encoded on first use)."""
+    """``--latents``/``--ap``/``--users`` -> (latent folder, AP encoder, user encoders)."""
     from semalign.encoders import registry
 
     ap = args.ap or registry.DEFAULT_AP
-    if args.latents and args.users not in registry.GROUPS:
-        users = [u.strip() for u in args.users.split(",") if u.strip()]  # checked on load
-    else:
-        try:
-            users = registry.resolve_encoders(args.users)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if args.latents:
-        return Path(args.latents), ap, users
-    from semalign.encoders import default_cache_dir, ensure_latents
-
-    return ensure_latents("digits", [ap, *users], default_cache_dir(), progress=True), ap, users
+    latents = Path(args.latents) if getattr(args, "latents", None) else None
+    users = resolve_users(args.users, latents, ap)
+    return prepare_latents(args, [ap, *users]), ap, users

@@ -6,7 +6,12 @@ import argparse
 from typing import Any
 
 from semalign.commands.options import (
+    HelpFormatter,
     add_alignment_arguments,
+    add_data_arguments,
+    add_users_argument,
+    add_verbosity_arguments,
+    check_output,
     config_from_args,
     parse_seeds,
     resolve_latents,
@@ -25,6 +30,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
+    check_output(args.out)
     console = Console(stderr=True)
     try:
         latents_dir, ap, users = resolve_latents(args)
@@ -50,8 +56,8 @@ def run_simulate(args: argparse.Namespace) -> int:
                 task,
                 advance=1,
                 info=(
-                    f"seed {seed} round {r.round + 1}/{config.iterations} mse {r.mse:.4f} "
-                    f"r {r.primal_residual:.2e} s {r.dual_residual:.2e} "
+                    f"seed {seed} round {r.round + 1}/{config.iterations} pilot MSE (whitened) {r.mse:.4f} "
+                    f"primal res {r.primal_residual:.2e} dual res {r.dual_residual:.2e} "
                     f"down {r.bytes_down / 1e6:.2f} MB up {r.bytes_up / 1e6:.2f} MB"
                 ),
             )
@@ -77,19 +83,12 @@ def register(subparsers) -> None:
         help="run AP and users in one process (in-memory transport)",
         description="Federated latent-space alignment with the AP and all users in one "
         "process, exchanging the same serialized messages as the networked system.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--latents",
-        help="latent cache directory <dir>/<encoder>/{train,val,"
-        "test}.npz (default: the digits cache, encoded on first use)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
-    parser.add_argument(
-        "--users",
-        default="paper-users",
-        help="user encoders: comma-separated names or a group name (default: %(default)s)",
-    )
+    add_users_argument(parser)
     add_alignment_arguments(parser)
-    parser.add_argument("--out", help="write the results JSON here")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or table")
+    parser.add_argument("--out", help="write the results JSON here (checked before any work)")
+    add_verbosity_arguments(parser)
     parser.set_defaults(func=run_simulate)
