@@ -260,3 +260,78 @@ def test_cli_sweep_and_errors(latents, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("semalign sweep: error:"), err
     assert table.read_text() == before
+
+
+# ---------------------------------------------------------------------------- regression
+#: Made by the sweep of commit 3848999 (before the experiments split) on this grid and latents;
+#: the latents column is replaced by "<latents>". Cell keys hash the latent folder's path, so
+#: they are compared through test_cell_key_is_unchanged instead.
+REFERENCE = Path(__file__).parent / "data" / "sweep_reference.csv"
+NOT_COMPARED = {"seconds", "latents", "cell_key", "run_key"}
+
+
+def reference_grid(users: list[str], ap: str):
+    return grid_from_options(
+        None,
+        {
+            "strategies": ("fed", "multi-link", "first-k", "top-k"),
+            "channel_uses": (1, 2),
+            "antennas": ("2x2",),
+            "seeds": (27, 42),
+            "groups": ("+".join(users),),
+            "pilot_fractions": (0.5, 1.0),
+            "csi": (True, False),
+            "iterations": 3,
+            "ap": ap,
+        },
+    )
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    except ValueError:
+        return False
+
+
+def test_table_matches_the_reference(tmp_path):
+    root, ap, users = make_latents(tmp_path / "latents", n_train=200, n_test=60)
+    grid = reference_grid(users, ap)
+    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
+    table = tmp_path / "t.csv"
+    run_sweep(make_plan(grid, root, groups), table, workers=1)
+    with open(table, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    with open(REFERENCE, newline="") as fh:
+        want = list(csv.DictReader(fh))
+    assert len(got) == len(want) == 128
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert list(g) == list(w)
+        diff = {k: (g[k], w[k]) for k in w if k not in NOT_COMPARED and not _same(g[k], w[k])}
+        assert not diff, f"row {i + 2}: {diff}"
+        assert g["run_key"] == f"{g['cell_key']}-{g['seed']}"
+    # the same grouping of rows into runs and cells
+    for column in ("run_key", "cell_key"):
+        pairs = {(g[column], w[column]) for g, w in zip(got, want, strict=True)}
+        assert len(pairs) == len({w[column] for w in want}) == len({g[column] for g in got})
+
+
+def test_cell_key_is_unchanged():
+    from semalign.common.config import AlignmentConfig
+
+    spec = sweep.ScenarioSpec(
+        "/fixed/latents", "ap_enc", ("user_enc0", "user_enc1"), "0123456789abcdef"
+    )
+    assert sweep.cell_key(spec, "g", AlignmentConfig()) == "af3e688a4abc14fa"
+    other = AlignmentConfig(
+        strategy="top-k",
+        channel_uses=3,
+        antennas_tx=2,
+        antennas_rx=4,
+        snr_db=-10.0,
+        csi=False,
+        pilot_fraction=0.5,
+    )
+    assert sweep.cell_key(spec, "g", other) == "5e3284745e16d379"
