@@ -12,13 +12,10 @@ from synthetic import make_latents
 
 from semalign.cli import main
 from semalign.experiments import figures as plot
-from semalign.experiments.sweep import (
-    COLUMNS,
-    ResultsTable,
-    grid_from_options,
-    make_plan,
-    run_sweep,
-)
+from semalign.experiments.grid import grid_from_options
+from semalign.experiments.plan import make_plan
+from semalign.experiments.runner import run_sweep
+from semalign.experiments.table import COLUMNS, ResultsTable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,20 +7,16 @@ import math
 from pathlib import Path
 
 import pytest
+from semalign.common.errors import SweepError
 from synthetic import make_latents
 
 from semalign.cli import main
-from semalign.experiments import sweep
-from semalign.experiments.sweep import (
-    COLUMNS,
-    PRESETS,
-    ResultsTable,
-    SweepError,
-    grid_from_options,
-    make_plan,
-    read_table,
-    run_sweep,
-)
+from semalign.experiments import plan as sweep_plan
+from semalign.experiments import runner
+from semalign.experiments.grid import PRESETS, grid_from_options
+from semalign.experiments.plan import make_plan
+from semalign.experiments.runner import run_sweep
+from semalign.experiments.table import COLUMNS, ResultsTable, read_table
 
 GROUP = "user_enc0+user_enc1"
 
@@ -47,7 +43,7 @@ def tiny_grid(**overrides):
 
 def tiny_plan(latents: Path, **overrides):
     grid = tiny_grid(**overrides)
-    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
+    groups, _ = sweep_plan.resolve_groups(grid.groups, latents_given=True)
     return make_plan(grid, latents, groups)
 
 
@@ -136,33 +132,33 @@ def test_workers_use_one_blas_thread():
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        1, mp_context=ctx, initializer=sweep._worker_init, initargs=(1, 30)
+        1, mp_context=ctx, initializer=runner._worker_init, initargs=(1, 30)
     ) as pool:
-        threads = pool.submit(sweep.blas_threads).result()
+        threads = pool.submit(runner.blas_threads).result()
     assert threads and set(threads) == {1}
 
 
 def test_cell_key_covers_every_parameter(latents):
     grid = tiny_grid(strategies=("fed",))
-    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
-    spec = sweep.ScenarioSpec(str(latents), "ap_enc", tuple(groups[GROUP]))
+    groups, _ = sweep_plan.resolve_groups(grid.groups, latents_given=True)
+    spec = sweep_plan.ScenarioSpec(str(latents), "ap_enc", tuple(groups[GROUP]))
     _, cfg = next(grid.configs())
-    key = sweep.cell_key(spec, GROUP, cfg)
-    assert key == sweep.cell_key(spec, GROUP, cfg.model_copy(update={"seed": 99}))
+    key = sweep_plan.cell_key(spec, GROUP, cfg)
+    assert key == sweep_plan.cell_key(spec, GROUP, cfg.model_copy(update={"seed": 99}))
     for change in ({"rho": 2.0}, {"snr_db": 10.0}, {"csi": False}, {"pilot_fraction": 0.5}):
-        assert sweep.cell_key(spec, GROUP, cfg.model_copy(update=change)) != key
-    other = sweep.ScenarioSpec(str(latents), "ap_enc", ("user_enc1", "user_enc0"))
-    assert sweep.cell_key(other, GROUP, cfg) != key
-    reencoded = sweep.ScenarioSpec(str(latents), "ap_enc", spec.users, "other-latents")
-    assert sweep.cell_key(reencoded, GROUP, cfg) != key
+        assert sweep_plan.cell_key(spec, GROUP, cfg.model_copy(update=change)) != key
+    other = sweep_plan.ScenarioSpec(str(latents), "ap_enc", ("user_enc1", "user_enc0"))
+    assert sweep_plan.cell_key(other, GROUP, cfg) != key
+    reencoded = sweep_plan.ScenarioSpec(str(latents), "ap_enc", spec.users, "other-latents")
+    assert sweep_plan.cell_key(reencoded, GROUP, cfg) != key
 
 
 def test_fingerprint_follows_latent_content(tmp_path):
     root, ap, users = make_latents(tmp_path / "a", seed=1)
-    first = sweep.latents_fingerprint(root, [ap, *users])
-    assert first == sweep.latents_fingerprint(root, [ap, *users])
+    first = sweep_plan.latents_fingerprint(root, [ap, *users])
+    assert first == sweep_plan.latents_fingerprint(root, [ap, *users])
     make_latents(tmp_path / "a", seed=2)  # re-encoded in place
-    assert sweep.latents_fingerprint(root, [ap, *users]) != first
+    assert sweep_plan.latents_fingerprint(root, [ap, *users]) != first
 
 
 @pytest.mark.parametrize(
@@ -299,7 +295,7 @@ def _same(a: str, b: str) -> bool:
 def test_table_matches_the_reference(tmp_path):
     root, ap, users = make_latents(tmp_path / "latents", n_train=200, n_test=60)
     grid = reference_grid(users, ap)
-    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
+    groups, _ = sweep_plan.resolve_groups(grid.groups, latents_given=True)
     table = tmp_path / "t.csv"
     run_sweep(make_plan(grid, root, groups), table, workers=1)
     with open(table, newline="") as fh:
@@ -321,10 +317,10 @@ def test_table_matches_the_reference(tmp_path):
 def test_cell_key_is_unchanged():
     from semalign.common.config import AlignmentConfig
 
-    spec = sweep.ScenarioSpec(
+    spec = sweep_plan.ScenarioSpec(
         "/fixed/latents", "ap_enc", ("user_enc0", "user_enc1"), "0123456789abcdef"
     )
-    assert sweep.cell_key(spec, "g", AlignmentConfig()) == "af3e688a4abc14fa"
+    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "af3e688a4abc14fa"
     other = AlignmentConfig(
         strategy="top-k",
         channel_uses=3,
@@ -334,4 +330,4 @@ def test_cell_key_is_unchanged():
         csi=False,
         pilot_fraction=0.5,
     )
-    assert sweep.cell_key(spec, "g", other) == "5e3284745e16d379"
+    assert sweep_plan.cell_key(spec, "g", other) == "5e3284745e16d379"
