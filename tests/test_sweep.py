@@ -331,3 +331,42 @@ def test_cell_key_is_unchanged():
         pilot_fraction=0.5,
     )
     assert sweep_plan.cell_key(spec, "g", other) == "5e3284745e16d379"
+
+
+def test_a_table_has_one_writer(tmp_path):
+    table = tmp_path / "t.csv"
+    with ResultsTable(table), pytest.raises(SweepError, match="being written by another sweep"):
+        with ResultsTable(table):
+            pass
+    with ResultsTable(table):  # released
+        pass
+
+
+def test_outline_knows_the_geometry_from_the_ap_alone(latents):
+    from semalign.common.latents import load_split
+
+    grid = tiny_grid(channel_uses=(1, 4), antennas=("1x1", "4x4"))
+    blind = sweep_plan.outline(grid, "ap_enc")
+    assert (blind.d_ap, blind.cells, blind.runs, blind.skipped) == (None, 8, 16, [])
+    known = sweep_plan.outline(grid, "ap_enc", load_split(latents, "ap_enc", "train").latents)
+    assert (known.d_ap, known.cells, len(known.skipped)) == (16, 6, 2)
+
+
+def test_dry_run_on_a_cold_cache_encodes_nothing(tmp_path, monkeypatch, capsys):
+    import semalign.encoders.cache as cache
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a dry run must not encode")
+
+    monkeypatch.setattr(cache, "encode", no_encoding)
+    monkeypatch.setattr(cache, "ensure_latents", no_encoding)
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    assert main(["sweep", "--preset", "fig2", "--cache-dir", str(empty), "--dry-run"]) == 0
+    assert [p for p in tmp_path.rglob("*") if p != empty] == []
+    err = capsys.readouterr().err
+    assert "84 cell(s) x 6 seed(s) = 504 run(s)" in err and "not encoded yet" in err
+    assert "would encode 11 encoder(s)" in err and "vit_tiny_patch16_224 (not cached)" in err
+    # a bad value still fails before anything
+    assert main(["sweep", "--cache-dir", str(empty), "--dry-run", "--ap", "nosuch"]) == 2

@@ -365,7 +365,7 @@ def register(subparsers: Any) -> None:
     _add_grid_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--table", help="results CSV (default: results/sweep-<preset>.csv)")
-    add_workers_argument(parser, "the runs (one BLAS thread each)")
+    add_workers_argument(parser, "the runs, one BLAS thread each")
     parser.add_argument(
         "--dry-run",
         action="store_true",

@@ -215,6 +215,13 @@ def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
     return paths
 
 
+def _finish(fig, title: str, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    """Title, layout, and the files of a finished figure."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, name, formats)
+
+
 def _seeds_note(points: list[Point]) -> str:
     seeds = sorted({p.seeds for p in points})
     return f"mean ± 1 std over {seeds[0] if len(seeds) == 1 else f'{seeds[0]}-{seeds[-1]}'} seeds"
@@ -282,11 +289,10 @@ def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ACC_LABEL)
         title, slug = _fmt_context(context_keys, ctx)
-        fig.suptitle(f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})", fontsize=10)
         _shared_legend(fig, axes[0])
-        fig.tight_layout()
+        title = f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})"
         name = "fig2-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _save(fig, out_dir, name, formats)
+        paths += _finish(fig, title, out_dir, name, formats)
     return paths
 
 
@@ -335,12 +341,9 @@ def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
         ax_acc.set_title("accuracy (test)")
         ax_acc.legend(fontsize=7, loc="lower right")
         title, slug = _fmt_context(context_keys, ctx)
-        fig.suptitle(
-            f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts)})", fontsize=10
-        )
-        fig.tight_layout()
+        title = f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts)})"
         name = "fig3-mse-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _save(fig, out_dir, name, formats)
+        paths += _finish(fig, title, out_dir, name, formats)
     return paths
 
 
@@ -374,10 +377,9 @@ def figure_snr(points: list[Point], out_dir: Path, formats: Sequence[str]) -> li
         axes[0][0].set_ylabel(ACC_LABEL)
         _shared_legend(fig, axes[0])
         title, slug = _fmt_context(context_keys, ctx)
-        fig.suptitle(f"Accuracy vs SNR ({title}; {_seeds_note(pts)})", fontsize=10)
-        fig.tight_layout()
+        title = f"Accuracy vs SNR ({title}; {_seeds_note(pts)})"
         name = "snr-accuracy-vs-snr" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _save(fig, out_dir, name, formats)
+        paths += _finish(fig, title, out_dir, name, formats)
     return paths
 
 
