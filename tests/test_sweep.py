@@ -370,3 +370,25 @@ def test_dry_run_on_a_cold_cache_encodes_nothing(tmp_path, monkeypatch, capsys):
     assert "would encode 11 encoder(s)" in err and "vit_tiny_patch16_224 (not cached)" in err
     # a bad value still fails before anything
     assert main(["sweep", "--cache-dir", str(empty), "--dry-run", "--ap", "nosuch"]) == 2
+
+
+def test_interrupting_a_pool_ends_its_workers(latents, tmp_path):
+    import psutil
+
+    plan = tiny_plan(latents, strategies=("first-k", "top-k"))
+    table = tmp_path / "t.csv"
+
+    def interrupt(run, rows, error):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, table, workers=2, on_run=interrupt)
+    assert len(read_table(table).complete) == 1
+    workers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running()
+        and p.status() != psutil.STATUS_ZOMBIE
+        and "spawn_main" in " ".join(p.cmdline())
+    ]
+    assert not workers  # (multiprocessing's resource tracker may stay: it is not a worker)
