@@ -19,7 +19,8 @@ from semalign.common.errors import UsageError
 COMMAND_MODULES: tuple[str, ...] = (
     "semalign.commands.simulate",
     "semalign.deploy.cli",
-    "semalign.experiments.sweep",
+    "semalign.commands.sweep",
+    "semalign.commands.plot",
     "semalign.encoders.cli",
 )
 

@@ -12,13 +12,10 @@ from synthetic import make_latents
 
 from semalign.cli import main
 from semalign.experiments import figures as plot
-from semalign.experiments.sweep import (
-    COLUMNS,
-    ResultsTable,
-    grid_from_options,
-    make_plan,
-    run_sweep,
-)
+from semalign.experiments.grid import grid_from_options
+from semalign.experiments.plan import make_plan
+from semalign.experiments.runner import run_sweep
+from semalign.experiments.table import COLUMNS, ResultsTable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,3 +175,28 @@ def test_default_tables_draw_each_figure_from_its_preset_table(tmp_path):
     assert set(given.values()) == {(results / "sweep-mine.csv",)}
     with pytest.raises(UsageError, match="no table given"):
         plot.figure_sources(["fig2"], None, tmp_path / "empty")
+
+
+def test_aggregation_matches_the_reference():
+    """Points of the reference sweep table as the plot of commit 3848999 computed them."""
+    import json
+    import math
+
+    data = Path(__file__).parent / "data"
+    want = json.loads((data / "plot_reference.json").read_text())
+    rows = plot.load_rows([data / "sweep_reference.csv"])
+
+    def same(a, b) -> bool:
+        if isinstance(b, dict):
+            return set(a) == set(b) and all(same(a[k], b[k]) for k in b)
+        if b == "nan":
+            return isinstance(a, float) and math.isnan(a)
+        if isinstance(b, float) and not isinstance(a, bool):
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        return a == b
+
+    points = [dict(p.__dict__) for p in plot.aggregate(rows)]
+    assert len(points) == len(want["points"])
+    assert all(same(g, w) for g, w in zip(points, want["points"], strict=True))
+    summary = plot.summary_rows(rows)
+    assert all(same(g, w) for g, w in zip(summary, want["summary_rows"], strict=True))

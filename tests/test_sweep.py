@@ -7,20 +7,16 @@ import math
 from pathlib import Path
 
 import pytest
+from semalign.common.errors import SweepError
 from synthetic import make_latents
 
 from semalign.cli import main
-from semalign.experiments import sweep
-from semalign.experiments.sweep import (
-    COLUMNS,
-    PRESETS,
-    ResultsTable,
-    SweepError,
-    grid_from_options,
-    make_plan,
-    read_table,
-    run_sweep,
-)
+from semalign.experiments import plan as sweep_plan
+from semalign.experiments import runner
+from semalign.experiments.grid import PRESETS, grid_from_options
+from semalign.experiments.plan import make_plan
+from semalign.experiments.runner import run_sweep
+from semalign.experiments.table import COLUMNS, ResultsTable, read_table
 
 GROUP = "user_enc0+user_enc1"
 
@@ -47,7 +43,7 @@ def tiny_grid(**overrides):
 
 def tiny_plan(latents: Path, **overrides):
     grid = tiny_grid(**overrides)
-    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
+    groups, _ = sweep_plan.resolve_groups(grid.groups, latents_given=True)
     return make_plan(grid, latents, groups)
 
 
@@ -136,33 +132,33 @@ def test_workers_use_one_blas_thread():
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        1, mp_context=ctx, initializer=sweep._worker_init, initargs=(1, 30)
+        1, mp_context=ctx, initializer=runner._worker_init, initargs=(1, 30)
     ) as pool:
-        threads = pool.submit(sweep.blas_threads).result()
+        threads = pool.submit(runner.blas_threads).result()
     assert threads and set(threads) == {1}
 
 
 def test_cell_key_covers_every_parameter(latents):
     grid = tiny_grid(strategies=("fed",))
-    groups, _ = sweep.resolve_groups(grid.groups, latents_given=True)
-    spec = sweep.ScenarioSpec(str(latents), "ap_enc", tuple(groups[GROUP]))
+    groups, _ = sweep_plan.resolve_groups(grid.groups, latents_given=True)
+    spec = sweep_plan.ScenarioSpec(str(latents), "ap_enc", tuple(groups[GROUP]))
     _, cfg = next(grid.configs())
-    key = sweep.cell_key(spec, GROUP, cfg)
-    assert key == sweep.cell_key(spec, GROUP, cfg.model_copy(update={"seed": 99}))
+    key = sweep_plan.cell_key(spec, GROUP, cfg)
+    assert key == sweep_plan.cell_key(spec, GROUP, cfg.model_copy(update={"seed": 99}))
     for change in ({"rho": 2.0}, {"snr_db": 10.0}, {"csi": False}, {"pilot_fraction": 0.5}):
-        assert sweep.cell_key(spec, GROUP, cfg.model_copy(update=change)) != key
-    other = sweep.ScenarioSpec(str(latents), "ap_enc", ("user_enc1", "user_enc0"))
-    assert sweep.cell_key(other, GROUP, cfg) != key
-    reencoded = sweep.ScenarioSpec(str(latents), "ap_enc", spec.users, "other-latents")
-    assert sweep.cell_key(reencoded, GROUP, cfg) != key
+        assert sweep_plan.cell_key(spec, GROUP, cfg.model_copy(update=change)) != key
+    other = sweep_plan.ScenarioSpec(str(latents), "ap_enc", ("user_enc1", "user_enc0"))
+    assert sweep_plan.cell_key(other, GROUP, cfg) != key
+    reencoded = sweep_plan.ScenarioSpec(str(latents), "ap_enc", spec.users, "other-latents")
+    assert sweep_plan.cell_key(reencoded, GROUP, cfg) != key
 
 
 def test_fingerprint_follows_latent_content(tmp_path):
     root, ap, users = make_latents(tmp_path / "a", seed=1)
-    first = sweep.latents_fingerprint(root, [ap, *users])
-    assert first == sweep.latents_fingerprint(root, [ap, *users])
+    first = sweep_plan.latents_fingerprint(root, [ap, *users])
+    assert first == sweep_plan.latents_fingerprint(root, [ap, *users])
     make_latents(tmp_path / "a", seed=2)  # re-encoded in place
-    assert sweep.latents_fingerprint(root, [ap, *users]) != first
+    assert sweep_plan.latents_fingerprint(root, [ap, *users]) != first
 
 
 @pytest.mark.parametrize(
@@ -260,3 +256,139 @@ def test_cli_sweep_and_errors(latents, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("semalign sweep: error:"), err
     assert table.read_text() == before
+
+
+# ---------------------------------------------------------------------------- regression
+#: Made by the sweep of commit 3848999 (before the experiments split) on this grid and latents;
+#: the latents column is replaced by "<latents>". Cell keys hash the latent folder's path, so
+#: they are compared through test_cell_key_is_unchanged instead.
+REFERENCE = Path(__file__).parent / "data" / "sweep_reference.csv"
+NOT_COMPARED = {"seconds", "latents", "cell_key", "run_key"}
+
+
+def reference_grid(users: list[str], ap: str):
+    return grid_from_options(
+        None,
+        {
+            "strategies": ("fed", "multi-link", "first-k", "top-k"),
+            "channel_uses": (1, 2),
+            "antennas": ("2x2",),
+            "seeds": (27, 42),
+            "groups": ("+".join(users),),
+            "pilot_fractions": (0.5, 1.0),
+            "csi": (True, False),
+            "iterations": 3,
+            "ap": ap,
+        },
+    )
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    except ValueError:
+        return False
+
+
+def test_table_matches_the_reference(tmp_path):
+    root, ap, users = make_latents(tmp_path / "latents", n_train=200, n_test=60)
+    grid = reference_grid(users, ap)
+    groups, _ = sweep_plan.resolve_groups(grid.groups, latents_given=True)
+    table = tmp_path / "t.csv"
+    run_sweep(make_plan(grid, root, groups), table, workers=1)
+    with open(table, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    with open(REFERENCE, newline="") as fh:
+        want = list(csv.DictReader(fh))
+    assert len(got) == len(want) == 128
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert list(g) == list(w)
+        diff = {k: (g[k], w[k]) for k in w if k not in NOT_COMPARED and not _same(g[k], w[k])}
+        assert not diff, f"row {i + 2}: {diff}"
+        assert g["run_key"] == f"{g['cell_key']}-{g['seed']}"
+    # the same grouping of rows into runs and cells
+    for column in ("run_key", "cell_key"):
+        pairs = {(g[column], w[column]) for g, w in zip(got, want, strict=True)}
+        assert len(pairs) == len({w[column] for w in want}) == len({g[column] for g in got})
+
+
+def test_cell_key_is_unchanged():
+    from semalign.common.config import AlignmentConfig
+
+    spec = sweep_plan.ScenarioSpec(
+        "/fixed/latents", "ap_enc", ("user_enc0", "user_enc1"), "0123456789abcdef"
+    )
+    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "af3e688a4abc14fa"
+    other = AlignmentConfig(
+        strategy="top-k",
+        channel_uses=3,
+        antennas_tx=2,
+        antennas_rx=4,
+        snr_db=-10.0,
+        csi=False,
+        pilot_fraction=0.5,
+    )
+    assert sweep_plan.cell_key(spec, "g", other) == "5e3284745e16d379"
+
+
+def test_a_table_has_one_writer(tmp_path):
+    table = tmp_path / "t.csv"
+    with ResultsTable(table), pytest.raises(SweepError, match="being written by another sweep"):
+        with ResultsTable(table):
+            pass
+    with ResultsTable(table):  # released
+        pass
+
+
+def test_outline_knows_the_geometry_from_the_ap_alone(latents):
+    from semalign.common.latents import load_split
+
+    grid = tiny_grid(channel_uses=(1, 4), antennas=("1x1", "4x4"))
+    blind = sweep_plan.outline(grid, "ap_enc")
+    assert (blind.d_ap, blind.cells, blind.runs, blind.skipped) == (None, 8, 16, [])
+    known = sweep_plan.outline(grid, "ap_enc", load_split(latents, "ap_enc", "train").latents)
+    assert (known.d_ap, known.cells, len(known.skipped)) == (16, 6, 2)
+
+
+def test_dry_run_on_a_cold_cache_encodes_nothing(tmp_path, monkeypatch, capsys):
+    import semalign.encoders.cache as cache
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a dry run must not encode")
+
+    monkeypatch.setattr(cache, "encode", no_encoding)
+    monkeypatch.setattr(cache, "ensure_latents", no_encoding)
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    assert main(["sweep", "--preset", "fig2", "--cache-dir", str(empty), "--dry-run"]) == 0
+    assert [p for p in tmp_path.rglob("*") if p != empty] == []
+    err = capsys.readouterr().err
+    assert "84 cell(s) x 6 seed(s) = 504 run(s)" in err and "not encoded yet" in err
+    assert "would encode 11 encoder(s)" in err and "vit_tiny_patch16_224 (not cached)" in err
+    # a bad value still fails before anything
+    assert main(["sweep", "--cache-dir", str(empty), "--dry-run", "--ap", "nosuch"]) == 2
+
+
+def test_interrupting_a_pool_ends_its_workers(latents, tmp_path):
+    import psutil
+
+    plan = tiny_plan(latents, strategies=("first-k", "top-k"))
+    table = tmp_path / "t.csv"
+
+    def interrupt(run, rows, error):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, table, workers=2, on_run=interrupt)
+    assert len(read_table(table).complete) == 1
+    workers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running()
+        and p.status() != psutil.STATUS_ZOMBIE
+        and "spawn_main" in " ".join(p.cmdline())
+    ]
+    assert not workers  # (multiprocessing's resource tracker may stay: it is not a worker)

@@ -2,7 +2,7 @@
 
 Every figure shows, per point, the mean over seeds of the network accuracy (the mean over users
 of each user's task accuracy in that run) with a band of +/- one standard deviation over seeds.
-Only complete runs are read (see :func:`semalign.experiments.sweep.read_table`).
+Only complete runs are read (see :func:`semalign.experiments.table.read_table`).
 
 Figures (each written as PNG and PDF by default):
 
@@ -21,7 +21,6 @@ A figure needs at least two distinct x values in a context; contexts without the
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections import defaultdict
@@ -32,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from semalign.commands.options import HelpFormatter
+from semalign.common.errors import UsageError
+from semalign.common.stats import nan_mean, nan_std
+from semalign.experiments.table import read_table
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ class Point:
 
 # ---------------------------------------------------------------------------- aggregation
 def load_rows(tables: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Complete runs' rows of every table, each run once."""
-    from semalign.experiments.sweep import read_table
-
+    """Complete runs' rows of every table, each run once (SweepError for a foreign table)."""
     rows, seen = [], set()
     for path in tables:
         for row in read_table(path).rows:
@@ -100,16 +99,6 @@ _CELL_PARAMS = (
 )
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def _nanstd(values: Sequence[float]) -> float:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.std(finite)) if finite else float("nan")
-
-
 def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
     """Mean over users per run, then mean and std over seeds per cell."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -122,10 +111,10 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
         params.setdefault(first["cell_key"], {k: first[k] for k in _CELL_PARAMS})
         cells[first["cell_key"]].append(
             {
-                "accuracy": _nanmean([r["accuracy"] for r in run_rows]),
-                "native": _nanmean([r["native_accuracy"] for r in run_rows]),
+                "accuracy": nan_mean([r["accuracy"] for r in run_rows]),
+                "native": nan_mean([r["native_accuracy"] for r in run_rows]),
                 "network_mse": first["network_mse"],
-                "test_mse": _nanmean([r["mse"] for r in run_rows]),
+                "test_mse": nan_mean([r["mse"] for r in run_rows]),
             }
         )
     points = []
@@ -134,13 +123,13 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
             Point(
                 params=params[key],
                 seeds=len(per_seed),
-                accuracy=_nanmean([s["accuracy"] for s in per_seed]),
-                accuracy_std=_nanstd([s["accuracy"] for s in per_seed]),
-                native=_nanmean([s["native"] for s in per_seed]),
-                network_mse=_nanmean([s["network_mse"] for s in per_seed]),
-                network_mse_std=_nanstd([s["network_mse"] for s in per_seed]),
-                test_mse=_nanmean([s["test_mse"] for s in per_seed]),
-                test_mse_std=_nanstd([s["test_mse"] for s in per_seed]),
+                accuracy=nan_mean([s["accuracy"] for s in per_seed]),
+                accuracy_std=nan_std([s["accuracy"] for s in per_seed]),
+                native=nan_mean([s["native"] for s in per_seed]),
+                network_mse=nan_mean([s["network_mse"] for s in per_seed]),
+                network_mse_std=nan_std([s["network_mse"] for s in per_seed]),
+                test_mse=nan_mean([s["test_mse"] for s in per_seed]),
+                test_mse_std=nan_std([s["test_mse"] for s in per_seed]),
             )
         )
     return points
@@ -210,7 +199,7 @@ def _line(ax, xs, ys, stds, *, label, color, marker=None, linestyle="-") -> None
 
 
 def _native_line(ax, points: list[Point]) -> None:
-    native = _nanmean([p.native for p in points])
+    native = nan_mean([p.native for p in points])
     if not math.isnan(native):
         ax.axhline(native, color="0.4", ls=":", lw=1, label="native (own encoder, no channel)")
 
@@ -224,6 +213,13 @@ def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
         paths.append(path)
     _pyplot().close(fig)
     return paths
+
+
+def _finish(fig, title: str, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    """Title, layout, and the files of a finished figure."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, name, formats)
 
 
 def _seeds_note(points: list[Point]) -> str:
@@ -293,11 +289,10 @@ def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ACC_LABEL)
         title, slug = _fmt_context(context_keys, ctx)
-        fig.suptitle(f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})", fontsize=10)
         _shared_legend(fig, axes[0])
-        fig.tight_layout()
+        title = f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})"
         name = "fig2-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _save(fig, out_dir, name, formats)
+        paths += _finish(fig, title, out_dir, name, formats)
     return paths
 
 
@@ -346,12 +341,9 @@ def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
         ax_acc.set_title("accuracy (test)")
         ax_acc.legend(fontsize=7, loc="lower right")
         title, slug = _fmt_context(context_keys, ctx)
-        fig.suptitle(
-            f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts)})", fontsize=10
-        )
-        fig.tight_layout()
+        title = f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts)})"
         name = "fig3-mse-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _save(fig, out_dir, name, formats)
+        paths += _finish(fig, title, out_dir, name, formats)
     return paths
 
 
@@ -385,10 +377,9 @@ def figure_snr(points: list[Point], out_dir: Path, formats: Sequence[str]) -> li
         axes[0][0].set_ylabel(ACC_LABEL)
         _shared_legend(fig, axes[0])
         title, slug = _fmt_context(context_keys, ctx)
-        fig.suptitle(f"Accuracy vs SNR ({title}; {_seeds_note(pts)})", fontsize=10)
-        fig.tight_layout()
+        title = f"Accuracy vs SNR ({title}; {_seeds_note(pts)})"
         name = "snr-accuracy-vs-snr" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _save(fig, out_dir, name, formats)
+        paths += _finish(fig, title, out_dir, name, formats)
     return paths
 
 
@@ -437,7 +428,7 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# ---------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------- tables
 def figure_sources(
     figures: Sequence[str], tables: Sequence[str] | None, results_dir: str | Path = "results"
 ) -> dict[str, tuple[Path, ...]]:
@@ -448,8 +439,6 @@ def figure_sources(
     sweep's few K values do not add accuracy-vs-zeta figures; any other figure is drawn from
     every ``results/sweep-*.csv``.
     """
-    from semalign.common.errors import UsageError
-
     if tables:
         given = tuple(Path(t) for t in tables)
         return {name: given for name in figures}
@@ -460,66 +449,3 @@ def figure_sources(
         )
     own = {name: Path(results_dir) / f"sweep-{name}.csv" for name in figures}
     return {name: (own[name],) if own[name] in found else found for name in figures}
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from semalign.common.errors import UsageError
-    from semalign.experiments.sweep import SweepError
-
-    console = Console(stderr=True)
-    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
-    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
-    for name in figures:
-        if name not in FIGURES:
-            raise UsageError(
-                f"--figures: unknown figure {name!r}; choose from {', '.join(FIGURES)}"
-            )
-    for fmt in formats:
-        if fmt not in ("png", "pdf", "svg"):
-            raise UsageError(f"--formats: unknown format {fmt!r}; choose from png, pdf, svg")
-    sources = figure_sources(figures, args.table)
-    written: dict[str, list[Path]] = {}
-    for tables in dict.fromkeys(sources.values()):
-        try:
-            rows = load_rows(list(tables))
-        except SweepError as exc:
-            raise UsageError(str(exc)) from None
-        if not rows:
-            raise UsageError(f"no complete run in {', '.join(map(str, tables))}")
-        names = [name for name in figures if sources[name] == tables]
-        written.update(make_figures(rows, args.out, names, formats))
-    total = 0
-    for name, paths in written.items():
-        if paths:
-            for path in paths:
-                console.print(f"{name}: {path}")
-            total += len(paths)
-        else:
-            console.print(f"[yellow]{name}: nothing to plot (needs two or more x values)[/yellow]")
-    if not total:
-        raise UsageError("the table holds no data for the requested figures")
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "plot",
-        help="draw the paper's figures (fig2, fig3, snr) from sweep tables",
-        description="PNG/PDF figures from `semalign sweep` tables: mean over seeds with a "
-        "+/- one std band. fig2: accuracy vs zeta per antenna configuration, strategies side by "
-        "side; fig3: network MSE and accuracy vs zeta per group and pilot fraction; snr: "
-        "accuracy vs SNR per K.",
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument(
-        "--table",
-        action="append",
-        help="results CSV (repeatable; default: each figure from its preset's "
-        "results/sweep-<figure>.csv, else from every results/sweep-*.csv)",
-    )
-    parser.add_argument("--out", default="figures", help="output directory")
-    parser.add_argument("--figures", default=",".join(FIGURES), help="which figures")
-    parser.add_argument("--formats", default=",".join(FORMATS), help="png, pdf, svg")
-    parser.set_defaults(func=run_plot)

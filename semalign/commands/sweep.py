@@ -1,0 +1,376 @@
+"""``semalign sweep``: the experiment grid of the paper's section IV, resumable, in parallel.
+
+Argparse and console only: the grid is :mod:`semalign.experiments.grid`, the plan
+:mod:`semalign.experiments.plan`, the table :mod:`semalign.experiments.table` and the runs
+:mod:`semalign.experiments.runner`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from semalign.commands.options import (
+    HelpFormatter,
+    add_data_arguments,
+    add_verbosity_arguments,
+    add_workers_argument,
+    check_workers,
+    prepare_latents,
+)
+from semalign.common.config import STRATEGIES
+from semalign.common.errors import LatentsError, SweepError, UsageError
+from semalign.common.packing import complex_dim
+from semalign.common.stats import nan_mean
+from semalign.experiments.grid import PRESETS, SweepGrid, grid_from_options
+from semalign.experiments.plan import (
+    Plan,
+    Run,
+    default_ap,
+    describe,
+    make_plan,
+    outline,
+    resolve_groups,
+)
+from semalign.experiments.runner import SweepSummary, run_sweep
+from semalign.experiments.table import read_table
+
+
+# ---------------------------------------------------------------------------- options
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _list_of(kind: type, option: str) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        values = []
+        for part in _split(text):
+            try:
+                values.append(kind(part))
+            except ValueError:
+                raise UsageError(
+                    f"{option}: {part!r} is not a valid {kind.__name__} (got {text!r})"
+                ) from None
+        return tuple(values)
+
+    return parse
+
+
+def _opt(text: str | None, kind: type, option: str) -> tuple | None:
+    return None if text is None else _list_of(kind, option)(text)
+
+
+def _csi_modes(text: str) -> tuple[bool, ...]:
+    modes = {"on": True, "off": False, "true": True, "false": False}
+    try:
+        return tuple(modes[p.lower()] for p in _split(text))
+    except KeyError as exc:
+        raise UsageError(f"--csi-modes: {exc.args[0]!r} is not on or off (got {text!r})") from None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Grid fields given on the command line (None: not given, the preset's or the default)."""
+    return {
+        "strategies": _list_of(str, "--strategies")(args.strategies) if args.strategies else None,
+        "channel_uses": _opt(args.channel_uses, int, "--channel-uses"),
+        "antennas": _split(args.antennas) if args.antennas else None,
+        "snr_db": _opt(args.snr_db, float, "--snr-db"),
+        "seeds": _opt(args.seeds, int, "--seeds"),
+        "groups": _split(args.groups) if args.groups else None,
+        "pilot_fractions": _opt(args.pilot_fractions, float, "--pilot-fractions"),
+        "csi": _csi_modes(args.csi_modes) if isinstance(args.csi_modes, str) else args.csi_modes,
+        "iterations": args.iterations,
+        "rho": args.rho,
+        "power": args.power,
+        "baseline_fit": args.baseline_fit,
+        "topk_index_cost": args.topk_index_cost,
+        "ap": args.ap,
+    }
+
+
+def _grid(args: argparse.Namespace) -> tuple[SweepGrid, dict[str, list[str]], list[str]]:
+    """The validated grid, its groups (label -> user encoders) and every encoder it needs, the
+    AP first."""
+    from semalign.encoders import registry
+
+    latents_given = bool(args.latents)
+    try:
+        grid = grid_from_options(args.preset, _overrides(args))
+        groups, users = resolve_groups(grid.groups, latents_given)
+        ap = default_ap(grid)
+        if not latents_given:
+            registry.get_spec(ap)
+    except (SweepError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return grid, groups, list(dict.fromkeys([ap, *users]))
+
+
+def _table_path(args: argparse.Namespace) -> Path:
+    """``--table``, checked before any work: a foreign table is refused, and (unless a dry run)
+    its folder must be writable."""
+    from semalign.common.io import check_writable
+
+    default = Path("results") / f"sweep-{args.preset or 'custom'}.csv"
+    path = Path(args.table) if args.table else default
+    try:
+        if path.exists():
+            read_table(path)
+        elif not args.dry_run:
+            check_writable(path)
+    except SweepError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--table {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from semalign.encoders import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def _uncached(dataset: str, encoders: list[str], cache_dir: Path) -> dict[str, str]:
+    """Encoders whose cache entry ``prepare_latents`` would (re)build, with the reason; reads
+    the cache only (no lock, no folder is created)."""
+    from semalign.encoders.cache import cache_key, cache_key_material, check_entry
+
+    missing = {}
+    for name in encoders:
+        # the settings prepare_latents encodes with (ensure_latents' defaults)
+        material = cache_key_material(dataset, name, seed=0, image_size=32, pretrained=False)
+        reason = check_entry(cache_dir / dataset / name, cache_key(material))
+        if reason:
+            missing[name] = reason
+    return missing
+
+
+# ---------------------------------------------------------------------------- command
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    workers = check_workers(args) or os.cpu_count() or 1
+    grid, groups, encoders = _grid(args)
+    table_path = _table_path(args)
+    if args.dry_run and not args.latents:
+        missing = _uncached(args.dataset, encoders, _cache_dir(args))
+        if missing:
+            return _dry_run_cold(console, args, grid, missing, table_path)
+        latents_dir = _cache_dir(args) / args.dataset  # all cached: read, never encode
+    else:
+        latents_dir = _latents(args, encoders)
+    try:
+        plan = make_plan(grid, latents_dir, groups)
+    except SweepError as exc:
+        raise UsageError(str(exc)) from None
+    if args.dry_run or not args.quiet:
+        _print_plan(console, args, plan, table_path)
+    if args.dry_run:
+        return 0
+    summary = _run_with_progress(console, plan, table_path, args, workers)
+    return _report(console, summary, plan, table_path)
+
+
+def _latents(args: argparse.Namespace, encoders: list[str]) -> Path:
+    """``--latents``, else the cache's latents with every missing entry encoded now."""
+    try:
+        return prepare_latents(args, encoders)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"cannot prepare the {args.dataset} latents: {exc}") from None
+
+
+def _dry_run_cold(
+    console: Any, args: argparse.Namespace, grid: SweepGrid, missing: dict[str, str], table: Path
+) -> int:
+    """A dry run before the latents exist: what can be known, and what would be encoded."""
+    from semalign.common.latents import load_split
+
+    latents_dir = _cache_dir(args) / args.dataset
+    ap = default_ap(grid)
+    try:
+        ap_train = None if ap in missing else load_split(latents_dir, ap, "train").latents
+        known = outline(grid, ap, ap_train)
+    except (LatentsError, SweepError) as exc:
+        raise UsageError(str(exc)) from None
+    _print_header(console, args, known.cells, grid, known.runs, ap, known.d_ap, table)
+    if known.d_ap is None:
+        console.print(
+            "[yellow]note: the AP's latents are not encoded yet; which cells fit its latent "
+            "dimension is unknown until they are (every cell is counted above)[/yellow]"
+        )
+    _print_skipped(console, known.skipped)
+    console.print(f"would encode {len(missing)} encoder(s) into {latents_dir} first:")
+    for name, reason in missing.items():
+        console.print(f"  {name} ({reason})")
+    return 0
+
+
+def _report(console: Any, summary: SweepSummary, plan: Plan, table_path: Path) -> int:
+    console.print(
+        f"{summary.done} run(s) done, {summary.already_done} already in the table, "
+        f"{len(summary.failed)} failed, {len(plan.skipped)} cell(s) skipped; "
+        f"{_duration(summary.seconds)} wall"
+    )
+    console.print(f"table: {table_path}")
+    if not summary.failed:
+        return 0
+    for key, error in summary.failed[:10]:
+        console.print(f"[red]failed {key}: {error}[/red]")
+    console.print("[yellow]re-run the same command to retry the failed runs[/yellow]")
+    return 1
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def _print_header(
+    console: Any,
+    args: argparse.Namespace,
+    cells: int,
+    grid: SweepGrid,
+    runs: int,
+    ap: str,
+    d_ap: int | None,
+    table_path: Path,
+) -> None:
+    ap_text = (
+        f"AP {ap} d={d_ap} (d/2 = {complex_dim(d_ap)} complex features)"
+        if d_ap is not None
+        else f"AP {ap} (not encoded yet)"
+    )
+    console.print(
+        f"sweep{f' {args.preset}' if args.preset else ''}: {cells} cell(s) x "
+        f"{len(grid.seeds)} seed(s) = {runs} run(s); {ap_text}; table {table_path}"
+    )
+
+
+def _print_skipped(console: Any, skipped: list[tuple[str, str]]) -> None:
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for cell, reason in skipped:
+        by_reason.setdefault(reason, []).append(cell)
+    console.print(
+        f"[yellow]note: {len(skipped)} cell(s) skipped, their geometry does not fit:[/yellow]"
+    )
+    for reason, cells in by_reason.items():
+        shown = ", ".join(cells[:4]) + (f", ... ({len(cells)} in all)" if len(cells) > 4 else "")
+        console.print(f"  [yellow]{shown}: {reason}[/yellow]")
+
+
+def _print_plan(console: Any, args: argparse.Namespace, plan: Plan, table_path: Path) -> None:
+    grid = plan.grid
+    _print_header(console, args, plan.cells, grid, len(plan.runs), plan.ap, plan.d_ap, table_path)
+    _print_skipped(console, plan.skipped)
+
+
+def _run_with_progress(
+    console: Any, plan: Plan, table_path: Path, args: argparse.Namespace, workers: int
+) -> SweepSummary:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
+        task = progress.add_task("sweep", total=len(plan.runs), info="")
+
+        def on_start(summary: SweepSummary) -> None:
+            progress.update(task, completed=summary.already_done)
+            if summary.already_done:
+                progress.console.print(
+                    f"resuming: {summary.already_done} run(s) already in {table_path}"
+                )
+
+        def on_run(run: Run, rows: list[dict[str, Any]] | None, error: str | None) -> None:
+            cell = describe(run.group, run.config)
+            if rows is not None:
+                mean = nan_mean(r["accuracy"] for r in rows)
+                info = f"{cell} seed {run.config.seed}: acc {mean:.3f}"
+            else:
+                info = f"[red]{cell} failed[/red]"
+            progress.update(task, advance=1, info=info)
+
+        try:
+            return run_sweep(plan, table_path, workers=workers, on_run=on_run, on_start=on_start)
+        except SweepError as exc:
+            raise UsageError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------- parser
+def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--preset", choices=tuple(PRESETS), help="the paper's grids: " + ", ".join(PRESETS))
+    add("--strategies", help="comma-separated: " + ",".join(STRATEGIES) + " (default: all)")
+    add("--channel-uses", help="K values, e.g. 1,2,4,6,8,10,20 (default: those)")
+    add("--antennas", help="N_TxN_R configurations, e.g. 1x1,2x2,4x4 or 2x4 (default: 4x4)")
+    add("--snr-db", help="SNRs in dB (default: 20)")
+    add("--seeds", help="seeds (default: 27,42)")
+    add(
+        "--groups",
+        help="user groups: paper-users, homogeneous, heterogeneous, or enc1+enc2 "
+        "(default: paper-users)",
+    )
+    add("--pilot-fractions", help="fractions of the train split used as pilots (default: 1)")
+    csi = parser.add_mutually_exclusive_group()
+    csi.add_argument(
+        "--csi",
+        dest="csi_modes",
+        action="store_const",
+        const=(True,),
+        help="channel-aware AP only (default)",
+    )
+    csi.add_argument(
+        "--no-csi", dest="csi_modes", action="store_const", const=(False,), help="no CSI only"
+    )
+    csi.add_argument("--csi-modes", dest="csi_modes", help="e.g. on,off")
+    add("--iterations", type=int, help="ADMM rounds T (default: 30)")
+    add("--rho", type=float, help="ADMM penalty (default: 1)")
+    add("--power", type=float, help="transmit power budget P_T (default: 1)")
+    add("--baseline-fit", choices=("received", "full"), help="see `simulate --help`")
+    add("--topk-index-cost", choices=("none", "channel-uses"), help="see `simulate --help`")
+    add("--ap", help="AP encoder (default: the registry's default AP)")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run an experiment grid (paper section IV), resumable, into one CSV table",
+        description="Run the cartesian grid of strategies x channel uses x antennas x SNR x "
+        "groups x pilot fractions x CSI modes, for every seed, on the in-process simulator. "
+        "Rows (one per cell, seed and user) are appended to --table as each run finishes; "
+        "re-running the same command skips finished runs. Options override the --preset's "
+        "fields. Negative SNRs need '=': --snr-db=-20,-10,0.",
+        formatter_class=HelpFormatter,
+    )
+    _add_grid_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--table", help="results CSV (default: results/sweep-<preset>.csv)")
+    add_workers_argument(parser, "the runs, one BLAS thread each")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and print the plan, run nothing (and encode nothing: on a cold cache, "
+        "print what would be encoded)",
+    )
+    add_verbosity_arguments(parser)
+    parser.set_defaults(func=run_sweep_command)

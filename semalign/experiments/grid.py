@@ -1,0 +1,265 @@
+"""The experiment grid of the paper's section IV: :class:`SweepGrid` and its presets.
+
+A :class:`SweepGrid` is the cartesian product of strategies, channel uses K, antenna
+configurations N_T x N_R, SNRs, user groups, pilot fractions and CSI modes, run for every seed.
+Presets reproduce the paper's figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``). Every value
+is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so a bad value
+fails before any work, with the name of the option that set it (:data:`OPTION_NAMES`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from semalign.common.config import STRATEGIES, AlignmentConfig
+from semalign.common.errors import SweepError
+
+#: The paper's seeds (section IV).
+PAPER_SEEDS: tuple[int, ...] = (27, 42, 100, 123, 144, 200)
+
+#: The compression-factor grid of the reference experiments (communication.channel_usage).
+PAPER_CHANNEL_USES: tuple[int, ...] = (1, 2, 4, 6, 8, 10, 20)
+
+#: Grid presets named after the paper's figures; command-line options override their fields.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Fig. 2: accuracy vs compression factor, 10 users, SNR 20 dB, square MIMO, all strategies.
+    "fig2": {
+        "strategies": STRATEGIES,
+        "channel_uses": PAPER_CHANNEL_USES,
+        "antennas": ("1x1", "2x2", "4x4"),
+        "snr_db": (20.0,),
+        "seeds": PAPER_SEEDS,
+        "groups": ("paper-users",),
+        "pilot_fractions": (1.0,),
+        "csi": (True,),
+    },
+    # Fig. 3: network MSE and accuracy vs zeta, homogeneous vs heterogeneous, pilot fractions.
+    "fig3": {
+        "strategies": ("fed",),
+        "channel_uses": PAPER_CHANNEL_USES,
+        "antennas": ("4x4",),
+        "snr_db": (20.0,),
+        "seeds": PAPER_SEEDS,
+        "groups": ("homogeneous", "heterogeneous"),
+        "pilot_fractions": (0.1, 0.5, 1.0),
+        "csi": (True,),
+    },
+    # Accuracy vs SNR (reference README, simulation=snr): 4x4, K in {1, 4, 8}.
+    "snr": {
+        "strategies": STRATEGIES,
+        "channel_uses": (1, 4, 8),
+        "antennas": ("4x4",),
+        "snr_db": (-20.0, -10.0, 0.0, 10.0, 20.0, 30.0),
+        "seeds": PAPER_SEEDS,
+        "groups": ("paper-users",),
+        "pilot_fractions": (1.0,),
+        "csi": (True,),
+    },
+}
+
+#: Grid fields that are lists, with the AlignmentConfig field each value must be valid for.
+_LIST_FIELDS: dict[str, str] = {
+    "strategies": "strategy",
+    "channel_uses": "channel_uses",
+    "snr_db": "snr_db",
+    "seeds": "seed",
+    "pilot_fractions": "pilot_fraction",
+    "csi": "csi",
+}
+
+#: The command-line option that sets each grid field (for error messages).
+OPTION_NAMES: dict[str, str] = {
+    "strategies": "--strategies",
+    "channel_uses": "--channel-uses",
+    "antennas": "--antennas",
+    "snr_db": "--snr-db",
+    "seeds": "--seeds",
+    "groups": "--groups",
+    "pilot_fractions": "--pilot-fractions",
+    "csi": "--csi-modes",
+    "iterations": "--iterations",
+    "rho": "--rho",
+    "power": "--power",
+    "baseline_fit": "--baseline-fit",
+    "topk_index_cost": "--topk-index-cost",
+    "ap": "--ap",
+}
+
+
+def parse_antennas(value: Any) -> tuple[int, int]:
+    """``"4x4"`` / ``"2x4"`` (N_T x N_R) / ``"4"`` (square) / ``(4, 4)`` -> (N_T, N_R)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        nt, nr = value
+    elif isinstance(value, int):
+        nt = nr = value
+    elif isinstance(value, str):
+        parts = value.strip().lower().split("x")
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2:
+            raise ValueError(f"antenna configuration {value!r} is not N_TxN_R (e.g. 4x4, 2x4)")
+        try:
+            nt, nr = (int(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"antenna configuration {value!r} is not N_TxN_R (e.g. 4x4, 2x4)"
+            ) from None
+    else:
+        raise ValueError(f"antenna configuration {value!r} is not N_TxN_R (e.g. 4x4, 2x4)")
+    for n in (nt, nr):
+        if not isinstance(n, int) or not 1 <= n <= 256:
+            raise ValueError(f"antenna configuration {value!r}: counts must be 1..256")
+    return int(nt), int(nr)
+
+
+def antennas_label(nt: int, nr: int) -> str:
+    return f"{nt}x{nr}"
+
+
+class SweepGrid(BaseModel):
+    """The experiment grid: every list field is one axis of the cartesian product.
+
+    Every value is checked against :class:`AlignmentConfig`'s own bounds, so a bad value fails
+    here, before any work, with the option's name. Duplicates are dropped, order is kept.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategies: tuple[str, ...] = Field(STRATEGIES, description="fed, multi-link, first-k, top-k")
+    channel_uses: tuple[int, ...] = Field(PAPER_CHANNEL_USES, description="K values")
+    antennas: tuple[tuple[int, int], ...] = Field(((4, 4),), description="(N_T, N_R) pairs")
+    snr_db: tuple[float, ...] = Field((20.0,), description="SNR per receive antenna, dB")
+    seeds: tuple[int, ...] = Field((27, 42), description="seeds (runs per cell)")
+    groups: tuple[str, ...] = Field(
+        ("paper-users",), description="user groups: registry group names or enc1+enc2+..."
+    )
+    pilot_fractions: tuple[float, ...] = Field((1.0,), description="fractions of train as pilots")
+    csi: tuple[bool, ...] = Field((True,), description="channel-aware AP or not")
+    iterations: int = 30
+    rho: float = 1.0
+    power: float = 1.0
+    baseline_fit: str = "received"
+    topk_index_cost: str = "none"
+    ap: str | None = Field(None, description="AP encoder (None: the registry's default AP)")
+
+    @field_validator("antennas", mode="before")
+    @classmethod
+    def _parse_antennas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return tuple(parse_antennas(v) for v in value)
+
+    @field_validator(*_LIST_FIELDS, "antennas", "groups", mode="after")
+    @classmethod
+    def _dedupe(cls, value: tuple) -> tuple:
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for group in value:
+            if not group.strip() or "," in group or any(not p.strip() for p in group.split("+")):
+                raise ValueError(
+                    f"group {group!r} must be a group name (paper-users, homogeneous, "
+                    "heterogeneous) or encoder names joined by '+'"
+                )
+        return tuple(g.strip() for g in value)
+
+    @model_validator(mode="after")
+    def _check_values(self) -> SweepGrid:
+        for name in (*_LIST_FIELDS, "antennas", "groups"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{OPTION_NAMES[name]} is empty")
+        for name, cfg_field in _LIST_FIELDS.items():
+            for value in getattr(self, name):
+                _probe(name, {cfg_field: value})
+        for nt, nr in self.antennas:
+            _probe("antennas", {"antennas_tx": nt, "antennas_rx": nr})
+        for name in ("iterations", "rho", "power", "baseline_fit", "topk_index_cost"):
+            _probe(name, {name: getattr(self, name)})
+        return self
+
+    @property
+    def cells_per_seed(self) -> int:
+        return (
+            math.prod(
+                len(getattr(self, n))
+                for n in ("strategies", "channel_uses", "antennas", "snr_db", "groups")
+            )
+            * len(self.pilot_fractions)
+            * len(self.csi)
+        )
+
+    def configs(self) -> Iterator[tuple[str, AlignmentConfig]]:
+        """Every (group, config) of the grid, seed 0 (seeds are added per run)."""
+        for group, strategy, (nt, nr), k, snr, frac, csi in itertools.product(
+            self.groups,
+            self.strategies,
+            self.antennas,
+            self.channel_uses,
+            self.snr_db,
+            self.pilot_fractions,
+            self.csi,
+        ):
+            yield (
+                group,
+                AlignmentConfig(
+                    strategy=strategy,
+                    antennas_tx=nt,
+                    antennas_rx=nr,
+                    channel_uses=k,
+                    snr_db=snr,
+                    rho=self.rho,
+                    power=self.power,
+                    iterations=self.iterations,
+                    csi=csi,
+                    pilot_fraction=frac,
+                    baseline_fit=self.baseline_fit,
+                    topk_index_cost=self.topk_index_cost,
+                    seed=0,
+                ),
+            )
+
+
+def _probe(grid_field: str, values: dict[str, Any]) -> None:
+    """Raise ValueError naming the option when ``values`` are not a valid AlignmentConfig."""
+    try:
+        AlignmentConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        got = values[err["loc"][0]] if err["loc"] and err["loc"][0] in values else values
+        raise ValueError(f"{OPTION_NAMES[grid_field]}: {err['msg']} (got {got!r})") from None
+
+
+def grid_from_options(preset: str | None, overrides: dict[str, Any]) -> SweepGrid:
+    """A validated grid: the preset's fields (if any) updated by the non-None ``overrides``.
+
+    Raises:
+        SweepError: unknown preset or invalid value (one line naming the option).
+    """
+    fields: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise SweepError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        fields.update(PRESETS[preset])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return SweepGrid(**fields)
+    except ValidationError as exc:
+        raise SweepError(_validation_message(exc)) from None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    loc = err["loc"]
+    if msg.startswith("--"):
+        return msg
+    option = OPTION_NAMES.get(str(loc[0]), str(loc[0])) if loc else "grid"
+    return f"{option}: {msg} (got {err.get('input')!r})"

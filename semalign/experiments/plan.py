@@ -1,0 +1,295 @@
+"""A grid resolved against its latents: the runs to do, their keys, the cells skipped.
+
+Keys: :func:`cell_key` hashes every parameter of a cell (the full :class:`AlignmentConfig` except
+the seed, the group label, its user encoders, the AP encoder, the latent directory and the
+latents' content fingerprint, plus :data:`SCHEMA`); :func:`run_key` is ``<cell_key>-<seed>``.
+Changing any of them is a new cell.
+
+Cells whose geometry the AP rejects (K N_T complex symbols more than the AP latent's d/2 complex
+features, or Top-K index side information that leaves no data channel use) are skipped up front
+with their reason, never run. The compression factor is zeta = K / (d_AP / 2), with d_AP / 2 the
+AP latent's complex dimension ceil(d_AP / 2). The geometry depends on the AP's latents only:
+:func:`outline` says what a grid will run before the users' latents exist (a dry run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
+from semalign.common.errors import LatentsError, SweepError
+from semalign.common.packing import complex_dim
+from semalign.experiments.grid import SweepGrid, antennas_label
+
+#: Bumped when the meaning of a row changes; part of every cell key.
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """Which latents a group's runs load: directory, AP encoder, user encoders (in order)."""
+
+    latents_dir: str
+    ap: str
+    users: tuple[str, ...]
+    fingerprint: str = ""  # content hash of those encoders' latents (see latents_fingerprint)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One unit of work and of writing: one cell, one seed."""
+
+    cell_key: str
+    group: str
+    spec: ScenarioSpec
+    config: AlignmentConfig
+    d_ap: int
+
+    @property
+    def key(self) -> str:
+        return run_key(self.cell_key, self.config.seed)
+
+    @property
+    def cost(self) -> float:
+        """Rough relative cost, for longest-first scheduling."""
+        cfg = self.config
+        per = cfg.channel_uses * max(cfg.antennas_rx, cfg.antennas_tx) + 8
+        rounds = cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 2
+        return rounds * per * len(self.spec.users) * cfg.pilot_fraction
+
+
+@dataclass
+class Plan:
+    """A grid resolved against its latents: runs to do and cells skipped with their reason."""
+
+    grid: SweepGrid
+    specs: dict[str, ScenarioSpec]
+    d_ap: int
+    runs: list[Run]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def cells(self) -> int:
+        return len({r.cell_key for r in self.runs})
+
+    @property
+    def ap(self) -> str:
+        return next(iter(self.specs.values())).ap
+
+
+@dataclass
+class Outline:
+    """What a grid will run, as far as it is known before the latents are encoded.
+
+    ``d_ap`` is None when the AP's latents are not there yet: then no cell's geometry is known
+    and ``cells`` counts every cell of the grid (some may be skipped once they are encoded).
+    """
+
+    grid: SweepGrid
+    ap: str
+    d_ap: int | None
+    cells: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def runs(self) -> int:
+        return self.cells * len(self.grid.seeds)
+
+
+def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
+    """Hash of every parameter of a cell (everything but the seed)."""
+    params = config.model_dump()
+    params.pop("seed")
+    payload = {
+        "schema": SCHEMA,
+        "latents": spec.latents_dir,
+        "latents_id": spec.fingerprint,
+        "ap": spec.ap,
+        "users": list(spec.users),
+        "group": group,
+        **params,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_key(cell: str, seed: int) -> str:
+    return f"{cell}-{seed}"
+
+
+def describe(group: str, config: AlignmentConfig) -> str:
+    """Short human description of a cell."""
+    cfg = config
+    text = (
+        f"{cfg.strategy} {antennas_label(cfg.antennas_tx, cfg.antennas_rx)} "
+        f"K={cfg.channel_uses} SNR={cfg.snr_db:g}dB {group}"
+    )
+    if cfg.pilot_fraction != 1.0:
+        text += f" pilots={cfg.pilot_fraction:g}"
+    if not cfg.csi:
+        text += " no-CSI"
+    return text
+
+
+def zeta(channel_uses: int, d_ap: int) -> float:
+    """Compression factor zeta = K / (d_AP / 2), with d_AP / 2 = ceil(d_AP / 2) complex features."""
+    return channel_uses / complex_dim(d_ap)
+
+
+def latents_fingerprint(latents_dir: str | Path, encoders: Iterable[str]) -> str:
+    """Content hash of the encoders' train/test latents and classifiers (16 hex digits).
+
+    Part of every cell key: re-encoding the cache (a new recipe, a new seed) makes new cells
+    instead of silently mixing old and new latents in one table.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for encoder in encoders:
+        folder = Path(latents_dir) / encoder
+        digest.update(encoder.encode())
+        for name in ("train.npz", "test.npz", "classifier.npz"):
+            path = folder / name
+            if not path.exists():
+                digest.update(b"-")
+                continue
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_groups(
+    labels: Iterable[str], latents_given: bool
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Group label -> user encoders, and every encoder needed; ValueError for unknown names.
+
+    A label is a registry group (``paper-users``, ``homogeneous``, ``heterogeneous``) or encoder
+    names joined by ``+``. With an explicit latent directory names outside the registry are
+    allowed (checked against the directory when the scenario loads).
+    """
+    from semalign.encoders import registry
+
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        if label in registry.GROUPS:
+            groups[label] = list(registry.GROUPS[label])
+            continue
+        names = [p.strip() for p in label.split("+")]
+        if not latents_given:
+            names = [registry.get_spec(n).name for n in names]
+        groups[label] = list(dict.fromkeys(names))
+    needed = list(dict.fromkeys(n for users in groups.values() for n in users))
+    return groups, needed
+
+
+def default_ap(grid: SweepGrid) -> str:
+    """The grid's AP encoder: ``grid.ap``, else the registry's default AP."""
+    from semalign.encoders import registry
+
+    return grid.ap or registry.DEFAULT_AP
+
+
+def cell_geometry(
+    grid: SweepGrid, ap_train: np.ndarray
+) -> list[tuple[str, AlignmentConfig, str | None]]:
+    """Every (group, config) of the grid (seed 0) with the reason the AP rejects its geometry,
+    None when it fits. Only the AP's train latents are needed (a few rows serve as pilots)."""
+    from semalign.server.access_point import AccessPoint
+
+    probe_n = min(len(ap_train), 4 * complex_dim(int(ap_train.shape[1])) + 8)
+    probe_pilots = np.asarray(ap_train[:probe_n])
+    geometry: dict[tuple, str | None] = {}
+    out = []
+    for group, config in grid.configs():
+        shape = (config.strategy, config.channel_uses, config.antennas_tx, config.snr_db)
+        if shape not in geometry:
+            try:
+                AccessPoint(
+                    config=config,
+                    pilot_latents=probe_pilots,
+                    pilot_ids=np.arange(probe_n, dtype=np.int64),
+                )
+                geometry[shape] = None
+            except ValueError as exc:
+                geometry[shape] = str(exc)
+        out.append((group, config, geometry[shape]))
+    return out
+
+
+def _split_geometry(
+    grid: SweepGrid, ap_train: np.ndarray
+) -> tuple[list[tuple[str, AlignmentConfig]], list[tuple[str, str]]]:
+    """(cells that fit, (description, reason) of those skipped); SweepError if none fits."""
+    valid, skipped = [], []
+    for group, config, reason in cell_geometry(grid, ap_train):
+        if reason is None:
+            valid.append((group, config))
+        else:
+            skipped.append((describe(group, config), reason))
+    if not valid:
+        reasons = "; ".join(sorted({r for _, r in skipped}))
+        raise SweepError(f"no valid cell in the grid ({len(skipped)} skipped: {reasons})")
+    return valid, skipped
+
+
+def _load_specs(
+    grid: SweepGrid, latents_dir: str, groups: dict[str, list[str]]
+) -> tuple[dict[str, ScenarioSpec], np.ndarray]:
+    """Every group's spec (its scenario loaded once: validates the latents) and the AP's train
+    latents."""
+    from semalign.engine.scenario import load_scenario
+
+    ap = default_ap(grid)
+    specs: dict[str, ScenarioSpec] = {}
+    ap_train = None
+    for label in grid.groups:
+        users = tuple(groups[label])
+        spec = ScenarioSpec(latents_dir, ap, users, latents_fingerprint(latents_dir, [ap, *users]))
+        try:
+            scenario = load_scenario(spec.latents_dir, spec.ap, list(spec.users))
+        except LatentsError as exc:
+            raise SweepError(f"group {label}: {exc}") from None
+        specs[label] = spec
+        ap_train = scenario.ap_train
+    return specs, ap_train
+
+
+def make_plan(grid: SweepGrid, latents_dir: str | Path, groups: dict[str, list[str]]) -> Plan:
+    """Load every group's scenario once (validates the latents), check each cell's geometry.
+
+    Args:
+        grid: the grid.
+        latents_dir: latent cache directory.
+        groups: group label -> user encoder names (every label of ``grid.groups``).
+
+    Raises:
+        SweepError: latents missing or inconsistent, or no valid cell at all.
+    """
+    specs, ap_train = _load_specs(grid, str(Path(latents_dir).resolve()), groups)
+    d_ap = int(ap_train.shape[1])
+    valid, skipped = _split_geometry(grid, ap_train)
+    runs: list[Run] = []
+    for group, config in valid:
+        key = cell_key(specs[group], group, config)
+        for seed in grid.seeds:
+            runs.append(
+                Run(key, group, specs[group], config.model_copy(update={"seed": seed}), d_ap)
+            )
+    return Plan(grid=grid, specs=specs, d_ap=d_ap, runs=runs, skipped=skipped)
+
+
+def outline(grid: SweepGrid, ap: str, ap_train: np.ndarray | None = None) -> Outline:
+    """What ``grid`` will run when only the AP's train latents (or nothing) can be read.
+
+    Raises:
+        SweepError: the AP's latents are known and no cell fits them.
+    """
+    if ap_train is None:
+        return Outline(grid=grid, ap=ap, d_ap=None, cells=grid.cells_per_seed)
+    valid, skipped = _split_geometry(grid, ap_train)
+    return Outline(grid, ap, int(ap_train.shape[1]), len(valid), skipped)

@@ -1,0 +1,307 @@
+"""The results table: one CSV row per (cell, seed, user), appended run by run, resumable.
+
+The unit of work and of writing is a *run* (one cell, one seed): its rows are appended in a
+single ``write`` followed by ``fsync``, and each row carries the run's key and its row count
+(``run_rows``). On reading, a run is trusted only when all its rows are there and parse; a torn
+tail left by a crash is dropped (the table is rewritten atomically without it) and that run is
+simply done again. Re-running the same sweep therefore skips every finished run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semalign.common.config import ADMM_STRATEGIES
+from semalign.common.errors import SweepError
+from semalign.common.io import atomic_write_text, file_lock
+from semalign.experiments.grid import antennas_label
+from semalign.experiments.plan import SCHEMA, Run, zeta
+
+log = logging.getLogger(__name__)
+
+#: Columns of the results table, with their types (for reading back).
+COLUMNS: dict[str, type] = {
+    "run_key": str,
+    "cell_key": str,
+    "run_rows": int,
+    "strategy": str,
+    "antennas": str,
+    "antennas_tx": int,
+    "antennas_rx": int,
+    "channel_uses": int,
+    "snr_db": float,
+    "group": str,
+    "pilot_fraction": float,
+    "csi": bool,
+    "iterations": int,
+    "rho": float,
+    "power": float,
+    "baseline_fit": str,
+    "topk_index_cost": str,
+    "ap_encoder": str,
+    "latents": str,
+    "latents_id": str,
+    "d_ap": int,
+    "zeta": float,
+    "seed": int,
+    "user": str,
+    "encoder": str,
+    "accuracy": float,
+    "native_accuracy": float,
+    "mse": float,
+    "mse_whitened": float,
+    "network_mse": float,
+    "last_round_mse": float,
+    "dropped": str,
+    "data_channel_uses": int,
+    "index_bits_per_sample": int,
+    "index_channel_uses": int,
+    "seconds": float,
+}
+
+
+def read_seed(block: dict[str, Any]) -> dict[str, Any]:
+    """What the table keeps of one seed's results block (:func:`simulate_seed`'s dict).
+
+    The one place that reads that block: run-level values, the baselines' accounting
+    (``baseline``, empty for ADMM strategies) and one dict of table columns per user.
+    """
+    final = block.get("phases", {}).get("final", {})
+    rounds = block.get("rounds") or []
+    last_round = rounds[-1]["mse"] if rounds else None
+    users = [
+        {
+            "user": user["name"],
+            "encoder": user["encoder"],
+            "accuracy": user["accuracy"],
+            "native_accuracy": user["native_accuracy"],
+            "mse": user["mse"],
+            "mse_whitened": user["mse_whitened"],
+            "dropped": user["dropped"] or "",
+        }
+        for user in block["users"]
+    ]
+    return {
+        "network_mse": final.get("mse", last_round),
+        "last_round_mse": last_round,
+        "baseline": block.get("baseline", {}),
+        "seconds": block.get("seconds"),
+        "users": users,
+    }
+
+
+def rows_from_seed(run: Run, block: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table rows of one run's results block (one per user)."""
+    cfg = run.config
+    seed = read_seed(block)
+    base = seed["baseline"]
+    common = {
+        "run_key": run.key,
+        "cell_key": run.cell_key,
+        "run_rows": len(seed["users"]),
+        "strategy": cfg.strategy,
+        "antennas": antennas_label(cfg.antennas_tx, cfg.antennas_rx),
+        "antennas_tx": cfg.antennas_tx,
+        "antennas_rx": cfg.antennas_rx,
+        "channel_uses": cfg.channel_uses,
+        "snr_db": cfg.snr_db,
+        "group": run.group,
+        "pilot_fraction": cfg.pilot_fraction,
+        "csi": cfg.csi,
+        "iterations": cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 0,
+        "rho": cfg.rho,
+        "power": cfg.power,
+        "baseline_fit": cfg.baseline_fit if base else "",
+        "topk_index_cost": cfg.topk_index_cost if cfg.strategy == "top-k" else "",
+        "ap_encoder": run.spec.ap,
+        "latents": run.spec.latents_dir,
+        "latents_id": run.spec.fingerprint,
+        "d_ap": run.d_ap,
+        "zeta": zeta(cfg.channel_uses, run.d_ap),
+        "seed": cfg.seed,
+        "network_mse": seed["network_mse"],
+        "last_round_mse": seed["last_round_mse"],
+        "data_channel_uses": base.get("data_channel_uses", cfg.channel_uses),
+        "index_bits_per_sample": base.get("index_bits_per_sample", 0),
+        "index_channel_uses": base.get("index_channel_uses", 0),
+        "seconds": seed["seconds"],
+    }
+    return [{**common, **user} for user in seed["users"]]
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _parse(column: str, text: str) -> Any:
+    kind = COLUMNS[column]
+    if kind is str:
+        return text
+    if text == "":
+        if kind is float:
+            return float("nan")
+        raise ValueError(f"empty {column}")
+    if kind is bool:
+        if text not in ("True", "False"):
+            raise ValueError(f"bad bool {text!r}")
+        return text == "True"
+    return kind(text)
+
+
+def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
+    if None in raw or any(v is None for v in raw.values()):
+        raise ValueError("wrong number of fields")
+    return {c: _parse(c, raw[c]) for c in COLUMNS}
+
+
+@dataclass
+class TableContents:
+    """What a table holds: complete runs' rows, and what had to be dropped."""
+
+    rows: list[dict[str, Any]]
+    complete: set[str]
+    dropped_lines: int
+    torn_tail: bool
+
+
+def read_table(path: str | Path) -> TableContents:
+    """Rows of the complete runs in ``path`` (partial runs and a torn last line are left out).
+
+    Raises:
+        SweepError: the file is not a results table of this schema.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SweepError(f"results table {path} does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    torn = bool(text) and not text.endswith("\n")
+    if torn:
+        text = text[: text.rfind("\n") + 1]
+    if not text.strip():
+        return TableContents([], set(), 0, torn)
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames != list(COLUMNS):
+        raise SweepError(
+            f"{path} is not a semalign sweep table of schema {SCHEMA} (its columns differ); "
+            "use another --table"
+        )
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    bad_runs: set[str] = set()
+    bad_lines = 0
+    for raw in reader:
+        key = raw.get("run_key") or ""
+        try:
+            row = _parse_row(raw)
+        except (ValueError, TypeError):
+            bad_lines += 1
+            bad_runs.add(key)
+            continue
+        by_run.setdefault(key, []).append(row)
+    rows: list[dict[str, Any]] = []
+    complete: set[str] = set()
+    dropped = bad_lines
+    for key, run_rows in by_run.items():
+        expected = run_rows[0]["run_rows"]
+        if key in bad_runs or len(run_rows) != expected:
+            # Partial (crash mid-write) or duplicated: not trusted.
+            if len(run_rows) == 2 * expected and key not in bad_runs:
+                rows.extend(run_rows[:expected])  # the same run written twice: keep one
+                complete.add(key)
+                dropped += expected
+                continue
+            dropped += len(run_rows)
+            continue
+        rows.extend(run_rows)
+        complete.add(key)
+    return TableContents(rows, complete, dropped, torn)
+
+
+class ResultsTable:
+    """The CSV results table, opened for appending whole runs (one writer at a time).
+
+    Use as a context manager: takes an exclusive lock (``<table>.lock``, not waiting: a table
+    another sweep is writing is an error), repairs a table left by a crash (rewritten atomically
+    with only complete runs) and exposes :attr:`complete`, the run keys already done.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.complete: set[str] = set()
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> ResultsTable:
+        stack = contextlib.ExitStack()
+        lock = self.path.with_name(self.path.name + ".lock")
+        if not stack.enter_context(file_lock(lock, blocking=False)):
+            stack.close()
+            raise SweepError(f"{self.path} is being written by another sweep")
+        self._stack = stack
+        try:
+            self._open()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _open(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._rewrite([])
+            return
+        contents = read_table(self.path)
+        self.complete = contents.complete
+        if contents.torn_tail or contents.dropped_lines:
+            log.warning(
+                "%s: dropped %d row(s) of unfinished runs%s; they will run again",
+                self.path,
+                contents.dropped_lines,
+                " and a torn last line" if contents.torn_tail else "",
+            )
+            self._rewrite(contents.rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the table with ``rows`` atomically (fsync of the file and its folder)."""
+        atomic_write_text(self.path, _csv_text(rows, header=True))
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Append one run's rows in a single write, then fsync."""
+        if not rows:
+            return
+        data = _csv_text(rows, header=False).encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.complete.add(rows[0]["run_key"])
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+
+def _csv_text(rows: Iterable[dict[str, Any]], *, header: bool) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_format(row.get(c)) for c in COLUMNS])
+    return out.getvalue()
