@@ -1,17 +1,22 @@
 """Starting and stopping the processes of a deployment: Flower SuperLink, SuperNodes, users.
 
 Every child runs in its own process session (``start_new_session``) with Flower telemetry and
-update checks off, its own ``FLWR_HOME`` and a log file; :meth:`Processes.stop` ends each one by
-its process-group id and every process it started by process id (SIGTERM, then SIGKILL after a
-grace period): that reaches what Flower spawns (SuperExec, ClientApp and ServerApp processes,
-some in sessions of their own). On Linux each child also gets SIGTERM if the launcher dies
-(``PR_SET_PDEATHSIG``); Flower's SuperExec watches its parent's pid.
+update checks off, its own ``FLWR_HOME`` and a log file. :meth:`Processes.stop` (also on leaving
+the ``with`` block, on Ctrl-C and, through :func:`sigterm_as_interrupt`, on SIGTERM) ends every
+child and every process below it: the process tree is listed with psutil before the first
+signal, each process gets SIGTERM, then SIGKILL after a grace period, and each child's process
+group gets the same signals. That reaches what Flower spawns (SuperExec, ClientApp and
+ServerApp processes, some in sessions of their own, some re-parented once their parent exits)
+on Linux and macOS alike.
+
+If the launcher itself is killed (SIGKILL) nothing runs ``stop``; on Linux each child then gets
+SIGTERM from the kernel (:func:`linux_parent_death_signal`, best effort), and Flower's SuperExec
+watches its parent's pid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -19,10 +24,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
 from semalign.common.errors import LaunchError
 
 log = logging.getLogger(__name__)
@@ -43,8 +50,6 @@ SINGLE_THREAD_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
-APP_DIR = Path(__file__).resolve().parent / "flwr_app"
-
 
 def bin_dir() -> Path:
     return Path(sys.executable).parent
@@ -54,6 +59,18 @@ def tool(name: str) -> str:
     """A console script next to this interpreter (the venv), else from PATH."""
     candidate = bin_dir() / name
     return str(candidate) if candidate.exists() else name
+
+
+def semalign_command() -> list[str]:
+    """How to start ``semalign`` as a child: the console script next to this interpreter.
+
+    (Not ``python -m semalign.cli``: run as ``__main__`` the module is imported twice and its
+    UsageError is no longer caught as a one-line error.)
+    """
+    script = tool("semalign")
+    if Path(script).exists():
+        return [script]
+    return [sys.executable, "-c", "import sys; from semalign.cli import main; sys.exit(main())"]
 
 
 def child_env(
@@ -79,13 +96,106 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def wait_for_port(host: str, port: int, timeout: float, procs: Processes | None = None) -> None:
+    """Wait until something accepts connections on ``host:port`` (LaunchError after
+    ``timeout`` s, or at once when one of ``procs`` exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if procs is not None:
+            procs.check()
+        if time.monotonic() > deadline:
+            raise LaunchError(f"nothing listens on {host}:{port} after {timeout:g} s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a command like Ctrl-C does (children are stopped in ``finally``)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------- process trees
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below ``pid`` (empty when ``pid`` is gone). A :class:`psutil.Process`
+    remembers its start time, so it never stands for a later process that reuses the pid."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (same process, not a zombie)."""
+    running = []
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+    return running
+
+
+def _signal_all(processes: Iterable[psutil.Process], sig: int) -> None:
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)  # checks it is still the same process first
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    # Our children lead their own process group (start_new_session): pgid == pid. The group
+    # also holds grandchildren whose parent exited before the tree was listed.
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        os.killpg(pid, sig)
+
+
+def terminate_tree(
+    roots: Iterable[psutil.Process], *, groups: Iterable[int] = (), grace: float = 5.0
+) -> None:
+    """SIGTERM ``roots`` and every process below them, SIGKILL whatever is left after
+    ``grace`` seconds. ``groups``: process-group ids that get the same two signals.
+
+    The tree is listed before the first signal (and again before the second, for processes
+    started meanwhile), so children re-parented once their parent exits are still reached.
+    """
+    groups = list(groups)
+    tree: dict[psutil.Process, None] = {}
+    for root in roots:
+        tree.update(dict.fromkeys([root, *descendants(root.pid)]))
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    _signal_all(tree, signal.SIGTERM)
+    _, left = psutil.wait_procs(alive(tree), timeout=grace)
+    for proc in left:  # list what they started meanwhile, then kill it all
+        tree.update(dict.fromkeys(descendants(proc.pid)))
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    _signal_all(alive(tree), signal.SIGKILL)
+    psutil.wait_procs(alive(tree), timeout=2.0)
+
+
+def linux_parent_death_signal() -> None:
+    """Best effort, Linux only: the calling process gets SIGTERM when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``; kept across exec). Used between fork and exec of a child, so
+    children of a launcher killed with SIGKILL do not live on. Silently does nothing where it
+    is not available; :meth:`Processes.stop` does not depend on it."""
     with contextlib.suppress(Exception):
         import ctypes
+        import ctypes.util
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
 
 
+# ---------------------------------------------------------------------------- children
 @dataclass
 class Child:
     name: str
@@ -103,15 +213,22 @@ class Child:
 
 @dataclass
 class Processes:
-    """The children of one launcher; a context manager that always stops them."""
+    """The children of one launcher; a context manager that always stops them.
+
+    ``bind_to_parent``: on Linux, also ask the kernel to SIGTERM each child when the launcher
+    dies (:func:`linux_parent_death_signal`); elsewhere, or if False, only :meth:`stop` ends
+    them.
+    """
 
     log_dir: Path
+    bind_to_parent: bool = True
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        bind = self.bind_to_parent and sys.platform.startswith("linux")
         try:
             proc = subprocess.Popen(
                 argv,
@@ -120,7 +237,7 @@ class Processes:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=linux_parent_death_signal if bind else None,
             )
         except OSError as exc:
             log_file.close()
@@ -140,29 +257,17 @@ class Processes:
                 )
 
     def stop(self, grace: float = 5.0) -> None:
-        """End every child and everything it started, by process id.
-
-        SIGTERM to each child's process group and to each descendant outside it (Flower's
-        SuperLink starts its SuperExec in a session of its own), a grace period, then SIGKILL
-        for whatever is left. Descendants are listed before the first signal, so processes
-        re-parented to init once their parent exits are still found.
-        """
-        tree = {pid: start for child in self.children for pid, start in descendants(child.proc.pid)}
+        """End every child and everything it started (:func:`terminate_tree`)."""
+        roots = []
         for child in self.children:
-            _signal_group(child.proc, signal.SIGTERM)
-        _signal_pids(tree, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+            if child.proc.poll() is None:  # not reaped yet: the pid is still this child's
+                with contextlib.suppress(psutil.Error):
+                    roots.append(psutil.Process(child.proc.pid))
+        terminate_tree(roots, groups=[c.proc.pid for c in self.children], grace=grace)
         for child in self.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-        while _alive(tree) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for child in self.children:
-            _signal_group(child.proc, signal.SIGKILL)  # stragglers, and grandchildren
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(2)
+                child.proc.wait(2)  # reap
             child.log_file.close()
-        _signal_pids(tree, signal.SIGKILL)
         self.children.clear()
 
     def __enter__(self) -> Processes:
@@ -170,140 +275,3 @@ class Processes:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    # Our children lead their own process group (start_new_session): pgid == pid.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, start time in clock ticks), from /proc (empty elsewhere)."""
-    table = {}
-    for entry in Path("/proc").glob("[0-9]*/stat") if Path("/proc").is_dir() else ():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-            table[int(entry.parent.name)] = (int(fields[1]), int(fields[19]))
-    return table
-
-
-def descendants(pid: int) -> list[tuple[int, int]]:
-    """(pid, start time) of every process below ``pid``."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        current = stack.pop()
-        found.append((current, table[current][1]))
-        stack.extend(children.get(current, []))
-    return found
-
-
-def _alive(tree: dict[int, int]) -> list[int]:
-    """The pids of ``tree`` still running as the same process (same start time, not zombie)."""
-    table = _proc_table()
-    alive = []
-    for pid, start in tree.items():
-        if pid in table and table[pid][1] == start:
-            with contextlib.suppress(OSError):
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    alive.append(pid)
-    return alive
-
-
-def _signal_pids(tree: dict[int, int], sig: int) -> None:
-    for pid in _alive(tree):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def wait_for_port(host: str, port: int, timeout: float, procs: Processes | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        if procs is not None:
-            procs.check()
-        if time.monotonic() > deadline:
-            raise LaunchError(f"nothing listens on {host}:{port} after {timeout:g} s")
-        time.sleep(0.1)
-
-
-# ---------------------------------------------------------------------------- Flower
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
-
-
-def config_string(values: dict[str, Any]) -> str:
-    """``key=value`` pairs with TOML-typed values, as --node-config/--run-config expect."""
-    return " ".join(f"{key}={toml_value(v)}" for key, v in values.items() if v is not None)
-
-
-def superlink_argv(host: str, port: int, *, tls: dict[str, str] | None = None) -> list[str]:
-    argv = [tool("flower-superlink"), "--disable-runtime-dependency-installation"]
-    argv += ["--host", host, "--port", str(port)]
-    if tls:
-        argv += ["--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]]
-        if tls.get("ca"):
-            argv += ["--ssl-ca-certfile", tls["ca"]]
-    else:
-        argv.append("--insecure")
-    return argv
-
-
-def supernode_argv(
-    superlink: str, runtime_port: int, node_config: dict[str, Any], *, root_ca: str | None = None
-) -> list[str]:
-    argv = [tool("flower-supernode"), "--superlink", superlink]
-    argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
-    argv += ["--node-config", config_string(node_config)]
-    argv += ["--root-certificates", root_ca] if root_ca else ["--insecure"]
-    return argv
-
-
-def write_cli_config(flwr_home: Path, superlink: str, *, root_ca: str | None = None) -> None:
-    """The `flwr` CLI's connection to our SuperLink, in its own FLWR_HOME."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", 'default = "semalign"', "", "[superlink.semalign]"]
-    lines.append(f"address = {json.dumps(superlink)}")
-    if root_ca:
-        lines.append(f"root-certificates = {json.dumps(root_ca)}")
-    else:
-        lines.append("insecure = true")
-    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
-
-
-def start_flower_run(
-    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 60
-) -> int:
-    """Submit the semalign Flower App to the SuperLink (``flwr run``); returns the run id."""
-    argv = [tool("flwr"), "run", str(app_dir), "semalign", "--format", "json"]
-    argv += ["--run-config", config_string(run_config)]
-    try:
-        done = subprocess.run(
-            argv,
-            env=child_env(flwr_home),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            cwd=flwr_home,
-        )
-    except subprocess.TimeoutExpired:
-        raise LaunchError(f"`flwr run` did not answer within {timeout:g} s") from None
-    try:
-        payload = json.loads(done.stdout[done.stdout.index("{") :])
-    except ValueError:
-        payload = {}
-    if done.returncode != 0 or not payload.get("success"):
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise LaunchError(f"`flwr run` failed: {detail[-1] if detail else done.returncode}")
-    return int(payload["run-id"])

@@ -18,7 +18,7 @@ from semalign.common.errors import UsageError
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
     "semalign.commands.simulate",
-    "semalign.deploy.cli",
+    "semalign.deploy.commands",
     "semalign.commands.sweep",
     "semalign.commands.plot",
     "semalign.encoders.cli",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from semalign.deploy.cli import user_argv
+from semalign.deploy.user import user_argv
 
 from semalign.cli import build_parser
 from semalign.encoders.registry import DEFAULT_AP, GROUPS

@@ -13,10 +13,17 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
-from semalign.deploy.cli import semalign_command
-from semalign.deploy.launcher import Processes, child_env, descendants, free_port
+from semalign.deploy.launcher import (
+    Processes,
+    alive,
+    child_env,
+    descendants,
+    free_port,
+    semalign_command,
+)
 from synthetic import make_latents
 
 from semalign.cli import main
@@ -162,11 +169,11 @@ def test_ctrl_c_stops_every_child_process(latents, tmp_path):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
-        seen: set[tuple[int, int]] = set()
+        seen: set[psutil.Process] = set()
         while time.monotonic() < deadline:  # until both ClientApps run the protocol
             tree = descendants(proc.pid)
             seen.update(tree)
-            apps = [pid for pid, _ in tree if b"flwr-clientapp" in _cmdline(pid)]
+            apps = [p for p in tree if "flwr-clientapp" in _cmdline(p)]
             if len(apps) == 2:
                 break
             assert proc.poll() is None, proc.stderr.read()
@@ -184,24 +191,16 @@ def test_ctrl_c_stops_every_child_process(latents, tmp_path):
     assert code == 130
     assert "interrupted" in proc.stderr.read()
     time.sleep(0.5)
-    survivors = [pid for pid, start in seen if _same_process_alive(pid, start)]
-    assert survivors == [], [_cmdline(pid) for pid in survivors]
+    survivors = alive(seen)
+    assert survivors == [], [_cmdline(p) for p in survivors]
     assert not (tmp_path / "r.json").exists()
 
 
-def _cmdline(pid: int) -> bytes:
+def _cmdline(proc: psutil.Process) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _same_process_alive(pid: int, start: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return int(fields[19]) == start and fields[0] != "Z"
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
 
 
 @pytest.mark.parametrize(

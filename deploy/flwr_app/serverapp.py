@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -40,13 +39,11 @@ def invitation_content(address: str, token: str, tls: bool) -> RecordDict:
 
 
 def _write(path: str, payload: dict) -> None:
-    if not path:
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(target)
+    """The status file, replaced atomically (the AP process reads it while we write)."""
+    if path:
+        from semalign.common.io import write_json
+
+        write_json(path, payload)
 
 
 @app.main()

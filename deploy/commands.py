@@ -1,0 +1,266 @@
+"""The command line of the networked system: ``semalign run``, ``semalign ap``, ``semalign user``.
+
+Argparse only: every option, its help and its validation (one line, exit code 2, through
+:class:`~semalign.common.errors.UsageError`) before the entry point runs. The entry points are
+:mod:`semalign.deploy.run`, :mod:`semalign.deploy.ap` and :mod:`semalign.deploy.user`,
+imported when their command runs so ``semalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from semalign.common.errors import TransportError, UsageError
+
+from semalign.commands.options import (
+    HelpFormatter,
+    add_alignment_arguments,
+    add_data_arguments,
+    add_users_argument,
+    add_verbosity_arguments,
+)
+
+#: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
+DEFAULT_PORT = 50051
+DEFAULT_SUPERLINK_PORT = 9092
+#: The SuperNode's local runtime API port (``semalign user --superlink``).
+DEFAULT_RUNTIME_PORT = 9094
+
+
+# ---------------------------------------------------------------------------- validation
+def check_seconds(option: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} must be a positive number of seconds, got {value:g}")
+
+
+def check_host_port(option: str, value: str | None) -> None:
+    if value is None:
+        return
+    from semalign.common.contract import check_address
+
+    try:
+        check_address(value, what=option)
+    except TransportError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_file(option: str, value: str | None) -> None:
+    if value is not None and not Path(value).is_file():
+        raise UsageError(f"{option} {value}: no such file")
+
+
+def check_tls(args: argparse.Namespace, *, side: str) -> None:
+    for option in ("--tls-cert", "--tls-key", "--tls-ca"):
+        check_file(option, getattr(args, option[2:].replace("-", "_")))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if side == "ap" and args.tls_ca and not args.tls_cert:
+        raise UsageError("--tls-ca on the AP (mutual TLS) needs --tls-cert and --tls-key")
+
+
+def check_ap_side(args: argparse.Namespace) -> None:
+    """Options shared by ``run`` and ``ap``."""
+    check_seconds("--join-timeout", args.join_timeout)
+    check_seconds("--reply-timeout", args.reply_timeout)
+    check_host_port("--listen address", args.listen)
+
+
+def validate_run(args: argparse.Namespace) -> None:
+    check_ap_side(args)
+
+
+def validate_ap(args: argparse.Namespace) -> None:
+    check_ap_side(args)
+    check_host_port("--advertise address", args.advertise)
+    check_host_port("--superlink-listen address", args.superlink_listen)
+    check_tls(args, side="ap")
+
+
+def validate_user(args: argparse.Namespace) -> None:
+    if args.ap:
+        check_host_port("AP address", args.ap)
+    else:
+        check_host_port("--superlink address", args.superlink)
+    if not args.user_id.strip():
+        raise UsageError("--user-id is empty")
+    if not args.encoder.strip():
+        raise UsageError("--encoder is empty")
+    if args.ordinal is not None and args.ordinal < 0:
+        raise UsageError(f"--ordinal must be 0 or more, got {args.ordinal}")
+    if args.antennas_rx is not None and args.antennas_rx < 1:
+        raise UsageError(f"--antennas-rx must be at least 1, got {args.antennas_rx}")
+    if args.snr_db is not None and not math.isfinite(args.snr_db):
+        raise UsageError(f"--snr-db must be a finite number, got {args.snr_db}")
+    if not 1 <= args.runtime_port <= 65535:
+        raise UsageError(f"--runtime-port must be in 1-65535, got {args.runtime_port}")
+    check_seconds("--connect-timeout", args.connect_timeout)
+    check_tls(args, side="user")
+    check_file("--superlink-ca", args.superlink_ca)
+
+
+def entry(module: str, validate: Callable[[argparse.Namespace], None]):
+    """A command's ``func``: validate the options, then run ``module.command``."""
+
+    def func(args: argparse.Namespace) -> int:
+        validate(args)
+        return importlib.import_module(module).command(args)
+
+    return func
+
+
+# ---------------------------------------------------------------------------- options
+def add_tls_arguments(parser: argparse.ArgumentParser, side: str) -> None:
+    group = parser.add_argument_group("TLS (alignment service)")
+    own = "the AP's" if side == "ap" else "this user's client"
+    group.add_argument("--tls-cert", help=f"{own} certificate (PEM)")
+    group.add_argument("--tls-key", help=f"{own} private key (PEM)")
+    group.add_argument(
+        "--tls-ca",
+        help="CA certificate to verify users (mutual TLS)"
+        if side == "ap"
+        else "CA certificate to verify the AP",
+    )
+
+
+def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``ap`` share: data, AP encoder, alignment, timeouts."""
+    parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
+    add_data_arguments(parser)
+    add_alignment_arguments(parser.add_argument_group("alignment"))  # type: ignore[arg-type]
+    group = parser.add_argument_group("timeouts")
+    group.add_argument(
+        "--join-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for users to join a session",
+    )
+    group.add_argument(
+        "--reply-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a user's reply before dropping it",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    parser.add_argument("--workdir", help="logs and Flower homes (default: a new temp dir)")
+    parser.add_argument(
+        "--out", default=out, help="write the results JSON here (checked before any work)"
+    )
+    add_verbosity_arguments(parser)
+
+
+def register_run(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="AP and one process per user on loopback, over gRPC (Flower supervises users)",
+        description="The networked system on this machine: the AP's gRPC alignment service "
+        "(plus a Flower SuperLink) and one process per user (a Flower SuperNode whose ClientApp "
+        "runs the user's side over one gRPC stream). Same options and results as `simulate`, "
+        "plus wire figures per round.",
+        formatter_class=HelpFormatter,
+    )
+    add_ap_side_arguments(run)
+    add_users_argument(run)
+    run.add_argument(
+        "--flower",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Flower SuperLink/SuperNodes supervise the users (--no-flower: plain processes)",
+    )
+    run.add_argument(
+        "--listen", default="127.0.0.1:0", help="alignment service address (port 0: any free)"
+    )
+    add_output_arguments(run, "results/run.json")
+    run.set_defaults(func=entry("semalign.deploy.run", validate_run))
+
+
+def register_ap(subparsers) -> None:
+    ap = subparsers.add_parser(
+        "ap",
+        help="the AP of a deployment: gRPC alignment service (and a Flower SuperLink)",
+        description="Serve the alignment protocol to users on other hosts.",
+        formatter_class=HelpFormatter,
+    )
+    add_ap_side_arguments(ap)
+    ap.add_argument(
+        "--users",
+        required=True,
+        help="how many users to wait for (N), or their comma-separated user ids",
+    )
+    ap.add_argument(
+        "--listen", default=f"0.0.0.0:{DEFAULT_PORT}", help="alignment service listen address"
+    )
+    ap.add_argument(
+        "--advertise",
+        help="the service address as users reach it (default: --listen, with this host's name "
+        "for 0.0.0.0)",
+    )
+    ap.add_argument("--token", help="session token (default: $SEMALIGN_TOKEN, else random)")
+    add_tls_arguments(ap, "ap")
+    flower = ap.add_argument_group("Flower")
+    flower.add_argument(
+        "--flower",
+        action="store_true",
+        help="also run a Flower SuperLink and invite the users' SuperNodes through it",
+    )
+    flower.add_argument(
+        "--superlink-listen",
+        default=f"0.0.0.0:{DEFAULT_SUPERLINK_PORT}",
+        help="Flower SuperLink address (with --flower)",
+    )
+    add_output_arguments(ap, "results/ap.json")
+    ap.set_defaults(func=entry("semalign.deploy.ap", validate_ap))
+
+
+def register_user(subparsers) -> None:
+    user = subparsers.add_parser(
+        "user",
+        help="one user of a deployment (Flower SuperNode, or direct gRPC client)",
+        description="A user process: its own encoder and private latents. With --superlink it "
+        "runs a Flower SuperNode whose ClientApp joins the AP named in Flower's invitation; "
+        "with --ap it connects to the AP's alignment service directly.",
+        formatter_class=HelpFormatter,
+    )
+    where = user.add_mutually_exclusive_group(required=True)
+    where.add_argument("--ap", help="the AP's alignment service HOST:PORT (direct gRPC)")
+    where.add_argument("--superlink", help="the Flower SuperLink HOST:PORT (Flower deployment)")
+    user.add_argument("--user-id", required=True, help="unique user id, e.g. user3")
+    user.add_argument(
+        "--ordinal",
+        type=int,
+        help="0-based position (with the seed it seeds the emulated channel; default: the "
+        "user id's trailing number - 1)",
+    )
+    user.add_argument("--encoder", required=True, help="this user's encoder (timm name)")
+    add_data_arguments(user)
+    user.add_argument("--antennas-rx", type=int, help="override N_R offered by the AP")
+    user.add_argument("--snr-db", type=float, help="override the SNR offered by the AP")
+    user.add_argument("--token", help="session token for --ap (default: $SEMALIGN_TOKEN)")
+    user.add_argument(
+        "--connect-timeout", type=float, default=60.0, help="seconds to keep trying the AP"
+    )
+    add_tls_arguments(user, "user")
+    flower = user.add_argument_group("Flower (with --superlink)")
+    flower.add_argument(
+        "--superlink-ca", help="CA certificate of the SuperLink (default: --insecure)"
+    )
+    flower.add_argument(
+        "--runtime-port",
+        type=int,
+        default=DEFAULT_RUNTIME_PORT,
+        help="the SuperNode's local runtime API port",
+    )
+    flower.add_argument("--flwr-home", help="FLWR_HOME of the SuperNode (default: per user id)")
+    add_verbosity_arguments(user)
+    user.set_defaults(func=entry("semalign.deploy.user", validate_user))
+
+
+def register(subparsers) -> None:
+    register_run(subparsers)
+    register_ap(subparsers)
+    register_user(subparsers)

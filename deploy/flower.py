@@ -1,0 +1,191 @@
+"""Flower in the deployment: the SuperLink, the users' SuperNodes and the run that invites them.
+
+:func:`start_flower` is the one way ``semalign run`` and ``semalign ap`` start Flower: a
+SuperLink (plus, for ``run``, one SuperNode per user on the same machine), then the semalign
+Flower App (:mod:`semalign.deploy.flwr_app`) submitted with ``flwr run``. Its ServerApp invites
+every SuperNode to the AP's alignment service and writes the users' final reports to a status
+file, which :class:`FlowerRun` reads (fail fast while users join; final reports at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semalign.common.contract import TlsFiles
+from semalign.common.errors import LaunchError
+from semalign.deploy.launcher import Processes, child_env, tool, wait_for_port
+
+#: The Flower App folder (its pyproject.toml names the components in semalign.deploy.flwr_app).
+APP_DIR = Path(__file__).resolve().parent / "flwr_app"
+
+#: How long the ServerApp waits for the users' reports (the AP process ends the run sooner).
+SESSION_TIMEOUT_S = 86400.0
+
+
+# ---------------------------------------------------------------------------- command lines
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def config_string(values: dict[str, Any]) -> str:
+    """``key=value`` pairs with TOML-typed values, as --node-config/--run-config expect."""
+    return " ".join(f"{key}={toml_value(v)}" for key, v in values.items() if v is not None)
+
+
+def superlink_argv(host: str, port: int, *, tls: TlsFiles | None = None) -> list[str]:
+    argv = [tool("flower-superlink"), "--disable-runtime-dependency-installation"]
+    argv += ["--host", host, "--port", str(port)]
+    if tls is not None and tls.enabled:
+        argv += ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+        if tls.ca:
+            argv += ["--ssl-ca-certfile", tls.ca]
+    else:
+        argv.append("--insecure")
+    return argv
+
+
+def supernode_argv(
+    superlink: str, runtime_port: int, node_config: dict[str, Any], *, root_ca: str | None = None
+) -> list[str]:
+    argv = [tool("flower-supernode"), "--superlink", superlink]
+    argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
+    argv += ["--node-config", config_string(node_config)]
+    argv += ["--root-certificates", root_ca] if root_ca else ["--insecure"]
+    return argv
+
+
+def write_cli_config(flwr_home: Path, superlink: str, *, root_ca: str | None = None) -> None:
+    """The `flwr` CLI's connection to our SuperLink, in its own FLWR_HOME."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", 'default = "semalign"', "", "[superlink.semalign]"]
+    lines.append(f"address = {json.dumps(superlink)}")
+    if root_ca:
+        lines.append(f"root-certificates = {json.dumps(root_ca)}")
+    else:
+        lines.append("insecure = true")
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def submit_run(
+    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 60
+) -> int:
+    """Submit the semalign Flower App to the SuperLink (``flwr run``); returns the run id."""
+    argv = [tool("flwr"), "run", str(app_dir), "semalign", "--format", "json"]
+    argv += ["--run-config", config_string(run_config)]
+    try:
+        done = subprocess.run(
+            argv,
+            env=child_env(flwr_home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=flwr_home,
+        )
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"`flwr run` did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise LaunchError(f"cannot start `flwr run` ({argv[0]}): {exc.strerror}") from None
+    try:
+        payload = json.loads(done.stdout[done.stdout.index("{") :])
+    except ValueError:
+        payload = {}
+    if done.returncode != 0 or not payload.get("success"):
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise LaunchError(f"`flwr run` failed: {detail[-1] if detail else done.returncode}")
+    return int(payload["run-id"])
+
+
+# ---------------------------------------------------------------------------- a running App
+def read_reports(path: Path) -> dict | None:
+    """The ServerApp's status file (rewritten as Flower replies arrive), if readable."""
+    with contextlib.suppress(ValueError, OSError):
+        return json.loads(path.read_text())
+    return None
+
+
+@dataclass
+class FlowerRun:
+    """The submitted Flower run: its status file and the processes that carry it."""
+
+    reports_file: Path
+    procs: Processes
+
+    def check(self) -> None:
+        """Fail fast while waiting for users: a dead child, or a ClientApp that reported an
+        error (LaunchError naming the users and their errors)."""
+        self.procs.check()
+        status = read_reports(self.reports_file)
+        if not status:
+            return
+        reports = status["reports"].items()
+        failed = {u: r.get("error", "") for u, r in reports if r["status"] != "ok"}
+        if failed or status["errors"]:
+            detail = "; ".join([f"{u}: {e}" for u, e in failed.items()] + status["errors"])
+            raise LaunchError(f"Flower reports a failed user: {detail}")
+
+    def final_reports(self, timeout: float = 20.0) -> dict | None:
+        """Wait until the ServerApp has every user's final report (or ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            status = read_reports(self.reports_file)
+            if status and status.get("done"):
+                break
+            time.sleep(0.1)
+        return status
+
+
+def start_flower(
+    procs: Processes,
+    workdir: Path,
+    *,
+    host: str,
+    port: int,
+    service_address: str,
+    token: str,
+    users: int,
+    node_wait_s: float,
+    tls: TlsFiles | None = None,
+    supernodes: Sequence[tuple[str, list[str]]] = (),
+) -> FlowerRun:
+    """A SuperLink on ``host:port``, the ``supernodes`` (name, ``semalign user`` argv; one
+    BLAS thread each, their own FLWR_HOME under ``workdir``), then the Flower run that invites
+    ``users`` SuperNodes to the alignment service at ``service_address``.
+
+    The SuperNodes start before the SuperLink listens: they keep trying to connect, and the
+    users prepare their latents meanwhile.
+    """
+    flwr = workdir / "flwr"
+    procs.start("superlink", superlink_argv(host, port, tls=tls), child_env(flwr / "superlink"))
+    for name, argv in supernodes:
+        procs.start(name, argv, child_env(flwr / name, single_thread=True))
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    wait_for_port(local, port, 60.0, procs)
+    secure = tls is not None and tls.enabled
+    write_cli_config(flwr / "cli", f"{local}:{port}", root_ca=tls.ca if secure else None)
+    run = FlowerRun(workdir / "flower-reports.json", procs)
+    submit_run(
+        flwr / "cli",
+        {
+            "service-address": service_address,
+            "token": token,
+            "tls": secure,
+            "users": users,
+            "node-wait-s": float(node_wait_s),
+            "session-timeout-s": SESSION_TIMEOUT_S,
+            "report-file": str(run.reports_file),
+        },
+    )
+    return run

@@ -1,0 +1,131 @@
+"""``semalign run``: the networked system on this machine.
+
+The AP (this process: the gRPC alignment service; with Flower also a SuperLink and the
+ServerApp it spawns) and one process per user on loopback: with Flower a SuperNode whose
+ClientApp joins the AP's service, without (``--no-flower``) a plain ``semalign user --ap``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from semalign.deploy.display import Display
+from semalign.deploy.flower import FlowerRun, start_flower
+from semalign.deploy.launcher import Processes, child_env, free_port
+from semalign.deploy.serving import (
+    Plan,
+    finish,
+    load_plan,
+    make_workdir,
+    serve_with_children,
+    start_service,
+)
+from semalign.deploy.user import user_argv
+
+from semalign.commands.options import (
+    check_output,
+    config_from_args,
+    parse_seeds,
+    prepare_latents,
+    resolve_users,
+)
+
+
+def command(args: argparse.Namespace) -> int:
+    from semalign.encoders import registry
+    from semalign.engine.scenario import user_names
+
+    t_start = time.perf_counter()
+    config = config_from_args(args)
+    seeds = parse_seeds(args.seeds)
+    check_output(args.out)
+    ap = args.ap or registry.DEFAULT_AP
+    encoders = resolve_users(args.users, Path(args.latents) if args.latents else None, ap)
+    ids = user_names(encoders)
+    # Encode once, one encoder after another, before the user processes start: ten users
+    # training at once on a small machine would only thrash. Each user process then loads its
+    # own encoder's latents from this cache (--latents), without re-validating it.
+    cache = prepare_latents(args, [ap, *encoders])
+    plan = load_plan(
+        cache,
+        ap,
+        config,
+        seeds,
+        ids,
+        join_timeout=args.join_timeout,
+        reply_timeout=args.reply_timeout,
+        extra={"users": encoders},
+    )
+    t_ready = time.perf_counter()
+
+    token = secrets.token_urlsafe(24)
+    workdir = make_workdir(args.workdir, "semalign-run-")
+    service, server = start_service(token, args.listen, len(ids))
+    display = Display(config, seeds, len(ids), args.quiet)
+    procs = Processes(workdir / "logs")
+    deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
+    deployment.update(users=len(ids), workdir=str(workdir))
+    display.print(
+        f"AP {ap} + {len(ids)} users ({'Flower SuperNodes' if args.flower else 'direct'}), "
+        f"alignment service on {server.address}, logs in {procs.log_dir}"
+    )
+
+    def start_users() -> FlowerRun | None:
+        address = server.address
+        if not args.flower:
+            for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
+                argv = user_argv(uid, ordinal, enc, ap=address, latents=str(cache))
+                procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
+            return None
+        flower = start_local_flower(procs, workdir, plan, encoders, address, token)
+        deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
+        return flower
+
+    results, reports = serve_with_children(service, server, procs, plan, display, start_users)
+    deployment["prepare_s"] = t_ready - t_start
+    deployment["startup_s"] = (display.first_joined_at or t_ready) - t_ready
+    if args.flower:
+        deployment["flower_reports"] = reports
+    return finish(results, deployment, t_start, display, args.out)
+
+
+def start_local_flower(
+    procs: Processes,
+    workdir: Path,
+    plan: Plan,
+    encoders: list[str],
+    service_address: str,
+    token: str,
+) -> FlowerRun:
+    """A SuperLink and one SuperNode per user on loopback, then the Flower run."""
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    supernodes = [
+        (
+            uid,
+            user_argv(
+                uid,
+                ordinal,
+                enc,
+                superlink=superlink,
+                latents=str(plan.latents),
+                runtime_port=free_port(),
+            ),
+        )
+        for ordinal, (uid, enc) in enumerate(zip(plan.expected, encoders, strict=True))
+    ]
+    return start_flower(
+        procs,
+        workdir,
+        host="127.0.0.1",
+        port=port,
+        service_address=service_address,
+        token=token,
+        users=plan.users,
+        node_wait_s=plan.join_timeout,
+        supernodes=supernodes,
+    )

@@ -1,0 +1,186 @@
+"""The AP side shared by ``semalign run`` and ``semalign ap``.
+
+Load the AP's latents and check the geometry before anything starts, start the gRPC alignment
+service, then serve one session per seed (:func:`semalign.server.network.serve_sessions`, the
+unchanged SessionDriver over gRPC links) while the children (Flower, or plain user processes)
+run, stopping every child and the service however it ends, and finally write the results.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from semalign.common.config import AlignmentConfig
+from semalign.common.contract import TlsFiles
+from semalign.common.errors import (
+    LatentsError,
+    LaunchError,
+    NoUsersError,
+    TransportError,
+    UsageError,
+)
+from semalign.deploy.display import Display
+from semalign.deploy.flower import FlowerRun
+from semalign.deploy.launcher import Processes, sigterm_as_interrupt
+
+
+def grpc_workers(users: int) -> int:
+    """gRPC server threads: one per open stream (users reconnecting between sessions too)."""
+    return max(64, 2 * users + 8)
+
+
+def make_workdir(path: str | None, prefix: str) -> Path:
+    """``--workdir`` (created), or a new temporary folder."""
+    workdir = Path(path or tempfile.mkdtemp(prefix=prefix))
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--workdir {workdir}: cannot create it ({exc.strerror})") from None
+    return workdir
+
+
+@dataclass
+class Plan:
+    """What the AP serves: its latents, the alignment config, the seeds and who to wait for."""
+
+    ap: str
+    latents: Path
+    ap_train: np.ndarray
+    ap_test: np.ndarray
+    config: AlignmentConfig
+    seeds: list[int]
+    expected: int | list[str]
+    join_timeout: float
+    reply_timeout: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def users(self) -> int:
+        return self.expected if isinstance(self.expected, int) else len(self.expected)
+
+
+def load_plan(
+    latents: Path,
+    ap: str,
+    config: AlignmentConfig,
+    seeds: list[int],
+    expected: int | list[str],
+    *,
+    join_timeout: float,
+    reply_timeout: float,
+    extra: dict[str, Any] | None = None,
+) -> Plan:
+    """The AP's train/test latents and a geometry check (UsageError with one line)."""
+    from semalign.common.latents import load_encoder_splits
+    from semalign.server.access_point import build_access_point
+
+    try:
+        splits = load_encoder_splits(latents, ap)
+    except LatentsError as exc:
+        raise UsageError(str(exc)) from None
+    plan = Plan(
+        ap,
+        latents,
+        splits["train"].latents,
+        splits["test"].latents,
+        config,
+        seeds,
+        expected,
+        join_timeout,
+        reply_timeout,
+        {"latents": str(latents), "ap": ap, **(extra or {})},
+    )
+    try:  # the AP state machine on a few pilots: fails now on a bad geometry
+        build_access_point(plan.ap_train[: max(2, min(len(plan.ap_train), 64))], config, plan.users)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return plan
+
+
+def start_service(token: str, listen: str, users: int, tls: TlsFiles | None = None):
+    """The alignment service on ``listen``: (service, running server); UsageError if not."""
+    from semalign.server.service import AlignmentService, start_server
+
+    service = AlignmentService(token)
+    try:
+        return service, start_server(service, listen, tls=tls, max_workers=grpc_workers(users))
+    except TransportError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def serve(service, plan: Plan, display: Display, check: Callable[[], None]) -> dict[str, Any]:
+    """Every session of ``plan``; ``check`` runs while the first session waits for users."""
+    from semalign.server.access_point import build_access_point
+    from semalign.server.network import serve_sessions
+
+    def poll(ids: list[str]) -> None:
+        display.joined(ids)
+        check()
+
+    with display.progress:
+        return serve_sessions(
+            service,
+            lambda cfg: build_access_point(plan.ap_train, cfg, plan.users),
+            plan.config,
+            plan.seeds,
+            plan.expected,
+            plan.ap_test,
+            join_timeout=plan.join_timeout,
+            reply_timeout=plan.reply_timeout,
+            on_round=display.on_round,
+            on_seed=display.on_seed,
+            on_joined=display.on_joined,
+            poll=poll,
+            extra=plan.extra,
+        )
+
+
+def serve_with_children(
+    service,
+    server,
+    procs: Processes,
+    plan: Plan,
+    display: Display,
+    start_children: Callable[[], FlowerRun | None],
+) -> tuple[dict[str, Any], dict | None]:
+    """Start the children, serve every session, stop children and service however it ends.
+
+    Returns the results and, with Flower, the ServerApp's final reports. A child that dies,
+    a ClientApp that fails or no user joining: UsageError with one line naming the logs.
+    """
+    try:
+        with sigterm_as_interrupt():
+            flower = start_children()
+            results = serve(service, plan, display, flower.check if flower else procs.check)
+            reports = flower.final_reports() if flower else None
+    except (NoUsersError, LaunchError) as exc:
+        raise UsageError(f"{exc} (logs in {procs.log_dir})") from None
+    finally:
+        procs.stop()
+        server.stop()
+    return results, reports
+
+
+def finish(
+    results: dict[str, Any],
+    deployment: dict[str, Any],
+    t_start: float,
+    display: Display,
+    out: str,
+) -> int:
+    """Attach the deployment figures, show the tables, write the results JSON."""
+    from semalign.common.io import write_json
+
+    deployment["total_s"] = time.perf_counter() - t_start
+    results["network"]["deployment"] = deployment
+    if not display.quiet:
+        display.summary(results)
+    path = write_json(out, results)
+    display.print(f"results written to {path}")
+    return 0
