@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from semalign.common.strategies import (
     admm_strategy_names,
     get_strategy,
