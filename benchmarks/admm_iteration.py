@@ -20,7 +20,6 @@ from semalign.client.user import User, UserData
 from semalign.common import admm
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
-from semalign.server import access_point
 from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver
 
@@ -66,7 +65,7 @@ def main() -> None:
         factorizations["count"] += 1
         return original(x)
 
-    access_point.admm.factor_gram = counting_factor  # count B factorizations in the AP
+    admm.factor_gram = counting_factor  # count B factorizations in the AP (strategies call it)
     user_dims = [int(m) for m in dims]
     print(f"L={args.users} users, n={n} pilots, AP d={args.ap_dim}, user dims {user_dims}")
     print(
@@ -93,7 +92,7 @@ def main() -> None:
         rounds, user_s, ap_s = [], [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
-            replies = driver._exchange("round", ap.broadcast())
+            replies = driver._exchange("round", ap.round_messages())
             t1 = time.perf_counter()
             for uid, data in replies.items():
                 ap.receive(uid, data)

@@ -18,7 +18,8 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LinkError
 from semalign.common.io import json_safe
-from semalign.server.results import aggregate, seed_block
+from semalign.common.records import RunResult
+from semalign.server.results import run_result, seed_result
 from semalign.server.session import SessionDriver
 from synthetic import make_latents
 
@@ -62,7 +63,7 @@ class _FailingLink(LoopbackLink):
         return super().receive(timeout)
 
 
-def _dropped_case(scenario, strategy: str, after: tuple[int | None, ...]) -> dict:
+def _dropped_case(scenario, strategy: str, after: tuple[int | None, ...]) -> RunResult:
     """A session whose users vanish after ``after`` replies (``None``: never)."""
     config = AlignmentConfig(strategy=strategy, **BASE)
     blocks = []
@@ -73,8 +74,8 @@ def _dropped_case(scenario, strategy: str, after: tuple[int | None, ...]) -> dic
             for u, n in zip(users, after, strict=True)
         ]
         result = SessionDriver(ap, links).run(scenario.ap_test, np.arange(len(scenario.ap_test)))
-        blocks.append(seed_block(result, seed))
-    return aggregate(config, blocks)
+        blocks.append(seed_result(result, seed))
+    return run_result(config, blocks)
 
 
 def run_cases(root: Path) -> dict[str, dict]:
@@ -89,7 +90,7 @@ def run_cases(root: Path) -> dict[str, dict]:
     out["fed-dropped-user"] = _dropped_case(scenario, "fed", (None, 3))  # in round 2
     out["top-k-dropped-user"] = _dropped_case(scenario, "top-k", (None, 1))  # at the pilots
     out["first-k-all-dropped"] = _dropped_case(scenario, "first-k", (1, 1))
-    return {name: json_safe(result) for name, result in out.items()}
+    return {name: json_safe(result.to_dict()) for name, result in out.items()}
 
 
 def _compare(new, old, where: str) -> None:
