@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from semalign.common.errors import UsageError
 from semalign.common.strategies import (
     admm_strategy_names,
     get_strategy,
@@ -23,6 +24,11 @@ STRATEGIES: tuple[str, ...] = strategy_names()
 ADMM_STRATEGIES: tuple[str, ...] = admm_strategy_names()
 BaselineFit = Literal["received", "full"]
 IndexCost = Literal["none", "channel-uses"]
+
+
+class GeometryError(UsageError, ValueError):
+    """A configuration that does not fit the latents (K N_T > d/2; Top-K side information that
+    leaves no channel use for data)."""
 
 
 class AlignmentConfig(BaseModel):

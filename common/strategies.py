@@ -13,16 +13,22 @@ Adding a strategy: one :func:`register_strategy` call below, one AP module, one 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from semalign.common.errors import ProtocolError, UsageError
 from semalign.proto import semalign_pb2 as pb
 
 Family = Literal["admm", "baseline"]
+T = TypeVar("T")
 
 
-class UnknownStrategy(UsageError, ValueError):
+class StrategyError(UsageError, ValueError):
+    """A strategy name registered twice, or a proto code taken twice."""
+
+
+class UnknownStrategy(StrategyError):
     """A strategy name that is not registered (the message suggests close names)."""
 
 
@@ -63,11 +69,11 @@ _REGISTRY: dict[str, StrategySpec] = {}
 def register_strategy(spec: StrategySpec) -> StrategySpec:
     """Add ``spec`` to the registry (a name or proto code may be registered once)."""
     if spec.name in _REGISTRY:
-        raise ValueError(f"strategy {spec.name!r} is already registered")
+        raise StrategyError(f"strategy {spec.name!r} is already registered")
     if spec.proto_code is not None and any(
         s.proto_code == spec.proto_code for s in _REGISTRY.values()
     ):
-        raise ValueError(f"proto code {spec.proto_code} is already taken")
+        raise StrategyError(f"proto code {spec.proto_code} is already taken")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -82,6 +88,17 @@ def get_strategy(name: str) -> StrategySpec:
             f"unknown strategy {name!r}{hint} (known: {', '.join(strategy_names())})"
         )
     return spec
+
+
+def implementation(registry: Mapping[str, T], name: str, side: str) -> T:
+    """``registry[name]`` for a registered ``name``: the AP's or the user's half of a strategy.
+
+    Raises UnknownStrategy for an unregistered name, StrategyError if ``side`` lacks it.
+    """
+    spec = get_strategy(name)
+    if spec.name not in registry:
+        raise StrategyError(f"strategy {spec.name!r} has no {side} implementation")
+    return registry[spec.name]
 
 
 def strategy_for_code(code: int) -> StrategySpec:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 from semalign.common.channel import noise_variance
-from semalign.common.config import AlignmentConfig
+from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.common.errors import ProtocolError
-from semalign.common.packing import complex_dim, real_to_complex
+from semalign.common.packing import ShapeError, complex_dim, real_to_complex
 from semalign.common.strategies import get_strategy
 from semalign.common.whitening import Whitener, fit_whitener
 from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_user_message, to_matrix
@@ -65,8 +65,8 @@ class AccessPoint:
         expected_users: number of users to accept (``None``: any number).
 
     Raises:
-        ValueError: the geometry does not fit (K N_T > d/2, or Top-K side information that
-            leaves no channel use for data).
+        GeometryError: (a ValueError) the geometry does not fit (K N_T > d/2, or Top-K side
+            information that leaves no channel use for data).
     """
 
     config: AlignmentConfig
@@ -78,7 +78,7 @@ class AccessPoint:
     def __post_init__(self) -> None:
         latents = np.asarray(self.pilot_latents, dtype=np.float64)
         if latents.ndim != 2 or latents.shape[0] != len(self.pilot_ids):
-            raise ValueError(
+            raise ShapeError(
                 f"pilot latents {latents.shape} do not match {len(self.pilot_ids)} pilot ids"
             )
         self.latent_dim = latents.shape[1]
@@ -88,7 +88,7 @@ class AccessPoint:
         self.data_channel_uses = self.strategy.data_channel_uses
         self.symbols = self.data_channel_uses * cfg.antennas_tx
         if self.symbols > self.cdim:
-            raise ValueError(
+            raise GeometryError(
                 f"K*N_T = {self.symbols} symbols exceed the AP latent's {self.cdim} complex "
                 f"features (d={self.latent_dim}): compression factor K/(d/2) must be <= 1"
             )
@@ -276,7 +276,7 @@ class AccessPoint:
     def evaluation_requests(self, latents: np.ndarray, sample_ids: np.ndarray) -> dict[str, bytes]:
         """EvaluationRequest bytes per active user for test latents (n_test, d)."""
         if latents.shape[1] != self.latent_dim:
-            raise ValueError(f"test latents have d={latents.shape[1]}, AP has {self.latent_dim}")
+            raise ShapeError(f"test latents have d={latents.shape[1]}, AP has {self.latent_dim}")
         shared = None
         out = {}
         for state in self.active_users:

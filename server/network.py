@@ -151,9 +151,18 @@ def serve_session(
                 link.abort("the AP could not register this user")
             else:
                 link.finish()
-    session_s = time.perf_counter() - start
+    wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
+    for uid in lobby.missing:
+        log.warning("%s never joined session %s", uid, offer.session_id)
+    return result, wire
+
+
+def _wire_block(
+    driver: MeasuredDriver, lobby, links: list[GrpcLink], join_s: float, session_s: float
+) -> dict[str, Any]:
+    """One networked session's ``wire`` block: timings, latency per round, bytes per user."""
     latencies = [w.latency_s for w in driver.wire_rounds]
-    wire = {
+    return {
         "transport": "grpc",
         "join_s": join_s,
         "session_s": session_s,
@@ -174,9 +183,6 @@ def serve_session(
             for link in links
         },
     }
-    for uid in lobby.missing:
-        log.warning("%s never joined session %s", uid, offer.session_id)
-    return result, wire
 
 
 def serve_sessions(

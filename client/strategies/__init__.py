@@ -10,8 +10,7 @@ from __future__ import annotations
 from semalign.client.strategies.admm import AdmmUser
 from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.client.strategies.baseline import BaselineUser
-from semalign.common.errors import ProtocolError
-from semalign.common.strategies import get_strategy
+from semalign.common.strategies import implementation
 
 USER_STRATEGIES: dict[str, type[UserStrategy]] = {
     "fed": AdmmUser,
@@ -22,12 +21,8 @@ USER_STRATEGIES: dict[str, type[UserStrategy]] = {
 
 
 def make_user_strategy(name: str, user: UserContext) -> UserStrategy:
-    """The user half of strategy ``name`` for ``user``; ProtocolError if there is none."""
-    spec = get_strategy(name)
-    cls = USER_STRATEGIES.get(spec.name)
-    if cls is None:
-        raise ProtocolError(f"strategy {spec.name!r} has no user implementation")
-    return cls(user, spec.name)
+    """The user half of strategy ``name`` for ``user`` (StrategyError, a ValueError, if none)."""
+    return implementation(USER_STRATEGIES, name, "user")(user, name)
 
 
 __all__ = ["USER_STRATEGIES", "UserStrategy", "make_user_strategy"]

@@ -10,6 +10,7 @@ latents.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 import numpy as np
@@ -32,7 +33,7 @@ class UserContext(Protocol):
     received_rounds: list[int]
 
 
-class UserStrategy:
+class UserStrategy(ABC):
     """The user's half of one strategy.
 
     Args:
@@ -52,7 +53,7 @@ class UserStrategy:
         """Answer a PilotTransmission (UserMessage bytes)."""
         raise ProtocolError(f"strategy {self.name} expects no pilot transmission")
 
+    @abstractmethod
     def estimate(self, symbols: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
         """Receive ``symbols`` (K N_T, n) through the channel and estimate the user's whitened
         latents (m/2, n); ``indices`` (K N_T, n): which AP features were sent (baselines)."""
-        raise NotImplementedError

@@ -8,7 +8,7 @@ Adding a strategy: its spec in ``common/strategies.py``, its AP half here (a sub
 from __future__ import annotations
 
 from semalign.common.config import AlignmentConfig
-from semalign.common.strategies import UnknownStrategy, get_strategy
+from semalign.common.strategies import implementation
 from semalign.server.strategies.base import ApStrategy
 from semalign.server.strategies.first_k import FirstK
 from semalign.server.strategies.per_user_admm import PerUserAdmm
@@ -25,11 +25,7 @@ AP_STRATEGIES: dict[str, type[ApStrategy]] = {
 
 def make_ap_strategy(config: AlignmentConfig, cdim: int) -> ApStrategy:
     """The AP half of ``config.strategy`` for an AP latent of ``cdim`` complex features."""
-    spec = get_strategy(config.strategy)
-    cls = AP_STRATEGIES.get(spec.name)
-    if cls is None:
-        raise UnknownStrategy(f"strategy {spec.name!r} has no access-point implementation")
-    return cls(config, cdim)
+    return implementation(AP_STRATEGIES, config.strategy, "access-point")(config, cdim)
 
 
 __all__ = ["AP_STRATEGIES", "ApStrategy", "make_ap_strategy"]

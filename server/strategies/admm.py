@@ -10,6 +10,7 @@ that each user's G_l matches what will be sent.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,9 +54,9 @@ class AdmmStrategy(ApStrategy):
         rng = np.random.default_rng(self.config.seed)
         self.shared = AdmmVariables.initial(admm.init_pre_equalizer(ap.symbols, ap.cdim, rng))
 
+    @abstractmethod
     def variables(self, state: UserState | None) -> AdmmVariables:
         """The F, Z, U that user ``state`` is served with."""
-        raise NotImplementedError
 
     @property
     def rounds(self) -> int:

@@ -17,6 +17,7 @@ users, drops and the evaluation plumbing; at each phase of the session it asks i
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -68,7 +69,7 @@ class ApContext(Protocol):
     def active_users(self) -> list[UserState]: ...
 
 
-class ApStrategy:
+class ApStrategy(ABC):
     """The AP's half of one strategy (see the module docstring for the call order).
 
     Args:
@@ -91,7 +92,7 @@ class ApStrategy:
         """The AP's pilots are whitened: set up the strategy's state."""
         self.ap = ap
 
-    def add_user(self, state: UserState) -> None:
+    def add_user(self, state: UserState) -> None:  # noqa: B027 (optional hook)
         """``state`` completed its handshake."""
 
     @property
@@ -115,12 +116,12 @@ class ApStrategy:
         """ApMessage bytes per active user for the last transmission before evaluation."""
         return {}
 
+    @abstractmethod
     def encode(
         self, x: np.ndarray, state: UserState | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Transmitted symbols (K N_T, n) for whitened latents x (c, n), plus symbol indices
         (K N_T, n) where users need them; ``state``: the receiving user (per-user encoding)."""
-        raise NotImplementedError
 
     def result_info(self) -> dict[str, Any]:
         """Extra entries of this session's results block."""

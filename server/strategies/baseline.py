@@ -8,12 +8,14 @@ fit their alignment Q_l (eq. 20) on the precoded pilots and acknowledge.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from semalign.common import admm, baselines
 from semalign.common.channel import block_channel
+from semalign.common.config import AlignmentConfig
 from semalign.common.wire import to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
@@ -32,15 +34,15 @@ class BaselineStrategy(ApStrategy):
 
     final_phase = "pilots"
 
-    def __init__(self, config, cdim: int) -> None:
+    def __init__(self, config: AlignmentConfig, cdim: int) -> None:
         super().__init__(config, cdim)
         self.index_cost = IndexCost(0, 0)
         self.precoder: np.ndarray | None = None
 
+    @abstractmethod
     def select(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The K N_T symbols sent of whitened latents x (c, n): (values, indices), both
         (K N_T, n)."""
-        raise NotImplementedError
 
     def start(self, ap: ApContext) -> None:
         super().start(ap)

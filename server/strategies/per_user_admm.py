@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from semalign.common.errors import UsageError
 from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
 from semalign.server.strategies.base import ApContext, UserState
 
@@ -22,7 +23,7 @@ class PerUserAdmm(AdmmStrategy):
 
     def variables(self, state: UserState | None) -> AdmmVariables:
         if state is None:
-            raise ValueError("multi-link encodes per user: name the receiving user")
+            raise UsageError("multi-link encodes per user: name the receiving user")
         return self.links[state.user_id]
 
     def step(self, users: list[UserState]) -> tuple[float, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from semalign.common import baselines
-from semalign.common.config import AlignmentConfig
+from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.server.strategies.baseline import BaselineStrategy, IndexCost
 
 
@@ -22,7 +22,7 @@ class TopK(BaselineStrategy):
         self.index_cost = self._index_cost()
         self.data_channel_uses = config.channel_uses - self.index_cost.channel_uses
         if self.data_channel_uses < 1:
-            raise ValueError(
+            raise GeometryError(
                 f"Top-K index side information ({self.index_cost.bits_per_sample} bits per "
                 f"sample) needs {self.index_cost.channel_uses} channel uses, not less than "
                 f"K={config.channel_uses}: increase --channel-uses or use --topk-index-cost none"
