@@ -20,7 +20,6 @@ from semalign.client.user import User, UserData
 from semalign.common import admm
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
-from semalign.server import access_point
 from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver
 
@@ -35,6 +34,26 @@ def dummy_classifier(dim: int) -> LinearClassifier:
         bias=np.zeros(2),
         classes=np.arange(2),
     )
+
+
+def time_rounds(ap: AccessPoint, users: list[User], count: int):
+    """Seconds per round (all), on the users' side and on the AP's, and the last round's traffic."""
+    driver = SessionDriver(ap, [LoopbackLink(u) for u in users])
+    driver.handshake()
+    rounds, user_s, ap_s = [], [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        replies = driver._exchange("round", ap.round_messages())
+        t1 = time.perf_counter()
+        for uid, data in replies.items():
+            ap.receive(uid, data)
+        ap.step()
+        t2 = time.perf_counter()
+        traffic = driver.phases.pop("round")
+        rounds.append(t2 - t0)
+        user_s.append(t1 - t0)
+        ap_s.append(t2 - t1)
+    return rounds, user_s, ap_s, traffic
 
 
 def main() -> None:
@@ -66,7 +85,7 @@ def main() -> None:
         factorizations["count"] += 1
         return original(x)
 
-    access_point.admm.factor_gram = counting_factor  # count B factorizations in the AP
+    admm.factor_gram = counting_factor  # count B factorizations in the AP (strategies call it)
     user_dims = [int(m) for m in dims]
     print(f"L={args.users} users, n={n} pilots, AP d={args.ap_dim}, user dims {user_dims}")
     print(
@@ -87,22 +106,7 @@ def main() -> None:
             User(f"user{i + 1}", "synthetic", d, 4, 4, 20.0, (0, i))
             for i, d in enumerate(users_data)
         ]
-        links = [LoopbackLink(u) for u in users]
-        driver = SessionDriver(ap, links)
-        driver.handshake()
-        rounds, user_s, ap_s = [], [], []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            replies = driver._exchange("round", ap.broadcast())
-            t1 = time.perf_counter()
-            for uid, data in replies.items():
-                ap.receive(uid, data)
-            ap.step()
-            t2 = time.perf_counter()
-            traffic = driver.phases.pop("round")
-            rounds.append(t2 - t0)
-            user_s.append(t1 - t0)
-            ap_s.append(t2 - t1)
+        rounds, user_s, ap_s, traffic = time_rounds(ap, users, args.rounds)
         print(
             f"{symbols:>6} {statistics.median(rounds):>14.3f} {statistics.median(user_s):>9.3f}"
             f" {statistics.median(ap_s):>7.3f} {traffic['bytes_down'] / 1e6:>8.1f}"

@@ -175,7 +175,7 @@ def _join_once(
         raise
     user.token = token
     report.user_id, report.session_id = user.user_id, offer.session_id
-    report.index, report.seed = offer.index, offer.config.get("seed")
+    report.index, report.seed = offer.index, offer.config.seed
     session.send(user.handshake_request())
     try:
         for data in session.call:
@@ -240,7 +240,7 @@ def user_factory(
     cache: dict[float, UserData] = {}
 
     def make(offer: SessionOffer) -> User:
-        config = offer.alignment_config()
+        config = offer.config
         overrides = {
             k: v for k, v in (("antennas_rx", antennas_rx), ("snr_db", snr_db)) if v is not None
         }

@@ -5,7 +5,10 @@ Only whitened statistics leave it: A_l = (G_l H_l)^H (G_l H_l) and P_l = (G_l H_
 Y_l whitened (section III-B iii), scalar loss terms and evaluation metrics.
 
 :meth:`User.handshake_request` opens the session; :meth:`User.handle` answers every AP message
-(bytes in, bytes out, ``None`` when nothing is to be sent back).
+(bytes in, bytes out, ``None`` when nothing is to be sent back). The alignment messages
+(``broadcast``, ``pilots``) and the estimate at evaluation are the strategy's
+(:mod:`semalign.client.strategies`), chosen by the strategy the AP announces in its
+HandshakeAccept.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from semalign.common import admm, baselines
+from semalign.client.strategies import UserStrategy, make_user_strategy
 from semalign.common.channel import RayleighChannel, rayleigh_matrix
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
-from semalign.common.packing import complex_dim, complex_to_real, real_to_complex
+from semalign.common.packing import complex_to_real, real_to_complex
+from semalign.common.strategies import get_strategy, strategy_for_code
 from semalign.common.whitening import Whitener, fit_whitener
 from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_ap_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
@@ -81,6 +85,8 @@ class User:
             channel in every transport.
         share_csi: send Hbar_l in the handshake (for a channel-aware AP).
         token: invitation token (networked sessions).
+        strategy_name: the session's strategy as configured (``None``: the one the AP
+            announces; needed for a strategy without a proto code).
     """
 
     user_id: str
@@ -93,6 +99,7 @@ class User:
     share_csi: bool = True
     token: str = ""
     received_rounds: list[int] = field(default_factory=list)
+    strategy_name: str | None = None
 
     def __post_init__(self) -> None:
         self.latent_dim = self.data.pilot_latents.shape[1]
@@ -103,9 +110,8 @@ class User:
         self.accept: pb.HandshakeAccept | None = None
         self.whitener: Whitener | None = None
         self.y: np.ndarray | None = None
-        self.g: np.ndarray | None = None  # ADMM equalizer G_l
-        self.alignment: np.ndarray | None = None  # baselines: Q_l
         self.channel: RayleighChannel | None = None
+        self.strategy: UserStrategy | None = None  # the strategy's user half, after the accept
 
     # ------------------------------------------------------------------ handshake
     def handshake_request(self) -> bytes:
@@ -123,6 +129,17 @@ class User:
             req.csi.CopyFrom(to_matrix(self.hbar, "complex128"))
         return pb.UserMessage(handshake=req).SerializeToString()
 
+    def _strategy_of(self, acc: pb.HandshakeAccept) -> str:
+        """The strategy the AP announces (its code), checked against the configured one."""
+        if acc.strategy == pb.STRATEGY_UNSPECIFIED:
+            if self.strategy_name is None:
+                raise ProtocolError("the AP announced no strategy and none is configured")
+            return get_strategy(self.strategy_name).name
+        name = strategy_for_code(acc.strategy).name
+        if self.strategy_name is not None and self.strategy_name != name:
+            raise ProtocolError(f"AP runs {name}, this user was set up for {self.strategy_name}")
+        return name
+
     def _on_accept(self, acc: pb.HandshakeAccept) -> None:
         if acc.protocol_version != PROTOCOL_VERSION:
             raise ProtocolError(f"AP speaks protocol {acc.protocol_version}")
@@ -130,6 +147,7 @@ class User:
             raise ProtocolError(
                 f"AP has N_T={acc.antennas_tx}, channel drawn for {self.antennas_tx}"
             )
+        strategy = self._strategy_of(acc)
         position = {int(i): k for k, i in enumerate(self.data.pilot_ids)}
         try:
             rows = [position[int(i)] for i in acc.pilot_ids]
@@ -138,6 +156,7 @@ class User:
         # Y_l: whitened pilots, never leave the user
         self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows)
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
+        self.strategy = make_user_strategy(strategy, self)
         self.accept = acc
         if self.whitener.shrinkage:
             log.info(
@@ -158,9 +177,9 @@ class User:
             if self.accept is None:
                 raise ProtocolError(f"got {kind} before the handshake was accepted")
             if kind == "broadcast":
-                return self._on_broadcast(msg.broadcast)
+                return self.strategy.on_broadcast(msg.broadcast)
             if kind == "pilots":
-                return self._on_pilots(msg.pilots)
+                return self.strategy.on_pilots(msg.pilots)
             if kind == "evaluate":
                 return self._on_evaluate(msg.evaluate)
             if kind in ("end", "error"):
@@ -170,62 +189,6 @@ class User:
             log.error("%s: %s", self.user_id, exc)
             return pb.UserMessage(error=pb.ProtocolError(message=str(exc))).SerializeToString()
 
-    def _on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
-        acc, channel = self.accept, self.channel
-        s = from_matrix(msg.symbols).astype(np.complex128)
-        k = acc.channel_uses
-        expected = (
-            k * (self.antennas_rx if acc.channel_aware else acc.antennas_tx),
-            len(acc.pilot_ids),
-        )
-        if s.shape != expected:
-            raise ProtocolError(f"broadcast shape {s.shape}, expected {expected}")
-        if not acc.channel_aware:
-            s = channel(s, noiseless=True)  # S_l = H_l (F X), known channel, no noise
-        products = admm.pilot_products(self.y, s, self.y_norm2)
-        self.g = admm.g_step(self.y, s, acc.noise_var, products)
-        sq, noise = admm.local_objective_terms(self.y, self.g, s, acc.noise_var, products)
-        self.received_rounds.append(msg.round)
-        if msg.final:
-            ack = pb.Ack(
-                session_id=acc.session_id, round=msg.round, squared_error=sq, noise_term=noise
-            )
-            return pb.UserMessage(ack=ack).SerializeToString()
-        a, p = admm.uplink_statistics(self.g, channel.matrix, self.y)
-        up = pb.RoundUpload(
-            session_id=acc.session_id,
-            round=msg.round,
-            a=to_matrix(a, "complex64"),
-            p=to_matrix(p, "complex64"),
-            squared_error=sq,
-            noise_term=noise,
-        )
-        return pb.UserMessage(upload=up).SerializeToString()
-
-    def _baseline_estimate(self, symbols: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """Receive, SVD-MMSE equalize and zero-fill: (K N_T, n) sent -> (d_AP/2, n) estimate."""
-        acc = self.accept
-        equalizer = baselines.svd_mmse_equalizer(self.hbar, self.snr_db, acc.channel_uses)
-        estimate = equalizer @ self.channel(symbols)
-        return baselines.scatter(estimate, indices.astype(np.int64), complex_dim(acc.ap_latent_dim))
-
-    def _on_pilots(self, msg: pb.PilotTransmission) -> bytes:
-        acc = self.accept
-        source = self._baseline_estimate(from_matrix(msg.symbols), from_matrix(msg.indices))
-        if acc.baseline_fit == pb.FULL:
-            if not msg.HasField("reference"):
-                raise ProtocolError("full-feature fit needs the AP's reference pilots")
-            self.alignment = baselines.fit_alignment(from_matrix(msg.reference), self.y)
-        else:
-            self.alignment = baselines.fit_alignment(source, self.y)
-        residual = self.y - self.alignment @ source
-        ack = pb.Ack(
-            session_id=acc.session_id,
-            squared_error=float(np.real(np.vdot(residual, residual))),
-            noise_term=0.0,
-        )
-        return pb.UserMessage(ack=ack).SerializeToString()
-
     def decode(
         self, symbols: np.ndarray, indices: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -234,14 +197,9 @@ class User:
         Returns the decoded latents (n, m) in the user's native real space and the estimate
         (m/2, n) in its whitened complex space.
         """
-        if self.alignment is not None:
-            if indices is None:
-                raise ProtocolError("baseline evaluation needs symbol indices")
-            y_hat = self.alignment @ self._baseline_estimate(symbols, indices)
-        elif self.g is not None:
-            y_hat = self.g @ self.channel(symbols)
-        else:
+        if self.strategy is None:
             raise ProtocolError("no equalizer yet: evaluation before alignment")
+        y_hat = self.strategy.estimate(symbols, indices)
         return complex_to_real(self.whitener.dewhiten(y_hat), self.latent_dim).T, y_hat
 
     def _on_evaluate(self, msg: pb.EvaluationRequest) -> bytes:
@@ -296,4 +254,5 @@ def build_user(
         snr_db=config.snr_db,
         channel_seed=(config.seed, ordinal),
         share_csi=config.csi,
+        strategy_name=config.strategy,
     )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from semalign.common.packing import ShapeError
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def f_step(
 def average(matrices: list[np.ndarray]) -> np.ndarray:
     """F^(t+1) = (1/L) sum_l F_l (eq. 8)."""
     if not matrices:
-        raise ValueError("cannot average zero local pre-equalizers")
+        raise ShapeError("cannot average zero local pre-equalizers")
     return np.mean(np.stack(matrices), axis=0)
 
 

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 from semalign.common.admm import GramFactor, solve_sylvester
+from semalign.common.packing import ShapeError
 
 
 def svd_mmse_equalizer(hbar: np.ndarray, snr_db: float, channel_uses: int) -> np.ndarray:
@@ -77,7 +78,7 @@ def power_constrained_precoder(
 def first_k_select(x: np.ndarray, count: int) -> np.ndarray:
     """First-K: the first ``count`` = K N_T complex symbols of x (c, n) -> (count, n)."""
     if count > x.shape[0]:
-        raise ValueError(f"cannot send {count} symbols of a {x.shape[0]}-symbol latent")
+        raise ShapeError(f"cannot send {count} symbols of a {x.shape[0]}-symbol latent")
     return x[:count]
 
 
@@ -92,7 +93,7 @@ def top_k_select(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     Returns (values (count, n), indices (count, n) int64), indices ascending in each column.
     """
     if count > x.shape[0]:
-        raise ValueError(f"cannot send {count} symbols of a {x.shape[0]}-symbol latent")
+        raise ShapeError(f"cannot send {count} symbols of a {x.shape[0]}-symbol latent")
     idx = (
         np.argpartition(-np.abs(x), count - 1, axis=0)[:count]
         if count < x.shape[0]

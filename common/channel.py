@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from semalign.common.packing import ShapeError
 
 
 def rayleigh_matrix(antennas_rx: int, antennas_tx: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,7 +65,7 @@ class RayleighChannel:
         n_rx, n_tx = self.hbar.shape
         k = self.channel_uses
         if symbols.ndim != 2 or symbols.shape[0] != k * n_tx:
-            raise ValueError(f"expected ({k * n_tx}, n) symbols, got {symbols.shape}")
+            raise ShapeError(f"expected ({k * n_tx}, n) symbols, got {symbols.shape}")
         n = symbols.shape[1]
         # Apply Hbar per channel use without forming the Kronecker product.
         received = np.einsum("rt,ktn->krn", self.hbar, symbols.reshape(k, n_tx, n))

@@ -8,12 +8,27 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from semalign.common.errors import UsageError
+from semalign.common.strategies import (
+    admm_strategy_names,
+    get_strategy,
+    strategy_help,
+    strategy_names,
+)
 
-Strategy = Literal["fed", "multi-link", "first-k", "top-k"]
-STRATEGIES: tuple[str, ...] = ("fed", "multi-link", "first-k", "top-k")
-ADMM_STRATEGIES: tuple[str, ...] = ("fed", "multi-link")
+#: The registered strategy names (``semalign.common.strategies``) as a type: its values are the
+#: CLI choices. Validation asks the registry itself, so a strategy registered later is accepted.
+Strategy = Literal[strategy_names()]  # type: ignore[valid-type]
+#: Derived from the registry; kept for the sweep module (prefer ``strategy_names()``).
+STRATEGIES: tuple[str, ...] = strategy_names()
+ADMM_STRATEGIES: tuple[str, ...] = admm_strategy_names()
 BaselineFit = Literal["received", "full"]
 IndexCost = Literal["none", "channel-uses"]
+
+
+class GeometryError(UsageError, ValueError):
+    """A configuration that does not fit the latents (K N_T > d/2; Top-K side information that
+    leaves no channel use for data)."""
 
 
 class AlignmentConfig(BaseModel):
@@ -21,11 +36,7 @@ class AlignmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Strategy = Field(
-        "fed",
-        description="fed: shared F by federated ADMM; multi-link: one F per user; "
-        "first-k/top-k: the baselines of section IV",
-    )
+    strategy: Strategy = Field("fed", description=strategy_help())
     antennas_tx: int = Field(4, ge=1, le=256, description="N_T, AP antennas")
     antennas_rx: int = Field(4, ge=1, le=256, description="N_R, antennas per user")
     channel_uses: int = Field(2, ge=1, le=4096, description="K, channel uses per data point")
@@ -42,6 +53,13 @@ class AlignmentConfig(BaseModel):
         "none", description="charge Top-K index bits as channel uses (at Shannon capacity)"
     )
     seed: int = Field(42, ge=0, le=2**32 - 1)
+
+    @field_validator("strategy", mode="plain")
+    @classmethod
+    def _registered(cls, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"strategy must be a name, got {value!r}")
+        return get_strategy(value).name
 
     @field_validator("snr_db", "rho", "power", "pilot_fraction")
     @classmethod

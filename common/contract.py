@@ -5,9 +5,10 @@
   the gRPC message payloads (gRPC adds a 5-byte length prefix per message, HTTP/2 a 9-byte
   header per DATA frame of at most 16 KiB: see docs/network.md).
 * The session offer: before its handshake a user must know the session's configuration (the
-  seed of its emulated channel, N_T, whether the AP is channel-aware, the pilot fraction), so the
-  AP sends it as the stream's initial metadata under ``semalign-offer`` (JSON). A user builds its
-  ``User`` from it exactly as the simulator does, then sends ``User.handshake_request()``.
+  seed of its emulated channel, N_T, whether the AP is channel-aware, the pilot fraction, the
+  strategy), so the AP sends it as the stream's initial metadata under ``semalign-offer`` (JSON,
+  the ``AlignmentConfig`` under ``config``). A user builds its ``User`` from it exactly as the
+  simulator does, then sends ``User.handshake_request()``.
 * Channel options (message size limits: a P_l upload at n = 42,500 pilots is about 27 MB) and
   TLS credentials, and the one-line errors for bad addresses and refused connections.
 """
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semalign.common.errors import TransportError
+from semalign.common.config import AlignmentConfig
+from semalign.common.errors import ProtocolError, TransportError
 from semalign.proto import semalign_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Alignment"].full_name  # semalign.v1.Alignment
@@ -42,35 +44,50 @@ class SessionOffer:
         session_id: the AP's session id (the HandshakeAccept repeats it).
         index: 0-based number of this session (one per seed) in the AP's run.
         sessions: total number of sessions the AP will run.
-        config: the session's ``AlignmentConfig`` as a dict (``model_dump``).
+        config: the session's configuration (a dict is validated into one).
     """
 
     session_id: str
     index: int
     sessions: int
-    config: dict[str, Any]
+    config: AlignmentConfig
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, AlignmentConfig):
+            object.__setattr__(self, "config", AlignmentConfig.model_validate(self.config))
 
     @property
     def last(self) -> bool:
         return self.index + 1 >= self.sessions
 
     def to_header(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        """The offer as one JSON line (keys sorted; the config as its JSON object)."""
+        return json.dumps(
+            {
+                "config": json.loads(self.config.model_dump_json()),
+                "index": self.index,
+                "session_id": self.session_id,
+                "sessions": self.sessions,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
 
     @classmethod
     def from_header(cls, text: str) -> SessionOffer:
-        data = json.loads(text)
-        return cls(
-            session_id=str(data["session_id"]),
-            index=int(data["index"]),
-            sessions=int(data["sessions"]),
-            config=dict(data["config"]),
-        )
-
-    def alignment_config(self):
-        from semalign.common.config import AlignmentConfig
-
-        return AlignmentConfig(**self.config)
+        """Parse :meth:`to_header`'s text; ProtocolError (one line) if it is malformed."""
+        try:
+            data = json.loads(text)
+            return cls(
+                session_id=str(data["session_id"]),
+                index=int(data["index"]),
+                sessions=int(data["sessions"]),
+                config=AlignmentConfig.model_validate(data["config"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+            detail = detail[:200]
+            raise ProtocolError(f"malformed session offer: {detail}") from None
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:

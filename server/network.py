@@ -4,8 +4,9 @@ For each seed the AP opens a lobby on the alignment service, waits for the invit
 the same :class:`~semalign.server.session.SessionDriver` the simulator runs (over
 :class:`~semalign.server.service.GrpcLink` objects instead of loopback links) and records, per
 round, the bytes each user's stream carried across the gRPC boundary and the round latency. The
-results JSON is the simulator's (``seed_block``/``aggregate``) plus a ``wire`` block per seed and
-a top-level ``network`` summary.
+results are the simulator's (:func:`~semalign.server.results.seed_result` /
+:func:`~semalign.server.results.run_result`) plus a ``wire`` block per seed and a top-level
+``network`` summary.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.errors import NoUsersError
+from semalign.common.records import RoundRecord, SeedResult
 from semalign.server.access_point import AccessPoint
-from semalign.server.results import aggregate, baseline_info, seed_block
+from semalign.server.results import run_result, seed_result
 from semalign.server.service import AlignmentService, GrpcLink
-from semalign.server.session import RoundRecord, SessionDriver, SessionResult
+from semalign.server.session import SessionDriver, SessionResult
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +151,18 @@ def serve_session(
                 link.abort("the AP could not register this user")
             else:
                 link.finish()
-    session_s = time.perf_counter() - start
+    wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
+    for uid in lobby.missing:
+        log.warning("%s never joined session %s", uid, offer.session_id)
+    return result, wire
+
+
+def _wire_block(
+    driver: MeasuredDriver, lobby, links: list[GrpcLink], join_s: float, session_s: float
+) -> dict[str, Any]:
+    """One networked session's ``wire`` block: timings, latency per round, bytes per user."""
     latencies = [w.latency_s for w in driver.wire_rounds]
-    wire = {
+    return {
         "transport": "grpc",
         "join_s": join_s,
         "session_s": session_s,
@@ -172,9 +183,6 @@ def serve_session(
             for link in links
         },
     }
-    for uid in lobby.missing:
-        log.warning("%s never joined session %s", uid, offer.session_id)
-    return result, wire
 
 
 def serve_sessions(
@@ -195,6 +203,9 @@ def serve_sessions(
 ) -> dict[str, Any]:
     """One session per seed, then the simulator's aggregate plus a ``network`` summary.
 
+    Returns the results JSON as a dict (``RunResult.to_dict()`` with ``network``); ``on_seed``
+    gets each seed's ``SeedResult.to_dict()``.
+
     ``poll`` (progress, fail-fast checks of child processes) runs while the first session waits
     for its users; later sessions wait only for the users that finished the one before.
     """
@@ -205,7 +216,7 @@ def serve_sessions(
         cfg = config.model_copy(update={"seed": seed})
         start = time.perf_counter()
         ap = make_ap(cfg)
-        offer = SessionOffer(ap.session_id, index, len(seeds), cfg.model_dump())
+        offer = SessionOffer(ap.session_id, index, len(seeds), cfg)
         result, wire = serve_session(
             service,
             ap,
@@ -223,25 +234,28 @@ def serve_sessions(
         # The next session waits for those who finished this one; a dropped user is welcome
         # back if it joins in time, but nobody waits for it.
         required = {uid for uid in result.user_order if uid not in result.dropped}
-        block_extra = {
-            "seconds": time.perf_counter() - start,
-            "ap_whitening_condition": ap.whitener.condition,
-            **baseline_info(ap),
-            "wire": wire,
-        }
-        blocks.append(seed_block(result, seed, extra=block_extra))
+        blocks.append(
+            seed_result(
+                result,
+                seed,
+                seconds=time.perf_counter() - start,
+                whitening_condition=ap.whitener.condition,
+                strategy_info=ap.result_info(),
+                wire=wire,
+            )
+        )
         if on_seed:
-            on_seed(blocks[-1])
-    results = aggregate(config, blocks, extra)
-    results["network"] = network_summary(blocks)
-    return results
+            on_seed(blocks[-1].to_dict())
+    run = run_result(config, blocks, extra)
+    run.network = network_summary(blocks)
+    return run.to_dict()
 
 
-def network_summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+def network_summary(blocks: list[SeedResult]) -> dict[str, Any]:
     """Latency p50/p95 over all rounds of all seeds, mean bytes per round, drops."""
-    latencies = [r["latency_s"] for b in blocks for r in b["wire"]["rounds"]]
-    down = [r["bytes_down_total"] for b in blocks for r in b["wire"]["rounds"]]
-    up = [r["bytes_up_total"] for b in blocks for r in b["wire"]["rounds"]]
+    latencies = [r["latency_s"] for b in blocks for r in b.wire["rounds"]]
+    down = [r["bytes_down_total"] for b in blocks for r in b.wire["rounds"]]
+    up = [r["bytes_up_total"] for b in blocks for r in b.wire["rounds"]]
     return {
         "transport": "grpc",
         "rounds": len(latencies),
@@ -251,12 +265,12 @@ def network_summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes_down_per_round": float(np.mean(down)) if down else None,
         "bytes_up_per_round": float(np.mean(up)) if up else None,
         "dropped": {
-            str(b["seed"]): {
-                uid: {"reason": reason, "at_s": b["wire"]["dropped_at_s"].get(uid)}
-                for uid, reason in b["dropped"].items()
+            str(b.seed): {
+                uid: {"reason": reason, "at_s": b.wire["dropped_at_s"].get(uid)}
+                for uid, reason in b.dropped.items()
             }
             for b in blocks
-            if b["dropped"]
+            if b.dropped
         },
-        "not_joined": {str(b["seed"]): b["wire"]["not_joined"] for b in blocks},
+        "not_joined": {str(b.seed): b.wire["not_joined"] for b in blocks},
     }

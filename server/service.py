@@ -45,7 +45,7 @@ from semalign.common.contract import (
     check_address,
     server_options,
 )
-from semalign.common.errors import LinkError, ProtocolError
+from semalign.common.errors import LinkError, ProtocolError, UsageError
 from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class AlignmentService:
 
     def __init__(self, token: str, *, lobby_wait: float = 300.0) -> None:
         if not token:
-            raise ValueError("the alignment service needs a non-empty session token")
+            raise UsageError("the alignment service needs a non-empty session token")
         self._token = token.encode()
         self.lobby_wait = lobby_wait
         self._cond = threading.Condition()

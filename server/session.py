@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import LinkError, ProtocolError
+from semalign.common.records import RoundRecord
 from semalign.server.access_point import AccessPoint, RoundStats
 
 log = logging.getLogger(__name__)
@@ -36,28 +36,18 @@ class UserLink(Protocol):
 
 
 @dataclass
-class RoundRecord:
-    """One row of the per-round log in the results."""
-
-    round: int
-    mse: float
-    objective: float
-    primal_residual: float
-    dual_residual: float
-    bytes_down: int
-    bytes_up: int
-    seconds: float
-    users: int
-    bytes_down_per_user: dict[str, int] = field(default_factory=dict)
-    bytes_up_per_user: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
 class SessionResult:
-    """What a session produced: per-user reports, per-round records, traffic and drops."""
+    """What a session produced.
+
+    Attributes:
+        reports: user id -> its evaluation report (accuracy, native_accuracy, mse,
+            mse_whitened, samples); users without a report are missing.
+        rounds: one record per ADMM round (none for the baselines).
+        phases: traffic per phase, see :class:`~semalign.common.records.SeedResult`.
+        dropped: user id -> why and when it was dropped.
+        user_order: user ids in handshake order.
+        encoders: user id -> its encoder name.
+    """
 
     reports: dict[str, dict]
     rounds: list[RoundRecord]
@@ -153,7 +143,7 @@ class SessionDriver:
 
     def admm_round(self) -> RoundRecord:
         start = time.perf_counter()
-        replies = self._exchange("round", self.ap.broadcast())
+        replies = self._exchange("round", self.ap.round_messages())
         self._deliver("round", self.ap.receive, replies)
         stats: RoundStats = self.ap.step()
         traffic = self.phases.pop("round")
@@ -174,27 +164,29 @@ class SessionDriver:
             self.on_round(record)
         return record
 
-    def run(self, test_latents: np.ndarray, test_ids: np.ndarray) -> SessionResult:
-        """Handshake, alignment, evaluation on ``test_latents`` (n_test, d), end."""
-        user_order = []
-        self.handshake()
-        user_order = list(self.links)
+    def align(self) -> list[RoundRecord]:
+        """The strategy's rounds (if any), then its final transmission and the users' Acks."""
         rounds = []
-        if self.ap.config.strategy in ADMM_STRATEGIES:
-            for _ in range(self.ap.config.iterations):
-                if not self.links:
-                    break
-                rounds.append(self.admm_round())
-            replies = self._exchange("final", self.ap.broadcast(final=True))
-        else:
-            replies = self._exchange("pilots", self.ap.pilot_transmission())
+        for _ in range(self.ap.rounds):
+            if not self.links:
+                break
+            rounds.append(self.admm_round())
+        phase = self.ap.final_phase
+        replies = self._exchange(phase, self.ap.final_messages())
         self._deliver("final", self.ap.receive, replies)
         try:
             final = self.ap.final_stats()
-            self.phases.setdefault("final", self.phases.pop("pilots", {}))
+            self.phases["final"] = self.phases.pop(phase)
             self.phases["final"].update(mse=final.mse, objective=final.objective)
         except ProtocolError as exc:
             log.warning("%s", exc)
+        return rounds
+
+    def run(self, test_latents: np.ndarray, test_ids: np.ndarray) -> SessionResult:
+        """Handshake, alignment, evaluation on ``test_latents`` (n_test, d), end."""
+        self.handshake()
+        user_order = list(self.links)
+        rounds = self.align()
         replies = self._exchange("evaluation", self.ap.evaluation_requests(test_latents, test_ids))
         reports = self._deliver("evaluation", self.ap.receive_report, replies)
         end = self.ap.end_message()

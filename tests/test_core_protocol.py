@@ -102,7 +102,7 @@ def test_handshake_messages_and_errors():
 def test_user_rejects_messages_before_handshake():
     ap, users, _ = _session()
     ap.handshake(users[0].handshake_request())
-    reply = users[1].handle(ap.broadcast()["user1"])  # user2 never got an accept
+    reply = users[1].handle(ap.round_messages()["user1"])  # user2 never got an accept
     assert parse_user_message(reply).WhichOneof("body") == "error"
 
 
@@ -111,7 +111,7 @@ def test_upload_contains_only_whitened_statistics_of_documented_shapes():
     ap, users, _ = _session(channel_uses=2, antennas_tx=2, antennas_rx=3)
     for u in users:
         u.handle(ap.handshake(u.handshake_request())[1])
-    for user_id, data in ap.broadcast().items():
+    for user_id, data in ap.round_messages().items():
         user = next(u for u in users if u.user_id == user_id)
         msg = parse_user_message(user.handle(data))
         assert msg.WhichOneof("body") == "upload"
@@ -121,7 +121,7 @@ def test_upload_contains_only_whitened_statistics_of_documented_shapes():
         assert a.shape == (4, 4) and p.shape == (4, 200)
         np.testing.assert_allclose(a, a.conj().T, atol=1e-5)
         # P_l = (G H)^H Y_l with Y_l whitened: recompute from the user's private state
-        expected = (user.g @ user.channel.matrix).conj().T @ user.y
+        expected = (user.strategy.g @ user.channel.matrix).conj().T @ user.y
         np.testing.assert_allclose(p, expected, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(
             user.y @ user.y.conj().T / 200, np.eye(user.y.shape[0]), atol=1e-8
@@ -134,7 +134,7 @@ def test_upload_with_wrong_shape_or_round_is_rejected():
     ap, users, _ = _session()
     for u in users:
         u.handle(ap.handshake(u.handshake_request())[1])
-    data = ap.broadcast()
+    data = ap.round_messages()
     msg = parse_user_message(users[0].handle(data["user1"]))
     wrong_round = pb.UserMessage()
     wrong_round.CopyFrom(msg)
@@ -156,15 +156,18 @@ def test_session_runs_and_keeps_power_constraint(strategy):
     for rep in result.reports.values():
         assert 0 <= rep["accuracy"] <= 1 and rep["samples"] == len(test)
     if strategy == "fed":
-        assert np.real(np.vdot(ap.z, ap.z)) <= ap.config.power * (1 + 1e-9)
+        z = ap.strategy.shared.z
+        assert np.real(np.vdot(z, z)) <= ap.config.power * (1 + 1e-9)
         assert len(result.rounds) == 5
         up = result.rounds[0].bytes_up_per_user["user1"]
         assert up >= 8 * (2 * 2 + 2 * 200)  # complex64 A_l and P_l payload
     elif strategy == "multi-link":
         for u in ap.users.values():
-            assert np.real(np.vdot(u.z, u.z)) <= ap.config.power * (1 + 1e-9)
+            z = ap.strategy.variables(u).z
+            assert np.real(np.vdot(z, z)) <= ap.config.power * (1 + 1e-9)
     else:
-        assert np.real(np.vdot(ap.precoder, ap.precoder)) <= ap.config.power * (1 + 1e-9)
+        precoder = ap.strategy.precoder
+        assert np.real(np.vdot(precoder, precoder)) <= ap.config.power * (1 + 1e-9)
         assert result.rounds == []
 
 
@@ -217,7 +220,7 @@ def test_csi_free_ap_sends_f_x_and_user_applies_its_channel():
     for u in users:
         u.handle(ap.handshake(u.handshake_request())[1])
     assert all(u.hbar is None for u in ap.users.values())
-    sym = from_matrix(pb.ApMessage.FromString(ap.broadcast()["user1"]).broadcast.symbols)
+    sym = from_matrix(pb.ApMessage.FromString(ap.round_messages()["user1"]).broadcast.symbols)
     assert sym.shape == (2, 200)  # K N_T rows: F X, not H F X
 
 
@@ -225,8 +228,8 @@ def test_top_k_index_cost_reduces_data_channel_uses():
     ap, _, _ = _session(
         "top-k", channel_uses=4, antennas_tx=1, d=16, topk_index_cost="channel-uses", snr_db=10
     )
-    assert ap.index_cost.bits_per_sample > 0
-    assert ap.data_channel_uses + ap.index_cost.channel_uses <= 4
+    assert ap.strategy.index_cost.bits_per_sample > 0
+    assert ap.data_channel_uses + ap.strategy.index_cost.channel_uses <= 4
     assert ap.data_channel_uses < 4
     with pytest.raises(ValueError, match="side information"):
         _session("top-k", channel_uses=1, antennas_tx=1, d=16, topk_index_cost="channel-uses")
@@ -243,7 +246,7 @@ def test_baseline_fit_variants_differ_and_full_needs_reference():
     assert results["received"] != results["full"]
     ap, users, _ = _session("first-k", channel_uses=1, antennas_tx=2, baseline_fit="full")
     users[0].handle(ap.handshake(users[0].handshake_request())[1])
-    msg = pb.ApMessage.FromString(ap.pilot_transmission()["user1"])
+    msg = pb.ApMessage.FromString(ap.final_messages()["user1"])
     msg.pilots.ClearField("reference")
     reply = parse_user_message(users[0].handle(msg.SerializeToString()))
     assert reply.WhichOneof("body") == "error" and "reference" in reply.error.message

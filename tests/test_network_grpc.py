@@ -107,7 +107,7 @@ def test_grpc_session_matches_simulator_and_measures_bytes(latents):
     finally:
         server.stop()
     assert not errors
-    expected = simulate(load_scenario(root, ap_enc, encoders), CONFIG, SEEDS)
+    expected = simulate(load_scenario(root, ap_enc, encoders), CONFIG, SEEDS).to_dict()
     # Same math: every final metric equal to the simulator's (relative difference < 1e-6).
     for key in ("mean_accuracy", "mean_native_accuracy", "mean_mse"):
         assert results[key] == pytest.approx(expected[key], rel=1e-6)
@@ -197,9 +197,7 @@ def test_bad_token_is_refused_with_one_line(latents):
     errors: dict = {}
     try:
         service.open_lobby(
-            __import__("semalign.common.contract", fromlist=["x"]).SessionOffer(
-                "s", 0, 1, CONFIG.model_dump()
-            ),
+            __import__("semalign.common.contract", fromlist=["x"]).SessionOffer("s", 0, 1, CONFIG),
             ["user1"],
         )
         _, threads, errors = start_users(server.address, root, encoders[:1], token="wrong")

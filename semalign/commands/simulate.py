@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from semalign.commands.options import (
     HelpFormatter,
@@ -18,9 +17,10 @@ from semalign.commands.options import (
 )
 from semalign.common.errors import LatentsError, UsageError
 from semalign.common.io import write_json
+from semalign.common.records import RoundRecord, SeedResult
+from semalign.common.strategies import get_strategy
 from semalign.engine.scenario import build_session, load_scenario
 from semalign.engine.simulate import simulate
-from semalign.server.session import RoundRecord
 from semalign.summary import print_summary
 
 
@@ -39,7 +39,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         build_session(scenario, config)
     except (LatentsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    steps = config.iterations if config.strategy in ("fed", "multi-link") else 1
+    steps = config.iterations if get_strategy(config.strategy).has_rounds else 1
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -56,24 +56,25 @@ def run_simulate(args: argparse.Namespace) -> int:
                 task,
                 advance=1,
                 info=(
-                    f"seed {seed} round {r.round + 1}/{config.iterations} pilot MSE (whitened) {r.mse:.4f} "
-                    f"primal res {r.primal_residual:.2e} dual res {r.dual_residual:.2e} "
+                    f"seed {seed} round {r.round + 1}/{config.iterations} "
+                    f"pilot MSE (whitened) {r.mse:.4f} primal res {r.primal_residual:.2e} "
+                    f"dual res {r.dual_residual:.2e} "
                     f"down {r.bytes_down / 1e6:.2f} MB up {r.bytes_up / 1e6:.2f} MB"
                 ),
             )
 
-        def on_seed(block: dict[str, Any]) -> None:
+        def on_seed(block: SeedResult) -> None:
             if steps == 1:
                 progress.update(task, advance=1)
             progress.update(
-                task, info=f"seed {block['seed']}: mean accuracy {block['mean_accuracy']:.3f}"
+                task, info=f"seed {block.seed}: mean accuracy {block.mean_accuracy:.3f}"
             )
 
         results = simulate(scenario, config, seeds, on_round=on_round, on_seed=on_seed)
     if not args.quiet:
         print_summary(results, console)
     if args.out:
-        console.print(f"results written to {write_json(args.out, results)}")
+        console.print(f"results written to {write_json(args.out, results.to_dict())}")
     return 0
 
 

@@ -8,34 +8,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from semalign.common.config import AlignmentConfig
+from semalign.common.records import RoundRecord, RunResult, SeedResult
 from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import Scenario, build_session
-from semalign.server.results import aggregate, baseline_info, seed_block
-from semalign.server.session import RoundRecord, SessionDriver
+from semalign.server.results import run_result, seed_result
+from semalign.server.session import SessionDriver
 
 
 def simulate_seed(
     scenario: Scenario,
     config: AlignmentConfig,
     on_round: Callable[[RoundRecord], None] | None = None,
-) -> dict[str, Any]:
-    """Run one in-process session for ``config.seed``; returns the seed's results block."""
+) -> SeedResult:
+    """Run one in-process session for ``config.seed``; returns the seed's results."""
     start = time.perf_counter()
     ap, users = build_session(scenario, config)
     driver = SessionDriver(ap, [LoopbackLink(u) for u in users], on_round=on_round)
     test_ids = np.arange(len(scenario.ap_test), dtype=np.int64)
     result = driver.run(scenario.ap_test, test_ids)
-    extra = {
-        "seconds": time.perf_counter() - start,
-        "ap_whitening_condition": ap.whitener.condition,
-        **baseline_info(ap),
-    }
-    return seed_block(result, config.seed, extra=extra)
+    return seed_result(
+        result,
+        config.seed,
+        seconds=time.perf_counter() - start,
+        whitening_condition=ap.whitener.condition,
+        strategy_info=ap.result_info(),
+    )
 
 
 def simulate(
@@ -43,9 +44,9 @@ def simulate(
     config: AlignmentConfig,
     seeds: list[int],
     on_round: Callable[[int, RoundRecord], None] | None = None,
-    on_seed: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run every seed and aggregate (the results JSON)."""
+    on_seed: Callable[[SeedResult], None] | None = None,
+) -> RunResult:
+    """Run every seed and aggregate (``.to_dict()`` is the results JSON)."""
     blocks = []
     for seed in seeds:
         cfg = config.model_copy(update={"seed": seed})
@@ -58,4 +59,4 @@ def simulate(
         "ap": scenario.ap_encoder,
         "users": scenario.user_encoders,
     }
-    return aggregate(config, blocks, extra)
+    return run_result(config, blocks, extra)

@@ -1,0 +1,59 @@
+"""What every strategy's user half does, and what it may read of the user.
+
+The :class:`~semalign.client.user.User` owns the handshake, its whitened pilots Y_l, its channel
+and the evaluation (decoding, metrics). Between the HandshakeAccept and the evaluation the AP's
+messages belong to the strategy: ``broadcast`` (ADMM rounds) goes to
+:meth:`UserStrategy.on_broadcast`, ``pilots`` (baselines) to :meth:`UserStrategy.on_pilots`. At
+evaluation the user asks :meth:`UserStrategy.estimate` for its whitened estimate of the test
+latents.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+import numpy as np
+from semalign.common.channel import RayleighChannel
+from semalign.common.errors import ProtocolError
+from semalign.proto import semalign_pb2 as pb
+
+
+class UserContext(Protocol):
+    """The user as a strategy sees it (set once the handshake is accepted)."""
+
+    user_id: str
+    snr_db: float
+    antennas_rx: int
+    hbar: np.ndarray  # (N_R, N_T) this user's channel matrix
+    accept: pb.HandshakeAccept
+    channel: RayleighChannel  # K uses of Hbar with this user's noise
+    y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user)
+    y_norm2: float  # ||Y_l||_F^2
+    received_rounds: list[int]
+
+
+class UserStrategy(ABC):
+    """The user's half of one strategy.
+
+    Args:
+        user: the user it works for.
+        name: the strategy's registered name (one class may serve several).
+    """
+
+    def __init__(self, user: UserContext, name: str) -> None:
+        self.user = user
+        self.name = name
+
+    def on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
+        """Answer a RoundBroadcast (UserMessage bytes)."""
+        raise ProtocolError(f"strategy {self.name} expects no round broadcasts")
+
+    def on_pilots(self, msg: pb.PilotTransmission) -> bytes:
+        """Answer a PilotTransmission (UserMessage bytes)."""
+        raise ProtocolError(f"strategy {self.name} expects no pilot transmission")
+
+    @abstractmethod
+    def estimate(self, symbols: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
+        """Receive ``symbols`` (K N_T, n) through the channel and estimate the user's whitened
+        latents (m/2, n); ``indices`` (K N_T, n): which AP features were sent (baselines)."""

@@ -1,0 +1,128 @@
+"""What every strategy's AP half does, and what it may read of the AP.
+
+The :class:`~semalign.server.access_point.AccessPoint` owns the handshake, the registry of
+users, drops and the evaluation plumbing; at each phase of the session it asks its strategy:
+
+* construction (``cls(config, cdim)``): how many of the K channel uses carry data
+  (:attr:`ApStrategy.data_channel_uses`; Top-K may spend some on side information);
+* :meth:`ApStrategy.start`: state once the pilots are whitened (X, section III);
+* :meth:`ApStrategy.add_user`: a user passed the handshake;
+* :attr:`ApStrategy.rounds` rounds of :meth:`round_messages` -> :meth:`receive_upload` per
+  user -> :meth:`step` (the ADMM family; baselines have none);
+* :meth:`final_messages`: the last transmission before evaluation (ADMM: the final broadcast
+  of Z; baselines: the precoded pilots), exchanged as phase :attr:`final_phase`;
+* :meth:`encode`: test latents to transmitted symbols;
+* :meth:`result_info`: extra entries of the results (e.g. ``baseline``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from semalign.common.config import AlignmentConfig
+from semalign.common.errors import ProtocolError
+from semalign.proto import semalign_pb2 as pb
+
+#: dtype of every matrix the AP sends.
+WIRE_DTYPE = "complex64"
+
+
+@dataclass
+class UserState:
+    """What the AP knows about one registered user.
+
+    Attributes:
+        hbar: (N_R, N_T) channel matrix Hbar_l (channel-aware AP), else ``None``.
+        upload: this round's (A_l (K N_T, K N_T), P_l (K N_T, n)), once received.
+        terms: this round's loss terms (||Y_l - G_l S_l||^2, n sigma^2 ||G_l||^2).
+        dropped: why and when the AP stopped waiting for this user.
+    """
+
+    user_id: str
+    index: int
+    encoder: str
+    latent_dim: int
+    antennas_rx: int
+    snr_db: float
+    hbar: np.ndarray | None
+    upload: tuple[np.ndarray, np.ndarray] | None = None
+    terms: tuple[float, float] | None = None
+    dropped: str | None = None
+
+
+class ApContext(Protocol):
+    """The AP as a strategy sees it (read-only)."""
+
+    config: AlignmentConfig
+    session_id: str
+    round: int
+    x: np.ndarray  # (c, n) whitened complex pilots X
+    n: int  # pilots
+    cdim: int  # c = d/2 complex features of the AP latent
+    symbols: int  # K N_T data symbols per data point
+    data_channel_uses: int  # K minus side-information uses
+
+    @property
+    def active_users(self) -> list[UserState]: ...
+
+
+class ApStrategy(ABC):
+    """The AP's half of one strategy (see the module docstring for the call order).
+
+    Args:
+        config: the session configuration.
+        cdim: c = d/2, complex features of the AP latent.
+    """
+
+    name: ClassVar[str] = ""
+    #: name of the traffic phase of :meth:`final_messages` in the results
+    final_phase: ClassVar[str] = "final"
+    #: whether evaluation symbols differ per user (otherwise one message is shared)
+    per_user_encoding: ClassVar[bool] = False
+
+    def __init__(self, config: AlignmentConfig, cdim: int) -> None:
+        self.config = config
+        self.cdim = cdim
+        self.data_channel_uses = config.channel_uses
+
+    def start(self, ap: ApContext) -> None:
+        """The AP's pilots are whitened: set up the strategy's state."""
+        self.ap = ap
+
+    def add_user(self, state: UserState) -> None:  # noqa: B027 (optional hook)
+        """``state`` completed its handshake."""
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds the driver runs before :meth:`final_messages`."""
+        return 0
+
+    def round_messages(self) -> dict[str, bytes]:
+        """ApMessage bytes per active user for the current round."""
+        raise ProtocolError(f"strategy {self.config.strategy} has no ADMM rounds")
+
+    def receive_upload(self, state: UserState, upload: pb.RoundUpload) -> None:
+        """Check and keep a user's RoundUpload (raise ProtocolError if it is not acceptable)."""
+        raise ProtocolError(f"strategy {self.config.strategy} expects no uploads")
+
+    def step(self, users: list[UserState]) -> tuple[float, float]:
+        """Update from the uploads of ``users``; returns (primal, dual) residual norms."""
+        raise ProtocolError(f"strategy {self.config.strategy} has no ADMM rounds")
+
+    def final_messages(self) -> dict[str, bytes]:
+        """ApMessage bytes per active user for the last transmission before evaluation."""
+        return {}
+
+    @abstractmethod
+    def encode(
+        self, x: np.ndarray, state: UserState | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Transmitted symbols (K N_T, n) for whitened latents x (c, n), plus symbol indices
+        (K N_T, n) where users need them; ``state``: the receiving user (per-user encoding)."""
+
+    def result_info(self) -> dict[str, Any]:
+        """Extra entries of this session's results block."""
+        return {}

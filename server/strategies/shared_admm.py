@@ -1,0 +1,20 @@
+"""``fed``: one pre-equalizer F shared by all users, the average of their local F_l (eq. 8)."""
+
+from __future__ import annotations
+
+from semalign.common import admm
+from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
+from semalign.server.strategies.base import UserState
+
+
+class SharedAdmm(AdmmStrategy):
+    """Federated ADMM: F = (1/L) sum_l F_l, then one Z and U for everyone."""
+
+    name = "fed"
+
+    def variables(self, state: UserState | None) -> AdmmVariables:
+        return self.shared
+
+    def step(self, users: list[UserState]) -> tuple[float, float]:
+        local = [self.f_step(u, self.shared) for u in users]
+        return self.shared.consensus(admm.average(local), self.config.power, self.config.rho)

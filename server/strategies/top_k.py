@@ -1,0 +1,49 @@
+"""``top-k``: the K N_T largest-magnitude whitened symbols of each latent and their indices.
+
+With ``topk_index_cost="channel-uses"`` the index side information is charged: it takes
+channel uses at Shannon capacity, so fewer of the K uses carry data symbols.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from semalign.common import baselines
+from semalign.common.config import AlignmentConfig, GeometryError
+from semalign.server.strategies.baseline import BaselineStrategy, IndexCost
+
+
+class TopK(BaselineStrategy):
+    """Sends the largest |x| per column; users scatter them back by index."""
+
+    name = "top-k"
+
+    def __init__(self, config: AlignmentConfig, cdim: int) -> None:
+        super().__init__(config, cdim)
+        self.index_cost = self._index_cost()
+        self.data_channel_uses = config.channel_uses - self.index_cost.channel_uses
+        if self.data_channel_uses < 1:
+            raise GeometryError(
+                f"Top-K index side information ({self.index_cost.bits_per_sample} bits per "
+                f"sample) needs {self.index_cost.channel_uses} channel uses, not less than "
+                f"K={config.channel_uses}: increase --channel-uses or use --topk-index-cost none"
+            )
+
+    def _index_cost(self) -> IndexCost:
+        cfg, cdim = self.config, self.cdim
+        bits = baselines.top_k_index_bits(cdim, min(cfg.symbols, cdim))
+        uses = (
+            baselines.index_channel_uses(bits, cfg.antennas_tx, cfg.snr_db)
+            if cfg.topk_index_cost == "channel-uses"
+            else 0
+        )
+        if uses:
+            # Fewer data symbols need fewer index bits: shrink until data + index fit in K.
+            for data_uses in range(cfg.channel_uses - 1, 0, -1):
+                bits = baselines.top_k_index_bits(cdim, data_uses * cfg.antennas_tx)
+                uses = baselines.index_channel_uses(bits, cfg.antennas_tx, cfg.snr_db)
+                if data_uses + uses <= cfg.channel_uses:
+                    break
+        return IndexCost(bits, uses)
+
+    def select(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return baselines.top_k_select(x, self.ap.symbols)
