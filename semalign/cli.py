@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "semalign.commands.simulate",
     "semalign.deploy.cli",
     "semalign.experiments.sweep",
-    "semalign.encoders.cli",
+    "semalign.commands.encode",
 )
 
 
