@@ -204,36 +204,20 @@ def test_pretrained_offline_fails_fast_with_instructions(tmp_path, monkeypatch, 
     import timm  # noqa: F401  (import time is not what this test measures)
 
     start = time.monotonic()
-    rc = main(
-        [
-            "encode",
-            "--encoders",
-            "levit_128",
-            "--cache-dir",
-            str(tmp_path),
-            "--pretrained",
-            "--no-progress",
-        ]
-    )
+    rc = main(pretrained_argv(tmp_path))
     assert rc == 2 and time.monotonic() - start < 10
     err = capsys.readouterr().err
     assert "--weights levit_128=PATH" in err
 
 
+def pretrained_argv(cache_dir: Path, *extra: str) -> list[str]:
+    argv = ["encode", "--encoders", "levit_128", "--cache-dir", str(cache_dir), "--pretrained"]
+    return [*argv, *extra, "--no-progress"]
+
+
 def test_weights_option_is_checked(tmp_path, capsys):
-    rc = main(
-        [
-            "encode",
-            "--encoders",
-            "levit_128",
-            "--cache-dir",
-            str(tmp_path),
-            "--pretrained",
-            "--weights",
-            f"levit_128={tmp_path / 'missing.safetensors'}",
-            "--no-progress",
-        ]
-    )
+    missing = tmp_path / "missing.safetensors"
+    rc = main(pretrained_argv(tmp_path, "--weights", f"levit_128={missing}"))
     assert rc == 2
     assert "weights file for levit_128 not found" in capsys.readouterr().err
     assert main(["encode", "--encoders", "levit_128", "--weights", "oops", "--no-progress"]) == 2

@@ -99,30 +99,17 @@ def encode(
     results: dict[str, EncoderResult] = {}
     todo: list[BuildJob] = []
     for name in names:
-        material = cache_key_material(
+        job = _job(
+            Path(cache_dir),
             dataset,
             name,
             seed=seed,
             image_size=image_size,
             pretrained=pretrained,
-            limit=limit,
             weights_file=weights.get(name),
-            epochs=epochs,
-        )
-        job = BuildJob(
-            folder=root / name,
-            dataset=dataset,
-            encoder=name,
-            material=material,
-            key=cache_key(material),
-            reason="",
-            seed=seed,
-            image_size=image_size,
-            pretrained=pretrained,
-            weights_file=None if weights.get(name) is None else str(weights[name]),
-            data_dir=None if data_dir is None else str(data_dir),
             limit=limit,
-            download_root=str(Path(cache_dir) / "datasets"),
+            epochs=epochs,
+            data_dir=data_dir,
             device=device,
         )
         started = time.perf_counter()
@@ -139,6 +126,49 @@ def encode(
     )
     _check_alignment(root, names)
     return [results[name] for name in names]
+
+
+def _job(
+    cache_dir: Path,
+    dataset: str,
+    encoder: str,
+    *,
+    seed: int,
+    image_size: int,
+    pretrained: bool,
+    weights_file: str | Path | None,
+    limit: int | None,
+    epochs: int | None,
+    data_dir: str | Path | None,
+    device: str | None,
+) -> BuildJob:
+    """The build job of one entry, with its cache key (``reason`` is filled in if it is built)."""
+    material = cache_key_material(
+        dataset,
+        encoder,
+        seed=seed,
+        image_size=image_size,
+        pretrained=pretrained,
+        limit=limit,
+        weights_file=weights_file,
+        epochs=epochs,
+    )
+    return BuildJob(
+        folder=cache_dir / dataset / encoder,
+        dataset=dataset,
+        encoder=encoder,
+        material=material,
+        key=cache_key(material),
+        reason="",
+        seed=seed,
+        image_size=image_size,
+        pretrained=pretrained,
+        weights_file=None if weights_file is None else str(weights_file),
+        data_dir=None if data_dir is None else str(data_dir),
+        limit=limit,
+        download_root=str(cache_dir / "datasets"),
+        device=device,
+    )
 
 
 def _check_arguments(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue as queue_mod
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +20,6 @@ from semalign.encoders.reporter import Reporter
 from semalign.encoders.store import EncoderResult
 
 OnResult = Callable[[EncoderResult], None]
-
-#: Seconds between two progress updates a worker sends for the same encoder.
-UPDATE_INTERVAL = 0.1
 
 
 def usable_cores() -> int:
@@ -66,22 +62,15 @@ def build_all(
 
 
 class QueueReporter(Reporter):
-    """Forwards events from a worker process to the parent through a queue; updates at most
-    every ``UPDATE_INTERVAL`` seconds per encoder (and always the last one of a phase)."""
+    """Forwards events from a worker process to the parent through a queue."""
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
-        self._sent: dict[str, float] = {}
 
     def begin(self, encoder: str, phase: str, total: int) -> None:
-        self._sent[encoder] = time.monotonic()
         self.queue.put(("begin", encoder, phase, total))
 
     def update(self, encoder: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self._sent.get(encoder, 0.0) < UPDATE_INTERVAL:
-            return
-        self._sent[encoder] = now
         self.queue.put(("update", encoder, done, total))
 
     def end(self, encoder: str) -> None:
