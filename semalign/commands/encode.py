@@ -84,7 +84,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="local pretrained weights file for one encoder (repeatable)",
+        help="local pretrained weights file for one encoder (repeatable; default: none)",
     )
     parser.add_argument(
         "--data-dir", type=Path, help="folder holding cifar-10-batches-py (cifar10 only)"
