@@ -6,10 +6,15 @@ classify decoded latents. Weights are a plain ``.npz`` so any node can load them
 
 from __future__ import annotations
 
+import io
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from semalign.common.errors import LatentsError
+from semalign.common.io import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -47,23 +52,50 @@ class LinearClassifier:
 
     def save(self, path: str | Path) -> None:
         """Write the weights to ``path`` (.npz) atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                mean=self.mean,
-                scale=self.scale,
-                weight=self.weight,
-                bias=self.bias,
-                classes=self.classes,
-            )
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            mean=self.mean,
+            scale=self.scale,
+            weight=self.weight,
+            bias=self.bias,
+            classes=self.classes,
+        )
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> LinearClassifier:
-        with np.load(path) as data:
-            return cls(**{key: data[key] for key in ("mean", "scale", "weight", "bias", "classes")})
+        """The classifier saved at ``path``; LatentsError if it is missing or unreadable."""
+        return cls(**read_npz(path, ("mean", "scale", "weight", "bias", "classes")))
+
+
+#: What numpy and zipfile raise on a truncated, corrupt or foreign file.
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the ``.npz`` file at ``path`` (the reader of every cache file).
+
+    Raises LatentsError naming the file and the problem when it is missing, truncated, corrupt,
+    not an ``.npz`` archive or lacks one of ``names`` (never a zipfile or numpy error).
+    """
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise LatentsError(f"missing {path}") from None
+    except _UNREADABLE as exc:
+        raise LatentsError(f"cannot read {path} (truncated or corrupt?): {exc}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise LatentsError(f"cannot read {path}: not an .npz archive")
+    with data:
+        missing = [name for name in names if name not in data.files]
+        if missing:
+            raise LatentsError(f"{path}: no {', '.join(map(repr, missing))} array")
+        try:
+            return {name: data[name] for name in names}
+        except _UNREADABLE as exc:
+            raise LatentsError(f"cannot read {path} (truncated or corrupt?): {exc}") from None
 
 
 def train_classifier(

@@ -3,6 +3,10 @@
 Layout: ``<dir>/<encoder>/{train,val,test}.npz`` with ``latents`` float32 (n, d) and ``labels``
 int64 (n,); row i is the same data point for every encoder. An optional
 ``<dir>/<encoder>/classifier.npz`` holds the encoder owner's classifier.
+
+This module is the one reader of split files (:func:`read_split_file`): the encoders' cache
+checks, the simulator and the user processes all go through it, so a damaged file is always a
+:class:`LatentsError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from semalign.common.classifier import LinearClassifier, train_classifier
+from semalign.common.classifier import LinearClassifier, read_npz, train_classifier
 from semalign.common.errors import LatentsError
 
 log = logging.getLogger(__name__)
@@ -55,14 +59,34 @@ def load_split(latents_dir: str | Path, encoder: str, split: str) -> Split:
             )
         )
         raise LatentsError(f"no latents for encoder {encoder!r} in {latents_dir}{hint}")
-    path = folder / f"{split}.npz"
-    try:
-        with np.load(path) as data:
-            latents, labels = data["latents"], data["labels"]
-    except FileNotFoundError:
-        raise LatentsError(f"missing {path}") from None
-    except (KeyError, ValueError, OSError) as exc:
-        raise LatentsError(f"cannot read {path}: {exc}") from None
+    return read_split_file(split_path(latents_dir, encoder, split))
+
+
+def split_path(latents_dir: str | Path, encoder: str, split: str) -> Path:
+    """Where one split of one encoder lives: ``<latents_dir>/<encoder>/<split>.npz``."""
+    return Path(latents_dir) / encoder / f"{split}.npz"
+
+
+def read_split_file(path: str | Path, *, exact: bool = False) -> Split:
+    """Read and validate one split file; LatentsError naming ``path`` and the problem if bad.
+
+    A missing, truncated or corrupt file, a missing array, non-numeric dtypes, mismatched
+    shapes, an empty split and non-finite latents are all LatentsError (never a zipfile or
+    numpy error). Latents are returned as float32, labels as int64. With ``exact`` the file
+    must already hold exactly those dtypes (what the encoders write).
+    """
+    path = Path(path)
+    arrays = read_npz(path, ("latents", "labels"))
+    latents, labels = arrays["latents"], arrays["labels"]
+    if latents.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":
+        raise LatentsError(
+            f"{path}: latents {latents.dtype} and labels {labels.dtype}, want real latents "
+            "and integer labels"
+        )
+    if exact and (latents.dtype != np.float32 or labels.dtype != np.int64):
+        raise LatentsError(
+            f"{path}: latents {latents.dtype}, labels {labels.dtype}, want float32 and int64"
+        )
     if latents.ndim != 2 or labels.ndim != 1 or len(latents) != len(labels):
         raise LatentsError(f"{path}: latents {latents.shape} and labels {labels.shape} mismatch")
     if len(latents) == 0:
@@ -110,7 +134,7 @@ def load_classifier(
             if clf.weight.shape[1] == train.latents.shape[1]:
                 return clf
             log.warning("%s: classifier dimension mismatch, retraining", path)
-        except (OSError, KeyError, ValueError) as exc:
+        except LatentsError as exc:
             log.warning("%s unreadable (%s), retraining", path, exc)
     log.info("training classifier for %s on %d native train latents", encoder, len(train.labels))
     return train_classifier(train.latents, train.labels, seed=seed)

@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "semalign.deploy.commands",
     "semalign.commands.sweep",
     "semalign.commands.plot",
-    "semalign.encoders.cli",
+    "semalign.commands.encode",
 )
 
 

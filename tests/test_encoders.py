@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from semalign.common.classifier import LinearClassifier
+from semalign.common.errors import LatentsError
 
 from semalign.cli import main
-from semalign.encoders import cache, registry
+from semalign.encoders import cache, pool, registry, store
 from semalign.encoders.datasets import DatasetUnavailable, load_dataset
+from semalign.encoders.reporter import Reporter
 
 TINY = ["mobilenetv3_small_075", "levit_128"]
 TINY_ARGS = ["--image-size", "16", "--epochs", "1", "--limit", "64", "--no-progress"]
@@ -31,7 +33,7 @@ def encode_cli(cache_dir: Path, *extra: str, encoders: list[str] = TINY) -> tupl
     out = cache_dir / "summary.json"
     out.unlink(missing_ok=True)
     argv = ["encode", "--dataset", "digits", "--encoders", ",".join(encoders)]
-    argv += ["--cache", str(cache_dir), "--json", str(out), *TINY_ARGS, *extra]
+    argv += ["--cache-dir", str(cache_dir), "--json", str(out), *TINY_ARGS, *extra]
     rc = main(argv)
     summary = json.loads(out.read_text()) if out.exists() else {}
     return rc, {e["encoder"]: e for e in summary.get("encoders", [])}
@@ -151,7 +153,7 @@ def test_cifar10_offline_fails_fast_with_instructions(tmp_path, monkeypatch, cap
             "cifar10",
             "--encoders",
             "levit_128",
-            "--cache",
+            "--cache-dir",
             str(tmp_path),
             "--no-progress",
         ]
@@ -202,36 +204,20 @@ def test_pretrained_offline_fails_fast_with_instructions(tmp_path, monkeypatch, 
     import timm  # noqa: F401  (import time is not what this test measures)
 
     start = time.monotonic()
-    rc = main(
-        [
-            "encode",
-            "--encoders",
-            "levit_128",
-            "--cache",
-            str(tmp_path),
-            "--pretrained",
-            "--no-progress",
-        ]
-    )
+    rc = main(pretrained_argv(tmp_path))
     assert rc == 2 and time.monotonic() - start < 10
     err = capsys.readouterr().err
     assert "--weights levit_128=PATH" in err
 
 
+def pretrained_argv(cache_dir: Path, *extra: str) -> list[str]:
+    argv = ["encode", "--encoders", "levit_128", "--cache-dir", str(cache_dir), "--pretrained"]
+    return [*argv, *extra, "--no-progress"]
+
+
 def test_weights_option_is_checked(tmp_path, capsys):
-    rc = main(
-        [
-            "encode",
-            "--encoders",
-            "levit_128",
-            "--cache",
-            str(tmp_path),
-            "--pretrained",
-            "--weights",
-            f"levit_128={tmp_path / 'missing.safetensors'}",
-            "--no-progress",
-        ]
-    )
+    missing = tmp_path / "missing.safetensors"
+    rc = main(pretrained_argv(tmp_path, "--weights", f"levit_128={missing}"))
     assert rc == 2
     assert "weights file for levit_128 not found" in capsys.readouterr().err
     assert main(["encode", "--encoders", "levit_128", "--weights", "oops", "--no-progress"]) == 2
@@ -250,7 +236,7 @@ def test_pretrained_from_local_weights_file(tmp_path):
         "encode",
         "--encoders",
         "mobilenetv3_small_075",
-        "--cache",
+        "--cache-dir",
         str(tmp_path / "c"),
         "--pretrained",
         "--weights",
@@ -354,7 +340,7 @@ def test_corrupt_and_truncated_files_are_rebuilt(built, monkeypatch):
         np.testing.assert_array_equal(
             cache.load_latents(folder.parent, "levit_128", split)[0], latents
         )
-    assert cache.check_entry(folder, json.loads((folder / "meta.json").read_text())["key"]) == ""
+    assert store.check_entry(folder, json.loads((folder / "meta.json").read_text())["key"]) == ""
 
 
 def test_missing_meta_or_classifier_is_rebuilt(built):
@@ -388,7 +374,7 @@ def test_changed_settings_invalidate(built):
 
 
 def test_interrupted_encode_leaves_nothing_trusted(tmp_path):
-    class Interrupt(cache.Reporter):
+    class Interrupt(Reporter):
         def update(self, encoder, done, total):
             if self.phase == "encode" and done > 0:
                 raise KeyboardInterrupt
@@ -405,7 +391,7 @@ def test_interrupted_encode_leaves_nothing_trusted(tmp_path):
             limit=64,
             epochs=1,
             reporter=Interrupt(),
-            jobs=1,
+            workers=1,
         )
     folder = tmp_path / "digits" / "levit_128"
     assert not (folder / "meta.json").exists()
@@ -426,15 +412,14 @@ def test_interrupt_between_files_is_not_trusted(built, tmp_path):
         labels=np.zeros(64, np.int64),
     )
     os.replace(tmp_path / "other.npz", folder / "val.npz")
-    assert "val.npz checksum mismatch" in cache.check_entry(folder, meta["key"])
+    assert "val.npz checksum mismatch" in store.check_entry(folder, meta["key"])
     rc, results = encode_cli(built, encoders=["levit_128"])
     assert rc == 0 and "checksum mismatch" in results["levit_128"]["reason"]
 
 
 def test_unknown_encoder_on_command_line(capsys, tmp_path):
-    rc = main(
-        ["encode", "--encoders", "levit_128,rexnet_10", "--cache", str(tmp_path), "--no-progress"]
-    )
+    argv = ["encode", "--encoders", "levit_128,rexnet_10", "--cache-dir", str(tmp_path)]
+    rc = main([*argv, "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown encoder 'rexnet_10'" in err and "rexnet_100" in err
@@ -462,7 +447,7 @@ def test_ctrl_c_leaves_no_trusted_partial_entry(tmp_path):
         "digits",
         "--encoders",
         ",".join(TINY),
-        "--cache",
+        "--cache-dir",
         str(tmp_path),
         "--image-size",
         "16",
@@ -470,7 +455,7 @@ def test_ctrl_c_leaves_no_trusted_partial_entry(tmp_path):
         "64",
         "--epochs",
         "400",
-        "--jobs",
+        "--workers",
         "2",
         "--no-progress",
     ]
@@ -492,7 +477,124 @@ def test_ctrl_c_leaves_no_trusted_partial_entry(tmp_path):
     assert proc.returncode == 130, err.decode()[-2000:]
     for name in TINY:
         folder = root / name
-        meta = cache.read_meta(folder)
+        meta = store.read_meta(folder)
         if meta is not None:  # only a complete entry may carry meta.json
-            assert cache.check_entry(folder, meta["key"]) == ""
+            assert store.check_entry(folder, meta["key"]) == ""
         assert not list(folder.glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------- one reader, one build path
+
+
+def test_truncated_split_is_a_latents_error_and_is_rebuilt(built, monkeypatch):
+    from semalign.common.latents import load_split
+
+    from semalign.encoders import ensure_latents
+
+    folder = built / "digits" / "levit_128"
+    good = (folder / "val.npz").read_bytes()
+    (folder / "val.npz").write_bytes(good[: len(good) // 2])
+    # (a) every reader says which file and what is wrong, never a zipfile traceback
+    with pytest.raises(LatentsError, match="val.npz.*truncated or corrupt"):
+        cache.load_latents(folder.parent, "levit_128", "val")
+    with pytest.raises(LatentsError, match="val.npz"):
+        load_split(folder.parent, "levit_128", "val")
+    meta = store.read_meta(folder)
+    assert "val.npz checksum mismatch" == store.check_entry(folder, meta["key"])
+    # (b) ensure_latents rebuilds it from the stored weights (no retraining), bit for bit
+    monkeypatch.setattr(
+        "semalign.encoders.train.train_scratch",
+        lambda *a, **k: pytest.fail("weights are cached: rebuilding must not retrain"),
+    )
+    ensure_latents("digits", TINY, built, image_size=16, limit=64, epochs=1)
+    assert (folder / "val.npz").read_bytes() == good
+    assert store.check_entry(folder, store.read_meta(folder)["key"]) == ""
+
+
+@pytest.mark.parametrize("cut", [0, 10, 200, -1])
+def test_damaged_files_never_leak_zip_errors(tmp_path, cut):
+    from semalign.common.classifier import LinearClassifier, train_classifier
+    from semalign.common.latents import read_split_file
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)).astype(np.float32), np.arange(20) % 2
+    store.save_split(tmp_path / "s.npz", x, y)
+    train_classifier(x, y).save(tmp_path / "c.npz")
+    for name in ("s.npz", "c.npz"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[:cut])
+    with pytest.raises(LatentsError, match="s.npz"):
+        read_split_file(tmp_path / "s.npz")
+    with pytest.raises(LatentsError, match="c.npz"):
+        LinearClassifier.load(tmp_path / "c.npz")
+    np.save(tmp_path / "plain.npy", x)
+    with pytest.raises(LatentsError, match="not an .npz"):
+        read_split_file(tmp_path / "plain.npy")
+
+
+def test_split_reader_checks_dtypes_and_shapes(tmp_path):
+    from semalign.common.latents import read_split_file
+
+    path = tmp_path / "s.npz"
+    np.savez(path, latents=np.ones((4, 2), np.float64), labels=np.zeros(4, np.int32))
+    split = read_split_file(path)  # hand-made folders: real latents, integer labels, cast
+    assert split.latents.dtype == np.float32 and split.labels.dtype == np.int64
+    with pytest.raises(LatentsError, match="want float32 and int64"):
+        read_split_file(path, exact=True)  # what the cache itself writes
+    np.savez(path, latents=np.ones((4, 2), np.float32), labels=np.array(["a"] * 4))
+    with pytest.raises(LatentsError, match="integer labels"):
+        read_split_file(path)
+    np.savez(path, latents=np.ones((4, 2), np.float32), labels=np.zeros(3, np.int64))
+    with pytest.raises(LatentsError, match="mismatch"):
+        read_split_file(path)
+    np.savez(path, latents=np.ones((4, 2), np.float32))
+    with pytest.raises(LatentsError, match="no 'labels' array"):
+        read_split_file(path)
+
+
+class _Planned(Exception):
+    """Raised instead of building: carries the worker count the build would have used."""
+
+
+def test_command_and_ensure_latents_build_with_the_same_workers(tmp_path, monkeypatch):
+    from semalign.encoders import ensure_latents
+
+    def plan(todo, workers, threads, reporter, on_result, results):
+        raise _Planned(workers, threads, type(reporter).__name__)
+
+    monkeypatch.setattr(pool, "usable_cores", lambda: 4)
+    monkeypatch.setattr(pool, "_build_parallel", plan)
+    with pytest.raises(_Planned) as by_command:
+        main(["encode", "--encoders", ",".join(TINY), "--cache-dir", str(tmp_path)])
+    with pytest.raises(_Planned) as by_library:
+        ensure_latents("digits", TINY, tmp_path, progress=True)
+    assert by_command.value.args == by_library.value.args == (2, 2, "RichReporter")
+
+
+def test_old_option_names_still_work(built, capsys, caplog):
+    argv = ["encode", "--encoders", ",".join(TINY), *TINY_ARGS]
+    assert main([*argv, "--cache", str(built), "--jobs", "1"]) == 0
+    assert "levit_128: cached" in capsys.readouterr().err
+    assert "--cache is deprecated" in caplog.text
+    assert main([*argv, "--cache-dir", str(built), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_quiet_prints_nothing_but_writes_json(built, capsys):
+    rc, results = encode_cli(built, "-q")
+    assert rc == 0 and all(r["cached"] for r in results.values())
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_cache_keys_are_unchanged():
+    """Keys written by earlier versions (these two by the cache.py of before the split into
+    keys/store/build/pool) must stay what they were, or every existing cache is rebuilt."""
+    from semalign.encoders.keys import cache_key, cache_key_material
+
+    expected = {"levit_128": "59e1001812ac1c60", "mobilenetv3_small_075": "51ae9523a33b68eb"}
+    for name, key in expected.items():
+        material = cache_key_material(
+            "digits", name, seed=0, image_size=16, pretrained=False, limit=64, epochs=1
+        )
+        assert cache_key(material) == key

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from semalign.common.errors import DatasetUnavailable
+from semalign.common.latents import SPLITS  # splits, in the order they are written
 from semalign.encoders.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ DATASETS: tuple[str, ...] = ("digits", "cifar10")
 #: Bumped whenever a dataset's split or preprocessing changes; part of every cache key.
 DATA_VERSIONS: dict[str, int] = {"digits": 1, "cifar10": 1}
 
-#: Splits, in the order they are written.
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: Whether horizontal flips are label-preserving (not for digits).
 FLIP_OK: dict[str, bool] = {"digits": False, "cifar10": True}

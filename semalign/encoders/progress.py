@@ -1,4 +1,5 @@
-"""Rich progress bars for encoding (console output belongs to the CLI and to ``progress=True``)."""
+"""The one progress display of encoding: rich bars on stderr (``semalign encode`` and
+``ensure_latents(progress=True)``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from semalign.encoders.cache import Reporter
+from semalign.encoders.reporter import Reporter
 
 
 class RichReporter(Reporter):

@@ -200,6 +200,25 @@ def augment(x, mode: str, generator, flip: bool):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _optimizer(model, recipe: Recipe, name: str):
+    """The recipe's optimizer; no weight decay on biases and norm parameters."""
+    import torch
+
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r} in the recipe of {name}")
+
+
 def train_scratch(
     spec: EncoderSpec,
     train: Split,
@@ -224,20 +243,7 @@ def train_scratch(
     use_bf16 = recipe.bf16 and bf16_supported(device)
     model.training_precision = "bf16" if use_bf16 else "fp32"  # recorded in the cache meta
     inputs = scratch_input(image_size)
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
-    elif recipe.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
-    else:
-        raise ValueError(f"unknown optimizer {recipe.optimizer!r} in the recipe of {spec.name}")
+    optimizer = _optimizer(model, recipe, spec.name)
     generator = torch.Generator().manual_seed(seed)
     n = len(train)
     batch = min(recipe.batch_size, n)
