@@ -23,6 +23,7 @@ import importlib.util
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,11 +153,21 @@ RunCallback = Callable[[Run, list[dict[str, Any]] | None, str | None], None]
 _Finish = Callable[[Run, Outcome], None]
 
 
+def _importable(name: str) -> bool:
+    """Whether ``import name`` can work, without importing it (slow for Ray)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_executor(executor: str) -> None:
     """SweepError (one line) when ``executor`` is unknown or its package is not installed."""
     if executor not in EXECUTORS:
         raise SweepError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
-    if executor == "ray" and importlib.util.find_spec("ray") is None:
+    if executor == "ray" and not _importable("ray"):
         raise SweepError(
             "the ray executor needs Ray, which is not installed here; install it with: "
             "pip install 'semalign[ray]'"
