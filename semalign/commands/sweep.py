@@ -156,8 +156,12 @@ def _check_execution(args: argparse.Namespace) -> None:
 
     if args.ray_address and args.executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
-    if (args.track_uri or args.track_experiment) and not args.track:
-        raise UsageError("--track-uri and --track-experiment need --track")
+    for option, value in (
+        ("--track-uri", args.track_uri),
+        ("--track-experiment", args.track_experiment),
+    ):
+        if value and not args.track:
+            raise UsageError(f"{option} needs --track")
     try:
         check_executor(args.executor)
     except SweepError as exc:
