@@ -516,3 +516,32 @@ def test_a_table_of_a_newer_schema_is_refused(tmp_path):
     table.write_text(",".join([*COLUMNS, "future_column"]) + "\n")
     with pytest.raises(SweepError, match="newer semalign"):
         read_table(table)
+
+
+# ---------------------------------------------------------------------------- scale-out
+#: Columns that differ between two runs of the same work: timings and when it started.
+TIMING = {"seconds", "started_at"}
+
+
+def test_ray_table_equals_the_local_table(latents, tmp_path):
+    """One local Ray instance (2 CPUs): the same rows as the local executor, written by the
+    driver, and a second call finds everything done (Ray start-up is slow: one test only)."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'semalign[ray]')")
+    plan = tiny_plan(latents, strategies=("fed", "first-k", "top-k"))
+    local, ray_table = tmp_path / "local.csv", tmp_path / "ray.csv"
+    run_sweep(plan, local, workers=1)
+    summary = run_sweep(plan, ray_table, workers=2, executor="ray")
+    assert (summary.done, summary.failed) == (6, [])
+
+    def rows(path: Path) -> list[dict]:
+        out = [{k: v for k, v in r.items() if k not in TIMING} for r in read_table(path).rows]
+        return sorted(out, key=lambda r: (r["run_key"], r["user"]))
+
+    got, want = rows(ray_table), rows(local)
+    assert len(got) == len(want) == 12
+    for g, w in zip(got, want, strict=True):
+        diff = {k: (g[k], w[k]) for k in w if not _same(str(g[k]), str(w[k]))}
+        assert not diff, diff
+    # resumable as the local executor: nothing left to do, Ray not even started
+    again = run_sweep(plan, ray_table, workers=2, executor="ray")
+    assert (again.done, again.already_done) == (0, 6)
