@@ -305,9 +305,10 @@ def _run_ray(
 ) -> None:
     """Run ``todo`` as Ray tasks, calling ``finish`` in this process as each run ends.
 
-    Ray is started here (a local instance of ``workers`` CPUs, or connected to ``address``) and
-    shut down at the end unless it was already initialized. At most two tasks per CPU are in
-    flight, so that the longest-first order holds and Ctrl-C has little to cancel.
+    Ray is started here (a local instance of ``workers`` CPUs, or connected to ``address`` or
+    ``$RAY_ADDRESS``) and shut down at the end unless it was already initialized. At most two
+    tasks per CPU are in flight, so that the longest-first order holds and Ctrl-C has little to
+    cancel.
     """
     if not todo:
         return
@@ -315,18 +316,23 @@ def _run_ray(
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # quiet a FutureWarning
     started = not ray.is_initialized()
+    cluster = address or os.environ.get("RAY_ADDRESS")  # ray.init() itself reads RAY_ADDRESS
     if started:
-        where = {"address": address} if address else {"num_cpus": workers}
-        ray.init(
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            **where,
-        )
+        where = {"address": address} if address else {} if cluster else {"num_cpus": workers}
+        try:
+            ray.init(
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                **where,
+            )
+        except Exception as exc:
+            place = f" at {cluster}" if cluster else ""
+            raise SweepError(f"cannot start Ray{place}: {exc}") from None
     inflight: dict[Any, Run] = {}
     try:
         slots = workers
-        if address:
+        if cluster or not started:
             slots = max(1, int(ray.cluster_resources().get("CPU", workers)))
         task = ray.remote(num_cpus=1)(_ray_execute)
         pending = iter(todo)
