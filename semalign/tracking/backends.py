@@ -277,3 +277,10 @@ class WandbTracker(_Backend):
             active.finish(exit_code=1)
             raise TrackingError(f"wandb run {run.name!r}: {exc}") from None
         active.finish()
+
+    def close(self) -> None:
+        """Shut W&B's service down: its files are complete only then (``finish`` returns before
+        the service has written an offline run)."""
+        teardown = getattr(self.wandb, "teardown", None)
+        if teardown is not None:
+            teardown()
