@@ -96,6 +96,41 @@ def full_table(tmp_path_factory) -> Path:
     return path
 
 
+def test_t_interval_of_known_values():
+    # mean 3, s = sqrt(2.5) (ddof=1), t_{0.975, 4} = 2.7764451: 2.7764451 * sqrt(2.5 / 5)
+    mean, half = plot.t_interval([1, 2, 3, 4, 5])
+    assert mean == 3.0 and half == pytest.approx(1.9632431614775572, rel=1e-12)
+    # two seeds: t_{0.975, 1} = 12.7062047, s / sqrt(2) = 0.05
+    assert plot.t_interval([0.8, 0.9])[1] == pytest.approx(0.6353102368087346, rel=1e-12)
+    # 90 %: t_{0.95, 4} = 2.1318468
+    assert plot.t_interval([1, 2, 3, 4, 5], 0.90)[1] == pytest.approx(
+        2.131846786326649 * np.sqrt(0.5), rel=1e-12
+    )
+    # missing values are left out; one value has no interval
+    assert plot.t_interval([1, None, 2, 3, float("nan"), 4, 5])[1] == pytest.approx(
+        1.9632431614775572
+    )
+    assert np.isnan(plot.t_interval([0.7])[1]) and np.isnan(plot.t_interval([])[0])
+    assert plot.band_halfwidth([1, 2, 3, 4, 5], "std") == pytest.approx(np.sqrt(2.0))  # ddof=0
+    assert np.isnan(plot.band_halfwidth([1, 2, 3], "none"))
+    with pytest.raises(ValueError, match="band"):
+        plot.band_halfwidth([1, 2], "sem")
+
+
+def test_points_band_over_their_seeds(tmp_path):
+    path = tmp_path / "t.csv"
+    with ResultsTable(path) as table:
+        for seed in (1, 2, 3):
+            fake_run(table, seed, users=2)
+    (point,) = plot.aggregate(plot.load_rows([path]))
+    per_seed = point.samples["accuracy"]
+    assert len(per_seed) == 3 and np.mean(per_seed) == pytest.approx(point.accuracy)
+    ci = point.band("accuracy", plot.FigureStyle())
+    assert ci == pytest.approx(4.302652729911275 * np.std(per_seed, ddof=1) / np.sqrt(3))
+    assert point.band("accuracy", plot.FigureStyle(band="std")) == point.accuracy_std
+    assert np.isnan(point.band("accuracy", plot.FigureStyle(band="none")))
+
+
 def test_aggregate_mean_and_std_over_seeds(tmp_path):
     path = tmp_path / "t.csv"
     with ResultsTable(path) as table:
@@ -195,8 +230,90 @@ def test_aggregation_matches_the_reference():
             return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
         return a == b
 
-    points = [dict(p.__dict__) for p in plot.aggregate(rows)]
+    # the reference's fields (points now also keep their per-seed samples, for the bands)
+    points = [{k: p.__dict__[k] for k in want["points"][0]} for p in plot.aggregate(rows)]
     assert len(points) == len(want["points"])
     assert all(same(g, w) for g, w in zip(points, want["points"], strict=True))
     summary = plot.summary_rows(rows)
     assert all(same(g, w) for g, w in zip(summary, want["summary_rows"], strict=True))
+
+
+def _drawn(monkeypatch) -> list[dict]:
+    """Each figure the drawing saves, measured before it is closed: the figure, its legend's
+    and its axes' boxes on the canvas (pixels)."""
+    drawn = []
+    original = plot._save
+
+    def measure(fig, *args, **kwargs):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        drawn.append(
+            {
+                "fig": fig,
+                "legends": [legend.get_window_extent(renderer) for legend in fig.legends],
+                "axes": [ax.get_window_extent(renderer) for ax in fig.axes],
+            }
+        )
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plot, "_save", measure)
+    return drawn
+
+
+def test_figure_conventions(full_table, tmp_path, monkeypatch):
+    """zeta in % on a log axis, 95 % t bands, legend outside every axes, 200 dpi PNGs."""
+    from PIL import Image
+
+    drawn = _drawn(monkeypatch)
+    rows = plot.load_rows([full_table])
+    written = plot.make_figures(rows, tmp_path, ["fig2", "fig3"], ["png"])
+    assert len(drawn) == len(written["fig2"]) + len(written["fig3"]) >= 2
+    for info in drawn:
+        (legend,) = info["legends"]
+        for ax, box in zip(info["fig"].axes, info["axes"], strict=True):
+            assert ax.get_xscale() == "log" and "(%)" in ax.get_xlabel()
+            assert not legend.overlaps(box), "legend over an axes"
+            assert legend.y1 < box.y0  # below the panels
+            assert not ax.get_legend()  # no legend inside a panel
+    # the fed line of fig2's first panel: x = zeta in %, band = mean +/- t half-width
+    fig = drawn[0]["fig"]
+    ax = fig.axes[0]
+    line = next(line for line in ax.get_lines() if line.get_label().startswith("Federated"))
+    points = sorted(
+        (
+            p
+            for p in plot.aggregate(rows)
+            if p.params["strategy"] == "fed"
+            and p.params["antennas"] == "1x1"
+            and p.params["group"] == "paper-users"
+        ),
+        key=lambda p: p.params["zeta"],
+    )
+    assert list(line.get_xdata()) == pytest.approx([p.params["zeta"] * 100 for p in points])
+    band = ax.collections[0].get_paths()[0].vertices
+    halves = [p.band("accuracy", plot.FigureStyle()) for p in points]
+    assert all(h > 0 for h in halves)
+    top = max(p.accuracy + h for p, h in zip(points, halves, strict=True))
+    assert max(band[:, 1]) == pytest.approx(top)
+    assert "95 % CI" in fig._suptitle.get_text()
+    for path in written["fig2"] + written["fig3"]:
+        assert Image.open(path).info["dpi"][0] == pytest.approx(200, abs=0.5)
+
+
+def test_figure_options(full_table, tmp_path, monkeypatch, capsys):
+    drawn = _drawn(monkeypatch)
+    style = plot.FigureStyle(band="std", x_scale="linear", dpi=150)
+    plot.make_figures(plot.load_rows([full_table]), tmp_path, ["fig2"], ["png"], style)
+    assert all(ax.get_xscale() == "linear" for ax in drawn[0]["fig"].axes)
+    assert "± 1 std" in drawn[0]["fig"]._suptitle.get_text()
+    out = tmp_path / "cli"
+    table = str(full_table)
+    args = ["plot", "--table", table, "--out", str(out), "--figures", "snr", "--formats", "png"]
+    assert main([*args, "--band", "std", "--x-scale", "linear", "--dpi", "150"]) == 0
+    assert main([*args, "--band", "none"]) == 0
+    for bad in (["--confidence", "1.5"], ["--dpi", "10"]):
+        capsys.readouterr()
+        assert main([*args, *bad]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):  # argparse's choices
+        main([*args, "--band", "sem"])

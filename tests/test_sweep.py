@@ -15,8 +15,9 @@ from semalign.experiments import plan as sweep_plan
 from semalign.experiments import runner
 from semalign.experiments.grid import PRESETS, grid_from_options
 from semalign.experiments.plan import make_plan
+from semalign.experiments.provenance import PROVENANCE_KEYS
 from semalign.experiments.runner import run_sweep
-from semalign.experiments.table import COLUMNS, ResultsTable, read_table
+from semalign.experiments.table import COLUMNS, V1_COLUMNS, ResultsTable, read_table
 
 GROUP = "user_enc0+user_enc1"
 
@@ -260,8 +261,9 @@ def test_cli_sweep_and_errors(latents, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- regression
 #: Made by the sweep of commit 3848999 (before the experiments split) on this grid and latents;
-#: the latents column is replaced by "<latents>". Cell keys hash the latent folder's path, so
-#: they are compared through test_cell_key_is_unchanged instead.
+#: the latents column is replaced by "<latents>". It is a schema-1 table: its keys hashed the
+#: latent folder's path and it has no provenance columns; keys are compared through
+#: test_cell_keys_are_pinned instead.
 REFERENCE = Path(__file__).parent / "data" / "sweep_reference.csv"
 NOT_COMPARED = {"seconds", "latents", "cell_key", "run_key"}
 
@@ -304,7 +306,7 @@ def test_table_matches_the_reference(tmp_path):
         want = list(csv.DictReader(fh))
     assert len(got) == len(want) == 128
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert list(g) == list(w)
+        assert list(g) == list(w) + list(PROVENANCE_KEYS)  # schema 2: schema 1 + provenance
         diff = {k: (g[k], w[k]) for k in w if k not in NOT_COMPARED and not _same(g[k], w[k])}
         assert not diff, f"row {i + 2}: {diff}"
         assert g["run_key"] == f"{g['cell_key']}-{g['seed']}"
@@ -314,13 +316,13 @@ def test_table_matches_the_reference(tmp_path):
         assert len(pairs) == len({w[column] for w in want}) == len({g[column] for g in got})
 
 
-def test_cell_key_is_unchanged():
+def test_cell_keys_are_pinned():
+    """Schema-2 keys (no folder) and the schema-1 keys of commit 3848999 (which hashed it)."""
     from semalign.common.config import AlignmentConfig
 
     spec = sweep_plan.ScenarioSpec(
         "/fixed/latents", "ap_enc", ("user_enc0", "user_enc1"), "0123456789abcdef"
     )
-    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "af3e688a4abc14fa"
     other = AlignmentConfig(
         strategy="top-k",
         channel_uses=3,
@@ -330,7 +332,28 @@ def test_cell_key_is_unchanged():
         csi=False,
         pilot_fraction=0.5,
     )
-    assert sweep_plan.cell_key(spec, "g", other) == "5e3284745e16d379"
+    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "77b2ee8b1ee4a562"
+    assert sweep_plan.cell_key(spec, "g", other) == "f07650c88f0607a3"
+    moved = sweep_plan.ScenarioSpec("/elsewhere", spec.ap, spec.users, spec.fingerprint)
+    assert sweep_plan.cell_key(moved, "g", other) == "f07650c88f0607a3"
+    legacy = sweep_plan.legacy_cell_key
+    assert legacy(spec, "g", AlignmentConfig(), "/fixed/latents") == "af3e688a4abc14fa"
+    assert legacy(spec, "g", other, "/fixed/latents") == "5e3284745e16d379"
+    assert legacy(spec, "g", other, "/elsewhere") != "5e3284745e16d379"
+
+
+def test_a_config_field_added_later_keeps_the_keys():
+    """A field added to AlignmentConfig enters a key only when it is not at its default."""
+    from semalign.common.config import AlignmentConfig
+
+    class Extended(AlignmentConfig):
+        new_knob: int = 0
+
+    spec = sweep_plan.ScenarioSpec("/x", "ap_enc", ("u",), "f")
+    base = sweep_plan.cell_key(spec, "g", AlignmentConfig(rho=2.0))
+    assert sweep_plan.cell_key(spec, "g", Extended(rho=2.0)) == base
+    assert sweep_plan.cell_key(spec, "g", Extended(rho=2.0, new_knob=1)) != base
+    assert sweep_plan.legacy_cell_key(spec, "g", Extended(new_knob=1), "/x") is None
 
 
 def test_a_table_has_one_writer(tmp_path):
@@ -392,3 +415,133 @@ def test_interrupting_a_pool_ends_its_workers(latents, tmp_path):
         and "spawn_main" in " ".join(p.cmdline())
     ]
     assert not workers  # (multiprocessing's resource tracker may stay: it is not a worker)
+
+
+# ---------------------------------------------------------------------------- tracked runs
+def test_rows_carry_the_runs_provenance(latents, tmp_path):
+    import socket
+    from datetime import datetime, timedelta, timezone
+
+    import semalign
+
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    table = tmp_path / "t.csv"
+    run_sweep(tiny_plan(latents, strategies=("first-k",)), table)
+    rows = read_table(table).rows
+    assert len(rows) == 4
+    for row in rows:
+        assert row["semalign_version"] == semalign.__version__
+        assert row["host"] == socket.gethostname()
+        started = datetime.fromisoformat(row["started_at"])
+        assert started.tzinfo is not None and started.utcoffset() == timedelta(0)
+        assert before <= started <= datetime.now(timezone.utc)
+        commit = row["git_commit"]
+        assert commit == "" or (len(commit) == 40 and int(commit, 16) >= 0)
+
+
+def test_provenance_never_fails_without_git(tmp_path, monkeypatch):
+    from semalign.experiments import provenance
+
+    block = provenance.run_provenance()
+    assert list(block) == list(PROVENANCE_KEYS)
+    uncached = provenance.git_commit.__wrapped__
+    assert uncached(tmp_path) is None  # not a checkout
+    (tmp_path / ".git").write_text("gitdir: /nonexistent\n")
+    assert uncached(tmp_path) is None  # a broken checkout: git fails
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert uncached(provenance._SOURCE_ROOT) is None  # no git binary
+
+
+def test_a_moved_cache_finds_its_cells_complete(latents, tmp_path):
+    import shutil
+
+    table = tmp_path / "t.csv"
+    first = run_sweep(tiny_plan(latents), table)
+    assert first.done == 4
+    moved = tmp_path / "moved" / "latents"
+    shutil.copytree(latents, moved)
+    plan = tiny_plan(moved)
+    assert {r.spec.latents_dir for r in plan.runs} == {str(moved.resolve())}
+    again = run_sweep(plan, table)
+    assert (again.done, again.already_done) == (0, 4)
+    assert len(read_table(table).rows) == 8
+
+
+def _as_schema1(table: Path, plan, keep: int) -> None:
+    """Rewrite ``table`` as the previous version wrote it: schema-1 columns and keys, and only
+    the first ``keep`` runs."""
+    legacy = {r.key: sweep_plan.legacy_run_key(r, r.spec.latents_dir) for r in plan.runs}
+    rows = read_table(table).rows
+    kept_runs = list(dict.fromkeys(r["run_key"] for r in rows))[:keep]
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(V1_COLUMNS)
+        for row in rows:
+            if row["run_key"] not in kept_runs:
+                continue
+            old = legacy[row["run_key"]]
+            row = {**row, "run_key": old, "cell_key": old.rpartition("-")[0]}
+            writer.writerow(["" if row[c] is None else str(row[c]) for c in V1_COLUMNS])
+
+
+def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
+    import shutil
+
+    plan = tiny_plan(latents)
+    table = tmp_path / "t.csv"
+    run_sweep(plan, table)
+    _as_schema1(table, plan, keep=3)
+    old = read_table(table)
+    assert old.schema == 1 and len(old.complete) == 3 and len(old.rows) == 6
+    assert all(r[k] == "" for r in old.rows for k in PROVENANCE_KEYS)
+    # the sweep resumes it from a moved cache: three runs re-keyed, one run done
+    moved = tmp_path / "moved"
+    shutil.copytree(latents, moved)
+    summary = run_sweep(tiny_plan(moved), table)
+    assert (summary.rekeyed, summary.done, summary.already_done) == (3, 1, 3)
+    new = read_table(table)
+    assert new.schema == 2 and new.complete == {r.key for r in plan.runs}
+    assert len(new.rows) == 8 and all(
+        r["run_key"] == f"{r['cell_key']}-{r['seed']}" for r in new.rows
+    )
+    assert sum(1 for r in new.rows if r["host"]) == 2  # the one new run's two users
+    with open(table, newline="") as fh:
+        assert next(csv.reader(fh)) == list(COLUMNS)
+    again = run_sweep(plan, table)
+    assert (again.done, again.already_done, again.rekeyed) == (0, 4, 0)
+
+
+def test_a_table_of_a_newer_schema_is_refused(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text(",".join([*COLUMNS, "future_column"]) + "\n")
+    with pytest.raises(SweepError, match="newer semalign"):
+        read_table(table)
+
+
+# ---------------------------------------------------------------------------- scale-out
+#: Columns that differ between two runs of the same work: timings and when it started.
+TIMING = {"seconds", "started_at"}
+
+
+def test_ray_table_equals_the_local_table(latents, tmp_path):
+    """One local Ray instance (2 CPUs): the same rows as the local executor, written by the
+    driver, and a second call finds everything done (Ray start-up is slow: one test only)."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'semalign[ray]')")
+    plan = tiny_plan(latents, strategies=("fed", "first-k", "top-k"))
+    local, ray_table = tmp_path / "local.csv", tmp_path / "ray.csv"
+    run_sweep(plan, local, workers=1)
+    summary = run_sweep(plan, ray_table, workers=2, executor="ray")
+    assert (summary.done, summary.failed) == (6, [])
+
+    def rows(path: Path) -> list[dict]:
+        out = [{k: v for k, v in r.items() if k not in TIMING} for r in read_table(path).rows]
+        return sorted(out, key=lambda r: (r["run_key"], r["user"]))
+
+    got, want = rows(ray_table), rows(local)
+    assert len(got) == len(want) == 12
+    for g, w in zip(got, want, strict=True):
+        diff = {k: (g[k], w[k]) for k in w if not _same(str(g[k]), str(w[k]))}
+        assert not diff, diff
+    # resumable as the local executor: nothing left to do, Ray not even started
+    again = run_sweep(plan, ray_table, workers=2, executor="ray")
+    assert (again.done, again.already_done) == (0, 6)

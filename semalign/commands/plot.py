@@ -9,7 +9,16 @@ from typing import Any
 
 from semalign.commands.options import HelpFormatter, add_verbosity_arguments
 from semalign.common.errors import SweepError, UsageError
-from semalign.experiments.figures import FIGURES, FORMATS, figure_sources, load_rows, make_figures
+from semalign.experiments.figures import (
+    BANDS,
+    FIGURES,
+    FORMATS,
+    X_SCALES,
+    FigureStyle,
+    figure_sources,
+    load_rows,
+    make_figures,
+)
 
 #: File formats matplotlib writes here.
 KNOWN_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
@@ -30,6 +39,10 @@ def run_plot(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     figures = _names(args.figures, FIGURES, "--figures", "figure")
     formats = _names(args.formats.lower(), KNOWN_FORMATS, "--formats", "format")
+    try:
+        style = FigureStyle(args.band, args.confidence, args.x_scale, args.dpi)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     sources = figure_sources(figures, args.table)
     written: dict[str, list[Path]] = {}
     for tables in dict.fromkeys(sources.values()):
@@ -40,7 +53,7 @@ def run_plot(args: argparse.Namespace) -> int:
         if not rows:
             raise UsageError(f"no complete run in {', '.join(map(str, tables))}")
         names = [name for name in figures if sources[name] == tables]
-        written.update(make_figures(rows, args.out, names, formats))
+        written.update(make_figures(rows, args.out, names, formats, style))
     total = 0
     for name, paths in written.items():
         if not paths:
@@ -58,10 +71,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "plot",
         help="draw the paper's figures (fig2, fig3, snr) from sweep tables",
-        description="PNG/PDF figures from `semalign sweep` tables: mean over seeds with a "
-        "+/- one std band. fig2: accuracy vs zeta per antenna configuration, strategies side by "
-        "side; fig3: network MSE and accuracy vs zeta per group and pilot fraction; snr: "
-        "accuracy vs SNR per K.",
+        description="PNG/PDF figures from `semalign sweep` tables: mean over seeds with a 95 % "
+        "confidence band (t interval, n-1 degrees of freedom) or a +/- one std band; zeta in % "
+        "on a log axis; the legend below the panels. fig2: accuracy vs zeta per antenna "
+        "configuration, strategies side by side; fig3: network MSE and accuracy vs zeta per "
+        "group and pilot fraction; snr: accuracy vs SNR per K.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
@@ -75,5 +89,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--formats", default=",".join(FORMATS), help="any of " + ", ".join(KNOWN_FORMATS)
     )
+    parser.add_argument(
+        "--band",
+        choices=BANDS,
+        default="ci",
+        help="band over seeds: ci, the t confidence interval of the mean (--confidence); std, "
+        "+/- one standard deviation; none",
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence level of --band ci"
+    )
+    parser.add_argument(
+        "--x-scale", choices=X_SCALES, default="log", help="the compression factor's axis (in %%)"
+    )
+    parser.add_argument("--dpi", type=int, default=200, help="PNG resolution")
     add_verbosity_arguments(parser)
     parser.set_defaults(func=run_plot)

@@ -35,8 +35,9 @@ from semalign.experiments.plan import (
     outline,
     resolve_groups,
 )
-from semalign.experiments.runner import SweepSummary, run_sweep
+from semalign.experiments.runner import EXECUTORS, SweepSummary, check_executor, run_sweep
 from semalign.experiments.table import read_table
+from semalign.tracking import TRACKERS
 
 
 # ---------------------------------------------------------------------------- options
@@ -148,6 +149,43 @@ def _uncached(dataset: str, encoders: list[str], cache_dir: Path) -> dict[str, s
     return missing
 
 
+def _check_execution(args: argparse.Namespace) -> None:
+    """``--executor``, ``--ray-address`` and ``--track*`` checked before any work: a backend
+    that is not installed is one line and exit 2."""
+    from semalign.tracking import missing_backend
+
+    if args.ray_address and args.executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+    for option, value in (
+        ("--track-uri", args.track_uri),
+        ("--track-experiment", args.track_experiment),
+    ):
+        if value and not args.track:
+            raise UsageError(f"{option} needs --track")
+    try:
+        check_executor(args.executor)
+    except SweepError as exc:
+        raise UsageError(f"--executor {args.executor}: {exc}") from None
+    if args.track:
+        reason = missing_backend(args.track)
+        if reason:
+            raise UsageError(f"--track {args.track}: {reason}")
+
+
+def _open_tracker(args: argparse.Namespace, table_path: Path) -> Any:
+    """The tracker of ``--track`` (None without it); its experiment defaults to the table's
+    name (``sweep-fig2`` for ``results/sweep-fig2.csv``)."""
+    from semalign.tracking import TrackingError, open_tracker
+
+    if not args.track:
+        return None
+    experiment = args.track_experiment or table_path.stem
+    try:
+        return open_tracker(args.track, args.track_uri, experiment)
+    except TrackingError as exc:
+        raise UsageError(f"--track {args.track}: {exc}") from None
+
+
 # ---------------------------------------------------------------------------- command
 def run_sweep_command(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -156,6 +194,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     workers = check_workers(args) or os.cpu_count() or 1
     grid, groups, encoders = _grid(args)
     table_path = _table_path(args)
+    _check_execution(args)
     if args.dry_run and not args.latents:
         missing = _uncached(args.dataset, encoders, _cache_dir(args))
         if missing:
@@ -171,8 +210,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         _print_plan(console, args, plan, table_path)
     if args.dry_run:
         return 0
-    summary = _run_with_progress(console, plan, table_path, args, workers)
-    return _report(console, summary, plan, table_path)
+    tracker = _open_tracker(args, table_path)
+    try:
+        summary = _run_with_progress(console, plan, table_path, args, workers, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return _report(console, summary, plan, table_path, args)
 
 
 def _latents(args: argparse.Namespace, encoders: list[str]) -> Path:
@@ -209,13 +253,28 @@ def _dry_run_cold(
     return 0
 
 
-def _report(console: Any, summary: SweepSummary, plan: Plan, table_path: Path) -> int:
+def _report(
+    console: Any, summary: SweepSummary, plan: Plan, table_path: Path, args: argparse.Namespace
+) -> int:
     console.print(
         f"{summary.done} run(s) done, {summary.already_done} already in the table, "
         f"{len(summary.failed)} failed, {len(plan.skipped)} cell(s) skipped; "
         f"{_duration(summary.seconds)} wall"
     )
     console.print(f"table: {table_path}")
+    if summary.rekeyed:
+        console.print(
+            f"{summary.rekeyed} run(s) of an older table found under their former keys (which "
+            "hashed the latents' folder) and re-keyed"
+        )
+    if args.track:
+        where = f" ({args.track_uri})" if args.track_uri else ""
+        console.print(f"tracked: {summary.tracked} run(s) in {args.track}{where}")
+    if summary.tracking_error:
+        console.print(
+            f"[yellow]tracking stopped after a failure (the table has every run): "
+            f"{summary.tracking_error}[/yellow]"
+        )
     if not summary.failed:
         return 0
     for key, error in summary.failed[:10]:
@@ -271,7 +330,12 @@ def _print_plan(console: Any, args: argparse.Namespace, plan: Plan, table_path: 
 
 
 def _run_with_progress(
-    console: Any, plan: Plan, table_path: Path, args: argparse.Namespace, workers: int
+    console: Any,
+    plan: Plan,
+    table_path: Path,
+    args: argparse.Namespace,
+    workers: int,
+    tracker: Any = None,
 ) -> SweepSummary:
     from rich.progress import (
         BarColumn,
@@ -311,7 +375,16 @@ def _run_with_progress(
             progress.update(task, advance=1, info=info)
 
         try:
-            return run_sweep(plan, table_path, workers=workers, on_run=on_run, on_start=on_start)
+            return run_sweep(
+                plan,
+                table_path,
+                workers=workers,
+                on_run=on_run,
+                on_start=on_start,
+                tracker=tracker,
+                executor=args.executor,
+                ray_address=args.ray_address,
+            )
         except SweepError as exc:
             raise UsageError(str(exc)) from None
 
@@ -351,6 +424,42 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ap", help="AP encoder (default: the registry's default AP)")
 
 
+def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    scale = parser.add_argument_group("scaling out")
+    scale.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: this process, or --workers processes; ray: every run a Ray task, on a "
+        "local Ray instance of --workers CPUs or on the cluster at --ray-address "
+        "(pip install 'semalign[ray]'); the table is written by this process either way",
+    )
+    scale.add_argument(
+        "--ray-address",
+        help="Ray cluster to run on (ray.init(address=...), e.g. auto or ray://head:10001); "
+        "its nodes need semalign and the latents at the same path (default: a local instance)",
+    )
+    track = parser.add_argument_group("experiment tracking")
+    track.add_argument(
+        "--track",
+        choices=tuple(TRACKERS),
+        help="log every run (config, per-round pilot MSE, objective, residuals, bytes, round "
+        "seconds, final per-user metrics) to MLflow, TensorBoard or W&B "
+        "(pip install 'semalign[mlflow]', [tensorboard] or [wandb])",
+    )
+    track.add_argument(
+        "--track-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else file:./mlruns), "
+        "TensorBoard log folder (default: runs) or W&B folder (default: here; WANDB_MODE=offline "
+        "for no account)",
+    )
+    track.add_argument(
+        "--track-experiment",
+        help="MLflow experiment, TensorBoard sub-folder or W&B project (default: the table's "
+        "name, e.g. sweep-fig2)",
+    )
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sweep",
@@ -366,6 +475,7 @@ def register(subparsers: Any) -> None:
     add_data_arguments(parser)
     parser.add_argument("--table", help="results CSV (default: results/sweep-<preset>.csv)")
     add_workers_argument(parser, "the runs, one BLAS thread each")
+    _add_execution_arguments(parser)
     parser.add_argument(
         "--dry-run",
         action="store_true",

@@ -1,8 +1,15 @@
 """``semalign plot``: the paper's figures from a sweep table (matplotlib, Agg backend).
 
 Every figure shows, per point, the mean over seeds of the network accuracy (the mean over users
-of each user's task accuracy in that run) with a band of +/- one standard deviation over seeds.
-Only complete runs are read (see :func:`semalign.experiments.table.read_table`).
+of each user's task accuracy in that run) with a band over seeds: by default the 95 %
+confidence interval of that mean (Student's t with n - 1 degrees of freedom, sample standard
+deviation with ddof=1: mean +/- t_{0.975, n-1} s / sqrt(n); no band for one seed), or +/- one
+(population) standard deviation, or none (:class:`FigureStyle`). Only complete runs are read
+(see :func:`semalign.experiments.table.read_table`).
+
+Conventions: the compression factor zeta is shown in % on a logarithmic axis (linear on
+request), PNGs are written at 200 dpi, and the legend sits below the panels, outside every
+axes, so it never hides data.
 
 Figures (each written as PNG and PDF by default):
 
@@ -25,20 +32,44 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semalign.common.errors import UsageError
-from semalign.common.stats import nan_mean, nan_std
+from semalign.common.stats import finite, nan_mean, nan_std
 from semalign.experiments.table import read_table
 
 log = logging.getLogger(__name__)
 
 FIGURES: tuple[str, ...] = ("fig2", "fig3", "snr")
 FORMATS: tuple[str, ...] = ("png", "pdf")
+#: Bands around the mean over seeds: t confidence interval, +/- one std, none.
+BANDS: tuple[str, ...] = ("ci", "std", "none")
+X_SCALES: tuple[str, ...] = ("log", "linear")
+
+
+@dataclass(frozen=True)
+class FigureStyle:
+    """How figures are drawn: the band over seeds, the zeta axis, the PNG resolution."""
+
+    band: str = "ci"  # one of BANDS
+    level: float = 0.95  # the confidence level of the "ci" band
+    x_scale: str = "log"  # the zeta axis: one of X_SCALES
+    dpi: int = 200  # PNG resolution
+
+    def __post_init__(self) -> None:
+        if self.band not in BANDS:
+            raise ValueError(f"band {self.band!r}: choose from {', '.join(BANDS)}")
+        if self.x_scale not in X_SCALES:
+            raise ValueError(f"x scale {self.x_scale!r}: choose from {', '.join(X_SCALES)}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"confidence level must be in (0, 1), got {self.level}")
+        if self.dpi < 50:
+            raise ValueError(f"dpi must be at least 50, got {self.dpi}")
+
 
 STRATEGY_STYLE: dict[str, dict[str, Any]] = {
     "fed": {"label": "Federated (shared F)", "color": "tab:blue", "marker": "o"},
@@ -49,7 +80,7 @@ STRATEGY_STYLE: dict[str, dict[str, Any]] = {
 STRATEGY_ORDER = tuple(STRATEGY_STYLE)
 GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray")
 LINESTYLES = ("-", "--", ":", "-.")
-ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$"
+ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$ (%)"
 ACC_LABEL = "accuracy (mean over users, fraction)"
 MSE_LABEL = "network MSE on pilots (whitened, per complex feature)"
 TEST_MSE_LABEL = "latent MSE on test data (user's native space, per feature)"
@@ -68,6 +99,41 @@ class Point:
     network_mse_std: float
     test_mse: float = float("nan")
     test_mse_std: float = float("nan")
+    #: Per-seed values (one per run) of ``accuracy``, ``network_mse`` and ``test_mse``.
+    samples: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def band(self, metric: str, style: FigureStyle) -> float:
+        """Half-width of ``metric``'s band around its mean (NaN: no band)."""
+        return band_halfwidth(self.samples.get(metric, ()), style.band, style.level)
+
+
+def t_interval(values: Iterable[float | None], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the two-sided ``level`` t confidence interval of the mean of the
+    finite ``values``: half-width = t_{(1+level)/2, n-1} * s / sqrt(n), s with ddof=1.
+    The half-width is NaN for fewer than two values."""
+    kept = finite(values)
+    if not kept:
+        return float("nan"), float("nan")
+    mean = float(np.mean(kept))
+    if len(kept) < 2:
+        return mean, float("nan")
+    from scipy import stats
+
+    n = len(kept)
+    sem = float(np.std(kept, ddof=1)) / math.sqrt(n)
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sem
+
+
+def band_halfwidth(values: Iterable[float | None], band: str = "ci", level: float = 0.95) -> float:
+    """Half-width of the band over ``values``: ``ci`` the t interval's, ``std`` one population
+    standard deviation (ddof=0), ``none`` NaN (no band)."""
+    if band == "ci":
+        return t_interval(values, level)[1]
+    if band == "std":
+        return nan_std(values)
+    if band == "none":
+        return float("nan")
+    raise ValueError(f"band {band!r}: choose from {', '.join(BANDS)}")
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -130,6 +196,10 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
                 network_mse_std=nan_std([s["network_mse"] for s in per_seed]),
                 test_mse=nan_mean([s["test_mse"] for s in per_seed]),
                 test_mse_std=nan_std([s["test_mse"] for s in per_seed]),
+                samples={
+                    m: tuple(s[m] for s in per_seed)
+                    for m in ("accuracy", "network_mse", "test_mse")
+                },
             )
         )
     return points
@@ -190,12 +260,33 @@ def _pyplot():
     return plt
 
 
-def _line(ax, xs, ys, stds, *, label, color, marker=None, linestyle="-") -> None:
-    xs, ys, stds = np.asarray(xs, float), np.asarray(ys, float), np.asarray(stds, float)
+def _line(ax, xs, ys, halves, *, label, color, marker=None, linestyle="-") -> None:
+    """The mean line and its band (half-widths; NaN: none at that point)."""
+    xs, ys, halves = np.asarray(xs, float), np.asarray(ys, float), np.asarray(halves, float)
     order = np.argsort(xs)
-    xs, ys, stds = xs[order], ys[order], np.nan_to_num(stds[order])
+    xs, ys, halves = xs[order], ys[order], np.nan_to_num(halves[order])
     ax.plot(xs, ys, label=label, color=color, marker=marker, linestyle=linestyle, ms=4, lw=1.5)
-    ax.fill_between(xs, ys - stds, ys + stds, color=color, alpha=0.18, lw=0)
+    if np.any(halves > 0):
+        ax.fill_between(xs, ys - halves, ys + halves, color=color, alpha=0.18, lw=0)
+
+
+def _zeta_axis(ax: Any, style: FigureStyle) -> None:
+    """The zeta axis (values in %): logarithmic with ticks at 1, 2, 5 x 10^k, or linear."""
+    ax.set_xlabel(ZETA_LABEL)
+    if style.x_scale != "log":
+        return
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _x(point: Point, x_key: str) -> float:
+    """A point's x value: zeta in %, anything else as it is."""
+    value = point.params[x_key]
+    return value * 100 if x_key == "zeta" else value
 
 
 def _native_line(ax, points: list[Point]) -> None:
@@ -204,66 +295,87 @@ def _native_line(ax, points: list[Point]) -> None:
         ax.axhline(native, color="0.4", ls=":", lw=1, label="native (own encoder, no channel)")
 
 
-def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
+def _save(fig, out_dir: Path, name: str, formats: Sequence[str], dpi: int = 200) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
-        fig.savefig(path, dpi=110 if fmt == "png" else None, bbox_inches="tight")
+        # bbox_inches="tight" takes in the legend below the panels
+        fig.savefig(path, dpi=dpi if fmt == "png" else None, bbox_inches="tight")
         paths.append(path)
     _pyplot().close(fig)
     return paths
 
 
-def _finish(fig, title: str, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
-    """Title, layout, and the files of a finished figure."""
+def _finish(
+    fig, axes: Sequence[Any], title: str, out_dir: Path, name: str, style: FigureStyle, formats
+) -> list[Path]:
+    """Title, layout, the legend below the panels, and the files of a finished figure."""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_dir, name, formats)
+    _shared_legend(fig, axes)
+    return _save(fig, out_dir, name, formats, style.dpi)
 
 
-def _seeds_note(points: list[Point]) -> str:
+def _seeds_note(points: list[Point], style: FigureStyle) -> str:
     seeds = sorted({p.seeds for p in points})
-    return f"mean ± 1 std over {seeds[0] if len(seeds) == 1 else f'{seeds[0]}-{seeds[-1]}'} seeds"
+    count = seeds[0] if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    band = {
+        "ci": f" ± {style.level * 100:g} % CI (t, n-1)",
+        "std": " ± 1 std",
+        "none": "",
+    }[style.band]
+    return f"mean{band} over {count} seeds"
 
 
-def _strategy_lines(ax: Any, panel: list[Point], x_key: str) -> None:
+def _strategy_lines(ax: Any, panel: list[Point], x_key: str, style: FigureStyle) -> None:
     """One line per strategy (mean accuracy and its band against ``params[x_key]``) and the
     users' native accuracy, on one panel."""
     for strategy, spts in _group_by(panel, ("strategy",)).items():
-        style = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
+        look = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
         _line(
             ax,
-            [p.params[x_key] for p in spts],
+            [_x(p, x_key) for p in spts],
             [p.accuracy for p in spts],
-            [p.accuracy_std for p in spts],
-            label=style["label"],
-            color=style["color"],
-            marker=style.get("marker"),
+            [p.band("accuracy", style) for p in spts],
+            label=look["label"],
+            color=look["color"],
+            marker=look.get("marker"),
         )
     _native_line(ax, panel)
 
 
-def _shared_legend(fig: Any, axes: Sequence[Any]) -> None:
-    """One legend below the panels with every label any panel drew, first panel's order."""
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
+def _shared_legend(fig: Any, axes: Sequence[Any], max_columns: int = 5) -> None:
+    """One legend below the panels, outside every axes (so it hides no data), with every label
+    any panel drew, in the first panel's order. Call after ``tight_layout``."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    if not labels:
+        return
+    fig.canvas.draw()  # the axes' tick labels are measured where they are drawn
+    renderer = fig.canvas.get_renderer()
+    bottom = min(ax.get_tightbbox(renderer).y0 for ax in axes)
+    y = fig.transFigure.inverted().transform((0, bottom))[1]
     fig.legend(
         handles,
         labels,
-        loc="lower center",
-        ncol=len(labels),
+        loc="upper center",
+        ncol=min(len(labels), max_columns),
         fontsize=8,
-        bbox_to_anchor=(0.5, -0.08),
+        bbox_to_anchor=(0.5, y - 0.01),
+        bbox_transform=fig.transFigure,
         frameon=False,
     )
 
 
-def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+def figure_fig2(
+    points: list[Point], out_dir: Path, formats: Sequence[str], style: FigureStyle = FigureStyle()
+) -> list[Path]:
     """Accuracy vs zeta per antenna configuration, strategies side by side."""
     plt = _pyplot()
     context_keys = ("group", "snr_db", "pilot_fraction", "csi")
@@ -283,20 +395,21 @@ def figure_fig2(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
             1, len(antennas), figsize=(4.2 * len(antennas), 3.6), sharey=True, squeeze=False
         )
         for ax, ant in zip(axes[0], antennas, strict=True):
-            _strategy_lines(ax, [p for p in pts if p.params["antennas"] == ant], "zeta")
+            _strategy_lines(ax, [p for p in pts if p.params["antennas"] == ant], "zeta", style)
             ax.set_title(f"{ant} MIMO")
-            ax.set_xlabel(ZETA_LABEL)
-            ax.grid(alpha=0.3)
+            _zeta_axis(ax, style)
+            ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
         axes[0][0].set_ylabel(ACC_LABEL)
         title, slug = _fmt_context(context_keys, ctx)
-        _shared_legend(fig, axes[0])
-        title = f"Accuracy vs compression factor ({title}; {_seeds_note(pts)})"
+        title = f"Accuracy vs compression factor ({title}; {_seeds_note(pts, style)})"
         name = "fig2-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _finish(fig, title, out_dir, name, formats)
+        paths += _finish(fig, axes[0], title, out_dir, name, style, formats)
     return paths
 
 
-def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+def figure_fig3(
+    points: list[Point], out_dir: Path, formats: Sequence[str], style: FigureStyle = FigureStyle()
+) -> list[Path]:
     """Network MSE and accuracy vs zeta per group (colour) and pilot fraction (line style)."""
     plt = _pyplot()
     context_keys = ("strategy", "antennas", "snr_db", "csi")
@@ -309,22 +422,20 @@ def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
     for ctx, pts in contexts.items():
         groups = sorted({p.params["group"] for p in pts})
         fractions = sorted({p.params["pilot_fraction"] for p in pts}, reverse=True)
-        fig, (ax_mse, ax_test, ax_acc) = plt.subplots(1, 3, figsize=(14, 4.0))
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
+        ax_mse, ax_test, ax_acc = axes
         for (group, frac), lpts in _group_by(pts, ("group", "pilot_fraction")).items():
             color = GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)]
             ls = LINESTYLES[fractions.index(frac) % len(LINESTYLES)]
             label = f"{group}, pilots {frac * 100:g}%"
-            xs = [p.params["zeta"] for p in lpts]
-            for ax, mean, std in (
-                (ax_mse, "network_mse", "network_mse_std"),
-                (ax_test, "test_mse", "test_mse_std"),
-                (ax_acc, "accuracy", "accuracy_std"),
-            ):
+            xs = [_x(p, "zeta") for p in lpts]
+            panels = ((ax_mse, "network_mse"), (ax_test, "test_mse"), (ax_acc, "accuracy"))
+            for ax, metric in panels:
                 _line(
                     ax,
                     xs,
-                    [getattr(p, mean) for p in lpts],
-                    [getattr(p, std) for p in lpts],
+                    [getattr(p, metric) for p in lpts],
+                    [p.band(metric, style) for p in lpts],
                     label=label,
                     color=color,
                     linestyle=ls,
@@ -333,21 +444,22 @@ def figure_fig3(points: list[Point], out_dir: Path, formats: Sequence[str]) -> l
         ax_mse.set_ylabel(MSE_LABEL, fontsize=8)
         ax_test.set_ylabel(TEST_MSE_LABEL, fontsize=8)
         ax_acc.set_ylabel(ACC_LABEL, fontsize=8)
-        for ax in (ax_mse, ax_test, ax_acc):
-            ax.set_xlabel(ZETA_LABEL)
-            ax.grid(alpha=0.3)
+        for ax in axes:
+            _zeta_axis(ax, style)
+            ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
         ax_mse.set_title("network MSE (pilots, training)")
         ax_test.set_title("latent MSE (test, held out)")
         ax_acc.set_title("accuracy (test)")
-        ax_acc.legend(fontsize=7, loc="lower right")
         title, slug = _fmt_context(context_keys, ctx)
-        title = f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts)})"
+        title = f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts, style)})"
         name = "fig3-mse-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _finish(fig, title, out_dir, name, formats)
+        paths += _finish(fig, axes, title, out_dir, name, style, formats)
     return paths
 
 
-def figure_snr(points: list[Point], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+def figure_snr(
+    points: list[Point], out_dir: Path, formats: Sequence[str], style: FigureStyle = FigureStyle()
+) -> list[Path]:
     """Accuracy vs SNR, one panel per K, strategies side by side."""
     plt = _pyplot()
     context_keys = ("group", "antennas", "pilot_fraction", "csi")
@@ -370,16 +482,15 @@ def figure_snr(points: list[Point], out_dir: Path, formats: Sequence[str]) -> li
         )
         for ax, k in zip(axes[0], ks, strict=True):
             panel = [p for p in pts if p.params["channel_uses"] == k]
-            _strategy_lines(ax, panel, "snr_db")
-            ax.set_title(f"K = {k} (ζ = {panel[0].params['zeta']:.3g})")
+            _strategy_lines(ax, panel, "snr_db", style)
+            ax.set_title(f"K = {k} (ζ = {_x(panel[0], 'zeta'):.3g} %)")
             ax.set_xlabel("SNR per receive antenna (dB)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ACC_LABEL)
-        _shared_legend(fig, axes[0])
         title, slug = _fmt_context(context_keys, ctx)
-        title = f"Accuracy vs SNR ({title}; {_seeds_note(pts)})"
+        title = f"Accuracy vs SNR ({title}; {_seeds_note(pts, style)})"
         name = "snr-accuracy-vs-snr" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _finish(fig, title, out_dir, name, formats)
+        paths += _finish(fig, axes[0], title, out_dir, name, style, formats)
     return paths
 
 
@@ -391,16 +502,19 @@ def make_figures(
     out_dir: str | Path,
     figures: Sequence[str] = FIGURES,
     formats: Sequence[str] = FORMATS,
+    style: FigureStyle | None = None,
 ) -> dict[str, list[Path]]:
     """Draw the requested figures from table rows; returns the paths written per figure.
 
     A figure whose data is not in the rows (fewer than two x values) gets an empty list.
+    ``style`` (default :class:`FigureStyle`): band, zeta axis scale, PNG resolution.
     """
+    style = style or FigureStyle()
     points = aggregate(rows)
     out = Path(out_dir)
     written = {}
     for name in figures:
-        written[name] = _MAKERS[name](points, out, formats) if points else []
+        written[name] = _MAKERS[name](points, out, formats, style) if points else []
         if not written[name]:
             log.info("%s: the table has no context with two or more x values", name)
     return written

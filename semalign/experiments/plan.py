@@ -1,9 +1,13 @@
 """A grid resolved against its latents: the runs to do, their keys, the cells skipped.
 
-Keys: :func:`cell_key` hashes every parameter of a cell (the full :class:`AlignmentConfig` except
-the seed, the group label, its user encoders, the AP encoder, the latent directory and the
-latents' content fingerprint, plus :data:`SCHEMA`); :func:`run_key` is ``<cell_key>-<seed>``.
-Changing any of them is a new cell.
+Keys: :func:`cell_key` hashes every parameter of a cell (the :class:`AlignmentConfig` except the
+seed, the group label, its user encoders, the AP encoder and the latents' content fingerprint,
+plus :data:`SCHEMA`); :func:`run_key` is ``<cell_key>-<seed>``. Changing any of them is a new
+cell. Where the latents lie is not part of a key: a moved or copied cache, or a table shared with
+someone whose cache is elsewhere, finds its cells complete. (Schema 1 keys hashed the folder's
+path too; :func:`legacy_run_key` recomputes them so that a sweep re-keys an older table's runs
+instead of running them again.) A config field added after schema 1 enters a key only when it
+differs from its default, so adding one keeps every existing key.
 
 Cells whose geometry the AP rejects (K N_T complex symbols more than the AP latent's d/2 complex
 features, or Top-K index side information that leaves no data channel use) are skipped up front
@@ -19,16 +23,36 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
 from semalign.experiments.grid import SweepGrid, antennas_label
 
-#: Bumped when the meaning of a row changes; part of every cell key.
-SCHEMA = 1
+#: Bumped when the meaning of a row or the making of a key changes; part of every cell key.
+#: 1: keys hashed the latents' folder path; 2: they do not.
+SCHEMA = 2
+
+#: The config fields of schema 1: always part of a key. Any other field is hashed only when it
+#: differs from its default (see :func:`_key_params`).
+KEY_FIELDS_V1: tuple[str, ...] = (
+    "strategy",
+    "antennas_tx",
+    "antennas_rx",
+    "channel_uses",
+    "snr_db",
+    "rho",
+    "power",
+    "iterations",
+    "csi",
+    "pilot_fraction",
+    "baseline_fit",
+    "topk_index_cost",
+)
 
 
 @dataclass(frozen=True)
@@ -102,21 +126,66 @@ class Outline:
         return self.cells * len(self.grid.seeds)
 
 
-def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
-    """Hash of every parameter of a cell (everything but the seed)."""
+def _key_params(config: AlignmentConfig) -> dict[str, Any]:
+    """The config fields a cell key hashes: every field of schema 1, and any later field whose
+    value is not its default (the seed is never part of a cell key)."""
     params = config.model_dump()
-    params.pop("seed")
-    payload = {
-        "schema": SCHEMA,
-        "latents": spec.latents_dir,
-        "latents_id": spec.fingerprint,
-        "ap": spec.ap,
-        "users": list(spec.users),
-        "group": group,
-        **params,
-    }
+    params.pop("seed", None)
+    for name, info in type(config).model_fields.items():
+        if name in KEY_FIELDS_V1 or name not in params or info.is_required():
+            continue
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
+        if params[name] == default:
+            del params[name]
+    return params
+
+
+def _hash(payload: dict[str, Any]) -> str:
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
+    """Hash of every parameter of a cell (everything but the seed and the latents' folder)."""
+    return _hash(
+        {
+            "schema": SCHEMA,
+            "latents_id": spec.fingerprint,
+            "ap": spec.ap,
+            "users": list(spec.users),
+            "group": group,
+            **_key_params(config),
+        }
+    )
+
+
+def legacy_cell_key(
+    spec: ScenarioSpec, group: str, config: AlignmentConfig, latents_dir: str
+) -> str | None:
+    """The schema-1 key of a cell whose latents were read from ``latents_dir``, None when
+    ``config`` sets a field schema 1 did not know (no such cell can be in an older table)."""
+    params = _key_params(config)
+    if set(params) - set(KEY_FIELDS_V1):
+        return None
+    return _hash(
+        {
+            "schema": 1,
+            "latents": latents_dir,
+            "latents_id": spec.fingerprint,
+            "ap": spec.ap,
+            "users": list(spec.users),
+            "group": group,
+            **params,
+        }
+    )
+
+
+def legacy_run_key(run: Run, latents_dir: str) -> str | None:
+    """The schema-1 key of ``run`` had its latents been read from ``latents_dir``."""
+    cell = legacy_cell_key(run.spec, run.group, run.config, latents_dir)
+    return None if cell is None else run_key(cell, run.config.seed)
 
 
 def run_key(cell: str, seed: int) -> str:

@@ -5,24 +5,34 @@ Each run is one seed of one cell on the in-process engine
 :class:`~semalign.experiments.table.ResultsTable` as soon as it ends, so a sweep stopped by a
 crash or Ctrl-C resumes where it was.
 
-Parallelism: ``workers`` processes (``spawn``, :class:`~semalign.common.io.SpawnPool`), each
-loading every scenario it needs once and limiting BLAS to one thread (on a loaded 2-core machine
-a 2-thread OpenBLAS eigendecomposition measured 8x slower than a 1-thread one).
+Executors: ``local`` runs in this process (``workers == 1``) or on ``workers`` processes
+(``spawn``, :class:`~semalign.common.io.SpawnPool`); ``ray`` makes every run a Ray task, on a
+local Ray instance of ``workers`` CPUs or on the cluster at ``ray_address``. Either way each
+worker loads every scenario it needs once and limits BLAS to one thread (on a loaded 2-core
+machine a 2-thread OpenBLAS eigendecomposition measured 8x slower than a 1-thread one), and the
+rows come back to this process, which alone writes the table (and logs to the tracker).
+
+Every run's rows carry its :func:`~semalign.experiments.provenance.run_provenance`, taken in the
+process that ran it (its host, its start time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from semalign.common.errors import SweepError
 from semalign.common.io import SpawnPool
-from semalign.experiments.plan import Plan, Run, ScenarioSpec, describe
+from semalign.experiments.plan import Plan, Run, ScenarioSpec, describe, legacy_run_key, zeta
+from semalign.experiments.provenance import PROVENANCE_KEYS, run_provenance
 from semalign.experiments.table import ResultsTable, rows_from_seed
 
 log = logging.getLogger(__name__)
@@ -40,19 +50,26 @@ def _scenario(spec: ScenarioSpec):
     return _SCENARIOS[spec]
 
 
-def execute(run: Run) -> list[dict[str, Any]]:
-    """Run one (cell, seed) in this process; returns its table rows.
+#: The executors :func:`run_sweep` knows.
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+
+
+def execute(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run one (cell, seed) in this process; returns its table rows and its results block.
 
     The users' data is loaded and whitened before the engine's clock starts, so a run's
     ``seconds`` measure the session alone, whichever run first needed the data.
     """
     from semalign.engine.simulate import simulate_seed
 
+    provenance = run_provenance()
     scenario = _scenario(run.spec)
     for encoder in run.spec.users:
         data = scenario.data_for(encoder, run.config.pilot_fraction)
         data.whitened_pilots(list(range(len(data.pilot_ids))))
-    return rows_from_seed(run, simulate_seed(scenario, run.config))
+    result = simulate_seed(scenario, run.config)
+    block = result.to_dict() if hasattr(result, "to_dict") else result
+    return rows_from_seed(run, block, provenance), block
 
 
 def _worker_init(blas_threads: int, log_level: int) -> None:
@@ -91,12 +108,29 @@ def blas_threads() -> list[int]:
     return [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
-def _worker_execute(run: Run) -> tuple[str, list[dict[str, Any]] | None, str | None]:
+@dataclass
+class Outcome:
+    """What a worker sends back for one run: its rows and results block, or an error."""
+
+    key: str
+    rows: list[dict[str, Any]] | None
+    block: dict[str, Any] | None
+    error: str | None = None
+
+
+def _worker_execute(run: Run) -> Outcome:
     try:
-        return run.key, execute(run), None
+        rows, block = execute(run)
+        return Outcome(run.key, rows, block)
     except Exception as exc:  # reported by the parent; the run stays undone
         log.debug("run %s failed", run.key, exc_info=True)
-        return run.key, None, f"{type(exc).__name__}: {exc}"
+        return Outcome(run.key, None, None, f"{type(exc).__name__}: {exc}")
+
+
+def _ray_execute(run: Run, blas_threads: int) -> Outcome:
+    """A run as a Ray task (in a Ray worker process, which keeps its scenarios between tasks)."""
+    with _limit_blas(blas_threads):
+        return _worker_execute(run)
 
 
 @dataclass
@@ -108,12 +142,74 @@ class SweepSummary:
     done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    rekeyed: int = 0  # runs of an older table found under their schema-1 keys
+    tracked: int = 0  # runs logged to the tracker
+    tracking_error: str | None = None  # why tracking stopped (the sweep went on)
 
 
 #: Called after each run with (run, rows or None, error or None).
 RunCallback = Callable[[Run, list[dict[str, Any]] | None, str | None], None]
-#: Called once a run has ended (rows or an error), inside run_sweep.
-_Finish = Callable[[Run, list[dict[str, Any]] | None, str | None], None]
+#: Called once a run has ended (its outcome), inside run_sweep.
+_Finish = Callable[[Run, Outcome], None]
+
+
+def _importable(name: str) -> bool:
+    """Whether ``import name`` can work, without importing it (slow for Ray)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_executor(executor: str) -> None:
+    """SweepError (one line) when ``executor`` is unknown or its package is not installed."""
+    if executor not in EXECUTORS:
+        raise SweepError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "ray" and not _importable("ray"):
+        raise SweepError(
+            "the ray executor needs Ray, which is not installed here; install it with: "
+            "pip install 'semalign[ray]'"
+        )
+
+
+def tracked_run(run: Run, rows: list[dict[str, Any]], block: dict[str, Any]) -> Any:
+    """The :class:`~semalign.tracking.TrackedRun` of a finished run: its config and cell as
+    params, its provenance as tags, its rounds and per-user results as metrics."""
+    from semalign.tracking import from_seed_block
+
+    cell = describe(run.group, run.config)
+    params = {
+        **run.config.model_dump(),
+        "group": run.group,
+        "ap_encoder": run.spec.ap,
+        "users": "+".join(run.spec.users),
+        "latents_id": run.spec.fingerprint,
+        "d_ap": run.d_ap,
+        "zeta": zeta(run.config.channel_uses, run.d_ap),
+        "cell_key": run.cell_key,
+        "run_key": run.key,
+    }
+    tags = {key: rows[0].get(key) for key in PROVENANCE_KEYS} if rows else {}
+    tags.update(run_key=run.key, cell_key=run.cell_key, cell=cell)
+    return from_seed_block(f"{cell} seed {run.config.seed}", params, block, tags, group=cell)
+
+
+def _legacy_renames(plan: Plan, table: ResultsTable) -> dict[str, tuple[str, str]]:
+    """Schema-1 run keys (with every latent folder the table names) -> the plan's keys."""
+    renames: dict[str, tuple[str, str]] = {}
+    if not table.complete:
+        return renames
+    for run in plan.runs:
+        if run.key in table.complete:
+            continue
+        for folder in sorted(table.latents_dirs):
+            old = legacy_run_key(run, folder)
+            if old is not None and old in table.complete:
+                renames[old] = (run.key, run.cell_key)
+                break
+    return renames
 
 
 def run_sweep(
@@ -124,28 +220,47 @@ def run_sweep(
     on_run: RunCallback | None = None,
     on_start: Callable[[SweepSummary], None] | None = None,
     blas_threads: int = 1,
+    tracker: Any = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> SweepSummary:
     """Run every run of ``plan`` not already complete in the table, appending as each ends.
 
-    ``workers == 1`` runs in this process; more use a process pool (``spawn``). A failing run is
-    reported (``on_run``, a warning in the log and the summary) and left undone; the rest go
-    on. KeyboardInterrupt stops the pool at once; finished runs are already in the table.
+    Executor ``local``: ``workers == 1`` runs in this process, more use a process pool
+    (``spawn``); ``ray``: Ray tasks on a local instance of ``workers`` CPUs, or on the cluster at
+    ``ray_address``. A failing run is reported (``on_run``, a warning in the log and the summary)
+    and left undone; the rest go on. KeyboardInterrupt stops the workers at once; finished runs
+    are already in the table. Runs of an older table found under their schema-1 keys are
+    re-keyed, not run again.
+
+    ``tracker`` (a :class:`~semalign.tracking.Tracker`) gets each run done by this call, from
+    this process; a tracking failure stops the tracking (``summary.tracking_error``), not the
+    sweep.
 
     Raises:
-        SweepError: the table belongs to another schema or another sweep is writing it.
+        SweepError: the table belongs to another schema or another sweep is writing it, or the
+            executor cannot be used.
     """
+    check_executor(executor)
     start = time.perf_counter()
     with ResultsTable(table_path) as table:
+        rekeyed = table.rekey(_legacy_renames(plan, table))
+        if rekeyed:
+            log.info("%s: %d run(s) of an older table re-keyed", table_path, rekeyed)
         todo = [r for r in plan.runs if r.key not in table.complete]
         todo.sort(key=lambda r: r.cost, reverse=True)
-        summary = SweepSummary(total=len(plan.runs), already_done=len(plan.runs) - len(todo))
+        summary = SweepSummary(
+            total=len(plan.runs), already_done=len(plan.runs) - len(todo), rekeyed=rekeyed
+        )
         if on_start:
             on_start(summary)
 
-        def finish(run: Run, rows: list[dict[str, Any]] | None, error: str | None) -> None:
+        def finish(run: Run, outcome: Outcome) -> None:
+            rows, error = outcome.rows, outcome.error
             if rows is not None:
                 table.append(rows)
                 summary.done += 1
+                _track(tracker, summary, run, rows, outcome.block)
             else:
                 summary.failed.append((run.key, error or "unknown error"))
                 log.warning(
@@ -154,15 +269,95 @@ def run_sweep(
             if on_run:
                 on_run(run, rows, error)
 
-        if workers <= 1 or len(todo) <= 1:
+        if executor == "ray":
+            _run_ray(todo, workers, blas_threads, finish, ray_address)
+        elif workers <= 1 or len(todo) <= 1:
             with _limit_blas(blas_threads):
                 for run in todo:
-                    _, rows, error = _worker_execute(run)
-                    finish(run, rows, error)
+                    finish(run, _worker_execute(run))
         else:
             _run_pool(todo, workers, blas_threads, finish)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _track(
+    tracker: Any,
+    summary: SweepSummary,
+    run: Run,
+    rows: list[dict[str, Any]],
+    block: dict[str, Any] | None,
+) -> None:
+    """Log a finished run to ``tracker``; the first failure stops the tracking (logged and in
+    the summary), never the sweep: the run is in the table."""
+    if tracker is None or block is None or summary.tracking_error is not None:
+        return
+    try:
+        tracker.log(tracked_run(run, rows, block))
+        summary.tracked += 1
+    except Exception as exc:
+        summary.tracking_error = str(exc) or type(exc).__name__
+        log.warning("tracking stopped (the sweep goes on): %s", summary.tracking_error)
+
+
+def _run_ray(
+    todo: list[Run], workers: int, blas_threads: int, finish: _Finish, address: str | None
+) -> None:
+    """Run ``todo`` as Ray tasks, calling ``finish`` in this process as each run ends.
+
+    Ray is started here (a local instance of ``workers`` CPUs, or connected to ``address`` or
+    ``$RAY_ADDRESS``) and shut down at the end unless it was already initialized. At most two
+    tasks per CPU are in flight, so that the longest-first order holds and Ctrl-C has little to
+    cancel.
+    """
+    if not todo:
+        return
+    import ray
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # quiet a FutureWarning
+    started = not ray.is_initialized()
+    cluster = address or os.environ.get("RAY_ADDRESS")  # ray.init() itself reads RAY_ADDRESS
+    if started:
+        where = {"address": address} if address else {} if cluster else {"num_cpus": workers}
+        try:
+            ray.init(
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                **where,
+            )
+        except Exception as exc:
+            place = f" at {cluster}" if cluster else ""
+            raise SweepError(f"cannot start Ray{place}: {exc}") from None
+    inflight: dict[Any, Run] = {}
+    try:
+        slots = workers
+        if cluster or not started:
+            slots = max(1, int(ray.cluster_resources().get("CPU", workers)))
+        task = ray.remote(num_cpus=1)(_ray_execute)
+        pending = iter(todo)
+        for run in itertools.islice(pending, 2 * slots):
+            inflight[task.remote(run, blas_threads)] = run
+        while inflight:
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                run = inflight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # the task or its worker died
+                    outcome = Outcome(run.key, None, None, f"ray task failed: {exc}")
+                finish(run, outcome)
+                nxt = next(pending, None)
+                if nxt is not None:
+                    inflight[task.remote(nxt, blas_threads)] = nxt
+    except BaseException:
+        for ref in inflight:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _run_pool(todo: list[Run], workers: int, blas_threads: int, finish: _Finish) -> None:
@@ -184,10 +379,11 @@ def _run_pool(todo: list[Run], workers: int, blas_threads: int, finish: _Finish)
             for future in done:
                 run = inflight.pop(future)
                 try:
-                    _, rows, error = future.result()
+                    outcome = future.result()
                 except Exception as exc:  # the worker process died (e.g. out of memory)
-                    rows, error = None, f"worker failed: {type(exc).__name__}: {exc}"
-                finish(run, rows, error)
+                    error = f"worker failed: {type(exc).__name__}: {exc}"
+                    outcome = Outcome(run.key, None, None, error)
+                finish(run, outcome)
                 nxt = next(pending, None)
                 if nxt is not None:
                     inflight[pool.submit(_worker_execute, nxt)] = nxt

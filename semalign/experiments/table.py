@@ -5,6 +5,12 @@ single ``write`` followed by ``fsync``, and each row carries the run's key and i
 (``run_rows``). On reading, a run is trusted only when all its rows are there and parse; a torn
 tail left by a crash is dropped (the table is rewritten atomically without it) and that run is
 simply done again. Re-running the same sweep therefore skips every finished run.
+
+Schemas (the header tells them apart): 1 had no provenance; 2 adds each run's
+:func:`~semalign.experiments.provenance.run_provenance` (``semalign_version``, ``git_commit``,
+``started_at``, ``host``) as the last columns. A schema-1 table reads as it is (empty
+provenance); a sweep that writes to one first rewrites it in schema 2 (atomically, its rows
+kept) and re-keys the runs it finds under their schema-1 keys (:meth:`ResultsTable.rekey`).
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
 from semalign.experiments.grid import antennas_label
-from semalign.experiments.plan import SCHEMA, Run, zeta
+from semalign.experiments.plan import Run, zeta
+from semalign.experiments.provenance import PROVENANCE_KEYS
 
 log = logging.getLogger(__name__)
 
-#: Columns of the results table, with their types (for reading back).
-COLUMNS: dict[str, type] = {
+#: Columns of a schema-1 table, with their types (for reading back).
+V1_COLUMNS: dict[str, type] = {
     "run_key": str,
     "cell_key": str,
     "run_rows": int,
@@ -68,6 +75,13 @@ COLUMNS: dict[str, type] = {
     "seconds": float,
 }
 
+#: Columns of the results table (schema 2): schema 1's, then the run's provenance.
+COLUMNS: dict[str, type] = {**V1_COLUMNS, **{key: str for key in PROVENANCE_KEYS}}
+
+#: The table schema written now, and each schema's header.
+TABLE_SCHEMA = 2
+SCHEMAS: dict[int, list[str]] = {1: list(V1_COLUMNS), 2: list(COLUMNS)}
+
 
 def read_seed(block: dict[str, Any]) -> dict[str, Any]:
     """What the table keeps of one seed's results block (:func:`simulate_seed`'s dict).
@@ -99,8 +113,11 @@ def read_seed(block: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rows_from_seed(run: Run, block: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table rows of one run's results block (one per user)."""
+def rows_from_seed(
+    run: Run, block: dict[str, Any], provenance: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The table rows of one run's results block (one per user), with the run's provenance
+    (:func:`~semalign.experiments.provenance.run_provenance`; empty columns without it)."""
     cfg = run.config
     seed = read_seed(block)
     base = seed["baseline"]
@@ -134,6 +151,7 @@ def rows_from_seed(run: Run, block: dict[str, Any]) -> list[dict[str, Any]]:
         "index_bits_per_sample": base.get("index_bits_per_sample", 0),
         "index_channel_uses": base.get("index_channel_uses", 0),
         "seconds": seed["seconds"],
+        **{key: (provenance or {}).get(key) for key in PROVENANCE_KEYS},
     }
     return [{**common, **user} for user in seed["users"]]
 
@@ -162,9 +180,10 @@ def _parse(column: str, text: str) -> Any:
 
 
 def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
+    """A row of any schema as a row of this one (columns it lacks are empty)."""
     if None in raw or any(v is None for v in raw.values()):
         raise ValueError("wrong number of fields")
-    return {c: _parse(c, raw[c]) for c in COLUMNS}
+    return {c: _parse(c, raw.get(c, "")) for c in COLUMNS}
 
 
 @dataclass
@@ -175,13 +194,15 @@ class TableContents:
     complete: set[str]
     dropped_lines: int
     torn_tail: bool
+    schema: int = TABLE_SCHEMA
 
 
 def read_table(path: str | Path) -> TableContents:
-    """Rows of the complete runs in ``path`` (partial runs and a torn last line are left out).
+    """Rows of the complete runs in ``path`` (partial runs and a torn last line are left out),
+    in this schema's columns whichever schema the file has.
 
     Raises:
-        SweepError: the file is not a results table of this schema.
+        SweepError: the file is not a results table of a schema this version reads.
     """
     path = Path(path)
     if not path.exists():
@@ -193,11 +214,7 @@ def read_table(path: str | Path) -> TableContents:
     if not text.strip():
         return TableContents([], set(), 0, torn)
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames != list(COLUMNS):
-        raise SweepError(
-            f"{path} is not a semalign sweep table of schema {SCHEMA} (its columns differ); "
-            "use another --table"
-        )
+    schema = _schema_of(path, reader.fieldnames or [])
     by_run: dict[str, list[dict[str, Any]]] = {}
     bad_runs: set[str] = set()
     bad_lines = 0
@@ -226,7 +243,23 @@ def read_table(path: str | Path) -> TableContents:
             continue
         rows.extend(run_rows)
         complete.add(key)
-    return TableContents(rows, complete, dropped, torn)
+    return TableContents(rows, complete, dropped, torn, schema)
+
+
+def _schema_of(path: Path, header: list[str]) -> int:
+    """The schema whose columns ``header`` are; SweepError for any other header."""
+    for schema, columns in SCHEMAS.items():
+        if header == columns:
+            return schema
+    if header[: len(COLUMNS)] == list(COLUMNS):
+        raise SweepError(
+            f"{path} was written by a newer semalign (its table has more columns than schema "
+            f"{TABLE_SCHEMA}); upgrade semalign to read it"
+        )
+    raise SweepError(
+        f"{path} is not a semalign sweep table (its columns differ from schemas "
+        f"{', '.join(map(str, SCHEMAS))}); use another --table"
+    )
 
 
 class ResultsTable:
@@ -240,6 +273,8 @@ class ResultsTable:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.complete: set[str] = set()
+        #: The latent folders the complete runs read (the ``latents`` column), for re-keying.
+        self.latents_dirs: set[str] = set()
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> ResultsTable:
@@ -262,6 +297,7 @@ class ResultsTable:
             return
         contents = read_table(self.path)
         self.complete = contents.complete
+        self.latents_dirs = {row["latents"] for row in contents.rows}
         if contents.torn_tail or contents.dropped_lines:
             log.warning(
                 "%s: dropped %d row(s) of unfinished runs%s; they will run again",
@@ -270,6 +306,42 @@ class ResultsTable:
                 " and a torn last line" if contents.torn_tail else "",
             )
             self._rewrite(contents.rows)
+        elif contents.schema != TABLE_SCHEMA:
+            log.info(
+                "%s: table of schema %d rewritten in schema %d (%d row(s) kept)",
+                self.path,
+                contents.schema,
+                TABLE_SCHEMA,
+                len(contents.rows),
+            )
+            self._rewrite(contents.rows)
+
+    def rekey(self, renames: dict[str, tuple[str, str]]) -> int:
+        """Give complete runs new keys: ``{old run_key: (run_key, cell_key)}``; rewrites the
+        table atomically when any of them is there. Returns the number of runs re-keyed.
+
+        A new key already complete in the table is left alone (its old-key rows stay), so no
+        run is ever there twice.
+        """
+        renames = {
+            old: new
+            for old, new in renames.items()
+            if old in self.complete and new[0] not in self.complete and old != new[0]
+        }
+        if not renames:
+            return 0
+        targets: dict[str, str] = {}
+        for old, (new_run, _) in sorted(renames.items()):
+            targets.setdefault(new_run, old)  # two old runs onto one new key: the first only
+        renames = {old: renames[old] for old in targets.values()}
+        rows = read_table(self.path).rows
+        for row in rows:
+            new = renames.get(row["run_key"])
+            if new is not None:
+                row["run_key"], row["cell_key"] = new
+        self._rewrite(rows)
+        self.complete = (self.complete - set(renames)) | {new for new, _ in renames.values()}
+        return len(renames)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         """Replace the table with ``rows`` atomically (fsync of the file and its folder)."""
