@@ -120,6 +120,30 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, latents: bool = True)
             help="use this latent folder <dir>/<encoder>/{train,val,test}.npz as it is "
             "(default: <cache-dir>/<dataset>, encoded on first use)",
         )
+        group.add_argument(
+            "--pretrained",
+            action="store_true",
+            help="encode missing entries with timm's pretrained weights (Hugging Face cache, "
+            "network or --weights) instead of training each encoder locally",
+        )
+        group.add_argument(
+            "--weights",
+            action="append",
+            default=[],
+            metavar="NAME=PATH",
+            help="local pretrained weights file for one encoder (repeatable; default: none)",
+        )
+
+
+def parse_weights(items: list[str]) -> dict[str, Path]:
+    """``--weights NAME=PATH`` items -> {name: path} (UsageError for a malformed item)."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--weights expects NAME=PATH, got {item!r}")
+        out[name.strip()] = Path(path)
+    return out
 
 
 def add_users_argument(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +206,7 @@ def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
         else:
             pool = list(registry.GROUPS[DEFAULT_USERS])
         return [pool[i % len(pool)] for i in range(count)]
-    if latents is not None and spec not in registry.GROUPS:
+    if latents is not None and spec not in registry.ALL_GROUPS:
         return [u.strip() for u in spec.split(",") if u.strip()]
     try:
         return registry.resolve_encoders(spec)
@@ -199,10 +223,19 @@ def prepare_latents(args: argparse.Namespace, encoders: list[str]) -> Path:
     from semalign.encoders import default_cache_dir, ensure_latents
 
     cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    options = {}
+    if getattr(args, "pretrained", False):
+        options = {"pretrained": True, "weights": parse_weights(args.weights)}
+    elif getattr(args, "weights", None):
+        raise UsageError("--weights needs --pretrained")
     try:
         return Path(
             ensure_latents(
-                args.dataset, encoders, cache_dir, progress=not getattr(args, "quiet", False)
+                args.dataset,
+                encoders,
+                cache_dir,
+                progress=not getattr(args, "quiet", False),
+                **options,
             )
         )
     except (DatasetUnavailable, WeightsUnavailable) as exc:

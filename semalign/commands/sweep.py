@@ -133,15 +133,27 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
-def _uncached(dataset: str, encoders: list[str], cache_dir: Path) -> dict[str, str]:
+def _uncached(
+    dataset: str, encoders: list[str], cache_dir: Path, args: argparse.Namespace | None = None
+) -> dict[str, str]:
     """Encoders whose cache entry ``prepare_latents`` would (re)build, with the reason; reads
     the cache only (no lock, no folder is created)."""
+    from semalign.commands.options import parse_weights
     from semalign.encoders.cache import cache_key, cache_key_material, check_entry
 
+    pretrained = bool(getattr(args, "pretrained", False))
+    weights = parse_weights(getattr(args, "weights", None) or []) if pretrained else {}
     missing = {}
     for name in encoders:
         # the settings prepare_latents encodes with (ensure_latents' defaults)
-        material = cache_key_material(dataset, name, seed=0, image_size=32, pretrained=False)
+        material = cache_key_material(
+            dataset,
+            name,
+            seed=0,
+            image_size=32,
+            pretrained=pretrained,
+            weights_file=weights.get(name),
+        )
         reason = check_entry(cache_dir / dataset / name, cache_key(material))
         if reason:
             missing[name] = reason
@@ -157,7 +169,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     grid, groups, encoders = _grid(args)
     table_path = _table_path(args)
     if args.dry_run and not args.latents:
-        missing = _uncached(args.dataset, encoders, _cache_dir(args))
+        missing = _uncached(args.dataset, encoders, _cache_dir(args), args)
         if missing:
             return _dry_run_cold(console, args, grid, missing, table_path)
         latents_dir = _cache_dir(args) / args.dataset  # all cached: read, never encode

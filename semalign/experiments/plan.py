@@ -176,8 +176,8 @@ def resolve_groups(
 
     groups: dict[str, list[str]] = {}
     for label in labels:
-        if label in registry.GROUPS:
-            groups[label] = list(registry.GROUPS[label])
+        if label in registry.ALL_GROUPS:
+            groups[label] = list(registry.ALL_GROUPS[label])
             continue
         names = [p.strip() for p in label.split("+")]
         if not latents_given:
