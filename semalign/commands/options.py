@@ -7,11 +7,13 @@ the config model is the one place a field, its bounds, its default and its help 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from semalign.common.channels import ChannelConfig
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
 
@@ -28,8 +30,71 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-#: AlignmentConfig fields that are per-session CLI options (the seed comes from --seeds).
-CLI_FIELDS: tuple[str, ...] = tuple(f for f in AlignmentConfig.model_fields if f != "seed")
+#: AlignmentConfig fields that are per-session CLI options (the seed comes from --seeds; the
+#: nested ``channel`` has flat options of its own, ``CHANNEL_OPTIONS``).
+CLI_FIELDS: tuple[str, ...] = tuple(
+    f for f in AlignmentConfig.model_fields if f not in ("seed", "channel")
+)
+
+#: ChannelConfig field -> its flat option of ``simulate`` / ``run`` / ``ap``.
+CHANNEL_OPTIONS: dict[str, str] = {
+    "model": "--channel-model",
+    "rho_tx": "--rho-tx",
+    "rho_rx": "--rho-rx",
+    "k_factor": "--k-factor",
+    "aod_deg": "--aod-deg",
+    "aoa_deg": "--aoa-deg",
+    "csi_error_variance": "--csi-error",
+    "user_snr_db": "--user-snr-db",
+    "distances": "--distances",
+    "snr_ref_db": "--snr-ref-db",
+    "reference_distance": "--reference-distance",
+    "path_loss_exponent": "--path-loss-exponent",
+}
+
+#: What each channel option defaults to, for its help.
+_CHANNEL_DEFAULTS: dict[str, str] = {
+    "model": "rayleigh",
+    "rho_tx": "0 when only --rho-rx is given",
+    "rho_rx": "0 when only --rho-tx is given",
+    "k_factor": "required by rician",
+    "aod_deg": "uniform per user",
+    "aoa_deg": "uniform per user",
+    "csi_error_variance": "0, perfect CSI",
+    "user_snr_db": "--snr-db for every user",
+    "distances": "none",
+    "snr_ref_db": "--snr-db",
+    "reference_distance": "1",
+    "path_loss_exponent": "3",
+}
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flat options for :class:`ChannelConfig` (``config_from_args`` nests them as ``channel``)."""
+    for name, option in CHANNEL_OPTIONS.items():
+        info = ChannelConfig.model_fields[name]
+        help_text = f"{info.description} (default: {_CHANNEL_DEFAULTS[name]})"
+        dest = f"channel_{name}"
+        if name == "model":
+            parser.add_argument(
+                option, dest=dest, choices=get_args(info.annotation), help=help_text
+            )
+        elif name in ("user_snr_db", "distances"):
+            help_text += "; comma-separated, one per user in --users order"
+            if name == "user_snr_db":
+                help_text += " (negative values need '=': --user-snr-db=-5,10)"
+            parser.add_argument(option, dest=dest, type=_float_list, metavar="LIST", help=help_text)
+        else:
+            parser.add_argument(option, dest=dest, type=float, help=help_text)
 
 
 def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +117,7 @@ def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             parser.add_argument(option, type=info.annotation, default=info.default, help=help_text)
+    add_channel_arguments(parser)
     parser.add_argument(
         "--seeds", default="27,42", help="comma-separated seeds (default: %(default)s)"
     )
@@ -68,15 +134,49 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def channel_from_args(args: argparse.Namespace) -> ChannelConfig:
+    """The ChannelConfig of the flat channel options (UsageError with one line, naming the
+    option, on bad values)."""
+    given = {
+        name: getattr(args, f"channel_{name}")
+        for name in CHANNEL_OPTIONS
+        if getattr(args, f"channel_{name}", None) is not None
+    }
+    try:
+        return ChannelConfig(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"]:
+            option = CHANNEL_OPTIONS[str(err["loc"][0])]
+            raise UsageError(f"{option}: {msg} (got {err.get('input')!r})") from None
+        for name, option in CHANNEL_OPTIONS.items():
+            if name != "model":
+                msg = re.sub(rf"\b{name}\b", option, msg)
+        raise UsageError(f"channel options: {msg}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> AlignmentConfig:
     """Validated AlignmentConfig from CLI arguments (UsageError with one line on bad values)."""
 
+    channel = channel_from_args(args)
     try:
-        return AlignmentConfig(**{f: getattr(args, f) for f in CLI_FIELDS})
+        return AlignmentConfig(**{f: getattr(args, f) for f in CLI_FIELDS}, channel=channel)
     except ValidationError as exc:
         err = exc.errors()[0]
         option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
         raise UsageError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def check_channel_users(config: AlignmentConfig, users: int) -> None:
+    """A per-user SNR list (``--user-snr-db``, ``--distances``) must have one entry per user."""
+    try:
+        config.channel.user_snrs(users, config.snr_db)
+    except ValueError as exc:
+        msg = str(exc)
+        for name in ("user_snr_db", "distances"):
+            msg = msg.replace(name, CHANNEL_OPTIONS[name])
+        raise UsageError(msg) from None
 
 
 #: The user group when ``--users`` is not given.

@@ -88,6 +88,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_fit": args.baseline_fit,
         "topk_index_cost": args.topk_index_cost,
         "ap": args.ap,
+        "channel_models": _list_of(str, "--channel-models")(args.channel_models)
+        if args.channel_models
+        else None,
+        "correlations": _opt(args.correlations, float, "--correlations"),
+        "k_factors": _opt(args.k_factors, float, "--k-factors"),
+        "csi_errors": _opt(args.csi_errors, float, "--csi-errors"),
     }
 
 
@@ -361,6 +367,16 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add("--baseline-fit", choices=("received", "full"), help="see `simulate --help`")
     add("--topk-index-cost", choices=("none", "channel-uses"), help="see `simulate --help`")
     add("--ap", help="AP encoder (default: the registry's default AP)")
+    add(
+        "--channel-models",
+        help="fading models, e.g. rayleigh,kronecker,rician (default: rayleigh)",
+    )
+    add(
+        "--correlations",
+        help="kronecker: correlations rho (rho_tx = rho_rx = rho), e.g. 0,0.5,0.9",
+    )
+    add("--k-factors", help="rician: K-factors (linear), e.g. 1,10")
+    add("--csi-errors", help="CSI error variances (linear), e.g. 0,0.1,0.3 (default: 0)")
 
 
 def register(subparsers: Any) -> None:
@@ -368,7 +384,8 @@ def register(subparsers: Any) -> None:
         "sweep",
         help="run an experiment grid (paper section IV), resumable, into one CSV table",
         description="Run the cartesian grid of strategies x channel uses x antennas x SNR x "
-        "groups x pilot fractions x CSI modes, for every seed, on the in-process simulator. "
+        "groups x pilot fractions x CSI modes x channels (fading models, with their "
+        "correlations or K-factors, x CSI errors), for every seed, on the in-process simulator. "
         "Rows (one per cell, seed and user) are appended to --table as each run finishes; "
         "re-running the same command skips finished runs. Options override the --preset's "
         "fields. Negative SNRs need '=': --snr-db=-20,-10,0.",

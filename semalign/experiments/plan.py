@@ -104,7 +104,7 @@ class Outline:
 
 def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     """Hash of every parameter of a cell (everything but the seed)."""
-    params = config.model_dump()
+    params = config.params()  # no ``channel`` for the default: old cell keys stay valid
     params.pop("seed")
     payload = {
         "schema": SCHEMA,
@@ -134,6 +134,8 @@ def describe(group: str, config: AlignmentConfig) -> str:
         text += f" pilots={cfg.pilot_fraction:g}"
     if not cfg.csi:
         text += " no-CSI"
+    if not cfg.channel.is_default:
+        text += f" {cfg.channel.describe()}"
     return text
 
 

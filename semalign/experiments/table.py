@@ -42,6 +42,7 @@ COLUMNS: dict[str, type] = {
     "group": str,
     "pilot_fraction": float,
     "csi": bool,
+    "channel": str,
     "iterations": int,
     "rho": float,
     "power": float,
@@ -67,6 +68,11 @@ COLUMNS: dict[str, type] = {
     "index_channel_uses": int,
     "seconds": float,
 }
+
+
+#: Tables written before the ``channel`` column are read as ``rayleigh`` (the only channel
+#: then) and rewritten with the current header before a sweep appends to them.
+LEGACY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "channel")
 
 
 def read_seed(block: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +123,7 @@ def rows_from_seed(run: Run, block: dict[str, Any]) -> list[dict[str, Any]]:
         "group": run.group,
         "pilot_fraction": cfg.pilot_fraction,
         "csi": cfg.csi,
+        "channel": cfg.channel.describe(),
         "iterations": cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 0,
         "rho": cfg.rho,
         "power": cfg.power,
@@ -175,6 +182,7 @@ class TableContents:
     complete: set[str]
     dropped_lines: int
     torn_tail: bool
+    legacy: bool = False  # written before the channel column (see LEGACY_COLUMNS)
 
 
 def read_table(path: str | Path) -> TableContents:
@@ -193,7 +201,8 @@ def read_table(path: str | Path) -> TableContents:
     if not text.strip():
         return TableContents([], set(), 0, torn)
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames != list(COLUMNS):
+    legacy = reader.fieldnames == list(LEGACY_COLUMNS)
+    if reader.fieldnames != list(COLUMNS) and not legacy:
         raise SweepError(
             f"{path} is not a semalign sweep table of schema {SCHEMA} (its columns differ); "
             "use another --table"
@@ -202,6 +211,8 @@ def read_table(path: str | Path) -> TableContents:
     bad_runs: set[str] = set()
     bad_lines = 0
     for raw in reader:
+        if legacy:
+            raw = {**raw, "channel": "rayleigh"}
         key = raw.get("run_key") or ""
         try:
             row = _parse_row(raw)
@@ -226,7 +237,7 @@ def read_table(path: str | Path) -> TableContents:
             continue
         rows.extend(run_rows)
         complete.add(key)
-    return TableContents(rows, complete, dropped, torn)
+    return TableContents(rows, complete, dropped, torn, legacy)
 
 
 class ResultsTable:
@@ -269,6 +280,9 @@ class ResultsTable:
                 contents.dropped_lines,
                 " and a torn last line" if contents.torn_tail else "",
             )
+            self._rewrite(contents.rows)
+        elif contents.legacy:
+            log.info("%s: adding the channel column (rayleigh for every run)", self.path)
             self._rewrite(contents.rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
