@@ -78,11 +78,22 @@ def _float_list(text: str) -> tuple[float, ...]:
         ) from None
 
 
+#: Help texts clearer on a command line than the field descriptions.
+_CHANNEL_HELP: dict[str, str] = {
+    "csi_error_variance": "CSI error variance sigma_e^2 (linear, per entry, channel power 1): "
+    "users and the AP design with Hhat = Hbar + E, symbols go through Hbar",
+    "snr_ref_db": "path loss: SNR at --reference-distance, dB",
+    "reference_distance": "path loss: reference distance d_ref, metres",
+    "path_loss_exponent": "path loss: exponent n, SNR_l = SNR_ref - 10 n log10(d_l / d_ref)",
+}
+
+
 def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
     """Flat options for :class:`ChannelConfig` (``config_from_args`` nests them as ``channel``)."""
     for name, option in CHANNEL_OPTIONS.items():
         info = ChannelConfig.model_fields[name]
-        help_text = f"{info.description} (default: {_CHANNEL_DEFAULTS[name]})"
+        text = _CHANNEL_HELP.get(name, info.description)
+        help_text = f"{text} (default: {_CHANNEL_DEFAULTS[name]})"
         dest = f"channel_{name}"
         if name == "model":
             parser.add_argument(
@@ -94,7 +105,12 @@ def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
                 help_text += " (negative values need '=': --user-snr-db=-5,10)"
             parser.add_argument(option, dest=dest, type=_float_list, metavar="LIST", help=help_text)
         else:
-            parser.add_argument(option, dest=dest, type=float, help=help_text)
+            metavar = {"rho_tx": "RHO", "rho_rx": "RHO", "k_factor": "K", "aod_deg": "DEG"}
+            metavar |= {"aoa_deg": "DEG", "csi_error_variance": "VAR", "snr_ref_db": "DB"}
+            metavar |= {"reference_distance": "M", "path_loss_exponent": "N"}
+            parser.add_argument(
+                option, dest=dest, type=float, metavar=metavar[name], help=help_text
+            )
 
 
 def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
