@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 from semalign.client.user import User, UserData, build_user
+from semalign.common.channels import ChannelConfig
 from semalign.common.contract import (
     MAX_MESSAGE_BYTES,
     METHOD,
@@ -235,19 +236,32 @@ def user_factory(
     """Build this user's state machine for each offer, exactly as the simulator does.
 
     ``load_data(pilot_fraction)`` returns the user's private latents (loaded once per fraction).
-    ``antennas_rx``/``snr_db`` override the AP's suggestion for a real deployment.
+    ``antennas_rx``/``snr_db`` override the AP's suggestion for a real deployment (``snr_db``
+    also replaces a per-user SNR list or path loss of the offered channel). The channel's
+    fading law and CSI error are the offer's; its number of users (``offer.users``) and this
+    user's ``ordinal`` pick this user's SNR.
     """
     cache: dict[float, UserData] = {}
 
     def make(offer: SessionOffer) -> User:
         config = offer.config
-        overrides = {
+        overrides: dict = {
             k: v for k, v in (("antennas_rx", antennas_rx), ("snr_db", snr_db)) if v is not None
         }
+        if snr_db is not None:
+            overrides["channel"] = _same_snr_for_all(config.channel)
         if overrides:
             config = config.model_copy(update=overrides)
         if config.pilot_fraction not in cache:
             cache[config.pilot_fraction] = load_data(config.pilot_fraction)
-        return build_user(user_id, encoder, cache[config.pilot_fraction], config, ordinal)
+        data = cache[config.pilot_fraction]
+        return build_user(user_id, encoder, data, config, ordinal, offer.users or None)
 
     return make
+
+
+def _same_snr_for_all(channel: ChannelConfig) -> ChannelConfig:
+    """``channel`` without its per-user SNR source (every user at the session's ``snr_db``)."""
+    snr_fields = ("user_snr_db", "distances", "snr_ref_db", "reference_distance")
+    cleared = dict.fromkeys((*snr_fields, "path_loss_exponent"))
+    return ChannelConfig(**{**channel.model_dump(), **cleared})

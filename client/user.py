@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from semalign.client.strategies import UserStrategy, make_user_strategy
-from semalign.common.channel import RayleighChannel, rayleigh_matrix
+from semalign.common.channel import RayleighChannel
+from semalign.common.channels import ChannelModel
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
@@ -80,13 +81,17 @@ class User:
         data: private latents and classifier.
         antennas_rx: N_R.
         antennas_tx: N_T of the AP (needed to draw the channel before the handshake).
-        snr_db: this user's SNR.
+        snr_db: this user's SNR (reported in the handshake; the AP sets its noise from it).
         channel_seed: seeds the channel draw and the noise; the same seed gives the same
             channel in every transport.
         share_csi: send Hbar_l in the handshake (for a channel-aware AP).
         token: invitation token (networked sessions).
         strategy_name: the session's strategy as configured (``None``: the one the AP
             announces; needed for a strategy without a proto code).
+        link: this user's channel model (fading, CSI error; ``None``: i.i.d. Rayleigh with
+            perfect CSI at ``snr_db``). Its draw gives the true ``hbar``, which acts on the
+            transmitted symbols (``channel``), and the estimate ``hbar_estimate``, which the
+            user designs with and reports to the AP (``design_channel``, the handshake CSI).
     """
 
     user_id: str
@@ -100,17 +105,22 @@ class User:
     token: str = ""
     received_rounds: list[int] = field(default_factory=list)
     strategy_name: str | None = None
+    link: ChannelModel | None = None
 
     def __post_init__(self) -> None:
         self.latent_dim = self.data.pilot_latents.shape[1]
-        self.hbar = rayleigh_matrix(
+        if self.link is None:
+            self.link = ChannelModel(snr_db=self.snr_db)
+        real = self.link.draw(
             self.antennas_rx, self.antennas_tx, np.random.default_rng(self.channel_seed)
         )
+        self.hbar, self.hbar_estimate = real.hbar, real.estimate
         self.noise_rng = np.random.default_rng((*self.channel_seed, 1))
         self.accept: pb.HandshakeAccept | None = None
         self.whitener: Whitener | None = None
         self.y: np.ndarray | None = None
-        self.channel: RayleighChannel | None = None
+        self.channel: RayleighChannel | None = None  # the truth: what symbols go through
+        self.design_channel: RayleighChannel | None = None  # the estimate: what G_l is built on
         self.strategy: UserStrategy | None = None  # the strategy's user half, after the accept
 
     # ------------------------------------------------------------------ handshake
@@ -125,8 +135,8 @@ class User:
             pilot_ids=np.asarray(self.data.pilot_ids).tolist(),
             token=self.token,
         )
-        if self.share_csi:
-            req.csi.CopyFrom(to_matrix(self.hbar, "complex128"))
+        if self.share_csi:  # what the user knows of its channel: the estimate
+            req.csi.CopyFrom(to_matrix(self.hbar_estimate, "complex128"))
         return pb.UserMessage(handshake=req).SerializeToString()
 
     def _strategy_of(self, acc: pb.HandshakeAccept) -> str:
@@ -156,6 +166,11 @@ class User:
         # Y_l: whitened pilots, never leave the user
         self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows)
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
+        self.design_channel = (
+            self.channel
+            if self.hbar_estimate is self.hbar
+            else RayleighChannel(self.hbar_estimate, acc.channel_uses, acc.noise_var)
+        )
         self.strategy = make_user_strategy(strategy, self)
         self.accept = acc
         if self.whitener.shrinkage:
@@ -242,17 +257,33 @@ def user_data_from_cache(
 
 
 def build_user(
-    name: str, encoder: str, data: UserData, config: AlignmentConfig, ordinal: int
+    name: str,
+    encoder: str,
+    data: UserData,
+    config: AlignmentConfig,
+    ordinal: int,
+    num_users: int | None = None,
 ) -> User:
-    """One user's state machine; ``ordinal`` (0-based position) seeds its channel with the seed."""
+    """One user's state machine; ``ordinal`` (0-based position) seeds its channel with the seed.
+
+    Its link is ``config.channel.user_model(ordinal, num_users, config.snr_db)``: the session's
+    fading law and CSI error, and this user's SNR (per-user list, path loss, or ``snr_db``).
+    ``num_users`` (L) checks the length of a per-user SNR list; ``None``: the list's length
+    (every user has the same SNR without one).
+    """
+    if num_users is None:
+        channel = config.channel
+        num_users = len(channel.user_snr_db or channel.distances or ()) or ordinal + 1
+    link = config.channel.user_model(ordinal, num_users, config.snr_db)
     return User(
         user_id=name,
         encoder=encoder,
         data=data,
         antennas_rx=config.antennas_rx,
         antennas_tx=config.antennas_tx,
-        snr_db=config.snr_db,
+        snr_db=link.snr_db,
         channel_seed=(config.seed, ordinal),
         share_csi=config.csi,
         strategy_name=config.strategy,
+        link=link,
     )

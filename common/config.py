@@ -5,9 +5,10 @@ Defaults follow the paper (section IV): rho = 1, P_T = 1, T = 30, SNR 20 dB, 4x4
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from semalign.common.channels import ChannelConfig
 from semalign.common.errors import UsageError
 from semalign.common.strategies import (
     admm_strategy_names,
@@ -52,6 +53,11 @@ class AlignmentConfig(BaseModel):
     topk_index_cost: IndexCost = Field(
         "none", description="charge Top-K index bits as channel uses (at Shannon capacity)"
     )
+    channel: ChannelConfig = Field(
+        ChannelConfig(),
+        description="the users' channels: fading law, CSI error, per-user SNR "
+        "(default: i.i.d. Rayleigh, perfect CSI, snr_db for every user)",
+    )
     seed: int = Field(42, ge=0, le=2**32 - 1)
 
     @field_validator("strategy", mode="plain")
@@ -67,6 +73,14 @@ class AlignmentConfig(BaseModel):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("must be finite")
         return value
+
+    def params(self) -> dict[str, Any]:
+        """``model_dump()`` without ``channel`` when it is the default channel: what identifies
+        a session in result files and sweep cell keys, unchanged for default channels."""
+        data = self.model_dump()
+        if self.channel.is_default:
+            data.pop("channel")
+        return data
 
     @property
     def symbols(self) -> int:

@@ -45,12 +45,16 @@ class SessionOffer:
         index: 0-based number of this session (one per seed) in the AP's run.
         sessions: total number of sessions the AP will run.
         config: the session's configuration (a dict is validated into one).
+        users: L, the number of users the AP expects (0: not told; a user then takes it
+            from the config's per-user SNR list, if any). A user needs it for its channel:
+            ``config.channel.user_model(ordinal, users, config.snr_db)``.
     """
 
     session_id: str
     index: int
     sessions: int
     config: AlignmentConfig
+    users: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, AlignmentConfig):
@@ -68,6 +72,7 @@ class SessionOffer:
                 "index": self.index,
                 "session_id": self.session_id,
                 "sessions": self.sessions,
+                **({"users": self.users} if self.users else {}),
             },
             separators=(",", ":"),
             sort_keys=True,
@@ -83,6 +88,7 @@ class SessionOffer:
                 index=int(data["index"]),
                 sessions=int(data["sessions"]),
                 config=AlignmentConfig.model_validate(data["config"]),
+                users=int(data.get("users", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
             detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())

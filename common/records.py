@@ -232,7 +232,7 @@ class RunResult(_Record):
 
     def config_dict(self) -> dict[str, Any]:
         """The JSON's ``config``: the configuration without its seed, the seeds, the extras."""
-        cfg = self.config.model_dump()
+        cfg = self.config.params()  # ``channel`` only when not the default channel
         cfg.pop("seed")
         cfg["seeds"] = [s.seed for s in self.seeds]
         cfg.update(self.extra_config)

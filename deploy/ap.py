@@ -27,6 +27,7 @@ from semalign.deploy.serving import (
 )
 
 from semalign.commands.options import (
+    check_channel_users,
     check_output,
     config_from_args,
     parse_seeds,
@@ -64,6 +65,7 @@ def command(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
     expected = expected_users(args.users)
+    check_channel_users(config, expected if isinstance(expected, int) else len(expected))
     ap = args.ap or registry.DEFAULT_AP
     plan = load_plan(
         prepare_latents(args, [ap]),

@@ -27,6 +27,7 @@ from semalign.deploy.serving import (
 from semalign.deploy.user import user_argv
 
 from semalign.commands.options import (
+    check_channel_users,
     check_output,
     config_from_args,
     parse_seeds,
@@ -45,6 +46,7 @@ def command(args: argparse.Namespace) -> int:
     check_output(args.out)
     ap = args.ap or registry.DEFAULT_AP
     encoders = resolve_users(args.users, Path(args.latents) if args.latents else None, ap)
+    check_channel_users(config, len(encoders))
     ids = user_names(encoders)
     # Encode once, one encoder after another, before the user processes start: ten users
     # training at once on a small machine would only thrash. Each user process then loads its

@@ -216,7 +216,8 @@ def serve_sessions(
         cfg = config.model_copy(update={"seed": seed})
         start = time.perf_counter()
         ap = make_ap(cfg)
-        offer = SessionOffer(ap.session_id, index, len(seeds), cfg)
+        users = expected if isinstance(expected, int) else len(expected)
+        offer = SessionOffer(ap.session_id, index, len(seeds), cfg, users)
         result, wire = serve_session(
             service,
             ap,

@@ -102,6 +102,76 @@ def test_vit_patch_grid_scales_with_image_size():
         registry.get_spec("vit_tiny_patch16_224").timm_kwargs(30)
 
 
+def test_any_timm_name_gets_its_family_rule():
+    clip = registry.get_spec("vit_base_patch32_clip_224")  # not registered: the vit rule
+    assert (clip.family, clip.rule) == ("vit", "vit")
+    assert clip.timm_kwargs(32) == {
+        "depth": 2,
+        "global_pool": "avg",
+        "class_token": False,
+        "img_size": 32,
+        "patch_size": 16,
+    }
+    levit = registry.get_spec("levit_128s.fb_dist_in1k")  # a pretrained tag is accepted
+    assert levit.name == "levit_128s.fb_dist_in1k" and levit.rule == "levit"
+    assert levit.timm_kwargs(32) == {"distilled": False, "img_size": 32}
+    assert registry.get_spec("convnext_atto").recipe.lr == 1e-3
+    other = registry.get_spec("swin_tiny_patch4_window7_224")  # fixed input size: img_size
+    assert other.rule == "other" and other.timm_kwargs(32) == {"img_size": 32}
+    assert registry.get_spec("ghostnet_100").rule == "efficientnet"
+    # a registered model with a tag keeps its tuned settings
+    tagged = registry.get_spec("efficientvit_m5.r224_in1k")
+    assert (
+        tagged.rule == "registered" and tagged.recipe == registry.ENCODERS["efficientvit_m5"].recipe
+    )
+
+
+def test_reference_groups_are_the_reference_readme_encoders():
+    groups = registry.REFERENCE_GROUPS
+    assert len(groups["reference"]) == 11 and groups["reference"][-1] == registry.REFERENCE_AP
+    assert list(groups["reference-users"]) == list(groups["reference"][:-1])
+    for name in ("vit_base_patch32_clip_224", "levit_128s.fb_dist_in1k"):
+        assert name in groups["reference-users"]
+    assert registry.resolve_encoders("reference-heterogeneous")[-1] == "efficientvit_m5.r224_in1k"
+    for group in groups.values():
+        for name in group:
+            registry.get_spec(name)  # every member is a valid timm name (and tag)
+    assert "reference" not in registry.GROUPS  # DEFAULT_SET stays the paper's set
+
+
+def test_unknown_pretrained_tag_lists_the_models_tags():
+    with pytest.raises(ValueError, match="unknown pretrained tag 'nope'.*fb_dist_in1k"):
+        registry.get_spec("levit_128s.nope")
+
+
+def test_simulate_misspelled_timm_name_suggests_the_right_one(tmp_path, capsys):
+    argv = ["simulate", "--users", "vit_bse_patch32_clip_224", "--cache-dir", str(tmp_path)]
+    assert main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean vit_base_patch32_clip_224" in err[0], err
+    assert not (tmp_path / "digits").exists()
+
+
+def test_simulate_pretrained_reference_names_offline_fails_fast(tmp_path, monkeypatch, capsys):
+    """The reference's own encoders resolve; without their weights the run stops at once."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    registry.timm_names()  # import time is not what this test measures
+
+    start = time.monotonic()
+    users = "vit_base_patch32_clip_224,levit_128s"
+    argv = ["simulate", "--users", users, "--pretrained", "--cache-dir", str(tmp_path / "c")]
+    rc = main([*argv, "--seeds", "1", "-q"])
+    assert rc == 2 and time.monotonic() - start < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    assert err[0].startswith("semalign simulate: error: pretrained weights for")
+    for name in ("vit_base_patch32_clip_224", "levit_128s", "vit_tiny_patch16_224"):
+        assert name in err[0]
+    assert "--weights" in err[0] and "without --pretrained" in err[0]
+    assert not list((tmp_path / "c").rglob("*.npz"))  # nothing was built
+
+
 def test_import_is_cheap():
     code = "import sys, semalign.encoders; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -424,6 +494,16 @@ def test_unknown_encoder_on_command_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "unknown encoder 'rexnet_10'" in err and "rexnet_100" in err
     assert not (tmp_path / "digits").exists()  # nothing done before the names are checked
+
+
+def test_unregistered_name_with_tag_trains_locally(tmp_path):
+    """Any timm name (here with a pretrained tag, meaningless from scratch) builds by its
+    family's rule, in a folder named as given."""
+    name = "levit_128s.fb_dist_in1k"
+    rc, results = encode_cli(tmp_path, encoders=[name])
+    assert rc == 0 and results[name]["trained"]
+    meta = json.loads((tmp_path / "digits" / name / "meta.json").read_text())
+    assert meta["family"] == "levit" and meta["key_material"]["timm_kwargs"]["img_size"] == 16
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

@@ -25,7 +25,7 @@ class AdmmUser(UserStrategy):
 
     def on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
         user = self.user
-        acc, channel = user.accept, user.channel
+        acc = user.accept
         s = from_matrix(msg.symbols).astype(np.complex128)
         k = acc.channel_uses
         expected = (
@@ -34,8 +34,8 @@ class AdmmUser(UserStrategy):
         )
         if s.shape != expected:
             raise ProtocolError(f"broadcast shape {s.shape}, expected {expected}")
-        if not acc.channel_aware:
-            s = channel(s, noiseless=True)  # S_l = H_l (F X), known channel, no noise
+        if not acc.channel_aware:  # S_l = H_l (F X) on the user's estimate of H_l, no noise
+            s = user.design_channel(s, noiseless=True)
         products = admm.pilot_products(user.y, s, user.y_norm2)
         self.g = admm.g_step(user.y, s, acc.noise_var, products)
         sq, noise = admm.local_objective_terms(user.y, self.g, s, acc.noise_var, products)
@@ -45,7 +45,7 @@ class AdmmUser(UserStrategy):
                 session_id=acc.session_id, round=msg.round, squared_error=sq, noise_term=noise
             )
             return pb.UserMessage(ack=ack).SerializeToString()
-        a, p = admm.uplink_statistics(self.g, channel.matrix, user.y)
+        a, p = admm.uplink_statistics(self.g, user.design_channel.matrix, user.y)
         up = pb.RoundUpload(
             session_id=acc.session_id,
             round=msg.round,

@@ -25,9 +25,11 @@ class UserContext(Protocol):
     user_id: str
     snr_db: float
     antennas_rx: int
-    hbar: np.ndarray  # (N_R, N_T) this user's channel matrix
+    hbar: np.ndarray  # (N_R, N_T) this user's true channel matrix (acts on the symbols)
+    hbar_estimate: np.ndarray  # (N_R, N_T) its CSI estimate (what the user designs with)
     accept: pb.HandshakeAccept
-    channel: RayleighChannel  # K uses of Hbar with this user's noise
+    channel: RayleighChannel  # K uses of the true Hbar with this user's noise
+    design_channel: RayleighChannel  # K uses of the estimate (noiseless use only)
     y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user)
     y_norm2: float  # ||Y_l||_F^2
     received_rounds: list[int]

@@ -28,7 +28,8 @@ class BaselineUser(UserStrategy):
         """Receive, SVD-MMSE equalize and zero-fill: (K N_T, n) sent -> (d_AP/2, n) estimate."""
         user = self.user
         acc = user.accept
-        equalizer = baselines.svd_mmse_equalizer(user.hbar, user.snr_db, acc.channel_uses)
+        # designed on the CSI estimate, applied to what the true channel delivers
+        equalizer = baselines.svd_mmse_equalizer(user.hbar_estimate, user.snr_db, acc.channel_uses)
         estimate = equalizer @ user.channel(symbols)
         return baselines.scatter(estimate, indices.astype(np.int64), complex_dim(acc.ap_latent_dim))
 

@@ -20,9 +20,17 @@ from semalign.commands.options import (
     add_verbosity_arguments,
     add_workers_argument,
     check_workers,
+    parse_weights,
 )
 from semalign.common.errors import DatasetUnavailable, UsageError, WeightsUnavailable
-from semalign.encoders.registry import DEFAULT_AP, DEFAULT_SET, ENCODERS, GROUPS
+from semalign.encoders.registry import (
+    ALL_GROUPS,
+    DEFAULT_AP,
+    DEFAULT_SET,
+    ENCODERS,
+    FALLBACK,
+    FAMILIES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--encoders",
         default="default",
-        help="comma-separated timm names and/or groups ("
-        + ", ".join(["default", *GROUPS])
-        + "); default: the AP plus every grouped user",
+        help="comma-separated groups ("
+        + ", ".join(["default", *ALL_GROUPS])
+        + ") and/or any timm model names, optionally with a pretrained tag (NAME.TAG); "
+        "default: the AP plus every paper group's user",
     )
     _add_model_arguments(parser)
     add_workers_argument(parser, "building encoders (one encoder each)")
@@ -95,16 +104,6 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_weights(items: list[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--weights expects NAME=PATH, got {item!r}")
-        out[name.strip()] = Path(path)
-    return out
-
-
 def _list(console) -> int:
     from rich.table import Table
 
@@ -112,7 +111,7 @@ def _list(console) -> int:
     for col in ("name", "family", "role", "epochs", "lr", "timm arguments at 32x32"):
         table.add_column(col)
     for name, spec in ENCODERS.items():
-        roles = [g for g, members in GROUPS.items() if name in members]
+        roles = [g for g, members in ALL_GROUPS.items() if name in members]
         if name == DEFAULT_AP:
             roles.insert(0, "AP")
         table.add_row(
@@ -124,7 +123,20 @@ def _list(console) -> int:
             ", ".join(f"{k}={v}" for k, v in spec.timm_kwargs(32).items()) or "-",
         )
     console.print(table)
-    for group, members in GROUPS.items():
+    families = Table(title="any other timm model: the rule of its family (by name prefix)")
+    for col in ("family", "prefixes", "built as", "epochs", "lr", "augment"):
+        families.add_column(col)
+    for family in (*FAMILIES, FALLBACK):
+        families.add_row(
+            family.name,
+            ", ".join(family.prefixes) or "(anything else)",
+            family.kind,
+            str(family.recipe.epochs),
+            f"{family.recipe.lr:g}",
+            family.recipe.augment,
+        )
+    console.print(families)
+    for group, members in ALL_GROUPS.items():
         console.print(f"[bold]{group}[/bold]: {', '.join(members)}")
     console.print(f"[bold]default[/bold]: {', '.join(DEFAULT_SET)}")
     return 0
@@ -160,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         pretrained=args.pretrained,
         data_dir=args.data_dir,
-        weights=_parse_weights(args.weights),
+        weights=parse_weights(args.weights),
         limit=args.limit,
         epochs=args.epochs,
         device=args.device,

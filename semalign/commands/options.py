@@ -7,11 +7,13 @@ the config model is the one place a field, its bounds, its default and its help 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from semalign.common.channels import ChannelConfig
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
 
@@ -28,8 +30,87 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-#: AlignmentConfig fields that are per-session CLI options (the seed comes from --seeds).
-CLI_FIELDS: tuple[str, ...] = tuple(f for f in AlignmentConfig.model_fields if f != "seed")
+#: AlignmentConfig fields that are per-session CLI options (the seed comes from --seeds; the
+#: nested ``channel`` has flat options of its own, ``CHANNEL_OPTIONS``).
+CLI_FIELDS: tuple[str, ...] = tuple(
+    f for f in AlignmentConfig.model_fields if f not in ("seed", "channel")
+)
+
+#: ChannelConfig field -> its flat option of ``simulate`` / ``run`` / ``ap``.
+CHANNEL_OPTIONS: dict[str, str] = {
+    "model": "--channel-model",
+    "rho_tx": "--rho-tx",
+    "rho_rx": "--rho-rx",
+    "k_factor": "--k-factor",
+    "aod_deg": "--aod-deg",
+    "aoa_deg": "--aoa-deg",
+    "csi_error_variance": "--csi-error",
+    "user_snr_db": "--user-snr-db",
+    "distances": "--distances",
+    "snr_ref_db": "--snr-ref-db",
+    "reference_distance": "--reference-distance",
+    "path_loss_exponent": "--path-loss-exponent",
+}
+
+#: What each channel option defaults to, for its help.
+_CHANNEL_DEFAULTS: dict[str, str] = {
+    "model": "rayleigh",
+    "rho_tx": "0 when only --rho-rx is given",
+    "rho_rx": "0 when only --rho-tx is given",
+    "k_factor": "required by rician",
+    "aod_deg": "uniform per user",
+    "aoa_deg": "uniform per user",
+    "csi_error_variance": "0, perfect CSI",
+    "user_snr_db": "--snr-db for every user",
+    "distances": "none",
+    "snr_ref_db": "--snr-db",
+    "reference_distance": "1",
+    "path_loss_exponent": "3",
+}
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+#: Help texts clearer on a command line than the field descriptions.
+_CHANNEL_HELP: dict[str, str] = {
+    "csi_error_variance": "CSI error variance sigma_e^2 (linear, per entry, channel power 1): "
+    "users and the AP design with Hhat = Hbar + E, symbols go through Hbar",
+    "snr_ref_db": "path loss: SNR at --reference-distance, dB",
+    "reference_distance": "path loss: reference distance d_ref, metres",
+    "path_loss_exponent": "path loss: exponent n, SNR_l = SNR_ref - 10 n log10(d_l / d_ref)",
+}
+
+
+def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flat options for :class:`ChannelConfig` (``config_from_args`` nests them as ``channel``)."""
+    for name, option in CHANNEL_OPTIONS.items():
+        info = ChannelConfig.model_fields[name]
+        text = _CHANNEL_HELP.get(name, info.description)
+        help_text = f"{text} (default: {_CHANNEL_DEFAULTS[name]})"
+        dest = f"channel_{name}"
+        if name == "model":
+            parser.add_argument(
+                option, dest=dest, choices=get_args(info.annotation), help=help_text
+            )
+        elif name in ("user_snr_db", "distances"):
+            help_text += "; comma-separated, one per user in --users order"
+            if name == "user_snr_db":
+                help_text += " (negative values need '=': --user-snr-db=-5,10)"
+            parser.add_argument(option, dest=dest, type=_float_list, metavar="LIST", help=help_text)
+        else:
+            metavar = {"rho_tx": "RHO", "rho_rx": "RHO", "k_factor": "K", "aod_deg": "DEG"}
+            metavar |= {"aoa_deg": "DEG", "csi_error_variance": "VAR", "snr_ref_db": "DB"}
+            metavar |= {"reference_distance": "M", "path_loss_exponent": "N"}
+            parser.add_argument(
+                option, dest=dest, type=float, metavar=metavar[name], help=help_text
+            )
 
 
 def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +133,7 @@ def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             parser.add_argument(option, type=info.annotation, default=info.default, help=help_text)
+    add_channel_arguments(parser)
     parser.add_argument(
         "--seeds", default="27,42", help="comma-separated seeds (default: %(default)s)"
     )
@@ -68,15 +150,49 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def channel_from_args(args: argparse.Namespace) -> ChannelConfig:
+    """The ChannelConfig of the flat channel options (UsageError with one line, naming the
+    option, on bad values)."""
+    given = {
+        name: getattr(args, f"channel_{name}")
+        for name in CHANNEL_OPTIONS
+        if getattr(args, f"channel_{name}", None) is not None
+    }
+    try:
+        return ChannelConfig(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"]:
+            option = CHANNEL_OPTIONS[str(err["loc"][0])]
+            raise UsageError(f"{option}: {msg} (got {err.get('input')!r})") from None
+        for name, option in CHANNEL_OPTIONS.items():
+            if name != "model":
+                msg = re.sub(rf"\b{name}\b", option, msg)
+        raise UsageError(f"channel options: {msg}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> AlignmentConfig:
     """Validated AlignmentConfig from CLI arguments (UsageError with one line on bad values)."""
 
+    channel = channel_from_args(args)
     try:
-        return AlignmentConfig(**{f: getattr(args, f) for f in CLI_FIELDS})
+        return AlignmentConfig(**{f: getattr(args, f) for f in CLI_FIELDS}, channel=channel)
     except ValidationError as exc:
         err = exc.errors()[0]
         option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
         raise UsageError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def check_channel_users(config: AlignmentConfig, users: int) -> None:
+    """A per-user SNR list (``--user-snr-db``, ``--distances``) must have one entry per user."""
+    try:
+        config.channel.user_snrs(users, config.snr_db)
+    except ValueError as exc:
+        msg = str(exc)
+        for name in ("user_snr_db", "distances"):
+            msg = msg.replace(name, CHANNEL_OPTIONS[name])
+        raise UsageError(msg) from None
 
 
 #: The user group when ``--users`` is not given.
@@ -120,6 +236,30 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, latents: bool = True)
             help="use this latent folder <dir>/<encoder>/{train,val,test}.npz as it is "
             "(default: <cache-dir>/<dataset>, encoded on first use)",
         )
+        group.add_argument(
+            "--pretrained",
+            action="store_true",
+            help="encode missing entries with timm's pretrained weights (Hugging Face cache, "
+            "network or --weights) instead of training each encoder locally",
+        )
+        group.add_argument(
+            "--weights",
+            action="append",
+            default=[],
+            metavar="NAME=PATH",
+            help="local pretrained weights file for one encoder (repeatable; default: none)",
+        )
+
+
+def parse_weights(items: list[str]) -> dict[str, Path]:
+    """``--weights NAME=PATH`` items -> {name: path} (UsageError for a malformed item)."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--weights expects NAME=PATH, got {item!r}")
+        out[name.strip()] = Path(path)
+    return out
 
 
 def add_users_argument(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +322,7 @@ def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
         else:
             pool = list(registry.GROUPS[DEFAULT_USERS])
         return [pool[i % len(pool)] for i in range(count)]
-    if latents is not None and spec not in registry.GROUPS:
+    if latents is not None and spec not in registry.ALL_GROUPS:
         return [u.strip() for u in spec.split(",") if u.strip()]
     try:
         return registry.resolve_encoders(spec)
@@ -199,10 +339,19 @@ def prepare_latents(args: argparse.Namespace, encoders: list[str]) -> Path:
     from semalign.encoders import default_cache_dir, ensure_latents
 
     cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    options = {}
+    if getattr(args, "pretrained", False):
+        options = {"pretrained": True, "weights": parse_weights(args.weights)}
+    elif getattr(args, "weights", None):
+        raise UsageError("--weights needs --pretrained")
     try:
         return Path(
             ensure_latents(
-                args.dataset, encoders, cache_dir, progress=not getattr(args, "quiet", False)
+                args.dataset,
+                encoders,
+                cache_dir,
+                progress=not getattr(args, "quiet", False),
+                **options,
             )
         )
     except (DatasetUnavailable, WeightsUnavailable) as exc:

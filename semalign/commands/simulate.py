@@ -10,6 +10,7 @@ from semalign.commands.options import (
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
+    check_channel_users,
     check_output,
     config_from_args,
     parse_seeds,
@@ -34,6 +35,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
         latents_dir, ap, users = resolve_latents(args)
+        check_channel_users(config, len(users))
         scenario = load_scenario(latents_dir, ap, users)
         # Validate the geometry once before any work (raises with a clear message).
         build_session(scenario, config)

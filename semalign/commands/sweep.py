@@ -89,6 +89,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_fit": args.baseline_fit,
         "topk_index_cost": args.topk_index_cost,
         "ap": args.ap,
+        "channel_models": _list_of(str, "--channel-models")(args.channel_models)
+        if args.channel_models
+        else None,
+        "correlations": _opt(args.correlations, float, "--correlations"),
+        "k_factors": _opt(args.k_factors, float, "--k-factors"),
+        "csi_errors": _opt(args.csi_errors, float, "--csi-errors"),
     }
 
 
@@ -134,15 +140,27 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
-def _uncached(dataset: str, encoders: list[str], cache_dir: Path) -> dict[str, str]:
+def _uncached(
+    dataset: str, encoders: list[str], cache_dir: Path, args: argparse.Namespace | None = None
+) -> dict[str, str]:
     """Encoders whose cache entry ``prepare_latents`` would (re)build, with the reason; reads
     the cache only (no lock, no folder is created)."""
+    from semalign.commands.options import parse_weights
     from semalign.encoders.cache import cache_key, cache_key_material, check_entry
 
+    pretrained = bool(getattr(args, "pretrained", False))
+    weights = parse_weights(getattr(args, "weights", None) or []) if pretrained else {}
     missing = {}
     for name in encoders:
         # the settings prepare_latents encodes with (ensure_latents' defaults)
-        material = cache_key_material(dataset, name, seed=0, image_size=32, pretrained=False)
+        material = cache_key_material(
+            dataset,
+            name,
+            seed=0,
+            image_size=32,
+            pretrained=pretrained,
+            weights_file=weights.get(name),
+        )
         reason = check_entry(cache_dir / dataset / name, cache_key(material))
         if reason:
             missing[name] = reason
@@ -196,7 +214,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     table_path = _table_path(args)
     _check_execution(args)
     if args.dry_run and not args.latents:
-        missing = _uncached(args.dataset, encoders, _cache_dir(args))
+        missing = _uncached(args.dataset, encoders, _cache_dir(args), args)
         if missing:
             return _dry_run_cold(console, args, grid, missing, table_path)
         latents_dir = _cache_dir(args) / args.dataset  # all cached: read, never encode
@@ -422,6 +440,16 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add("--baseline-fit", choices=("received", "full"), help="see `simulate --help`")
     add("--topk-index-cost", choices=("none", "channel-uses"), help="see `simulate --help`")
     add("--ap", help="AP encoder (default: the registry's default AP)")
+    add(
+        "--channel-models",
+        help="fading models, e.g. rayleigh,kronecker,rician (default: rayleigh)",
+    )
+    add(
+        "--correlations",
+        help="kronecker: correlations rho (rho_tx = rho_rx = rho), e.g. 0,0.5,0.9",
+    )
+    add("--k-factors", help="rician: K-factors (linear), e.g. 1,10")
+    add("--csi-errors", help="CSI error variances (linear), e.g. 0,0.1,0.3 (default: 0)")
 
 
 def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
@@ -465,7 +493,8 @@ def register(subparsers: Any) -> None:
         "sweep",
         help="run an experiment grid (paper section IV), resumable, into one CSV table",
         description="Run the cartesian grid of strategies x channel uses x antennas x SNR x "
-        "groups x pilot fractions x CSI modes, for every seed, on the in-process simulator. "
+        "groups x pilot fractions x CSI modes x channels (fading models, with their "
+        "correlations or K-factors, x CSI errors), for every seed, on the in-process simulator. "
         "Rows (one per cell, seed and user) are appended to --table as each run finishes; "
         "re-running the same command skips finished runs. Options override the --preset's "
         "fields. Negative SNRs need '=': --snr-db=-20,-10,0.",

@@ -121,6 +121,10 @@ def encode(
             todo.append(dataclasses.replace(job, reason=reason))
         elif on_result is not None:
             on_result(results[name])
+    if pretrained and todo:  # weights that cannot be had fail here, before any build starts
+        from semalign.encoders.train import check_pretrained_available
+
+        check_pretrained_available([job.encoder for job in todo if job.weights_file is None])
     results.update(
         build_all(todo, workers=workers, reporter=reporter or Reporter(), on_result=on_result)
     )

@@ -1,20 +1,29 @@
 """Which encoders exist, how each family is built for small images, and how it is trained.
 
-Every node (the AP and each user) owns one encoder, named by its timm model name. Table I of the
-paper fixes the families; this registry fixes, per family, the timm arguments that make the
-model fit the small images of this project (32x32 by default) and the from-scratch training
-recipe used when no pretrained weights are available. Everything here is plain data: importing
-this module does not import torch or timm.
+Every node (the AP and each user) owns one encoder, named by its timm model name. Any timm
+model name (``timm.list_models()``) is accepted, optionally with a pretrained tag
+(``name.tag``, checked against ``timm.list_pretrained()``; the tag selects the weights of
+``--pretrained`` and changes nothing from scratch). Table I's encoders are *registered*
+(``ENCODERS``): their timm arguments for the small images of this project (32x32 by default)
+and their from-scratch recipes were tuned and measured here, and their cache keys are fixed.
+Every other name gets the rule of its *family* (``FAMILIES``, by name prefix: vit/deit, levit,
+efficientvit, mobilenet, rexnet, resnet, convnext, ...) or, for an unknown family,
+``FALLBACK``. Importing this module does not import torch or timm; resolving a name that is not
+registered imports timm (to check it).
 
-Groups (``GROUPS``) let a command line name a whole set: ``paper-users`` (the ten users of
-Table I), ``homogeneous`` and ``heterogeneous`` (the two four-user settings). ``DEFAULT_AP`` is
-the AP's ViT-tiny.
+Groups let a command line name a whole set: ``GROUPS`` are the paper's (``paper-users``, the
+ten users of Table I, ``homogeneous`` and ``heterogeneous``, the two four-user settings),
+trained locally by default; ``REFERENCE_GROUPS`` are the reference implementation's exact
+encoders (``reference``, ``reference-users``, ``reference-homogeneous``,
+``reference-heterogeneous``), with its pretrained tags. ``DEFAULT_AP`` is the AP's ViT-tiny.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,8 +71,10 @@ class EncoderSpec:
     """One registered encoder.
 
     Attributes:
-        name: timm model name (also the cache directory name).
-        family: ``vit``, ``levit``, ``efficientvit`` or ``convnet`` (mobilenetv3, rexnet, ...).
+        name: timm model name, with its pretrained tag if one was given (also the cache
+            directory name).
+        family: how it is built small: ``vit``, ``levit``, ``efficientvit``, ``convnet``
+            (mobilenetv3, rexnet, ...) or ``other`` (timm's defaults, see ``sized``).
         recipe: from-scratch training recipe.
         vit_grid: for ViTs, patches per side at any image size (the timm name's patch size is
             scaled to the small image: ``patch16`` at 224 is a 14x14 grid, here it becomes
@@ -71,6 +82,10 @@ class EncoderSpec:
         model_kwargs: extra timm arguments for from-scratch models (e.g. a reduced ``depth``).
         epoch_seconds: measured seconds per training epoch on digits at 32x32 with one thread;
             only used to start the longest jobs first.
+        sized: for ``other``, the model has a fixed input size (timm's ``fixed_input_size``,
+            e.g. Swin): it gets ``img_size``.
+        rule: where the settings come from: ``registered`` (tuned here) or the name of the
+            family rule (``FAMILIES``, ``FALLBACK``).
     """
 
     name: str
@@ -79,6 +94,8 @@ class EncoderSpec:
     vit_grid: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     epoch_seconds: float = 5.0
+    sized: bool = False
+    rule: str = "registered"
 
     @property
     def cost(self) -> float:
@@ -102,6 +119,8 @@ class EncoderSpec:
                     f"{self.name}: image size {image_size} is not a multiple of 16 (its stem"
                     " downsamples by 16)"
                 )
+            kwargs.update(img_size=image_size)
+        elif self.sized:
             kwargs.update(img_size=image_size)
         return kwargs
 
@@ -173,10 +192,177 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: The default set to encode: the AP plus every user of every group, deduplicated.
+#: The reference implementation's AP (its README's classifier list, Table I).
+REFERENCE_AP: str = "vit_tiny_patch16_224"
+
+#: The reference implementation's exact encoders, with its pretrained tags. ``reference`` is the
+#: README's classifier command (``scripts/train_classifier.py rx_enc=...``), in its order: the AP
+#: and the ten users. Its README does not list the homogeneous/heterogeneous configs' members;
+#: they are Table I's, spelled as in that list (``efficientvit_m5.r224_in1k``). Unlike
+#: ``paper-users`` it has ``vit_base_patch32_clip_224`` and ``levit_128s``.
+REFERENCE_GROUPS: dict[str, tuple[str, ...]] = {
+    "reference": (
+        "vit_small_patch16_224",
+        "vit_small_patch32_224",
+        "vit_base_patch16_224",
+        "vit_base_patch32_clip_224",
+        "rexnet_100",
+        "mobilenetv3_small_075",
+        "mobilenetv3_large_100",
+        "mobilenetv3_small_100",
+        "efficientvit_m5.r224_in1k",
+        "levit_128s.fb_dist_in1k",
+        REFERENCE_AP,
+    ),
+    "reference-users": (
+        "vit_small_patch16_224",
+        "vit_small_patch32_224",
+        "vit_base_patch16_224",
+        "vit_base_patch32_clip_224",
+        "rexnet_100",
+        "mobilenetv3_small_075",
+        "mobilenetv3_large_100",
+        "mobilenetv3_small_100",
+        "efficientvit_m5.r224_in1k",
+        "levit_128s.fb_dist_in1k",
+    ),
+    "reference-homogeneous": (
+        "mobilenetv3_small_075",
+        "mobilenetv3_small_100",
+        "rexnet_100",
+        "mobilenetv3_large_100",
+    ),
+    "reference-heterogeneous": (
+        "vit_small_patch16_224",
+        "vit_base_patch16_224",
+        "mobilenetv3_small_075",
+        "efficientvit_m5.r224_in1k",
+    ),
+}
+
+#: Every named group (a command line may name any of them).
+ALL_GROUPS: dict[str, tuple[str, ...]] = {**GROUPS, **REFERENCE_GROUPS}
+
+#: The default set to encode: the AP plus every user of every paper group, deduplicated.
 DEFAULT_SET: tuple[str, ...] = tuple(
     dict.fromkeys((DEFAULT_AP, *(name for group in GROUPS.values() for name in group)))
 )
+
+
+# ---------------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class Family:
+    """The rule for every timm model of a family that is not registered.
+
+    Attributes:
+        name: the family's name (shown by ``semalign encode --list``, recorded as ``rule``).
+        prefixes: timm name prefixes of the family (the longest matching prefix wins).
+        kind: how it is built small (``EncoderSpec.family``).
+        recipe: from-scratch recipe.
+        model_kwargs: extra timm arguments (ViTs get theirs from the name, see ``_vit_rule``).
+    """
+
+    name: str
+    prefixes: tuple[str, ...]
+    kind: str
+    recipe: Recipe
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# ConvNeXt (LayerNorm, patchify stem) wants a lower peak lr than the batch-norm convnets.
+_CONVNEXT = dataclasses.replace(_CONVNET, lr=1e-3)
+#: Unknown families: AdamW at 1e-3 with light augmentation is a safe default for convnets and
+#: transformers alike; 10 epochs sits between the convnet and the ViT recipes.
+_FALLBACK = Recipe(epochs=10, lr=1e-3, batch_size=64, warmup_epochs=1.0, augment="light")
+
+#: Family rules for names that are not registered (vit and deit ViTs, LeViT and EfficientViT-M
+#: get ``img_size``; ViTs the patch grid and depth of their registered relatives).
+FAMILIES: tuple[Family, ...] = (
+    Family("vit", ("vit_", "deit_", "deit3_"), "vit", dataclasses.replace(_VIT, epochs=15)),
+    Family("levit", ("levit_",), "levit", _HYBRID, {"distilled": False}),
+    Family("efficientvit-msra", ("efficientvit_m",), "efficientvit", _HYBRID),
+    Family("efficientvit-mit", ("efficientvit_b", "efficientvit_l"), "convnet", _HYBRID),
+    Family(
+        "mobilenet",
+        ("mobilenetv1_", "mobilenetv2_", "mobilenetv3_", "mobilenetv4_", "tf_mobilenetv3_"),
+        "convnet",
+        _CONVNET,
+    ),
+    Family("rexnet", ("rexnet",), "convnet", _CONVNET),
+    Family(
+        "resnet",
+        ("resnet", "resnext", "seresnet", "seresnext", "wide_resnet", "ecaresnet"),
+        "convnet",
+        _CONVNET,
+    ),
+    Family("convnext", ("convnext",), "convnet", _CONVNEXT),
+    Family(
+        "efficientnet",
+        ("efficientnet", "tf_efficientnet", "mnasnet", "ghostnet"),
+        "convnet",
+        _CONVNET,
+    ),
+    Family("regnet", ("regnet",), "convnet", _CONVNET),
+)
+
+#: Any other family: timm's default arguments (plus ``img_size`` when timm says the model's
+#: input size is fixed, e.g. Swin) and the ``_FALLBACK`` recipe.
+FALLBACK = Family("other", (), "other", _FALLBACK)
+
+_PATCH = re.compile(r"patch(\d+)")
+
+
+def family_of(base: str) -> Family:
+    """The family rule of a timm model name without tag (``FALLBACK`` if none matches)."""
+    best, length = FALLBACK, 0
+    for family in FAMILIES:
+        for prefix in family.prefixes:
+            if base.startswith(prefix) and len(prefix) > length:
+                best, length = family, len(prefix)
+    if best.kind == "vit" and not _PATCH.search(base):
+        return FALLBACK  # hybrid ViTs (vit_base_r50_s16_224): no patch grid to scale
+    return best
+
+
+def _vit_rule(name: str, base: str, family: Family) -> EncoderSpec:
+    """A ViT by its registered relatives: 4x4 tokens (2x2 for patch32 and coarser), depth by
+    width (tiny 6, small 4, wider 2), average-pooled tokens without class token (distilled
+    DeiTs keep their class and distillation tokens: their head reads them)."""
+    patch = int(_PATCH.search(base).group(1))
+    depth = 6 if "tiny" in base else 4 if "small" in base else 2
+    kwargs: dict[str, Any] = {"depth": depth}
+    if "distilled" not in base:
+        kwargs.update(global_pool="avg", class_token=False)
+    grid = 2 if patch >= 32 else 4
+    return EncoderSpec(name, "vit", family.recipe, grid, kwargs, rule=family.name)
+
+
+def _rule_spec(name: str, base: str) -> EncoderSpec:
+    family = family_of(base)
+    if family.kind == "vit":
+        return _vit_rule(name, base, family)
+    sized = False
+    if family.kind == "other":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(base)
+        sized = bool(getattr(cfg, "fixed_input_size", False))
+    return EncoderSpec(
+        name,
+        family.kind,
+        family.recipe,
+        model_kwargs=dict(family.model_kwargs),
+        sized=sized,
+        rule=family.name,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def timm_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(``timm.list_models()``, ``timm.list_pretrained()``) as sets (imports timm)."""
+    import timm
+
+    return frozenset(timm.list_models()), frozenset(timm.list_pretrained())
 
 
 def close_names(name: str, candidates: list[str] | tuple[str, ...], n: int = 4) -> list[str]:
@@ -193,20 +379,53 @@ def unknown_name_message(kind: str, name: str, candidates: list[str] | tuple[str
     return f"unknown {kind} {name!r}; {hint}"
 
 
+@functools.lru_cache(maxsize=256)
 def get_spec(name: str) -> EncoderSpec:
-    """The registered ``EncoderSpec`` called ``name``; ValueError listing close names if unknown."""
-    try:
+    """The ``EncoderSpec`` of timm model ``name`` (``name`` or ``name.tag``).
+
+    A registered name is answered without importing timm; any other is checked against timm's
+    lists and gets its family's rule. ValueError (one line, with timm's closest names) for a
+    name timm does not know or a pretrained tag it does not have.
+    """
+    if name in ENCODERS:
         return ENCODERS[name]
-    except KeyError:
-        valid = [*ENCODERS, *GROUPS]
-        raise ValueError(unknown_name_message("encoder", name, valid)) from None
+    base, _, tag = name.partition(".")
+    models, pretrained = timm_names()
+    if base not in models or not base:
+        close = close_names(name, [*ENCODERS, *ALL_GROUPS, *models])
+        hint = f"did you mean {', '.join(close)}?" if close else _NAMES_HINT
+        raise ValueError(f"unknown encoder {name!r}: not a timm model; {hint}")
+    if tag and name not in pretrained:
+        tags = sorted(p.partition(".")[2] for p in pretrained if p.partition(".")[0] == base)
+        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained weights in timm"
+        raise ValueError(f"unknown pretrained tag {tag!r} for encoder {base!r}; {known}")
+    if base in ENCODERS:  # a registered model with a tag: the same settings, under this name
+        return dataclasses.replace(ENCODERS[base], name=name)
+    return _rule_spec(name, base)
+
+
+#: Where to look when no close name is found.
+_NAMES_HINT = "semalign encode --list shows the groups, timm.list_models() every model name"
+
+
+def pretrained_tags(name: str) -> list[str]:
+    """``name.tag`` of every pretrained weight timm has for ``name`` (its default first)."""
+    base, _, tag = name.partition(".")
+    _, pretrained = timm_names()
+    if tag:
+        return [name] if name in pretrained else []
+    import timm
+
+    return list(timm.list_pretrained(f"{base}.*"))
 
 
 def resolve_encoders(spec: str) -> list[str]:
     """Turn ``"group-name"``, ``"E1,E2"`` or a mix (``"paper-users,resnet18"``) into names.
 
-    Order is preserved and duplicates are dropped. The group ``default`` is ``DEFAULT_SET``
-    (AP plus every grouped user). Raises ValueError listing close valid names for unknown ones.
+    Groups are ``ALL_GROUPS``'s; names are any timm model names, optionally with a pretrained
+    tag (``levit_128s.fb_dist_in1k``). Order is preserved and duplicates are dropped. The
+    group ``default`` is ``DEFAULT_SET`` (AP plus every paper group's user). Raises ValueError
+    listing close valid names for unknown ones.
     """
     names: list[str] = []
     parts = [part.strip() for part in spec.split(",") if part.strip()]
@@ -215,8 +434,8 @@ def resolve_encoders(spec: str) -> list[str]:
     for part in parts:
         if part == "default":
             names.extend(DEFAULT_SET)
-        elif part in GROUPS:
-            names.extend(GROUPS[part])
+        elif part in ALL_GROUPS:
+            names.extend(ALL_GROUPS[part])
         else:
             names.append(get_spec(part).name)
     return list(dict.fromkeys(names))

@@ -128,33 +128,65 @@ def build_pretrained_model(name: str, weights_file: str | Path | None = None):
     return model, InputSpec(size, tuple(config["mean"]), tuple(config["std"]))
 
 
-def _check_hub_weights(name: str) -> None:
-    """Fail fast when ``name``'s weights are not in the HF cache and the hub is unreachable."""
+def _hub_id(name: str) -> str | None:
+    """The Hugging Face repo (``repo@revision``) timm loads ``name``'s weights from, if any."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with timm
+        return True
+    repo, _, revision = hub_id.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+            return True
+    return False
+
+
+def check_pretrained_available(names: list[str]) -> None:
+    """Fail fast, before any work, when ``names``' pretrained weights cannot be had here.
+
+    Raises ValueError (one line) for a model timm has no pretrained weights for, and
+    ``WeightsUnavailable`` (one line, naming every such encoder and what to do) when weights
+    hosted on the Hugging Face hub are not in its cache and the hub cannot be reached (checked
+    once, at most 3 s). Weights timm fetches from a plain URL are left to timm.
+    """
     import timm
 
     from semalign.encoders.datasets import network_available
 
-    cfg = timm.models.get_pretrained_cfg(name)
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub_id:
-        return  # weights come from a URL; timm reports its own error
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub ships with timm
+    missing = []
+    for name in names:
+        base, _, tag = name.partition(".")
+        if not (timm.list_pretrained(name) if tag else timm.list_pretrained(f"{base}.*")):
+            raise ValueError(
+                f"timm has no pretrained weights for {name}; drop --pretrained to train it "
+                "locally, or pick a model with weights (timm.list_pretrained())"
+            )
+        hub_id = _hub_id(name)
+        if hub_id and not _in_hub_cache(hub_id):
+            missing.append(f"{name} ({hub_id})")
+    if not missing:
         return
-    repo, _, revision = hub_id.partition("@")
-    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        hit = try_to_load_from_cache(repo, filename, revision=revision or None)
-        if isinstance(hit, str):
-            return
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     if offline or not network_available(("huggingface.co", 443)):
+        first = missing[0].split(" ", 1)[0]
         raise WeightsUnavailable(
-            f"pretrained weights for {name} ({hub_id}) are not in the Hugging Face cache and "
-            "the hub cannot be reached. Copy the weights file here and pass "
-            f"--weights {name}=PATH, populate the cache on a connected machine "
-            "(HF_HOME), or run without --pretrained to train each encoder locally"
+            f"pretrained weights for {', '.join(missing)} are not in the Hugging Face cache "
+            "and the hub cannot be reached. Copy each weights file here and pass "
+            f"--weights {first}=PATH (one per encoder), populate the cache on a connected "
+            "machine (HF_HOME), or run without --pretrained to train each encoder locally"
         )
+
+
+def _check_hub_weights(name: str) -> None:
+    """Fail fast when ``name``'s weights are not in the HF cache and the hub is unreachable."""
+    check_pretrained_available([name])
 
 
 def _lr_at(step: int, total: int, warmup: int, recipe: Recipe) -> float:

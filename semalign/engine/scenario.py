@@ -59,8 +59,9 @@ def load_scenario(latents_dir: str | Path, ap_encoder: str, user_encoders: list[
 def build_session(scenario: Scenario, config: AlignmentConfig) -> tuple[AccessPoint, list[User]]:
     """The AP and user state machines for one seed (same construction in every transport)."""
     ap = build_access_point(scenario.ap_train, config, len(scenario.user_encoders))
+    count = len(scenario.user_encoders)
     users = [
-        build_user(name, enc, scenario.data_for(enc, config.pilot_fraction), config, ordinal)
+        build_user(name, enc, scenario.data_for(enc, config.pilot_fraction), config, ordinal, count)
         for ordinal, (name, enc) in enumerate(
             zip(user_names(scenario.user_encoders), scenario.user_encoders, strict=True)
         )

@@ -1,7 +1,9 @@
 """The experiment grid of the paper's section IV: :class:`SweepGrid` and its presets.
 
 A :class:`SweepGrid` is the cartesian product of strategies, channel uses K, antenna
-configurations N_T x N_R, SNRs, user groups, pilot fractions and CSI modes, run for every seed.
+configurations N_T x N_R, SNRs, user groups, pilot fractions, CSI modes and channels (fading
+models with their correlations / K-factors, times CSI errors: :meth:`SweepGrid.channels`), run
+for every seed.
 Presets reproduce the paper's figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``). Every value
 is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so a bad value
 fails before any work, with the name of the option that set it (:data:`OPTION_NAMES`).
@@ -16,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from semalign.common.channels import FADING_MODELS, ChannelConfig
 from semalign.common.config import STRATEGIES, AlignmentConfig
 from semalign.common.errors import SweepError
 
@@ -88,6 +91,18 @@ OPTION_NAMES: dict[str, str] = {
     "baseline_fit": "--baseline-fit",
     "topk_index_cost": "--topk-index-cost",
     "ap": "--ap",
+    "channel_models": "--channel-models",
+    "correlations": "--correlations",
+    "k_factors": "--k-factors",
+    "csi_errors": "--csi-errors",
+}
+
+#: Channel axes: grid field -> the ChannelConfig field of its values.
+_CHANNEL_FIELDS: dict[str, str] = {
+    "channel_models": "model",
+    "correlations": "rho_tx",
+    "k_factors": "k_factor",
+    "csi_errors": "csi_error_variance",
 }
 
 
@@ -146,6 +161,14 @@ class SweepGrid(BaseModel):
     baseline_fit: str = "received"
     topk_index_cost: str = "none"
     ap: str | None = Field(None, description="AP encoder (None: the registry's default AP)")
+    channel_models: tuple[str, ...] = Field(
+        ("rayleigh",), description="fading models: " + ", ".join(FADING_MODELS)
+    )
+    correlations: tuple[float, ...] = Field(
+        (), description="kronecker: rho, used at both ends (rho_tx = rho_rx), one cell each"
+    )
+    k_factors: tuple[float, ...] = Field((), description="rician: K-factors (linear)")
+    csi_errors: tuple[float, ...] = Field((0.0,), description="CSI error variances (linear)")
 
     @field_validator("antennas", mode="before")
     @classmethod
@@ -154,7 +177,7 @@ class SweepGrid(BaseModel):
             value = [v for v in value.split(",") if v.strip()]
         return tuple(parse_antennas(v) for v in value)
 
-    @field_validator(*_LIST_FIELDS, "antennas", "groups", mode="after")
+    @field_validator(*_LIST_FIELDS, *_CHANNEL_FIELDS, "antennas", "groups", mode="after")
     @classmethod
     def _dedupe(cls, value: tuple) -> tuple:
         return tuple(dict.fromkeys(value))
@@ -183,7 +206,45 @@ class SweepGrid(BaseModel):
             _probe("antennas", {"antennas_tx": nt, "antennas_rx": nr})
         for name in ("iterations", "rho", "power", "baseline_fit", "topk_index_cost"):
             _probe(name, {name: getattr(self, name)})
+        self.channels()  # every channel is valid
         return self
+
+    def channels(self) -> list[ChannelConfig]:
+        """The channel axis: every fading model (kronecker once per correlation, rician once per
+        K-factor) times every CSI error. ValueError naming the option for a bad value, or for
+        correlations / K-factors without the model that uses them."""
+        for name in ("channel_models", "csi_errors"):
+            if not getattr(self, name):
+                raise ValueError(f"{OPTION_NAMES[name]} is empty")
+        for name, model in (("correlations", "kronecker"), ("k_factors", "rician")):
+            needed = model in self.channel_models
+            if needed != bool(getattr(self, name)):
+                raise ValueError(
+                    f"{OPTION_NAMES['channel_models']} {model} needs {OPTION_NAMES[name]}"
+                    if needed
+                    else f"{OPTION_NAMES[name]} applies to {OPTION_NAMES['channel_models']} "
+                    f"{model} only"
+                )
+        fading: list[dict[str, Any]] = []
+        for model in self.channel_models:
+            if model == "kronecker":
+                fading += [{"model": model, "rho_tx": r, "rho_rx": r} for r in self.correlations]
+            elif model == "rician":
+                fading += [{"model": model, "k_factor": k} for k in self.k_factors]
+            else:
+                fading.append({"model": model})
+        channels = []
+        for params, error in itertools.product(fading, self.csi_errors):
+            try:
+                channels.append(ChannelConfig(**params, csi_error_variance=error))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field_ = str(err["loc"][0]) if err["loc"] else "model"
+                grid_field = {v: k for k, v in _CHANNEL_FIELDS.items()}.get(field_)
+                option = OPTION_NAMES.get(grid_field or "", "--channel-models")
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"{option}: {msg} (got {err.get('input')!r})") from None
+        return channels
 
     @property
     def cells_per_seed(self) -> int:
@@ -194,11 +255,12 @@ class SweepGrid(BaseModel):
             )
             * len(self.pilot_fractions)
             * len(self.csi)
+            * len(self.channels())
         )
 
     def configs(self) -> Iterator[tuple[str, AlignmentConfig]]:
         """Every (group, config) of the grid, seed 0 (seeds are added per run)."""
-        for group, strategy, (nt, nr), k, snr, frac, csi in itertools.product(
+        for group, strategy, (nt, nr), k, snr, frac, csi, channel in itertools.product(
             self.groups,
             self.strategies,
             self.antennas,
@@ -206,6 +268,7 @@ class SweepGrid(BaseModel):
             self.snr_db,
             self.pilot_fractions,
             self.csi,
+            self.channels(),
         ):
             yield (
                 group,
@@ -222,6 +285,7 @@ class SweepGrid(BaseModel):
                     pilot_fraction=frac,
                     baseline_fit=self.baseline_fit,
                     topk_index_cost=self.topk_index_cost,
+                    channel=channel,
                     seed=0,
                 ),
             )

@@ -203,6 +203,8 @@ def describe(group: str, config: AlignmentConfig) -> str:
         text += f" pilots={cfg.pilot_fraction:g}"
     if not cfg.csi:
         text += " no-CSI"
+    if not cfg.channel.is_default:
+        text += f" {cfg.channel.describe()}"
     return text
 
 
@@ -245,8 +247,8 @@ def resolve_groups(
 
     groups: dict[str, list[str]] = {}
     for label in labels:
-        if label in registry.GROUPS:
-            groups[label] = list(registry.GROUPS[label])
+        if label in registry.ALL_GROUPS:
+            groups[label] = list(registry.ALL_GROUPS[label])
             continue
         names = [p.strip() for p in label.split("+")]
         if not latents_given:

@@ -36,6 +36,7 @@ from semalign.experiments.provenance import PROVENANCE_KEYS
 log = logging.getLogger(__name__)
 
 #: Columns of a schema-1 table, with their types (for reading back).
+#: Columns of schema 1 (tables written before the channel and provenance columns).
 V1_COLUMNS: dict[str, type] = {
     "run_key": str,
     "cell_key": str,
@@ -75,8 +76,17 @@ V1_COLUMNS: dict[str, type] = {
     "seconds": float,
 }
 
-#: Columns of the results table (schema 2): schema 1's, then the run's provenance.
-COLUMNS: dict[str, type] = {**V1_COLUMNS, **{key: str for key in PROVENANCE_KEYS}}
+_AFTER_CSI = tuple(list(V1_COLUMNS)[list(V1_COLUMNS).index("iterations") :])
+
+#: Columns of the results table (schema 2): schema 1's with the channel model after ``csi``,
+#: then the run's provenance. Schema-1 rows are read with channel ``rayleigh`` (the only
+#: channel then) and empty provenance.
+COLUMNS: dict[str, type] = {
+    **{k: v for k, v in V1_COLUMNS.items() if k not in _AFTER_CSI},
+    "channel": str,
+    **{k: v for k, v in V1_COLUMNS.items() if k in _AFTER_CSI},
+    **{key: str for key in PROVENANCE_KEYS},
+}
 
 #: The table schema written now, and each schema's header.
 TABLE_SCHEMA = 2
@@ -134,6 +144,7 @@ def rows_from_seed(
         "group": run.group,
         "pilot_fraction": cfg.pilot_fraction,
         "csi": cfg.csi,
+        "channel": cfg.channel.describe(),
         "iterations": cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 0,
         "rho": cfg.rho,
         "power": cfg.power,
@@ -183,7 +194,10 @@ def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
     """A row of any schema as a row of this one (columns it lacks are empty)."""
     if None in raw or any(v is None for v in raw.values()):
         raise ValueError("wrong number of fields")
-    return {c: _parse(c, raw.get(c, "")) for c in COLUMNS}
+    row = {c: _parse(c, raw.get(c, "")) for c in COLUMNS}
+    if "channel" not in raw:  # schema 1: Rayleigh was the only channel model
+        row["channel"] = "rayleigh"
+    return row
 
 
 @dataclass
@@ -195,6 +209,11 @@ class TableContents:
     dropped_lines: int
     torn_tail: bool
     schema: int = TABLE_SCHEMA
+
+    @property
+    def legacy(self) -> bool:
+        """Written by an older schema (rewritten in this one before a sweep appends)."""
+        return self.schema != TABLE_SCHEMA
 
 
 def read_table(path: str | Path) -> TableContents:

@@ -1,7 +1,8 @@
 """``top-k``: the K N_T largest-magnitude whitened symbols of each latent and their indices.
 
 With ``topk_index_cost="channel-uses"`` the index side information is charged: it takes
-channel uses at Shannon capacity, so fewer of the K uses carry data symbols.
+channel uses at Shannon capacity, so fewer of the K uses carry data symbols. The indices go to
+every user alike, so their rate is the worst user's: :func:`index_snr_db`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,16 @@ import numpy as np
 from semalign.common import baselines
 from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.server.strategies.baseline import BaselineStrategy, IndexCost
+
+
+def index_snr_db(config: AlignmentConfig) -> float:
+    """SNR (dB) at which the index side information is charged: the lowest user SNR of a
+    per-user SNR list or path loss (a broadcast every user must decode), else ``snr_db``."""
+    channel = config.channel
+    listed = channel.user_snr_db or channel.distances
+    if not listed:
+        return config.snr_db
+    return min(channel.user_snrs(len(listed), config.snr_db))
 
 
 class TopK(BaselineStrategy):
@@ -32,7 +43,7 @@ class TopK(BaselineStrategy):
         cfg, cdim = self.config, self.cdim
         bits = baselines.top_k_index_bits(cdim, min(cfg.symbols, cdim))
         uses = (
-            baselines.index_channel_uses(bits, cfg.antennas_tx, cfg.snr_db)
+            baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
             if cfg.topk_index_cost == "channel-uses"
             else 0
         )
@@ -40,7 +51,7 @@ class TopK(BaselineStrategy):
             # Fewer data symbols need fewer index bits: shrink until data + index fit in K.
             for data_uses in range(cfg.channel_uses - 1, 0, -1):
                 bits = baselines.top_k_index_bits(cdim, data_uses * cfg.antennas_tx)
-                uses = baselines.index_channel_uses(bits, cfg.antennas_tx, cfg.snr_db)
+                uses = baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
                 if data_uses + uses <= cfg.channel_uses:
                     break
         return IndexCost(bits, uses)
