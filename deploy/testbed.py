@@ -363,3 +363,26 @@ def wait_for_port(tb: Testbed, host: str, ip: str, port: int, timeout: float = 3
         if time.monotonic() > deadline:
             raise TestbedError(f"nothing listens on {ip}:{port} as seen from {host}")
         time.sleep(0.2)
+
+
+SNIFFER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL, every port
+s.settimeout(0.5)
+with open(sys.argv[1], "wb", buffering=0) as out:
+    while True:
+        try:
+            out.write(s.recv(65535))
+        except socket.timeout:
+            pass
+"""
+
+
+def capture(tb: Testbed, path: str | os.PathLike) -> subprocess.Popen:
+    """Record every frame on the testbed's switch ports into ``path`` (raw frames, appended
+    back to back; each frame twice, in and out) until :meth:`Testbed.close`: what an
+    eavesdropper on the LAN would see."""
+    argv = ["ip", "netns", "exec", tb.switch, sys.executable, "-c", SNIFFER, str(path)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    tb.procs.append(proc)
+    return proc

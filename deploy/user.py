@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from semalign.common.contract import TOKEN_ENV
@@ -76,9 +77,10 @@ def command(args: argparse.Namespace) -> int:
     return join_directly(args, ordinal, cache)
 
 
-#: flower-supernode's exit code when the SuperLink refuses to activate it (with SuperNode
-#: authentication: its key is not registered yet, e.g. the AP has not started yet).
-SUPERNODE_NOT_ACTIVATED = 305
+#: What flower-supernode prints when the SuperLink refuses to activate it (with SuperNode
+#: authentication: its key is not registered yet, e.g. the AP has not started yet). Its exit
+#: status is 1 for every error, so the supervisor reads its output.
+SUPERNODE_NOT_ACTIVATED = "Failed to activate SuperNode"
 #: How long a user keeps restarting a SuperNode the SuperLink does not know yet.
 REGISTER_WAIT_S = 3600.0
 
@@ -126,6 +128,14 @@ def become_supernode(args: argparse.Namespace, ordinal: int, cache: Path) -> Non
     sys.exit(supervise_supernode(argv, env, args.user_id))
 
 
+def _forward(stream, refused) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        if SUPERNODE_NOT_ACTIVATED.encode() in line:
+            refused.set()
+
+
 def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> int:
     import subprocess
     import time
@@ -139,13 +149,24 @@ def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> i
         with sigterm_as_interrupt():
             while True:
                 try:
-                    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+                    proc = subprocess.Popen(
+                        argv,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                    )
                 except OSError as exc:
                     raise UsageError(
                         f"cannot start the Flower SuperNode ({argv[0]}): {exc.strerror}"
                     ) from None
+                refused = threading.Event()
+                # its log, passed on; a thread, since what it started (SuperExec, which exits
+                # by itself when its parent is gone) may hold the pipe open after it exits
+                threading.Thread(target=_forward, args=(proc.stdout, refused), daemon=True).start()
                 code = proc.wait()
-                if code != SUPERNODE_NOT_ACTIVATED or time.monotonic() > deadline:
+                time.sleep(0.5)  # its last lines
+                if code == 0 or not refused.is_set() or time.monotonic() > deadline:
                     return code
                 print(
                     f"{user_id}: the SuperLink does not accept this SuperNode yet (key not "
