@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import yaml
 from semalign.deploy.launcher import child_env, semalign_command
 from semalign.deploy.testbed import Testbed, capture, require_testbed, wait_for_port
 from synthetic import make_latents
@@ -204,3 +205,141 @@ def test_two_hosts_tls_walkthrough_and_an_outsider_gets_nothing(latents, simulat
     assert len(seen) > session_bytes
     for secret in (TOKEN.encode(), b"semalign.v1", b"semalign-offer", b"/v1/fleet/"):
         assert secret not in seen, secret
+
+
+# ---------------------------------------------------------------------------- compose
+def _docker_ready() -> str | None:
+    import shutil
+
+    if shutil.which("docker") is None or shutil.which("docker-compose") is None:
+        return "no docker / docker-compose binary on this machine"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "the Docker engine does not answer"
+    return None
+
+
+def _base_image() -> str | None:
+    """A base image present here (nothing can be pulled): the offline one, else the default."""
+    for image in (
+        os.environ.get("SEMALIGN_BASE_IMAGE"),
+        "semalign-base:bookworm",
+        "python:3.11-slim",
+    ):
+        if (
+            image
+            and subprocess.run(
+                ["docker", "image", "inspect", image], capture_output=True
+            ).returncode
+            == 0
+        ):
+            return image
+    return None
+
+
+DOCKER = _docker_ready()
+
+
+@pytest.mark.skipif(DOCKER is not None, reason=f"compose end to end: {DOCKER}")
+def test_compose_up_ap_and_ten_users_end_to_end(tmp_path):
+    """`docker-compose up --abort-on-container-exit --exit-code-from ap` with docker-compose.yml
+    as is, plus an override that feeds synthetic latents through the `encode` service (a
+    torch-free image: TORCH=none). Results equal `semalign simulate`."""
+    base = _base_image()
+    if base is None:
+        pytest.skip("no base image here and no registry: run `bash deploy/offline-image.sh`")
+    t0 = time.perf_counter()
+    build = subprocess.run(
+        ["docker", "build", "-q", "-f", "deploy/Dockerfile", "-t", "semalign:latest"]
+        + ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", "TORCH=none", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    t_build = time.perf_counter() - t0
+    lat = tmp_path / "lat"
+    root, ap_enc, users = make_latents(
+        lat, user_dims=(12, 20, 16, 8, 24, 12, 20, 16, 10, 14), n_train=200
+    )
+    for path in [lat, *lat.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    secrets = tmp_path / "secrets"
+    assert main(["certs", "--out", str(secrets), "--users", "10", "--owner", "1000", "-q"]) == 0
+    sim = tmp_path / "sim.json"
+    argv = ["simulate", "--latents", str(root), "--ap", ap_enc, "--users", ",".join(users)]
+    assert main([*argv, *ALIGN, "--seeds", "7", "-q", "--out", str(sim)]) == 0
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    override: dict = {"version": "2.4"} if "version" in compose else {}
+    pairs = [f"ap={ap_enc}"] + [f"user{i}={e}" for i, e in enumerate(users, 1)]
+    services = {
+        "encode": {
+            "command": ["--caches", "/caches", "--stay", "--latents", "/synthetic", *pairs],
+            "volumes": [f"{lat}:/synthetic:ro"],
+        }
+    }
+    ap = compose["services"]["ap"]["command"]
+    ap = [a for a in ap if a not in ("--cache-dir", "/cache")]
+    ap[ap.index("--ap") + 1] = ap_enc
+    services["ap"] = {"command": [*ap, "--latents", "/cache/latents", *ALIGN, "--seeds", "7"]}
+    for i, enc in enumerate(users, 1):
+        cmd = compose["services"][f"user{i}"]["command"]
+        cmd = [a for a in cmd if a not in ("--cache-dir", "/cache")]
+        cmd[cmd.index("--encoder") + 1] = enc
+        services[f"user{i}"] = {"command": [*cmd, "--latents", "/cache/latents"]}
+    override["services"] = services
+    (tmp_path / "override.yml").write_text(yaml.safe_dump(override))
+    project = f"satest{os.getpid()}"
+    dc = ["docker-compose", "-p", project, "-f", str(ROOT / "docker-compose.yml")]
+    dc += ["-f", str(tmp_path / "override.yml")]
+    env = {**os.environ, "SEMALIGN_SECRETS": str(secrets)}
+    try:
+        t1 = time.perf_counter()
+        up = subprocess.run(
+            [*dc, "up", "--abort-on-container-exit", "--exit-code-from", "ap"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        t_up = time.perf_counter() - t1
+        assert up.returncode == 0, up.stdout[-5000:]
+        ap_id = subprocess.run(
+            [*dc, "ps", "-q", "ap"], cwd=ROOT, env=env, capture_output=True, text=True
+        ).stdout.strip()
+        subprocess.run(
+            ["docker", "cp", f"{ap_id}:/results/run.json", str(tmp_path / "run.json")], check=True
+        )
+    finally:
+        subprocess.run(
+            [*dc, "down", "-v", "--remove-orphans"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
+    results = json.loads((tmp_path / "run.json").read_text())
+    want = json.loads(sim.read_text())
+    for key in ("mean_accuracy", "mean_mse"):
+        assert results[key] == pytest.approx(want[key], rel=1e-6)
+    dep = results["network"]["deployment"]
+    assert dep["tls"] == "mutual" and dep["supernode_auth"] is True
+    assert {u: r["status"] for u, r in dep["flower_reports"]["reports"].items()} == {
+        f"user{i}": "ok" for i in range(1, 11)
+    }
+    net = results["network"]
+    print(
+        f"\ncompose: image build {t_build:.0f} s, up {t_up:.0f} s, latency p50 "
+        f"{net['latency_p50_s'] * 1e3:.1f} ms p95 {net['latency_p95_s'] * 1e3:.1f} ms"
+    )
+    (ROOT / ".compose-timing.json").write_text(
+        json.dumps(
+            {
+                "build_s": t_build,
+                "up_s": t_up,
+                "network": {k: v for k, v in net.items() if k != "deployment"},
+                "rounds": results["rounds"],
+            }
+        )
+    )
