@@ -26,6 +26,10 @@ from semalign.deploy.launcher import Processes, child_env, tool, wait_for_port
 #: The Flower App folder (its pyproject.toml names the components in semalign.deploy.flwr_app).
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
 
+#: How long the AP waits for its SuperLink to listen (minutes on a busy 2-core host with ten
+#: user containers starting).
+SUPERLINK_START_S = 300.0
+
 #: How long the ServerApp waits for the users' reports (the AP process ends the run sooner).
 SESSION_TIMEOUT_S = 86400.0
 
@@ -230,7 +234,7 @@ def start_flower(
     if not auth:  # they keep trying until the SuperLink listens
         for name, argv in supernodes:
             procs.start(name, argv, child_env(flwr / name, single_thread=True))
-    wait_for_port(local, port, 60.0, procs)
+    wait_for_port(local, port, SUPERLINK_START_S, procs)
     if auth:  # keys first: a SuperNode whose key is unknown exits (users retry, see user.py)
         register_supernodes(flwr / "cli", list(supernode_keys or ()))
         for name, argv in supernodes:

@@ -144,6 +144,7 @@ def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> i
     from semalign.deploy.launcher import sigterm_as_interrupt, terminate_tree
 
     deadline = time.monotonic() + REGISTER_WAIT_S
+    pause = 2.0
     proc = None
     try:
         with sigterm_as_interrupt():
@@ -170,11 +171,12 @@ def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> i
                     return code
                 print(
                     f"{user_id}: the SuperLink does not accept this SuperNode yet (key not "
-                    "registered, or the AP not started); trying again in 3 s",
+                    f"registered, or the AP not started); trying again in {pause:g} s",
                     file=sys.stderr,
                     flush=True,
                 )
-                time.sleep(3.0)
+                time.sleep(pause)
+                pause = min(pause * 1.5, 15.0)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -304,7 +304,9 @@ def test_compose_up_ap_and_ten_users_end_to_end(tmp_path):
             timeout=900,
         )
         t_up = time.perf_counter() - t1
-        assert up.returncode == 0, up.stdout[-5000:]
+        (tmp_path / "up.log").write_text(up.stdout + up.stderr)
+        ap_lines = [line for line in up.stdout.splitlines() if "ap_1 " in line]
+        assert up.returncode == 0, "\n".join(ap_lines[-30:]) or up.stdout[-5000:]
         ap_id = subprocess.run(
             [*dc, "ps", "-q", "ap"], cwd=ROOT, env=env, capture_output=True, text=True
         ).stdout.strip()
