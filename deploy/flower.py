@@ -137,7 +137,7 @@ def register_supernodes(flwr_home: Path, public_keys: Sequence[Path]) -> list[in
     argv = [sys.executable, "-m", "semalign.deploy.superlink", "register"]
     argv += [str(Path(k).resolve()) for k in public_keys]
     done = subprocess.run(
-        argv, env=child_env(flwr_home), capture_output=True, text=True, timeout=120, cwd=flwr_home
+        argv, env=child_env(flwr_home), capture_output=True, text=True, timeout=300, cwd=flwr_home
     )
     try:
         return list(json.loads(done.stdout.strip().splitlines()[-1])["node-ids"])
@@ -149,7 +149,7 @@ def register_supernodes(flwr_home: Path, public_keys: Sequence[Path]) -> list[in
 
 
 def submit_run(
-    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 60
+    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 300
 ) -> int:
     """Submit the semalign Flower App to the SuperLink (``flwr run``); returns the run id."""
     argv = ["run", str(app_dir), "semalign", "--run-config", config_string(run_config)]

@@ -144,7 +144,7 @@ def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> i
     from semalign.deploy.launcher import sigterm_as_interrupt, terminate_tree
 
     deadline = time.monotonic() + REGISTER_WAIT_S
-    pause = 2.0
+    pause = 5.0
     proc = None
     try:
         with sigterm_as_interrupt():
