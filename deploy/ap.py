@@ -79,6 +79,11 @@ def command(args: argparse.Namespace) -> int:
     given_token = args.token or os.environ.get(TOKEN_ENV)
     token = given_token or secrets.token_urlsafe(24)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    supernode_keys = None
+    if args.flower and not args.insecure:
+        from pathlib import Path
+
+        supernode_keys = sorted(Path(args.supernode_keys).glob("*.pub"))
     workdir = make_workdir(args.workdir, "semalign-ap-")
     service, server = start_service(token, args.listen, plan.users, tls)
     advertise = advertised(args.listen, args.advertise, server.port)
@@ -89,6 +94,8 @@ def command(args: argparse.Namespace) -> int:
     procs = Processes(workdir / "logs")
     deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
     deployment["users"] = plan.users
+    deployment["tls"] = "mutual" if tls.ca and tls.cert else ("server" if tls.cert else "off")
+    deployment["supernode_auth"] = supernode_keys is not None
 
     def start_superlink() -> FlowerRun | None:
         if not args.flower:
@@ -104,6 +111,7 @@ def command(args: argparse.Namespace) -> int:
             users=plan.users,
             node_wait_s=plan.join_timeout,
             tls=tls,
+            supernode_keys=supernode_keys,
         )
 
     results, reports = serve_with_children(service, server, procs, plan, display, start_superlink)

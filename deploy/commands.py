@@ -53,13 +53,90 @@ def check_file(option: str, value: str | None) -> None:
         raise UsageError(f"{option} {value}: no such file")
 
 
+INSECURE_WARNING = (
+    "WARNING: --insecure: the alignment protocol and Flower run in plaintext and SuperNodes "
+    "are not authenticated; anyone on the network can read the latents' projections and join. "
+    "Use it only on a trusted network or for tests."
+)
+
+
+def warn_insecure() -> None:
+    import sys
+
+    print(INSECURE_WARNING, file=sys.stderr, flush=True)
+
+
+def apply_secrets(args: argparse.Namespace, *, side: str) -> None:
+    """``--secrets DIR`` (a folder made by ``semalign certs``) fills the TLS options not given
+    explicitly; ``--insecure`` excludes both. Without either, TLS is required."""
+    import os
+
+    from semalign.deploy.certs import ApSecrets, UserSecrets
+
+    if args.secrets is None and not args.insecure:
+        args.secrets = os.environ.get("SEMALIGN_SECRETS") or None
+
+    explicit = [o for o in ("tls_cert", "tls_key", "tls_ca") if getattr(args, o, None)]
+    if side == "user" and args.superlink_ca:
+        explicit.append("superlink_ca")
+    if args.insecure:
+        if args.secrets or explicit:
+            raise UsageError("--insecure excludes --secrets and the --tls-* options")
+        return
+    if args.secrets:
+        if side == "ap":
+            ap = ApSecrets(Path(args.secrets))
+            ap.check()
+            args.tls_cert = args.tls_cert or str(ap.cert)
+            args.tls_key = args.tls_key or str(ap.key)
+            args.tls_ca = args.tls_ca or str(ap.ca)
+            if args.supernode_keys is None and (ap.root / "supernodes").is_dir():
+                args.supernode_keys = str(ap.root / "supernodes")
+        else:
+            user = UserSecrets(Path(args.secrets))
+            user.check()
+            args.tls_cert = args.tls_cert or str(user.cert)
+            args.tls_key = args.tls_key or str(user.key)
+            args.tls_ca = args.tls_ca or str(user.ca)
+            args.superlink_ca = args.superlink_ca or str(user.ca)
+            args.supernode_key = args.supernode_key or str(user.supernode_key)
+    for option in ("tls_cert", "tls_key", "tls_ca"):  # absolute: Flower runs elsewhere
+        if getattr(args, option, None):
+            setattr(args, option, str(Path(getattr(args, option)).resolve()))
+
+
 def check_tls(args: argparse.Namespace, *, side: str) -> None:
+    apply_secrets(args, side=side)
     for option in ("--tls-cert", "--tls-key", "--tls-ca"):
         check_file(option, getattr(args, option[2:].replace("-", "_")))
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     if side == "ap" and args.tls_ca and not args.tls_cert:
         raise UsageError("--tls-ca on the AP (mutual TLS) needs --tls-cert and --tls-key")
+    if args.insecure:
+        warn_insecure()
+        return
+    hint = "give --secrets DIR (made by `semalign certs`), or --insecure for plaintext"
+    if side == "ap":
+        if not args.tls_cert:
+            raise UsageError(f"TLS is on by default: {hint} (or --tls-cert/--tls-key/--tls-ca)")
+        if args.flower and not args.tls_ca:
+            raise UsageError("the Flower SuperLink needs the CA too: --tls-ca (or --secrets)")
+        if args.flower and args.supernode_keys is None:
+            raise UsageError(
+                "SuperNode authentication is on: --supernode-keys DIR (users' *.pub; "
+                "--secrets has them)"
+            )
+        if args.supernode_keys is not None and not Path(args.supernode_keys).is_dir():
+            raise UsageError(f"--supernode-keys {args.supernode_keys}: no such folder")
+    else:
+        if not args.tls_ca:
+            raise UsageError(f"TLS is on by default: {hint} (or --tls-ca)")
+        if args.superlink and not (args.superlink_ca and args.supernode_key):
+            raise UsageError(
+                "the SuperNode needs --superlink-ca and --supernode-key (or --secrets)"
+            )
+        check_file("--supernode-key", args.supernode_key)
 
 
 def check_ap_side(args: argparse.Namespace) -> None:
@@ -71,6 +148,8 @@ def check_ap_side(args: argparse.Namespace) -> None:
 
 def validate_run(args: argparse.Namespace) -> None:
     check_ap_side(args)
+    if args.insecure:
+        warn_insecure()
 
 
 def validate_ap(args: argparse.Namespace) -> None:
@@ -114,7 +193,24 @@ def entry(module: str, validate: Callable[[argparse.Namespace], None]):
 
 # ---------------------------------------------------------------------------- options
 def add_tls_arguments(parser: argparse.ArgumentParser, side: str) -> None:
-    group = parser.add_argument_group("TLS (alignment service)")
+    group = parser.add_argument_group(
+        "security (TLS on by default)",
+        "TLS on the alignment service (mutual: users hold client certificates) and on Flower, "
+        "SuperNode authentication on. --secrets names this host's folder made by "
+        "`semalign certs`; the --tls-* options override single files.",
+    )
+    group.add_argument(
+        "--secrets",
+        default=None,
+        help=f"this {'AP' if side == 'ap' else 'user'}'s secrets folder, e.g. secrets/"
+        + ("ap" if side == "ap" else "user3")
+        + " (default: $SEMALIGN_SECRETS)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, no SuperNode authentication (prints a warning)",
+    )
     own = "the AP's" if side == "ap" else "this user's client"
     group.add_argument("--tls-cert", help=f"{own} certificate (PEM)")
     group.add_argument("--tls-key", help=f"{own} private key (PEM)")
@@ -175,6 +271,12 @@ def register_run(subparsers) -> None:
     run.add_argument(
         "--listen", default="127.0.0.1:0", help="alignment service address (port 0: any free)"
     )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext and no SuperNode authentication (default: a CA and certificates are "
+        "made for this run in the workdir: TLS everywhere, mutual on the alignment service)",
+    )
     add_output_arguments(run, "results/run.json")
     run.set_defaults(func=entry("semalign.deploy.run", validate_run))
 
@@ -211,7 +313,12 @@ def register_ap(subparsers) -> None:
     flower.add_argument(
         "--superlink-listen",
         default=f"0.0.0.0:{DEFAULT_SUPERLINK_PORT}",
-        help="Flower SuperLink address (with --flower)",
+        help="Flower SuperLink address (with --flower; only its Fleet API answers other hosts)",
+    )
+    flower.add_argument(
+        "--supernode-keys",
+        help="folder of the users' SuperNode public keys (*.pub), registered with the "
+        "SuperLink (default: SECRETS/supernodes)",
     )
     add_output_arguments(ap, "results/ap.json")
     ap.set_defaults(func=entry("semalign.deploy.ap", validate_ap))
@@ -246,8 +353,10 @@ def register_user(subparsers) -> None:
     )
     add_tls_arguments(user, "user")
     flower = user.add_argument_group("Flower (with --superlink)")
+    flower.add_argument("--superlink-ca", help="CA certificate of the SuperLink (default: SECRETS)")
     flower.add_argument(
-        "--superlink-ca", help="CA certificate of the SuperLink (default: --insecure)"
+        "--supernode-key",
+        help="this SuperNode's authentication key (EC, OpenSSH format; default: SECRETS)",
     )
     flower.add_argument(
         "--runtime-port",
@@ -260,7 +369,39 @@ def register_user(subparsers) -> None:
     user.set_defaults(func=entry("semalign.deploy.user", validate_user))
 
 
+def register_certs(subparsers) -> None:
+    certs = subparsers.add_parser(
+        "certs",
+        help="make a CA, the AP's and users' certificates and SuperNode keys",
+        description="Make (or complete) a secrets folder: a CA, the AP's server certificate "
+        "(compose service name 'ap', the given --name values, localhost, 127.0.0.1), a client "
+        "certificate and a Flower SuperNode key pair per user; one sub-folder per host (mount "
+        "only that one there). Existing files are kept.",
+        formatter_class=HelpFormatter,
+    )
+    certs.add_argument("--out", default="secrets", help="the secrets folder")
+    certs.add_argument("--users", default="10", help="N (user1..userN) or comma-separated user ids")
+    certs.add_argument(
+        "--name",
+        action="append",
+        help="host name or IP address of the AP in its certificate (repeat, or comma-separated; "
+        "default: ap)",
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    certs.add_argument(
+        "--owner", help="UID[:GID] to own the files (the image runs as 1000), e.g. 1000"
+    )
+    certs.add_argument("-q", "--quiet", action="store_true", help="do not list the files")
+
+    def validate(args: argparse.Namespace) -> None:
+        if args.days < 1:
+            raise UsageError(f"--days must be at least 1, got {args.days}")
+
+    certs.set_defaults(func=entry("semalign.deploy.certs", validate))
+
+
 def register(subparsers) -> None:
+    register_certs(subparsers)
     register_run(subparsers)
     register_ap(subparsers)
     register_user(subparsers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from semalign.deploy.launcher import Processes, child_env, tool, wait_for_port
 
 #: The Flower App folder (its pyproject.toml names the components in semalign.deploy.flwr_app).
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
+
+#: How long the AP waits for its SuperLink to listen (minutes on a busy 2-core host with ten
+#: user containers starting).
+SUPERLINK_START_S = 300.0
 
 #: How long the ServerApp waits for the users' reports (the AP process ends the run sooner).
 SESSION_TIMEOUT_S = 86400.0
@@ -43,25 +48,44 @@ def config_string(values: dict[str, Any]) -> str:
     return " ".join(f"{key}={toml_value(v)}" for key, v in values.items() if v is not None)
 
 
-def superlink_argv(host: str, port: int, *, tls: TlsFiles | None = None) -> list[str]:
-    argv = [tool("flower-superlink"), "--disable-runtime-dependency-installation"]
-    argv += ["--host", host, "--port", str(port)]
+def superlink_argv(
+    host: str, port: int, *, tls: TlsFiles | None = None, supernode_auth: bool = False
+) -> list[str]:
+    """``flower-superlink`` behind :mod:`semalign.deploy.superlink` (Control and Runtime APIs
+    loopback-only). TLS needs the CA too: Flower's SuperExec verifies the SuperLink with it.
+    SuperNode authentication needs TLS."""
+    argv = [sys.executable, "-m", "semalign.deploy.superlink"]
+    argv += ["--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
     if tls is not None and tls.enabled:
+        if not (tls.cert and tls.key and tls.ca):
+            raise LaunchError("TLS on the SuperLink needs a certificate, its key and the CA")
         argv += ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
-        if tls.ca:
-            argv += ["--ssl-ca-certfile", tls.ca]
+        argv += ["--ssl-ca-certfile", str(tls.ca)]
+        if supernode_auth:
+            argv.append("--enable-supernode-auth")
+    elif supernode_auth:
+        raise LaunchError("SuperNode authentication needs TLS on the SuperLink")
     else:
         argv.append("--insecure")
     return argv
 
 
 def supernode_argv(
-    superlink: str, runtime_port: int, node_config: dict[str, Any], *, root_ca: str | None = None
+    superlink: str,
+    runtime_port: int,
+    node_config: dict[str, Any],
+    *,
+    root_ca: str | None = None,
+    auth_key: str | None = None,
 ) -> list[str]:
+    """``flower-supernode``: TLS to the SuperLink when ``root_ca`` is given (else --insecure),
+    SuperNode authentication with ``auth_key`` (EC private key, OpenSSH format)."""
     argv = [tool("flower-supernode"), "--superlink", superlink]
     argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
     argv += ["--node-config", config_string(node_config)]
     argv += ["--root-certificates", root_ca] if root_ca else ["--insecure"]
+    if auth_key:
+        argv += ["--auth-supernode-private-key", auth_key]
     return argv
 
 
@@ -77,12 +101,10 @@ def write_cli_config(flwr_home: Path, superlink: str, *, root_ca: str | None = N
     (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
 
-def submit_run(
-    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 60
-) -> int:
-    """Submit the semalign Flower App to the SuperLink (``flwr run``); returns the run id."""
-    argv = [tool("flwr"), "run", str(app_dir), "semalign", "--format", "json"]
-    argv += ["--run-config", config_string(run_config)]
+def flwr_cli(flwr_home: Path, argv: list[str], *, what: str, timeout: float = 60) -> dict:
+    """Run ``flwr ARGV --format json`` against our SuperLink; its JSON answer (LaunchError
+    with the CLI's last line if it fails)."""
+    argv = [tool("flwr"), *argv, "--format", "json"]
     try:
         done = subprocess.run(
             argv,
@@ -94,16 +116,44 @@ def submit_run(
             cwd=flwr_home,
         )
     except subprocess.TimeoutExpired:
-        raise LaunchError(f"`flwr run` did not answer within {timeout:g} s") from None
+        raise LaunchError(f"`{what}` did not answer within {timeout:g} s") from None
     except OSError as exc:
-        raise LaunchError(f"cannot start `flwr run` ({argv[0]}): {exc.strerror}") from None
+        raise LaunchError(f"cannot start `{what}` ({argv[0]}): {exc.strerror}") from None
     try:
         payload = json.loads(done.stdout[done.stdout.index("{") :])
     except ValueError:
         payload = {}
     if done.returncode != 0 or not payload.get("success"):
+        detail = (payload.get("error-message") or done.stderr or done.stdout).strip().splitlines()
+        raise LaunchError(f"`{what}` failed: {detail[-1] if detail else done.returncode}")
+    return payload
+
+
+def register_supernodes(flwr_home: Path, public_keys: Sequence[Path]) -> list[int]:
+    """Register SuperNode public keys with the SuperLink (SuperNode authentication): only
+    SuperNodes holding one of the private keys may then connect. Returns the node ids."""
+    if not public_keys:
+        return []
+    argv = [sys.executable, "-m", "semalign.deploy.superlink", "register"]
+    argv += [str(Path(k).resolve()) for k in public_keys]
+    done = subprocess.run(
+        argv, env=child_env(flwr_home), capture_output=True, text=True, timeout=300, cwd=flwr_home
+    )
+    try:
+        return list(json.loads(done.stdout.strip().splitlines()[-1])["node-ids"])
+    except (ValueError, IndexError, KeyError):
         detail = (done.stderr or done.stdout).strip().splitlines()
-        raise LaunchError(f"`flwr run` failed: {detail[-1] if detail else done.returncode}")
+        raise LaunchError(
+            f"registering the SuperNode keys failed: {detail[-1] if detail else done.returncode}"
+        ) from None
+
+
+def submit_run(
+    flwr_home: Path, run_config: dict[str, Any], *, app_dir: Path = APP_DIR, timeout: float = 300
+) -> int:
+    """Submit the semalign Flower App to the SuperLink (``flwr run``); returns the run id."""
+    argv = ["run", str(app_dir), "semalign", "--run-config", config_string(run_config)]
+    payload = flwr_cli(flwr_home, argv, what="flwr run", timeout=timeout)
     return int(payload["run-id"])
 
 
@@ -158,23 +208,37 @@ def start_flower(
     users: int,
     node_wait_s: float,
     tls: TlsFiles | None = None,
+    supernode_keys: Sequence[Path] | None = None,
     supernodes: Sequence[tuple[str, list[str]]] = (),
 ) -> FlowerRun:
     """A SuperLink on ``host:port``, the ``supernodes`` (name, ``semalign user`` argv; one
     BLAS thread each, their own FLWR_HOME under ``workdir``), then the Flower run that invites
     ``users`` SuperNodes to the alignment service at ``service_address``.
 
-    The SuperNodes start before the SuperLink listens: they keep trying to connect, and the
-    users prepare their latents meanwhile.
+    Without SuperNode authentication the SuperNodes start before the SuperLink listens: they
+    keep trying to connect, and the users prepare their latents meanwhile. With it they start
+    once their keys are registered.
+
+    ``tls`` (certificate, key, CA): TLS on the SuperLink. ``supernode_keys`` (public keys, with
+    TLS): SuperNode authentication on, these keys registered before the run is submitted
+    (SuperNodes retry until their key is known). The Control and Runtime APIs answer only on
+    loopback (:mod:`semalign.deploy.superlink`).
     """
     flwr = workdir / "flwr"
-    procs.start("superlink", superlink_argv(host, port, tls=tls), child_env(flwr / "superlink"))
-    for name, argv in supernodes:
-        procs.start(name, argv, child_env(flwr / name, single_thread=True))
+    auth = supernode_keys is not None
+    argv = superlink_argv(host, port, tls=tls, supernode_auth=auth)
+    procs.start("superlink", argv, child_env(flwr / "superlink"))
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    wait_for_port(local, port, 60.0, procs)
     secure = tls is not None and tls.enabled
     write_cli_config(flwr / "cli", f"{local}:{port}", root_ca=tls.ca if secure else None)
+    if not auth:  # they keep trying until the SuperLink listens
+        for name, argv in supernodes:
+            procs.start(name, argv, child_env(flwr / name, single_thread=True))
+    wait_for_port(local, port, SUPERLINK_START_S, procs)
+    if auth:  # keys first: a SuperNode whose key is unknown exits (users retry, see user.py)
+        register_supernodes(flwr / "cli", list(supernode_keys or ()))
+        for name, argv in supernodes:
+            procs.start(name, argv, child_env(flwr / name, single_thread=True))
     run = FlowerRun(workdir / "flower-reports.json", procs)
     submit_run(
         flwr / "cli",

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semalign.common.contract import TlsFiles
+from semalign.deploy.certs import ApSecrets, make_secrets
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes, child_env, free_port
@@ -66,11 +68,14 @@ def command(args: argparse.Namespace) -> int:
 
     token = secrets.token_urlsafe(24)
     workdir = make_workdir(args.workdir, "semalign-run-")
-    service, server = start_service(token, args.listen, len(ids))
+    keys = None if args.insecure else run_secrets(workdir, ids)
+    tls = TlsFiles(str(keys.cert), str(keys.key), str(keys.ca)) if keys else None
+    service, server = start_service(token, args.listen, len(ids), tls)
     display = Display(config, seeds, len(ids), args.quiet)
     procs = Processes(workdir / "logs")
     deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
     deployment.update(users=len(ids), workdir=str(workdir))
+    deployment.update(tls="off" if keys is None else "mutual", supernode_auth=keys is not None)
     display.print(
         f"AP {ap} + {len(ids)} users ({'Flower SuperNodes' if args.flower else 'direct'}), "
         f"alignment service on {server.address}, logs in {procs.log_dir}"
@@ -80,10 +85,13 @@ def command(args: argparse.Namespace) -> int:
         address = server.address
         if not args.flower:
             for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
-                argv = user_argv(uid, ordinal, enc, ap=address, latents=str(cache))
+                mine = user_secrets(workdir, uid) if keys else None
+                argv = user_argv(uid, ordinal, enc, ap=address, latents=str(cache), secrets=mine)
                 procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
             return None
-        flower = start_local_flower(procs, workdir, plan, encoders, address, token)
+        flower = start_local_flower(
+            procs, workdir, plan, encoders, address, token, tls=tls, keys=keys
+        )
         deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
         return flower
 
@@ -95,6 +103,16 @@ def command(args: argparse.Namespace) -> int:
     return finish(results, deployment, t_start, display, args.out)
 
 
+def run_secrets(workdir: Path, ids: list[str]) -> ApSecrets:
+    """A CA, certificates and SuperNode keys for this run only (``WORKDIR/secrets``)."""
+    make_secrets(workdir / "secrets", ids, names=["localhost"], days=7)
+    return ApSecrets(workdir / "secrets" / "ap")
+
+
+def user_secrets(workdir: Path, user_id: str) -> str:
+    return str((workdir / "secrets" / user_id).resolve())
+
+
 def start_local_flower(
     procs: Processes,
     workdir: Path,
@@ -102,8 +120,12 @@ def start_local_flower(
     encoders: list[str],
     service_address: str,
     token: str,
+    *,
+    tls: TlsFiles | None = None,
+    keys: ApSecrets | None = None,
 ) -> FlowerRun:
-    """A SuperLink and one SuperNode per user on loopback, then the Flower run."""
+    """A SuperLink and one SuperNode per user on loopback, then the Flower run (TLS and
+    SuperNode authentication with ``keys``)."""
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     supernodes = [
@@ -116,6 +138,7 @@ def start_local_flower(
                 superlink=superlink,
                 latents=str(plan.latents),
                 runtime_port=free_port(),
+                secrets=user_secrets(workdir, uid) if keys else None,
             ),
         )
         for ordinal, (uid, enc) in enumerate(zip(plan.expected, encoders, strict=True))
@@ -129,5 +152,7 @@ def start_local_flower(
         token=token,
         users=plan.users,
         node_wait_s=plan.join_timeout,
+        tls=tls,
+        supernode_keys=keys.supernode_keys if keys else None,
         supernodes=supernodes,
     )

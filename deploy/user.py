@@ -8,10 +8,12 @@ service (``--ap``). The user's side of the protocol is :func:`semalign.client.st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from semalign.common.contract import TOKEN_ENV
@@ -41,8 +43,10 @@ def user_argv(
     cache_dir: str | None = None,
     runtime_port: int | None = None,
     connect_timeout: float | None = None,
+    secrets: str | None = None,
 ) -> list[str]:
-    """The ``semalign user`` command line of one user (local launcher and docker-compose)."""
+    """The ``semalign user`` command line of one user (local launcher and docker-compose):
+    with the user's ``secrets`` folder, else ``--insecure``."""
     argv = [*semalign_command(), "user", "--user-id", user_id]
     argv += ["--ordinal", str(ordinal), "--encoder", encoder]
     argv += ["--ap", ap] if ap else ["--superlink", str(superlink)]
@@ -53,6 +57,7 @@ def user_argv(
         argv += ["--runtime-port", str(runtime_port)]
     if connect_timeout:
         argv += ["--connect-timeout", f"{connect_timeout:g}"]
+    argv += ["--secrets", secrets] if secrets else ["--insecure"]
     return argv
 
 
@@ -72,8 +77,21 @@ def command(args: argparse.Namespace) -> int:
     return join_directly(args, ordinal, cache)
 
 
+#: What flower-supernode prints when the SuperLink refuses to activate it (with SuperNode
+#: authentication: its key is not registered yet, e.g. the AP has not started yet). Its exit
+#: status is 1 for every error, so the supervisor reads its output.
+SUPERNODE_NOT_ACTIVATED = "Failed to activate SuperNode"
+#: How long a user keeps restarting a SuperNode the SuperLink does not know yet.
+REGISTER_WAIT_S = 3600.0
+
+
 def become_supernode(args: argparse.Namespace, ordinal: int, cache: Path) -> None:
-    """Replace this process with a Flower SuperNode whose node config describes this user."""
+    """Run a Flower SuperNode whose node config describes this user (does not return).
+
+    With --insecure this process becomes the SuperNode (exec). With SuperNode authentication
+    it supervises it instead: the SuperNode exits when the SuperLink does not know its key yet
+    (users may start before the AP has registered their keys), so it is started again every
+    few seconds for up to ``REGISTER_WAIT_S``; SIGTERM/SIGINT stop it and all it started."""
     from semalign.deploy.flower import supernode_argv
 
     node = {
@@ -88,16 +106,83 @@ def become_supernode(args: argparse.Namespace, ordinal: int, cache: Path) -> Non
         "tls-key": args.tls_key,
         "connect-timeout-s": float(args.connect_timeout),
     }
-    argv = supernode_argv(args.superlink, args.runtime_port, node, root_ca=args.superlink_ca)
+    argv = supernode_argv(
+        args.superlink,
+        args.runtime_port,
+        node,
+        root_ca=None if args.insecure else args.superlink_ca,
+        auth_key=None if args.insecure else args.supernode_key,
+    )
     home = args.flwr_home or os.environ.get("FLWR_HOME")
     home = Path(home) if home else Path(tempfile.gettempdir()) / f"semalign-flwr-{args.user_id}"
     env = child_env(home)
     sys.stdout.flush()
     sys.stderr.flush()
+    if args.insecure:
+        try:
+            os.execvpe(tool("flower-supernode"), argv, env)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot start the Flower SuperNode ({argv[0]}): {exc.strerror}"
+            ) from None
+    sys.exit(supervise_supernode(argv, env, args.user_id))
+
+
+def _forward(stream, refused) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        if SUPERNODE_NOT_ACTIVATED.encode() in line:
+            refused.set()
+
+
+def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> int:
+    import subprocess
+    import time
+
+    import psutil
+    from semalign.deploy.launcher import sigterm_as_interrupt, terminate_tree
+
+    deadline = time.monotonic() + REGISTER_WAIT_S
+    pause = 5.0
+    proc = None
     try:
-        os.execvpe(tool("flower-supernode"), argv, env)
-    except OSError as exc:
-        raise UsageError(f"cannot start the Flower SuperNode ({argv[0]}): {exc.strerror}") from None
+        with sigterm_as_interrupt():
+            while True:
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                    )
+                except OSError as exc:
+                    raise UsageError(
+                        f"cannot start the Flower SuperNode ({argv[0]}): {exc.strerror}"
+                    ) from None
+                refused = threading.Event()
+                # its log, passed on; a thread, since what it started (SuperExec, which exits
+                # by itself when its parent is gone) may hold the pipe open after it exits
+                threading.Thread(target=_forward, args=(proc.stdout, refused), daemon=True).start()
+                code = proc.wait()
+                time.sleep(0.5)  # its last lines
+                if code == 0 or not refused.is_set() or time.monotonic() > deadline:
+                    return code
+                print(
+                    f"{user_id}: the SuperLink does not accept this SuperNode yet (key not "
+                    f"registered, or the AP not started); trying again in {pause:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(pause)
+                pause = min(pause * 1.5, 15.0)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                terminate_tree([psutil.Process(proc.pid)])
 
 
 def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:

@@ -76,6 +76,7 @@ def test_semalign_run_with_flower_matches_simulate(latents, simulated, tmp_path)
     net = results["network"]
     dep = net["deployment"]
     assert dep["mode"] == "flower" and dep["users"] == 2
+    assert dep["tls"] == "mutual" and dep["supernode_auth"] is True  # secure by default
     # Flower carried the invitations and brought back each user's final report
     reports = dep["flower_reports"]["reports"]
     assert set(reports) == {"user1", "user2"}
@@ -113,8 +114,11 @@ def _set(argv: list[str], name: str, value: str | None) -> list[str]:
 
 
 def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp_path):
-    """docker-compose.yml's AP and two of its users, on loopback instead of the compose network."""
+    """docker-compose.yml's AP and two of its users, on loopback instead of the compose network,
+    with secrets made by `semalign certs` (TLS, mutual TLS, SuperNode authentication)."""
     root, ap_enc, users = latents
+    secrets = tmp_path / "secrets"
+    assert main(["certs", "--out", str(secrets), "--users", "2", "-q"]) == 0
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     port, superlink = free_port(), free_port()
     out = tmp_path / "results" / "run.json"
@@ -131,6 +135,7 @@ def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp
         ("--workdir", str(tmp_path / "work")),
         ("--out", str(out)),
         ("--seeds", "7"),
+        ("--secrets", str(secrets / "ap")),
     ):
         ap = _set(ap, name, value)
     with Processes(tmp_path / "logs") as procs:
@@ -143,6 +148,7 @@ def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp
                 ("--latents", str(root)),
                 ("--runtime-port", str(free_port())),
                 ("--flwr-home", str(tmp_path / f"flwr-user{i}")),
+                ("--secrets", str(secrets / f"user{i}")),
             ):
                 argv = _set(argv, name, value)
             procs.start(f"user{i}", [*SEMALIGN, *argv], child_env(single_thread=True))
@@ -159,6 +165,8 @@ def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp
     _same_math(results, simulated)
     reports = results["network"]["deployment"]["flower_reports"]["reports"]
     assert {uid: r["status"] for uid, r in reports.items()} == {"user1": "ok", "user2": "ok"}
+    dep = results["network"]["deployment"]
+    assert dep["tls"] == "mutual" and dep["supernode_auth"] is True
 
 
 def test_ctrl_c_stops_every_child_process(latents, tmp_path):
@@ -208,6 +216,7 @@ def _cmdline(proc: psutil.Process) -> str:
     [
         (["user", "--ap", "localhost", "--user-id", "user1", "--encoder", "e"], "bad AP address"),
         (["user", "--superlink", "x:99999", "--user-id", "u1", "--encoder", "e"], "out of range"),
+        (["user", "--ap", "h:1", "--user-id", "u1", "--encoder", "e"], "TLS is on by default"),
     ],
 )
 def test_bad_addresses_fail_with_one_line(argv, expected, capsys, monkeypatch):
@@ -221,11 +230,13 @@ def test_refused_connection_fails_with_one_line(latents, tmp_path):
     root, _, users = latents
     port = free_port()
     argv = [*SEMALIGN, "user", "--ap", f"127.0.0.1:{port}", "--user-id", "user1"]
-    argv += ["--encoder", users[0], "--latents", str(root), "--connect-timeout", "1"]
+    argv += ["--encoder", users[0], "--latents", str(root), "--connect-timeout", "1", "--insecure"]
     env = {**os.environ, "SEMALIGN_TOKEN": "t"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("WARNING: --insecure")  # plaintext only when asked, with a warning
+    lines = lines[1:]
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], done.stderr
     assert "refused" in lines[0].lower()
 
@@ -240,10 +251,11 @@ def test_semalign_ap_and_users_direct_with_token_from_environment(latents, simul
         for i, encoder in enumerate(users, 1):
             argv = [*SEMALIGN, "user", "--ap", f"127.0.0.1:{port}", "--user-id", f"user{i}"]
             argv += ["--encoder", encoder, "--latents", str(root), "--connect-timeout", "60"]
+            argv += ["--insecure"]
             procs.start(f"user{i}", argv, env)
         argv = [*SEMALIGN, "ap", "--users", "user1,user2", "--listen", f"127.0.0.1:{port}"]
         argv += ["--latents", str(root), "--ap", ap_enc, *ALIGN, "--seeds", "7", "-q"]
-        argv += ["--out", str(out), "--workdir", str(tmp_path / "work")]
+        argv += ["--out", str(out), "--workdir", str(tmp_path / "work"), "--insecure"]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         for child in procs.children:  # each user saw its one session and exited cleanly
@@ -257,6 +269,7 @@ def test_user_without_its_latents_fails_with_one_line(latents, capsys, monkeypat
     root, _, _ = latents
     monkeypatch.setenv("SEMALIGN_TOKEN", "t")
     argv = ["user", "--ap", "127.0.0.1:1", "--user-id", "user1", "--encoder", "user_encX"]
-    assert main([*argv, "--latents", str(root)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "no latents for encoder 'user_encX'" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--latents", str(root), "--insecure"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("WARNING: --insecure")
+    assert "no latents for encoder 'user_encX'" in err[1] and len(err) == 2

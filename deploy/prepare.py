@@ -1,0 +1,79 @@
+"""The compose ``encode`` service: every cache volume prepared once, before anything else runs.
+
+::
+
+    python -m semalign.deploy.prepare --caches /caches ap=vit_tiny_patch16_224 user1=rexnet_100
+
+For each ``NAME=ENCODER`` the encoder is trained (or its valid cache entry reused) into
+``CACHES/NAME`` (``semalign encode`` into that volume alone: users' latents stay in their own
+volumes), one encoder after another, so ten users never train at once. With ``--latents SRC``
+the encoder's folder is copied from SRC into ``CACHES/NAME/latents`` instead (precomputed or
+synthetic latents; tests). Then it writes ``READY_FILE`` (the service's healthcheck; AP and
+users wait for it) and, with ``--stay``, waits for SIGTERM: a one-shot container that exited
+would end ``docker-compose up --abort-on-container-exit`` at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+READY_FILE = Path("/tmp/semalign-ready")
+
+
+def parse_pairs(pairs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        name, sep, encoder = pair.partition("=")
+        if not sep or not name or not encoder or "/" in name:
+            raise SystemExit(f"prepare: expected NAME=ENCODER, got {pair!r}")
+        out.append((name, encoder))
+    return out
+
+
+def prepare(caches: Path, pairs: list[tuple[str, str]], dataset: str, latents: Path | None):
+    for name, encoder in pairs:
+        t0 = time.perf_counter()
+        target = caches / name
+        if latents is not None:
+            dest = target / "latents" / encoder
+            if not dest.exists():
+                shutil.copytree(latents / encoder, dest)
+        else:
+            from semalign.encoders import ensure_latents
+
+            ensure_latents(dataset, [encoder], target, progress=False)
+        print(f"{name}: {encoder} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semalign.deploy.prepare")
+    parser.add_argument("pairs", nargs="+", metavar="NAME=ENCODER")
+    parser.add_argument("--caches", default="/caches", help="one sub-folder (volume) per NAME")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--latents", help="copy encoders' latents from here instead of encoding")
+    parser.add_argument("--stay", action="store_true", help="then wait for SIGTERM")
+    args = parser.parse_args(argv)
+    READY_FILE.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    prepare(
+        Path(args.caches),
+        parse_pairs(args.pairs),
+        args.dataset,
+        Path(args.latents) if args.latents else None,
+    )
+    READY_FILE.write_text(f"{time.perf_counter() - t0:.1f}\n")
+    print(f"all caches ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.stay:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

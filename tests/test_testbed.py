@@ -1,0 +1,115 @@
+"""deploy/testbed.py: namespaces, addresses, names, netem shaping, link cut, cleanup."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from semalign.deploy.testbed import Testbed, TestbedError, require_testbed, wait_for_port
+
+REASON = require_testbed()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"testbed unavailable: {REASON}")
+NETEM = require_testbed(shaping=True)
+
+SERVER = (
+    "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+    "s.bind(('0.0.0.0',7000)); s.listen(16)\n"
+    "while True:\n c,_=s.accept(); c.sendall(socket.gethostname().encode()); c.close()"
+)
+
+
+def _connect_ms(tb: Testbed, host: str, target: str, timeout: float = 2.0) -> float:
+    """Milliseconds for a TCP connect + reply from ``host`` to ``target``:7000 (inside host)."""
+    code = (
+        "import socket,time; t=time.perf_counter();"
+        f"c=socket.create_connection(({target!r},7000),{timeout}); c.recv(64);"
+        "print((time.perf_counter()-t)*1000)"
+    )
+    return float(tb.check_output(host, [sys.executable, "-c", code], timeout=30))
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_hosts_reach_each_other_by_name_and_links_cut():
+    with Testbed(["ap", "user1", "user2"]) as tb:
+        prefix = tb.prefix
+        assert tb.ip("ap").startswith("198.18.0.") and len({tb.ip(h) for h in tb.names}) == 3
+        server = tb.run("ap", [sys.executable, "-c", SERVER])
+        wait_for_port(tb, "user1", "ap", 7000)
+        assert _connect_ms(tb, "user1", "ap") < 50  # by name, unshaped
+        # the AP's own namespace has no route to the root namespace's networks
+        assert "198.18.0.0/24" in tb.check_output("ap", ["ip", "route"])
+        tb.link_down("user1")
+        with pytest.raises(TestbedError):
+            _connect_ms(tb, "user1", "ap", timeout=1.0)
+        assert _connect_ms(tb, "user2", "ap") < 40  # the others are untouched
+        tb.link_up("user1")
+        assert _connect_ms(tb, "user1", "ap") < 1000
+        assert prefix in _namespaces()
+    assert server.poll() is not None  # stopped on exit
+    assert prefix not in _namespaces()
+
+
+def test_everything_is_removed_when_the_body_fails():
+    with pytest.raises(RuntimeError, match="boom"), Testbed(2) as tb:
+        prefix = tb.prefix
+        proc = tb.run("h1", ["sleep", "300"])
+        raise RuntimeError("boom")
+    assert proc.poll() is not None
+    time.sleep(0.1)
+    assert prefix not in _namespaces()
+
+
+def test_parallel_testbeds_do_not_collide():
+    with Testbed(["a", "b"]) as one, Testbed(["a", "b"]) as two:
+        assert one.ns("a") != two.ns("a")
+        assert one.ip("a") == two.ip("a")  # same addresses, separate LANs
+        one.run("a", [sys.executable, "-c", SERVER])
+        wait_for_port(one, "b", "a", 7000)
+        with pytest.raises(TestbedError):  # two's "b" is not on one's LAN
+            wait_for_port(two, "b", "a", 7000, timeout=1.0)
+
+
+BULK = (
+    "import socket,time; c=socket.create_connection(('a',7001)); t=time.perf_counter();"
+    "c.sendall(b'x'*2_000_000); c.shutdown(socket.SHUT_WR); c.recv(1);"
+    "print(time.perf_counter()-t)"
+)
+SINK = (
+    "import socket; s=socket.socket(); s.bind(('0.0.0.0',7001)); s.listen(4)\n"
+    "while True:\n"
+    " c,_=s.accept()\n"
+    " while c.recv(65536): pass\n"
+    " c.sendall(b'k'); c.close()"
+)
+
+
+def test_rate_limit_slows_a_bulk_transfer():
+    with Testbed(["a", "b"]) as tb:
+        tb.shape("b", rate="8mbit")  # netem, or tbf where netem is missing
+        tb.run("a", [sys.executable, "-c", SINK])
+        wait_for_port(tb, "b", "a", 7001)
+        seconds = float(tb.check_output("b", [sys.executable, "-c", BULK]))
+        assert seconds > 1.5  # 16 Mbit at 8 Mbit/s: about 2 s (loopback speed: milliseconds)
+
+
+@pytest.mark.skipif(NETEM is not None, reason=f"no delay emulation: {NETEM}")
+def test_netem_delay_on_a_link():
+    with Testbed(["ap", "user2"]) as tb:
+        tb.run("ap", [sys.executable, "-c", SERVER])
+        wait_for_port(tb, "user2", "ap", 7000)
+        tb.shape("user2", rate="100mbit", delay="40ms")
+        assert _connect_ms(tb, "user2", "ap") >= 80  # 40 ms each way of user2's link
+        tb.shape("user2")  # all None: removed again
+        assert _connect_ms(tb, "user2", "ap") < 40
+
+
+def test_delay_without_netem_fails_clearly():
+    if NETEM is None:
+        pytest.skip("netem is available here: delays work")
+    with Testbed(["a"]) as tb, pytest.raises(TestbedError, match="netem"):
+        tb.shape("a", delay="20ms")
