@@ -32,6 +32,7 @@ from semalign.common.contract import (
     check_address,
 )
 from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_user_id
+from semalign.common.errors import ProtocolError
 from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,10 @@ def _join_once(
 
 
 def _note_report(report: UserSessionReport, reply: bytes) -> None:
-    msg = parse_user_message(reply)
+    try:
+        msg = parse_user_message(reply)
+    except ProtocolError:  # not ours to judge: the AP refuses it
+        return
     if msg.WhichOneof("body") == "report":
         r = msg.report
         report.report = {

@@ -92,7 +92,10 @@ def check_matrix(
     got_shape = _shape(message)
     if got_shape != tuple(shape):
         raise ProtocolError(f"{what}: shape {got_shape}, expected {tuple(shape)}")
-    array = from_matrix(message)
+    try:
+        array = from_matrix(message)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
     if finite and array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
         raise ProtocolError(f"{what} contains NaN or infinite values")
     return array
