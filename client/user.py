@@ -180,6 +180,8 @@ class User:
         try:
             msg = parse_ap_message(data)
             kind = msg.WhichOneof("body")
+            if kind is None:
+                raise ProtocolError("a message without a body")
             if kind in ("end", "error"):
                 self.ended = True
                 return None

@@ -42,6 +42,8 @@ TOKEN_ENV = "SEMALIGN_TOKEN"
 MAX_MESSAGE_BYTES = 1 << 30
 #: What the AP accepts when it is not told its session (tests, benchmarks): 64 MiB.
 DEFAULT_RECEIVE_BYTES = 64 << 20
+#: Most sessions (seeds) one AP run may announce.
+MAX_SESSIONS = 1_000_000
 #: Seconds the AP waits for the first message (the handshake) of an authenticated stream.
 FIRST_MESSAGE_TIMEOUT = 30.0
 
@@ -102,13 +104,20 @@ class SessionOffer:
         """Parse :meth:`to_header`'s text; ProtocolError (one line) if it is malformed."""
         try:
             data = json.loads(text)
-            return cls(
+            offer = cls(
                 session_id=str(data["session_id"]),
                 index=int(data["index"]),
                 sessions=int(data["sessions"]),
                 config=AlignmentConfig.model_validate(data["config"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+            if not 0 <= offer.index < offer.sessions <= MAX_SESSIONS:
+                raise ValueError(f"session {offer.index} of {offer.sessions}")
+            if not (0 < len(offer.session_id) <= 64 and offer.session_id.isprintable()):
+                raise ValueError("bad session id")
+            return offer
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # ValidationError is a ValueError; int(inf) an OverflowError; deep nesting a
+            # RecursionError
             detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
             detail = detail[:200]
             raise ProtocolError(f"malformed session offer: {detail}") from None
