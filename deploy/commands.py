@@ -49,6 +49,35 @@ def check_host_port(option: str, value: str | None) -> None:
         raise UsageError(str(exc)) from None
 
 
+def check_folder(option: str, value: str | None) -> None:
+    """A folder that exists or can be created: not a file, nor under one; writable."""
+    if value is None:
+        return
+    import os
+
+    path = Path(value).absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {value}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {value}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {value}: {parent} is not writable")
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Argparse's own errors (unknown option, bad type or choice, missing --users) as one
+    line and exit code 2, like every other bad input of these commands."""
+
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
 def check_file(option: str, value: str | None) -> None:
     if value is not None and not Path(value).is_file():
         raise UsageError(f"{option} {value}: no such file")
@@ -108,8 +137,27 @@ def check_positive(option: str, value: int | None) -> None:
         raise UsageError(f"{option} must be at least 1, got {value}")
 
 
+def check_data(args: argparse.Namespace, encoder_option: str) -> None:
+    """``--latents`` (an existing folder) or ``--cache-dir`` (a folder we can write) and, to
+    encode into it, a registered encoder in ``encoder_option`` (if given)."""
+    if args.latents is not None:
+        if not Path(args.latents).is_dir():
+            raise UsageError(f"--latents {args.latents}: no such folder")
+        return
+    check_folder("--cache-dir", args.cache_dir)
+    name = getattr(args, encoder_option[2:].replace("-", "_"))
+    if name:
+        from semalign.encoders import registry
+
+        try:
+            registry.get_spec(name)
+        except ValueError as exc:
+            raise UsageError(f"{encoder_option}: {exc}") from None
+
+
 def check_ap_side(args: argparse.Namespace) -> None:
     """Options shared by ``run`` and ``ap``."""
+    check_data(args, "--ap")
     check_seconds("--join-timeout", args.join_timeout)
     check_seconds("--reply-timeout", args.reply_timeout)
     check_seconds("--first-message-timeout", args.first_message_timeout)
@@ -118,6 +166,7 @@ def check_ap_side(args: argparse.Namespace) -> None:
 
 def validate_run(args: argparse.Namespace) -> None:
     check_ap_side(args)
+    check_folder("--workdir", args.workdir)
 
 
 def validate_ap(args: argparse.Namespace) -> None:
@@ -131,6 +180,7 @@ def validate_ap(args: argparse.Namespace) -> None:
     if not isinstance(expected, int):
         check_user_ids("--users", expected)
     check_positive("--max-streams-per-address", args.max_streams_per_address)
+    check_folder("--workdir", args.workdir)
     check_file("--secret-file", args.secret_file)
     args.secret = read_secret(args, required=False)
 
@@ -146,12 +196,12 @@ def validate_user(args: argparse.Namespace) -> None:
 
     from semalign.common.contract import TOKEN_ENV
 
-    if args.ap:
+    if args.ap is not None:
         check_host_port("AP address", args.ap)
     else:
         check_host_port("--superlink address", args.superlink)
     check_user_ids("--user-id", [args.user_id])
-    if args.ap:
+    if args.ap is not None:
         args.token = args.token or os.environ.get(TOKEN_ENV) or None
         if not args.token:
             raise UsageError(f"this user's token is needed: --token or ${TOKEN_ENV}")
@@ -167,6 +217,8 @@ def validate_user(args: argparse.Namespace) -> None:
     if not 1 <= args.runtime_port <= 65535:
         raise UsageError(f"--runtime-port must be in 1-65535, got {args.runtime_port}")
     check_seconds("--connect-timeout", args.connect_timeout)
+    check_folder("--flwr-home", args.flwr_home)
+    check_data(args, "--encoder")
     check_tls(args, side="user")
     check_file("--superlink-ca", args.superlink_ca)
 
@@ -251,6 +303,7 @@ def register_run(subparsers) -> None:
         "--listen", default="127.0.0.1:0", help="alignment service address (port 0: any free)"
     )
     add_output_arguments(run, "results/run.json")
+    one_line_errors(run)
     run.set_defaults(func=entry("semalign.deploy.run", validate_run))
 
 
@@ -301,6 +354,7 @@ def register_ap(subparsers) -> None:
         help="Flower SuperLink address (with --flower)",
     )
     add_output_arguments(ap, "results/ap.json")
+    one_line_errors(ap)
     ap.set_defaults(func=entry("semalign.deploy.ap", validate_ap))
 
 
@@ -348,6 +402,7 @@ def register_user(subparsers) -> None:
     )
     flower.add_argument("--flwr-home", help="FLWR_HOME of the SuperNode (default: per user id)")
     add_verbosity_arguments(user)
+    one_line_errors(user)
     user.set_defaults(func=entry("semalign.deploy.user", validate_user))
 
 
@@ -365,6 +420,7 @@ def register_token(subparsers) -> None:
     token.add_argument(
         "--secret-file", help="file holding the AP's secret (default: $SEMALIGN_SECRET)"
     )
+    one_line_errors(token)
     token.set_defaults(func=entry("semalign.deploy.commands", validate_token, "print_tokens"))
 
 
