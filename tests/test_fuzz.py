@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from semalign.client.user import User, UserData
 from semalign.common.classifier import train_classifier
@@ -392,6 +392,11 @@ def test_fuzz_decoders():
 def test_fuzz_from_matrix():
     @FUZZ
     @given(st.lists(_UINT64, max_size=6), _INT32, st.binary(max_size=256))
+    @example([2**31, 2**31, 2**31, 2**31], pb.COMPLEX64, b"")  # product overflows int64
+    @example([2**32, 2**32], pb.FLOAT64, b"")
+    @example([2**64 - 1], pb.UINT16, b"\x00\x00")
+    @example([0, 2**63], pb.INT64, b"")
+    @example([1] * 6, pb.FLOAT32, b"\x00" * 4)
     def decode(shape, dtype, data):
         COUNTS["from_matrix"] += 1
         m = pb.Matrix(shape=shape, dtype=dtype, data=data)
@@ -440,6 +445,11 @@ def test_fuzz_session_offer():
 
     @FUZZ
     @given(headers())
+    @example("[" * 100_000)  # deeper than the JSON parser's recursion limit
+    @example(json.dumps({**valid, "index": 1e999}).replace("Infinity", "1e999"))
+    @example(json.dumps({**valid, "sessions": 2**70}))
+    @example(json.dumps({**valid, "index": 3, "sessions": 2}))
+    @example(json.dumps(valid).replace('"abc"', '"a\\nb"'))
     def parse(text):
         COUNTS["SessionOffer.from_header"] += 1
         try:
