@@ -42,7 +42,7 @@ _FATAL = {
     grpc.StatusCode.UNAUTHENTICATED: "the AP refused this user's token",
     grpc.StatusCode.PERMISSION_DENIED: "the AP refused this user",
     grpc.StatusCode.ALREADY_EXISTS: "the AP refused this user",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "the AP refused this user",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the AP refused this user (session full) or a message",
     grpc.StatusCode.INVALID_ARGUMENT: "the AP refused the handshake",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the AP gave up waiting for the handshake",
 }
