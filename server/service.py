@@ -473,11 +473,21 @@ def _peer_host(peer: str) -> str:
     return host if sep and port.isdigit() else peer
 
 
+#: Unread messages a user may have queued at the AP. The protocol is one reply per AP message,
+#: so an honest user has at most one or two ahead; more end its stream (RESOURCE_EXHAUSTED), so a
+#: user cannot fill the AP's memory while it waits in the lobby or for the other users.
+MAX_QUEUED = 8
+
+
 def _read_stream(request_iterator, link: GrpcLink) -> None:
     reason = "the stream broke"
     try:
         for data in request_iterator:
             link._incoming(data)
+            if link._inbox.qsize() > MAX_QUEUED:
+                reason = f"more than {MAX_QUEUED} messages ahead of the protocol"
+                link.abort(reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                return
         reason = "the user closed its stream"
     except Exception as exc:  # grpc raises a bare RpcError when the user cancels or vanishes
         details = getattr(exc, "details", None)

@@ -562,6 +562,53 @@ def test_flood_of_unauthenticated_streams_and_idle_sockets_does_not_lock_users_o
         assert got["accuracy"] == pytest.approx(want["accuracy"], rel=1e-9)
 
 
+def test_messages_ahead_of_the_protocol_end_the_stream(latents, undisturbed):
+    """A user that streams messages while the AP waits (here: in the lobby) is cut off after a
+    few; the AP's memory does not grow with what it sends, and the session goes on."""
+    root, _, encoders = latents
+    service, server = _server()
+    honest = [Peer(server.address, root, encoders[i], f"user{i + 1}", i) for i in range(2)]
+    try:
+        ap = threading.Thread(
+            target=lambda: box.update(r=_run_ap(service, latents, ["user1", "user2", "user3"])),
+            daemon=True,
+        )
+        box: dict = {}
+        ap.start()
+        while service._lobby is None:
+            time.sleep(0.01)
+        factory = user_factory(
+            "user3", encoders[2], 2, lambda pf: user_data_from_cache(root, encoders[2], pf)
+        )
+        metadata = ((USER_KEY, "user3"), (TOKEN_KEY, user_token(SECRET, "user3")))
+        channel, outbox, call = _raw_call(server.address, metadata)
+        user = factory(SessionOffer.from_header(dict(call.initial_metadata())[OFFER_KEY]))
+        outbox.put(user.handshake_request())
+        junk = pb.UserMessage(ack=pb.Ack()).SerializeToString()
+        for _ in range(200):
+            outbox.put(junk)
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "messages ahead of the protocol" in err.value.details()
+        outbox.put(None)
+        channel.close()
+        for peer in honest:
+            peer.start()
+        ap.join(60)
+        for peer in honest:
+            peer.join(30)
+    finally:
+        server.stop()
+    block = box["r"]["seeds"][0]
+    assert set(block["dropped"]) == {"user3"}
+    assert all(p.reports[0].status == "ok" for p in honest)
+    want = {u["name"]: u for u in undisturbed[2]["seeds"][0]["users"]}
+    for user in block["users"][:2]:
+        assert user["accuracy"] == pytest.approx(want[user["name"]]["accuracy"], rel=1e-9)
+
+
 def test_busy_server_is_retried_within_the_join_timeout(latents):
     """Every stream slot of the address is held by idle authenticated streams: the user gets
     RESOURCE_EXHAUSTED, backs off, and joins once they time out."""
