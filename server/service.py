@@ -61,6 +61,9 @@ from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
 
+#: Refused streams logged per peer address and minute.
+LOG_REFUSALS = 10
+
 _CLOSED = object()  # inbox sentinel: the stream is gone
 _FINISH = object()  # outbox sentinel: end the stream with status OK
 
@@ -279,6 +282,7 @@ class AlignmentService:
         self.open_streams: dict[tuple[str, str], int] = {}
         self.refused: dict[str, int] = {}  # status code name -> count, for tests and logs
         self._count_lock = threading.Lock()
+        self._refusal_log: dict[str, tuple[float, int, int]] = {}
         self._cond = threading.Condition()
         self._lobby: Lobby | None = None
         self._closing = False
@@ -315,6 +319,21 @@ class AlignmentService:
                 self._cond.wait(min(left, 0.5))
         return None
 
+    def _log_refusal(self, peer: str, what: str) -> None:
+        """Log a refused stream with its peer, at most LOG_REFUSALS per address per minute (a
+        flood must not flood the log too); the count of the others is logged with the next."""
+        host, now = _peer_host(peer), time.monotonic()
+        with self._count_lock:
+            start, logged, quiet = self._refusal_log.get(host, (now, 0, 0))
+            if now - start > 60:
+                start, logged = now, 0
+            if logged >= LOG_REFUSALS:
+                self._refusal_log[host] = (start, logged, quiet + 1)
+                return
+            self._refusal_log[host] = (start, logged + 1, 0)
+        more = f" (+{quiet} more from this address not logged)" if quiet else ""
+        log.warning("refused a stream from %s: %s%s", peer, what, more)
+
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str):
         with self._count_lock:
             self.refused[code.name] = self.refused.get(code.name, 0) + 1
@@ -331,9 +350,7 @@ class AlignmentService:
         if token_is_valid(self._secret, user_id, token):
             return user_id, token
         why = "no credentials" if not (user_id or token) else "invalid credentials"
-        log.warning(
-            "refused a stream from %s: %s (user id %r)", context.peer(), why, one_line(user_id, 80)
-        )
+        self._log_refusal(context.peer(), f"{why} (user id {one_line(user_id, 80)!r})")
         self._refuse(
             context,
             grpc.StatusCode.UNAUTHENTICATED,
@@ -355,7 +372,7 @@ class AlignmentService:
                 for key in keys:
                     self.open_streams[key] = self.open_streams.get(key, 0) + 1
         if full is not None:
-            log.warning("refused a stream of %r from %s: too many", user_id, context.peer())
+            self._log_refusal(context.peer(), f"too many streams ({user_id!r})")
             self._refuse(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -369,7 +386,8 @@ class AlignmentService:
                     if not self.open_streams[key]:
                         del self.open_streams[key]
 
-        context.add_callback(release)
+        if not context.add_callback(release):  # the stream already ended
+            release()
 
     def _handshake(
         self, context: grpc.ServicerContext, request_iterator, credentials: tuple[str, str], lobby
@@ -430,7 +448,8 @@ class AlignmentService:
             lobby.rejected.append(link.user_id)
             log.warning("rejected %r: %s", link.user_id, refused.reason)
             context.abort(refused.code, refused.reason)
-        context.add_callback(lambda: link._closed("the stream ended (user gone)"))
+        if not context.add_callback(lambda: link._closed("the stream ended (user gone)")):
+            link._closed("the stream ended (user gone)")
         threading.Thread(
             target=_read_stream,
             args=(request_iterator, link),

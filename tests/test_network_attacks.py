@@ -500,7 +500,7 @@ def test_authenticated_idle_streams_are_limited_and_time_out():
 
 
 def test_flood_of_unauthenticated_streams_and_idle_sockets_does_not_lock_users_out(
-    latents, undisturbed
+    latents, undisturbed, caplog
 ):
     """100 idle unauthenticated streams, 100 idle TCP sockets and a sustained flood of streams
     with wrong tokens (more at once than the server has workers) while the users join."""
@@ -553,6 +553,8 @@ def test_flood_of_unauthenticated_streams_and_idle_sockets_does_not_lock_users_o
         p.error for p in peers
     ]
     assert len(refused_codes) > 100
+    logged = [r for r in caplog.records if "refused a stream" in r.getMessage()]
+    assert 1 <= len(logged) <= 10  # the peer is logged, but the flood does not flood the log
     assert set(refused_codes) <= {
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
