@@ -224,7 +224,7 @@ def _join_once(
             raise TransportError(f"{_FATAL[code]}: {_short(exc.details())}") from None
         if code == grpc.StatusCode.ABORTED:  # the AP dropped us; it goes on without us
             report.status, report.detail = "dropped", _short(exc.details())
-            log.warning("%s: dropped by the AP: %s", user.user_id, report.detail)
+            log.info("%s: dropped by the AP: %s", user.user_id, report.detail)
         elif code == grpc.StatusCode.UNAVAILABLE and report.messages_down == 0:
             # came too late: the session started without us; try the next one, if any
             report.status, report.detail = "missed", _short(exc.details())

@@ -203,7 +203,7 @@ class User:
             raise ProtocolError(f"unexpected message {kind}")
         except self.recoverable as exc:
             text = one_line(exc)
-            log.error("%s: %s", self.user_id, text)
+            log.info("%s: refused an AP message: %s", self.user_id, text)
             return pb.UserMessage(error=pb.ProtocolError(message=text)).SerializeToString()
 
     def _check_session(self, msg: pb.ApMessage, kind: str) -> None:

@@ -636,3 +636,62 @@ def test_busy_server_is_retried_within_the_join_timeout(latents):
     assert time.monotonic() - start >= 1.0  # it had to wait for the idle streams to expire
     assert service.refused.get("RESOURCE_EXHAUSTED", 0) >= 1
     assert results["seeds"][0]["users"][0]["accuracy"] is not None
+
+
+def test_dropped_user_command_prints_the_reason_and_exits_non_zero(latents):
+    """A hostile AP sends user1 a broadcast with NaN symbols: the `semalign user` process
+    answers with a ProtocolError, the AP drops it, and the command prints the reason as one
+    line and exits 1; user2 finishes."""
+    import subprocess
+
+    from semalign.deploy.launcher import child_env, semalign_command
+
+    root, ap_enc, encoders = latents
+    service, server = _server()
+    argv = [*semalign_command(), "user", "--ap", server.address, "--user-id", "user1"]
+    argv += ["--encoder", encoders[0], "--latents", str(root), "--connect-timeout", "60", "-q"]
+    env = child_env(SEMALIGN_TOKEN=user_token(SECRET, "user1"))
+    splits = load_encoder_splits(root, ap_enc)
+
+    def make_ap(cfg):
+        ap = build_access_point(splits["train"].latents, cfg, 2)
+        honest = ap.round_messages
+
+        def poisoned():
+            out = honest()
+            if "user1" in out:
+                msg = pb.ApMessage.FromString(out["user1"])
+                data = bytearray(msg.broadcast.symbols.data)
+                data[0:4] = np.float32(np.nan).tobytes()
+                msg.broadcast.symbols.data = bytes(data)
+                out["user1"] = msg.SerializeToString()
+            return out
+
+        ap.round_messages = poisoned
+        return ap
+
+    peer = Peer(server.address, root, encoders[1], "user2", 1)
+    try:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        peer.start()
+        results = serve_sessions(
+            service,
+            make_ap,
+            CONFIG,
+            [SEED],
+            ["user1", "user2"],
+            splits["test"].latents,
+            join_timeout=60,
+            reply_timeout=30,
+        )
+        _, err = proc.communicate(timeout=60)
+        peer.join(30)
+    finally:
+        server.stop()
+    reason = "user user1 reported: broadcast symbols contains NaN or infinite values"
+    assert reason in results["seeds"][0]["dropped"]["user1"]
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, err.decode()
+    assert lines[0].startswith("semalign user: user1 dropped in session 1 (seed 11): dropped by")
+    assert reason in lines[0]
+    assert peer.reports[0].status == "ok"
