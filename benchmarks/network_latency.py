@@ -32,7 +32,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import json
-import secrets
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
+from semalign.common.credentials import new_secret, user_token
 from semalign.common.latents import load_encoder_splits
 from semalign.deploy.launcher import Processes, child_env
 from semalign.deploy.user import user_argv
@@ -127,13 +127,14 @@ def tcp_check(root: Path, encoders: list[str], config: AlignmentConfig, workdir:
     ids = user_names(encoders)
     ap_splits = load_encoder_splits(root, "ap")
     ap_test = ap_splits["test"].latents
-    token = secrets.token_urlsafe(16)
-    service = AlignmentService(token)
+    secret = new_secret()
+    service = AlignmentService(secret)
     server = start_server(service, "127.0.0.1:0")
     proxy = CountingProxy(server.address)
     with Processes(workdir / "logs") as procs:
         for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
             argv = user_argv(uid, ordinal, enc, ap=proxy.address, latents=str(root))
+            token = user_token(secret, uid)
             procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
         cfg = config.model_copy(update={"seed": 0})
         ap = build_access_point(ap_splits["train"].latents, cfg, len(ids))
@@ -194,14 +195,15 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
     ap_train, ap_test = ap_splits["train"].latents, ap_splits["test"].latents
     test_ids = np.arange(len(ap_test), dtype=np.int64)
     scenario = load_scenario(root, "ap", encoders)
-    token = secrets.token_urlsafe(16)
-    service = AlignmentService(token, lobby_wait=3600)
+    secret = new_secret()
+    service = AlignmentService(secret, lobby_wait=3600)
     server = start_server(service, "127.0.0.1:0")
     inproc, networked, down, up, later = [], [], [], [], []
     startup = time.perf_counter()
     with Processes(workdir / "logs") as procs:
         for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
             argv = user_argv(uid, ordinal, enc, ap=server.address, latents=str(root))
+            token = user_token(secret, uid)
             procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
         # Warm-up: every user process has started, loaded its latents and joined once before
         # anything is timed (startup of ten processes on two cores would swamp the rounds).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,18 +32,27 @@ from semalign.common.contract import (
     channel_options,
     check_address,
 )
+from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_user_id
+from semalign.common.errors import ProtocolError
 from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
 
 #: Status codes with which the AP refuses a user outright: no point in trying again.
 _FATAL = {
-    grpc.StatusCode.UNAUTHENTICATED: "the AP refused the session token",
+    grpc.StatusCode.UNAUTHENTICATED: "the AP refused this user's token",
     grpc.StatusCode.PERMISSION_DENIED: "the AP refused this user",
     grpc.StatusCode.ALREADY_EXISTS: "the AP refused this user",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "the AP refused this user",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the AP refused this user (session full) or a message",
     grpc.StatusCode.INVALID_ARGUMENT: "the AP refused the handshake",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the AP gave up waiting for the handshake",
 }
+#: Status codes before the offer that mean "not now": the AP is not up yet, between sessions,
+#: or busy (every worker taken, e.g. by a flood of streams): try again until the join timeout.
+_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+#: Backoff between attempts: from the first value, doubling up to the second (seconds), with
+#: up to 50 % random jitter so users refused together do not come back together.
+_BACKOFF = (0.2, 2.0)
 
 
 @dataclass
@@ -82,17 +92,21 @@ def _short(details: str | None) -> str:
     for marker in ("last error: ", "Failed to connect to remote host: "):
         if marker in text:
             text = text.rsplit(marker, 1)[1]
-    return " ".join(text.split())[:200] or "unknown error"
+    return " ".join(text.split())[:300] or "unknown error"
 
 
 class _Session:
     """One stream: the offer, the user's replies and the byte counters."""
 
-    def __init__(self, channel: grpc.Channel, report: UserSessionReport) -> None:
+    def __init__(
+        self, channel: grpc.Channel, report: UserSessionReport, credentials: tuple[str, str]
+    ) -> None:
         self.report = report
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         method = channel.stream_stream(METHOD)  # raw bytes both ways
-        self.call = method(iter(self._outbox.get, None))
+        user_id, token = credentials
+        metadata = ((USER_KEY, user_id), (TOKEN_KEY, token))
+        self.call = method(iter(self._outbox.get, None), metadata=metadata)
 
     def offer(self) -> SessionOffer | None:
         metadata = self.call.initial_metadata()  # blocks until the AP answers or the call fails
@@ -124,9 +138,20 @@ def run_user(
 ) -> list[UserSessionReport]:
     """Join the AP's sessions until its last one; returns one report per session.
 
+    ``user_id`` and ``token`` (this user's own, ``user_token(secret, user_id)``) travel in the
+    metadata of every stream; ``make_user`` must build a User with that id.
+
     Raises ``TransportError`` (one line) when the AP cannot be reached within
-    ``connect_timeout`` seconds, refuses this user, or breaks a stream.
+    ``connect_timeout`` seconds (refusals for being busy are retried until then), refuses this
+    user, or breaks a stream.
     """
+    check_address(address, what="AP address")
+    try:
+        check_user_id(user_id)
+    except ValueError as exc:
+        raise TransportError(str(exc)) from None
+    if not token or len(token) > 256 or not (token.isascii() and token.isprintable()):
+        raise TransportError(f"user {user_id}: the token must be 1-256 printable ASCII characters")
     channel = open_channel(address, tls=tls, max_message_bytes=max_message_bytes)
     reports: list[UserSessionReport] = []
     try:
@@ -151,25 +176,32 @@ def _join_once(
     user_id: str,
 ) -> tuple[UserSessionReport, bool]:
     deadline = time.monotonic() + connect_timeout
+    delay = _BACKOFF[0]
     while True:
         report = UserSessionReport(user_id=user_id)
-        session = _Session(channel, report)
+        session = _Session(channel, report, (user_id, token))
         offer = session.offer()
         if offer is not None:
             break
         code, details = session.call.code(), session.call.details()
         session.close()
-        if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
-            time.sleep(0.2)  # the AP is not up yet (or between sessions): try again
+        left = deadline - time.monotonic()
+        if code in _RETRY and left > 0:  # not up yet, between sessions, or busy: again
+            time.sleep(min(left, delay * (1 + 0.5 * random.random())))
+            delay = min(2 * delay, _BACKOFF[1])
             continue
         if code == grpc.StatusCode.UNAVAILABLE:
             raise TransportError(
                 f"cannot reach the AP at {address} within {connect_timeout:g} s: {_short(details)}"
             )
+        if code in _FATAL:
+            raise TransportError(f"{_FATAL[code]}: {_short(details)}")
         raise TransportError(f"AP at {address}: {code.name}: {_short(details)}")
     start = time.perf_counter()
     try:
         user = make_user(offer)
+        if user.user_id != user_id:
+            raise TransportError(f"built user {user.user_id!r} for credentials of {user_id!r}")
     except Exception:
         session.cancel()
         session.close()
@@ -193,7 +225,7 @@ def _join_once(
             raise TransportError(f"{_FATAL[code]}: {_short(exc.details())}") from None
         if code == grpc.StatusCode.ABORTED:  # the AP dropped us; it goes on without us
             report.status, report.detail = "dropped", _short(exc.details())
-            log.warning("%s: dropped by the AP: %s", user.user_id, report.detail)
+            log.info("%s: dropped by the AP: %s", user.user_id, report.detail)
         elif code == grpc.StatusCode.UNAVAILABLE and report.messages_down == 0:
             # came too late: the session started without us; try the next one, if any
             report.status, report.detail = "missed", _short(exc.details())
@@ -212,7 +244,10 @@ def _join_once(
 
 
 def _note_report(report: UserSessionReport, reply: bytes) -> None:
-    msg = parse_user_message(reply)
+    try:
+        msg = parse_user_message(reply)
+    except ProtocolError:  # not ours to judge: the AP refuses it
+        return
     if msg.WhichOneof("body") == "report":
         r = msg.report
         report.report = {

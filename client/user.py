@@ -22,11 +22,12 @@ from semalign.common.channel import RayleighChannel
 from semalign.common.channels import ChannelModel
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
-from semalign.common.errors import ProtocolError
+from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.packing import complex_to_real, real_to_complex
 from semalign.common.strategies import get_strategy, strategy_for_code
+from semalign.common.validation import check_accept, check_ids, check_indices, one_line
 from semalign.common.whitening import Whitener, fit_whitener
-from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_ap_message, to_matrix
+from semalign.common.wire import PROTOCOL_VERSION, check_matrix, parse_ap_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class User:
         self.channel: RayleighChannel | None = None  # the truth: what symbols go through
         self.design_channel: RayleighChannel | None = None  # the estimate: what G_l is built on
         self.strategy: UserStrategy | None = None  # the strategy's user half, after the accept
+        self.final_seen = False
+        self.ended = False
 
     # ------------------------------------------------------------------ handshake
     def handshake_request(self) -> bytes:
@@ -151,12 +154,9 @@ class User:
         return name
 
     def _on_accept(self, acc: pb.HandshakeAccept) -> None:
-        if acc.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(f"AP speaks protocol {acc.protocol_version}")
-        if acc.antennas_tx != self.antennas_tx:
-            raise ProtocolError(
-                f"AP has N_T={acc.antennas_tx}, channel drawn for {self.antennas_tx}"
-            )
+        if self.accept is not None:
+            raise ProtocolError("a second HandshakeAccept")
+        check_accept(acc, self.antennas_tx)
         strategy = self._strategy_of(acc)
         position = {int(i): k for k, i in enumerate(self.data.pilot_ids)}
         try:
@@ -181,28 +181,65 @@ class User:
             )
 
     # ------------------------------------------------------------------ messages
+    #: Errors that answer an AP message with a ProtocolError reply instead of escaping
+    #: (every error semalign raises on purpose, and numpy's on a hostile input).
+    recoverable: tuple[type[BaseException], ...] = (SemalignError, ValueError)
+
     def handle(self, data: bytes) -> bytes | None:
-        """Answer one AP message (bytes); returns the reply bytes or ``None``."""
-        msg = parse_ap_message(data)
-        kind = msg.WhichOneof("body")
+        """Answer one AP message (bytes); returns the reply bytes or ``None``.
+
+        A message this user cannot accept (undecodable, out of order, another session, wrong
+        shapes, dtypes or non-finite values) is answered with a ProtocolError message naming
+        the problem; the AP then drops this user.
+        """
         try:
+            msg = parse_ap_message(data)
+            kind = msg.WhichOneof("body")
+            if kind is None:
+                raise ProtocolError("a message without a body")
+            if kind in ("end", "error"):
+                self.ended = True
+                return None
+            if self.ended:
+                raise ProtocolError(f"got {kind} after the session ended")
             if kind == "accept":
                 self._on_accept(msg.accept)
                 return None
             if self.accept is None:
                 raise ProtocolError(f"got {kind} before the handshake was accepted")
+            self._check_session(msg, kind)
             if kind == "broadcast":
+                self._check_round(msg.broadcast)
                 return self.strategy.on_broadcast(msg.broadcast)
             if kind == "pilots":
                 return self.strategy.on_pilots(msg.pilots)
             if kind == "evaluate":
                 return self._on_evaluate(msg.evaluate)
-            if kind in ("end", "error"):
-                return None
             raise ProtocolError(f"unexpected message {kind}")
-        except (ProtocolError, ValueError) as exc:
-            log.error("%s: %s", self.user_id, exc)
-            return pb.UserMessage(error=pb.ProtocolError(message=str(exc))).SerializeToString()
+        except self.recoverable as exc:
+            text = one_line(exc)
+            log.info("%s: refused an AP message: %s", self.user_id, text)
+            return pb.UserMessage(error=pb.ProtocolError(message=text)).SerializeToString()
+
+    def _check_session(self, msg: pb.ApMessage, kind: str) -> None:
+        session_id = getattr(msg, kind).session_id
+        if session_id != self.accept.session_id:
+            raise ProtocolError(
+                f"{kind} for session {one_line(session_id, 40)!r}, "
+                f"this user is in {self.accept.session_id}"
+            )
+
+    def _check_round(self, msg: pb.RoundBroadcast) -> None:
+        """Rounds increase; the final broadcast comes once, after at most T rounds."""
+        last = self.received_rounds[-1] if self.received_rounds else -1
+        limit = self.accept.iterations + (1 if msg.final else 0)
+        if self.final_seen or msg.round <= last or msg.round >= limit:
+            raise ProtocolError(
+                f"broadcast of round {msg.round} after round {last}"
+                + (" and the final broadcast" if self.final_seen else "")
+                + f" (T={self.accept.iterations})"
+            )
+        self.final_seen = msg.final
 
     def decode(
         self, symbols: np.ndarray, indices: np.ndarray | None = None
@@ -218,13 +255,16 @@ class User:
         return complex_to_real(self.whitener.dewhiten(y_hat), self.latent_dim).T, y_hat
 
     def _on_evaluate(self, msg: pb.EvaluationRequest) -> bytes:
-        ids = np.asarray(msg.sample_ids, dtype=np.int64)
         native = np.asarray(self.data.test_latents, dtype=np.float64)
-        if len(ids) == 0 or ids.min() < 0 or ids.max() >= len(native):
-            raise ProtocolError(f"evaluation ids out of range for {len(native)} test rows")
-        symbols = from_matrix(msg.symbols).astype(np.complex128)
-        indices = from_matrix(msg.indices) if msg.HasField("indices") else None
-        decoded, y_hat = self.decode(symbols, indices)
+        if not 1 <= len(msg.sample_ids) <= len(native):
+            raise ProtocolError(f"{len(msg.sample_ids)} evaluation ids for {len(native)} test rows")
+        ids = check_ids(msg.sample_ids, "evaluation ids", unique=False, limit=len(native))
+        rows = self.accept.channel_uses * self.accept.antennas_tx
+        symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)))
+        indices = None
+        if msg.HasField("indices"):
+            indices = check_indices(msg.indices, (rows, len(ids)), self.accept.ap_latent_dim)
+        decoded, y_hat = self.decode(symbols.astype(np.complex128), indices)
         native, labels = native[ids], np.asarray(self.data.test_labels)[ids]
         y_true = self.whitener.whiten(real_to_complex(native.T))
         report = pb.EvaluationReport(

@@ -9,8 +9,12 @@
   strategy), so the AP sends it as the stream's initial metadata under ``semalign-offer`` (JSON,
   the ``AlignmentConfig`` under ``config``). A user builds its ``User`` from it exactly as the
   simulator does, then sends ``User.handshake_request()``.
-* Channel options (message size limits: a P_l upload at n = 42,500 pilots is about 27 MB) and
-  TLS credentials, and the one-line errors for bad addresses and refused connections.
+* Credentials: every stream carries its user id and that user's token in the call metadata
+  (``semalign-user``, ``semalign-token``; :mod:`semalign.common.credentials`). The AP checks
+  them before it sends or reads anything.
+* Channel options (message size limits: a P_l upload at n = 42,500 pilots is about 27 MB; the
+  AP accepts no message larger than :func:`receive_limit` of its session) and TLS credentials,
+  and the one-line errors for bad addresses and refused connections.
 """
 
 from __future__ import annotations
@@ -29,11 +33,33 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Alignment"].full_name  # semalign.v1.A
 METHOD_NAME = "Session"
 METHOD = f"/{SERVICE}/{METHOD_NAME}"
 OFFER_KEY = "semalign-offer"
+#: A user's own token (``semalign user``).
 TOKEN_ENV = "SEMALIGN_TOKEN"
 
-#: Largest message either side accepts (bytes). A P_l upload at n = 42,500 pilots and
-#: K N_T = 8 is about 2.7 MB; at the paper's K N = 80 about 27 MB. 1 GiB leaves room.
+#: Largest message a side sends, and a user accepts (bytes): the AP's broadcasts grow with the
+#: users' N_R (up to 256), which only the AP knows. A P_l upload at n = 42,500 pilots and
+#: K N_T = 8 is about 2.7 MB; at the paper's K N = 80 about 27 MB.
 MAX_MESSAGE_BYTES = 1 << 30
+#: What the AP accepts when it is not told its session (tests, benchmarks): 64 MiB.
+DEFAULT_RECEIVE_BYTES = 64 << 20
+#: Most sessions (seeds) one AP run may announce.
+MAX_SESSIONS = 1_000_000
+#: Seconds the AP waits for the first message (the handshake) of an authenticated stream.
+FIRST_MESSAGE_TIMEOUT = 30.0
+
+
+def receive_limit(config: AlignmentConfig, n_pilots: int) -> int:
+    """Largest message a user may legitimately send in a session of ``config`` with
+    ``n_pilots`` pilots, plus a margin: the AP's ``grpc.max_receive_message_length``.
+
+    The largest messages are the upload (A_l and P_l, complex64: 8 K N_T (K N_T + n) bytes)
+    and the handshake (pilot ids, at most 10 bytes each as varints, for up to 4 n ids, and CSI
+    of up to 256 x N_T complex128). A quarter and 64 KiB on top cover framing and scalars.
+    """
+    s = config.symbols
+    upload = 8 * s * (s + n_pilots)
+    handshake = 10 * 4 * n_pilots + 16 * 256 * config.antennas_tx
+    return int(1.25 * max(upload, handshake)) + (64 << 10)
 
 
 @dataclass(frozen=True)
@@ -83,24 +109,33 @@ class SessionOffer:
         """Parse :meth:`to_header`'s text; ProtocolError (one line) if it is malformed."""
         try:
             data = json.loads(text)
-            return cls(
+            offer = cls(
                 session_id=str(data["session_id"]),
                 index=int(data["index"]),
                 sessions=int(data["sessions"]),
                 config=AlignmentConfig.model_validate(data["config"]),
                 users=int(data.get("users", 0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+            if not 0 <= offer.index < offer.sessions <= MAX_SESSIONS:
+                raise ValueError(f"session {offer.index} of {offer.sessions}")
+            if not (0 < len(offer.session_id) <= 64 and offer.session_id.isprintable()):
+                raise ValueError("bad session id")
+            return offer
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # ValidationError is a ValueError; int(inf) an OverflowError; deep nesting a
+            # RecursionError
             detail = f"missing {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
             detail = detail[:200]
             raise ProtocolError(f"malformed session offer: {detail}") from None
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+def channel_options(
+    max_message_bytes: int = MAX_MESSAGE_BYTES, max_receive_bytes: int | None = None
+) -> list[tuple[str, Any]]:
     """gRPC options used by both sides (message size limits, keepalive for idle rounds)."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_receive_bytes or max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
@@ -108,9 +143,12 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
     ]
 
 
-def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+def server_options(
+    max_message_bytes: int = MAX_MESSAGE_BYTES, max_receive_bytes: int = DEFAULT_RECEIVE_BYTES
+) -> list[tuple[str, Any]]:
+    """The AP's options: it sends up to ``max_message_bytes``, accepts ``max_receive_bytes``."""
     return [
-        *channel_options(max_message_bytes),
+        *channel_options(max_message_bytes, max_receive_bytes),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
     ]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
+from pathlib import Path
 
 #: Call-metadata keys of the alignment stream (lower case, as gRPC requires).
 USER_KEY = "semalign-user"
@@ -22,6 +24,10 @@ TOKEN_KEY = "semalign-token"
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Shortest secret accepted (characters).
 MIN_SECRET_CHARS = 16
+#: Environment variable of the AP's secret (``semalign ap``, ``semalign token``).
+SECRET_ENV = "SEMALIGN_SECRET"
+#: File name of a secret the AP generated in its workdir.
+SECRET_FILE = "ap-secret"
 
 
 def new_secret() -> str:
@@ -56,3 +62,24 @@ def token_is_valid(secret: str, user_id: str, token: str) -> bool:
     if not USER_ID_PATTERN.match(user_id) or len(token) > 256:
         return False
     return hmac.compare_digest(user_token(secret, user_id).encode(), token.encode())
+
+
+def read_secret_file(path: str | Path) -> str:
+    """The secret stored in ``path`` (surrounding whitespace ignored); ValueError with one line
+    if it cannot be read or is too short."""
+    try:
+        text = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = getattr(exc, "strerror", None) or "not text"
+        raise ValueError(f"cannot read the AP secret {path}: {detail}") from None
+    return check_secret(text)
+
+
+def write_secret_file(path: str | Path, secret: str) -> Path:
+    """Write ``secret`` to a new file ``path`` readable by its owner only (0600); an existing
+    file is never overwritten (FileExistsError)."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(check_secret(secret) + "\n")
+    return path

@@ -7,11 +7,18 @@ serialized messages, so every transport reports the same figure.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import numpy as np
 from semalign.common.errors import ProtocolError
 from semalign.proto import semalign_pb2 as pb
 
 PROTOCOL_VERSION = 1
+#: Most dimensions a Matrix may have (every protocol matrix has 2; ids and shapes have 1).
+MAX_NDIM = 4
+#: Largest single dimension a Matrix may declare (the byte count bounds the product anyway).
+MAX_DIM = 1 << 31
 
 _TO_NUMPY = {
     pb.COMPLEX64: np.dtype("<c8"),
@@ -37,18 +44,61 @@ def to_matrix(array: np.ndarray, dtype: str | np.dtype | None = None) -> pb.Matr
     return pb.Matrix(shape=list(arr.shape), dtype=code, data=data)
 
 
+def _shape(message: pb.Matrix) -> tuple[int, ...]:
+    if len(message.shape) > MAX_NDIM:
+        raise ProtocolError(f"matrix with {len(message.shape)} dimensions (at most {MAX_NDIM})")
+    shape = tuple(int(s) for s in message.shape)
+    if any(s > MAX_DIM for s in shape):
+        raise ProtocolError(f"matrix dimension {max(shape)} too large (at most {MAX_DIM})")
+    return shape
+
+
 def from_matrix(message: pb.Matrix) -> np.ndarray:
-    """Decode a proto Matrix; checks that the byte count matches shape and dtype."""
+    """Decode a proto Matrix; checks that the byte count matches shape and dtype.
+
+    Every failure is a ProtocolError: unknown dtype code, too many or too large dimensions,
+    or a byte count that does not match (computed without overflow).
+    """
     dtype = _TO_NUMPY.get(message.dtype)
     if dtype is None:
         raise ProtocolError(f"unknown matrix dtype code {message.dtype}")
-    shape = tuple(int(s) for s in message.shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = _shape(message)
+    expected = math.prod(shape) * dtype.itemsize
     if len(message.data) != expected:
         raise ProtocolError(
             f"matrix {shape} {dtype} needs {expected} bytes, got {len(message.data)}"
         )
     return np.frombuffer(message.data, dtype=dtype).reshape(shape).copy()
+
+
+def check_matrix(
+    message: pb.Matrix,
+    what: str,
+    shape: tuple[int, ...],
+    dtypes: Iterable[int] = (pb.COMPLEX64, pb.COMPLEX128),
+    *,
+    finite: bool = True,
+) -> np.ndarray:
+    """Decode ``message`` if it has exactly ``shape`` and one of ``dtypes`` (proto codes), and
+    (``finite``) no NaN or infinity; ProtocolError naming ``what`` otherwise.
+
+    Shape and dtype are checked on the header, before any data is copied.
+    """
+    allowed = tuple(dtypes)
+    if message.dtype not in allowed:
+        names = "/".join(pb.DType.Name(code) for code in allowed)
+        got = pb.DType.Name(message.dtype) if message.dtype in pb.DType.values() else "unknown"
+        raise ProtocolError(f"{what}: dtype {got} ({message.dtype}), expected {names}")
+    got_shape = _shape(message)
+    if got_shape != tuple(shape):
+        raise ProtocolError(f"{what}: shape {got_shape}, expected {tuple(shape)}")
+    try:
+        array = from_matrix(message)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+    if finite and array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        raise ProtocolError(f"{what} contains NaN or infinite values")
+    return array
 
 
 def matrix_payload_bytes(message: pb.Matrix) -> int:

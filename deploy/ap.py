@@ -1,19 +1,24 @@
 """``semalign ap``: the AP of a deployment whose users run on other hosts.
 
-Serves the alignment protocol on ``--listen`` (TLS and a session token optional) and, with
-``--flower``, runs a Flower SuperLink whose ServerApp invites the users' SuperNodes.
+Serves the alignment protocol on ``--listen`` (TLS optional) and, with ``--flower``, runs a
+Flower SuperLink whose ServerApp invites the users' SuperNodes.
+
+Credentials: the AP holds one secret (``--secret-file``, ``$SEMALIGN_SECRET``, or a new one
+written to ``WORKDIR/ap-secret``, mode 0600); user ``u``'s token is ``HMAC(secret, u)``
+(``semalign token u``). Direct users get their token from the operator; with Flower the
+ServerApp gives each SuperNode the token of the user id it runs, and no other.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
-from semalign.common.contract import TOKEN_ENV, TlsFiles, check_address
+from semalign.common.contract import TlsFiles, check_address
+from semalign.common.credentials import SECRET_FILE, new_secret, write_secret_file
 from semalign.common.errors import UsageError
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
@@ -57,6 +62,36 @@ def advertised(listen: str, advertise: str | None, port: int) -> str:
     return f"{host}:{port}"
 
 
+def ap_secret(args: argparse.Namespace, workdir: Path) -> tuple[str, Path | None, str]:
+    """(secret, a file holding it, where it came from: "file", "env", "reused", "new").
+
+    ``--secret-file`` or ``$SEMALIGN_SECRET`` (read by the option checks into ``args.secret``);
+    otherwise ``WORKDIR/ap-secret`` if it exists (tokens stay valid when the AP restarts with
+    the same workdir), else a new secret written there (0600). The Flower ServerApp reads the
+    secret from a file, never from its run config: a secret from the environment is written to
+    ``WORKDIR/ap-secret`` (0600) with ``--flower`` only.
+    """
+    from semalign.common.credentials import read_secret_file
+
+    if args.secret_file:
+        return args.secret, Path(args.secret_file).resolve(), "file"
+    path = workdir / SECRET_FILE
+    try:
+        if args.secret is not None:
+            if not args.flower:
+                return args.secret, None, "env"
+            path.unlink(missing_ok=True)
+            return args.secret, write_secret_file(path, args.secret).resolve(), "env"
+        if path.exists():
+            return read_secret_file(path), path.resolve(), "reused"
+        secret = new_secret()
+        return secret, write_secret_file(path, secret).resolve(), "new"
+    except OSError as exc:
+        raise UsageError(f"cannot write the AP secret to {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def command(args: argparse.Namespace) -> int:
     from semalign.encoders import registry
 
@@ -76,8 +111,6 @@ def command(args: argparse.Namespace) -> int:
         join_timeout=args.join_timeout,
         reply_timeout=args.reply_timeout,
     )
-    given_token = args.token or os.environ.get(TOKEN_ENV)
-    token = given_token or secrets.token_urlsafe(24)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
     supernode_keys = None
     if args.flower and not args.insecure:
@@ -85,12 +118,23 @@ def command(args: argparse.Namespace) -> int:
 
         supernode_keys = sorted(Path(args.supernode_keys).glob("*.pub"))
     workdir = make_workdir(args.workdir, "semalign-ap-")
-    service, server = start_service(token, args.listen, plan.users, tls)
+    secret, secret_file, source = ap_secret(args, workdir)
+    service, server = start_service(
+        secret,
+        args.listen,
+        plan,
+        tls,
+        first_message_timeout=args.first_message_timeout,
+        max_streams_per_address=args.max_streams_per_address,
+    )
     advertise = advertised(args.listen, args.advertise, server.port)
     display = Display(config, seeds, plan.users, args.quiet)
     display.console.print(f"alignment service on {server.address}, advertised as {advertise}")
-    if not given_token:
-        display.console.print(f"session token (give it to users as ${TOKEN_ENV}): {token}")
+    if source in ("new", "reused"):
+        display.console.print(
+            f"AP secret {'written to' if source == 'new' else 'reused from'} {secret_file}; "
+            f"a user's token: semalign token USER_ID --secret-file {secret_file}"
+        )
     procs = Processes(workdir / "logs")
     deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
     deployment["users"] = plan.users
@@ -107,7 +151,8 @@ def command(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             service_address=advertise,
-            token=token,
+            secret_file=secret_file,
+            invited=None if isinstance(expected, int) else expected,
             users=plan.users,
             node_wait_s=plan.join_timeout,
             tls=tls,

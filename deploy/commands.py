@@ -1,4 +1,5 @@
-"""The command line of the networked system: ``semalign run``, ``semalign ap``, ``semalign user``.
+"""The command line of the networked system: ``semalign run``, ``semalign ap``, ``semalign user``
+and ``semalign token`` (a user's token from the AP's secret).
 
 Argparse only: every option, its help and its validation (one line, exit code 2, through
 :class:`~semalign.common.errors.UsageError`) before the entry point runs. The entry points are
@@ -46,6 +47,35 @@ def check_host_port(option: str, value: str | None) -> None:
         check_address(value, what=option)
     except TransportError as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_folder(option: str, value: str | None) -> None:
+    """A folder that exists or can be created: not a file, nor under one; writable."""
+    if value is None:
+        return
+    import os
+
+    path = Path(value).absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {value}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {value}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {value}: {parent} is not writable")
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Argparse's own errors (unknown option, bad type or choice, missing --users) as one
+    line and exit code 2, like every other bad input of these commands."""
+
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
 
 
 def check_file(option: str, value: str | None) -> None:
@@ -139,33 +169,122 @@ def check_tls(args: argparse.Namespace, *, side: str) -> None:
         check_file("--supernode-key", args.supernode_key)
 
 
+def check_user_ids(option: str, ids: list[str]) -> None:
+    from semalign.common.credentials import check_user_id
+
+    for user_id in ids:
+        try:
+            check_user_id(user_id)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"{option}: a user id is given twice")
+
+
+def check_token(token: str | None) -> None:
+    """A user's token as given (``--token``/``$SEMALIGN_TOKEN``): printable ASCII, <= 256."""
+    if token is not None and not (
+        0 < len(token) <= 256 and token.isascii() and token.isprintable()
+    ):
+        raise UsageError("the token must be 1-256 printable ASCII characters")
+
+
+def read_secret(args: argparse.Namespace, *, required: bool) -> str | None:
+    """The AP's secret: ``--secret-file``, else ``$SEMALIGN_SECRET``; None if neither (and not
+    ``required``). UsageError with one line if it is missing, unreadable or too short."""
+    import os
+
+    from semalign.common.credentials import SECRET_ENV, check_secret, read_secret_file
+
+    try:
+        if args.secret_file:
+            return read_secret_file(args.secret_file)
+        if os.environ.get(SECRET_ENV):
+            return check_secret(os.environ[SECRET_ENV].strip())
+    except ValueError as exc:
+        source = args.secret_file or f"${SECRET_ENV}"
+        raise UsageError(f"{source}: {exc}") from None
+    if required:
+        raise UsageError(f"the AP's secret is needed: --secret-file PATH or ${SECRET_ENV}")
+    return None
+
+
+def check_positive(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{option} must be at least 1, got {value}")
+
+
+def check_data(args: argparse.Namespace, encoder_option: str) -> None:
+    """``--latents`` (an existing folder) or ``--cache-dir`` (a folder we can write) and, to
+    encode into it, a registered encoder in ``encoder_option`` (if given)."""
+    if args.latents is not None:
+        if not Path(args.latents).is_dir():
+            raise UsageError(f"--latents {args.latents}: no such folder")
+        return
+    check_folder("--cache-dir", args.cache_dir)
+    name = getattr(args, encoder_option[2:].replace("-", "_"))
+    if name:
+        from semalign.encoders import registry
+
+        try:
+            registry.get_spec(name)
+        except ValueError as exc:
+            raise UsageError(f"{encoder_option}: {exc}") from None
+
+
 def check_ap_side(args: argparse.Namespace) -> None:
     """Options shared by ``run`` and ``ap``."""
+    check_data(args, "--ap")
     check_seconds("--join-timeout", args.join_timeout)
     check_seconds("--reply-timeout", args.reply_timeout)
+    check_seconds("--first-message-timeout", args.first_message_timeout)
     check_host_port("--listen address", args.listen)
 
 
 def validate_run(args: argparse.Namespace) -> None:
     check_ap_side(args)
+    check_folder("--workdir", args.workdir)
     if args.insecure:
         warn_insecure()
 
 
 def validate_ap(args: argparse.Namespace) -> None:
+    from semalign.deploy.ap import expected_users
+
     check_ap_side(args)
     check_host_port("--advertise address", args.advertise)
     check_host_port("--superlink-listen address", args.superlink_listen)
     check_tls(args, side="ap")
+    expected = expected_users(args.users)
+    if not isinstance(expected, int):
+        check_user_ids("--users", expected)
+    check_positive("--max-streams-per-address", args.max_streams_per_address)
+    check_folder("--workdir", args.workdir)
+    check_file("--secret-file", args.secret_file)
+    args.secret = read_secret(args, required=False)
+
+
+def validate_token(args: argparse.Namespace) -> None:
+    check_file("--secret-file", args.secret_file)
+    args.secret = read_secret(args, required=True)
+    check_user_ids("USER_ID", args.user_ids)
 
 
 def validate_user(args: argparse.Namespace) -> None:
-    if args.ap:
+    import os
+
+    from semalign.common.contract import TOKEN_ENV
+
+    if args.ap is not None:
         check_host_port("AP address", args.ap)
     else:
         check_host_port("--superlink address", args.superlink)
-    if not args.user_id.strip():
-        raise UsageError("--user-id is empty")
+    check_user_ids("--user-id", [args.user_id])
+    if args.ap is not None:
+        args.token = args.token or os.environ.get(TOKEN_ENV) or None
+        if not args.token:
+            raise UsageError(f"this user's token is needed: --token or ${TOKEN_ENV}")
+        check_token(args.token)
     if not args.encoder.strip():
         raise UsageError("--encoder is empty")
     if args.ordinal is not None and args.ordinal < 0:
@@ -177,16 +296,18 @@ def validate_user(args: argparse.Namespace) -> None:
     if not 1 <= args.runtime_port <= 65535:
         raise UsageError(f"--runtime-port must be in 1-65535, got {args.runtime_port}")
     check_seconds("--connect-timeout", args.connect_timeout)
+    check_folder("--flwr-home", args.flwr_home)
+    check_data(args, "--encoder")
     check_tls(args, side="user")
     check_file("--superlink-ca", args.superlink_ca)
 
 
-def entry(module: str, validate: Callable[[argparse.Namespace], None]):
-    """A command's ``func``: validate the options, then run ``module.command``."""
+def entry(module: str, validate: Callable[[argparse.Namespace], None], name: str = "command"):
+    """A command's ``func``: validate the options, then run ``module.<name>``."""
 
     def func(args: argparse.Namespace) -> int:
         validate(args)
-        return importlib.import_module(module).command(args)
+        return getattr(importlib.import_module(module), name)(args)
 
     return func
 
@@ -240,6 +361,12 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds to wait for a user's reply before dropping it",
     )
+    group.add_argument(
+        "--first-message-timeout",
+        type=float,
+        default=30.0,
+        help="seconds an authenticated stream has to send its handshake",
+    )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -278,6 +405,7 @@ def register_run(subparsers) -> None:
         "made for this run in the workdir: TLS everywhere, mutual on the alignment service)",
     )
     add_output_arguments(run, "results/run.json")
+    one_line_errors(run)
     run.set_defaults(func=entry("semalign.deploy.run", validate_run))
 
 
@@ -302,7 +430,19 @@ def register_ap(subparsers) -> None:
         help="the service address as users reach it (default: --listen, with this host's name "
         "for 0.0.0.0)",
     )
-    ap.add_argument("--token", help="session token (default: $SEMALIGN_TOKEN, else random)")
+    creds = ap.add_argument_group("credentials and limits")
+    creds.add_argument(
+        "--secret-file",
+        help="file holding the AP's secret, from which each user's token is derived "
+        "(`semalign token USER_ID`); default: $SEMALIGN_SECRET, else a new secret written to "
+        "WORKDIR/ap-secret (mode 0600)",
+    )
+    creds.add_argument(
+        "--max-streams-per-address",
+        type=int,
+        default=8,
+        help="open streams allowed from one peer address (users behind one NAT share it)",
+    )
     add_tls_arguments(ap, "ap")
     flower = ap.add_argument_group("Flower")
     flower.add_argument(
@@ -321,6 +461,7 @@ def register_ap(subparsers) -> None:
         "SuperLink (default: SECRETS/supernodes)",
     )
     add_output_arguments(ap, "results/ap.json")
+    one_line_errors(ap)
     ap.set_defaults(func=entry("semalign.deploy.ap", validate_ap))
 
 
@@ -347,7 +488,11 @@ def register_user(subparsers) -> None:
     add_data_arguments(user)
     user.add_argument("--antennas-rx", type=int, help="override N_R offered by the AP")
     user.add_argument("--snr-db", type=float, help="override the SNR offered by the AP")
-    user.add_argument("--token", help="session token for --ap (default: $SEMALIGN_TOKEN)")
+    user.add_argument(
+        "--token",
+        help="this user's own token for --ap, from the AP's operator (`semalign token USER_ID`; "
+        "default: $SEMALIGN_TOKEN); with --superlink Flower's invitation brings it",
+    )
     user.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to keep trying the AP"
     )
@@ -366,6 +511,7 @@ def register_user(subparsers) -> None:
     )
     flower.add_argument("--flwr-home", help="FLWR_HOME of the SuperNode (default: per user id)")
     add_verbosity_arguments(user)
+    one_line_errors(user)
     user.set_defaults(func=entry("semalign.deploy.user", validate_user))
 
 
@@ -400,8 +546,36 @@ def register_certs(subparsers) -> None:
     certs.set_defaults(func=entry("semalign.deploy.certs", validate))
 
 
+def register_token(subparsers) -> None:
+    token = subparsers.add_parser(
+        "token",
+        help="print users' tokens for the AP's secret (give each user only its own)",
+        description="Print the token of each USER_ID, one per line in the order given: "
+        "HMAC-SHA256(secret, user id), hex. A token opens only its own user id at the AP. "
+        "Example: SEMALIGN_TOKEN=$(semalign token user3 --secret-file ap-secret) "
+        "semalign user --ap HOST:PORT --user-id user3 ...",
+        formatter_class=HelpFormatter,
+    )
+    token.add_argument("user_ids", nargs="+", metavar="USER_ID", help="user ids, e.g. user3")
+    token.add_argument(
+        "--secret-file", help="file holding the AP's secret (default: $SEMALIGN_SECRET)"
+    )
+    one_line_errors(token)
+    token.set_defaults(func=entry("semalign.deploy.commands", validate_token, "print_tokens"))
+
+
+def print_tokens(args: argparse.Namespace) -> int:
+    """``semalign token``: one token per USER_ID on stdout."""
+    from semalign.common.credentials import user_token
+
+    for user_id in args.user_ids:
+        print(user_token(args.secret, user_id))
+    return 0
+
+
 def register(subparsers) -> None:
     register_certs(subparsers)
     register_run(subparsers)
     register_ap(subparsers)
     register_user(subparsers)
+    register_token(subparsers)

@@ -204,7 +204,8 @@ def start_flower(
     host: str,
     port: int,
     service_address: str,
-    token: str,
+    secret_file: Path,
+    invited: Sequence[str] | None,
     users: int,
     node_wait_s: float,
     tls: TlsFiles | None = None,
@@ -213,7 +214,10 @@ def start_flower(
 ) -> FlowerRun:
     """A SuperLink on ``host:port``, the ``supernodes`` (name, ``semalign user`` argv; one
     BLAS thread each, their own FLWR_HOME under ``workdir``), then the Flower run that invites
-    ``users`` SuperNodes to the alignment service at ``service_address``.
+    ``users`` SuperNodes to the alignment service at ``service_address``: each SuperNode gets
+    the token of the user id it runs (derived by the ServerApp from the AP's secret in
+    ``secret_file``, which never enters Flower's run config), if that id is ``invited`` (any
+    ids, up to ``users`` of them, for ``None``) and no other SuperNode claimed it first.
 
     Without SuperNode authentication the SuperNodes start before the SuperLink listens: they
     keep trying to connect, and the users prepare their latents meanwhile. With it they start
@@ -244,7 +248,8 @@ def start_flower(
         flwr / "cli",
         {
             "service-address": service_address,
-            "token": token,
+            "secret-file": str(secret_file),
+            "user-ids": ",".join(invited or []),
             "tls": secure,
             "users": users,
             "node-wait-s": float(node_wait_s),

@@ -8,12 +8,12 @@ ClientApp joins the AP's service, without (``--no-flower``) a plain ``semalign u
 from __future__ import annotations
 
 import argparse
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from semalign.common.contract import TlsFiles
+from semalign.common.credentials import SECRET_FILE, new_secret, user_token, write_secret_file
 from semalign.deploy.certs import ApSecrets, make_secrets
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
@@ -21,6 +21,7 @@ from semalign.deploy.launcher import Processes, child_env, free_port
 from semalign.deploy.serving import (
     Plan,
     finish,
+    grpc_workers,
     load_plan,
     make_workdir,
     serve_with_children,
@@ -66,11 +67,19 @@ def command(args: argparse.Namespace) -> int:
     )
     t_ready = time.perf_counter()
 
-    token = secrets.token_urlsafe(24)
+    # A fresh secret per run; each user process gets only its own token.
+    secret = new_secret()
     workdir = make_workdir(args.workdir, "semalign-run-")
     keys = None if args.insecure else run_secrets(workdir, ids)
     tls = TlsFiles(str(keys.cert), str(keys.key), str(keys.ca)) if keys else None
-    service, server = start_service(token, args.listen, len(ids), tls)
+    service, server = start_service(
+        secret,
+        args.listen,
+        plan,
+        tls,
+        first_message_timeout=args.first_message_timeout,
+        max_streams_per_address=grpc_workers(len(ids)),  # every user is on this host
+    )
     display = Display(config, seeds, len(ids), args.quiet)
     procs = Processes(workdir / "logs")
     deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
@@ -87,10 +96,14 @@ def command(args: argparse.Namespace) -> int:
             for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
                 mine = user_secrets(workdir, uid) if keys else None
                 argv = user_argv(uid, ordinal, enc, ap=address, latents=str(cache), secrets=mine)
+                token = user_token(secret, uid)
                 procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
             return None
+        secret_file = workdir / SECRET_FILE  # for the ServerApp, which derives each token
+        secret_file.unlink(missing_ok=True)
+        write_secret_file(secret_file, secret)
         flower = start_local_flower(
-            procs, workdir, plan, encoders, address, token, tls=tls, keys=keys
+            procs, workdir, plan, encoders, address, secret_file, tls=tls, keys=keys
         )
         deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
         return flower
@@ -119,7 +132,7 @@ def start_local_flower(
     plan: Plan,
     encoders: list[str],
     service_address: str,
-    token: str,
+    secret_file: Path,
     *,
     tls: TlsFiles | None = None,
     keys: ApSecrets | None = None,
@@ -149,7 +162,8 @@ def start_local_flower(
         host="127.0.0.1",
         port=port,
         service_address=service_address,
-        token=token,
+        secret_file=secret_file,
+        invited=list(plan.expected),
         users=plan.users,
         node_wait_s=plan.join_timeout,
         tls=tls,

@@ -31,8 +31,10 @@ from semalign.deploy.launcher import Processes, sigterm_as_interrupt
 
 
 def grpc_workers(users: int) -> int:
-    """gRPC server threads: one per open stream (users reconnecting between sessions too)."""
-    return max(64, 2 * users + 8)
+    """gRPC server threads, one per open stream: two per invited user (one reconnecting between
+    sessions while its old stream ends) plus 16 for streams being refused. Streams beyond it get
+    RESOURCE_EXHAUSTED at once, which users retry with backoff until their join timeout."""
+    return 2 * users + 16
 
 
 def make_workdir(path: str | None, prefix: str) -> Path:
@@ -103,15 +105,43 @@ def load_plan(
     return plan
 
 
-def start_service(token: str, listen: str, users: int, tls: TlsFiles | None = None):
-    """The alignment service on ``listen``: (service, running server); UsageError if not."""
+def start_service(
+    secret: str,
+    listen: str,
+    plan: Plan,
+    tls: TlsFiles | None = None,
+    *,
+    first_message_timeout: float | None = None,
+    max_streams_per_address: int | None = None,
+):
+    """The alignment service on ``listen``: (service, running server); UsageError if not.
+
+    Users authenticate with ``user_token(secret, user_id)``; the server accepts messages up to
+    :func:`~semalign.common.contract.receive_limit` of the plan's session and at most
+    :func:`grpc_workers` streams; one address may hold ``max_streams_per_address`` of them
+    (default: 8).
+    """
+    from semalign.common.contract import FIRST_MESSAGE_TIMEOUT, receive_limit
+    from semalign.common.latents import pilot_count
     from semalign.server.service import AlignmentService, start_server
 
-    service = AlignmentService(token)
+    service = AlignmentService(
+        secret,
+        first_message_timeout=first_message_timeout or FIRST_MESSAGE_TIMEOUT,
+        max_streams_per_address=max_streams_per_address or 8,
+    )
+    n_pilots = pilot_count(len(plan.ap_train), plan.config.pilot_fraction)
     try:
-        return service, start_server(service, listen, tls=tls, max_workers=grpc_workers(users))
+        server = start_server(
+            service,
+            listen,
+            tls=tls,
+            max_workers=grpc_workers(plan.users),
+            max_receive_bytes=receive_limit(plan.config, n_pilots),
+        )
     except TransportError as exc:
         raise UsageError(str(exc)) from None
+    return service, server
 
 
 def serve(service, plan: Plan, display: Display, check: Callable[[], None]) -> dict[str, Any]:

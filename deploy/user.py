@@ -192,9 +192,9 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
     from semalign.common.contract import TlsFiles
     from semalign.deploy.launcher import sigterm_as_interrupt
 
-    token = args.token or os.environ.get(TOKEN_ENV)
+    token = args.token or os.environ.get(TOKEN_ENV)  # checked with the options
     if not token:
-        raise UsageError(f"a session token is needed: --token or ${TOKEN_ENV}")
+        raise UsageError(f"this user's token is needed: --token or ${TOKEN_ENV}")
 
     def load(pilot_fraction: float):
         return user_data_from_cache(cache, args.encoder, pilot_fraction)
@@ -220,7 +220,17 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
             )
     except (TransportError, LatentsError) as exc:  # unreachable AP, or this user's own data
         raise UsageError(str(exc)) from None
-    return 0 if all(r.status == "ok" for r in reports) else 1
+    failed = [r for r in reports if r.status != "ok"]
+    if failed:  # e.g. dropped for a message the AP refused: the AP's reason, one line
+        first = failed[0]
+        print(
+            f"semalign user: {first.user_id} {first.status} in session {first.index + 1} "
+            f"(seed {first.seed}): {first.detail}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    return 0
 
 
 def print_session(report) -> None:

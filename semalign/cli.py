@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    # argparse errors (unknown option, bad value) as one line, like every other bad input
+    parser.error = lambda message: parser.exit(  # type: ignore[method-assign]
+        2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -29,8 +29,9 @@ from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.common.errors import ProtocolError
 from semalign.common.packing import ShapeError, complex_dim, real_to_complex
 from semalign.common.strategies import get_strategy
+from semalign.common.validation import check_handshake, check_report, check_terms, one_line
 from semalign.common.whitening import Whitener, fit_whitener
-from semalign.common.wire import PROTOCOL_VERSION, from_matrix, parse_user_message, to_matrix
+from semalign.common.wire import PROTOCOL_VERSION, parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies import make_ap_strategy
 from semalign.server.strategies.base import WIRE_DTYPE, UserState
@@ -96,41 +97,35 @@ class AccessPoint:
         self.x = self.whitener.whiten(real_to_complex(latents.T))  # (c, n)
         self.n = self.x.shape[1]
         self.users: dict[str, UserState] = {}
+        #: claimed user id -> why its handshake was refused (the service tells the user)
+        self.refused: dict[str, str] = {}
+        #: what the AP waits for from each user now: "upload", "ack" or "report"
+        self.expecting: str | None = None
+        self._eval_samples = 0
         self.round = 0
         self.finished = False
         self.strategy.start(self)
 
     # ------------------------------------------------------------------ handshake
     def _check_request(self, req: pb.HandshakeRequest) -> np.ndarray | None:
-        """Validate a HandshakeRequest; returns the user's Hbar (N_R, N_T) if the AP uses CSI."""
-        cfg = self.config
-        if req.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"user {req.user_id!r} speaks protocol {req.protocol_version}, "
-                f"AP speaks {PROTOCOL_VERSION}"
-            )
-        if not req.user_id or req.user_id in self.users:
-            raise ProtocolError(f"user id {req.user_id!r} is empty or already registered")
+        """Validate a HandshakeRequest; returns the user's Hbar (N_R, N_T) if the AP uses CSI.
+
+        The bounds any session needs (:func:`~semalign.common.validation.check_handshake`:
+        protocol version, id, N_R <= 256, latent dim <= 65,536, SNR, unique pilot ids, CSI
+        shape and values), then those of this session.
+        """
+        hbar = check_handshake(req, self.config)
+        if req.user_id in self.users:
+            raise ProtocolError(f"user id {req.user_id!r} is already registered")
         if self.round > 0:
             raise ProtocolError("session already started: late joins are not supported")
         if self.expected_users is not None and len(self.users) >= self.expected_users:
             raise ProtocolError(f"session is full ({self.expected_users} users)")
-        if req.antennas_rx < 1 or req.latent_dim < 1:
-            raise ProtocolError("antennas_rx and latent_dim must be >= 1")
         missing = np.setdiff1d(self.pilot_ids, np.asarray(req.pilot_ids, dtype=np.int64))
         if len(missing):
             raise ProtocolError(
                 f"user {req.user_id!r} lacks {len(missing)} of the "
                 f"{len(self.pilot_ids)} pilots (e.g. id {missing[0]})"
-            )
-        if not cfg.csi:
-            return None
-        if not req.HasField("csi"):
-            raise ProtocolError(f"channel-aware AP needs CSI from user {req.user_id!r}")
-        hbar = from_matrix(req.csi).astype(np.complex128)
-        if hbar.shape != (req.antennas_rx, cfg.antennas_tx):
-            raise ProtocolError(
-                f"CSI shape {hbar.shape} != (N_R={req.antennas_rx}, N_T={cfg.antennas_tx})"
             )
         return hbar
 
@@ -141,7 +136,11 @@ class AccessPoint:
             raise ProtocolError(f"expected a handshake, got {msg.WhichOneof('body')}")
         req = msg.handshake
         cfg = self.config
-        hbar = self._check_request(req)
+        try:
+            hbar = self._check_request(req)
+        except ProtocolError as exc:
+            self.refused[one_line(req.user_id, 80)] = str(exc)
+            raise
         state = UserState(
             user_id=req.user_id,
             index=len(self.users),
@@ -203,27 +202,43 @@ class AccessPoint:
 
     def round_messages(self) -> dict[str, bytes]:
         """RoundBroadcast bytes per active user for the current round (S_l = H_l F X or F X)."""
+        self.expecting = "upload"
         return self.strategy.round_messages()
 
     def final_messages(self) -> dict[str, bytes]:
         """The last transmission before evaluation, per active user; users answer with Acks."""
+        self.expecting = "ack"
         return self.strategy.final_messages()
 
     def receive(self, user_id: str, data: bytes) -> None:
-        """Take a user's RoundUpload (or the Ack of a final/pilot transmission)."""
+        """Take a user's RoundUpload (in a round) or Ack (of the final/pilot transmission).
+
+        ProtocolError for anything else: a reply of another kind than the phase expects (an
+        Ack in place of an upload), another session or round, bad matrices or loss terms.
+        """
         state = self.users.get(user_id)
         if state is None or state.dropped:
             raise ProtocolError(f"upload from unknown or dropped user {user_id!r}")
         msg = parse_user_message(data)
         kind = msg.WhichOneof("body")
         if kind == "error":
-            raise ProtocolError(f"user {user_id} reported: {msg.error.message}")
+            raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
+        if self.expecting not in ("upload", "ack"):
+            raise ProtocolError(f"unexpected {kind} from {user_id}: nothing was sent to answer")
+        if kind != self.expecting:
+            raise ProtocolError(f"expected an {self.expecting} from {user_id}, got {kind}")
         if kind == "ack":
-            state.terms = (msg.ack.squared_error, msg.ack.noise_term)
+            ack = msg.ack
+            if ack.session_id != self.session_id or ack.round != self.round:
+                raise ProtocolError(
+                    f"ack from {user_id} for session {one_line(ack.session_id, 40)!r} round "
+                    f"{ack.round}, expected {self.session_id} round {self.round}"
+                )
+            state.terms = check_terms(ack.squared_error, ack.noise_term, f"ack from {user_id}")
             return
-        if kind != "upload":
-            raise ProtocolError(f"expected an upload from {user_id}, got {kind}")
-        self.strategy.receive_upload(state, msg.upload)
+        upload = msg.upload
+        check_terms(upload.squared_error, upload.noise_term, f"upload from {user_id}")
+        self.strategy.receive_upload(state, upload)
 
     def step(self) -> RoundStats:
         """The strategy's update from this round's uploads (ADMM: eqs. 8-18); next round."""
@@ -279,6 +294,7 @@ class AccessPoint:
             raise ShapeError(f"test latents have d={latents.shape[1]}, AP has {self.latent_dim}")
         shared = None
         out = {}
+        self.expecting, self._eval_samples = "report", len(sample_ids)
         for state in self.active_users:
             if shared is None or self.strategy.per_user_encoding:
                 symbols, indices = self.encode(latents, state)
@@ -294,12 +310,16 @@ class AccessPoint:
         return out
 
     def receive_report(self, user_id: str, data: bytes) -> pb.EvaluationReport:
+        """A user's EvaluationReport, checked: this session, the number of test points sent,
+        accuracies in [0, 1], finite MSEs >= 0. The figures are the user's own (self-reported):
+        the AP cannot check them against anything."""
         msg = parse_user_message(data)
-        if msg.WhichOneof("body") == "error":
-            raise ProtocolError(f"user {user_id} reported: {msg.error.message}")
-        if msg.WhichOneof("body") != "report":
-            raise ProtocolError(f"expected an evaluation report from {user_id}")
-        return msg.report
+        kind = msg.WhichOneof("body")
+        if kind == "error":
+            raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
+        if self.expecting != "report" or kind != "report":
+            raise ProtocolError(f"expected an evaluation report from {user_id}, got {kind}")
+        return check_report(msg.report, self.session_id, self._eval_samples, user_id)
 
     def end_message(self, reason: str = "done") -> bytes:
         return pb.ApMessage(

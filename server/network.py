@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
@@ -78,8 +79,23 @@ class MeasuredDriver(SessionDriver):
 
     def handshake(self) -> None:
         start = time.perf_counter()
-        super().handshake()
-        self.timings["handshake_s"] = time.perf_counter() - start
+        try:
+            super().handshake()
+        finally:
+            self.timings["handshake_s"] = time.perf_counter() - start
+            self._refuse_unregistered()
+
+    def _refuse_unregistered(self) -> None:
+        """End at once, with the AP's reason, the streams whose handshake the AP refused."""
+        for user_id, link in self.grpc_links.items():
+            if user_id in self.links:
+                continue
+            state = self.ap.users.get(user_id)
+            if state is not None and state.dropped:
+                link.abort(f"dropped by the AP at {state.dropped}")
+            elif state is None:
+                reason = self.ap.refused.get(user_id, "the AP could not register this user")
+                link.abort(f"handshake refused: {reason}", grpc.StatusCode.INVALID_ARGUMENT)
 
     def admm_round(self) -> RoundRecord:
         self._before = self._snapshot()
@@ -98,8 +114,13 @@ class MeasuredDriver(SessionDriver):
             self._callback(record, wire)
 
     def _drop(self, user_id: str, reason: str) -> None:
+        """Drop the user and end its stream at once with the reason (status ABORTED)."""
         self.drop_times.setdefault(user_id, time.perf_counter() - self._t0)
         super()._drop(user_id, reason)
+        link = self.grpc_links.get(user_id)
+        state = self.ap.users.get(user_id)
+        if link is not None and state is not None and state.dropped:
+            link.abort(f"dropped by the AP at {state.dropped}")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -148,7 +169,8 @@ def serve_session(
             if state is not None and state.dropped:
                 link.abort(f"dropped by the AP at {state.dropped}")
             elif state is None:
-                link.abort("the AP could not register this user")
+                reason = ap.refused.get(link.user_id, "the AP could not register this user")
+                link.abort(f"handshake refused: {reason}", grpc.StatusCode.INVALID_ARGUMENT)
             else:
                 link.finish()
     wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
@@ -211,6 +233,7 @@ def serve_sessions(
     """
     test_ids = np.arange(len(test_latents), dtype=np.int64)
     blocks = []
+    reported: list[dict[str, dict]] = []  # per seed: each user's report as it sent it
     required: set[str] | None = None  # first session: everyone expected
     for index, seed in enumerate(seeds):
         cfg = config.model_copy(update={"seed": seed})
@@ -235,6 +258,7 @@ def serve_sessions(
         # The next session waits for those who finished this one; a dropped user is welcome
         # back if it joins in time, but nobody waits for it.
         required = {uid for uid in result.user_order if uid not in result.dropped}
+        reported.append(result.reports)
         blocks.append(
             seed_result(
                 result,
@@ -249,7 +273,37 @@ def serve_sessions(
             on_seed(blocks[-1].to_dict())
     run = run_result(config, blocks, extra)
     run.network = network_summary(blocks)
-    return run.to_dict()
+    return label_self_reported(run.to_dict(), reported)
+
+
+#: Which results figures come from what users say about themselves, which the AP measured.
+#: The AP checks the users' figures for range only (accuracies in [0, 1], finite MSEs >= 0,
+#: the number of test points): it cannot verify them.
+PROVENANCE = {
+    "self_reported": [
+        "users[].accuracy, native_accuracy, mse, mse_whitened (and their _std)",
+        "mean_accuracy, mean_native_accuracy, mean_mse (and std_*)",
+        "seeds[].users[].accuracy, native_accuracy, mse, mse_whitened",
+        "seeds[].users[].self_reported (each user's evaluation report as it sent it)",
+        "seeds[].mean_accuracy, mean_native_accuracy, mean_mse",
+        "rounds[].mse, objective and seeds[].phases.final.mse, objective (users' loss terms)",
+    ],
+    "ap_measured": [
+        "rounds[].primal_residual, dual_residual, bytes_down, bytes_up, seconds",
+        "seeds[].phases bytes, seeds[].dropped, seeds[].wire, network",
+    ],
+}
+
+
+def label_self_reported(results: dict[str, Any], reported: list[dict[str, dict]]) -> dict:
+    """Add ``provenance`` and, per seed and user, a ``self_reported`` block (the user's own
+    evaluation report, or None without one). Existing keys keep their names and values."""
+    results["provenance"] = PROVENANCE
+    for block, reports in zip(results["seeds"], reported, strict=True):
+        for user in block["users"]:
+            report = reports.get(user["name"])
+            user["self_reported"] = dict(report) if report is not None else None
+    return results
 
 
 def network_summary(blocks: list[SeedResult]) -> dict[str, Any]:

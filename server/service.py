@@ -1,21 +1,28 @@
 """The AP's gRPC alignment service: one long-lived bidirectional stream per user.
 
 This is only a transport. Each incoming ``Alignment/Session`` stream becomes a :class:`GrpcLink`
-(a queue-backed ``UserLink``); a :class:`Lobby` collects the links of one session (checking the
-per-session token and the user id of each handshake), and the unchanged
-:class:`~semalign.server.session.SessionDriver` then runs the protocol over them exactly as it
-does over in-process loopback links.
+(a queue-backed ``UserLink``); a :class:`Lobby` collects the links of one session, and the
+unchanged :class:`~semalign.server.session.SessionDriver` then runs the protocol over them
+exactly as it does over in-process loopback links.
 
-Stream life cycle, seen from the AP:
+Stream life cycle, seen from the AP (each refusal ends the stream at once with a one-line
+reason):
 
-1. the user opens the stream; the handler waits for an open lobby and sends the
+1. credentials first: the stream's metadata must carry a user id and that user's token
+   (:mod:`semalign.common.credentials`), otherwise UNAUTHENTICATED before anything is sent or
+   read; then the stream counts against its peer address's and user id's limits
+   (RESOURCE_EXHAUSTED beyond them);
+2. the handler waits for an open lobby and sends the
    :class:`~semalign.common.contract.SessionOffer` as initial metadata;
-2. the first message must be a HandshakeRequest with the session token, otherwise the stream is
-   aborted (UNAUTHENTICATED, PERMISSION_DENIED, ALREADY_EXISTS...) with a one-line reason;
-3. the link joins the lobby; a reader thread feeds the user's messages into the link, the
-   handler's generator hands the driver's messages to gRPC;
-4. after SessionEnd the AP finishes the stream with status OK; a user the driver dropped (timeout,
-   disconnect, protocol error) gets status ABORTED with the reason.
+3. the first message must arrive within ``first_message_timeout`` (DEADLINE_EXCEEDED) and be a
+   HandshakeRequest of the authenticated user id (PERMISSION_DENIED) within the session's bounds
+   (INVALID_ARGUMENT, :func:`~semalign.common.validation.check_handshake`);
+4. the link joins the lobby (PERMISSION_DENIED: not invited, ALREADY_EXISTS, RESOURCE_EXHAUSTED:
+   full); a reader thread feeds the user's messages into the link, the handler's generator hands
+   the driver's messages to gRPC;
+5. after SessionEnd the AP finishes the stream with status OK; a user the driver drops (timeout,
+   disconnect, a message that breaks the protocol) gets status ABORTED with the reason at once
+   (INVALID_ARGUMENT if the AP refused its handshake).
 
 Bytes are counted per link where they cross the gRPC boundary: both sides register the method
 without protobuf (de)serializers, so the byte strings a link hands to gRPC (counted when the driver
@@ -35,6 +42,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from semalign.common.contract import (
+    DEFAULT_RECEIVE_BYTES,
+    FIRST_MESSAGE_TIMEOUT,
     MAX_MESSAGE_BYTES,
     METHOD_NAME,
     OFFER_KEY,
@@ -45,10 +54,15 @@ from semalign.common.contract import (
     check_address,
     server_options,
 )
+from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_secret, token_is_valid
 from semalign.common.errors import LinkError, ProtocolError, UsageError
+from semalign.common.validation import check_handshake, one_line
 from semalign.common.wire import parse_user_message
 
 log = logging.getLogger(__name__)
+
+#: Refused streams logged per peer address and minute.
+LOG_REFUSALS = 10
 
 _CLOSED = object()  # inbox sentinel: the stream is gone
 _FINISH = object()  # outbox sentinel: end the stream with status OK
@@ -242,15 +256,33 @@ class AlignmentService:
     """The ``semalign.v1.Alignment`` service: streams in, lobbies of links out.
 
     Args:
-        token: the per-session secret users must present in their HandshakeRequest.
-        lobby_wait: seconds a connecting user may wait for the next session to open.
+        secret: the AP's secret; user ``u``'s token is ``user_token(secret, u)``.
+        lobby_wait: seconds an authenticated user may wait for the next session to open.
+        first_message_timeout: seconds an authenticated stream has to send its handshake.
+        max_streams_per_address: open streams allowed from one peer address (host).
+        max_streams_per_user: open streams allowed for one user id.
     """
 
-    def __init__(self, token: str, *, lobby_wait: float = 300.0) -> None:
-        if not token:
-            raise UsageError("the alignment service needs a non-empty session token")
-        self._token = token.encode()
+    def __init__(
+        self,
+        secret: str,
+        *,
+        lobby_wait: float = 300.0,
+        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
+        max_streams_per_address: int = 8,
+        max_streams_per_user: int = 2,
+    ) -> None:
+        try:
+            self._secret = check_secret(secret)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         self.lobby_wait = lobby_wait
+        self.first_message_timeout = first_message_timeout
+        self.limits = {"address": max_streams_per_address, "user": max_streams_per_user}
+        self.open_streams: dict[tuple[str, str], int] = {}
+        self.refused: dict[str, int] = {}  # status code name -> count, for tests and logs
+        self._count_lock = threading.Lock()
+        self._refusal_log: dict[str, tuple[float, int, int]] = {}
         self._cond = threading.Condition()
         self._lobby: Lobby | None = None
         self._closing = False
@@ -287,34 +319,137 @@ class AlignmentService:
                 self._cond.wait(min(left, 0.5))
         return None
 
+    def _log_refusal(self, peer: str, what: str) -> None:
+        """Log a refused stream with its peer, at most LOG_REFUSALS per address per minute (a
+        flood must not flood the log too); the count of the others is logged with the next."""
+        host, now = _peer_host(peer), time.monotonic()
+        with self._count_lock:
+            start, logged, quiet = self._refusal_log.get(host, (now, 0, 0))
+            if now - start > 60:
+                start, logged = now, 0
+            if logged >= LOG_REFUSALS:
+                self._refusal_log[host] = (start, logged, quiet + 1)
+                return
+            self._refusal_log[host] = (start, logged + 1, 0)
+        more = f" (+{quiet} more from this address not logged)" if quiet else ""
+        log.warning("refused a stream from %s: %s%s", peer, what, more)
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str):
+        with self._count_lock:
+            self.refused[code.name] = self.refused.get(code.name, 0) + 1
+        context.abort(code, one_line(reason))
+
+    def _authenticate(self, context: grpc.ServicerContext) -> tuple[str, str]:
+        """(user id, token) the stream's metadata proves (constant-time token compare), or
+        abort UNAUTHENTICATED before anything is sent or read."""
+        metadata = {}
+        for key, value in context.invocation_metadata() or ():
+            if key in (USER_KEY, TOKEN_KEY) and isinstance(value, str):
+                metadata[key] = value
+        user_id, token = metadata.get(USER_KEY, ""), metadata.get(TOKEN_KEY, "")
+        if token_is_valid(self._secret, user_id, token):
+            return user_id, token
+        why = "no credentials" if not (user_id or token) else "invalid credentials"
+        self._log_refusal(context.peer(), f"{why} (user id {one_line(user_id, 80)!r})")
+        self._refuse(
+            context,
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{why}: a stream needs {USER_KEY} and that user's {TOKEN_KEY} in its metadata",
+        )
+        raise AssertionError("unreachable")  # context.abort raised
+
+    def _admit(self, context: grpc.ServicerContext, user_id: str) -> None:
+        """Count the stream against its address's and user id's limits (released when the
+        stream ends), or abort RESOURCE_EXHAUSTED: one peer cannot hold every worker."""
+        keys = [("address", _peer_host(context.peer())), ("user", user_id)]
+        with self._count_lock:
+            for key in keys:
+                if self.open_streams.get(key, 0) >= self.limits[key[0]]:
+                    full = key
+                    break
+            else:
+                full = None
+                for key in keys:
+                    self.open_streams[key] = self.open_streams.get(key, 0) + 1
+        if full is not None:
+            self._log_refusal(context.peer(), f"too many streams ({user_id!r})")
+            self._refuse(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many open streams for {full[0]} {full[1]} (at most {self.limits[full[0]]})",
+            )
+
+        def release() -> None:
+            with self._count_lock:
+                for key in keys:
+                    self.open_streams[key] -= 1
+                    if not self.open_streams[key]:
+                        del self.open_streams[key]
+
+        if not context.add_callback(release):  # the stream already ended
+            release()
+
+    def _handshake(
+        self, context: grpc.ServicerContext, request_iterator, credentials: tuple[str, str], lobby
+    ) -> bytes | None:
+        """The stream's first message, within ``first_message_timeout``: a HandshakeRequest of
+        the authenticated user id, its token field empty or the metadata's, within the bounds
+        of the session's configuration. Aborts the stream otherwise; ``None``: it closed."""
+        first = _first_message(request_iterator, self.first_message_timeout)
+        if first is _TIMEOUT:
+            self._refuse(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no handshake within {self.first_message_timeout:g} s",
+            )
+        if first is None:
+            return None
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        user_id, token = credentials
+        try:
+            msg = parse_user_message(first)
+            if msg.WhichOneof("body") != "handshake":
+                raise ProtocolError("the first message must be a HandshakeRequest")
+            req = msg.handshake
+            if req.user_id != user_id:
+                code = grpc.StatusCode.PERMISSION_DENIED
+                raise ProtocolError(
+                    f"handshake for user id {one_line(req.user_id, 80)!r} on a stream "
+                    f"authenticated as {user_id!r}"
+                )
+            if req.token and not hmac.compare_digest(req.token.encode(), token.encode()):
+                code = grpc.StatusCode.PERMISSION_DENIED
+                raise ProtocolError("the handshake's token differs from the stream's")
+            check_handshake(req, lobby.offer.config)
+        except ProtocolError as exc:
+            log.warning("refused %r from %s: %s", user_id, context.peer(), exc)
+            self._refuse(context, code, f"handshake refused: {exc}")
+        return first
+
     def session(self, request_iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """The ``Session`` method: raw UserMessage bytes in, raw ApMessage bytes out."""
+        """The ``Session`` method: raw UserMessage bytes in, raw ApMessage bytes out.
+
+        Order: credentials (metadata), stream limits, an open lobby, the offer, the handshake
+        (with a deadline), the lobby's own checks; only then the driver sees the stream.
+        """
+        credentials = self._authenticate(context)
+        user_id = credentials[0]
+        self._admit(context, user_id)
         lobby = self._wait_lobby(context)
         if lobby is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no alignment session is open at the AP")
         context.send_initial_metadata(((OFFER_KEY, lobby.offer.to_header()),))
-        try:
-            first = next(request_iterator)
-        except StopIteration:
+        first = self._handshake(context, request_iterator, credentials, lobby)
+        if first is None:
             return
-        try:
-            msg = parse_user_message(first)
-        except ProtocolError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if msg.WhichOneof("body") != "handshake":
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a HandshakeRequest"
-            )
-        if not hmac.compare_digest(msg.handshake.token.encode(), self._token):
-            log.warning("rejected %r from %s: bad token", msg.handshake.user_id, context.peer())
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid session token")
-        link = GrpcLink(msg.handshake.user_id, first, peer=context.peer())
+        link = GrpcLink(user_id, first, peer=context.peer())
         refused = lobby.join(link)
         if refused is not None:
             lobby.rejected.append(link.user_id)
             log.warning("rejected %r: %s", link.user_id, refused.reason)
             context.abort(refused.code, refused.reason)
-        context.add_callback(lambda: link._closed("the stream ended (user gone)"))
+        if not context.add_callback(lambda: link._closed("the stream ended (user gone)")):
+            link._closed("the stream ended (user gone)")
         threading.Thread(
             target=_read_stream,
             args=(request_iterator, link),
@@ -328,11 +463,50 @@ class AlignmentService:
         return grpc.method_handlers_generic_handler(SERVICE, {METHOD_NAME: method})
 
 
+_TIMEOUT = object()
+
+
+def _first_message(request_iterator, timeout: float) -> bytes | object | None:
+    """The next message of ``request_iterator`` within ``timeout`` s (``_TIMEOUT`` if none came;
+    ``None`` if the stream closed or broke). The reader thread ends with the stream."""
+    box: dict[str, bytes | None] = {"data": None}
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            box["data"] = next(request_iterator)
+        except Exception:  # noqa: BLE001 - StopIteration, or the RpcError of a broken stream
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name="first-message", daemon=True).start()
+    if not done.wait(timeout):
+        return _TIMEOUT
+    return box["data"]
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:1.2.3.4:5678`` -> ``ipv4:1.2.3.4``; ``ipv6:[::1]:5678`` -> ``ipv6:[::1]``."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
+#: Unread messages a user may have queued at the AP. The protocol is one reply per AP message,
+#: so an honest user has at most one or two ahead; more end its stream (RESOURCE_EXHAUSTED), so a
+#: user cannot fill the AP's memory while it waits in the lobby or for the other users.
+MAX_QUEUED = 8
+
+
 def _read_stream(request_iterator, link: GrpcLink) -> None:
     reason = "the stream broke"
     try:
         for data in request_iterator:
             link._incoming(data)
+            if link._inbox.qsize() > MAX_QUEUED:
+                reason = f"more than {MAX_QUEUED} messages ahead of the protocol"
+                link.abort(reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                return
         reason = "the user closed its stream"
     except Exception as exc:  # grpc raises a bare RpcError when the user cancels or vanishes
         details = getattr(exc, "details", None)
@@ -361,12 +535,16 @@ def start_server(
     tls: TlsFiles | None = None,
     max_workers: int = 64,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_receive_bytes: int = DEFAULT_RECEIVE_BYTES,
 ) -> RunningServer:
-    """Serve ``service`` on ``address`` (port 0: an ephemeral port). One worker per stream."""
+    """Serve ``service`` on ``address`` (port 0: an ephemeral port). One worker per stream;
+    at most ``max_workers`` streams at once (more get RESOURCE_EXHAUSTED, which users retry).
+    Messages from users larger than ``max_receive_bytes`` end their stream
+    (:func:`~semalign.common.contract.receive_limit` of the session)."""
     host, _ = check_address(address, what="listen address")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="alignment"),
-        options=server_options(max_message_bytes),
+        options=server_options(max_message_bytes, max_receive_bytes),
         maximum_concurrent_rpcs=max_workers,
     )
     server.add_generic_rpc_handlers((service.handler(),))

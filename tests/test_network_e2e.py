@@ -241,28 +241,41 @@ def test_refused_connection_fails_with_one_line(latents, tmp_path):
     assert "refused" in lines[0].lower()
 
 
-def test_semalign_ap_and_users_direct_with_token_from_environment(latents, simulated, tmp_path):
-    """`semalign ap` (no Flower) and two `semalign user --ap` processes, token in the env."""
+def test_semalign_ap_and_users_direct_with_their_own_tokens(latents, simulated, tmp_path):
+    """`semalign ap` (no Flower, secret in a file) and two `semalign user --ap` processes,
+    each with its own token from `semalign token` in its environment."""
     root, ap_enc, users = latents
     port = free_port()
-    env = child_env(SEMALIGN_TOKEN="shared-secret")
+    secret = tmp_path / "secret"
+    secret.write_text("e2e-secret-0123456789abcdef\n")
     out = tmp_path / "ap.json"
     with Processes(tmp_path / "logs") as procs:
         for i, encoder in enumerate(users, 1):
+            token = subprocess.run(
+                [*SEMALIGN, "token", f"user{i}", "--secret-file", str(secret)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
             argv = [*SEMALIGN, "user", "--ap", f"127.0.0.1:{port}", "--user-id", f"user{i}"]
             argv += ["--encoder", encoder, "--latents", str(root), "--connect-timeout", "60"]
             argv += ["--insecure"]
-            procs.start(f"user{i}", argv, env)
+            procs.start(f"user{i}", argv, child_env(SEMALIGN_TOKEN=token))
         argv = [*SEMALIGN, "ap", "--users", "user1,user2", "--listen", f"127.0.0.1:{port}"]
         argv += ["--latents", str(root), "--ap", ap_enc, *ALIGN, "--seeds", "7", "-q"]
         argv += ["--out", str(out), "--workdir", str(tmp_path / "work"), "--insecure"]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        argv += ["--secret-file", str(secret)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=child_env())
         assert done.returncode == 0, done.stderr[-3000:]
         for child in procs.children:  # each user saw its one session and exited cleanly
             assert child.proc.wait(20) == 0, child.tail()
             assert "session 1 (seed 7): ok, accuracy" in child.log_path.read_text()
-    _same_math(json.loads(out.read_text()), simulated)
-    assert "session token" not in done.stderr  # given, so not printed
+    results = json.loads(out.read_text())
+    _same_math(results, simulated)
+    assert "AP secret" not in done.stderr  # given, so not generated
+    assert not (tmp_path / "work" / "ap-secret").exists()
+    assert results["seeds"][0]["users"][0]["self_reported"]["samples"] > 0
+    assert "self_reported" in results["provenance"]
 
 
 def test_user_without_its_latents_fails_with_one_line(latents, capsys, monkeypatch):

@@ -14,6 +14,7 @@ from semalign.client.stream import run_user, user_factory
 from semalign.client.user import user_data_from_cache
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import TransportError
+from semalign.common.credentials import user_token
 from semalign.common.latents import load_encoder_splits
 from semalign.common.wire import from_matrix, parse_user_message
 from semalign.proto import semalign_pb2 as pb
@@ -25,7 +26,8 @@ from synthetic import make_latents
 from semalign.engine.scenario import load_scenario
 from semalign.engine.simulate import simulate
 
-TOKEN = "test-token"
+SECRET = "test-secret-0123456789"
+TOKEN = user_token(SECRET, "user1")
 CONFIG = AlignmentConfig(antennas_tx=2, antennas_rx=2, channel_uses=2, iterations=4)
 SEEDS = [27, 42]
 
@@ -53,7 +55,8 @@ class Tap(AlignmentService):
         yield from super().session(tapped(), context)
 
 
-def start_users(address, root, encoders, *, token=TOKEN, make=None, errors=None, connect=10.0):
+def start_users(address, root, encoders, *, token=None, make=None, errors=None, connect=10.0):
+    """One thread per user running run_user with its own token (or ``token`` for every one)."""
     reports, threads = {}, []
     errors = errors if errors is not None else {}
     for ordinal, enc in enumerate(encoders):
@@ -69,7 +72,11 @@ def start_users(address, root, encoders, *, token=TOKEN, make=None, errors=None,
         def target(uid=uid, factory=factory):
             try:
                 reports[uid] = run_user(
-                    address, token, factory, connect_timeout=connect, user_id=uid
+                    address,
+                    token or user_token(SECRET, uid),
+                    factory,
+                    connect_timeout=connect,
+                    user_id=uid,
                 )
             except Exception as exc:  # noqa: BLE001 - reported to the test
                 errors[uid] = exc
@@ -97,7 +104,7 @@ def run_ap(service, root, ap_enc, n_users, config=CONFIG, seeds=SEEDS, **kwargs)
 
 def test_grpc_session_matches_simulator_and_measures_bytes(latents):
     root, ap_enc, encoders = latents
-    service = Tap(TOKEN)
+    service = Tap(SECRET)
     server = start_server(service, "127.0.0.1:0")
     try:
         reports, threads, errors = start_users(server.address, root, encoders)
@@ -147,7 +154,7 @@ def test_grpc_session_matches_simulator_and_measures_bytes(latents):
 def test_ap_receives_only_whitened_statistics(latents):
     """Privacy: every message the AP receives is a handshake, A_l/P_l upload, ack or report."""
     root, ap_enc, encoders = latents
-    service = Tap(TOKEN)
+    service = Tap(SECRET)
     server = start_server(service, "127.0.0.1:0")
     try:
         _, threads, errors = start_users(server.address, root, encoders)
@@ -169,7 +176,8 @@ def test_ap_receives_only_whitened_statistics(latents):
         kinds[kind] = kinds.get(kind, 0) + 1
         if kind == "handshake":
             h = msg.handshake
-            assert h.token == TOKEN and from_matrix(h.csi).shape == (2, 2)
+            assert h.token == user_token(SECRET, h.user_id)
+            assert from_matrix(h.csi).shape == (2, 2)
         elif kind == "upload":
             assert from_matrix(msg.upload.a).shape == (knt, knt)
             assert from_matrix(msg.upload.p).shape == (knt, n)
@@ -192,7 +200,7 @@ def test_ap_receives_only_whitened_statistics(latents):
 
 def test_bad_token_is_refused_with_one_line(latents):
     root, ap_enc, encoders = latents
-    service = AlignmentService(TOKEN)
+    service = AlignmentService(SECRET)
     server = start_server(service, "127.0.0.1:0")
     errors: dict = {}
     try:
@@ -217,20 +225,22 @@ def test_refused_connection_and_bad_address_fail_fast_with_one_line():
         port = sock.getsockname()[1]
     start = time.perf_counter()
     with pytest.raises(TransportError) as err:
-        run_user(f"127.0.0.1:{port}", TOKEN, lambda offer: None, connect_timeout=1.0)
+        run_user(
+            f"127.0.0.1:{port}", TOKEN, lambda offer: None, connect_timeout=1.0, user_id="user1"
+        )
     assert time.perf_counter() - start < 5
     text = str(err.value)
     assert f"127.0.0.1:{port}" in text and "\n" not in text
     assert "refused" in text.lower() or "unavailable" in text.lower() or "connect" in text.lower()
     for bad in ("nohostport", "127.0.0.1:99999", ""):
         with pytest.raises(TransportError, match="bad AP address"):
-            run_user(bad, TOKEN, lambda offer: None, connect_timeout=1.0)
+            run_user(bad, TOKEN, lambda offer: None, connect_timeout=1.0, user_id="user1")
 
 
 def test_stalled_and_dead_users_are_dropped_and_session_finishes(latents):
     """user2 stalls at round 1, user3 dies there: both dropped, results still written."""
     root, ap_enc, encoders = latents
-    service = AlignmentService(TOKEN)
+    service = AlignmentService(SECRET)
     server = start_server(service, "127.0.0.1:0")
     release = threading.Event()
 
@@ -343,7 +353,7 @@ def test_tls_session_and_plaintext_client_refused(latents, tmp_path):
 
     root, ap_enc, encoders = latents
     files = _write_tls(tmp_path)
-    service = AlignmentService(TOKEN)
+    service = AlignmentService(SECRET)
     server = start_server(
         service, "127.0.0.1:0", tls=TlsFiles(cert=files["cert.pem"], key=files["key.pem"])
     )
@@ -353,7 +363,7 @@ def test_tls_session_and_plaintext_client_refused(latents, tmp_path):
             "user1", encoders[0], 0, lambda pf: user_data_from_cache(root, encoders[0], pf)
         )
         with pytest.raises(TransportError, match="cannot reach the AP"):
-            run_user(server.address, TOKEN, factory, connect_timeout=1.0)  # no TLS: refused
+            run_user(server.address, TOKEN, factory, connect_timeout=1.0, user_id="user1")
         result = {}
         thread = threading.Thread(
             target=lambda: result.update(
@@ -363,6 +373,7 @@ def test_tls_session_and_plaintext_client_refused(latents, tmp_path):
                     factory,
                     tls=TlsFiles(ca=files["ca.pem"]),
                     connect_timeout=10,
+                    user_id="user1",
                 )
             ),
             daemon=True,

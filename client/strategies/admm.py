@@ -12,7 +12,7 @@ import numpy as np
 from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.common import admm
 from semalign.common.errors import ProtocolError
-from semalign.common.wire import from_matrix, to_matrix
+from semalign.common.wire import check_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
 
 
@@ -26,14 +26,12 @@ class AdmmUser(UserStrategy):
     def on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
         user = self.user
         acc = user.accept
-        s = from_matrix(msg.symbols).astype(np.complex128)
         k = acc.channel_uses
         expected = (
             k * (user.antennas_rx if acc.channel_aware else acc.antennas_tx),
             len(acc.pilot_ids),
         )
-        if s.shape != expected:
-            raise ProtocolError(f"broadcast shape {s.shape}, expected {expected}")
+        s = check_matrix(msg.symbols, "broadcast symbols", expected).astype(np.complex128)
         if not acc.channel_aware:  # S_l = H_l (F X) on the user's estimate of H_l, no noise
             s = user.design_channel(s, noiseless=True)
         products = admm.pilot_products(user.y, s, user.y_norm2)

@@ -13,7 +13,8 @@ from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.common import baselines
 from semalign.common.errors import ProtocolError
 from semalign.common.packing import complex_dim
-from semalign.common.wire import from_matrix
+from semalign.common.validation import check_indices
+from semalign.common.wire import check_matrix
 from semalign.proto import semalign_pb2 as pb
 
 
@@ -34,13 +35,23 @@ class BaselineUser(UserStrategy):
         return baselines.scatter(estimate, indices.astype(np.int64), complex_dim(acc.ap_latent_dim))
 
     def on_pilots(self, msg: pb.PilotTransmission) -> bytes:
+        """Checks: symbols (K N_T, n) complex and finite, indices (K N_T, n) in [0, d/2), the
+        reference (d/2, n) for a full-feature fit; one pilot transmission only."""
         user = self.user
         acc = user.accept
-        source = self._received(from_matrix(msg.symbols), from_matrix(msg.indices))
+        if self.alignment is not None:
+            raise ProtocolError("a second pilot transmission")
+        shape = (acc.channel_uses * acc.antennas_tx, len(acc.pilot_ids))
+        symbols = check_matrix(msg.symbols, "pilot symbols", shape)
+        indices = check_indices(msg.indices, shape, acc.ap_latent_dim)
+        source = self._received(symbols, indices)
         if acc.baseline_fit == pb.FULL:
             if not msg.HasField("reference"):
                 raise ProtocolError("full-feature fit needs the AP's reference pilots")
-            self.alignment = baselines.fit_alignment(from_matrix(msg.reference), user.y)
+            reference = check_matrix(
+                msg.reference, "reference pilots", (complex_dim(acc.ap_latent_dim), shape[1])
+            )
+            self.alignment = baselines.fit_alignment(reference, user.y)
         else:
             self.alignment = baselines.fit_alignment(source, user.y)
         residual = user.y - self.alignment @ source

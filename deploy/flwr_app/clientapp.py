@@ -9,9 +9,11 @@ The SuperNode's node config says who this user is (``semalign user`` writes it):
 * optional ``antennas-rx``/``snr-db`` overrides, ``tls-ca``/``tls-cert``/``tls-key`` paths,
   ``connect-timeout-s``.
 
-When the ServerApp's invitation arrives, the ClientApp loads this user's private latents, joins
-the AP's alignment service over one gRPC stream per session (:func:`run_user`) and, once the AP
-has run its last session, answers the invitation with its final report. Latents never leave.
+The ServerApp first asks who this SuperNode is (``identify``: the node config's ``user-id``),
+then invites it with that user's own token. When the invitation arrives, the ClientApp loads
+this user's private latents, joins the AP's alignment service over one gRPC stream per session
+(:func:`run_user`) and, once the AP has run its last session, answers the invitation with its
+final report. Latents never leave.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict
     return [r.as_dict() for r in reports]
 
 
+@app.query("identify")
+def identify(message: Message, context: Context) -> Message:
+    """Which user id this SuperNode runs (the ServerApp then sends that user's token only)."""
+    user_id = str(dict(context.node_config).get("user-id", ""))
+    return Message(RecordDict({"identity": ConfigRecord({"user-id": user_id})}), reply_to=message)
+
+
 @app.query("invitation")
 def invitation(message: Message, context: Context) -> Message:
     node = dict(context.node_config)
@@ -86,6 +95,8 @@ def invitation(message: Message, context: Context) -> Message:
     user_id = str(node.get("user-id", "?"))
     payload: dict = {"encoder": str(node.get("encoder", "")), "pid": os.getpid()}
     try:
+        if str(inv["user-id"]) != user_id:
+            raise ValueError(f"invited as {inv['user-id']!r}, this node runs {user_id!r}")
         payload["sessions"] = run_invitation(
             node, str(inv["address"]), str(inv["token"]), bool(inv["tls"])
         )

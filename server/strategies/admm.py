@@ -17,7 +17,8 @@ import numpy as np
 from semalign.common import admm
 from semalign.common.channel import block_channel
 from semalign.common.errors import ProtocolError
-from semalign.common.wire import from_matrix, to_matrix
+from semalign.common.validation import check_bounded, check_terms, one_line
+from semalign.common.wire import check_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
 
@@ -89,24 +90,25 @@ class AdmmStrategy(ApStrategy):
         return out
 
     def receive_upload(self, state: UserState, upload: pb.RoundUpload) -> None:
-        """Keep A_l (K N_T, K N_T) and P_l (K N_T, n) of this round, after checking them."""
+        """Keep A_l (K N_T, K N_T) and P_l (K N_T, n) of this round, after checking them:
+        this session and round, complex64 of exactly these shapes, finite, |entries| <= MAX_ABS,
+        A_l Hermitian."""
         ap, user_id = self.ap, state.user_id
         if upload.session_id != ap.session_id or upload.round != ap.round:
             raise ProtocolError(
-                f"upload from {user_id} for session {upload.session_id} round "
+                f"upload from {user_id} for session {one_line(upload.session_id, 40)!r} round "
                 f"{upload.round}, expected {ap.session_id} round {ap.round}"
             )
-        a = from_matrix(upload.a).astype(np.complex128)
-        p = from_matrix(upload.p).astype(np.complex128)
-        if a.shape != (ap.symbols, ap.symbols) or p.shape != (ap.symbols, ap.n):
-            raise ProtocolError(
-                f"upload from {user_id}: A {a.shape}, P {p.shape}; expected "
-                f"({ap.symbols}, {ap.symbols}) and ({ap.symbols}, {ap.n})"
-            )
-        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(p))):
-            raise ProtocolError(f"upload from {user_id} contains non-finite values")
+        what = f"upload from {user_id}"
+        s, n = ap.symbols, ap.n
+        a = check_matrix(upload.a, f"{what}: A", (s, s), (pb.COMPLEX64,))
+        p = check_matrix(upload.p, f"{what}: P", (s, n), (pb.COMPLEX64,))
+        a = check_bounded(a, f"{what}: A").astype(np.complex128)
+        p = check_bounded(p, f"{what}: P").astype(np.complex128)
+        if np.max(np.abs(a - a.conj().T), initial=0.0) > 1e-5 * np.max(np.abs(a), initial=1.0):
+            raise ProtocolError(f"{what}: A is not Hermitian")
         state.upload = (a, p)
-        state.terms = (upload.squared_error, upload.noise_term)
+        state.terms = check_terms(upload.squared_error, upload.noise_term, what)
 
     def f_step(self, state: UserState, variables: AdmmVariables) -> np.ndarray:
         """User ``state``'s local F_l (K N_T, c) from its upload (eqs. 11-15)."""
