@@ -50,7 +50,7 @@ def execute(run: Run) -> list[dict[str, Any]]:
 
     scenario = _scenario(run.spec)
     for encoder in run.spec.users:
-        data = scenario.data_for(encoder, run.config.pilot_fraction)
+        data = scenario.data_for(encoder, run.config.pilot_fraction, run.config)
         data.whitened_pilots(list(range(len(data.pilot_ids))))
     return rows_from_seed(run, simulate_seed(scenario, run.config))
 
