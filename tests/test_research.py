@@ -158,3 +158,28 @@ def test_cli_options_generated():
         ["simulate", "--task-model", "mlp", "--target", "logits", "--pilot-selection", "herding"]
     )
     assert (args.task_model, args.target, args.pilot_selection) == ("mlp", "logits", "herding")
+
+
+def test_digits_aug_is_seeded_prefix_stable_and_split_disjoint():
+    from semalign.encoders.augment import AUG_SIZE
+    from semalign.encoders.datasets import load_dataset
+
+    base = load_dataset("digits")
+    small, larger = load_dataset("digits-aug", limit=12), load_dataset("digits-aug", limit=20)
+    for split in ("train", "val", "test"):
+        images, labels = small[split].images, small[split].labels
+        assert images.shape == (12, AUG_SIZE, AUG_SIZE, 3) and images.dtype == np.uint8
+        np.testing.assert_array_equal(images, larger[split].images[:12])  # a limit is a prefix
+        n = len(base[split].labels)  # rows of a split come from that split's originals only
+        np.testing.assert_array_equal(labels, base[split].labels[np.arange(12) % n])
+    assert not np.array_equal(small["train"].images[0], small["test"].images[0])
+
+
+def test_encode_digits_aug_with_a_limit(tmp_path):
+    from semalign.cli import main
+
+    argv = ["encode", "--dataset", "digits-aug", "--encoders", "mobilenetv3_small_075"]
+    argv += ["--cache-dir", str(tmp_path), "--image-size", "16", "--epochs", "1"]
+    assert main([*argv, "--limit", "32", "--no-progress"]) == 0
+    train = load_split(tmp_path / "digits-aug", "mobilenetv3_small_075", "train")
+    assert len(train.labels) == 32
