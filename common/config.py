@@ -72,6 +72,12 @@ class AlignmentConfig(BaseModel):
         "first",
         description="which train points are pilots (chosen by the AP in its whitened space)",
     )
+    user_groups: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="fed: groups of compatible users, one F each, sharing the K channel uses",
+    )
 
     @field_validator("strategy", mode="plain")
     @classmethod

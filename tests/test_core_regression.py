@@ -107,6 +107,7 @@ ADDED_CONFIG = {
     "target": "latents",
     "target_dim": 0,
     "pilot_selection": "first",
+    "user_groups": 1,
 }
 
 

@@ -183,3 +183,20 @@ def test_encode_digits_aug_with_a_limit(tmp_path):
     assert main([*argv, "--limit", "32", "--no-progress"]) == 0
     train = load_split(tmp_path / "digits-aug", "mobilenetv3_small_075", "train")
     assert len(train.labels) == 32
+
+
+def test_user_groups_split_channel_uses_and_keep_channels(tmp_path):
+    from semalign.engine.grouping import cluster, split_channel_uses
+
+    root, ap, users = make_latents(tmp_path / "lat", user_dims=(12, 20, 10, 14))
+    scenario = load_scenario(root, ap, users)
+    config = AlignmentConfig(**{**SMALL, "channel_uses": 2, "user_groups": 2})
+    result = simulate(scenario, config, [27]).to_dict()
+    info = result["seeds"][0]["grouping"]
+    assert sorted(sum(info["groups"], [])) == sorted(users)
+    assert sum(info["channel_uses"]) == 2 and len(info["groups"]) == 2
+    assert [u["name"] for u in result["users"]] == ["user1", "user2", "user3", "user4"]
+    assert 0.0 <= result["mean_accuracy"] <= 1.0
+    sim = np.array([[1, 0.9, 0.1], [0.9, 1, 0.2], [0.1, 0.2, 1.0]])
+    assert cluster(sim, 2) == [[0, 1], [2]]
+    assert split_channel_uses(5, [[0], [1]]) == [3, 2]
