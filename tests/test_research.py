@@ -200,3 +200,26 @@ def test_user_groups_split_channel_uses_and_keep_channels(tmp_path):
     sim = np.array([[1, 0.9, 0.1], [0.9, 1, 0.2], [0.1, 0.2, 1.0]])
     assert cluster(sim, 2) == [[0, 1], [2]]
     assert split_channel_uses(5, [[0], [1]]) == [3, 2]
+
+
+def test_networked_user_honours_research_options(cache):
+    from semalign.client.stream import user_factory
+    from semalign.client.task import task_user_data
+    from semalign.client.user import user_data_from_cache
+    from semalign.common.contract import SessionOffer
+    from semalign.common.errors import ProtocolError
+
+    root, _, users = cache
+    config = AlignmentConfig(**{**SMALL, "target": "logits"})
+    offer = SessionOffer(session_id="s", index=0, sessions=1, config=config)
+    old = user_factory("u", users[0], 0, lambda pf: user_data_from_cache(root, users[0], pf))
+    with pytest.raises(ProtocolError, match="research options"):
+        old(offer)
+
+    def load(pf, config=None):
+        if config is None:
+            return user_data_from_cache(root, users[0], pf)
+        return task_user_data(root, users[0], config)
+
+    user = user_factory("u", users[0], 0, load)(offer)
+    assert user.data.pilot_latents.shape[1] == 4  # the 4 classes' logits
