@@ -102,10 +102,24 @@ class Outline:
         return self.cells * len(self.grid.seeds)
 
 
+#: Research options (docs/research.md) and their paper values: omitted from a cell's key at
+#: those values, so the cells of the paper's method keep their keys.
+RESEARCH_DEFAULTS = {
+    "task_model": "logistic",
+    "target": "latents",
+    "target_dim": 0,
+    "pilot_selection": "first",
+    "user_groups": 1,
+}
+
+
 def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     """Hash of every parameter of a cell (everything but the seed)."""
     params = config.model_dump()
     params.pop("seed")
+    for name, paper in RESEARCH_DEFAULTS.items():  # keys of the paper's cells stay as they were
+        if params.get(name) == paper:
+            params.pop(name)
     payload = {
         "schema": SCHEMA,
         "latents": spec.latents_dir,
