@@ -24,8 +24,12 @@ BUDGETS = (0.05, 0.1, 0.2, 0.5, 1.0)
 METHODS = ("random", "k-center", "herding")
 
 
+PREFIX = "i3_"
+
+
 def result_path(out: Path, method: str, budget: float) -> Path:
-    return out / (f"i3_first_{budget}.json" if budget == 1.0 else f"i3_{method}_{budget}.json")
+    name = f"first_{budget}" if budget == 1.0 else f"{method}_{budget}"
+    return out / f"{PREFIX}{name}.json"
 
 
 def run(latents: str, out: Path, users: str, seeds: str, k: int) -> None:
@@ -40,7 +44,7 @@ def run(latents: str, out: Path, users: str, seeds: str, k: int) -> None:
             subprocess.run([*cmd, "--out", str(path)], check=True)
 
 
-def plot(out: Path, figure: Path) -> None:
+def plot(out: Path, figure: Path, users: str = "paper-users") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,8 +64,8 @@ def plot(out: Path, figure: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks([100 * b for b in BUDGETS], [f"{100 * b:g}" for b in BUDGETS])
     ax.set_xlabel("pilot budget (% of train)")
-    ax.set_ylabel("mean accuracy (10 users)")
-    ax.set_title("fed, K=4, 4x4, 20 dB, digits, seeds 27, 42", fontsize=9)
+    ax.set_ylabel("mean accuracy over users")
+    ax.set_title(f"fed, K=4, 4x4, 20 dB, digits, {users}, seeds 27, 42", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(title="pilot selection", fontsize=8)
     fig.tight_layout()
@@ -79,12 +83,14 @@ def main() -> int:
     parser.add_argument("--channel-uses", type=int, default=4)
     parser.add_argument("--figure", default="docs/figures/research-pilot-selection.png")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--prefix", default=PREFIX, help="result file prefix")
     args = parser.parse_args()
+    globals()["PREFIX"] = args.prefix
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not args.plot_only:
         run(args.latents, out, args.users, args.seeds, args.channel_uses)
-    plot(out, Path(args.figure))
+    plot(out, Path(args.figure), args.users)
     return 0
 
 

@@ -200,6 +200,8 @@ def test_user_groups_split_channel_uses_and_keep_channels(tmp_path):
     sim = np.array([[1, 0.9, 0.1], [0.9, 1, 0.2], [0.1, 0.2, 1.0]])
     assert cluster(sim, 2) == [[0, 1], [2]]
     assert split_channel_uses(5, [[0], [1]]) == [3, 2]
+    assert split_channel_uses(4, [list(range(9)), [9]]) == [3, 1]
+    assert split_channel_uses(8, [list(range(9)), [9]]) == [6, 2]
 
 
 def test_networked_user_honours_research_options(cache):

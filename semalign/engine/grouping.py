@@ -7,7 +7,7 @@
    pilot-space directions the two users ask for coincide. No new statistic leaves a user.
 2. *Cluster*: average-linkage clustering on 1 - CKA into ``user_groups`` groups.
 3. *Align*: one session per group, each with its own F, at equal total channel uses: group g
-   gets K_g channel uses, sum_g K_g = K (K split evenly, the remainder to the largest groups);
+   gets K_g >= 1 channel uses, sum_g K_g = K, in proportion to its number of users;
    users keep their own channels (seeded by their position in the full user list).
 
 The probe's pilot traffic is an overhead the single-F run does not pay (reported in the
@@ -74,11 +74,18 @@ def cluster(similarity: np.ndarray, groups: int) -> list[list[int]]:
 
 
 def split_channel_uses(total: int, groups: list[list[int]]) -> list[int]:
-    """K_g per group (sum = ``total``): an even split, the remainder to the first groups."""
+    """K_g per group (sum = ``total``, each >= 1): proportional to the group's size, largest
+    remainders first (ties: the earlier group)."""
     if total < len(groups):
         raise UsageError(f"K={total} channel uses cannot serve {len(groups)} groups")
-    base, extra = divmod(total, len(groups))
-    return [base + (1 if g < extra else 0) for g in range(len(groups))]
+    users = sum(len(g) for g in groups)
+    spare = total - len(groups)  # one use each, the rest by size
+    shares = [spare * len(g) / users for g in groups]
+    uses = [1 + int(share) for share in shares]
+    order = sorted(range(len(groups)), key=lambda g: (-(shares[g] - int(shares[g])), g))
+    for g in order[: total - sum(uses)]:
+        uses[g] += 1
+    return uses
 
 
 def _group_seed(scenario, config, members, channel_uses) -> SeedResult:
