@@ -287,12 +287,50 @@ def user_factory(
             overrides["channel"] = _same_snr_for_all(config.channel)
         if overrides:
             config = config.model_copy(update=overrides)
+        if not _paper_user_side(config):
+            return build_user(
+                user_id, encoder, _task_data(config), config, ordinal, offer.users or None
+            )
         if config.pilot_fraction not in cache:
             cache[config.pilot_fraction] = load_data(config.pilot_fraction)
         data = cache[config.pilot_fraction]
         return build_user(user_id, encoder, data, config, ordinal, offer.users or None)
 
+    task_cache: dict[tuple, UserData] = {}
+
+    def _task_data(config) -> UserData:
+        """Research options (task model, target, pilot selection): ``load_data`` must take
+        the config as a second argument (:func:`semalign.client.task.task_user_data`)."""
+        from semalign.client.task import data_key
+        from semalign.common.errors import ProtocolError
+
+        if _positional_count(load_data) < 2:
+            raise ProtocolError(
+                "the AP asks for research options (task_model/target/pilot_selection) this "
+                "user's data loader does not support"
+            )
+        key = data_key(config)
+        if key not in task_cache:
+            task_cache[key] = load_data(config.pilot_fraction, config)
+        return task_cache[key]
+
     return make
+
+
+def _paper_user_side(config) -> bool:
+    from semalign.client.task import is_default
+
+    return is_default(config)
+
+
+def _positional_count(func) -> int:
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _same_snr_for_all(channel: ChannelConfig) -> ChannelConfig:

@@ -35,6 +35,21 @@ class LinearClassifier:
     bias: np.ndarray
     classes: np.ndarray
 
+    kind = "logistic"
+
+    @property
+    def first_weight(self) -> np.ndarray:
+        """(c, d): the linear map applied to :meth:`features` (task-oriented targets)."""
+        return self.weight
+
+    def features(self, latents: np.ndarray) -> np.ndarray:
+        """Standardized latents (n, d): the input of the linear map."""
+        return (np.asarray(latents, dtype=np.float64) - self.mean) / self.scale
+
+    def head(self, features: np.ndarray) -> np.ndarray:
+        """Scores (n, c) from :meth:`features` (n, d)."""
+        return np.asarray(features, dtype=np.float64) @ self.weight.T + self.bias
+
     def decision_function(self, latents: np.ndarray) -> np.ndarray:
         """Scores (n, c) for latents (n, d)."""
         z = (np.asarray(latents, dtype=np.float64) - self.mean) / self.scale

@@ -25,6 +25,9 @@ STRATEGIES: tuple[str, ...] = strategy_names()
 ADMM_STRATEGIES: tuple[str, ...] = admm_strategy_names()
 BaselineFit = Literal["received", "full"]
 IndexCost = Literal["none", "channel-uses"]
+TaskModelKind = Literal["logistic", "mlp"]
+Target = Literal["latents", "logits", "task-subspace"]
+PilotSelection = Literal["first", "random", "k-center", "herding"]
 
 
 class GeometryError(UsageError, ValueError):
@@ -59,6 +62,28 @@ class AlignmentConfig(BaseModel):
         "(default: i.i.d. Rayleigh, perfect CSI, snr_db for every user)",
     )
     seed: int = Field(42, ge=0, le=2**32 - 1)
+    # ---- research options (docs/research.md); their defaults are the paper's method
+    task_model: TaskModelKind = Field(
+        "logistic",
+        description="each user's task model: logistic regression or the paper's MLP",
+    )
+    target: Target = Field(
+        "latents",
+        description="what users align: native latents, task-model logits or the task subspace",
+    )
+    target_dim: int = Field(
+        0, ge=0, le=4096, description="task-subspace dimension r (0: the number of classes)"
+    )
+    pilot_selection: PilotSelection = Field(
+        "first",
+        description="which train points are pilots (chosen by the AP in its whitened space)",
+    )
+    user_groups: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="fed: groups of compatible users, one F each, sharing the K channel uses",
+    )
 
     @field_validator("strategy", mode="plain")
     @classmethod

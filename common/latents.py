@@ -140,6 +140,58 @@ def load_classifier(
     return train_classifier(train.latents, train.labels, seed=seed)
 
 
+#: Cache file of the MLP task model (``task_model="mlp"``), next to ``classifier.npz``.
+MLP_CLASSIFIER_FILE = "classifier-mlp.npz"
+
+#: Task models trained in this process, by (train file, its mtime, kind, seed).
+_TASK_MODELS: dict[tuple, object] = {}
+
+
+def load_task_model(
+    latents_dir: str | Path, encoder: str, train: Split, *, kind: str = "logistic", seed: int = 0
+):
+    """The encoder owner's task model of ``kind`` (``logistic``: :func:`load_classifier`).
+
+    ``mlp`` is read from ``classifier-mlp.npz`` when its dimension and recipe match, else
+    trained on the native train latents and written there (when the folder is writable); a
+    process keeps what it trained, so no model is trained twice.
+    """
+    if kind == "logistic":
+        return load_classifier(latents_dir, encoder, train, seed=seed)
+    from semalign.common.task_models import (
+        MlpClassifier,
+        recipe_key,
+        train_task_model,
+    )
+
+    path = Path(latents_dir) / encoder / MLP_CLASSIFIER_FILE
+    train_file = split_path(latents_dir, encoder, "train")
+    stamp = train_file.stat().st_mtime_ns if train_file.exists() else 0
+    memo = (str(train_file.resolve()), stamp, kind, seed, len(train.labels))
+    if memo in _TASK_MODELS:
+        return _TASK_MODELS[memo]
+    model = None
+    if path.exists() and seed == 0:
+        try:
+            cached = MlpClassifier.load(path)
+            if cached.input_dim == train.latents.shape[1] and cached.recipe == recipe_key():
+                model = cached
+            else:
+                log.warning("%s: other dimension or recipe, retraining", path)
+        except LatentsError as exc:
+            log.warning("%s unreadable (%s), retraining", path, exc)
+    if model is None:
+        log.info("training %s task model for %s on %d latents", kind, encoder, len(train.labels))
+        model = train_task_model(kind, train.latents, train.labels, seed=seed)
+        if seed == 0:
+            try:
+                model.save(path)
+            except OSError as exc:
+                log.warning("cannot cache %s (%s)", path, exc)
+    _TASK_MODELS[memo] = model
+    return model
+
+
 def pilot_count(n_train: int, pilot_fraction: float) -> int:
     """Pilots are the first ``pilot_fraction`` of the train split (at least 2)."""
     return max(2, int(round(n_train * pilot_fraction)))

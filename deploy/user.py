@@ -196,7 +196,11 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
     if not token:
         raise UsageError(f"this user's token is needed: --token or ${TOKEN_ENV}")
 
-    def load(pilot_fraction: float):
+    def load(pilot_fraction: float, config=None):
+        if config is not None:  # research options (semalign.client.task)
+            from semalign.client.task import task_user_data
+
+            return task_user_data(cache, args.encoder, config)
         return user_data_from_cache(cache, args.encoder, pilot_fraction)
 
     factory = user_factory(

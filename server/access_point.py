@@ -334,6 +334,16 @@ def build_access_point(
     from semalign.common.latents import pilot_count
 
     n = pilot_count(len(ap_train), config.pilot_fraction)
+    if getattr(config, "pilot_selection", "first") != "first":
+        from semalign.common.pilots import select_pilots
+
+        ids = select_pilots(ap_train, n, config.pilot_selection, config.seed)
+        return AccessPoint(
+            config=config,
+            pilot_latents=ap_train[ids],
+            pilot_ids=ids,
+            expected_users=expected_users,
+        )
     return AccessPoint(
         config=config,
         pilot_latents=ap_train[:n],

@@ -46,7 +46,15 @@ def load_user_data(node: dict):
 
         cache = str(node.get("cache-dir", "") or "") or default_cache_dir()
         latents = str(ensure_latents(str(node.get("dataset", "digits")), [encoder], cache))
-    return lambda pilot_fraction: user_data_from_cache(latents, encoder, pilot_fraction)
+
+    def load(pilot_fraction: float, config=None):
+        if config is not None:  # research options (semalign.client.task)
+            from semalign.client.task import task_user_data
+
+            return task_user_data(latents, encoder, config)
+        return user_data_from_cache(latents, encoder, pilot_fraction)
+
+    return load
 
 
 def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict]:

@@ -10,6 +10,9 @@ fast with a message saying what to do (never a hang).
 Images are kept as uint8 (n, h, w, 3) at their native resolution; ``to_tensor`` converts a batch
 to float (b, 3, s, s) in [0, 1] at the requested size. The split never depends on the training
 seed, so row i of a split is the same data point for every encoder and every seed.
+
+``digits-aug`` is digits grown to CIFAR-10's sizes (50,000 / 5,000 / 10,000, 32x32 colour) by
+seeded augmentation within each split (:mod:`semalign.encoders.augment`: what it is and is not).
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ from semalign.encoders.registry import unknown_name_message
 log = logging.getLogger(__name__)
 
 #: Known datasets.
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "digits-aug")
 
 #: Bumped whenever a dataset's split or preprocessing changes; part of every cache key.
-DATA_VERSIONS: dict[str, int] = {"digits": 1, "cifar10": 1}
+DATA_VERSIONS: dict[str, int] = {"digits": 1, "cifar10": 1, "digits-aug": 1}
 
 
 #: Whether horizontal flips are label-preserving (not for digits).
-FLIP_OK: dict[str, bool] = {"digits": False, "cifar10": True}
+FLIP_OK: dict[str, bool] = {"digits": False, "cifar10": True, "digits-aug": False}
 
 _SPLIT_SEED = 0
 _CIFAR_URL_HOST = ("www.cs.toronto.edu", 443)
@@ -95,6 +98,8 @@ def load_dataset(
     check_dataset_name(name)
     if name == "digits":
         dataset = _load_digits()
+    elif name == "digits-aug":
+        return _load_digits_aug(limit)
     else:
         dataset = _load_cifar10(data_dir, download_root)
     if limit is not None:
@@ -138,6 +143,20 @@ def _load_digits() -> Dataset:
         name: Split(images[idx], labels[idx]) for name, idx in zip(SPLITS, parts, strict=True)
     }
     return Dataset("digits", splits)
+
+
+def _load_digits_aug(limit: int | None) -> Dataset:
+    """``digits-aug`` (:mod:`semalign.encoders.augment`); ``limit`` generates only a prefix."""
+    from semalign.encoders.augment import AUG_SIZES, augment_split
+
+    if limit is not None and limit < 10:
+        raise ValueError(f"limit must be at least 10 rows per split, got {limit}")
+    base = _load_digits()
+    splits = {}
+    for name in SPLITS:
+        rows = AUG_SIZES[name] if limit is None else min(limit, AUG_SIZES[name])
+        splits[name] = Split(*augment_split(base[name].images, base[name].labels, name, rows))
+    return Dataset("digits-aug", splits)
 
 
 def _find_cifar_dir(root: Path) -> Path | None:

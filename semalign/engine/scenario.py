@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semalign.client.task import data_key, is_default, task_user_data
 from semalign.client.user import User, UserData, build_user, user_data_from_cache
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError
@@ -26,7 +27,16 @@ class Scenario:
     ap_test: np.ndarray  # (n_test, d)
     user_data: dict[tuple[str, float], UserData]
 
-    def data_for(self, encoder: str, pilot_fraction: float) -> UserData:
+    def data_for(
+        self, encoder: str, pilot_fraction: float, config: AlignmentConfig | None = None
+    ) -> UserData:
+        """A user's data, loaded once per what it depends on (``config``: its research options,
+        :mod:`semalign.client.task`; ``None``: the paper's user side)."""
+        if config is not None and not is_default(config):
+            key = (encoder, *data_key(config))
+            if key not in self.user_data:
+                self.user_data[key] = task_user_data(self.latents_dir, encoder, config)
+            return self.user_data[key]
         key = (encoder, pilot_fraction)
         if key not in self.user_data:
             self.user_data[key] = user_data_from_cache(self.latents_dir, encoder, pilot_fraction)
@@ -61,7 +71,14 @@ def build_session(scenario: Scenario, config: AlignmentConfig) -> tuple[AccessPo
     ap = build_access_point(scenario.ap_train, config, len(scenario.user_encoders))
     count = len(scenario.user_encoders)
     users = [
-        build_user(name, enc, scenario.data_for(enc, config.pilot_fraction), config, ordinal, count)
+        build_user(
+            name,
+            enc,
+            scenario.data_for(enc, config.pilot_fraction, config),
+            config,
+            ordinal,
+            count,
+        )
         for ordinal, (name, enc) in enumerate(
             zip(user_names(scenario.user_encoders), scenario.user_encoders, strict=True)
         )

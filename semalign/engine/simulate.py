@@ -47,6 +47,10 @@ def simulate(
     on_seed: Callable[[SeedResult], None] | None = None,
 ) -> RunResult:
     """Run every seed and aggregate (``.to_dict()`` is the results JSON)."""
+    if config.user_groups > 1:
+        from semalign.engine.grouping import simulate_grouped
+
+        return simulate_grouped(scenario, config, seeds, on_seed=on_seed)
     blocks = []
     for seed in seeds:
         cfg = config.model_copy(update={"seed": seed})

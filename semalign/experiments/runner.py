@@ -65,7 +65,7 @@ def execute(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     provenance = run_provenance()
     scenario = _scenario(run.spec)
     for encoder in run.spec.users:
-        data = scenario.data_for(encoder, run.config.pilot_fraction)
+        data = scenario.data_for(encoder, run.config.pilot_fraction, run.config)
         data.whitened_pilots(list(range(len(data.pilot_ids))))
     result = simulate_seed(scenario, run.config)
     block = result.to_dict() if hasattr(result, "to_dict") else result
