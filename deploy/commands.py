@@ -254,7 +254,6 @@ def validate_ap(args: argparse.Namespace) -> None:
     check_ap_side(args)
     check_host_port("--advertise address", args.advertise)
     check_host_port("--superlink-listen address", args.superlink_listen)
-    check_tls(args, side="ap")
     expected = expected_users(args.users)
     if not isinstance(expected, int):
         check_user_ids("--users", expected)
@@ -262,6 +261,7 @@ def validate_ap(args: argparse.Namespace) -> None:
     check_folder("--workdir", args.workdir)
     check_file("--secret-file", args.secret_file)
     args.secret = read_secret(args, required=False)
+    check_tls(args, side="ap")  # last: every other option is reported first
 
 
 def validate_token(args: argparse.Namespace) -> None:
