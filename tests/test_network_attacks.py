@@ -364,11 +364,21 @@ def test_malformed_handshakes_are_refused_at_the_door(latents, undisturbed):
             peers.append(
                 Peer(server.address, root, encoders[k % 3], f"user{k + 3}", k + 2, mutate=mutate)
             )
-        for peer in peers:
+        box: dict = {}
+        ap = threading.Thread(  # any two users: a hostile one let in would take a seat
+            target=lambda: box.update(r=_run_ap(service, latents, 2)), daemon=True
+        )
+        ap.start()
+        for peer in peers[2:]:  # the hostile ones first, while the lobby is open
             peer.start()
-        results = _run_ap(service, latents, 2)  # any two users: a hostile one would take a seat
-        for peer in peers:
+        for peer in peers[2:]:
+            peer.join(60)
+        for peer in peers[:2]:
+            peer.start()
+        ap.join(60)
+        for peer in peers[:2]:
             peer.join(30)
+        results = box["r"]
     finally:
         server.stop()
     for peer, (name, (_, reason)) in zip(peers[2:], DOOR_ATTACKS.items(), strict=True):
