@@ -234,6 +234,9 @@ def check_data(args: argparse.Namespace, encoder_option: str) -> None:
 
 def check_ap_side(args: argparse.Namespace) -> None:
     """Options shared by ``run`` and ``ap``."""
+    from semalign.commands.options import config_from_args
+
+    config_from_args(args)  # the alignment options, before anything else
     check_data(args, "--ap")
     check_seconds("--join-timeout", args.join_timeout)
     check_seconds("--reply-timeout", args.reply_timeout)

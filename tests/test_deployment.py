@@ -76,7 +76,7 @@ def test_certs_makes_one_folder_per_host_with_the_right_names(tmp_path, capsys):
 def test_plaintext_only_when_asked(capsys, tmp_path):
     assert main(["ap", "--users", "2", "--flower", "--latents", str(tmp_path)]) == 2
     assert "TLS is on by default" in capsys.readouterr().err
-    argv = ["user", "--superlink", "ap:9092", "--user-id", "u1", "--encoder", "e"]
+    argv = ["user", "--superlink", "ap:9092", "--user-id", "u1", "--encoder", "rexnet_100"]
     assert main(argv) == 2
     assert "TLS is on by default" in capsys.readouterr().err
     assert main([*argv, "--insecure", "--secrets", str(tmp_path)]) == 2
