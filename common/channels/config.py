@@ -143,7 +143,13 @@ class ChannelConfig(BaseModel):
         )
 
     def user_model(self, ordinal: int, num_users: int, default_snr_db: float) -> ChannelModel:
-        """User ``ordinal``'s (0-based) :class:`.ChannelModel`."""
+        """User ``ordinal``'s (0-based) :class:`.ChannelModel`.
+
+        With one SNR for every user any ordinal is served (a user does not need to know how
+        many others there are); with per-user SNRs the ordinal must be one of ``num_users``.
+        """
+        if self.user_snr_db is None and self.distances is None and ordinal >= 0:
+            return ChannelModel(self.fading(), self.csi(), float(default_snr_db))
         if not 0 <= ordinal < num_users:
             raise ValueError(f"user ordinal {ordinal} outside 0..{num_users - 1}")
         return self.user_models(num_users, default_snr_db)[ordinal]
