@@ -660,6 +660,7 @@ def test_dropped_user_command_prints_the_reason_and_exits_non_zero(latents):
     service, server = _server()
     argv = [*semalign_command(), "user", "--ap", server.address, "--user-id", "user1"]
     argv += ["--encoder", encoders[0], "--latents", str(root), "--connect-timeout", "60", "-q"]
+    argv += ["--insecure"]  # this server is plaintext (its TLS is tested elsewhere)
     env = child_env(SEMALIGN_TOKEN=user_token(SECRET, "user1"))
     splits = load_encoder_splits(root, ap_enc)
 
@@ -701,6 +702,8 @@ def test_dropped_user_command_prints_the_reason_and_exits_non_zero(latents):
     reason = "user user1 reported: broadcast symbols contains NaN or infinite values"
     assert reason in results["seeds"][0]["dropped"]["user1"]
     lines = err.decode().strip().splitlines()
+    assert lines and lines[0].startswith("WARNING: --insecure"), err.decode()
+    lines = lines[1:]  # the plaintext warning, then the one line of the drop
     assert proc.returncode == 1 and len(lines) == 1, err.decode()
     assert lines[0].startswith("semalign user: user1 dropped in session 1 (seed 11): dropped by")
     assert reason in lines[0]
