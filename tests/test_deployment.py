@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from semalign.common.credentials import user_token
 from semalign.deploy.launcher import child_env, semalign_command
 from semalign.deploy.testbed import Testbed, capture, require_testbed, wait_for_port
 from synthetic import make_latents
@@ -27,7 +28,9 @@ from semalign.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SEMALIGN = semalign_command()
 ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2", "--iterations", "3"]
-TOKEN = "tok-" + "Q7x" * 10  # given, so the test can look for it on the wire
+SECRET = "sec-" + "Q7x" * 10  # the AP's secret, given, so the test can look for it on the wire
+#: the users' own tokens (what Flower's invitations carry), also looked for on the wire
+TOKENS = [user_token(SECRET, f"user{i}") for i in (1, 2)]
 REASON = require_testbed()
 
 
@@ -127,7 +130,11 @@ def test_two_hosts_tls_walkthrough_and_an_outsider_gets_nothing(latents, simulat
         capture(tb, wire)
         ap = [*SEMALIGN, "ap", "--flower", "--users", "2", "--listen", "0.0.0.0:50051"]
         ap += ["--advertise", "ap:50051", "--superlink-listen", "0.0.0.0:9092"]
-        ap += ["--secrets", str(secrets / "ap"), "--token", TOKEN, "--join-timeout", "120"]
+        secret_file = tmp_path / "ap-secret"
+        secret_file.write_text(SECRET + "\n")
+        secret_file.chmod(0o600)
+        ap += ["--secrets", str(secrets / "ap"), "--secret-file", str(secret_file)]
+        ap += ["--join-timeout", "120"]
         ap += ["--latents", str(root), "--ap", ap_enc, *ALIGN, "--seeds", "7", "-q"]
         ap += ["--workdir", str(tmp_path / "ap-work"), "--out", str(out)]
         ap_proc = _start(tb, "ap", ap, tmp_path / "ap.log")
@@ -176,7 +183,8 @@ def test_two_hosts_tls_walkthrough_and_an_outsider_gets_nothing(latents, simulat
         )
         # nor can she join the alignment service directly: no client certificate of this CA
         eve = [*SEMALIGN, "user", "--ap", "ap:50051", "--user-id", "user2", "--encoder"]
-        eve += [users[1], "--latents", str(root), "--token", TOKEN, "--connect-timeout", "3"]
+        # (even with user2's own token)
+        eve += [users[1], "--latents", str(root), "--token", TOKENS[1], "--connect-timeout", "3"]
         for creds in (
             ["--tls-ca", str(secrets / "ca.pem")],  # no client certificate
             ["--secrets", str(eve_secrets / "user1")],  # a certificate from another CA
@@ -203,7 +211,8 @@ def test_two_hosts_tls_walkthrough_and_an_outsider_gets_nothing(latents, simulat
     seen = wire.read_bytes()
     session_bytes = sum(r["bytes_down"] + r["bytes_up"] for r in results["rounds"])
     assert len(seen) > session_bytes
-    for secret in (TOKEN.encode(), b"semalign.v1", b"semalign-offer", b"/v1/fleet/"):
+    readable = [SECRET.encode(), *(t.encode() for t in TOKENS)]
+    for secret in (*readable, b"semalign.v1", b"semalign-offer", b"/v1/fleet/"):
         assert secret not in seen, secret
 
 
