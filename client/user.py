@@ -30,6 +30,8 @@ from semalign.proto import semalign_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+_ROUND_PROTOCOLS = {"paper": pb.PAPER, "compact": pb.COMPACT}
+
 
 @dataclass
 class UserData:
@@ -51,6 +53,9 @@ class UserData:
     _whitened: tuple[Whitener, np.ndarray, float] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: arrays derived from these latents alone (e.g. R = Y X^H of the compact protocol), kept
+    #: so that users sharing this data in one process compute and hold them once
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def whitened_pilots(self, rows: list[int]) -> tuple[Whitener, np.ndarray, float]:
         """Whitener fitted on the pilots ``rows`` (in that order), Y (m/2, n) and ||Y||_F^2.
@@ -87,6 +92,8 @@ class User:
         token: invitation token (networked sessions).
         strategy_name: the session's strategy as configured (``None``: the one the AP
             announces; needed for a strategy without a proto code).
+        round_protocols: round protocols offered besides ``paper`` (``("compact",)``); the
+            AP picks one in its HandshakeAccept.
     """
 
     user_id: str
@@ -100,6 +107,7 @@ class User:
     token: str = ""
     received_rounds: list[int] = field(default_factory=list)
     strategy_name: str | None = None
+    round_protocols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.latent_dim = self.data.pilot_latents.shape[1]
@@ -127,6 +135,8 @@ class User:
         )
         if self.share_csi:
             req.csi.CopyFrom(to_matrix(self.hbar, "complex128"))
+        for name in self.round_protocols:
+            req.round_protocols.append(_ROUND_PROTOCOLS[name])
         return pb.UserMessage(handshake=req).SerializeToString()
 
     def _strategy_of(self, acc: pb.HandshakeAccept) -> str:
@@ -158,6 +168,7 @@ class User:
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
         self.strategy = make_user_strategy(strategy, self)
         self.accept = acc
+        self.strategy.on_accept(acc)
         if self.whitener.shrinkage:
             log.info(
                 "%s: pilot covariance regularized (condition %.3g)",
@@ -178,6 +189,8 @@ class User:
                 raise ProtocolError(f"got {kind} before the handshake was accepted")
             if kind == "broadcast":
                 return self.strategy.on_broadcast(msg.broadcast)
+            if kind == "compact_broadcast":
+                return self.strategy.on_compact_broadcast(msg.compact_broadcast)
             if kind == "pilots":
                 return self.strategy.on_pilots(msg.pilots)
             if kind == "evaluate":
@@ -255,4 +268,5 @@ def build_user(
         channel_seed=(config.seed, ordinal),
         share_csi=config.csi,
         strategy_name=config.strategy,
+        round_protocols=("compact",) if config.protocol == "compact" else (),
     )

@@ -24,6 +24,8 @@ STRATEGIES: tuple[str, ...] = strategy_names()
 ADMM_STRATEGIES: tuple[str, ...] = admm_strategy_names()
 BaselineFit = Literal["received", "full"]
 IndexCost = Literal["none", "channel-uses"]
+RoundProtocol = Literal["paper", "compact"]
+Precision = Literal["double", "single"]
 
 
 class GeometryError(UsageError, ValueError):
@@ -51,6 +53,17 @@ class AlignmentConfig(BaseModel):
     )
     topk_index_cost: IndexCost = Field(
         "none", description="charge Top-K index bits as channel uses (at Shannon capacity)"
+    )
+    protocol: RoundProtocol = Field(
+        "paper",
+        description="ADMM rounds as in the paper (S_l down, P_l up: O(K N n) bytes a round) or "
+        "compact (pilots X once at the handshake, then F down and P_l X^H up: O(K N d) bytes; "
+        "users that cannot get paper)",
+    )
+    precision: Precision = Field(
+        "double",
+        description="arithmetic of the O(n) per-round products: double (complex128) or single "
+        "(complex64, results within 1e-5 of double; whitening and F-step stay double)",
     )
     seed: int = Field(42, ge=0, le=2**32 - 1)
 

@@ -38,17 +38,26 @@ def to_matrix(array: np.ndarray, dtype: str | np.dtype | None = None) -> pb.Matr
 
 
 def from_matrix(message: pb.Matrix) -> np.ndarray:
-    """Decode a proto Matrix; checks that the byte count matches shape and dtype."""
-    dtype = _TO_NUMPY.get(message.dtype)
-    if dtype is None:
+    """Decode a proto Matrix into a new writable array; checks the byte count."""
+    return view_matrix(message).copy()
+
+
+def view_matrix(message: pb.Matrix, dtype: str | np.dtype | None = None) -> np.ndarray:
+    """Decode a proto Matrix without copying: a read-only view of the message's bytes.
+
+    With ``dtype`` the view is converted (one copy, none if it already has that dtype): the
+    one conversion a large message needs, e.g. complex64 symbols to complex128 arithmetic.
+    """
+    wire_dtype = _TO_NUMPY.get(message.dtype)
+    if wire_dtype is None:
         raise ProtocolError(f"unknown matrix dtype code {message.dtype}")
     shape = tuple(int(s) for s in message.shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(message.data) != expected:
-        raise ProtocolError(
-            f"matrix {shape} {dtype} needs {expected} bytes, got {len(message.data)}"
-        )
-    return np.frombuffer(message.data, dtype=dtype).reshape(shape).copy()
+    data = message.data
+    expected = int(np.prod(shape, dtype=np.int64)) * wire_dtype.itemsize
+    if len(data) != expected:
+        raise ProtocolError(f"matrix {shape} {wire_dtype} needs {expected} bytes, got {len(data)}")
+    view = np.frombuffer(data, dtype=wire_dtype).reshape(shape)
+    return view if dtype is None else view.astype(dtype, copy=False)
 
 
 def matrix_payload_bytes(message: pb.Matrix) -> int:

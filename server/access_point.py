@@ -169,6 +169,7 @@ class AccessPoint:
             baseline_fit=_FIT_CODES[cfg.baseline_fit],
             protocol_version=PROTOCOL_VERSION,
         )
+        self.strategy.complete_accept(state, req, accept)
         log.info(
             "handshake: %s (%s, d=%d, N_R=%d) as user %d",
             req.user_id,
@@ -221,9 +222,9 @@ class AccessPoint:
         if kind == "ack":
             state.terms = (msg.ack.squared_error, msg.ack.noise_term)
             return
-        if kind != "upload":
+        if kind not in ("upload", "compact_upload"):
             raise ProtocolError(f"expected an upload from {user_id}, got {kind}")
-        self.strategy.receive_upload(state, msg.upload)
+        self.strategy.receive_upload(state, getattr(msg, kind))
 
     def step(self) -> RoundStats:
         """The strategy's update from this round's uploads (ADMM: eqs. 8-18); next round."""

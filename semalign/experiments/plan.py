@@ -102,10 +102,21 @@ class Outline:
         return self.cells * len(self.grid.seeds)
 
 
+#: configuration fields that are hashed only when they differ from these values
+KEYED_IF_SET: dict[str, object] = {"protocol": "paper", "precision": "double"}
+
+
 def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
-    """Hash of every parameter of a cell (everything but the seed)."""
+    """Hash of every parameter of a cell (everything but the seed).
+
+    Fields added to the configuration after keys were first written (:data:`KEYED_IF_SET`)
+    enter the hash only away from their defaults, so existing cells keep their keys.
+    """
     params = config.model_dump()
     params.pop("seed")
+    for name, default in KEYED_IF_SET.items():
+        if params.get(name) == default:
+            params.pop(name)
     payload = {
         "schema": SCHEMA,
         "latents": spec.latents_dir,
