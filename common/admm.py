@@ -39,6 +39,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 from semalign.common.packing import ShapeError
+from semalign.common.threads import single_thread
 
 Precision = Literal["double", "single"]
 #: complex dtype of the O(n) products for each precision
@@ -100,7 +101,8 @@ def hermitian_gram(s: np.ndarray) -> np.ndarray:
     ):
         return s @ s.conj().T
     herk = scipy.linalg.blas.get_blas_funcs("herk", (s,))
-    upper = herk(1.0, s.T, trans=2)  # (S^T)^H S^T = conj(S S^H), upper triangle set
+    with single_thread():  # r^2 n / 2 work: threads cost more than they give (common.threads)
+        upper = herk(1.0, s.T, trans=2)  # (S^T)^H S^T = conj(S S^H), upper triangle set
     full = np.triu(upper, 1)
     full += full.conj().T
     full[np.diag_indices_from(full)] = upper.diagonal().real
