@@ -213,7 +213,18 @@ def main() -> None:
     parser.add_argument("--reference", help="checkout of the reference repository")
     parser.add_argument("--no-single", action="store_true", help="skip paper-single")
     parser.add_argument("--json", help="write all measurements here")
+    parser.add_argument(
+        "--threads", type=int, help="BLAS and torch threads for every mode (default: as loaded)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+        if args.reference:
+            import torch
+
+            torch.set_num_threads(args.threads)
     lo, hi = (int(v) for v in args.user_dims.split(","))
     t0 = time.perf_counter()
     ap_lat, data = synthetic_latents(args.users, args.pilots, args.ap_dim, (lo, hi))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -66,6 +67,11 @@ class GramFactor:
     def matrix(self) -> np.ndarray:
         """B reassembled (c, c), for checks."""
         return (self.eigvecs * self.eigvals) @ self.eigvecs.conj().T
+
+    @cached_property
+    def eigvecs_h(self) -> np.ndarray:
+        """V_B^H (c, c), formed once."""
+        return np.ascontiguousarray(self.eigvecs.conj().T)
 
 
 def factor_gram(x: np.ndarray) -> GramFactor:
@@ -207,7 +213,40 @@ def solve_sylvester(a: np.ndarray, gram: GramFactor, c: np.ndarray, shift: float
     eig_a = np.clip(eig_a, 0.0, None)
     rotated = vec_a.conj().T @ c @ gram.eigvecs
     denom = np.outer(eig_a, gram.eigvals) + shift
-    return vec_a @ (rotated / denom) @ gram.eigvecs.conj().T
+    return vec_a @ (rotated / denom) @ gram.eigvecs_h
+
+
+def f_steps(
+    uploads: Sequence[tuple[np.ndarray, np.ndarray]],
+    duals: Sequence[tuple[np.ndarray, np.ndarray]],
+    gram: GramFactor,
+    rho: float,
+) -> list[np.ndarray]:
+    """Every user's F_l (eqs. 13-14) at once: :func:`f_step_from_cross` for each
+    (A_l, P_l X^H) in ``uploads`` with its (Z, U) in ``duals``.
+
+    The same arithmetic as one :func:`solve_sylvester` per user, with the two products by the
+    (c, c) V_B and V_B^H stacked over users: two BLAS calls instead of 2 L.
+    """
+    n = gram.n
+    shift = n * rho
+    bases, eigs, lefts = [], [], []
+    for (a, cross), (z, u) in zip(uploads, duals, strict=True):
+        c = n * rho * (z - u) + cross
+        eig_a, vec_a = np.linalg.eigh((a + a.conj().T) / 2)
+        bases.append(vec_a)
+        eigs.append(np.clip(eig_a, 0.0, None))
+        lefts.append(vec_a.conj().T @ c)
+    if not lefts:
+        return []
+    rotated = np.concatenate(lefts) @ gram.eigvecs
+    scaled, row = [], 0
+    for vec_a, eig_a in zip(bases, eigs, strict=True):
+        block = rotated[row : row + len(eig_a)]
+        scaled.append(vec_a @ (block / (np.outer(eig_a, gram.eigvals) + shift)))
+        row += len(eig_a)
+    out = np.concatenate(scaled) @ gram.eigvecs_h
+    return list(np.split(out, np.cumsum([len(e) for e in eigs])[:-1]))
 
 
 def f_step(

@@ -7,9 +7,10 @@ saves, and on a loaded machine far more (a thread that is descheduled stalls the
 (80, 42500) Hermitian product measured 25x slower on two threads than on one). Those run
 inside :func:`single_thread`.
 
-The limit is set through one cached :class:`threadpoolctl.ThreadpoolController` (about 10 us per
-use, against milliseconds for a fresh ``threadpool_limits``) and restores the thread counts the
-process had, so a caller's own limit (``--workers`` in sweeps: one thread per worker) stands.
+The limit is set through the libraries of one cached :class:`threadpoolctl.ThreadpoolController`
+(microseconds per use, against milliseconds for a fresh ``threadpool_limits``) and restores the
+thread counts the process had, so a caller's own limit (``--workers`` in sweeps: one thread per
+worker) stands.
 """
 
 from __future__ import annotations
@@ -32,11 +33,28 @@ def _controller():
     return _CONTROLLER
 
 
+def _blas_libraries() -> list:
+    return [lib for lib in _controller().lib_controllers if lib.user_api == "blas"]
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run the block with one BLAS thread (numpy's and scipy's OpenBLAS alike)."""
-    with _controller().limit(limits=1, user_api="blas"):
+    """Run the block with one BLAS thread (numpy's and scipy's OpenBLAS alike).
+
+    Only libraries running more than one thread are touched, and each gets back the count it
+    had: nested blocks and callers that already limited threads cost a query each.
+    """
+    changed = []
+    for lib in _blas_libraries():
+        threads = lib.num_threads
+        if threads != 1:
+            lib.set_num_threads(1)
+            changed.append((lib, threads))
+    try:
         yield
+    finally:
+        for lib, threads in changed:
+            lib.set_num_threads(threads)
 
 
 def blas_threads() -> list[int]:

@@ -7,6 +7,8 @@ serialized messages, so every transport reports the same figure.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from semalign.common.errors import ProtocolError
 from semalign.proto import semalign_pb2 as pb
@@ -53,7 +55,7 @@ def view_matrix(message: pb.Matrix, dtype: str | np.dtype | None = None) -> np.n
         raise ProtocolError(f"unknown matrix dtype code {message.dtype}")
     shape = tuple(int(s) for s in message.shape)
     data = message.data
-    expected = int(np.prod(shape, dtype=np.int64)) * wire_dtype.itemsize
+    expected = math.prod(shape) * wire_dtype.itemsize
     if len(data) != expected:
         raise ProtocolError(f"matrix {shape} {wire_dtype} needs {expected} bytes, got {len(data)}")
     view = np.frombuffer(data, dtype=wire_dtype).reshape(shape)

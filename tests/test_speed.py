@@ -4,8 +4,8 @@ Equality contracts (relative Frobenius distance of every iterate, every round; t
 U, a running sum of F - Z that starts at zero, relative to max(||U||, ||F||)):
 * compact vs paper protocol: F, Z, U at the AP and every user's G_l within 1e-6;
 * single vs double precision (paper protocol): the same iterates within 1e-5;
-* the batched products (stacked P_l X^H, Hermitian S S^H, H = I_K (x) Hbar applied per use)
-  equal the plain products to 1e-12.
+* the batched products (stacked P_l X^H, stacked F-steps, Hermitian S S^H, H = I_K (x) Hbar
+  applied per use) equal the plain products to 1e-12.
 The default path (paper, double) is pinned to the pre-speed results by test_core_regression.
 """
 
@@ -229,6 +229,18 @@ def test_batched_products_equal_plain_products():
                 assert rel(got, want) < 1e-12
     finally:
         admm.STACK_BYTES = old_stack
+    # all users' F-steps at once equal one Sylvester solve each
+    gram = admm.factor_gram(x)
+    uploads, duals = [], []
+    for _ in range(4):
+        g = crandn(rng, 4, 4)
+        uploads.append((g.conj().T @ g, crandn(rng, 4, 7)))
+        duals.append((crandn(rng, 4, 7), 0.1 * crandn(rng, 4, 7)))
+    local = admm.f_steps(uploads, duals, gram, 0.7)
+    for f, (a, cross), (z, u) in zip(local, uploads, duals, strict=True):
+        want = admm.f_step_from_cross(a, cross, gram, z, u, 0.7)
+        assert rel(f, want) < 1e-12
+    assert admm.f_steps([], [], gram, 0.7) == []
     s = crandn(rng, 6, 500)
     for dtype, tol in ((np.complex128, 1e-13), (np.complex64, 1e-6)):
         gram = admm.hermitian_gram(s.astype(dtype))
@@ -256,3 +268,37 @@ def test_view_matrix_reads_message_bytes_without_copying():
     wide = view_matrix(msg, np.complex128)
     assert wide.dtype == np.complex128 and wide.flags.writeable
     np.testing.assert_array_equal(wide, arr)
+
+
+def test_compact_over_grpc_matches_the_simulator(tmp_path):
+    """The compact protocol over real gRPC streams (users learn it from the session offer)."""
+    from semalign.server.service import start_server
+    from synthetic import make_latents
+    from test_network_grpc import TOKEN, Tap, run_ap, start_users
+
+    from semalign.engine.scenario import load_scenario
+    from semalign.engine.simulate import simulate
+
+    root, ap_enc, encoders = make_latents(tmp_path / "lat", user_dims=(12, 20), n_train=300)
+    config = AlignmentConfig(**BASE, protocol="compact")
+    service = Tap(TOKEN)
+    server = start_server(service, "127.0.0.1:0")
+    try:
+        _, threads, errors = start_users(server.address, root, encoders)
+        results = run_ap(service, root, ap_enc, len(encoders), config=config, seeds=[42])
+        for t in threads:
+            t.join(20)
+    finally:
+        server.stop()
+    assert not errors
+    kinds = {parse_user_message(data).WhichOneof("body") for _, data in service.received}
+    assert "compact_upload" in kinds and "upload" not in kinds
+    scenario = load_scenario(root, ap_enc, encoders)
+    for protocol in ("compact", "paper"):
+        cfg = config.model_copy(update={"protocol": protocol})
+        expected = simulate(scenario, cfg, [42]).to_dict()
+        for key in ("mean_accuracy", "mean_mse"):
+            assert results[key] == pytest.approx(expected[key], rel=1e-6)
+        for got, want in zip(results["rounds"], expected["rounds"], strict=True):
+            assert got["mse"] == pytest.approx(want["mse"], rel=1e-6)
+    assert results["seeds"][0]["round_protocol"]["compact_users"] == 2

@@ -49,6 +49,7 @@ class AdmmUser(UserStrategy):
 
     def on_accept(self, acc: pb.HandshakeAccept) -> None:
         user = self.user
+        self.h = user.channel.matrix  # H = I_K (x) Hbar (K N_R, K N_T), formed once
         self._rows = _digest(np.asarray(acc.pilot_ids, dtype=np.int64))
         self.y_work = user.y
         if acc.precision == pb.SINGLE:
@@ -117,7 +118,7 @@ class AdmmUser(UserStrategy):
         user.received_rounds.append(msg.round)
         if msg.final:
             return self._ack(msg.round, sq, noise)
-        a, p = admm.uplink_statistics(self.g, channel.matrix, self.y_work)
+        a, p = admm.uplink_statistics(self.g, self.h, self.y_work)
         up = pb.RoundUpload(
             session_id=acc.session_id,
             round=msg.round,
@@ -131,7 +132,7 @@ class AdmmUser(UserStrategy):
     # ------------------------------------------------------------------ compact rounds
     def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
         user = self.user
-        acc, channel = user.accept, user.channel
+        acc = user.accept
         if self.cross is None:
             raise ProtocolError("compact broadcast in a paper session")
         f = view_matrix(msg.pre_equalizer, np.complex128)
@@ -147,7 +148,7 @@ class AdmmUser(UserStrategy):
             user.received_rounds.append(msg.round)
             if msg.final:
                 return self._ack(msg.round, sq, noise)
-            a, cross = admm.uplink_statistics(self.g, channel.matrix, self.cross)
+            a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
             up = pb.CompactUpload(
                 session_id=acc.session_id,
                 round=msg.round,

@@ -191,16 +191,15 @@ class AdmmStrategy(ApStrategy):
                 strict=True,
             )
         )
-        local = []
+        uploads, duals = [], []
+        for state in users:
+            a, term = state.upload
+            cross = crosses.get(state.user_id)
+            uploads.append((a, term.astype(np.complex128) if cross is None else cross))
+            v = self.variables(state)
+            duals.append((v.z, v.u))
         with single_thread():
-            for state in users:
-                a, term = state.upload
-                cross = crosses.get(state.user_id)
-                if cross is None:
-                    cross = term.astype(np.complex128)
-                v = self.variables(state)
-                local.append(admm.f_step_from_cross(a, cross, self.gram, v.z, v.u, self.config.rho))
-        return local
+            return admm.f_steps(uploads, duals, self.gram, self.config.rho)
 
     def result_info(self) -> dict[str, Any]:
         """``round_protocol`` (compact sessions only): users per protocol and the bytes of the
