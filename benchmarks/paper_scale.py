@@ -177,20 +177,24 @@ class Floor:
 
 
 def interleaved(modes: dict[str, Callable[[], tuple[int, int]]], reps: int) -> dict[str, dict]:
-    """Median seconds per call, modes taking turns; plus the bytes of the last call."""
+    """Median wall and CPU seconds per call (CPU: this process, all threads), modes taking
+    turns; plus the bytes of the last call."""
     times: dict[str, list[float]] = {name: [] for name in modes}
+    cpu: dict[str, list[float]] = {name: [] for name in modes}
     traffic = {}
     for name, fn in modes.items():  # warm-up (caches, first-touch, BLAS threads)
         traffic[name] = fn()
     for _ in range(reps):
         for name, fn in modes.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             traffic[name] = fn()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     return {
         name: {
             "seconds": statistics.median(ts),
             "all_seconds": ts,
+            "cpu_seconds": statistics.median(cpu[name]),
             "bytes_down": traffic[name][0],
             "bytes_up": traffic[name][1],
         }
@@ -261,7 +265,7 @@ def main() -> None:
         results[symbols] = res
         for name, r in res.items():
             print(
-                f"  {name:13s} {r['seconds']:8.3f} s/iter   "
+                f"  {name:13s} {r['seconds']:8.3f} s/iter {r['cpu_seconds']:8.3f} cpu-s   "
                 f"{(r['bytes_down'] + r['bytes_up']) / 1e6:9.3f} MB/round   "
                 f"reps {[round(t, 3) for t in r['all_seconds']]}",
                 flush=True,
@@ -275,13 +279,23 @@ def main() -> None:
 
 
 def print_ratios(results: dict[int, dict]) -> None:
+    for key in ("seconds", "cpu_seconds"):
+        print_ratio_table(results, key)
+    for symbols, res in results.items():
+        hs = res["compact"].get("handshake_bytes_down")
+        if hs:
+            print(f"K*N_T={symbols}: compact handshake (X, X X^H to all users) {hs / 1e6:.1f} MB")
+
+
+def print_ratio_table(results: dict[int, dict], key: str) -> None:
     def sec(res, name):
-        return res[name]["seconds"] if name in res else None
+        return res[name][key] if name in res else None
 
     def total_bytes(res, name):
         return res[name]["bytes_down"] + res[name]["bytes_up"] if name in res else None
 
-    print("\nratios (medians of interleaved repetitions; > 1 means the first is slower/larger)")
+    what = "wall" if key == "seconds" else "CPU (all threads of this process)"
+    print(f"\nratios of {what} time, medians of interleaved repetitions (> 1: first is slower)")
     head = (
         f"{'K*N_T':>6} {'ref/paper':>9} {'ref/p-single':>12} {'paper/floor':>11} "
         f"{'p-single/floor-s':>16} {'ref/compact':>11} {'bytes paper/compact':>19}"
@@ -296,10 +310,6 @@ def print_ratios(results: dict[int, dict]) -> None:
             f"{ratio(sec(res, 'reference'), sec(res, 'compact')):>11} "
             f"{ratio(total_bytes(res, 'paper'), total_bytes(res, 'compact')):>19}"
         )
-    for symbols, res in results.items():
-        hs = res["compact"].get("handshake_bytes_down")
-        if hs:
-            print(f"K*N_T={symbols}: compact handshake (X, X X^H to all users) {hs / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

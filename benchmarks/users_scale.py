@@ -7,10 +7,14 @@ the real command line, one process per (L, protocol):
 
     semalign simulate --latents CACHE --ap ap --users L --protocol P --seeds 42 ...
 
+(through ``semalign.cli.main`` in a child process that also records each round's CPU time:
+on a shared machine the wall time of a round depends on the other jobs, its CPU time less).
+
 ``--users L`` cycles through the cache's encoders, so several users share an encoder's latents
 (held once per encoder, whitened once) and each has its own channel. Per run: the median
 seconds of an ADMM round (from the results JSON), bytes per round down and up, handshake bytes,
-the process's peak RSS (``ru_maxrss`` of the child) and its wall time. Prints a table and the
+the CPU seconds of a round (the process, all threads), the process's peak RSS (``ru_maxrss``
+of the child) and its wall time. Prints a table and the
 ratios paper/compact; ``--figure`` draws round time and bytes per round against L.
 
     nice python benchmarks/users_scale.py --figure docs/figures/users-scale.png
@@ -68,10 +72,12 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
     """One ``semalign simulate`` process; its round times, bytes, peak RSS and wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "results.json"
+        cpu_log = Path(tmp) / "cpu.json"
         cmd = [
             sys.executable,
-            "-m",
-            "semalign",
+            __file__,
+            "--child",
+            str(cpu_log),
             "simulate",
             "--latents",
             str(cache),
@@ -100,6 +106,7 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({status})")
         results = json.loads(out.read_text())
+        cpu = json.loads(cpu_log.read_text())
     seed = results["seeds"][0]
     rounds = seed["rounds"]
     return {
@@ -107,14 +114,37 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
         "protocol": protocol,
         "round_seconds": statistics.median(r["seconds"] for r in rounds),
         "round_seconds_all": [r["seconds"] for r in rounds],
+        "round_cpu_seconds": statistics.median(cpu),
+        "round_cpu_seconds_all": cpu,
         "bytes_down": rounds[0]["bytes_down"],
         "bytes_up": rounds[0]["bytes_up"],
         "handshake_bytes_down": seed["phases"]["handshake"]["bytes_down"],
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # ru_maxrss is in KiB on Linux
         "wall_seconds": wall,
         "mean_accuracy": results["mean_accuracy"],
-        "command": " ".join(["semalign", *cmd[3:]]),
+        "command": " ".join(["semalign", *cmd[4:]]),
     }
+
+
+def child(cpu_log: str, argv: list[str]) -> int:
+    """``semalign`` with ``argv``, recording the CPU seconds of every ADMM round."""
+    from semalign.server.session import SessionDriver
+
+    from semalign.cli import main as semalign_main
+
+    cpu: list[float] = []
+    admm_round = SessionDriver.admm_round
+
+    def timed(self):
+        start = time.process_time()
+        record = admm_round(self)
+        cpu.append(time.process_time() - start)
+        return record
+
+    SessionDriver.admm_round = timed
+    code = semalign_main(argv)
+    Path(cpu_log).write_text(json.dumps(cpu))
+    return code
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -147,6 +177,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sys.exit(child(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None, help="synthetic latent cache (written if absent)")
     parser.add_argument("--pilots", type=int, default=42_500)
@@ -168,7 +200,7 @@ def main() -> None:
     print(f"cache {cache} ready ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = []
     print(
-        f"{'L':>4} {'protocol':>8} {'s/round':>9} {'MB down':>9} {'MB up':>9} "
+        f"{'L':>4} {'protocol':>8} {'s/round':>9} {'cpu-s':>7} {'MB down':>9} {'MB up':>9} "
         f"{'handshake MB':>12} {'peak RSS GiB':>12} {'wall s':>7}",
         flush=True,
     )
@@ -178,6 +210,7 @@ def main() -> None:
             rows.append(r)
             print(
                 f"{users:>4} {protocol:>8} {r['round_seconds']:>9.3f} "
+                f"{r['round_cpu_seconds']:>7.3f} "
                 f"{r['bytes_down'] / 1e6:>9.3f} {r['bytes_up'] / 1e6:>9.3f} "
                 f"{r['handshake_bytes_down'] / 1e6:>12.1f} {r['peak_rss_gib']:>12.2f} "
                 f"{r['wall_seconds']:>7.0f}",
@@ -191,6 +224,7 @@ def main() -> None:
             bytes_ratio = (p["bytes_down"] + p["bytes_up"]) / (c["bytes_down"] + c["bytes_up"])
             print(
                 f"  L={users:>3}: time {p['round_seconds'] / c['round_seconds']:8.1f}x   "
+                f"cpu {p['round_cpu_seconds'] / c['round_cpu_seconds']:8.1f}x   "
                 f"bytes {bytes_ratio:8.1f}x"
             )
     title = (
