@@ -13,8 +13,8 @@ alike; only the RATIOS printed at the end are meant to be compared between runs.
   SPAICOM/multi-agent-semantic-alignment; imported from there, needs torch and scipy), with the
   same latents and channel matrices;
 * ``floor`` / ``floor-single``: only the BLAS products an iteration of the paper protocol
-  cannot avoid (per user Y S^H, S S^H, (G H)^H Y; at the AP F X and every P_l X^H), on arrays
-  of the same shapes and precisions, timed in the same loop.
+  cannot avoid (per user Y S^H, S S^H, (G H)^H Y; at the AP F X and all P_l X^H as one
+  stacked product), on arrays of the same shapes and precisions, timed in the same loop.
 
     nice python benchmarks/paper_scale.py --reference /tmp/refrepo        # the sizes
     python benchmarks/paper_scale.py --pilots 4000 --reps 2                # a quick look
@@ -164,15 +164,16 @@ class Floor:
         for u in driver.users:
             y = u.strategy.y_work  # the session's own Y (complex64 copy in single precision)
             m = y.shape[0]
-            self.users.append((y, crandn(k_nr, n), crandn(k_nt, m), crandn(k_nt, n)))
+            self.users.append((y, crandn(k_nr, n), crandn(k_nt, m)))
+        self.p_conj = crandn(k_nt * len(self.users), n)  # every user's conj(P_l), stacked
 
     def __call__(self) -> tuple[int, int]:
         self.f @ self.x
-        for y, s, gh_h, p in self.users:
+        for y, s, gh_h in self.users:
             y @ s.conj().T
             admm.hermitian_gram(s.astype(np.complex128, copy=False))
             gh_h @ y
-            self.x @ p.conj().T
+        self.x @ self.p_conj.T
         return 0, 0
 
 
