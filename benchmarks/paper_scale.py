@@ -203,6 +203,28 @@ def interleaved(modes: dict[str, Callable[[], tuple[int, int]]], reps: int) -> d
     }
 
 
+def agreement(drivers: dict[str, SessionDriver]) -> dict[str, float]:
+    """Largest relative difference from the ``paper`` session after the same rounds: the AP's
+    F and Z and every user's G_l (the sessions ran in lockstep)."""
+
+    def rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    ref = drivers["paper"]
+    out = {}
+    for name, driver in drivers.items():
+        if name == "paper":
+            continue
+        worst = max(
+            rel(getattr(driver.ap.strategy.shared, v), getattr(ref.ap.strategy.shared, v))
+            for v in ("f", "z")
+        )
+        for u, ru in zip(driver.users, ref.users, strict=True):
+            worst = max(worst, rel(u.strategy.g, ru.strategy.g))
+        out[name] = worst
+    return out
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:8.1f}x" if a and b else "       -"
 
@@ -263,8 +285,16 @@ def main() -> None:
         print(f"K*N_T={symbols}: setup {setup:.0f} s, timing {args.reps} reps...", flush=True)
         res = interleaved(modes, args.reps)
         res["compact"]["handshake_bytes_down"] = handshake
+        res["agreement"] = agreement(drivers)
         results[symbols] = res
+        print(
+            f"  iterates after {args.reps + 1} rounds, largest relative difference from paper: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in res["agreement"].items()),
+            flush=True,
+        )
         for name, r in res.items():
+            if name == "agreement":
+                continue
             print(
                 f"  {name:13s} {r['seconds']:8.3f} s/iter {r['cpu_seconds']:8.3f} cpu-s   "
                 f"{(r['bytes_down'] + r['bytes_up']) / 1e6:9.3f} MB/round   "
