@@ -274,14 +274,14 @@ def test_compact_over_grpc_matches_the_simulator(tmp_path):
     """The compact protocol over real gRPC streams (users learn it from the session offer)."""
     from semalign.server.service import start_server
     from synthetic import make_latents
-    from test_network_grpc import TOKEN, Tap, run_ap, start_users
+    from test_network_grpc import SECRET, Tap, run_ap, start_users
 
     from semalign.engine.scenario import load_scenario
     from semalign.engine.simulate import simulate
 
     root, ap_enc, encoders = make_latents(tmp_path / "lat", user_dims=(12, 20), n_train=300)
     config = AlignmentConfig(**BASE, protocol="compact")
-    service = Tap(TOKEN)
+    service = Tap(SECRET)
     server = start_server(service, "127.0.0.1:0")
     try:
         _, threads, errors = start_users(server.address, root, encoders)
