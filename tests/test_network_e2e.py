@@ -216,7 +216,7 @@ def _cmdline(proc: psutil.Process) -> str:
     [
         (["user", "--ap", "localhost", "--user-id", "user1", "--encoder", "e"], "bad AP address"),
         (["user", "--superlink", "x:99999", "--user-id", "u1", "--encoder", "e"], "out of range"),
-        (["user", "--ap", "h:1", "--user-id", "u1", "--encoder", "e"], "TLS is on by default"),
+        (["user", "--ap", "h:1", "--user-id", "u1", "--encoder", "rexnet_100"], "TLS is on by default"),
     ],
 )
 def test_bad_addresses_fail_with_one_line(argv, expected, capsys, monkeypatch):
