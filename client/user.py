@@ -32,6 +32,8 @@ from semalign.proto import semalign_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+_ROUND_PROTOCOLS = {"paper": pb.PAPER, "compact": pb.COMPACT}
+
 
 @dataclass
 class UserData:
@@ -53,6 +55,9 @@ class UserData:
     _whitened: tuple[Whitener, np.ndarray, float] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: arrays derived from these latents alone (e.g. R = Y X^H of the compact protocol), kept
+    #: so that users sharing this data in one process compute and hold them once
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def whitened_pilots(self, rows: list[int]) -> tuple[Whitener, np.ndarray, float]:
         """Whitener fitted on the pilots ``rows`` (in that order), Y (m/2, n) and ||Y||_F^2.
@@ -93,6 +98,8 @@ class User:
             perfect CSI at ``snr_db``). Its draw gives the true ``hbar``, which acts on the
             transmitted symbols (``channel``), and the estimate ``hbar_estimate``, which the
             user designs with and reports to the AP (``design_channel``, the handshake CSI).
+        round_protocols: round protocols offered besides ``paper`` (``("compact",)``); the
+            AP picks one in its HandshakeAccept.
     """
 
     user_id: str
@@ -107,6 +114,7 @@ class User:
     received_rounds: list[int] = field(default_factory=list)
     strategy_name: str | None = None
     link: ChannelModel | None = None
+    round_protocols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.latent_dim = self.data.pilot_latents.shape[1]
@@ -140,6 +148,8 @@ class User:
         )
         if self.share_csi:  # what the user knows of its channel: the estimate
             req.csi.CopyFrom(to_matrix(self.hbar_estimate, "complex128"))
+        for name in self.round_protocols:
+            req.round_protocols.append(_ROUND_PROTOCOLS[name])
         return pb.UserMessage(handshake=req).SerializeToString()
 
     def _strategy_of(self, acc: pb.HandshakeAccept) -> str:
@@ -173,6 +183,7 @@ class User:
         )
         self.strategy = make_user_strategy(strategy, self)
         self.accept = acc
+        self.strategy.on_accept(acc)
         if self.whitener.shrinkage:
             log.info(
                 "%s: pilot covariance regularized (condition %.3g)",
@@ -211,6 +222,9 @@ class User:
             if kind == "broadcast":
                 self._check_round(msg.broadcast)
                 return self.strategy.on_broadcast(msg.broadcast)
+            if kind == "compact_broadcast":
+                self._check_round(msg.compact_broadcast)
+                return self.strategy.on_compact_broadcast(msg.compact_broadcast)
             if kind == "pilots":
                 return self.strategy.on_pilots(msg.pilots)
             if kind == "evaluate":
@@ -229,7 +243,7 @@ class User:
                 f"this user is in {self.accept.session_id}"
             )
 
-    def _check_round(self, msg: pb.RoundBroadcast) -> None:
+    def _check_round(self, msg: pb.RoundBroadcast | pb.CompactBroadcast) -> None:
         """Rounds increase; the final broadcast comes once, after at most T rounds."""
         last = self.received_rounds[-1] if self.received_rounds else -1
         limit = self.accept.iterations + (1 if msg.final else 0)
@@ -326,4 +340,5 @@ def build_user(
         share_csi=config.csi,
         strategy_name=config.strategy,
         link=link,
+        round_protocols=("compact",) if config.protocol == "compact" else (),
     )

@@ -14,15 +14,39 @@ is factored once (:func:`factor_gram`) and only the small (K N_T)^2 matrix A_l p
 Note on eq. (15): with column-major vec, vec(A F B) = (B^T (x) A) vec(F). The paper writes B^H,
 which equals B here (Hermitian), not B^T = conj(B); the two differ for complex pilots. The
 eigen-solution below solves eq. (14) itself and is tested against the B^T Kronecker form.
+
+Cost. A round's arithmetic is dominated by products against the n pilots: the user's Y S^H,
+S S^H and P = (G H)^H Y, and the AP's F X and P_l X^H. :func:`pilot_products` and
+:func:`cross_terms` run them as single BLAS calls (S S^H as a Hermitian rank-k update, all
+users' P_l X^H as one stacked product); :func:`apply_block_channel` applies H = I_K (x) Hbar per
+channel use, never the Kronecker product. ``precision="single"`` (:data:`COMPLEX`) runs those
+products in complex64 except S S^H; everything O(d^2) or smaller (the G-step solve, the F-step
+eigendecompositions, the projection) stays complex128.
+
+The compact round protocol needs none of the O(n) products per round: with R = Y X^H
+(m, c) precomputed once and B = X X^H, the user's G-step takes Y S^H = R F^H H^H and
+S S^H = H F B F^H H^H (:func:`compact_products`), and the AP's F-step takes
+P_l X^H = (G_l H_l)^H R directly (:func:`f_step_from_cross`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 from semalign.common.packing import ShapeError
+from semalign.common.threads import single_thread
+
+Precision = Literal["double", "single"]
+#: complex dtype of the O(n) products for each precision
+COMPLEX: dict[str, type] = {"double": np.complex128, "single": np.complex64}
+#: largest stacked operand of :func:`cross_terms`, bytes (bounds the AP's extra memory)
+STACK_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,11 @@ class GramFactor:
     def matrix(self) -> np.ndarray:
         """B reassembled (c, c), for checks."""
         return (self.eigvecs * self.eigvals) @ self.eigvecs.conj().T
+
+    @cached_property
+    def eigvecs_h(self) -> np.ndarray:
+        """V_B^H (c, c), formed once."""
+        return np.ascontiguousarray(self.eigvecs.conj().T)
 
 
 def factor_gram(x: np.ndarray) -> GramFactor:
@@ -66,11 +95,72 @@ class PilotProducts:
     n: int
 
 
+def hermitian_gram(s: np.ndarray) -> np.ndarray:
+    """S S^H (r, r) for S (r, n) as one BLAS herk (half the work of a general product).
+
+    Computed as conj((S^T)^H S^T): S^T of a row-major S is column-major, so BLAS reads S in
+    place. The result is exactly Hermitian (complex128 for complex128 input).
+    """
+    if not (s.flags.c_contiguous and np.iscomplexobj(s)) or s.dtype not in (
+        np.complex64,
+        np.complex128,
+    ):
+        return s @ s.conj().T
+    herk = scipy.linalg.blas.get_blas_funcs("herk", (s,))
+    with single_thread():  # r^2 n / 2 work: threads cost more than they give (common.threads)
+        upper = herk(1.0, s.T, trans=2)  # (S^T)^H S^T = conj(S S^H), upper triangle set
+    full = np.triu(upper, 1)
+    full += full.conj().T
+    full[np.diag_indices_from(full)] = upper.diagonal().real
+    return full.conj()
+
+
 def pilot_products(y: np.ndarray, s: np.ndarray, y_norm2: float | None = None) -> PilotProducts:
-    """Y S^H, S S^H and ||Y||^2 for Y (m, n), S (K N_R, n): the only O(n) work of a G-step."""
+    """Y S^H, S S^H and ||Y||^2 for Y (m, n), S (K N_R, n): the only O(n) work of a G-step.
+
+    Y S^H runs in the precision of the inputs (complex64 Y and S: single precision), S S^H
+    always in double: it costs K N_R / m of Y S^H, and the G-step's conditioning amplifies its
+    float32 rounding (sums of n positive terms) about tenfold. Both are returned as complex128.
+    """
     s_h = s.conj().T
     norm2 = float(np.real(np.vdot(y, y))) if y_norm2 is None else y_norm2
-    return PilotProducts(ys=y @ s_h, ss=s @ s_h, y_norm2=norm2, n=s.shape[1])
+    ys = (y @ s_h).astype(np.complex128, copy=False)
+    ss = hermitian_gram(s.astype(np.complex128, copy=False))
+    return PilotProducts(ys=ys, ss=ss, y_norm2=norm2, n=s.shape[1])
+
+
+def compact_products(
+    r: np.ndarray, hf: np.ndarray, gram: np.ndarray, y_norm2: float, n: int
+) -> PilotProducts:
+    """:class:`PilotProducts` of the compact protocol, without the pilots.
+
+    Args:
+        r: (m, c) R = Y X^H, computed once per session.
+        hf: (K N_R, c) H F (channel-aware and not: the user applies its own H).
+        gram: (c, c) B = X X^H.
+        y_norm2: ||Y||_F^2.  n: pilots.
+
+    Returns:
+        Y S^H = R (H F)^H and S S^H = (H F) B (H F)^H for S = H F X: what :func:`pilot_products`
+        gives on S itself, at O(m c K N_R + c^2 K N_R) cost.
+    """
+    hf_h = hf.conj().T
+    ss = hf @ gram @ hf_h
+    return PilotProducts(ys=r @ hf_h, ss=(ss + ss.conj().T) / 2, y_norm2=y_norm2, n=n)
+
+
+def apply_block_channel(hbar: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """H symbols for H = I_K (x) Hbar (N_R, N_T) and symbols (K N_T, cols): (K N_R, cols).
+
+    One small product per channel use; the Kronecker product is never formed.
+    """
+    n_rx, n_tx = hbar.shape
+    rows, cols = symbols.shape
+    if rows % n_tx:
+        raise ShapeError(f"{rows} symbol rows are not a multiple of N_T = {n_tx}")
+    k = rows // n_tx
+    out = np.matmul(hbar.astype(symbols.dtype, copy=False), symbols.reshape(k, n_tx, cols))
+    return out.reshape(k * n_rx, cols)
 
 
 def g_step(
@@ -101,14 +191,16 @@ def uplink_statistics(g: np.ndarray, h: np.ndarray, y: np.ndarray) -> tuple[np.n
     """User uplink of section III-B iii): A_l = (G H)^H (G H) (eq. 11) and P_l = (G H)^H Y.
 
     Args:
-        g: (m, K N_R) equalizer; h: (K N_R, K N_T) block channel; y: (m, n) whitened pilots.
+        g: (m, K N_R) equalizer; h: (K N_R, K N_T) block channel; y: (m, n) whitened pilots
+            (or, in the compact protocol, R = Y X^H (m, c): then P_l X^H (K N_T, c)).
 
     Returns:
-        A_l (K N_T, K N_T) Hermitian PSD, P_l (K N_T, n).
+        A_l (K N_T, K N_T) Hermitian PSD, P_l (K N_T, n) in the precision of ``y``.
     """
     gh = g @ h
     a = gh.conj().T @ gh
-    return (a + a.conj().T) / 2, gh.conj().T @ y
+    gh_h = gh.conj().T.astype(y.dtype, copy=False)
+    return (a + a.conj().T) / 2, gh_h @ y
 
 
 def solve_sylvester(a: np.ndarray, gram: GramFactor, c: np.ndarray, shift: float) -> np.ndarray:
@@ -121,7 +213,40 @@ def solve_sylvester(a: np.ndarray, gram: GramFactor, c: np.ndarray, shift: float
     eig_a = np.clip(eig_a, 0.0, None)
     rotated = vec_a.conj().T @ c @ gram.eigvecs
     denom = np.outer(eig_a, gram.eigvals) + shift
-    return vec_a @ (rotated / denom) @ gram.eigvecs.conj().T
+    return vec_a @ (rotated / denom) @ gram.eigvecs_h
+
+
+def f_steps(
+    uploads: Sequence[tuple[np.ndarray, np.ndarray]],
+    duals: Sequence[tuple[np.ndarray, np.ndarray]],
+    gram: GramFactor,
+    rho: float,
+) -> list[np.ndarray]:
+    """Every user's F_l (eqs. 13-14) at once: :func:`f_step_from_cross` for each
+    (A_l, P_l X^H) in ``uploads`` with its (Z, U) in ``duals``.
+
+    The same arithmetic as one :func:`solve_sylvester` per user, with the two products by the
+    (c, c) V_B and V_B^H stacked over users: two BLAS calls instead of 2 L.
+    """
+    n = gram.n
+    shift = n * rho
+    bases, eigs, lefts = [], [], []
+    for (a, cross), (z, u) in zip(uploads, duals, strict=True):
+        c = n * rho * (z - u) + cross
+        eig_a, vec_a = np.linalg.eigh((a + a.conj().T) / 2)
+        bases.append(vec_a)
+        eigs.append(np.clip(eig_a, 0.0, None))
+        lefts.append(vec_a.conj().T @ c)
+    if not lefts:
+        return []
+    rotated = np.concatenate(lefts) @ gram.eigvecs
+    scaled, row = [], 0
+    for vec_a, eig_a in zip(bases, eigs, strict=True):
+        block = rotated[row : row + len(eig_a)]
+        scaled.append(vec_a @ (block / (np.outer(eig_a, gram.eigvals) + shift)))
+        row += len(eig_a)
+    out = np.concatenate(scaled) @ gram.eigvecs_h
+    return list(np.split(out, np.cumsum([len(e) for e in eigs])[:-1]))
 
 
 def f_step(
@@ -138,9 +263,50 @@ def f_step(
     C_l = n rho (Z - U) + P_l X^H (eq. 13) with P_l (K N_T, n) and X (c, n).
     Returns F_l (K N_T, c).
     """
+    return f_step_from_cross(a, cross_terms(x, [p])[0], gram, z, u, rho)
+
+
+def cross_terms(x: np.ndarray, uploads: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """P_l X^H (K N_T, c) for every P_l (K N_T, n) in ``uploads``: eq. (13)'s pilot term.
+
+    The P_l are stacked (up to :data:`STACK_BYTES` at a time) so that one BLAS product serves
+    many users; computed as (X P^H)^H, the same product about 4x faster in BLAS than P X^H for
+    small K N_T. Runs in the precision of ``x`` (each P_l is converted once, while stacking);
+    returns complex128.
+    """
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(uploads):
+        stop, size = start, 0
+        while stop < len(uploads) and (stop == start or size < STACK_BYTES):
+            size += uploads[stop].shape[0] * x.shape[1] * x.itemsize
+            stop += 1
+        chunk = uploads[start:stop]
+        stacked = np.empty((sum(p.shape[0] for p in chunk), x.shape[1]), dtype=x.dtype)
+        row = 0
+        for p in chunk:
+            np.conjugate(p, out=stacked[row : row + p.shape[0]])  # the one conversion of P_l
+            row += p.shape[0]
+        products = (x @ stacked.T).conj().T.astype(np.complex128, copy=False)
+        row = 0
+        for p in chunk:
+            out.append(products[row : row + p.shape[0]])
+            row += p.shape[0]
+        start = stop
+    return out
+
+
+def f_step_from_cross(
+    a: np.ndarray,
+    cross: np.ndarray,
+    gram: GramFactor,
+    z: np.ndarray,
+    u: np.ndarray,
+    rho: float,
+) -> np.ndarray:
+    """F_l (K N_T, c) from A_l and the pilot term P_l X^H (K N_T, c) (eqs. 13-14)."""
     n = gram.n
-    # P X^H computed as (X P^H)^H: the same product, about 4x faster in BLAS for small K N_T
-    c = n * rho * (z - u) + (x @ p.conj().T).conj().T
+    c = n * rho * (z - u) + cross
     return solve_sylvester(a, gram, c, n * rho)
 
 

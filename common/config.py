@@ -28,6 +28,8 @@ IndexCost = Literal["none", "channel-uses"]
 TaskModelKind = Literal["logistic", "mlp"]
 Target = Literal["latents", "logits", "task-subspace"]
 PilotSelection = Literal["first", "random", "k-center", "herding"]
+RoundProtocol = Literal["paper", "compact"]
+Precision = Literal["double", "single"]
 
 
 class GeometryError(UsageError, ValueError):
@@ -60,6 +62,17 @@ class AlignmentConfig(BaseModel):
         ChannelConfig(),
         description="the users' channels: fading law, CSI error, per-user SNR "
         "(default: i.i.d. Rayleigh, perfect CSI, snr_db for every user)",
+    )
+    protocol: RoundProtocol = Field(
+        "paper",
+        description="ADMM rounds as in the paper (S_l down, P_l up: O(K N n) bytes a round) or "
+        "compact (pilots X once at the handshake, then F down and P_l X^H up: O(K N d) bytes; "
+        "users that cannot get paper)",
+    )
+    precision: Precision = Field(
+        "double",
+        description="arithmetic of the O(n) per-round products: double (complex128) or single "
+        "(complex64, results within 1e-5 of double; whitening and F-step stay double)",
     )
     seed: int = Field(42, ge=0, le=2**32 - 1)
     # ---- research options (docs/research.md); their defaults are the paper's method

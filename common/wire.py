@@ -54,21 +54,32 @@ def _shape(message: pb.Matrix) -> tuple[int, ...]:
 
 
 def from_matrix(message: pb.Matrix) -> np.ndarray:
-    """Decode a proto Matrix; checks that the byte count matches shape and dtype.
+    """Decode a proto Matrix into a new writable array; checks that the byte count matches
+    shape and dtype.
 
     Every failure is a ProtocolError: unknown dtype code, too many or too large dimensions,
     or a byte count that does not match (computed without overflow).
     """
-    dtype = _TO_NUMPY.get(message.dtype)
-    if dtype is None:
+    return view_matrix(message).copy()
+
+
+def view_matrix(message: pb.Matrix, dtype: str | np.dtype | None = None) -> np.ndarray:
+    """Decode a proto Matrix without copying: a read-only view of the message's bytes.
+
+    Validated as :func:`from_matrix` (dtype code, dimensions, byte count). With ``dtype`` the
+    view is converted (one copy, none if it already has that dtype): the one conversion a
+    large message needs, e.g. complex64 symbols to complex128 arithmetic.
+    """
+    wire_dtype = _TO_NUMPY.get(message.dtype)
+    if wire_dtype is None:
         raise ProtocolError(f"unknown matrix dtype code {message.dtype}")
     shape = _shape(message)
-    expected = math.prod(shape) * dtype.itemsize
-    if len(message.data) != expected:
-        raise ProtocolError(
-            f"matrix {shape} {dtype} needs {expected} bytes, got {len(message.data)}"
-        )
-    return np.frombuffer(message.data, dtype=dtype).reshape(shape).copy()
+    data = message.data
+    expected = math.prod(shape) * wire_dtype.itemsize
+    if len(data) != expected:
+        raise ProtocolError(f"matrix {shape} {wire_dtype} needs {expected} bytes, got {len(data)}")
+    view = np.frombuffer(data, dtype=wire_dtype).reshape(shape)
+    return view if dtype is None else view.astype(dtype, copy=False)
 
 
 def check_matrix(
@@ -78,11 +89,13 @@ def check_matrix(
     dtypes: Iterable[int] = (pb.COMPLEX64, pb.COMPLEX128),
     *,
     finite: bool = True,
+    copy: bool = True,
 ) -> np.ndarray:
     """Decode ``message`` if it has exactly ``shape`` and one of ``dtypes`` (proto codes), and
     (``finite``) no NaN or infinity; ProtocolError naming ``what`` otherwise.
 
-    Shape and dtype are checked on the header, before any data is copied.
+    Shape and dtype are checked on the header, before any data is copied. ``copy=False``:
+    a read-only view of the message's bytes (:func:`view_matrix`), no copy at all.
     """
     allowed = tuple(dtypes)
     if message.dtype not in allowed:
@@ -93,7 +106,7 @@ def check_matrix(
     if got_shape != tuple(shape):
         raise ProtocolError(f"{what}: shape {got_shape}, expected {tuple(shape)}")
     try:
-        array = from_matrix(message)
+        array = from_matrix(message) if copy else view_matrix(message)
     except ProtocolError as exc:
         raise ProtocolError(f"{what}: {exc}") from None
     if finite and array.dtype.kind in "fc" and not np.all(np.isfinite(array)):

@@ -24,45 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsemalign/proto/semalign.proto\x12\x0bsemalign.v1\"H\n\x06Matrix\x12\r\n\x05shape\x18\x01 \x03(\x04\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.semalign.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xcb\x01\n\x10HandshakeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x13\n\x0b\x61ntennas_rx\x18\x05 \x01(\r\x12\x0e\n\x06snr_db\x18\x06 \x01(\x01\x12\x11\n\tpilot_ids\x18\x07 \x03(\x03\x12 \n\x03\x63si\x18\x08 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\r\n\x05token\x18\t \x01(\t\"\xdb\x02\n\x0fHandshakeAccept\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nuser_index\x18\x02 \x01(\r\x12\'\n\x08strategy\x18\x03 \x01(\x0e\x32\x15.semalign.v1.Strategy\x12\x14\n\x0c\x63hannel_uses\x18\x04 \x01(\r\x12\x13\n\x0b\x61ntennas_tx\x18\x05 \x01(\r\x12\x0b\n\x03rho\x18\x06 \x01(\x01\x12\x12\n\niterations\x18\x07 \x01(\r\x12\r\n\x05power\x18\x08 \x01(\x01\x12\x11\n\tpilot_ids\x18\t \x03(\x03\x12\x15\n\rap_latent_dim\x18\n \x01(\r\x12\x15\n\rchannel_aware\x18\x0b \x01(\x08\x12\x11\n\tnoise_var\x18\x0c \x01(\x01\x12.\n\x0c\x62\x61seline_fit\x18\r \x01(\x0e\x32\x18.semalign.v1.BaselineFit\x12\x18\n\x10protocol_version\x18\x0e \x01(\r\"h\n\x0eRoundBroadcast\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12$\n\x07symbols\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"\x9b\x01\n\x0bRoundUpload\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1e\n\x01\x61\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x1e\n\x01p\x18\x04 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x15\n\rsquared_error\x18\x05 \x01(\x01\x12\x12\n\nnoise_term\x18\x06 \x01(\x01\"\x9b\x01\n\x11PilotTransmission\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x07symbols\x18\x02 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12$\n\x07indices\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12&\n\treference\x18\x04 \x01(\x0b\x32\x13.semalign.v1.Matrix\"\x87\x01\n\x11\x45valuationRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x07symbols\x18\x02 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12$\n\x07indices\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x12\n\nsample_ids\x18\x04 \x03(\x03\"\x85\x01\n\x10\x45valuationReport\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x17\n\x0fnative_accuracy\x18\x03 \x01(\x01\x12\x0b\n\x03mse\x18\x04 \x01(\x01\x12\x14\n\x0cmse_whitened\x18\x05 \x01(\x01\x12\x0f\n\x07samples\x18\x06 \x01(\x04\"S\n\x03\x41\x63k\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rsquared_error\x18\x03 \x01(\x01\x12\x12\n\nnoise_term\x18\x04 \x01(\x01\"0\n\nSessionEnd\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\rProtocolError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xf4\x01\n\x0bUserMessage\x12\x32\n\thandshake\x18\x01 \x01(\x0b\x32\x1d.semalign.v1.HandshakeRequestH\x00\x12*\n\x06upload\x18\x02 \x01(\x0b\x32\x18.semalign.v1.RoundUploadH\x00\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x10.semalign.v1.AckH\x00\x12/\n\x06report\x18\x04 \x01(\x0b\x32\x1d.semalign.v1.EvaluationReportH\x00\x12+\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.semalign.v1.ProtocolErrorH\x00\x42\x06\n\x04\x62ody\"\xb0\x02\n\tApMessage\x12.\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x1c.semalign.v1.HandshakeAcceptH\x00\x12\x30\n\tbroadcast\x18\x02 \x01(\x0b\x32\x1b.semalign.v1.RoundBroadcastH\x00\x12\x30\n\x06pilots\x18\x03 \x01(\x0b\x32\x1e.semalign.v1.PilotTransmissionH\x00\x12\x32\n\x08\x65valuate\x18\x04 \x01(\x0b\x32\x1e.semalign.v1.EvaluationRequestH\x00\x12&\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x17.semalign.v1.SessionEndH\x00\x12+\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1a.semalign.v1.ProtocolErrorH\x00\x42\x06\n\x04\x62ody*y\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\r\n\tCOMPLEX64\x10\x01\x12\x0e\n\nCOMPLEX128\x10\x02\x12\x0b\n\x07\x46LOAT32\x10\x03\x12\x0b\n\x07\x46LOAT64\x10\x04\x12\t\n\x05INT64\x10\x05\x12\t\n\x05INT32\x10\x06\x12\n\n\x06UINT16\x10\x07*U\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46\x45\x44\x10\x01\x12\x0e\n\nMULTI_LINK\x10\x02\x12\x0b\n\x07\x46IRST_K\x10\x03\x12\t\n\x05TOP_K\x10\x04*C\n\x0b\x42\x61selineFit\x12\x1c\n\x18\x42\x41SELINE_FIT_UNSPECIFIED\x10\x00\x12\x0c\n\x08RECEIVED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x32L\n\tAlignment\x12?\n\x07Session\x12\x18.semalign.v1.UserMessage\x1a\x16.semalign.v1.ApMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsemalign/proto/semalign.proto\x12\x0bsemalign.v1\"H\n\x06Matrix\x12\r\n\x05shape\x18\x01 \x03(\x04\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.semalign.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x80\x02\n\x10HandshakeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x13\n\x0b\x61ntennas_rx\x18\x05 \x01(\r\x12\x0e\n\x06snr_db\x18\x06 \x01(\x01\x12\x11\n\tpilot_ids\x18\x07 \x03(\x03\x12 \n\x03\x63si\x18\x08 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\r\n\x05token\x18\t \x01(\t\x12\x33\n\x0fround_protocols\x18\n \x03(\x0e\x32\x1a.semalign.v1.RoundProtocol\"\x88\x04\n\x0fHandshakeAccept\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nuser_index\x18\x02 \x01(\r\x12\'\n\x08strategy\x18\x03 \x01(\x0e\x32\x15.semalign.v1.Strategy\x12\x14\n\x0c\x63hannel_uses\x18\x04 \x01(\r\x12\x13\n\x0b\x61ntennas_tx\x18\x05 \x01(\r\x12\x0b\n\x03rho\x18\x06 \x01(\x01\x12\x12\n\niterations\x18\x07 \x01(\r\x12\r\n\x05power\x18\x08 \x01(\x01\x12\x11\n\tpilot_ids\x18\t \x03(\x03\x12\x15\n\rap_latent_dim\x18\n \x01(\r\x12\x15\n\rchannel_aware\x18\x0b \x01(\x08\x12\x11\n\tnoise_var\x18\x0c \x01(\x01\x12.\n\x0c\x62\x61seline_fit\x18\r \x01(\x0e\x32\x18.semalign.v1.BaselineFit\x12\x18\n\x10protocol_version\x18\x0e \x01(\r\x12\x32\n\x0eround_protocol\x18\x0f \x01(\x0e\x32\x1a.semalign.v1.RoundProtocol\x12#\n\x06pilots\x18\x10 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\'\n\npilot_gram\x18\x11 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12)\n\tprecision\x18\x12 \x01(\x0e\x32\x16.semalign.v1.Precision\"h\n\x0eRoundBroadcast\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12$\n\x07symbols\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"\x9b\x01\n\x0bRoundUpload\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1e\n\x01\x61\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x1e\n\x01p\x18\x04 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x15\n\rsquared_error\x18\x05 \x01(\x01\x12\x12\n\nnoise_term\x18\x06 \x01(\x01\"p\n\x10\x43ompactBroadcast\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12*\n\rpre_equalizer\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"\xa1\x01\n\rCompactUpload\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x1e\n\x01\x61\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\"\n\x05\x63ross\x18\x04 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x15\n\rsquared_error\x18\x05 \x01(\x01\x12\x12\n\nnoise_term\x18\x06 \x01(\x01\"\x9b\x01\n\x11PilotTransmission\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x07symbols\x18\x02 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12$\n\x07indices\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12&\n\treference\x18\x04 \x01(\x0b\x32\x13.semalign.v1.Matrix\"\x87\x01\n\x11\x45valuationRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x07symbols\x18\x02 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12$\n\x07indices\x18\x03 \x01(\x0b\x32\x13.semalign.v1.Matrix\x12\x12\n\nsample_ids\x18\x04 \x03(\x03\"\x85\x01\n\x10\x45valuationReport\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x17\n\x0fnative_accuracy\x18\x03 \x01(\x01\x12\x0b\n\x03mse\x18\x04 \x01(\x01\x12\x14\n\x0cmse_whitened\x18\x05 \x01(\x01\x12\x0f\n\x07samples\x18\x06 \x01(\x04\"S\n\x03\x41\x63k\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rsquared_error\x18\x03 \x01(\x01\x12\x12\n\nnoise_term\x18\x04 \x01(\x01\"0\n\nSessionEnd\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\rProtocolError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xaa\x02\n\x0bUserMessage\x12\x32\n\thandshake\x18\x01 \x01(\x0b\x32\x1d.semalign.v1.HandshakeRequestH\x00\x12*\n\x06upload\x18\x02 \x01(\x0b\x32\x18.semalign.v1.RoundUploadH\x00\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x10.semalign.v1.AckH\x00\x12/\n\x06report\x18\x04 \x01(\x0b\x32\x1d.semalign.v1.EvaluationReportH\x00\x12+\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.semalign.v1.ProtocolErrorH\x00\x12\x34\n\x0e\x63ompact_upload\x18\x06 \x01(\x0b\x32\x1a.semalign.v1.CompactUploadH\x00\x42\x06\n\x04\x62ody\"\xec\x02\n\tApMessage\x12.\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x1c.semalign.v1.HandshakeAcceptH\x00\x12\x30\n\tbroadcast\x18\x02 \x01(\x0b\x32\x1b.semalign.v1.RoundBroadcastH\x00\x12\x30\n\x06pilots\x18\x03 \x01(\x0b\x32\x1e.semalign.v1.PilotTransmissionH\x00\x12\x32\n\x08\x65valuate\x18\x04 \x01(\x0b\x32\x1e.semalign.v1.EvaluationRequestH\x00\x12&\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x17.semalign.v1.SessionEndH\x00\x12+\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1a.semalign.v1.ProtocolErrorH\x00\x12:\n\x11\x63ompact_broadcast\x18\x07 \x01(\x0b\x32\x1d.semalign.v1.CompactBroadcastH\x00\x42\x06\n\x04\x62ody*y\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\r\n\tCOMPLEX64\x10\x01\x12\x0e\n\nCOMPLEX128\x10\x02\x12\x0b\n\x07\x46LOAT32\x10\x03\x12\x0b\n\x07\x46LOAT64\x10\x04\x12\t\n\x05INT64\x10\x05\x12\t\n\x05INT32\x10\x06\x12\n\n\x06UINT16\x10\x07*U\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46\x45\x44\x10\x01\x12\x0e\n\nMULTI_LINK\x10\x02\x12\x0b\n\x07\x46IRST_K\x10\x03\x12\t\n\x05TOP_K\x10\x04*C\n\x0b\x42\x61selineFit\x12\x1c\n\x18\x42\x41SELINE_FIT_UNSPECIFIED\x10\x00\x12\x0c\n\x08RECEIVED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02*G\n\rRoundProtocol\x12\x1e\n\x1aROUND_PROTOCOL_UNSPECIFIED\x10\x00\x12\t\n\x05PAPER\x10\x01\x12\x0b\n\x07\x43OMPACT\x10\x02*>\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\n\n\x06\x44OUBLE\x10\x01\x12\n\n\x06SINGLE\x10\x02\x32L\n\tAlignment\x12?\n\x07Session\x12\x18.semalign.v1.UserMessage\x1a\x16.semalign.v1.ApMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semalign.proto.semalign_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2095
-  _globals['_DTYPE']._serialized_end=2216
-  _globals['_STRATEGY']._serialized_start=2218
-  _globals['_STRATEGY']._serialized_end=2303
-  _globals['_BASELINEFIT']._serialized_start=2305
-  _globals['_BASELINEFIT']._serialized_end=2372
+  _globals['_DTYPE']._serialized_start=2713
+  _globals['_DTYPE']._serialized_end=2834
+  _globals['_STRATEGY']._serialized_start=2836
+  _globals['_STRATEGY']._serialized_end=2921
+  _globals['_BASELINEFIT']._serialized_start=2923
+  _globals['_BASELINEFIT']._serialized_end=2990
+  _globals['_ROUNDPROTOCOL']._serialized_start=2992
+  _globals['_ROUNDPROTOCOL']._serialized_end=3063
+  _globals['_PRECISION']._serialized_start=3065
+  _globals['_PRECISION']._serialized_end=3127
   _globals['_MATRIX']._serialized_start=46
   _globals['_MATRIX']._serialized_end=118
   _globals['_HANDSHAKEREQUEST']._serialized_start=121
-  _globals['_HANDSHAKEREQUEST']._serialized_end=324
-  _globals['_HANDSHAKEACCEPT']._serialized_start=327
-  _globals['_HANDSHAKEACCEPT']._serialized_end=674
-  _globals['_ROUNDBROADCAST']._serialized_start=676
-  _globals['_ROUNDBROADCAST']._serialized_end=780
-  _globals['_ROUNDUPLOAD']._serialized_start=783
-  _globals['_ROUNDUPLOAD']._serialized_end=938
-  _globals['_PILOTTRANSMISSION']._serialized_start=941
-  _globals['_PILOTTRANSMISSION']._serialized_end=1096
-  _globals['_EVALUATIONREQUEST']._serialized_start=1099
-  _globals['_EVALUATIONREQUEST']._serialized_end=1234
-  _globals['_EVALUATIONREPORT']._serialized_start=1237
-  _globals['_EVALUATIONREPORT']._serialized_end=1370
-  _globals['_ACK']._serialized_start=1372
-  _globals['_ACK']._serialized_end=1455
-  _globals['_SESSIONEND']._serialized_start=1457
-  _globals['_SESSIONEND']._serialized_end=1505
-  _globals['_PROTOCOLERROR']._serialized_start=1507
-  _globals['_PROTOCOLERROR']._serialized_end=1539
-  _globals['_USERMESSAGE']._serialized_start=1542
-  _globals['_USERMESSAGE']._serialized_end=1786
-  _globals['_APMESSAGE']._serialized_start=1789
-  _globals['_APMESSAGE']._serialized_end=2093
-  _globals['_ALIGNMENT']._serialized_start=2374
-  _globals['_ALIGNMENT']._serialized_end=2450
+  _globals['_HANDSHAKEREQUEST']._serialized_end=377
+  _globals['_HANDSHAKEACCEPT']._serialized_start=380
+  _globals['_HANDSHAKEACCEPT']._serialized_end=900
+  _globals['_ROUNDBROADCAST']._serialized_start=902
+  _globals['_ROUNDBROADCAST']._serialized_end=1006
+  _globals['_ROUNDUPLOAD']._serialized_start=1009
+  _globals['_ROUNDUPLOAD']._serialized_end=1164
+  _globals['_COMPACTBROADCAST']._serialized_start=1166
+  _globals['_COMPACTBROADCAST']._serialized_end=1278
+  _globals['_COMPACTUPLOAD']._serialized_start=1281
+  _globals['_COMPACTUPLOAD']._serialized_end=1442
+  _globals['_PILOTTRANSMISSION']._serialized_start=1445
+  _globals['_PILOTTRANSMISSION']._serialized_end=1600
+  _globals['_EVALUATIONREQUEST']._serialized_start=1603
+  _globals['_EVALUATIONREQUEST']._serialized_end=1738
+  _globals['_EVALUATIONREPORT']._serialized_start=1741
+  _globals['_EVALUATIONREPORT']._serialized_end=1874
+  _globals['_ACK']._serialized_start=1876
+  _globals['_ACK']._serialized_end=1959
+  _globals['_SESSIONEND']._serialized_start=1961
+  _globals['_SESSIONEND']._serialized_end=2009
+  _globals['_PROTOCOLERROR']._serialized_start=2011
+  _globals['_PROTOCOLERROR']._serialized_end=2043
+  _globals['_USERMESSAGE']._serialized_start=2046
+  _globals['_USERMESSAGE']._serialized_end=2344
+  _globals['_APMESSAGE']._serialized_start=2347
+  _globals['_APMESSAGE']._serialized_end=2711
+  _globals['_ALIGNMENT']._serialized_start=3129
+  _globals['_ALIGNMENT']._serialized_end=3205
 # @@protoc_insertion_point(module_scope)

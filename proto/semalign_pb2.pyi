@@ -31,6 +31,18 @@ class BaselineFit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE_FIT_UNSPECIFIED: _ClassVar[BaselineFit]
     RECEIVED: _ClassVar[BaselineFit]
     FULL: _ClassVar[BaselineFit]
+
+class RoundProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_PROTOCOL_UNSPECIFIED: _ClassVar[RoundProtocol]
+    PAPER: _ClassVar[RoundProtocol]
+    COMPACT: _ClassVar[RoundProtocol]
+
+class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRECISION_UNSPECIFIED: _ClassVar[Precision]
+    DOUBLE: _ClassVar[Precision]
+    SINGLE: _ClassVar[Precision]
 DTYPE_UNSPECIFIED: DType
 COMPLEX64: DType
 COMPLEX128: DType
@@ -47,6 +59,12 @@ TOP_K: Strategy
 BASELINE_FIT_UNSPECIFIED: BaselineFit
 RECEIVED: BaselineFit
 FULL: BaselineFit
+ROUND_PROTOCOL_UNSPECIFIED: RoundProtocol
+PAPER: RoundProtocol
+COMPACT: RoundProtocol
+PRECISION_UNSPECIFIED: Precision
+DOUBLE: Precision
+SINGLE: Precision
 
 class Matrix(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -59,7 +77,7 @@ class Matrix(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("protocol_version", "user_id", "encoder", "latent_dim", "antennas_rx", "snr_db", "pilot_ids", "csi", "token")
+    __slots__ = ("protocol_version", "user_id", "encoder", "latent_dim", "antennas_rx", "snr_db", "pilot_ids", "csi", "token", "round_protocols")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +87,7 @@ class HandshakeRequest(_message.Message):
     PILOT_IDS_FIELD_NUMBER: _ClassVar[int]
     CSI_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROUND_PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     user_id: str
     encoder: str
@@ -78,10 +97,11 @@ class HandshakeRequest(_message.Message):
     pilot_ids: _containers.RepeatedScalarFieldContainer[int]
     csi: Matrix
     token: str
-    def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+    round_protocols: _containers.RepeatedScalarFieldContainer[RoundProtocol]
+    def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ..., round_protocols: _Optional[_Iterable[_Union[RoundProtocol, str]]] = ...) -> None: ...
 
 class HandshakeAccept(_message.Message):
-    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version")
+    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_INDEX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +116,10 @@ class HandshakeAccept(_message.Message):
     NOISE_VAR_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PILOTS_FIELD_NUMBER: _ClassVar[int]
+    PILOT_GRAM_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_index: int
     strategy: Strategy
@@ -110,7 +134,11 @@ class HandshakeAccept(_message.Message):
     noise_var: float
     baseline_fit: BaselineFit
     protocol_version: int
-    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    round_protocol: RoundProtocol
+    pilots: Matrix
+    pilot_gram: Matrix
+    precision: Precision
+    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class RoundBroadcast(_message.Message):
     __slots__ = ("session_id", "round", "symbols", "final")
@@ -139,6 +167,34 @@ class RoundUpload(_message.Message):
     squared_error: float
     noise_term: float
     def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., a: _Optional[_Union[Matrix, _Mapping]] = ..., p: _Optional[_Union[Matrix, _Mapping]] = ..., squared_error: _Optional[float] = ..., noise_term: _Optional[float] = ...) -> None: ...
+
+class CompactBroadcast(_message.Message):
+    __slots__ = ("session_id", "round", "pre_equalizer", "final")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PRE_EQUALIZER_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    pre_equalizer: Matrix
+    final: bool
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., pre_equalizer: _Optional[_Union[Matrix, _Mapping]] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class CompactUpload(_message.Message):
+    __slots__ = ("session_id", "round", "a", "cross", "squared_error", "noise_term")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    CROSS_FIELD_NUMBER: _ClassVar[int]
+    SQUARED_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOISE_TERM_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    a: Matrix
+    cross: Matrix
+    squared_error: float
+    noise_term: float
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., a: _Optional[_Union[Matrix, _Mapping]] = ..., cross: _Optional[_Union[Matrix, _Mapping]] = ..., squared_error: _Optional[float] = ..., noise_term: _Optional[float] = ...) -> None: ...
 
 class PilotTransmission(_message.Message):
     __slots__ = ("session_id", "symbols", "indices", "reference")
@@ -207,31 +263,35 @@ class ProtocolError(_message.Message):
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class UserMessage(_message.Message):
-    __slots__ = ("handshake", "upload", "ack", "report", "error")
+    __slots__ = ("handshake", "upload", "ack", "report", "error", "compact_upload")
     HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_UPLOAD_FIELD_NUMBER: _ClassVar[int]
     handshake: HandshakeRequest
     upload: RoundUpload
     ack: Ack
     report: EvaluationReport
     error: ProtocolError
-    def __init__(self, handshake: _Optional[_Union[HandshakeRequest, _Mapping]] = ..., upload: _Optional[_Union[RoundUpload, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ...) -> None: ...
+    compact_upload: CompactUpload
+    def __init__(self, handshake: _Optional[_Union[HandshakeRequest, _Mapping]] = ..., upload: _Optional[_Union[RoundUpload, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_upload: _Optional[_Union[CompactUpload, _Mapping]] = ...) -> None: ...
 
 class ApMessage(_message.Message):
-    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error")
+    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error", "compact_broadcast")
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     BROADCAST_FIELD_NUMBER: _ClassVar[int]
     PILOTS_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_BROADCAST_FIELD_NUMBER: _ClassVar[int]
     accept: HandshakeAccept
     broadcast: RoundBroadcast
     pilots: PilotTransmission
     evaluate: EvaluationRequest
     end: SessionEnd
     error: ProtocolError
-    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ...) -> None: ...
+    compact_broadcast: CompactBroadcast
+    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_broadcast: _Optional[_Union[CompactBroadcast, _Mapping]] = ...) -> None: ...

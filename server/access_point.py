@@ -168,6 +168,7 @@ class AccessPoint:
             baseline_fit=_FIT_CODES[cfg.baseline_fit],
             protocol_version=PROTOCOL_VERSION,
         )
+        self.strategy.complete_accept(state, req, accept)
         log.info(
             "handshake: %s (%s, d=%d, N_R=%d) as user %d",
             req.user_id,
@@ -225,7 +226,8 @@ class AccessPoint:
             raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
         if self.expecting not in ("upload", "ack"):
             raise ProtocolError(f"unexpected {kind} from {user_id}: nothing was sent to answer")
-        if kind != self.expecting:
+        expected = ("upload", "compact_upload") if self.expecting == "upload" else ("ack",)
+        if kind not in expected:
             raise ProtocolError(f"expected an {self.expecting} from {user_id}, got {kind}")
         if kind == "ack":
             ack = msg.ack
@@ -236,7 +238,7 @@ class AccessPoint:
                 )
             state.terms = check_terms(ack.squared_error, ack.noise_term, f"ack from {user_id}")
             return
-        upload = msg.upload
+        upload = getattr(msg, kind)
         check_terms(upload.squared_error, upload.noise_term, f"upload from {user_id}")
         self.strategy.receive_upload(state, upload)
 

@@ -1,19 +1,40 @@
 """The user half of the federated-ADMM strategies (``fed`` and ``multi-link``; section III-B).
 
-Per round: G-step (eq. 7) on the received pilots S_l, then the uplink statistics
-A_l = (G_l H_l)^H (G_l H_l) (eq. 11) and P_l = (G_l H_l)^H Y_l, and the local loss terms of
-eq. (4). After the final broadcast (S_l = H_l Z X) only the G-step and an Ack. The user cannot
-tell a shared F from its own F_l, so both strategies use this class.
+Per round: G-step (eq. 7), then the uplink statistics A_l = (G_l H_l)^H (G_l H_l) (eq. 11) and
+the pilot term, and the local loss terms of eq. (4). After the final broadcast (the transmit
+matrix Z) only the G-step and an Ack. The user cannot tell a shared F from its own F_l, so both
+strategies use this class.
+
+Round protocols (the AP says which in the HandshakeAccept):
+
+* ``paper``: the AP sends S_l = H_l F X (or F X: the user applies its channel); the user forms
+  Y S^H and S S^H against the n pilots and uploads P_l = (G_l H_l)^H Y_l (K N_T, n). With
+  ``precision`` SINGLE these O(n) products run in complex64 (Y kept once in complex64).
+* ``compact``: the accept carries the whitened AP pilots X and B = X X^H; the user computes
+  R = Y X^H (m, c) once and drops X. Each round the AP sends F: Y S^H = R (H F)^H,
+  S S^H = H F B F^H H^H, and the upload is P_l X^H = (G_l H_l)^H R: no O(n) work a round.
+
+Arrays derived from the user's pilots alone (Y in complex64, R for one X) are kept on its
+:class:`~semalign.client.user.UserData`, so users that share an encoder's data in one process
+(simulations) compute and hold them once.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.common import admm
 from semalign.common.errors import ProtocolError
+from semalign.common.threads import single_thread
 from semalign.common.wire import check_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
+
+
+def _digest(array: np.ndarray) -> str:
+    """Content key of an array (its bytes, read in place)."""
+    return hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8), digest_size=16).hexdigest()
 
 
 class AdmmUser(UserStrategy):
@@ -22,28 +43,76 @@ class AdmmUser(UserStrategy):
     def __init__(self, user: UserContext, name: str) -> None:
         super().__init__(user, name)
         self.g: np.ndarray | None = None
+        self.y_work: np.ndarray | None = None  # Y in the precision of the O(n) products
+        self.cross: np.ndarray | None = None  # compact: R = Y X^H (m, c)
+        self.pilot_gram: np.ndarray | None = None  # compact: B = X X^H (c, c)
 
+    def on_accept(self, acc: pb.HandshakeAccept) -> None:
+        user = self.user
+        # H = I_K (x) Hbar (K N_R, K N_T) of the user's channel estimate, formed once
+        self.h = user.design_channel.matrix
+        self._rows = _digest(np.asarray(acc.pilot_ids, dtype=np.int64))
+        self.y_work = user.y
+        if acc.precision == pb.SINGLE:
+            key = ("y", "single", self._rows)
+            self.y_work = self._derived(key, lambda: user.y.astype(np.complex64))
+        if acc.round_protocol == pb.COMPACT:
+            self._take_pilots(acc)
+            # keep the accept without X: a parsed message holds all of its bytes while it lives
+            acc.ClearField("pilots")
+            acc.ClearField("pilot_gram")
+            slim = pb.HandshakeAccept()
+            slim.CopyFrom(acc)
+            user.accept = slim
+
+    def _derived(self, key: tuple, compute):
+        """An array computed from this user's pilots only, shared by users of the same data."""
+        memo = self.user.data.memo
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
+    def _take_pilots(self, acc: pb.HandshakeAccept) -> None:
+        """Compact protocol: R = Y X^H from the AP's X (c, n), and B = X X^H (c, c)."""
+        user = self.user
+        if not (acc.HasField("pilots") and acc.HasField("pilot_gram")):
+            raise ProtocolError("compact round protocol without the pilots X and X X^H")
+        c = (acc.ap_latent_dim + 1) // 2
+        x = check_matrix(acc.pilots, "pilots X", (c, len(acc.pilot_ids)), copy=False)
+        gram = check_matrix(acc.pilot_gram, "pilot Gram matrix", (c, c), copy=False)
+        gram = gram.astype(np.complex128, copy=False)
+
+        def cross() -> np.ndarray:
+            x_h = np.conjugate(x, dtype=np.complex128).T  # the one conversion of X
+            return user.y @ x_h
+
+        key = ("cross", self._rows, _digest(x))
+        self.cross = self._derived(key, cross)
+        self.pilot_gram = gram
+
+    # ------------------------------------------------------------------ paper rounds
     def on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
         user = self.user
         acc = user.accept
+        if self.cross is not None:
+            raise ProtocolError("paper broadcast in a compact session")
         k = acc.channel_uses
         expected = (
             k * (user.antennas_rx if acc.channel_aware else acc.antennas_tx),
             len(acc.pilot_ids),
         )
-        s = check_matrix(msg.symbols, "broadcast symbols", expected).astype(np.complex128)
+        s = check_matrix(msg.symbols, "broadcast symbols", expected, copy=False)
+        s = s.astype(self.y_work.dtype, copy=False)
         if not acc.channel_aware:  # S_l = H_l (F X) on the user's estimate of H_l, no noise
-            s = user.design_channel(s, noiseless=True)
-        products = admm.pilot_products(user.y, s, user.y_norm2)
-        self.g = admm.g_step(user.y, s, acc.noise_var, products)
-        sq, noise = admm.local_objective_terms(user.y, self.g, s, acc.noise_var, products)
+            s = user.design_channel(s, noiseless=True).astype(self.y_work.dtype, copy=False)
+        products = admm.pilot_products(self.y_work, s, user.y_norm2)
+        with single_thread():
+            self.g = admm.g_step(user.y, s, acc.noise_var, products)
+            sq, noise = admm.local_objective_terms(user.y, self.g, s, acc.noise_var, products)
         user.received_rounds.append(msg.round)
         if msg.final:
-            ack = pb.Ack(
-                session_id=acc.session_id, round=msg.round, squared_error=sq, noise_term=noise
-            )
-            return pb.UserMessage(ack=ack).SerializeToString()
-        a, p = admm.uplink_statistics(self.g, user.design_channel.matrix, user.y)
+            return self._ack(msg.round, sq, noise)
+        a, p = admm.uplink_statistics(self.g, self.h, self.y_work)
         up = pb.RoundUpload(
             session_id=acc.session_id,
             round=msg.round,
@@ -53,6 +122,44 @@ class AdmmUser(UserStrategy):
             noise_term=noise,
         )
         return pb.UserMessage(upload=up).SerializeToString()
+
+    # ------------------------------------------------------------------ compact rounds
+    def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
+        user = self.user
+        acc = user.accept
+        if self.cross is None:
+            raise ProtocolError("compact broadcast in a paper session")
+        expected = (acc.channel_uses * acc.antennas_tx, self.pilot_gram.shape[0])
+        f = check_matrix(msg.pre_equalizer, "pre-equalizer F", expected, copy=False)
+        f = f.astype(np.complex128, copy=False)
+        with single_thread():
+            hf = admm.apply_block_channel(user.hbar_estimate, f)  # H F on the estimate (K N_R, c)
+            n = len(acc.pilot_ids)
+            products = admm.compact_products(self.cross, hf, self.pilot_gram, user.y_norm2, n)
+            self.g = admm.g_step(user.y, None, acc.noise_var, products)
+            sq, noise = admm.local_objective_terms(user.y, self.g, None, acc.noise_var, products)
+            user.received_rounds.append(msg.round)
+            if msg.final:
+                return self._ack(msg.round, sq, noise)
+            a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
+            up = pb.CompactUpload(
+                session_id=acc.session_id,
+                round=msg.round,
+                a=to_matrix(a, "complex64"),
+                cross=to_matrix(cross, "complex64"),
+                squared_error=sq,
+                noise_term=noise,
+            )
+            return pb.UserMessage(compact_upload=up).SerializeToString()
+
+    def _ack(self, round_: int, sq: float, noise: float) -> bytes:
+        ack = pb.Ack(
+            session_id=self.user.accept.session_id,
+            round=round_,
+            squared_error=sq,
+            noise_term=noise,
+        )
+        return pb.UserMessage(ack=ack).SerializeToString()
 
     def estimate(self, symbols: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
         """G_l H_l symbols (+ noise): (m/2, n)."""

@@ -11,12 +11,19 @@ latents.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from semalign.common.channel import RayleighChannel
 from semalign.common.errors import ProtocolError
 from semalign.proto import semalign_pb2 as pb
+
+
+class PrivateData(Protocol):
+    """What a strategy uses of the user's private data."""
+
+    #: arrays derived from the data alone, shared by users holding the same data
+    memo: dict[Any, Any]
 
 
 class UserContext(Protocol):
@@ -32,6 +39,7 @@ class UserContext(Protocol):
     design_channel: RayleighChannel  # K uses of the estimate (noiseless use only)
     y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user)
     y_norm2: float  # ||Y_l||_F^2
+    data: PrivateData  # the private latents (:class:`~semalign.client.user.UserData`)
     received_rounds: list[int]
 
 
@@ -47,9 +55,16 @@ class UserStrategy(ABC):
         self.user = user
         self.name = name
 
+    def on_accept(self, acc: pb.HandshakeAccept) -> None:  # noqa: B027 (optional hook)
+        """The handshake was accepted (``user.accept`` is set): take the strategy's entries."""
+
     def on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
         """Answer a RoundBroadcast (UserMessage bytes)."""
         raise ProtocolError(f"strategy {self.name} expects no round broadcasts")
+
+    def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
+        """Answer a CompactBroadcast (UserMessage bytes)."""
+        raise ProtocolError(f"strategy {self.name} expects no compact broadcasts")
 
     def on_pilots(self, msg: pb.PilotTransmission) -> bytes:
         """Answer a PilotTransmission (UserMessage bytes)."""

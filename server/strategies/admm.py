@@ -1,26 +1,39 @@
 """The AP half shared by the federated-ADMM strategies (section III-B, Algorithm 1).
 
-Each round the AP broadcasts S_l = H_l F X (channel-aware) or F X, takes every user's
-A_l (K N_T, K N_T) and P_l (K N_T, n), and runs the F-step (eqs. 11-15), then the Z projection
-(eq. 17) and the dual update (eq. 18). :class:`~.shared_admm.SharedAdmm` (``fed``) averages the
-local F_l into one F (eq. 8); :class:`~.per_user_admm.PerUserAdmm` (``multi-link``) keeps one
-F_l, Z_l, U_l per user. After the last round the final broadcast uses the feasible Z (Z_l) so
-that each user's G_l matches what will be sent.
+Each round the AP sends every user its round message, takes every user's A_l (K N_T, K N_T) and
+pilot term, and runs the F-step (eqs. 11-15), then the Z projection (eq. 17) and the dual update
+(eq. 18). :class:`~.shared_admm.SharedAdmm` (``fed``) averages the local F_l into one F (eq. 8);
+:class:`~.per_user_admm.PerUserAdmm` (``multi-link``) keeps one F_l, Z_l, U_l per user. After the
+last round the final broadcast uses the feasible Z (Z_l) so that each user's G_l matches what
+will be sent.
+
+Round protocols (negotiated per user in the handshake, :meth:`AdmmStrategy.complete_accept`):
+
+* ``paper`` (section III-B): down S_l = H_l F X (channel-aware) or F X, (K N, n); up P_l =
+  (G_l H_l)^H Y_l (K N_T, n). F X is computed once per distinct F and H_l applied per channel
+  use; all users' P_l X^H are one stacked product (:func:`~semalign.common.admm.cross_terms`).
+* ``compact``: the whitened pilots X and B = X X^H go to the user once, in its HandshakeAccept;
+  each round F goes down and P_l X^H (K N_T, c) comes up, O(K N d) bytes instead of O(K N n).
+  The F-step takes P_l X^H as it is. Paper and compact users can share a session.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from semalign.common import admm
-from semalign.common.channel import block_channel
 from semalign.common.errors import ProtocolError
+from semalign.common.threads import single_thread
 from semalign.common.validation import check_bounded, check_terms, one_line
 from semalign.common.wire import check_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,8 +65,12 @@ class AdmmStrategy(ApStrategy):
     def start(self, ap: ApContext) -> None:
         super().start(ap)
         self.gram = admm.factor_gram(ap.x)  # B = X X^H (eq. 12), once per run
+        # X in the precision of the O(n) products (the same array in double precision)
+        self.x_work = ap.x.astype(admm.COMPLEX[self.config.precision], copy=False)
         rng = np.random.default_rng(self.config.seed)
         self.shared = AdmmVariables.initial(admm.init_pre_equalizer(ap.symbols, ap.cdim, rng))
+        self._pilot_matrices: tuple[pb.Matrix, pb.Matrix] | None = None
+        self.handshake_pilot_bytes = 0
 
     @abstractmethod
     def variables(self, state: UserState | None) -> AdmmVariables:
@@ -63,6 +80,33 @@ class AdmmStrategy(ApStrategy):
     def rounds(self) -> int:
         return self.config.iterations
 
+    # ------------------------------------------------------------------ handshake
+    def complete_accept(
+        self, state: UserState, request: pb.HandshakeRequest, accept: pb.HandshakeAccept
+    ) -> None:
+        """Precision and round protocol: compact when configured and the user offers it (then X
+        and B = X X^H travel in the accept, once); otherwise paper. Defaults stay unset, so a
+        paper, double-precision accept is byte for byte what it was before the negotiation."""
+        if self.config.precision == "single":
+            accept.precision = pb.SINGLE
+        if self.config.protocol != "compact":
+            return
+        if pb.COMPACT not in request.round_protocols:
+            log.warning("%s does not offer the compact round protocol: paper rounds", state.user_id)
+            return
+        if self._pilot_matrices is None:  # serialized once, for every user
+            self._pilot_matrices = (
+                to_matrix(self.ap.x, WIRE_DTYPE),
+                to_matrix(self.gram.matrix, "complex128"),
+            )
+        pilots, gram = self._pilot_matrices
+        state.round_protocol = "compact"
+        accept.round_protocol = pb.COMPACT
+        accept.pilots.CopyFrom(pilots)
+        accept.pilot_gram.CopyFrom(gram)
+        self.handshake_pilot_bytes += pilots.ByteSize() + gram.ByteSize()
+
+    # ------------------------------------------------------------------ rounds
     def round_messages(self) -> dict[str, bytes]:
         return self._broadcast(final=False)
 
@@ -70,50 +114,114 @@ class AdmmStrategy(ApStrategy):
         return self._broadcast(final=True)
 
     def _broadcast(self, *, final: bool) -> dict[str, bytes]:
-        """RoundBroadcast bytes per active user: S_l = H_l F X (channel-aware) or F X, with the
-        transmit matrix Z instead of F when ``final``; users answer with an Ack then."""
+        """ApMessage bytes per active user, with the transmit matrix Z instead of F when
+        ``final`` (users answer with an Ack then): paper users get S_l = H_l F X
+        (channel-aware) or F X, compact users F itself."""
         ap = self.ap
         out = {}
+        pilots: dict[int, np.ndarray] = {}  # F X per distinct F (id), computed once
+        shared: dict[int, pb.Matrix] = {}  # F X as sent, when every user gets the same
         for state in ap.active_users:
             variables = self.variables(state)
-            s = (variables.z if final else variables.f) @ ap.x
-            if self.config.csi:
-                s = block_channel(state.hbar, ap.data_channel_uses) @ s
+            f = variables.z if final else variables.f
             state.upload, state.terms = None, None
+            if state.round_protocol == "compact":
+                msg = pb.CompactBroadcast(
+                    session_id=ap.session_id,
+                    round=ap.round,
+                    pre_equalizer=to_matrix(f, WIRE_DTYPE),
+                    final=final,
+                )
+                out[state.user_id] = pb.ApMessage(compact_broadcast=msg).SerializeToString()
+                continue
+            key = id(f)
+            if key not in pilots:
+                pilots[key] = f.astype(self.x_work.dtype, copy=False) @ self.x_work
+            if self.config.csi:
+                with single_thread():
+                    received = admm.apply_block_channel(state.hbar, pilots[key])
+                symbols = to_matrix(received, WIRE_DTYPE)
+            else:
+                if key not in shared:
+                    shared[key] = to_matrix(pilots[key], WIRE_DTYPE)
+                symbols = shared[key]
             msg = pb.RoundBroadcast(
-                session_id=ap.session_id,
-                round=ap.round,
-                symbols=to_matrix(s, WIRE_DTYPE),
-                final=final,
+                session_id=ap.session_id, round=ap.round, symbols=symbols, final=final
             )
             out[state.user_id] = pb.ApMessage(broadcast=msg).SerializeToString()
         return out
 
-    def receive_upload(self, state: UserState, upload: pb.RoundUpload) -> None:
-        """Keep A_l (K N_T, K N_T) and P_l (K N_T, n) of this round, after checking them:
-        this session and round, complex64 of exactly these shapes, finite, |entries| <= MAX_ABS,
-        A_l Hermitian."""
+    def receive_upload(self, state: UserState, upload: pb.RoundUpload | pb.CompactUpload) -> None:
+        """Keep A_l (K N_T, K N_T) and P_l (K N_T, n) (paper) or P_l X^H (K N_T, c) (compact)
+        of this round, after checking them. P_l stays a view of the message's bytes until the
+        step converts it, once."""
         ap, user_id = self.ap, state.user_id
         if upload.session_id != ap.session_id or upload.round != ap.round:
             raise ProtocolError(
                 f"upload from {user_id} for session {one_line(upload.session_id, 40)!r} round "
                 f"{upload.round}, expected {ap.session_id} round {ap.round}"
             )
+        compact = isinstance(upload, pb.CompactUpload)
+        if compact != (state.round_protocol == "compact"):
+            kind = "compact" if compact else "paper"
+            raise ProtocolError(
+                f"{kind} upload from {user_id}, whose rounds use the {state.round_protocol} "
+                "protocol"
+            )
         what = f"upload from {user_id}"
-        s, n = ap.symbols, ap.n
+        s, columns = ap.symbols, (ap.cdim if compact else ap.n)
+        name = "P X^H" if compact else "P"
         a = check_matrix(upload.a, f"{what}: A", (s, s), (pb.COMPLEX64,))
-        p = check_matrix(upload.p, f"{what}: P", (s, n), (pb.COMPLEX64,))
+        # P_l stays a view of the message's bytes until the step converts it, once
+        term = check_matrix(
+            upload.cross if compact else upload.p,
+            f"{what}: {name}",
+            (s, columns),
+            (pb.COMPLEX64,),
+            copy=False,
+        )
         a = check_bounded(a, f"{what}: A").astype(np.complex128)
-        p = check_bounded(p, f"{what}: P").astype(np.complex128)
+        term = check_bounded(term, f"{what}: {name}")
         if np.max(np.abs(a - a.conj().T), initial=0.0) > 1e-5 * np.max(np.abs(a), initial=1.0):
             raise ProtocolError(f"{what}: A is not Hermitian")
-        state.upload = (a, p)
+        state.upload = (a, term)
         state.terms = check_terms(upload.squared_error, upload.noise_term, what)
 
-    def f_step(self, state: UserState, variables: AdmmVariables) -> np.ndarray:
-        """User ``state``'s local F_l (K N_T, c) from its upload (eqs. 11-15)."""
-        a, p = state.upload
-        return admm.f_step(a, p, self.ap.x, self.gram, variables.z, variables.u, self.config.rho)
+    def local_steps(self, users: list[UserState]) -> list[np.ndarray]:
+        """Every user's local F_l (K N_T, c) from its upload (eqs. 11-15), in order: the paper
+        users' P_l X^H as one stacked product, then the small Sylvester solves."""
+        paper = [u for u in users if u.round_protocol != "compact"]
+        crosses = dict(
+            zip(
+                (u.user_id for u in paper),
+                admm.cross_terms(self.x_work, [u.upload[1] for u in paper]),
+                strict=True,
+            )
+        )
+        uploads, duals = [], []
+        for state in users:
+            a, term = state.upload
+            cross = crosses.get(state.user_id)
+            uploads.append((a, term.astype(np.complex128) if cross is None else cross))
+            v = self.variables(state)
+            duals.append((v.z, v.u))
+        with single_thread():
+            return admm.f_steps(uploads, duals, self.gram, self.config.rho)
+
+    def result_info(self) -> dict[str, Any]:
+        """``round_protocol`` (compact sessions only): users per protocol and the bytes of the
+        pilots X and B = X X^H sent in the handshake (also counted in the handshake phase)."""
+        if self.config.protocol != "compact":
+            return {}
+        users = list(self.ap.users.values())
+        compact = sum(u.round_protocol == "compact" for u in users)
+        return {
+            "round_protocol": {
+                "compact_users": compact,
+                "paper_users": len(users) - compact,
+                "handshake_pilot_bytes": self.handshake_pilot_bytes,
+            }
+        }
 
     def encode(
         self, x: np.ndarray, state: UserState | None

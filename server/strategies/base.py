@@ -6,7 +6,8 @@ users, drops and the evaluation plumbing; at each phase of the session it asks i
 * construction (``cls(config, cdim)``): how many of the K channel uses carry data
   (:attr:`ApStrategy.data_channel_uses`; Top-K may spend some on side information);
 * :meth:`ApStrategy.start`: state once the pilots are whitened (X, section III);
-* :meth:`ApStrategy.add_user`: a user passed the handshake;
+* :meth:`ApStrategy.add_user`: a user passed the handshake; :meth:`ApStrategy.complete_accept`
+  adds the strategy's entries to its HandshakeAccept (the ADMM family: the round protocol);
 * :attr:`ApStrategy.rounds` rounds of :meth:`round_messages` -> :meth:`receive_upload` per
   user -> :meth:`step` (the ADMM family; baselines have none);
 * :meth:`final_messages`: the last transmission before evaluation (ADMM: the final broadcast
@@ -36,9 +37,12 @@ class UserState:
 
     Attributes:
         hbar: (N_R, N_T) channel matrix Hbar_l (channel-aware AP), else ``None``.
-        upload: this round's (A_l (K N_T, K N_T), P_l (K N_T, n)), once received.
+        upload: this round's (A_l (K N_T, K N_T), P_l (K N_T, n)), once received; in the compact
+            round protocol (A_l, P_l X^H (K N_T, c)).
         terms: this round's loss terms (||Y_l - G_l S_l||^2, n sigma^2 ||G_l||^2).
         dropped: why and when the AP stopped waiting for this user.
+        round_protocol: how this user's ADMM rounds travel, ``paper`` or ``compact``
+            (negotiated in the handshake).
     """
 
     user_id: str
@@ -51,6 +55,7 @@ class UserState:
     upload: tuple[np.ndarray, np.ndarray] | None = None
     terms: tuple[float, float] | None = None
     dropped: str | None = None
+    round_protocol: str = "paper"
 
 
 class ApContext(Protocol):
@@ -95,6 +100,11 @@ class ApStrategy(ABC):
     def add_user(self, state: UserState) -> None:  # noqa: B027 (optional hook)
         """``state`` completed its handshake."""
 
+    def complete_accept(  # noqa: B027 (optional hook)
+        self, state: UserState, request: pb.HandshakeRequest, accept: pb.HandshakeAccept
+    ) -> None:
+        """Add this strategy's entries to ``state``'s HandshakeAccept (before it is sent)."""
+
     @property
     def rounds(self) -> int:
         """How many rounds the driver runs before :meth:`final_messages`."""
@@ -104,8 +114,9 @@ class ApStrategy(ABC):
         """ApMessage bytes per active user for the current round."""
         raise ProtocolError(f"strategy {self.config.strategy} has no ADMM rounds")
 
-    def receive_upload(self, state: UserState, upload: pb.RoundUpload) -> None:
-        """Check and keep a user's RoundUpload (raise ProtocolError if it is not acceptable)."""
+    def receive_upload(self, state: UserState, upload: pb.RoundUpload | pb.CompactUpload) -> None:
+        """Check and keep a user's RoundUpload or CompactUpload (raise ProtocolError if it is not
+        acceptable)."""
         raise ProtocolError(f"strategy {self.config.strategy} expects no uploads")
 
     def step(self, users: list[UserState]) -> tuple[float, float]:

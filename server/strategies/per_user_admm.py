@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from semalign.common.errors import UsageError
+from semalign.common.threads import single_thread
 from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
 from semalign.server.strategies.base import ApContext, UserState
 
@@ -28,10 +29,10 @@ class PerUserAdmm(AdmmStrategy):
 
     def step(self, users: list[UserState]) -> tuple[float, float]:
         primal_sq = dual_sq = 0.0
-        for state in users:
-            variables = self.links[state.user_id]
-            p, d = variables.consensus(
-                self.f_step(state, variables), self.config.power, self.config.rho
-            )
-            primal_sq, dual_sq = primal_sq + p**2, dual_sq + d**2
+        local = self.local_steps(users)
+        with single_thread():
+            for state, f in zip(users, local, strict=True):
+                variables = self.links[state.user_id]
+                p, d = variables.consensus(f, self.config.power, self.config.rho)
+                primal_sq, dual_sq = primal_sq + p**2, dual_sq + d**2
         return float(np.sqrt(primal_sq)), float(np.sqrt(dual_sq))

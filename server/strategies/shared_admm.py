@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from semalign.common import admm
+from semalign.common.threads import single_thread
 from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
 from semalign.server.strategies.base import UserState
 
@@ -16,5 +17,6 @@ class SharedAdmm(AdmmStrategy):
         return self.shared
 
     def step(self, users: list[UserState]) -> tuple[float, float]:
-        local = [self.f_step(u, self.shared) for u in users]
-        return self.shared.consensus(admm.average(local), self.config.power, self.config.rho)
+        local = self.local_steps(users)
+        with single_thread():
+            return self.shared.consensus(admm.average(local), self.config.power, self.config.rho)
