@@ -471,7 +471,8 @@ def test_unauthenticated_streams_get_no_offer(metadata):
 
 
 def test_authenticated_idle_streams_are_limited_and_time_out():
-    service, server = _server(first_message_timeout=1.0, max_streams_per_address=3)
+    # 3 s: long enough that the limit checks below finish before the first streams expire
+    service, server = _server(first_message_timeout=3.0, max_streams_per_address=3)
     service.open_lobby(_offer(), ["user1", "user2", "user3", "user4"])
     token = {
         u: ((USER_KEY, u), (TOKEN_KEY, user_token(SECRET, u)))
@@ -498,11 +499,11 @@ def test_authenticated_idle_streams_are_limited_and_time_out():
             and "address" in err.value.details()
         )
         start = time.monotonic()
-        for _, _, call in (first, second, other):  # no handshake: ended after 1 s
+        for _, _, call in (first, second, other):  # no handshake: ended after 3 s
             with pytest.raises(grpc.RpcError) as err:
                 next(call)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 10  # the 3 s deadline, not the default 30 s
         time.sleep(0.2)
         assert service.open_streams == {}  # every slot released
     finally:
