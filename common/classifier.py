@@ -17,8 +17,23 @@ from semalign.common.errors import LatentsError
 from semalign.common.io import atomic_write_bytes
 
 
+class ScoreClassifier:
+    """What every task model shares: labels from its scores (the subclass provides
+    ``decision_function`` -> (n, c) scores and ``classes`` (c,))."""
+
+    def predict(self, latents: np.ndarray) -> np.ndarray:
+        """Predicted labels (n,) int64 for latents (n, d)."""
+        return self.classes[np.argmax(self.decision_function(latents), axis=1)]
+
+    def accuracy(self, latents: np.ndarray, labels: np.ndarray) -> float:
+        """Fraction of rows of ``latents`` (n, d) classified as ``labels`` (n,)."""
+        if len(labels) == 0:
+            raise ValueError("accuracy of an empty set is undefined")
+        return float(np.mean(self.predict(latents) == np.asarray(labels)))
+
+
 @dataclass(frozen=True)
-class LinearClassifier:
+class LinearClassifier(ScoreClassifier):
     """Multinomial logistic regression on standardized features.
 
     Attributes:
@@ -54,16 +69,6 @@ class LinearClassifier:
         """Scores (n, c) for latents (n, d)."""
         z = (np.asarray(latents, dtype=np.float64) - self.mean) / self.scale
         return z @ self.weight.T + self.bias
-
-    def predict(self, latents: np.ndarray) -> np.ndarray:
-        """Predicted labels (n,) int64 for latents (n, d)."""
-        return self.classes[np.argmax(self.decision_function(latents), axis=1)]
-
-    def accuracy(self, latents: np.ndarray, labels: np.ndarray) -> float:
-        """Fraction of rows of ``latents`` (n, d) classified as ``labels`` (n,)."""
-        if len(labels) == 0:
-            raise ValueError("accuracy of an empty set is undefined")
-        return float(np.mean(self.predict(latents) == np.asarray(labels)))
 
     def save(self, path: str | Path) -> None:
         """Write the weights to ``path`` (.npz) atomically."""

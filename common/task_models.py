@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from semalign.common.classifier import LinearClassifier, read_npz, train_classifier
+from semalign.common.classifier import (
+    LinearClassifier,
+    ScoreClassifier,
+    read_npz,
+    train_classifier,
+)
 from semalign.common.io import atomic_write_bytes
 
 #: The fixed training recipe; its hash is stored with the weights (a changed recipe retrains).
@@ -48,7 +53,7 @@ def _layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
 
 
 @dataclass(frozen=True)
-class MlpClassifier:
+class MlpClassifier(ScoreClassifier):
     """The authors' MLP classifier (weights in torch's layout: Linear weight is (out, in)).
 
     Attributes:
@@ -99,14 +104,6 @@ class MlpClassifier:
     def decision_function(self, latents: np.ndarray) -> np.ndarray:
         """Scores (n, c) for latents (n, d)."""
         return self.head(self.features(latents))
-
-    def predict(self, latents: np.ndarray) -> np.ndarray:
-        return self.classes[np.argmax(self.decision_function(latents), axis=1)]
-
-    def accuracy(self, latents: np.ndarray, labels: np.ndarray) -> float:
-        if len(labels) == 0:
-            raise ValueError("accuracy of an empty set is undefined")
-        return float(np.mean(self.predict(latents) == np.asarray(labels)))
 
     def save(self, path: str | Path) -> None:
         import io
