@@ -2,7 +2,9 @@
 
 ``tests/data/core_reference.json`` holds the results JSON of ``simulate`` for every strategy
 (and a session with a dropped user) on a synthetic cache, produced by the code *before* the
-"one clean house" redesign (commit 3848999). Every number must still agree to 1e-9; wall-clock
+"one clean house" redesign (commit 3848999). Every number must still agree to 1e-6 relative
+(the reference was written on another CPU: its BLAS kernels round differently, by ~1e-9, and a
+behaviour change moves these figures by far more than 1e-6); wall-clock
 timings (``seconds``) and the cache path are not compared. Regenerate only on purpose:
 ``python tests/test_core_regression.py --write``.
 """
@@ -29,6 +31,8 @@ from semalign.engine.simulate import simulate
 
 REFERENCE = Path(__file__).parent / "data" / "core_reference.json"
 SEEDS = [27, 42]
+#: relative tolerance: machine-independent (BLAS rounding differs between CPUs by ~1e-9)
+RTOL = 1e-6
 # The paper's task model is pinned: the default task model may change by design (research).
 BASE = {
     "antennas_tx": 2,
@@ -128,7 +132,7 @@ def _compare(new, old, where: str) -> None:
             _compare(a, b, f"{where}[{i}]")
     elif isinstance(old, float) and not isinstance(new, bool):
         assert isinstance(new, (int, float)), f"{where}: {new!r} != {old!r}"
-        assert math.isclose(new, old, rel_tol=1e-9, abs_tol=1e-9), f"{where}: {new!r} != {old!r}"
+        assert math.isclose(new, old, rel_tol=RTOL, abs_tol=1e-9), f"{where}: {new!r} != {old!r}"
     else:
         assert new == old and type(new) is type(old), f"{where}: {new!r} != {old!r}"
 
