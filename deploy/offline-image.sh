@@ -18,7 +18,8 @@
 # http://deb.debian.org/debian), BASE_TAG (semalign-base:$SUITE), IMAGE (semalign:latest),
 # TORCH (none: the AP and users on encoded latents; cpu: also encoders, needs torch wheels
 # from PIP_TORCH_INDEX, default https://download.pytorch.org/whl/cpu), REBUILD_BASE=1,
-# PYTHON (the host Python whose pip downloads: python3).
+# PYTHON (the host Python whose pip downloads: python3), SOURCE_DIGEST (an image label,
+# org.semalign.source: tests reuse an image built from the same sources).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUITE=${SUITE:-bookworm}
@@ -59,8 +60,16 @@ t1=$(date +%s)
 # 2. wheelhouse ------------------------------------------------------------------------------
 pyver=$(docker run --rm "$BASE_TAG" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 abi="cp${pyver/./}"
+# the wheels of an earlier run are kept while the requirements, Python and TORCH are the same
+# (the same files keep the image's dependency layer cached: a source change rebuilds only the
+# sources' layers)
+stamp="$pyver $TORCH $(cat deploy/requirements.txt deploy/requirements-torch.txt | sha256sum | cut -c1-16)"
+mkdir -p $WHEELHOUSE
+if [ "$(cat $WHEELHOUSE/.stamp 2>/dev/null)" = "$stamp" ] && ls $WHEELHOUSE/*.whl >/dev/null 2>&1; then
+    echo "== wheelhouse for Python $pyver ($abi) in $WHEELHOUSE: kept"
+else
 echo "== wheelhouse for Python $pyver ($abi) in $WHEELHOUSE"
-mkdir -p $WHEELHOUSE && find $WHEELHOUSE -name '*.whl' -delete
+find $WHEELHOUSE -name '*.whl' -delete && rm -f $WHEELHOUSE/.stamp
 platforms=()
 for p in manylinux_2_36_x86_64 manylinux_2_34_x86_64 manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64 linux_x86_64; do
     platforms+=(--platform "$p")
@@ -73,11 +82,15 @@ if [ "$TORCH" = cpu ]; then
     "${download[@]}" --extra-index-url "$PIP_TORCH_INDEX" -r deploy/requirements-torch.txt
 fi
 echo "   $(ls $WHEELHOUSE/*.whl | wc -l) wheels, $(du -sh $WHEELHOUSE | cut -f1)"
+echo "$stamp" > $WHEELHOUSE/.stamp
+fi
 t2=$(date +%s)
 
 # 3. project image ---------------------------------------------------------------------------
 echo "== docker build $IMAGE (FROM $BASE_TAG, --no-index)"
-docker build --quiet -f deploy/Dockerfile -t "$IMAGE" \
+labels=()
+[ -n "${SOURCE_DIGEST:-}" ] && labels=(--label "org.semalign.source=$SOURCE_DIGEST")
+docker build --quiet -f deploy/Dockerfile -t "$IMAGE" "${labels[@]}" \
     --build-arg BASE_IMAGE="$BASE_TAG" --build-arg TORCH="$TORCH" \
     --build-arg WHEELHOUSE=$WHEELHOUSE . >/dev/null
 t3=$(date +%s)

@@ -1,17 +1,36 @@
-"""docker-compose.yml and deploy/Dockerfile, checked by parsing (no Docker engine here)."""
+"""docker-compose.yml and deploy/Dockerfile: parsed, then run on a Docker engine.
+
+The end-to-end tests (`docker-compose up` of the AP and users; chaos on the running
+deployment) need a Docker engine with Compose and an image that can be built offline
+(deploy/offline-image.sh); they are skipped with the reason otherwise. The image is reused while
+the sources it holds are unchanged (tests/compose_harness.py).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
+from compose_harness import (
+    Project,
+    compose_binary,
+    engine_problem,
+    ensure_image,
+    established,
+    small_override,
+    wait_for,
+)
 from semalign.deploy.user import user_argv
+from synthetic import make_latents
 
-from semalign.cli import build_parser
+from semalign.cli import build_parser, main
 from semalign.encoders.registry import DEFAULT_AP, GROUPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +122,16 @@ def test_encode_service_prepares_each_cache_once_and_the_others_wait(compose):
         f"user{i}": e for i, e in enumerate(GROUPS["paper-users"], 1)
     }
     # each cache volume mounted at its own folder; the AP and users start once it is healthy
-    mounts = {v.split(":")[0]: v.split(":")[1] for v in encode["volumes"]}
-    assert mounts == {f"cache-{name}": f"/caches/{name}" for name in pairs}
+    mounts = dict(
+        v.rsplit(":", 2)[:2] if v.endswith(":ro") else v.split(":") for v in encode["volumes"]
+    )
+    host_cache = "${SEMALIGN_HOST_CACHE:-./cache}"
+    assert mounts == {f"cache-{name}": f"/caches/{name}" for name in pairs} | {
+        host_cache: "/host-cache"
+    }
+    # a cache made on the host by `semalign encode` is copied first (read-only mount)
+    assert f"{host_cache}:/host-cache:ro" in encode["volumes"]
+    assert encode["command"][encode["command"].index("--from") + 1] == "/host-cache"
     assert services["ap"]["depends_on"] == {"encode": {"condition": "service_healthy"}}
 
 
@@ -123,22 +150,191 @@ def test_secure_by_default_each_service_mounts_only_its_own_secrets(compose):
     assert "secrets" in (ROOT / ".dockerignore").read_text().split()  # never in the image
 
 
-def _compose_binary() -> list[str] | None:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    return None
-
-
-@pytest.mark.skipif(_compose_binary() is None, reason="no docker compose binary on this machine")
+@pytest.mark.skipif(compose_binary() is None, reason="no docker compose binary on this machine")
 def test_docker_compose_config_accepts_the_file():
     done = subprocess.run(
-        [*_compose_binary(), "-f", str(COMPOSE), "config", "--quiet"],
+        [*compose_binary(), "-f", str(COMPOSE), "config", "--quiet"],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_image_installs_every_package_of_the_source_tree():
+    """The image runs `pip install .` (not an editable install): a sub-package missing from
+    pyproject's list is missing there (the strategies once were)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, dirs = set(setuptools["packages"]), setuptools["package-dir"]
+    found = set()
+    for package, folder in dirs.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found <= listed, sorted(found - listed)
+
+
+def test_prepare_copies_a_host_cache_entry_without_its_weights(tmp_path):
+    from semalign.deploy.prepare import copy_entry
+
+    from semalign.encoders.store import ENTRY_FILES, META
+
+    source, dest = tmp_path / "host" / "enc", tmp_path / "vol" / "enc"
+    source.mkdir(parents=True)
+    for name in (*ENTRY_FILES, META, "weights-0123.pt"):
+        (source / name).write_text(name)
+    assert copy_entry(source, dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*ENTRY_FILES, META])
+    (dest / META).write_text("kept")
+    assert not copy_entry(source, dest)  # an entry already there is the volume's own
+    assert (dest / META).read_text() == "kept"
+    assert not copy_entry(tmp_path / "nothing", tmp_path / "vol" / "other")
+
+
+# ---------------------------------------------------------------------------- on an engine
+ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2"]
+ENGINE = engine_problem()
+
+
+@pytest.fixture(scope="module")
+def image():
+    """The project image for the current sources (built offline once, then reused)."""
+    if ENGINE is not None:
+        pytest.skip(f"compose end to end: {ENGINE}")
+    return ensure_image()
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """Synthetic latents for ten users, `semalign certs` secrets, and the projects to remove."""
+    lat = tmp_path / "lat"
+    root, ap_enc, users = make_latents(
+        lat, user_dims=(12, 20, 16, 8, 24, 12, 20, 16, 10, 14), n_train=200
+    )
+    for path in [lat, *lat.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    secrets = tmp_path / "secrets"
+    assert main(["certs", "--out", str(secrets), "--users", "10", "--owner", "1000", "-q"]) == 0
+    projects: list[Project] = []
+
+    def project(users: int, ap_args: list[str]) -> Project:
+        override = small_override(lat, ap_enc, users_list[:users], ap_args)
+        made = Project(f"satest{os.getpid()}x{len(projects)}", override, tmp_path, secrets)
+        projects.append(made)
+        return made
+
+    users_list = users
+    try:
+        yield root, ap_enc, users, project
+    finally:
+        for made in projects:
+            made.down()
+
+
+def _services(users: int) -> list[str]:
+    return ["encode", "ap", *(f"user{i}" for i in range(1, users + 1))]
+
+
+def test_compose_up_runs_the_session_and_equals_simulate(image, deployment, tmp_path):
+    """`docker-compose up --abort-on-container-exit --exit-code-from ap` of docker-compose.yml
+    (one image, TLS, SuperNode authentication, certificates from `semalign certs`) with an
+    override for synthetic latents and SEMALIGN_COMPOSE_USERS users (default 4): the results
+    in the `results` volume equal `semalign simulate` for the same configuration."""
+    root, ap_enc, users, project = deployment
+    n = int(os.environ.get("SEMALIGN_COMPOSE_USERS", "4"))
+    session = [*ALIGN, "--iterations", "3", "--seeds", "7"]
+    sim = tmp_path / "sim.json"
+    argv = ["simulate", "--latents", str(root), "--ap", ap_enc, "--users", ",".join(users[:n])]
+    assert main([*argv, *session, "-q", "--out", str(sim)]) == 0
+    compose = project(n, session)
+    t0 = time.perf_counter()
+    up = compose.run(
+        "up", "--abort-on-container-exit", "--exit-code-from", "ap", *_services(n), timeout=900
+    )
+    wall = time.perf_counter() - t0
+    (tmp_path / "up.log").write_text(up.stdout + up.stderr)
+    ap_lines = [line for line in up.stdout.splitlines() if "ap_1 " in line]
+    assert up.returncode == 0, "\n".join(ap_lines[-40:]) or up.stdout[-5000:]
+    assert any("mean accuracy" in line.lower() for line in ap_lines), ap_lines[-20:]  # summary
+    results = compose.results(tmp_path / "run.json")
+    want = json.loads(sim.read_text())
+    assert_same_results(results, want)
+    dep = results["network"]["deployment"]
+    assert dep["tls"] == "mutual" and dep["supernode_auth"] is True
+    assert {u: r["status"] for u, r in dep["flower_reports"]["reports"].items()} == {
+        f"user{i}": "ok" for i in range(1, n + 1)
+    }
+    net = results["network"]
+    print(
+        f"\ncompose ({n} users): image {image[1]} in {image[0]:.0f} s, up {wall:.0f} s, "
+        f"round latency p50 {net['latency_p50_s'] * 1e3:.1f} ms "
+        f"p95 {net['latency_p95_s'] * 1e3:.1f} ms"
+    )
+
+
+def assert_same_results(results: dict, want: dict) -> None:
+    """Every number of the two results JSONs equal to 1e-9 (relative), except timings and
+    what only a networked run has (its wire measurements, deployment, config paths, and the
+    handshake's bytes, which carry each user's token)."""
+    skip = {"seconds", "wire", "network", "extra_config", "latents", "config", "handshake"}
+
+    def walk(got, exp, path):
+        if isinstance(exp, dict):
+            for key, value in exp.items():
+                if key not in skip:
+                    assert key in got, path + key
+                    walk(got[key], value, f"{path}{key}.")
+        elif isinstance(exp, list):
+            assert len(got) == len(exp), path
+            for i, (a, b) in enumerate(zip(got, exp, strict=True)):
+                walk(a, b, f"{path}{i}.")
+        elif isinstance(exp, float):
+            assert got == pytest.approx(exp, rel=1e-9, abs=1e-12), path
+        else:
+            assert got == exp, path
+
+    walk(results, want, "")
+    assert results["config"]["iterations"] == want["config"]["iterations"]
+
+
+def test_chaos_killed_paused_and_disconnected_users_are_reported(image, deployment, tmp_path):
+    """During a compose run of five users: user1's container is killed, user2's paused past
+    the AP's reply deadline, user3's disconnected from the network. The AP finishes with
+    user4 and user5 and its results say who was lost, when and why."""
+    _, _, _, project = deployment
+    # many cheap rounds; the pause holds the session in a round for the whole deadline
+    session = [*ALIGN, "--iterations", "2000", "--seeds", "7", "--reply-timeout", "15"]
+    compose = project(5, session)
+    up = compose.popen("up", *_services(5), log=tmp_path / "up.log")  # no abort: user1 dies
+    try:
+        wait_for(lambda: compose.container("ap") != "", 600, "the AP container")
+        ap = compose.container("ap")
+        wait_for(lambda: established(ap, 50051) >= 5, 600, "five users on the AP's stream")
+        user = {i: compose.container(f"user{i}") for i in (1, 2, 3)}
+        network = f"{compose.name}_semalign"
+        subprocess.run(["docker", "pause", user[2]], check=True, capture_output=True)
+        subprocess.run(["docker", "kill", user[1]], check=True, capture_output=True)
+        subprocess.run(
+            ["docker", "network", "disconnect", network, user[3]], check=True, capture_output=True
+        )
+        waited = subprocess.run(["docker", "wait", ap], capture_output=True, text=True, timeout=600)
+        code = int(waited.stdout.strip())
+        results = compose.results(tmp_path / "run.json")
+        ap_log = compose.run("logs", "--no-color", "ap").stdout
+    finally:
+        compose.down()
+        up.wait(timeout=300)
+    (tmp_path / "ap.log").write_text(ap_log)
+    seed = results["seeds"][0]
+    dropped = seed["dropped"]
+    assert set(dropped) == {"user1", "user2", "user3"}, (dropped, ap_log[-3000:])
+    for uid in ("user1", "user2", "user3"):
+        assert dropped[uid].startswith("round"), dropped  # lost during the rounds
+    assert any(word in dropped["user2"].lower() for word in ("timeout", "deadline")), dropped
+    survivors = {u["name"]: u for u in seed["users"] if not u.get("dropped")}
+    assert set(survivors) == {"user4", "user5"}
+    assert all(u["accuracy"] is not None for u in survivors.values())
+    lost = results["network"]["dropped"]
+    assert set(lost.get("7", lost)) >= {"user1", "user2", "user3"}, lost
+    print(f"\nchaos: the AP exited with {code}; dropped: {dropped}")
+    assert code in (0, 3), code  # 3: the run lost users (where the AP reports it so)
