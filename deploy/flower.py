@@ -78,9 +78,10 @@ def supernode_argv(
     root_ca: str | None = None,
     auth_key: str | None = None,
 ) -> list[str]:
-    """``flower-supernode``: TLS to the SuperLink when ``root_ca`` is given (else --insecure),
-    SuperNode authentication with ``auth_key`` (EC private key, OpenSSH format)."""
-    argv = [tool("flower-supernode"), "--superlink", superlink]
+    """``flower-supernode`` (behind :mod:`semalign.deploy.supernode`: time for ClientApps to
+    start): TLS to the SuperLink when ``root_ca`` is given (else --insecure), SuperNode
+    authentication with ``auth_key`` (EC private key, OpenSSH format)."""
+    argv = [sys.executable, "-m", "semalign.deploy.supernode", "--superlink", superlink]
     argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
     argv += ["--node-config", config_string(node_config)]
     argv += ["--root-certificates", root_ca] if root_ca else ["--insecure"]

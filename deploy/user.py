@@ -18,7 +18,7 @@ from pathlib import Path
 
 from semalign.common.contract import TOKEN_ENV
 from semalign.common.errors import LatentsError, TransportError, UsageError
-from semalign.deploy.launcher import child_env, semalign_command, tool
+from semalign.deploy.launcher import child_env, semalign_command
 
 from semalign.commands.options import prepare_latents
 
@@ -120,7 +120,7 @@ def become_supernode(args: argparse.Namespace, ordinal: int, cache: Path) -> Non
     sys.stderr.flush()
     if args.insecure:
         try:
-            os.execvpe(tool("flower-supernode"), argv, env)
+            os.execve(argv[0], argv, env)
         except OSError as exc:
             raise UsageError(
                 f"cannot start the Flower SuperNode ({argv[0]}): {exc.strerror}"
