@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from semalign.common.errors import TransportError, UsageError
+from semalign.deploy import reliability_options
 
 from semalign.commands.options import (
     HelpFormatter,
@@ -242,6 +243,7 @@ def check_ap_side(args: argparse.Namespace) -> None:
     check_seconds("--reply-timeout", args.reply_timeout)
     check_seconds("--first-message-timeout", args.first_message_timeout)
     check_host_port("--listen address", args.listen)
+    reliability_options.check_ap(args)
 
 
 def validate_run(args: argparse.Namespace) -> None:
@@ -299,6 +301,7 @@ def validate_user(args: argparse.Namespace) -> None:
     if not 1 <= args.runtime_port <= 65535:
         raise UsageError(f"--runtime-port must be in 1-65535, got {args.runtime_port}")
     check_seconds("--connect-timeout", args.connect_timeout)
+    reliability_options.check_user(args)
     check_folder("--flwr-home", args.flwr_home)
     check_data(args, "--encoder")
     check_tls(args, side="user")
@@ -370,6 +373,7 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds an authenticated stream has to send its handshake",
     )
+    reliability_options.add_ap_arguments(parser)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -388,6 +392,7 @@ def register_run(subparsers) -> None:
         "(plus a Flower SuperLink) and one process per user (a Flower SuperNode whose ClientApp "
         "runs the user's side over one gRPC stream). Same options and results as `simulate`, "
         "plus wire figures per round.",
+        epilog=reliability_options.EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(run)
@@ -417,6 +422,7 @@ def register_ap(subparsers) -> None:
         "ap",
         help="the AP of a deployment: gRPC alignment service (and a Flower SuperLink)",
         description="Serve the alignment protocol to users on other hosts.",
+        epilog=reliability_options.EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(ap)
@@ -499,6 +505,7 @@ def register_user(subparsers) -> None:
     user.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to keep trying the AP"
     )
+    reliability_options.add_user_arguments(user)
     add_tls_arguments(user, "user")
     flower = user.add_argument_group("Flower (with --superlink)")
     flower.add_argument("--superlink-ca", help="CA certificate of the SuperLink (default: SECRETS)")

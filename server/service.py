@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 #: Refused streams logged per peer address and minute.
 LOG_REFUSALS = 10
 
+
 class AlignmentService:
     """The ``semalign.v1.Alignment`` service: streams in, lobbies of links out.
 

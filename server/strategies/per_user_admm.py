@@ -41,7 +41,9 @@ class PerUserAdmm(AdmmStrategy):
         """Besides the shared F^(0): each user's F_l, Z_l, U_l."""
         out = super().checkpoint_state()
         for user_id, v in self.links.items():
-            out.update({f"link.{user_id}.f": v.f, f"link.{user_id}.z": v.z, f"link.{user_id}.u": v.u})
+            out.update(
+                {f"link.{user_id}.f": v.f, f"link.{user_id}.z": v.z, f"link.{user_id}.u": v.u}
+            )
         return out
 
     def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
