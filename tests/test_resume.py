@@ -18,7 +18,7 @@ from semalign.client.stream import run_user, user_factory
 from semalign.client.user import user_data_from_cache
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
-from semalign.common.errors import CheckpointError, LinkTimeout
+from semalign.common.errors import CheckpointError, LinkClosed, LinkTimeout
 from semalign.server.access_point import build_access_point
 from semalign.server.checkpoint import Checkpoint, capture, load, restore, run_key, save
 from semalign.server.grpc_link import Abort
@@ -281,3 +281,33 @@ def test_grpc_lost_users_listed_with_a_count_of_users(scenario):
     assert results["lost"] == [
         {"seed": 3, "user": "(unnamed user 3 of 3)", "reason": "never joined"}
     ]
+
+
+class VanishingLink(LoopbackLink):
+    """A user whose stream ends at round 1 and never comes back."""
+
+    def __init__(self, user, ap) -> None:
+        super().__init__(user)
+        self.ap, self.waited = ap, []
+
+    def receive(self, timeout):
+        if self.ap.round == 1 and self.ap.expecting == "upload":
+            raise LinkClosed("the stream ended (user gone)")
+        return super().receive(timeout)
+
+    def wait_rejoin(self, timeout):
+        self.waited.append(timeout)
+        return None
+
+
+def test_user_that_does_not_come_back_within_the_grace_is_dropped(scenario):
+    ap, users = build_session(scenario, CONFIG.model_copy(update={"seed": 3}))
+    vanishing = VanishingLink(users[0], ap)
+    links = [vanishing, *(LoopbackLink(u) for u in users[1:])]
+    driver = SessionDriver(ap, links, policy=WaitPolicy(reply_timeout=30, rejoin_grace=7.5))
+    result = _evaluate(driver, scenario)
+    assert vanishing.waited == [7.5]  # it was given its grace, once
+    assert result.dropped == {
+        "user1": "round 1: round: the stream ended (user gone); it did not come back within 7.5 s"
+    }
+    assert set(result.reports) == {"user2", "user3"}
