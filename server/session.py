@@ -361,7 +361,8 @@ class SessionDriver:
         replies = self._exchange(phase, messages)
         self._deliver("final", self.ap.receive, replies)
         for user_id in self.links:  # a user coming back later needs it again
-            self.prelude[user_id] = [messages[user_id]]
+            if user_id in messages:
+                self.prelude[user_id] = [messages[user_id]]
         try:
             final = self.ap.final_stats()
             self.phases["final"] = self.phases.pop(phase)
