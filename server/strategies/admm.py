@@ -104,7 +104,8 @@ class AdmmStrategy(ApStrategy):
         accept.round_protocol = pb.COMPACT
         accept.pilots.CopyFrom(pilots)
         accept.pilot_gram.CopyFrom(gram)
-        self.handshake_pilot_bytes += pilots.ByteSize() + gram.ByteSize()
+        if not state.rejoins:  # the session's figure; a rejoin's bytes are the wire's
+            self.handshake_pilot_bytes += pilots.ByteSize() + gram.ByteSize()
 
     # ------------------------------------------------------------------ rounds
     def round_messages(self) -> dict[str, bytes]:
@@ -222,6 +223,20 @@ class AdmmStrategy(ApStrategy):
                 "handshake_pilot_bytes": self.handshake_pilot_bytes,
             }
         }
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The shared F, Z, U and the handshake's pilot bytes."""
+        v = self.shared
+        return {
+            "f": v.f,
+            "z": v.z,
+            "u": v.u,
+            "handshake_pilot_bytes": np.array(self.handshake_pilot_bytes),
+        }
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.shared = AdmmVariables(arrays["f"], arrays["z"], arrays["u"])
+        self.handshake_pilot_bytes = int(arrays["handshake_pilot_bytes"])
 
     def encode(
         self, x: np.ndarray, state: UserState | None
