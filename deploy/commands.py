@@ -23,6 +23,7 @@ from semalign.commands.options import (
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
+    check_folder,
 )
 
 #: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
@@ -47,24 +48,6 @@ def check_host_port(option: str, value: str | None) -> None:
         check_address(value, what=option)
     except TransportError as exc:
         raise UsageError(str(exc)) from None
-
-
-def check_folder(option: str, value: str | None) -> None:
-    """A folder that exists or can be created: not a file, nor under one; writable."""
-    if value is None:
-        return
-    import os
-
-    path = Path(value).absolute()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {value}: exists and is not a folder")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {value}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {value}: {parent} is not writable")
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -135,6 +118,29 @@ def apply_secrets(args: argparse.Namespace, *, side: str) -> None:
             setattr(args, option, str(Path(getattr(args, option)).resolve()))
 
 
+#: What a PEM file of each TLS option must hold (a garbage file otherwise fails deep in gRPC
+#: with a misleading "cannot bind" or "connection refused").
+PEM_MARKERS = {
+    "--tls-cert": "-----BEGIN CERTIFICATE-----",
+    "--tls-ca": "-----BEGIN CERTIFICATE-----",
+    "--tls-key": "PRIVATE KEY-----",
+}
+
+
+def check_pem(option: str, value: str | None) -> None:
+    """``value`` is a readable file holding what ``option`` needs (:data:`PEM_MARKERS`)."""
+    check_file(option, value)
+    if value is None:
+        return
+    try:
+        text = Path(value).read_bytes()[:1_000_000].decode("ascii", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"{option} {value}: cannot read it ({exc.strerror})") from None
+    if PEM_MARKERS[option] not in text:
+        what = "a PEM private key" if option == "--tls-key" else "a PEM certificate"
+        raise UsageError(f"{option} {value}: not {what}")
+
+
 def check_tls(args: argparse.Namespace, *, side: str) -> None:
     apply_secrets(args, side=side)
     for option in ("--tls-cert", "--tls-key", "--tls-ca"):
@@ -143,6 +149,8 @@ def check_tls(args: argparse.Namespace, *, side: str) -> None:
         raise UsageError("--tls-cert and --tls-key go together")
     if side == "ap" and args.tls_ca and not args.tls_cert:
         raise UsageError("--tls-ca on the AP (mutual TLS) needs --tls-cert and --tls-key")
+    for option in ("--tls-cert", "--tls-key", "--tls-ca"):
+        check_pem(option, getattr(args, option[2:].replace("-", "_")))
     if args.insecure:
         warn_insecure()
         return
@@ -543,8 +551,15 @@ def register_certs(subparsers) -> None:
     certs.add_argument("-q", "--quiet", action="store_true", help="do not list the files")
 
     def validate(args: argparse.Namespace) -> None:
+        from semalign.deploy.certs import user_ids
+
         if args.days < 1:
             raise UsageError(f"--days must be at least 1, got {args.days}")
+        ids = user_ids(args.users)
+        if not ids:
+            raise UsageError("--users must name at least one user")
+        check_user_ids("--users", ids)
+        check_folder("--out", args.out)
 
     certs.set_defaults(func=entry("semalign.deploy.certs", validate))
 
