@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 from semalign.client.user import User, UserData, build_user
+from semalign.common import failpoints
 from semalign.common.channels import ChannelConfig
 from semalign.common.contract import (
     MAX_MESSAGE_BYTES,
@@ -180,6 +181,7 @@ def _join_once(
     while True:
         report = UserSessionReport(user_id=user_id)
         session = _Session(channel, report, (user_id, token))
+        failpoints.on_sever(session.cancel)  # chaos tests only: cut this stream
         offer = session.offer()
         if offer is not None:
             break
