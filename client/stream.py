@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 from semalign.client.user import User, UserData, build_user
+from semalign.common import failpoints
 from semalign.common.channels import ChannelConfig
 from semalign.common.contract import (
     MAX_MESSAGE_BYTES,
@@ -199,6 +200,7 @@ class _Peer:
         delay = _BACKOFF[0]
         while True:
             session = _Session(self.channel, UserSessionReport(self.user_id), self._creds())
+            failpoints.on_sever(session.cancel)  # chaos tests only: cut this stream
             offer = session.offer()
             if offer is not None:
                 return session, offer

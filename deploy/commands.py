@@ -19,7 +19,6 @@ from semalign.deploy import reliability_options
 from semalign.deploy.option_checks import (
     check_data,
     check_file,
-    check_folder,
     check_host_port,
     check_positive,
     check_seconds,
@@ -37,6 +36,7 @@ from semalign.commands.options import (
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
+    check_folder,
 )
 
 #: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
@@ -363,8 +363,15 @@ def register_certs(subparsers) -> None:
     certs.add_argument("-q", "--quiet", action="store_true", help="do not list the files")
 
     def validate(args: argparse.Namespace) -> None:
+        from semalign.deploy.certs import user_ids
+
         if args.days < 1:
             raise UsageError(f"--days must be at least 1, got {args.days}")
+        ids = user_ids(args.users)
+        if not ids:
+            raise UsageError("--users must name at least one user")
+        check_user_ids("--users", ids)
+        check_folder("--out", args.out)
 
     certs.set_defaults(func=entry("semalign.deploy.certs", validate))
 

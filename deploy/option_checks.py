@@ -9,6 +9,8 @@ from pathlib import Path
 
 from semalign.common.errors import TransportError, UsageError
 
+from semalign.commands.options import check_folder
+
 
 def check_seconds(option: str, value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
@@ -24,24 +26,6 @@ def check_host_port(option: str, value: str | None) -> None:
         check_address(value, what=option)
     except TransportError as exc:
         raise UsageError(str(exc)) from None
-
-
-def check_folder(option: str, value: str | None) -> None:
-    """A folder that exists or can be created: not a file, nor under one; writable."""
-    if value is None:
-        return
-    import os
-
-    path = Path(value).absolute()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {value}: exists and is not a folder")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {value}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {value}: {parent} is not writable")
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -112,6 +96,29 @@ def apply_secrets(args: argparse.Namespace, *, side: str) -> None:
             setattr(args, option, str(Path(getattr(args, option)).resolve()))
 
 
+#: What a PEM file of each TLS option must hold (a garbage file otherwise fails deep in gRPC
+#: with a misleading "cannot bind" or "connection refused").
+PEM_MARKERS = {
+    "--tls-cert": "-----BEGIN CERTIFICATE-----",
+    "--tls-ca": "-----BEGIN CERTIFICATE-----",
+    "--tls-key": "PRIVATE KEY-----",
+}
+
+
+def check_pem(option: str, value: str | None) -> None:
+    """``value`` is a readable file holding what ``option`` needs (:data:`PEM_MARKERS`)."""
+    check_file(option, value)
+    if value is None:
+        return
+    try:
+        text = Path(value).read_bytes()[:1_000_000].decode("ascii", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"{option} {value}: cannot read it ({exc.strerror})") from None
+    if PEM_MARKERS[option] not in text:
+        what = "a PEM private key" if option == "--tls-key" else "a PEM certificate"
+        raise UsageError(f"{option} {value}: not {what}")
+
+
 def check_tls(args: argparse.Namespace, *, side: str) -> None:
     apply_secrets(args, side=side)
     for option in ("--tls-cert", "--tls-key", "--tls-ca"):
@@ -120,6 +127,8 @@ def check_tls(args: argparse.Namespace, *, side: str) -> None:
         raise UsageError("--tls-cert and --tls-key go together")
     if side == "ap" and args.tls_ca and not args.tls_cert:
         raise UsageError("--tls-ca on the AP (mutual TLS) needs --tls-cert and --tls-key")
+    for option in ("--tls-cert", "--tls-key", "--tls-ca"):
+        check_pem(option, getattr(args, option[2:].replace("-", "_")))
     if args.insecure:
         warn_insecure()
         return

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 from semalign.common.errors import LinkClosed, LinkError, LinkRejoined, LinkTimeout, ProtocolError
+from semalign.common.failpoints import failpoint
 from semalign.common.records import RoundRecord
 from semalign.common.wire import parse_user_message
 from semalign.server.access_point import AccessPoint, RoundStats
@@ -330,6 +331,7 @@ class SessionDriver:
         replies = self._exchange("round", self.ap.round_messages())
         self._deliver("round", self.ap.receive, replies)
         stats: RoundStats = self.ap.step()
+        failpoint("ap.round", at=stats.round)
         traffic = self.phases.pop("round")
         record = RoundRecord(
             round=stats.round,
@@ -369,14 +371,17 @@ class SessionDriver:
             self.phases["final"].update(mse=final.mse, objective=final.objective)
         except ProtocolError as exc:
             log.warning("%s", exc)
+        failpoint("ap.final")
         return self.records
 
     def run(self, test_latents: np.ndarray, test_ids: np.ndarray) -> SessionResult:
         """Handshake, alignment, evaluation on ``test_latents`` (n_test, d), end."""
         self.handshake()
+        failpoint("ap.handshake")
         rounds = self.align()
         replies = self._exchange("evaluation", self.ap.evaluation_requests(test_latents, test_ids))
         reports = self._deliver("evaluation", self.ap.receive_report, replies)
+        failpoint("ap.evaluation")
         end = self.ap.end_message()
         for user_id, link in list(self.links.items()):
             try:
