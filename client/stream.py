@@ -5,6 +5,8 @@ stream's initial metadata, build the ``User`` state machine for it, send
 ``User.handshake_request()``, then feed every ApMessage into ``User.handle`` and send back what
 it returns, until the AP ends the stream. An AP running several sessions (one per seed) is
 joined again for each; :func:`run_user` returns one :class:`UserSessionReport` per session.
+A stream that breaks mid-session is reopened within the rejoin grace period, with a fresh
+handshake (the AP sends what the user needs to go on).
 
 Only what ``User.handle`` produces leaves this process: the handshake (ids, dimensions, CSI),
 A_l and whitened P_l per round, scalar loss terms and evaluation metrics.
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 from semalign.client.user import User, UserData, build_user
+from semalign.common import failpoints
 from semalign.common.channels import ChannelConfig
 from semalign.common.contract import (
     MAX_MESSAGE_BYTES,
@@ -70,6 +73,7 @@ class UserSessionReport:
     bytes_up: int = 0
     messages_down: int = 0
     messages_up: int = 0
+    rejoins: int = 0
     report: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -80,7 +84,12 @@ def open_channel(
     address: str, *, tls: TlsFiles | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> grpc.Channel:
     check_address(address, what="AP address")
-    options = channel_options(max_message_bytes)
+    options = channel_options(max_message_bytes) + [
+        # come back quickly once the AP listens again (gRPC's default backoff reaches 120 s)
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
     if tls is not None and tls.enabled:
         return grpc.secure_channel(address, tls.channel_credentials(), options=options)
     return grpc.insecure_channel(address, options=options)
@@ -135,15 +144,21 @@ def run_user(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     user_id: str = "",
     on_session: Callable[[UserSessionReport], None] | None = None,
+    rejoin_grace: float = 0.0,
 ) -> list[UserSessionReport]:
     """Join the AP's sessions until its last one; returns one report per session.
 
     ``user_id`` and ``token`` (this user's own, ``user_token(secret, user_id)``) travel in the
     metadata of every stream; ``make_user`` must build a User with that id.
 
+    A stream that breaks mid-session (the AP restarted, the network failed) is reopened with
+    backoff for up to ``rejoin_grace`` seconds; the user handshakes again with a state machine
+    built afresh from the offer (the same one: it depends on the seed and the ordinal only)
+    and the session goes on where the AP is. ``rejoin_grace`` 0: a broken stream is an error.
+
     Raises ``TransportError`` (one line) when the AP cannot be reached within
     ``connect_timeout`` seconds (refusals for being busy are retried until then), refuses this
-    user, or breaks a stream.
+    user, or breaks a stream for longer than ``rejoin_grace``.
     """
     check_address(address, what="AP address")
     try:
@@ -153,94 +168,154 @@ def run_user(
     if not token or len(token) > 256 or not (token.isascii() and token.isprintable()):
         raise TransportError(f"user {user_id}: the token must be 1-256 printable ASCII characters")
     channel = open_channel(address, tls=tls, max_message_bytes=max_message_bytes)
+    peer = _Peer(channel, address, token, user_id, make_user)
     reports: list[UserSessionReport] = []
+    opened: tuple[_Session, SessionOffer] | None = None
     try:
         while True:
-            report, last = _join_once(channel, address, token, make_user, connect_timeout, user_id)
+            if opened is None:
+                opened = peer.connect(connect_timeout)
+            report, last, opened = peer.run_session(*opened, rejoin_grace)
             reports.append(report)
             if on_session:
                 on_session(report)
-            if last:
+            if last and opened is None:
                 break
     finally:
         channel.close()
     return reports
 
 
-def _join_once(
-    channel: grpc.Channel,
-    address: str,
-    token: str,
-    make_user: Callable[[SessionOffer], User],
-    connect_timeout: float,
-    user_id: str,
-) -> tuple[UserSessionReport, bool]:
-    deadline = time.monotonic() + connect_timeout
-    delay = _BACKOFF[0]
-    while True:
-        report = UserSessionReport(user_id=user_id)
-        session = _Session(channel, report, (user_id, token))
-        offer = session.offer()
-        if offer is not None:
-            break
-        code, details = session.call.code(), session.call.details()
-        session.close()
-        left = deadline - time.monotonic()
-        if code in _RETRY and left > 0:  # not up yet, between sessions, or busy: again
-            time.sleep(min(left, delay * (1 + 0.5 * random.random())))
-            delay = min(2 * delay, _BACKOFF[1])
-            continue
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise TransportError(
-                f"cannot reach the AP at {address} within {connect_timeout:g} s: {_short(details)}"
-            )
+class _Peer:
+    """This user's side of the AP's sessions: connecting, one session, coming back."""
+
+    def __init__(self, channel, address, token, user_id, make_user) -> None:
+        self.channel, self.address, self.token = channel, address, token
+        self.user_id, self.make_user = user_id, make_user
+
+    def connect(self, timeout: float, *, grace: bool = False) -> tuple[_Session, SessionOffer]:
+        """A stream with the AP's offer, retried with backoff while the AP is not up, between
+        sessions or busy, for up to ``timeout`` s; TransportError when refused or too late."""
+        deadline = time.monotonic() + timeout
+        delay = _BACKOFF[0]
+        while True:
+            session = _Session(self.channel, UserSessionReport(self.user_id), self._creds())
+            failpoints.on_sever(session.cancel)  # chaos tests only: cut this stream
+            offer = session.offer()
+            if offer is not None:
+                return session, offer
+            code, details = session.call.code(), session.call.details()
+            session.close()
+            left = deadline - time.monotonic()
+            if code in _RETRY and left > 0:  # not up yet, between sessions, or busy: again
+                time.sleep(min(left, delay * (1 + 0.5 * random.random())))
+                delay = min(2 * delay, _BACKOFF[1])
+                continue
+            if code == grpc.StatusCode.UNAVAILABLE:
+                what = "come back to" if grace else "reach"
+                raise TransportError(
+                    f"cannot {what} the AP at {self.address} within {timeout:g} s: "
+                    f"{_short(details)}"
+                )
+            if code == grpc.StatusCode.ABORTED:
+                raise _Dropped(_short(details))
+            if code in _FATAL:
+                raise TransportError(f"{_FATAL[code]}: {_short(details)}")
+            raise TransportError(f"AP at {self.address}: {code.name}: {_short(details)}")
+
+    def _creds(self) -> tuple[str, str]:
+        return self.user_id, self.token
+
+    def _start(self, session: _Session, offer: SessionOffer, report: UserSessionReport) -> User:
+        try:
+            user = self.make_user(offer)
+            if user.user_id != self.user_id:
+                raise TransportError(
+                    f"built user {user.user_id!r} for credentials of {self.user_id!r}"
+                )
+        except Exception:
+            session.cancel()
+            session.close()
+            raise
+        user.token = self.token
+        report.session_id, report.index = offer.session_id, offer.index
+        report.seed = offer.config.seed
+        session.report = report
+        session.send(user.handshake_request())
+        return user
+
+    def run_session(
+        self, session: _Session, offer: SessionOffer, rejoin_grace: float
+    ) -> tuple[UserSessionReport, bool, tuple[_Session, SessionOffer] | None]:
+        """One session to its end: (report, whether it was the last, a stream already open
+        for a later session, when the AP had moved on while this user came back)."""
+        report = UserSessionReport(user_id=self.user_id)
+        start = time.perf_counter()
+        try:
+            while True:
+                user = self._start(session, offer, report)
+                try:
+                    _pump(session, user, report)
+                    return report, offer.last, None
+                except grpc.RpcError as exc:
+                    code, details = exc.code(), _short(exc.details())
+                    if not self._broken(code, details, report, offer):
+                        return report, offer.last, None
+                    if rejoin_grace <= 0:
+                        raise TransportError(
+                            f"the stream to the AP at {self.address} broke: {code.name}: {details}"
+                        ) from None
+                    log.warning("%s: the stream broke (%s); coming back", self.user_id, details)
+                    session.close()
+                    try:
+                        session, later = self.connect(rejoin_grace, grace=True)
+                    except _Dropped as dropped:
+                        report.status, report.detail = "dropped", str(dropped)
+                        return report, offer.last, None
+                    if later.index != offer.index:  # the AP finished this one without us
+                        report.status = "interrupted"
+                        report.detail = f"the stream broke ({details}); the AP moved on"
+                        return report, offer.last, (session, later)
+                    report.rejoins += 1
+                    offer = later
+                except BaseException:
+                    session.cancel()
+                    raise
+        finally:
+            session.close()
+            report.seconds = time.perf_counter() - start
+
+    def _broken(self, code, details: str, report: UserSessionReport, offer) -> bool:
+        """Classify how a stream ended: raise for a refusal, record a drop or a missed
+        session (False), or True: it broke, and the user may come back."""
         if code in _FATAL:
-            raise TransportError(f"{_FATAL[code]}: {_short(details)}")
-        raise TransportError(f"AP at {address}: {code.name}: {_short(details)}")
-    start = time.perf_counter()
-    try:
-        user = make_user(offer)
-        if user.user_id != user_id:
-            raise TransportError(f"built user {user.user_id!r} for credentials of {user_id!r}")
-    except Exception:
-        session.cancel()
-        session.close()
-        raise
-    user.token = token
-    report.user_id, report.session_id = user.user_id, offer.session_id
-    report.index, report.seed = offer.index, offer.config.seed
-    session.send(user.handshake_request())
-    try:
-        for data in session.call:
-            report.bytes_down += len(data)
-            report.messages_down += 1
-            reply = user.handle(data)
-            if reply is not None:
-                session.send(reply)
-                if len(reply) < 4096:
-                    _note_report(report, reply)
-    except grpc.RpcError as exc:
-        code = exc.code()
-        if code in _FATAL:
-            raise TransportError(f"{_FATAL[code]}: {_short(exc.details())}") from None
+            raise TransportError(f"{_FATAL[code]}: {details}") from None
         if code == grpc.StatusCode.ABORTED:  # the AP dropped us; it goes on without us
-            report.status, report.detail = "dropped", _short(exc.details())
-            log.info("%s: dropped by the AP: %s", user.user_id, report.detail)
-        elif code == grpc.StatusCode.UNAVAILABLE and report.messages_down == 0:
+            report.status, report.detail = "dropped", details
+            log.info("%s: dropped by the AP: %s", self.user_id, details)
+            return False
+        if code == grpc.StatusCode.UNAVAILABLE and "already started" in details:
             # came too late: the session started without us; try the next one, if any
-            report.status, report.detail = "missed", _short(exc.details())
-            log.warning("%s: missed session %d: %s", user.user_id, offer.index, report.detail)
-        else:
-            raise TransportError(
-                f"the stream to the AP at {address} broke: {code.name}: {_short(exc.details())}"
-            ) from None
-    except BaseException:
-        session.cancel()
-        raise
-    finally:
-        session.close()
-        report.seconds = time.perf_counter() - start
-    return report, offer.last
+            report.status, report.detail = "missed", details
+            log.warning("%s: missed session %d: %s", self.user_id, offer.index, details)
+            return False
+        return True
+
+
+class _Dropped(Exception):
+    """The AP refused this user's comeback: it was dropped (ABORTED)."""
+
+
+def _pump(session: _Session, user: User, report: UserSessionReport) -> None:
+    """Answer the AP's messages on this stream until it ends (RpcError if it breaks)."""
+    for data in session.call:
+        report.bytes_down += len(data)
+        report.messages_down += 1
+        reply = user.handle(data)
+        if reply is not None:
+            session.send(reply)
+            if len(reply) < 4096:
+                _note_report(report, reply)
 
 
 def _note_report(report: UserSessionReport, reply: bytes) -> None:

@@ -23,6 +23,7 @@ from semalign.common.channels import ChannelModel
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError, SemalignError
+from semalign.common.failpoints import failpoint
 from semalign.common.packing import complex_to_real, real_to_complex
 from semalign.common.strategies import get_strategy, strategy_for_code
 from semalign.common.validation import check_accept, check_ids, check_indices, one_line
@@ -214,11 +215,13 @@ class User:
             if self.ended:
                 raise ProtocolError(f"got {kind} after the session ended")
             if kind == "accept":
+                failpoint("user.handshake")
                 self._on_accept(msg.accept)
                 return None
             if self.accept is None:
                 raise ProtocolError(f"got {kind} before the handshake was accepted")
             self._check_session(msg, kind)
+            failpoint(*_phase(msg, kind))  # chaos tests only (common/failpoints.py)
             if kind == "broadcast":
                 self._check_round(msg.broadcast)
                 return self.strategy.on_broadcast(msg.broadcast)
@@ -290,6 +293,14 @@ class User:
             samples=len(ids),
         )
         return pb.UserMessage(report=report).SerializeToString()
+
+
+def _phase(msg: pb.ApMessage, kind: str) -> tuple[str, int | None]:
+    """The failpoint (and its round) of an AP message after the handshake."""
+    if kind in ("broadcast", "compact_broadcast"):
+        body = getattr(msg, kind)
+        return ("user.final" if body.final else "user.round"), body.round
+    return ("user.evaluation" if kind == "evaluate" else "user.final"), None
 
 
 def user_data_from_cache(

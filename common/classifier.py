@@ -85,8 +85,22 @@ class LinearClassifier(ScoreClassifier):
 
     @classmethod
     def load(cls, path: str | Path) -> LinearClassifier:
-        """The classifier saved at ``path``; LatentsError if it is missing or unreadable."""
-        return cls(**read_npz(path, ("mean", "scale", "weight", "bias", "classes")))
+        """The classifier saved at ``path``; LatentsError if it is missing, unreadable or its
+        arrays do not make a classifier (shapes, dtypes, non-finite values, a zero scale)."""
+        arrays = read_npz(path, ("mean", "scale", "weight", "bias", "classes"))
+        check_model_arrays(path, arrays, cls.SHAPES)
+        if not np.all(arrays["scale"] > 0):
+            raise LatentsError(f"{path}: scale has zero or negative entries")
+        return cls(**arrays)
+
+    #: Each array's shape by dimension name (c classes, d features).
+    SHAPES = {
+        "mean": ("d",),
+        "scale": ("d",),
+        "weight": ("c", "d"),
+        "bias": ("c",),
+        "classes": ("c",),
+    }
 
 
 #: What numpy and zipfile raise on a truncated, corrupt or foreign file.
@@ -116,6 +130,30 @@ def read_npz(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
             return {name: data[name] for name in names}
         except _UNREADABLE as exc:
             raise LatentsError(f"cannot read {path} (truncated or corrupt?): {exc}") from None
+
+
+def check_model_arrays(
+    path: str | Path, arrays: dict[str, np.ndarray], shapes: dict[str, tuple[str, ...]]
+) -> None:
+    """Check a task model read from ``path``: each array has the shape ``shapes`` names (equal
+    names, equal sizes; every size at least 1), ``classes`` holds integers and every other
+    array finite real numbers. LatentsError naming the file and the problem otherwise."""
+    sizes: dict[str, int] = {}
+    for name, dims in shapes.items():
+        array = arrays[name]
+        want = f"({', '.join(dims)})"
+        if array.ndim != len(dims) or 0 in array.shape:
+            raise LatentsError(f"{path}: {name} has shape {array.shape}, want {want}")
+        for dim, size in zip(dims, array.shape, strict=True):
+            if sizes.setdefault(dim, size) != size:
+                raise LatentsError(
+                    f"{path}: {name} has shape {array.shape}, want {want} with {dim}={sizes[dim]}"
+                )
+        if name == "classes":
+            if array.dtype.kind not in "iu":
+                raise LatentsError(f"{path}: classes are {array.dtype}, want integers")
+        elif array.dtype.kind not in "fiu" or not np.all(np.isfinite(array)):
+            raise LatentsError(f"{path}: {name} is not an array of finite real numbers")
 
 
 def train_classifier(

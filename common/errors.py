@@ -33,6 +33,28 @@ class LinkError(SemalignError, RuntimeError):
     """A user's link failed: timeout, disconnect, or a message that could not be delivered."""
 
 
+class LinkTimeout(LinkError):
+    """No reply from the user within the time the driver allowed."""
+
+
+class LinkClosed(LinkError):
+    """The user's stream ended or broke (it may come back: see :class:`LinkRejoined`)."""
+
+
+class LinkRejoined(SemalignError):
+    """The user came back on a new stream with a fresh handshake (``handshake``: its bytes);
+    the driver decides whether to take it back (:meth:`SessionDriver._rejoin`)."""
+
+    def __init__(self, handshake: bytes) -> None:
+        super().__init__("the user rejoined on a new stream")
+        self.handshake = handshake
+
+
+class CheckpointError(SemalignError, ValueError):
+    """A checkpoint that cannot be trusted: unreadable, truncated, another format version,
+    a checksum or configuration that does not match. It is refused, never half-used."""
+
+
 class TransportError(SemalignError, RuntimeError):
     """A connection problem, reported as one line (bad address, refused, TLS, timeout)."""
 

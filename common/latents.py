@@ -59,7 +59,12 @@ def load_split(latents_dir: str | Path, encoder: str, split: str) -> Split:
             )
         )
         raise LatentsError(f"no latents for encoder {encoder!r} in {latents_dir}{hint}")
-    return read_split_file(split_path(latents_dir, encoder, split))
+    try:
+        return read_split_file(split_path(latents_dir, encoder, split))
+    except LatentsError as exc:
+        raise LatentsError(
+            f"{exc}; replace the file (`semalign encode` rebuilds a damaged entry of its cache)"
+        ) from None
 
 
 def split_path(latents_dir: str | Path, encoder: str, split: str) -> Path:

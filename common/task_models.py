@@ -23,9 +23,11 @@ import numpy as np
 from semalign.common.classifier import (
     LinearClassifier,
     ScoreClassifier,
+    check_model_arrays,
     read_npz,
     train_classifier,
 )
+from semalign.common.errors import LatentsError
 from semalign.common.io import atomic_write_bytes
 
 #: The fixed training recipe; its hash is stored with the weights (a changed recipe retrains).
@@ -80,6 +82,18 @@ class MlpClassifier(ScoreClassifier):
 
     kind = "mlp"
     _ARRAYS = ("ln1_w", "ln1_b", "w1", "b1", "ln2_w", "ln2_b", "w2", "b2", "classes")
+    #: Each array's shape by dimension name (d features, h hidden units, c classes).
+    SHAPES = {
+        "ln1_w": ("d",),
+        "ln1_b": ("d",),
+        "w1": ("h", "d"),
+        "b1": ("h",),
+        "ln2_w": ("h",),
+        "ln2_b": ("h",),
+        "w2": ("c", "h"),
+        "b2": ("c",),
+        "classes": ("c",),
+    }
 
     @property
     def input_dim(self) -> int:
@@ -121,6 +135,12 @@ class MlpClassifier(ScoreClassifier):
     def load(cls, path: str | Path) -> MlpClassifier:
         """The MLP saved at ``path``; LatentsError if it is missing or unreadable."""
         arrays = read_npz(path, (*cls._ARRAYS, "eps", "recipe"))
+        check_model_arrays(path, arrays, cls.SHAPES)
+        eps = arrays["eps"]
+        if eps.shape != () or eps.dtype.kind != "f" or not 0 < float(eps) < 1:
+            raise LatentsError(f"{path}: eps is not a number in (0, 1)")
+        if arrays["recipe"].shape != () or arrays["recipe"].dtype.kind != "U":
+            raise LatentsError(f"{path}: recipe is not a string")
         return cls(
             **{name: arrays[name] for name in cls._ARRAYS},
             eps=float(arrays["eps"]),

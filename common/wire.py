@@ -33,7 +33,23 @@ _FROM_NUMPY = {dtype: code for code, dtype in _TO_NUMPY.items()}
 
 
 def to_matrix(array: np.ndarray, dtype: str | np.dtype | None = None) -> pb.Matrix:
-    """Encode ``array`` (optionally cast to ``dtype``, e.g. "complex64") as a proto Matrix."""
+    """Encode ``array`` (optionally cast to ``dtype``, e.g. "complex64") as a new proto Matrix.
+
+    For a large matrix that goes into a message, :func:`fill_matrix` on the message's own field
+    avoids the copy protobuf makes when a finished Matrix is assigned to a field.
+    """
+    return fill_matrix(pb.Matrix(), array, dtype)
+
+
+def fill_matrix(
+    target: pb.Matrix, array: np.ndarray, dtype: str | np.dtype | None = None
+) -> pb.Matrix:
+    """Write ``array`` (optionally cast to ``dtype``) into ``target`` in place; returns it.
+
+    ``target`` is usually a field of the message under construction (``msg.upload.p``): its
+    bytes are then copied once from the array, never again between nested messages. The
+    serialized result is byte for byte that of :func:`to_matrix`.
+    """
     arr = np.asarray(array)
     if dtype is not None:
         arr = arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False)
@@ -41,7 +57,10 @@ def to_matrix(array: np.ndarray, dtype: str | np.dtype | None = None) -> pb.Matr
     if code is None:
         raise ProtocolError(f"dtype {arr.dtype} cannot be sent")
     data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-    return pb.Matrix(shape=list(arr.shape), dtype=code, data=data)
+    target.shape[:] = list(arr.shape)
+    target.dtype = code
+    target.data = data
+    return target
 
 
 def _shape(message: pb.Matrix) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from semalign.common.errors import UsageError
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes
+from semalign.deploy.reliability_options import wait_policy
 from semalign.deploy.serving import (
     finish,
     load_plan,
@@ -110,6 +111,9 @@ def command(args: argparse.Namespace) -> int:
         expected,
         join_timeout=args.join_timeout,
         reply_timeout=args.reply_timeout,
+        policy=wait_policy(args),
+        checkpoint=args.checkpoint,
+        resume=args.resume,
     )
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
     supernode_keys = None

@@ -38,14 +38,27 @@ CA_CN = "semalign deployment CA"
 
 
 @dataclass(frozen=True)
-class ApSecrets:
-    """Paths in an AP folder made by :func:`make_secrets`."""
+class _SecretsFolder:
+    """A folder made by :func:`make_secrets`; ``required`` names what :meth:`check` needs."""
 
     root: Path
 
     @property
     def ca(self) -> Path:
         return self.root / "ca.pem"
+
+    def required(self) -> tuple[Path, ...]:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        for path in self.required():
+            if not path.is_file():
+                raise UsageError(f"--secrets {self.root}: no {path.name} (make it: semalign certs)")
+
+
+@dataclass(frozen=True)
+class ApSecrets(_SecretsFolder):
+    """Paths in an AP folder made by :func:`make_secrets`."""
 
     @property
     def cert(self) -> Path:
@@ -59,21 +72,13 @@ class ApSecrets:
     def supernode_keys(self) -> list[Path]:
         return sorted((self.root / "supernodes").glob("*.pub"))
 
-    def check(self) -> None:
-        for path in (self.ca, self.cert, self.key):
-            if not path.is_file():
-                raise UsageError(f"--secrets {self.root}: no {path.name} (make it: semalign certs)")
+    def required(self) -> tuple[Path, ...]:
+        return (self.ca, self.cert, self.key)
 
 
 @dataclass(frozen=True)
-class UserSecrets:
+class UserSecrets(_SecretsFolder):
     """Paths in a user folder made by :func:`make_secrets`."""
-
-    root: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.root / "ca.pem"
 
     @property
     def cert(self) -> Path:
@@ -87,10 +92,8 @@ class UserSecrets:
     def supernode_key(self) -> Path:
         return self.root / "supernode.key"
 
-    def check(self) -> None:
-        for path in (self.ca, self.cert, self.key, self.supernode_key):
-            if not path.is_file():
-                raise UsageError(f"--secrets {self.root}: no {path.name} (make it: semalign certs)")
+    def required(self) -> tuple[Path, ...]:
+        return (self.ca, self.cert, self.key, self.supernode_key)
 
 
 # ---------------------------------------------------------------------------- crypto

@@ -13,9 +13,22 @@ import argparse
 import importlib
 import math
 from collections.abc import Callable
-from pathlib import Path
 
-from semalign.common.errors import TransportError, UsageError
+from semalign.common.errors import UsageError
+from semalign.deploy import reliability_options
+from semalign.deploy.option_checks import (
+    check_data,
+    check_file,
+    check_host_port,
+    check_positive,
+    check_seconds,
+    check_tls,
+    check_token,
+    check_user_ids,
+    one_line_errors,
+    read_secret,
+    warn_insecure,
+)
 
 from semalign.commands.options import (
     HelpFormatter,
@@ -23,6 +36,7 @@ from semalign.commands.options import (
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
+    check_folder,
 )
 
 #: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
@@ -30,206 +44,6 @@ DEFAULT_PORT = 50051
 DEFAULT_SUPERLINK_PORT = 9092
 #: The SuperNode's local runtime API port (``semalign user --superlink``).
 DEFAULT_RUNTIME_PORT = 9094
-
-
-# ---------------------------------------------------------------------------- validation
-def check_seconds(option: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{option} must be a positive number of seconds, got {value:g}")
-
-
-def check_host_port(option: str, value: str | None) -> None:
-    if value is None:
-        return
-    from semalign.common.contract import check_address
-
-    try:
-        check_address(value, what=option)
-    except TransportError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def check_folder(option: str, value: str | None) -> None:
-    """A folder that exists or can be created: not a file, nor under one; writable."""
-    if value is None:
-        return
-    import os
-
-    path = Path(value).absolute()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {value}: exists and is not a folder")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {value}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {value}: {parent} is not writable")
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Argparse's own errors (unknown option, bad type or choice, missing --users) as one
-    line and exit code 2, like every other bad input of these commands."""
-
-    def error(message: str):
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
-
-
-def check_file(option: str, value: str | None) -> None:
-    if value is not None and not Path(value).is_file():
-        raise UsageError(f"{option} {value}: no such file")
-
-
-INSECURE_WARNING = (
-    "WARNING: --insecure: the alignment protocol and Flower run in plaintext and SuperNodes "
-    "are not authenticated; anyone on the network can read the latents' projections and join. "
-    "Use it only on a trusted network or for tests."
-)
-
-
-def warn_insecure() -> None:
-    import sys
-
-    print(INSECURE_WARNING, file=sys.stderr, flush=True)
-
-
-def apply_secrets(args: argparse.Namespace, *, side: str) -> None:
-    """``--secrets DIR`` (a folder made by ``semalign certs``) fills the TLS options not given
-    explicitly; ``--insecure`` excludes both. Without either, TLS is required."""
-    import os
-
-    from semalign.deploy.certs import ApSecrets, UserSecrets
-
-    if args.secrets is None and not args.insecure:
-        args.secrets = os.environ.get("SEMALIGN_SECRETS") or None
-
-    explicit = [o for o in ("tls_cert", "tls_key", "tls_ca") if getattr(args, o, None)]
-    if side == "user" and args.superlink_ca:
-        explicit.append("superlink_ca")
-    if args.insecure:
-        if args.secrets or explicit:
-            raise UsageError("--insecure excludes --secrets and the --tls-* options")
-        return
-    if args.secrets:
-        if side == "ap":
-            ap = ApSecrets(Path(args.secrets))
-            ap.check()
-            args.tls_cert = args.tls_cert or str(ap.cert)
-            args.tls_key = args.tls_key or str(ap.key)
-            args.tls_ca = args.tls_ca or str(ap.ca)
-            if args.supernode_keys is None and (ap.root / "supernodes").is_dir():
-                args.supernode_keys = str(ap.root / "supernodes")
-        else:
-            user = UserSecrets(Path(args.secrets))
-            user.check()
-            args.tls_cert = args.tls_cert or str(user.cert)
-            args.tls_key = args.tls_key or str(user.key)
-            args.tls_ca = args.tls_ca or str(user.ca)
-            args.superlink_ca = args.superlink_ca or str(user.ca)
-            args.supernode_key = args.supernode_key or str(user.supernode_key)
-    for option in ("tls_cert", "tls_key", "tls_ca"):  # absolute: Flower runs elsewhere
-        if getattr(args, option, None):
-            setattr(args, option, str(Path(getattr(args, option)).resolve()))
-
-
-def check_tls(args: argparse.Namespace, *, side: str) -> None:
-    apply_secrets(args, side=side)
-    for option in ("--tls-cert", "--tls-key", "--tls-ca"):
-        check_file(option, getattr(args, option[2:].replace("-", "_")))
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if side == "ap" and args.tls_ca and not args.tls_cert:
-        raise UsageError("--tls-ca on the AP (mutual TLS) needs --tls-cert and --tls-key")
-    if args.insecure:
-        warn_insecure()
-        return
-    hint = "give --secrets DIR (made by `semalign certs`), or --insecure for plaintext"
-    if side == "ap":
-        if not args.tls_cert:
-            raise UsageError(f"TLS is on by default: {hint} (or --tls-cert/--tls-key/--tls-ca)")
-        if args.flower and not args.tls_ca:
-            raise UsageError("the Flower SuperLink needs the CA too: --tls-ca (or --secrets)")
-        if args.flower and args.supernode_keys is None:
-            raise UsageError(
-                "SuperNode authentication is on: --supernode-keys DIR (users' *.pub; "
-                "--secrets has them)"
-            )
-        if args.supernode_keys is not None and not Path(args.supernode_keys).is_dir():
-            raise UsageError(f"--supernode-keys {args.supernode_keys}: no such folder")
-    else:
-        if not args.tls_ca:
-            raise UsageError(f"TLS is on by default: {hint} (or --tls-ca)")
-        if args.superlink and not (args.superlink_ca and args.supernode_key):
-            raise UsageError(
-                "the SuperNode needs --superlink-ca and --supernode-key (or --secrets)"
-            )
-        check_file("--supernode-key", args.supernode_key)
-
-
-def check_user_ids(option: str, ids: list[str]) -> None:
-    from semalign.common.credentials import check_user_id
-
-    for user_id in ids:
-        try:
-            check_user_id(user_id)
-        except ValueError as exc:
-            raise UsageError(f"{option}: {exc}") from None
-    if len(set(ids)) != len(ids):
-        raise UsageError(f"{option}: a user id is given twice")
-
-
-def check_token(token: str | None) -> None:
-    """A user's token as given (``--token``/``$SEMALIGN_TOKEN``): printable ASCII, <= 256."""
-    if token is not None and not (
-        0 < len(token) <= 256 and token.isascii() and token.isprintable()
-    ):
-        raise UsageError("the token must be 1-256 printable ASCII characters")
-
-
-def read_secret(args: argparse.Namespace, *, required: bool) -> str | None:
-    """The AP's secret: ``--secret-file``, else ``$SEMALIGN_SECRET``; None if neither (and not
-    ``required``). UsageError with one line if it is missing, unreadable or too short."""
-    import os
-
-    from semalign.common.credentials import SECRET_ENV, check_secret, read_secret_file
-
-    try:
-        if args.secret_file:
-            return read_secret_file(args.secret_file)
-        if os.environ.get(SECRET_ENV):
-            return check_secret(os.environ[SECRET_ENV].strip())
-    except ValueError as exc:
-        source = args.secret_file or f"${SECRET_ENV}"
-        raise UsageError(f"{source}: {exc}") from None
-    if required:
-        raise UsageError(f"the AP's secret is needed: --secret-file PATH or ${SECRET_ENV}")
-    return None
-
-
-def check_positive(option: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{option} must be at least 1, got {value}")
-
-
-def check_data(args: argparse.Namespace, encoder_option: str) -> None:
-    """``--latents`` (an existing folder) or ``--cache-dir`` (a folder we can write) and, to
-    encode into it, a registered encoder in ``encoder_option`` (if given)."""
-    if args.latents is not None:
-        if not Path(args.latents).is_dir():
-            raise UsageError(f"--latents {args.latents}: no such folder")
-        return
-    check_folder("--cache-dir", args.cache_dir)
-    name = getattr(args, encoder_option[2:].replace("-", "_"))
-    if name:
-        from semalign.encoders import registry
-
-        try:
-            registry.get_spec(name)
-        except ValueError as exc:
-            raise UsageError(f"{encoder_option}: {exc}") from None
 
 
 def check_ap_side(args: argparse.Namespace) -> None:
@@ -242,6 +56,7 @@ def check_ap_side(args: argparse.Namespace) -> None:
     check_seconds("--reply-timeout", args.reply_timeout)
     check_seconds("--first-message-timeout", args.first_message_timeout)
     check_host_port("--listen address", args.listen)
+    reliability_options.check_ap(args)
 
 
 def validate_run(args: argparse.Namespace) -> None:
@@ -299,6 +114,7 @@ def validate_user(args: argparse.Namespace) -> None:
     if not 1 <= args.runtime_port <= 65535:
         raise UsageError(f"--runtime-port must be in 1-65535, got {args.runtime_port}")
     check_seconds("--connect-timeout", args.connect_timeout)
+    reliability_options.check_user(args)
     check_folder("--flwr-home", args.flwr_home)
     check_data(args, "--encoder")
     check_tls(args, side="user")
@@ -370,6 +186,7 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds an authenticated stream has to send its handshake",
     )
+    reliability_options.add_ap_arguments(parser)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -388,6 +205,7 @@ def register_run(subparsers) -> None:
         "(plus a Flower SuperLink) and one process per user (a Flower SuperNode whose ClientApp "
         "runs the user's side over one gRPC stream). Same options and results as `simulate`, "
         "plus wire figures per round.",
+        epilog=reliability_options.EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(run)
@@ -417,6 +235,7 @@ def register_ap(subparsers) -> None:
         "ap",
         help="the AP of a deployment: gRPC alignment service (and a Flower SuperLink)",
         description="Serve the alignment protocol to users on other hosts.",
+        epilog=reliability_options.EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(ap)
@@ -499,6 +318,7 @@ def register_user(subparsers) -> None:
     user.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to keep trying the AP"
     )
+    reliability_options.add_user_arguments(user)
     add_tls_arguments(user, "user")
     flower = user.add_argument_group("Flower (with --superlink)")
     flower.add_argument("--superlink-ca", help="CA certificate of the SuperLink (default: SECRETS)")
@@ -543,8 +363,15 @@ def register_certs(subparsers) -> None:
     certs.add_argument("-q", "--quiet", action="store_true", help="do not list the files")
 
     def validate(args: argparse.Namespace) -> None:
+        from semalign.deploy.certs import user_ids
+
         if args.days < 1:
             raise UsageError(f"--days must be at least 1, got {args.days}")
+        ids = user_ids(args.users)
+        if not ids:
+            raise UsageError("--users must name at least one user")
+        check_user_ids("--users", ids)
+        check_folder("--out", args.out)
 
     certs.set_defaults(func=entry("semalign.deploy.certs", validate))
 

@@ -18,6 +18,7 @@ from semalign.deploy.certs import ApSecrets, make_secrets
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes, child_env, free_port
+from semalign.deploy.reliability_options import wait_policy
 from semalign.deploy.serving import (
     Plan,
     finish,
@@ -63,6 +64,9 @@ def command(args: argparse.Namespace) -> int:
         ids,
         join_timeout=args.join_timeout,
         reply_timeout=args.reply_timeout,
+        policy=wait_policy(args),
+        checkpoint=args.checkpoint,
+        resume=args.resume,
         extra={"users": encoders},
     )
     t_ready = time.perf_counter()

@@ -19,6 +19,7 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import TlsFiles
 from semalign.common.errors import (
+    CheckpointError,
     LatentsError,
     LaunchError,
     NoUsersError,
@@ -61,6 +62,11 @@ class Plan:
     join_timeout: float
     reply_timeout: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how long the driver waits (reply timeout, round deadline, stragglers, rejoin grace)
+    policy: Any = None
+    #: where the run is saved after every round (``None``: not saved), and whether to resume it
+    checkpoint: str | None = None
+    resume: bool = False
 
     @property
     def users(self) -> int:
@@ -77,6 +83,9 @@ def load_plan(
     join_timeout: float,
     reply_timeout: float,
     extra: dict[str, Any] | None = None,
+    policy: Any = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
 ) -> Plan:
     """The AP's train/test latents and a geometry check (UsageError with one line)."""
     from semalign.common.latents import load_encoder_splits
@@ -97,6 +106,9 @@ def load_plan(
         join_timeout,
         reply_timeout,
         {"latents": str(latents), "ap": ap, **(extra or {})},
+        policy,
+        checkpoint,
+        resume,
     )
     try:  # the AP state machine on a few pilots: fails now on a bad geometry
         build_access_point(plan.ap_train[: max(2, min(len(plan.ap_train), 64))], config, plan.users)
@@ -168,6 +180,9 @@ def serve(service, plan: Plan, display: Display, check: Callable[[], None]) -> d
             on_joined=display.on_joined,
             poll=poll,
             extra=plan.extra,
+            policy=plan.policy,
+            checkpoint_path=plan.checkpoint,
+            resume=plan.resume,
         )
 
 
@@ -191,6 +206,8 @@ def serve_with_children(
             reports = flower.final_reports() if flower else None
     except (NoUsersError, LaunchError) as exc:
         raise UsageError(f"{exc} (logs in {procs.log_dir})") from None
+    except CheckpointError as exc:
+        raise UsageError(f"{exc}; start without --resume to run afresh") from None
     finally:
         procs.stop()
         server.stop()
@@ -204,8 +221,10 @@ def finish(
     display: Display,
     out: str,
 ) -> int:
-    """Attach the deployment figures, show the tables, write the results JSON."""
+    """Attach the deployment figures, show the tables, write the results JSON; the exit
+    code: 0, or 3 when users were lost (:mod:`semalign.deploy.reliability_options`)."""
     from semalign.common.io import write_json
+    from semalign.deploy.reliability_options import exit_code
 
     deployment["total_s"] = time.perf_counter() - t_start
     results["network"]["deployment"] = deployment
@@ -213,4 +232,7 @@ def finish(
         display.summary(results)
     path = write_json(out, results)
     display.print(f"results written to {path}")
-    return 0
+    code = exit_code(results)
+    for lost in results.get("lost", []):
+        display.print(f"lost: {lost['user']} in seed {lost['seed']}: {lost['reason']}")
+    return code

@@ -105,6 +105,7 @@ def become_supernode(args: argparse.Namespace, ordinal: int, cache: Path) -> Non
         "tls-cert": args.tls_cert,
         "tls-key": args.tls_key,
         "connect-timeout-s": float(args.connect_timeout),
+        "rejoin-grace-s": float(args.rejoin_grace),
     }
     argv = supernode_argv(
         args.superlink,
@@ -221,6 +222,7 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
                 connect_timeout=args.connect_timeout,
                 user_id=args.user_id,
                 on_session=None if args.quiet else print_session,
+                rejoin_grace=args.rejoin_grace,
             )
     except (TransportError, LatentsError) as exc:  # unreachable AP, or this user's own data
         raise UsageError(str(exc)) from None
@@ -244,6 +246,7 @@ def print_session(report) -> None:
         f"{report.user_id} session {report.index + 1} (seed {report.seed}): {report.status}"
         + (f", accuracy {acc:.3f}" if acc is not None else "")
         + f", {report.bytes_down} B down, {report.bytes_up} B up, {report.seconds:.2f} s"
+        + (f", came back {report.rejoins}x" if report.rejoins else "")
         + (f" ({report.detail})" if report.detail else ""),
         flush=True,
     )

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from semalign import __version__
+from semalign.common import failpoints
 from semalign.common.errors import UsageError
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        failpoints.check()  # chaos tests' SEMALIGN_FAILPOINTS, if set: malformed is exit 2
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"semalign {args.command}: error: {exc}", file=sys.stderr)

@@ -135,7 +135,6 @@ class AccessPoint:
         if msg.WhichOneof("body") != "handshake":
             raise ProtocolError(f"expected a handshake, got {msg.WhichOneof('body')}")
         req = msg.handshake
-        cfg = self.config
         try:
             hbar = self._check_request(req)
         except ProtocolError as exc:
@@ -152,6 +151,57 @@ class AccessPoint:
         )
         self.strategy.add_user(state)
         self.users[req.user_id] = state
+        log.info(
+            "handshake: %s (%s, d=%d, N_R=%d) as user %d",
+            req.user_id,
+            req.encoder,
+            req.latent_dim,
+            req.antennas_rx,
+            state.index,
+        )
+        return req.user_id, self._accept(state, req)
+
+    def rejoin(self, data: bytes) -> tuple[str, bytes]:
+        """Take back a registered, not dropped user on a fresh handshake (its stream broke, or
+        the AP restarted from a checkpoint); returns (user_id, its HandshakeAccept again).
+
+        The request must describe the user as registered (encoder, latent dim, N_R, SNR, CSI,
+        the AP's pilots): a user process rebuilds its state machine from (seed, ordinal), so
+        an honest rejoin is identical. ProtocolError otherwise (the driver drops it).
+        """
+        msg = parse_user_message(data)
+        if msg.WhichOneof("body") != "handshake":
+            raise ProtocolError(f"expected a handshake, got {msg.WhichOneof('body')}")
+        req = msg.handshake
+        state = self.users.get(req.user_id)
+        if state is None:
+            raise ProtocolError(f"rejoin of {one_line(req.user_id, 80)!r}, not a user here")
+        if state.dropped:
+            raise ProtocolError(f"rejoin of {req.user_id}, dropped at {state.dropped}")
+        hbar = check_handshake(req, self.config)
+        same = (req.encoder, req.latent_dim, req.antennas_rx, req.snr_db) == (
+            state.encoder,
+            state.latent_dim,
+            state.antennas_rx,
+            state.snr_db,
+        ) and (
+            (hbar is None and state.hbar is None)
+            or (hbar is not None and state.hbar is not None and np.array_equal(hbar, state.hbar))
+        )
+        if not same:
+            raise ProtocolError(
+                f"rejoin of {req.user_id} with another encoder, dimensions, SNR or channel "
+                "than its first handshake"
+            )
+        if len(np.setdiff1d(self.pilot_ids, np.asarray(req.pilot_ids, dtype=np.int64))):
+            raise ProtocolError(f"rejoin of {req.user_id} without the session's pilots")
+        state.rejoins += 1
+        log.info("rejoin: %s at round %d", req.user_id, self.round)
+        return req.user_id, self._accept(state, req)
+
+    def _accept(self, state: UserState, req: pb.HandshakeRequest) -> bytes:
+        """The HandshakeAccept bytes for ``state`` (its first handshake or a rejoin)."""
+        cfg = self.config
         accept = pb.HandshakeAccept(
             session_id=self.session_id,
             user_index=state.index,
@@ -169,15 +219,7 @@ class AccessPoint:
             protocol_version=PROTOCOL_VERSION,
         )
         self.strategy.complete_accept(state, req, accept)
-        log.info(
-            "handshake: %s (%s, d=%d, N_R=%d) as user %d",
-            req.user_id,
-            req.encoder,
-            req.latent_dim,
-            req.antennas_rx,
-            state.index,
-        )
-        return req.user_id, pb.ApMessage(accept=accept).SerializeToString()
+        return pb.ApMessage(accept=accept).SerializeToString()
 
     @property
     def active_users(self) -> list[UserState]:

@@ -11,10 +11,12 @@ results are the simulator's (:func:`~semalign.server.results.seed_result` /
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,10 +25,17 @@ from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.errors import NoUsersError
 from semalign.common.records import RoundRecord, SeedResult
+from semalign.server import checkpoint as checkpoints
 from semalign.server.access_point import AccessPoint
+from semalign.server.network_results import (
+    label_self_reported,
+    lost_users,
+    network_summary,
+    percentile,
+)
 from semalign.server.results import run_result, seed_result
 from semalign.server.service import AlignmentService, GrpcLink
-from semalign.server.session import SessionDriver, SessionResult
+from semalign.server.session import SessionDriver, SessionResult, WaitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,10 @@ class WireRound:
     latency_s: float
     bytes_down: dict[str, int]
     bytes_up: dict[str, int]
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it."""
+        return {k: getattr(self, k) for k in ("round", "latency_s", "bytes_down", "bytes_up")}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,12 +75,24 @@ class MeasuredDriver(SessionDriver):
         ap: AccessPoint,
         links: Sequence[GrpcLink],
         *,
-        timeout: float | None,
+        policy: WaitPolicy,
         on_round: Callable[[RoundRecord, WireRound], None] | None = None,
+        checkpoint: Callable[[SessionDriver], None] | None = None,
+        restored: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(ap, links, timeout=timeout, on_round=self._measured)
+        super().__init__(
+            ap,
+            links,
+            policy=policy,
+            on_round=self._measured,
+            checkpoint=checkpoint,
+            resumed=restored is not None,
+            restored=restored,
+        )
         self.grpc_links = {link.user_id: link for link in links}
-        self.wire_rounds: list[WireRound] = []
+        self.wire_rounds: list[WireRound] = [
+            WireRound(**w) for w in (restored or {}).get("wire_rounds", [])
+        ]
         self.drop_times: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self._callback = on_round
@@ -123,10 +148,6 @@ class MeasuredDriver(SessionDriver):
             link.abort(f"dropped by the AP at {state.dropped}")
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
 def serve_session(
     service: AlignmentService,
     ap: AccessPoint,
@@ -136,16 +157,20 @@ def serve_session(
     test_ids: np.ndarray,
     *,
     join_timeout: float | None,
-    reply_timeout: float | None,
+    policy: WaitPolicy,
     on_round: Callable[[RoundRecord, WireRound], None] | None = None,
     on_joined: Callable[[list[str]], None] | None = None,
     poll: Callable[[list[str]], None] | None = None,
     required: set[str] | None = None,
+    checkpoint: Callable[[SessionDriver], None] | None = None,
+    restored: dict[str, Any] | None = None,
 ) -> tuple[SessionResult, dict[str, Any]]:
     """Gather the users of one session and run it; returns the result and its wire block.
 
     ``poll(joined_ids)`` is called while waiting for users (progress, child checks);
-    ``required``: start once these have joined (see :class:`Lobby`).
+    ``required``: start once these have joined (see :class:`Lobby`); ``checkpoint``: called
+    after the handshake and each round; ``restored``: the session continues from a checkpoint
+    (:func:`semalign.server.checkpoint.restore`).
     """
     opened = time.perf_counter()
     lobby = service.open_lobby(offer, expected, required)
@@ -154,16 +179,20 @@ def serve_session(
     if on_joined:
         on_joined([link.user_id for link in links])
     if not links:
+        lobby.end()
         raise NoUsersError(
             f"no user joined session {offer.session_id} within {join_timeout:g} s"
             if join_timeout is not None
             else f"no user joined session {offer.session_id}"
         )
-    driver = MeasuredDriver(ap, links, timeout=reply_timeout, on_round=on_round)
+    driver = MeasuredDriver(
+        ap, links, policy=policy, on_round=on_round, checkpoint=checkpoint, restored=restored
+    )
     start = time.perf_counter()
     try:
         result = driver.run(test_latents, test_ids)
     finally:
+        lobby.end()
         for link in links:
             state = ap.users.get(link.user_id)
             if state is not None and state.dropped:
@@ -174,6 +203,12 @@ def serve_session(
             else:
                 link.finish()
     wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
+    wire["rejoins"], wire["stragglers"] = result.rejoins, result.stragglers
+    wire["refused"] = {
+        link.user_id: ap.refused.get(link.user_id, "the AP could not register this user")
+        for link in links
+        if link.user_id not in ap.users
+    }
     for uid in lobby.missing:
         log.warning("%s never joined session %s", uid, offer.session_id)
     return result, wire
@@ -222,23 +257,51 @@ def serve_sessions(
     on_joined: Callable[[int, list[str]], None] | None = None,
     poll: Callable[[list[str]], None] | None = None,
     extra: dict[str, Any] | None = None,
+    policy: WaitPolicy | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """One session per seed, then the simulator's aggregate plus a ``network`` summary.
+    """One session per seed, then the simulator's aggregate plus a ``network`` summary and
+    the users that were ``lost``.
 
     Returns the results JSON as a dict (``RunResult.to_dict()`` with ``network``); ``on_seed``
     gets each seed's ``SeedResult.to_dict()``.
 
     ``poll`` (progress, fail-fast checks of child processes) runs while the first session waits
     for its users; later sessions wait only for the users that finished the one before.
+    ``policy`` (default: ``reply_timeout`` alone) says how long the driver waits
+    (:class:`~semalign.server.session.WaitPolicy`). With ``checkpoint_path`` the run is saved
+    after every handshake, round and seed; ``resume`` continues the run saved there
+    (CheckpointError if it cannot be trusted or belongs to another run).
     """
+    policy = policy or WaitPolicy(reply_timeout=reply_timeout)
     test_ids = np.arange(len(test_latents), dtype=np.int64)
-    blocks = []
-    reported: list[dict[str, dict]] = []  # per seed: each user's report as it sent it
+    key = checkpoints.run_key(
+        config, list(seeds), expected if isinstance(expected, int) else list(expected)
+    )
+    saved = checkpoints.Checkpoint(key, json.loads(config.model_dump_json()), list(seeds))
+    if resume:
+        saved = checkpoints.load(checkpoint_path, key)
+        log.info("resuming: %d of %d seeds done", len(saved.finished), len(seeds))
+    blocks = [SeedResult.from_dict(block) for block in saved.finished]
+    reported: list[dict[str, dict]] = list(saved.reported)  # per seed: each user's own report
     required: set[str] | None = None  # first session: everyone expected
-    for index, seed in enumerate(seeds):
+    for index in range(len(blocks), len(seeds)):
+        seed = seeds[index]
         cfg = config.model_copy(update={"seed": seed})
         start = time.perf_counter()
         ap = make_ap(cfg)
+        restored = None
+        if saved.current is not None and saved.current.index == index:
+            restored = checkpoints.restore(ap, saved.current)
+            restored["wire_rounds"] = saved.current.extra.get("wire_rounds", [])
+            required = {u["user_id"] for u in saved.current.users if not u["dropped"]}
+
+        def save_point(driver: MeasuredDriver, ap=ap, index=index) -> None:
+            wire_rounds = [w.record() for w in driver.wire_rounds]
+            saved.current = checkpoints.capture(ap, driver, index, {"wire_rounds": wire_rounds})
+            checkpoints.save(checkpoint_path, saved)
+
         users = expected if isinstance(expected, int) else len(expected)
         offer = SessionOffer(ap.session_id, index, len(seeds), cfg, users)
         result, wire = serve_session(
@@ -249,11 +312,13 @@ def serve_sessions(
             test_latents,
             test_ids,
             join_timeout=join_timeout,
-            reply_timeout=reply_timeout,
+            policy=policy,
             on_round=(lambda r, w, s=seed: on_round(s, r, w)) if on_round else None,
             on_joined=(lambda ids, s=seed: on_joined(s, ids)) if on_joined else None,
             poll=poll if index == 0 else None,  # fail-fast checks only while starting up
             required=required,
+            checkpoint=save_point if checkpoint_path else None,
+            restored=restored,
         )
         # The next session waits for those who finished this one; a dropped user is welcome
         # back if it joins in time, but nobody waits for it.
@@ -269,63 +334,15 @@ def serve_sessions(
                 wire=wire,
             )
         )
+        if checkpoint_path:
+            saved.finished.append(blocks[-1].to_dict())
+            saved.reported.append(result.reports)
+            saved.current = None
+            checkpoints.save(checkpoint_path, saved)
         if on_seed:
             on_seed(blocks[-1].to_dict())
     run = run_result(config, blocks, extra)
     run.network = network_summary(blocks)
-    return label_self_reported(run.to_dict(), reported)
-
-
-#: Which results figures come from what users say about themselves, which the AP measured.
-#: The AP checks the users' figures for range only (accuracies in [0, 1], finite MSEs >= 0,
-#: the number of test points): it cannot verify them.
-PROVENANCE = {
-    "self_reported": [
-        "users[].accuracy, native_accuracy, mse, mse_whitened (and their _std)",
-        "mean_accuracy, mean_native_accuracy, mean_mse (and std_*)",
-        "seeds[].users[].accuracy, native_accuracy, mse, mse_whitened",
-        "seeds[].users[].self_reported (each user's evaluation report as it sent it)",
-        "seeds[].mean_accuracy, mean_native_accuracy, mean_mse",
-        "rounds[].mse, objective and seeds[].phases.final.mse, objective (users' loss terms)",
-    ],
-    "ap_measured": [
-        "rounds[].primal_residual, dual_residual, bytes_down, bytes_up, seconds",
-        "seeds[].phases bytes, seeds[].dropped, seeds[].wire, network",
-    ],
-}
-
-
-def label_self_reported(results: dict[str, Any], reported: list[dict[str, dict]]) -> dict:
-    """Add ``provenance`` and, per seed and user, a ``self_reported`` block (the user's own
-    evaluation report, or None without one). Existing keys keep their names and values."""
-    results["provenance"] = PROVENANCE
-    for block, reports in zip(results["seeds"], reported, strict=True):
-        for user in block["users"]:
-            report = reports.get(user["name"])
-            user["self_reported"] = dict(report) if report is not None else None
+    results = label_self_reported(run.to_dict(), reported)
+    results["lost"] = lost_users(blocks)
     return results
-
-
-def network_summary(blocks: list[SeedResult]) -> dict[str, Any]:
-    """Latency p50/p95 over all rounds of all seeds, mean bytes per round, drops."""
-    latencies = [r["latency_s"] for b in blocks for r in b.wire["rounds"]]
-    down = [r["bytes_down_total"] for b in blocks for r in b.wire["rounds"]]
-    up = [r["bytes_up_total"] for b in blocks for r in b.wire["rounds"]]
-    return {
-        "transport": "grpc",
-        "rounds": len(latencies),
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
-        "latency_mean_s": float(np.mean(latencies)) if latencies else None,
-        "bytes_down_per_round": float(np.mean(down)) if down else None,
-        "bytes_up_per_round": float(np.mean(up)) if up else None,
-        "dropped": {
-            str(b.seed): {
-                uid: {"reason": reason, "at_s": b.wire["dropped_at_s"].get(uid)}
-                for uid, reason in b.dropped.items()
-            }
-            for b in blocks
-            if b.dropped
-        },
-        "not_joined": {str(b.seed): b.wire["not_joined"] for b in blocks},
-    }

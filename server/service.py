@@ -19,7 +19,9 @@ reason):
    (INVALID_ARGUMENT, :func:`~semalign.common.validation.check_handshake`);
 4. the link joins the lobby (PERMISSION_DENIED: not invited, ALREADY_EXISTS, RESOURCE_EXHAUSTED:
    full); a reader thread feeds the user's messages into the link, the handler's generator hands
-   the driver's messages to gRPC;
+   the driver's messages to gRPC. Once the session runs, an admitted user whose link the AP
+   has not ended (its stream broke) may come back: its new stream, checked the same way, is
+   bound to its link (:meth:`GrpcLink.rebind`) and the driver takes it back;
 5. after SessionEnd the AP finishes the stream with status OK; a user the driver drops (timeout,
    disconnect, a message that breaks the protocol) gets status ABORTED with the reason at once
    (INVALID_ARGUMENT if the AP refused its handshake).
@@ -33,12 +35,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from semalign.common.contract import (
@@ -55,201 +56,18 @@ from semalign.common.contract import (
     server_options,
 )
 from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_secret, token_is_valid
-from semalign.common.errors import LinkError, ProtocolError, UsageError
+from semalign.common.errors import ProtocolError, UsageError
 from semalign.common.validation import check_handshake, one_line
 from semalign.common.wire import parse_user_message
+from semalign.server.grpc_link import Binding, GrpcLink, read_stream
+from semalign.server.lobby import Lobby
+
+__all__ = ["AlignmentService", "GrpcLink", "Lobby", "RunningServer", "start_server"]
 
 log = logging.getLogger(__name__)
 
 #: Refused streams logged per peer address and minute.
 LOG_REFUSALS = 10
-
-_CLOSED = object()  # inbox sentinel: the stream is gone
-_FINISH = object()  # outbox sentinel: end the stream with status OK
-
-
-@dataclass(frozen=True)
-class _Abort:
-    code: grpc.StatusCode
-    reason: str
-
-
-class GrpcLink:
-    """A user's stream as a ``UserLink``: the driver's side of two queues.
-
-    ``send`` never blocks and never raises: a message for a closed stream is discarded and the
-    next ``receive`` raises ``LinkError``, so the driver drops the user at a well-defined point.
-    """
-
-    def __init__(self, user_id: str, handshake: bytes, peer: str = "") -> None:
-        self.user_id = user_id
-        self.peer = peer
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self.closed_reason: str | None = None
-        self.closed_at: float | None = None
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self.messages_up = 0
-        self.messages_down = 0
-        self.joined_at = time.time()
-        self._incoming(handshake)
-
-    # ---------------------------------------------------------------- driver side
-    def send(self, data: bytes) -> None:
-        if self.closed_reason is None:
-            with self._lock:  # counted as handed to this stream, in the driver's order
-                self.bytes_down += len(data)
-                self.messages_down += 1
-            self._outbox.put(data)
-
-    def receive(self, timeout: float | None) -> bytes:
-        try:
-            item = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise LinkError(f"no reply within {timeout:g} s") from None
-        if item is _CLOSED:
-            self._inbox.put(_CLOSED)  # every later receive fails the same way
-            raise LinkError(self.closed_reason or "stream closed")
-        return item
-
-    def finish(self) -> None:
-        """End the stream normally (status OK) once the queued messages are sent."""
-        self._outbox.put(_FINISH)
-
-    def abort(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.ABORTED) -> None:
-        """End the stream with an error status (the user was dropped)."""
-        self._outbox.put(_Abort(code, reason))
-
-    # ---------------------------------------------------------------- gRPC side
-    def _incoming(self, data: bytes) -> None:
-        with self._lock:
-            self.bytes_up += len(data)
-            self.messages_up += 1
-        self._inbox.put(data)
-
-    def _closed(self, reason: str) -> None:
-        with self._lock:
-            if self.closed_reason is not None:
-                return
-            self.closed_reason = reason
-            self.closed_at = time.time()
-        self._inbox.put(_CLOSED)
-        self._outbox.put(_CLOSED)
-
-    def _outgoing(self, context: grpc.ServicerContext) -> Iterator[bytes]:
-        while True:
-            item = self._outbox.get()
-            if item is _FINISH or item is _CLOSED:
-                return
-            if isinstance(item, _Abort):
-                context.abort(item.code, item.reason)
-            yield item
-
-    def counters(self) -> tuple[int, int]:
-        with self._lock:
-            return self.bytes_down, self.bytes_up
-
-
-def _natural_key(user_id: str) -> tuple:
-    """user2 before user10: digit runs compare as numbers."""
-    import re
-
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", user_id))
-
-
-@dataclass
-class Lobby:
-    """The users gathering for one session.
-
-    Args:
-        offer: sent to each user as initial metadata.
-        expected: the user ids to wait for (``semalign run``), or just how many (``semalign ap``).
-        required: if given, the session starts as soon as these users have joined (later
-            sessions wait only for the users that finished the previous one; a dropped user may
-            still join while the lobby is open).
-    """
-
-    offer: SessionOffer
-    expected: Sequence[str] | int
-    required: set[str] | None = None
-    links: dict[str, GrpcLink] = field(default_factory=dict)
-    rejected: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._cond = threading.Condition()
-        self.is_open = True
-        self.opened_at = time.time()
-
-    @property
-    def expected_count(self) -> int:
-        return self.expected if isinstance(self.expected, int) else len(self.expected)
-
-    def join(self, link: GrpcLink) -> _Abort | None:
-        with self._cond:
-            if not self.is_open:
-                return _Abort(grpc.StatusCode.UNAVAILABLE, "the session has already started")
-            if not isinstance(self.expected, int) and link.user_id not in self.expected:
-                return _Abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"user id {link.user_id!r} is not invited to this session",
-                )
-            if link.user_id in self.links:
-                return _Abort(
-                    grpc.StatusCode.ALREADY_EXISTS, f"user id {link.user_id!r} already joined"
-                )
-            if len(self.links) >= self.expected_count:
-                return _Abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the session is full ({self.expected_count} users)",
-                )
-            self.links[link.user_id] = link
-            self._cond.notify_all()
-        log.info("%s joined session %s from %s", link.user_id, self.offer.session_id, link.peer)
-        return None
-
-    def wait(
-        self, timeout: float | None, poll: Callable[[list[str]], None] | None = None
-    ) -> list[GrpcLink]:
-        """Wait for every expected user (or ``timeout`` s), close the lobby, return the links.
-
-        ``poll(joined_ids)`` is called about every 0.25 s while waiting (progress display, child
-        process checks); an exception from it closes the lobby and propagates.
-        Links are returned in natural order of user id (user1, user2, ..., user10), the order
-        the simulator registers users, so the AP's averaging order is the same.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            with self._cond:
-                while not self._complete():
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    if poll is not None:
-                        joined = list(self.links)
-                        self._cond.release()
-                        try:
-                            poll(joined)
-                        finally:
-                            self._cond.acquire()
-                    self._cond.wait(0.25 if left is None else min(left, 0.25))
-        finally:
-            with self._cond:
-                self.is_open = False
-                links = sorted(self.links.values(), key=lambda link: _natural_key(link.user_id))
-        return links
-
-    def _complete(self) -> bool:
-        if len(self.links) >= self.expected_count:
-            return True
-        return self.required is not None and self.required <= set(self.links)
-
-    @property
-    def missing(self) -> list[str]:
-        if isinstance(self.expected, int):
-            return []
-        return [u for u in self.expected if u not in self.links]
 
 
 class AlignmentService:
@@ -306,12 +124,13 @@ class AlignmentService:
             self._cond.notify_all()
 
     # ---------------------------------------------------------------- gRPC side
-    def _wait_lobby(self, context: grpc.ServicerContext) -> Lobby | None:
+    def _wait_lobby(self, context: grpc.ServicerContext, user_id: str) -> Lobby | None:
+        """An open lobby, or the running session's if ``user_id`` may come back to it."""
         deadline = time.monotonic() + self.lobby_wait
         with self._cond:
             while not self._closing and context.is_active():
                 lobby = self._lobby
-                if lobby is not None and lobby.is_open:
+                if lobby is not None and (lobby.is_open or lobby.can_rejoin(user_id)):
                     return lobby
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -435,28 +254,45 @@ class AlignmentService:
         credentials = self._authenticate(context)
         user_id = credentials[0]
         self._admit(context, user_id)
-        lobby = self._wait_lobby(context)
+        lobby = self._wait_lobby(context, user_id)
         if lobby is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no alignment session is open at the AP")
         context.send_initial_metadata(((OFFER_KEY, lobby.offer.to_header()),))
         first = self._handshake(context, request_iterator, credentials, lobby)
         if first is None:
             return
-        link = GrpcLink(user_id, first, peer=context.peer())
-        refused = lobby.join(link)
-        if refused is not None:
-            lobby.rejected.append(link.user_id)
-            log.warning("rejected %r: %s", link.user_id, refused.reason)
-            context.abort(refused.code, refused.reason)
-        if not context.add_callback(lambda: link._closed("the stream ended (user gone)")):
-            link._closed("the stream ended (user gone)")
+        if lobby.is_open:
+            link = GrpcLink(user_id, first, peer=context.peer())
+            binding = link.binding
+            refused = lobby.join(link)
+            if refused is not None:
+                lobby.rejected.append(link.user_id)
+                log.warning("rejected %r: %s", link.user_id, refused.reason)
+                context.abort(refused.code, refused.reason)
+        else:  # a user of the running session, back on a new stream
+            link = lobby.links[user_id]
+            binding = link.rebind(first, context.peer())
+            if binding is None:
+                context.abort(grpc.StatusCode.ABORTED, "the AP has ended this user's session")
+            log.info("%s is back on a new stream from %s", user_id, context.peer())
+        yield from self._serve_stream(context, request_iterator, link, binding)
+
+    @staticmethod
+    def _serve_stream(context, request_iterator, link: GrpcLink, binding: Binding):
+        """Feed the stream into its link (a reader thread); hand the driver's messages out."""
+
+        def closed() -> None:
+            link._closed(binding, "the stream ended (user gone)")
+
+        if not context.add_callback(closed):
+            closed()
         threading.Thread(
-            target=_read_stream,
-            args=(request_iterator, link),
+            target=read_stream,
+            args=(request_iterator, link, binding),
             name=f"read-{link.user_id}",
             daemon=True,
         ).start()
-        yield from link._outgoing(context)
+        yield from link._outgoing(binding, context)
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.stream_stream_rpc_method_handler(self.session)  # raw bytes both ways
@@ -490,30 +326,6 @@ def _peer_host(peer: str) -> str:
     """``ipv4:1.2.3.4:5678`` -> ``ipv4:1.2.3.4``; ``ipv6:[::1]:5678`` -> ``ipv6:[::1]``."""
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer
-
-
-#: Unread messages a user may have queued at the AP. The protocol is one reply per AP message,
-#: so an honest user has at most one or two ahead; more end its stream (RESOURCE_EXHAUSTED), so a
-#: user cannot fill the AP's memory while it waits in the lobby or for the other users.
-MAX_QUEUED = 8
-
-
-def _read_stream(request_iterator, link: GrpcLink) -> None:
-    reason = "the stream broke"
-    try:
-        for data in request_iterator:
-            link._incoming(data)
-            if link._inbox.qsize() > MAX_QUEUED:
-                reason = f"more than {MAX_QUEUED} messages ahead of the protocol"
-                link.abort(reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
-                return
-        reason = "the user closed its stream"
-    except Exception as exc:  # grpc raises a bare RpcError when the user cancels or vanishes
-        details = getattr(exc, "details", None)
-        text = details() if callable(details) else str(exc)
-        reason = f"the stream broke ({type(exc).__name__}{': ' + text if text else ''})"
-    finally:
-        link._closed(reason)
 
 
 @dataclass

@@ -7,6 +7,19 @@ serialized messages, and wall time per round). A transport only provides one
 (``semalign.engine.loopback``), the gRPC service
 a link over each user's stream. Users that time out, disconnect or break the protocol are
 dropped and the session finishes with the others.
+
+How long the driver waits, and for what, is decided in one place, :meth:`SessionDriver._await`,
+under a :class:`WaitPolicy`: the reply timeout, the round deadline and what happens to a
+straggler (drop it, or wait), and the grace period in which a user whose stream broke may come
+back on a new stream (links that can be rebound raise :class:`LinkRejoined`). A user that comes
+back gets its HandshakeAccept again, then what it needs to answer the current phase: the
+final broadcast (or the baselines' pilots) it already acknowledged, if the session is past it,
+and the message it has not answered yet. Users are stateless across rounds (G_l is computed
+from each round's message), so the round completes as if nothing had happened.
+
+A session can also continue from a checkpoint (:mod:`semalign.server.checkpoint`): the driver
+is then built with ``resumed=True``, takes every user back through :meth:`AccessPoint.rejoin`
+and continues at the AP's next round.
 """
 
 from __future__ import annotations
@@ -14,25 +27,60 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from semalign.common.errors import LinkError, ProtocolError
+from semalign.common.errors import LinkClosed, LinkError, LinkRejoined, LinkTimeout, ProtocolError
+from semalign.common.failpoints import failpoint
 from semalign.common.records import RoundRecord
+from semalign.common.wire import parse_user_message
 from semalign.server.access_point import AccessPoint, RoundStats
 
 log = logging.getLogger(__name__)
 
 
 class UserLink(Protocol):
-    """One user's message pipe as seen from the AP."""
+    """One user's message pipe as seen from the AP.
+
+    A link that can be rebound to a new stream (gRPC) also has ``wait_rejoin(timeout) ->
+    bytes | None`` (the new stream's handshake, once the user came back) and
+    ``accept_rejoin()`` (from now on, send on the new stream); its ``receive`` raises
+    :class:`LinkRejoined` when the user came back.
+    """
 
     def send(self, data: bytes) -> None:
         """Deliver one serialized ApMessage to the user (raises LinkError on failure)."""
 
     def receive(self, timeout: float | None) -> bytes:
-        """Next serialized UserMessage from the user (raises LinkError on timeout/close)."""
+        """Next serialized UserMessage from the user (raises LinkTimeout, LinkClosed or another
+        LinkError)."""
+
+
+#: What the driver does with a user whose reply misses the round deadline.
+STRAGGLER_POLICIES = ("drop", "wait")
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How long the driver waits for users.
+
+    Attributes:
+        reply_timeout: seconds from sending a message until its reply must be in (``None``:
+            forever); a user that misses it is dropped.
+        round_deadline: seconds from the start of an exchange (an ADMM round, the final
+            broadcast, the evaluation) by which every reply should be in (``None``: none).
+        stragglers: ``drop``: a user whose reply misses the deadline is dropped ("straggler:
+            no reply within S s at round t"); ``wait``: it is recorded as a straggler and
+            waited for up to ``reply_timeout``.
+        rejoin_grace: seconds a user whose stream broke may take to come back on a new stream
+            (0: it is dropped at once). Only links that can be rebound (gRPC) come back.
+    """
+
+    reply_timeout: float | None = None
+    round_deadline: float | None = None
+    stragglers: str = "wait"
+    rejoin_grace: float = 0.0
 
 
 @dataclass
@@ -47,6 +95,8 @@ class SessionResult:
         dropped: user id -> why and when it was dropped.
         user_order: user ids in handshake order.
         encoders: user id -> its encoder name.
+        rejoins: users that came back on a new stream: user, round, phase.
+        stragglers: replies that missed the round deadline: user, round, phase, deadline_s.
     """
 
     reports: dict[str, dict]
@@ -55,6 +105,8 @@ class SessionResult:
     dropped: dict[str, str]
     user_order: list[str]
     encoders: dict[str, str]
+    rejoins: list[dict] = field(default_factory=list)
+    stragglers: list[dict] = field(default_factory=list)
 
 
 class SessionDriver:
@@ -63,8 +115,15 @@ class SessionDriver:
     Args:
         ap: the AP state machine.
         links: one link per user, in the order users appear in results.
-        timeout: seconds to wait for a user's reply before dropping it (``None``: forever).
+        timeout: seconds to wait for a user's reply before dropping it (``None``: forever);
+            ignored when ``policy`` is given.
         on_round: called with each RoundRecord as soon as it is measured (progress display).
+        policy: reply timeout, round deadline, stragglers, rejoin grace (:class:`WaitPolicy`).
+        checkpoint: called with the driver after the handshake and after every round (the AP
+            has stepped; :mod:`semalign.server.checkpoint` saves the session there).
+        resumed: the AP was restored from a checkpoint: users come back through
+            :meth:`AccessPoint.rejoin` and ``restored`` holds the rounds, traffic and user
+            order recorded before.
     """
 
     def __init__(
@@ -74,13 +133,28 @@ class SessionDriver:
         *,
         timeout: float | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
+        policy: WaitPolicy | None = None,
+        checkpoint: Callable[[SessionDriver], None] | None = None,
+        resumed: bool = False,
+        restored: dict | None = None,
     ) -> None:
         self.ap = ap
         self.pending = list(links)
         self.links: dict[str, UserLink] = {}
-        self.timeout = timeout
+        self.policy = policy or WaitPolicy(reply_timeout=timeout)
         self.on_round = on_round
-        self.phases: dict[str, dict] = {}
+        self.checkpoint = checkpoint
+        self.resumed = resumed
+        restored = restored or {}
+        self.phases: dict[str, dict] = dict(restored.get("phases", {}))
+        self.records: list[RoundRecord] = list(restored.get("rounds", []))
+        self.user_order: list[str] = list(restored.get("user_order", []))
+        self.rejoins: list[dict] = []
+        self.stragglers: list[dict] = []
+        #: per user: the message it has not answered yet, and the state-building messages it
+        #: answered (final broadcast, pilots) that a user coming back needs again
+        self.unanswered: dict[str, bytes | None] = {}
+        self.prelude: dict[str, list[bytes]] = {}
 
     # -------------------------------------------------------------- plumbing
     def _drop(self, user_id: str, reason: str) -> None:
@@ -88,20 +162,21 @@ class SessionDriver:
         self.links.pop(user_id, None)
 
     def _exchange(self, phase: str, messages: dict[str, bytes]) -> dict[str, bytes]:
-        """Send each user its message, then collect one reply each; counts bytes both ways."""
+        """Send each user its message, then collect one reply each; counts bytes both ways
+        (the protocol's messages once: what a rejoin resends is the wire's, not the phase's)."""
         down, up, replies = {}, {}, {}
         for user_id, data in messages.items():
             try:
+                self.unanswered[user_id] = data
                 self.links[user_id].send(data)
                 down[user_id] = len(data)
             except LinkError as exc:
                 self._drop(user_id, f"{phase}: send failed: {exc}")
+        started = time.monotonic()
         for user_id in list(down):
-            try:
-                replies[user_id] = self.links[user_id].receive(self.timeout)
-                up[user_id] = len(replies[user_id])
-            except LinkError as exc:
-                self._drop(user_id, f"{phase}: {exc}")
+            reply = self._await(user_id, phase, started)
+            if reply is not None:
+                replies[user_id], up[user_id] = reply, len(reply)
         self.phases[phase] = {
             "bytes_down": sum(down.values()),
             "bytes_up": sum(up.values()),
@@ -109,6 +184,106 @@ class SessionDriver:
             "bytes_up_per_user": up,
         }
         return replies
+
+    def _wait_time(self, sent_at: float, started: float, straggled: bool) -> tuple[float, bool]:
+        """(seconds to wait now, whether that wait ends at the round deadline)."""
+        now, policy = time.monotonic(), self.policy
+        reply = None if policy.reply_timeout is None else sent_at + policy.reply_timeout - now
+        if policy.round_deadline is not None and not straggled:
+            left = started + policy.round_deadline - now
+            if reply is None or left < reply:
+                return max(0.0, left), True
+        return (None if reply is None else max(0.0, reply)), False
+
+    def _await(self, user_id: str, phase: str, started: float) -> bytes | None:
+        """The user's reply to its unanswered message, or ``None`` once it is dropped.
+
+        The one place where the driver waits: the reply timeout (from when the message was
+        sent), the round deadline (from the start of the exchange) and its straggler policy,
+        and a broken stream's grace period for the user to come back.
+        """
+        link, policy = self.links[user_id], self.policy
+        sent_at, straggled = started, False
+        while True:
+            timeout, at_deadline = self._wait_time(sent_at, started, straggled)
+            try:
+                data = link.receive(timeout)
+            except LinkRejoined as back:  # it came back on a new stream before we noticed
+                if not self._rejoin(user_id, back.handshake, phase):
+                    return None
+                sent_at = time.monotonic()
+                continue
+            except LinkTimeout:
+                if not at_deadline:
+                    self._drop(user_id, f"{phase}: no reply within {policy.reply_timeout:g} s")
+                    return None
+                self.stragglers.append(
+                    {
+                        "user": user_id,
+                        "round": self.ap.round,
+                        "phase": phase,
+                        "deadline_s": policy.round_deadline,
+                    }
+                )
+                if policy.stragglers == "drop":
+                    self._drop(
+                        user_id,
+                        f"straggler: no reply within {policy.round_deadline:g} s at round "
+                        f"{self.ap.round}",
+                    )
+                    return None
+                log.warning("%s: straggler at round %d (%s)", user_id, self.ap.round, phase)
+                straggled = True
+                continue
+            except LinkClosed as exc:
+                handshake = self._wait_rejoin(link)
+                if handshake is None:
+                    grace = f"; it did not come back within {policy.rejoin_grace:g} s"
+                    self._drop(user_id, f"{phase}: {exc}{grace if policy.rejoin_grace else ''}")
+                    return None
+                if not self._rejoin(user_id, handshake, phase):
+                    return None
+                sent_at = time.monotonic()
+                continue
+            except LinkError as exc:
+                self._drop(user_id, f"{phase}: {exc}")
+                return None
+            self.unanswered[user_id] = None
+            return data
+
+    def _wait_rejoin(self, link: UserLink) -> bytes | None:
+        wait = getattr(link, "wait_rejoin", None)
+        if wait is None or self.policy.rejoin_grace <= 0:
+            return None
+        return wait(self.policy.rejoin_grace)
+
+    def _rejoin(self, user_id: str, handshake: bytes, phase: str) -> bool:
+        """Take the user back on its new stream: its accept again, the state-building messages
+        it answered before (their replies checked and discarded), then its unanswered message.
+        False if it was dropped instead (another user, a refused handshake, a broken replay)."""
+        link = self.links[user_id]
+        accept_rejoin = getattr(link, "accept_rejoin", None)
+        if accept_rejoin is not None:
+            accept_rejoin()
+        try:
+            registered, accept = self.ap.rejoin(handshake)
+            if registered != user_id:
+                raise ProtocolError(f"a handshake of {registered!r} on {user_id}'s link")
+            link.send(accept)
+            for message in self.prelude.get(user_id, []):
+                link.send(message)
+                reply = parse_user_message(link.receive(self.policy.reply_timeout))
+                if reply.WhichOneof("body") == "error":
+                    raise ProtocolError(f"user {user_id} reported: {reply.error.message}")
+        except (ProtocolError, LinkError, LinkRejoined) as exc:
+            text = str(exc) if not isinstance(exc, LinkRejoined) else "it rejoined twice"
+            self._drop(user_id, f"{phase}: rejoin failed: {text}")
+            return False
+        self.rejoins.append({"user": user_id, "round": self.ap.round, "phase": phase})
+        log.info("%s rejoined at round %d (%s)", user_id, self.ap.round, phase)
+        if self.unanswered.get(user_id) is not None:
+            link.send(self.unanswered[user_id])
+        return True
 
     def _deliver(
         self, phase: str, handler: Callable[[str, bytes], object], replies: dict[str, bytes]
@@ -123,12 +298,14 @@ class SessionDriver:
 
     # -------------------------------------------------------------- phases
     def handshake(self) -> None:
+        """Register every link's user (a resumed session: take it back); the AP's accepts."""
+        register = self.ap.rejoin if self.resumed else self.ap.handshake
         down = up = 0
         for link in self.pending:
             user_id = None
             try:
-                request = link.receive(self.timeout)
-                user_id, accept = self.ap.handshake(request)
+                request = link.receive(self.policy.reply_timeout)
+                user_id, accept = register(request)
                 link.send(accept)
             except (LinkError, ProtocolError) as exc:
                 log.warning("handshake failed: %s", exc)
@@ -137,15 +314,24 @@ class SessionDriver:
                 continue
             self.links[user_id] = link
             down, up = down + len(accept), up + len(request)
-        self.phases["handshake"] = {"bytes_down": down, "bytes_up": up}
+        if self.resumed:  # the traffic of the first handshake stays the session's
+            for user_id in self.ap.users:
+                if user_id not in self.links:
+                    self.ap.drop(user_id, "did not come back after the AP restarted")
+        else:
+            self.phases["handshake"] = {"bytes_down": down, "bytes_up": up}
+            self.user_order = list(self.links)
         if not self.links:
             raise ProtocolError("no user completed the handshake")
+        if self.checkpoint:
+            self.checkpoint(self)
 
     def admm_round(self) -> RoundRecord:
         start = time.perf_counter()
         replies = self._exchange("round", self.ap.round_messages())
         self._deliver("round", self.ap.receive, replies)
         stats: RoundStats = self.ap.step()
+        failpoint("ap.round", at=stats.round)
         traffic = self.phases.pop("round")
         record = RoundRecord(
             round=stats.round,
@@ -160,35 +346,42 @@ class SessionDriver:
             bytes_down_per_user=traffic["bytes_down_per_user"],
             bytes_up_per_user=traffic["bytes_up_per_user"],
         )
+        self.records.append(record)
         if self.on_round:
             self.on_round(record)
+        if self.checkpoint:
+            self.checkpoint(self)
         return record
 
     def align(self) -> list[RoundRecord]:
-        """The strategy's rounds (if any), then its final transmission and the users' Acks."""
-        rounds = []
-        for _ in range(self.ap.rounds):
-            if not self.links:
-                break
-            rounds.append(self.admm_round())
+        """The strategy's rounds (if any, from the AP's current round on), then its final
+        transmission and the users' Acks."""
+        while self.ap.round < self.ap.rounds and self.links:
+            self.admm_round()
         phase = self.ap.final_phase
-        replies = self._exchange(phase, self.ap.final_messages())
+        messages = self.ap.final_messages()
+        replies = self._exchange(phase, messages)
         self._deliver("final", self.ap.receive, replies)
+        for user_id in self.links:  # a user coming back later needs it again
+            if user_id in messages:
+                self.prelude[user_id] = [messages[user_id]]
         try:
             final = self.ap.final_stats()
             self.phases["final"] = self.phases.pop(phase)
             self.phases["final"].update(mse=final.mse, objective=final.objective)
         except ProtocolError as exc:
             log.warning("%s", exc)
-        return rounds
+        failpoint("ap.final")
+        return self.records
 
     def run(self, test_latents: np.ndarray, test_ids: np.ndarray) -> SessionResult:
         """Handshake, alignment, evaluation on ``test_latents`` (n_test, d), end."""
         self.handshake()
-        user_order = list(self.links)
+        failpoint("ap.handshake")
         rounds = self.align()
         replies = self._exchange("evaluation", self.ap.evaluation_requests(test_latents, test_ids))
         reports = self._deliver("evaluation", self.ap.receive_report, replies)
+        failpoint("ap.evaluation")
         end = self.ap.end_message()
         for user_id, link in list(self.links.items()):
             try:
@@ -200,8 +393,10 @@ class SessionDriver:
             rounds=rounds,
             phases=self.phases,
             dropped={u.user_id: u.dropped for u in self.ap.users.values() if u.dropped},
-            user_order=user_order,
+            user_order=self.user_order,
             encoders={u.user_id: u.encoder for u in self.ap.users.values()},
+            rejoins=self.rejoins,
+            stragglers=self.stragglers,
         )
 
 

@@ -192,7 +192,7 @@ def test_ctrl_c_stops_every_child_process(latents, tmp_path):
         seen.update(descendants(proc.pid))
         assert len(seen) >= 7  # SuperLink, its SuperExec, ServerApp, 2 x (SuperNode, ...)
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(30)
+        code = proc.wait(240)  # a limit, not a speed check (loaded CI hosts)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from semalign.client.user import User
-from semalign.common import admm
+from semalign.common import admm, wire
 from semalign.common.channel import block_channel, rayleigh_matrix
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
@@ -302,3 +302,23 @@ def test_compact_over_grpc_matches_the_simulator(tmp_path):
         for got, want in zip(results["rounds"], expected["rounds"], strict=True):
             assert got["mse"] == pytest.approx(want["mse"], rel=1e-6)
     assert results["seeds"][0]["round_protocol"]["compact_users"] == 2
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128", "uint16", None])
+def test_fill_matrix_in_a_message_serializes_as_to_matrix(dtype):
+    """Filling a field in place gives the bytes of the assigned Matrix, shape/dtype/data."""
+    rng = np.random.default_rng(5)
+    array = rng.standard_normal((3, 7)) + 1j * rng.standard_normal((3, 7))
+    if dtype == "uint16":
+        array = np.arange(21, dtype=np.int64).reshape(3, 7)
+    assigned = pb.UserMessage(
+        upload=pb.RoundUpload(session_id="s", round=2, p=wire.to_matrix(array, dtype))
+    ).SerializeToString()
+    filled = pb.UserMessage()
+    filled.upload.session_id, filled.upload.round = "s", 2
+    wire.fill_matrix(filled.upload.p, array, dtype)
+    assert filled.SerializeToString() == assigned
+    back = wire.from_matrix(filled.upload.p)
+    assert back.shape == (3, 7) and np.array_equal(back, array.astype(back.dtype))
+    with pytest.raises(ProtocolError):
+        wire.fill_matrix(pb.Matrix(), np.array(["text"]))

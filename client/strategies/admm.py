@@ -28,7 +28,7 @@ from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.common import admm
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
-from semalign.common.wire import check_matrix, to_matrix
+from semalign.common.wire import check_matrix, fill_matrix
 from semalign.proto import semalign_pb2 as pb
 
 
@@ -113,15 +113,13 @@ class AdmmUser(UserStrategy):
         if msg.final:
             return self._ack(msg.round, sq, noise)
         a, p = admm.uplink_statistics(self.g, self.h, self.y_work)
-        up = pb.RoundUpload(
-            session_id=acc.session_id,
-            round=msg.round,
-            a=to_matrix(a, "complex64"),
-            p=to_matrix(p, "complex64"),
-            squared_error=sq,
-            noise_term=noise,
-        )
-        return pb.UserMessage(upload=up).SerializeToString()
+        out = pb.UserMessage()  # filled in place: the (K N_T, n) P_l is copied once
+        up = out.upload
+        up.session_id, up.round = acc.session_id, msg.round
+        fill_matrix(up.a, a, "complex64")
+        fill_matrix(up.p, p, "complex64")
+        up.squared_error, up.noise_term = sq, noise
+        return out.SerializeToString()
 
     # ------------------------------------------------------------------ compact rounds
     def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
@@ -142,15 +140,13 @@ class AdmmUser(UserStrategy):
             if msg.final:
                 return self._ack(msg.round, sq, noise)
             a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
-            up = pb.CompactUpload(
-                session_id=acc.session_id,
-                round=msg.round,
-                a=to_matrix(a, "complex64"),
-                cross=to_matrix(cross, "complex64"),
-                squared_error=sq,
-                noise_term=noise,
-            )
-            return pb.UserMessage(compact_upload=up).SerializeToString()
+            out = pb.UserMessage()
+            up = out.compact_upload
+            up.session_id, up.round = acc.session_id, msg.round
+            fill_matrix(up.a, a, "complex64")
+            fill_matrix(up.cross, cross, "complex64")
+            up.squared_error, up.noise_term = sq, noise
+            return out.SerializeToString()
 
     def _ack(self, round_: int, sq: float, noise: float) -> bytes:
         ack = pb.Ack(

@@ -83,6 +83,7 @@ def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict
         # the user's own CA pins the AP: it never falls back to plaintext on the invitation's word
         tls=files if (tls or files.enabled) else None,
         connect_timeout=float(node.get("connect-timeout-s", 60.0)),
+        rejoin_grace=float(node.get("rejoin-grace-s", 60.0)),
         user_id=user_id,
     )
     return [r.as_dict() for r in reports]

@@ -19,6 +19,8 @@ from semalign.commands.options import (
     add_data_arguments,
     add_verbosity_arguments,
     add_workers_argument,
+    check_folder,
+    check_output,
     check_workers,
     parse_weights,
 )
@@ -179,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         workers=check_workers(args),
     )
     cache_dir = _cache_dir(args)
+    _check_files(args, cache_dir)
     err = Console(stderr=True, quiet=args.quiet)
     started = time.perf_counter()
     try:
@@ -204,6 +207,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         _write_json(args.json_out, results, args.dataset, cache_dir, total)
     return 0
+
+
+def _check_files(args: argparse.Namespace, cache_dir: Path) -> None:
+    """What the encoding needs, checked before it starts (one line, exit code 2 each)."""
+    if args.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir}: no such folder")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError) as exc:
+            raise UsageError(f"--device {args.device!r}: {str(exc).splitlines()[0]}") from None
+    check_folder("--cache-dir", cache_dir)
+    check_output(args.json_out, "--json")
 
 
 def _noter(err):

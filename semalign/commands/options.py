@@ -140,13 +140,16 @@ def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_seeds(text: str) -> list[int]:
-
+    """``--seeds``: comma-separated integers in 0..2^32-1 (numpy's seed range)."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got {text!r}") from None
     if not seeds:
         raise UsageError("--seeds is empty")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise UsageError(f"--seeds must be in 0..{2**32 - 1}, got {bad[0]}")
     return seeds
 
 
@@ -288,16 +291,53 @@ def check_workers(args: argparse.Namespace) -> int | None:
     return workers
 
 
-def check_output(path: str | None) -> None:
-    """``--out``: fail now, before any work, if the results could not be written there."""
-    if not path:
+def check_output(path: str | Path | None, option: str = "--out") -> None:
+    """An output file (``--out``, ``--json``): fail now, before any work, if it could not be
+    written there (its folder is created and a probe file written and removed)."""
+    if path is None or str(path) == "":
         return
     from semalign.common.io import check_writable
 
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is not a folder")
     try:
         check_writable(path)
     except OSError as exc:
-        raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+        raise UsageError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def check_folder(option: str, value: str | Path | None) -> None:
+    """An output folder (``--cache-dir``, ``--workdir``, ``plot --out``): one that exists or
+    can be created (not a file, nor under one) and where a file can be written (a probe file
+    in it, or in its nearest existing parent, is created and removed). Nothing is created."""
+    if value is None:
+        return
+    import tempfile
+
+    path = Path(value).absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {value}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {value}: {parent} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".semalign-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{option} {value}: cannot write in {parent} ({exc.strerror or exc})"
+        ) from None
+
+
+def check_cache_dir(args: argparse.Namespace) -> None:
+    """``--cache-dir`` (when latents may be encoded into it, i.e. without ``--latents``)."""
+    if not getattr(args, "latents", None):
+        check_folder("--cache-dir", getattr(args, "cache_dir", None))
 
 
 def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
@@ -311,6 +351,8 @@ def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
     from semalign.encoders import registry
 
     spec = spec.strip()
+    if not spec.strip(", "):
+        raise UsageError("--users is empty")
     if spec.isdigit():
         count = int(spec)
         if count < 1:
@@ -339,6 +381,7 @@ def prepare_latents(args: argparse.Namespace, encoders: list[str]) -> Path:
     from semalign.encoders import default_cache_dir, ensure_latents
 
     cache_dir = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    check_folder("--cache-dir" if getattr(args, "cache_dir", None) else "cache folder", cache_dir)
     options = {}
     if getattr(args, "pretrained", False):
         options = {"pretrained": True, "weights": parse_weights(args.weights)}

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from semalign.commands.options import HelpFormatter, add_verbosity_arguments
+from semalign.commands.options import HelpFormatter, add_verbosity_arguments, check_folder
 from semalign.common.errors import SweepError, UsageError
 from semalign.experiments.figures import (
     BANDS,
@@ -27,6 +27,8 @@ KNOWN_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 def _names(text: str, known: tuple[str, ...], option: str, what: str) -> list[str]:
     """Comma-separated ``text`` as a list, each checked against ``known``."""
     names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise UsageError(f"{option} is empty; choose from {', '.join(known)}")
     for name in names:
         if name not in known:
             raise UsageError(f"{option}: unknown {what} {name!r}; choose from {', '.join(known)}")
@@ -43,6 +45,7 @@ def run_plot(args: argparse.Namespace) -> int:
         style = FigureStyle(args.band, args.confidence, args.x_scale, args.dpi)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_folder("--out", args.out)
     sources = figure_sources(figures, args.table)
     written: dict[str, list[Path]] = {}
     for tables in dict.fromkeys(sources.values()):

@@ -75,12 +75,12 @@ def _csi_modes(text: str) -> tuple[bool, ...]:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Grid fields given on the command line (None: not given, the preset's or the default)."""
     return {
-        "strategies": _list_of(str, "--strategies")(args.strategies) if args.strategies else None,
+        "strategies": _opt(args.strategies, str, "--strategies"),
         "channel_uses": _opt(args.channel_uses, int, "--channel-uses"),
-        "antennas": _split(args.antennas) if args.antennas else None,
+        "antennas": None if args.antennas is None else _split(args.antennas),
         "snr_db": _opt(args.snr_db, float, "--snr-db"),
         "seeds": _opt(args.seeds, int, "--seeds"),
-        "groups": _split(args.groups) if args.groups else None,
+        "groups": None if args.groups is None else _split(args.groups),
         "pilot_fractions": _opt(args.pilot_fractions, float, "--pilot-fractions"),
         "csi": _csi_modes(args.csi_modes) if isinstance(args.csi_modes, str) else args.csi_modes,
         "iterations": args.iterations,
@@ -89,9 +89,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_fit": args.baseline_fit,
         "topk_index_cost": args.topk_index_cost,
         "ap": args.ap,
-        "channel_models": _list_of(str, "--channel-models")(args.channel_models)
-        if args.channel_models
-        else None,
+        "channel_models": _opt(args.channel_models, str, "--channel-models"),
         "correlations": _opt(args.correlations, float, "--correlations"),
         "k_factors": _opt(args.k_factors, float, "--k-factors"),
         "csi_errors": _opt(args.csi_errors, float, "--csi-errors"),

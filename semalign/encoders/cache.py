@@ -33,7 +33,7 @@ from semalign.common.latents import (
     load_split,
 )
 from semalign.encoders.build import BuildJob, load_weights
-from semalign.encoders.datasets import check_dataset_name
+from semalign.encoders.datasets import check_dataset_name, check_limit
 from semalign.encoders.keys import cache_key, cache_key_material
 from semalign.encoders.registry import get_spec
 from semalign.encoders.reporter import Reporter
@@ -92,6 +92,7 @@ def encode(
     from semalign.encoders.pool import build_all, worker_count
 
     names = _check_arguments(dataset, encoders, image_size, pretrained, weights or {})
+    check_limit(limit)
     if workers is not None:
         worker_count(1, workers)  # a bad count fails before any work
     weights = dict(weights or {})

@@ -102,15 +102,20 @@ def load_dataset(
         return _load_digits_aug(limit)
     else:
         dataset = _load_cifar10(data_dir, download_root)
+    check_limit(limit)
     if limit is not None:
-        if limit < 10:
-            raise ValueError(f"limit must be at least 10 rows per split, got {limit}")
         dataset = Dataset(
             dataset.name,
             {k: Split(s.images[:limit], s.labels[:limit]) for k, s in dataset.splits.items()},
             dataset.num_classes,
         )
     return dataset
+
+
+def check_limit(limit: int | None) -> None:
+    """``limit`` (rows per split, quick tests): None or at least 10 (ValueError otherwise)."""
+    if limit is not None and limit < 10:
+        raise ValueError(f"limit must be at least 10 rows per split, got {limit}")
 
 
 def _stratified_split(labels: np.ndarray, fractions: tuple[float, ...]) -> list[np.ndarray]:
@@ -149,8 +154,7 @@ def _load_digits_aug(limit: int | None) -> Dataset:
     """``digits-aug`` (:mod:`semalign.encoders.augment`); ``limit`` generates only a prefix."""
     from semalign.encoders.augment import AUG_SIZES, augment_split
 
-    if limit is not None and limit < 10:
-        raise ValueError(f"limit must be at least 10 rows per split, got {limit}")
+    check_limit(limit)
     base = _load_digits()
     splits = {}
     for name in SPLITS:
@@ -222,11 +226,21 @@ def _load_cifar10(data_dir: str | Path | None, download_root: str | Path | None)
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as handle:
-        entry = pickle.load(handle, encoding="latin1")
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-    return data, labels
+    """Images (n, 32, 32, 3) uint8 and labels (n,) of one CIFAR-10 python batch file;
+    DatasetUnavailable naming the file when it is missing, truncated or not such a batch."""
+    try:
+        with open(path, "rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        if labels.shape != (len(data),):
+            raise ValueError(f"{len(data)} images but labels of shape {labels.shape}")
+    except Exception as exc:  # pickle, numpy and OS errors of a damaged file alike
+        raise DatasetUnavailable(
+            f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}); extract "
+            "cifar-10-python.tar.gz again into the --data-dir folder"
+        ) from None
+    return data.transpose(0, 2, 3, 1), labels
 
 
 def _read_cifar_batches(folder: Path) -> Dataset:

@@ -200,32 +200,21 @@ REFERENCE_AP: str = "vit_tiny_patch16_224"
 #: and the ten users. Its README does not list the homogeneous/heterogeneous configs' members;
 #: they are Table I's, spelled as in that list (``efficientvit_m5.r224_in1k``). Unlike
 #: ``paper-users`` it has ``vit_base_patch32_clip_224`` and ``levit_128s``.
+_REFERENCE_USERS: tuple[str, ...] = (
+    "vit_small_patch16_224",
+    "vit_small_patch32_224",
+    "vit_base_patch16_224",
+    "vit_base_patch32_clip_224",
+    "rexnet_100",
+    "mobilenetv3_small_075",
+    "mobilenetv3_large_100",
+    "mobilenetv3_small_100",
+    "efficientvit_m5.r224_in1k",
+    "levit_128s.fb_dist_in1k",
+)
 REFERENCE_GROUPS: dict[str, tuple[str, ...]] = {
-    "reference": (
-        "vit_small_patch16_224",
-        "vit_small_patch32_224",
-        "vit_base_patch16_224",
-        "vit_base_patch32_clip_224",
-        "rexnet_100",
-        "mobilenetv3_small_075",
-        "mobilenetv3_large_100",
-        "mobilenetv3_small_100",
-        "efficientvit_m5.r224_in1k",
-        "levit_128s.fb_dist_in1k",
-        REFERENCE_AP,
-    ),
-    "reference-users": (
-        "vit_small_patch16_224",
-        "vit_small_patch32_224",
-        "vit_base_patch16_224",
-        "vit_base_patch32_clip_224",
-        "rexnet_100",
-        "mobilenetv3_small_075",
-        "mobilenetv3_large_100",
-        "mobilenetv3_small_100",
-        "efficientvit_m5.r224_in1k",
-        "levit_128s.fb_dist_in1k",
-    ),
+    "reference": (*_REFERENCE_USERS, REFERENCE_AP),
+    "reference-users": _REFERENCE_USERS,
     "reference-homogeneous": (
         "mobilenetv3_small_075",
         "mobilenetv3_small_100",

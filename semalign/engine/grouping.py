@@ -26,9 +26,9 @@ from semalign.common.errors import UsageError
 from semalign.common.records import RunResult, SeedResult
 from semalign.common.stats import nan_mean
 from semalign.engine.loopback import LoopbackLink
-from semalign.engine.scenario import Scenario, build_session, user_names
+from semalign.engine.scenario import Scenario, build_session, scenario_result, user_names
 from semalign.server.access_point import build_access_point
-from semalign.server.results import run_result, seed_result
+from semalign.server.results import seed_result
 from semalign.server.session import SessionDriver
 
 GROUP_PROBE_ROUNDS = 5
@@ -153,9 +153,4 @@ def simulate_grouped(
         blocks.append(simulate_grouped_seed(scenario, config.model_copy(update={"seed": seed})))
         if on_seed:
             on_seed(blocks[-1])
-    extra = {
-        "latents": str(scenario.latents_dir),
-        "ap": scenario.ap_encoder,
-        "users": scenario.user_encoders,
-    }
-    return run_result(config, blocks, extra)
+    return scenario_result(scenario, config, blocks)

@@ -13,7 +13,9 @@ from semalign.client.user import User, UserData, build_user, user_data_from_cach
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError
 from semalign.common.latents import check_aligned, load_encoder_splits
+from semalign.common.records import RunResult, SeedResult
 from semalign.server.access_point import AccessPoint, build_access_point
+from semalign.server.results import run_result
 
 
 @dataclass
@@ -84,3 +86,15 @@ def build_session(scenario: Scenario, config: AlignmentConfig) -> tuple[AccessPo
         )
     ]
     return ap, users
+
+
+def scenario_result(
+    scenario: Scenario, config: AlignmentConfig, blocks: list[SeedResult]
+) -> RunResult:
+    """The run's results: every seed's block plus the scenario (latents, AP, users)."""
+    extra = {
+        "latents": str(scenario.latents_dir),
+        "ap": scenario.ap_encoder,
+        "users": scenario.user_encoders,
+    }
+    return run_result(config, blocks, extra)

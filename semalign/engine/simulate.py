@@ -14,8 +14,8 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.records import RoundRecord, RunResult, SeedResult
 from semalign.engine.loopback import LoopbackLink
-from semalign.engine.scenario import Scenario, build_session
-from semalign.server.results import run_result, seed_result
+from semalign.engine.scenario import Scenario, build_session, scenario_result
+from semalign.server.results import seed_result
 from semalign.server.session import SessionDriver
 
 
@@ -58,9 +58,4 @@ def simulate(
         blocks.append(simulate_seed(scenario, cfg, callback))
         if on_seed:
             on_seed(blocks[-1])
-    extra = {
-        "latents": str(scenario.latents_dir),
-        "ap": scenario.ap_encoder,
-        "users": scenario.user_encoders,
-    }
-    return run_result(config, blocks, extra)
+    return scenario_result(scenario, config, blocks)

@@ -29,7 +29,7 @@ from semalign.common import admm
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
 from semalign.common.validation import check_bounded, check_terms, one_line
-from semalign.common.wire import check_matrix, to_matrix
+from semalign.common.wire import check_matrix, fill_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
 
@@ -104,7 +104,8 @@ class AdmmStrategy(ApStrategy):
         accept.round_protocol = pb.COMPACT
         accept.pilots.CopyFrom(pilots)
         accept.pilot_gram.CopyFrom(gram)
-        self.handshake_pilot_bytes += pilots.ByteSize() + gram.ByteSize()
+        if not state.rejoins:  # the session's figure; a rejoin's bytes are the wire's
+            self.handshake_pilot_bytes += pilots.ByteSize() + gram.ByteSize()
 
     # ------------------------------------------------------------------ rounds
     def round_messages(self) -> dict[str, bytes]:
@@ -120,35 +121,35 @@ class AdmmStrategy(ApStrategy):
         ap = self.ap
         out = {}
         pilots: dict[int, np.ndarray] = {}  # F X per distinct F (id), computed once
-        shared: dict[int, pb.Matrix] = {}  # F X as sent, when every user gets the same
+        shared: dict[int, bytes] = {}  # the message, when every user gets the same F X
         for state in ap.active_users:
             variables = self.variables(state)
             f = variables.z if final else variables.f
             state.upload, state.terms = None, None
+            message = pb.ApMessage()  # filled in place: the matrix is copied once
             if state.round_protocol == "compact":
-                msg = pb.CompactBroadcast(
-                    session_id=ap.session_id,
-                    round=ap.round,
-                    pre_equalizer=to_matrix(f, WIRE_DTYPE),
-                    final=final,
-                )
-                out[state.user_id] = pb.ApMessage(compact_broadcast=msg).SerializeToString()
+                msg = message.compact_broadcast
+                msg.session_id, msg.round, msg.final = ap.session_id, ap.round, final
+                fill_matrix(msg.pre_equalizer, f, WIRE_DTYPE)
+                out[state.user_id] = message.SerializeToString()
                 continue
             key = id(f)
             if key not in pilots:
                 pilots[key] = f.astype(self.x_work.dtype, copy=False) @ self.x_work
+            if not self.config.csi and key in shared:
+                out[state.user_id] = shared[key]
+                continue
+            msg = message.broadcast
+            msg.session_id, msg.round, msg.final = ap.session_id, ap.round, final
             if self.config.csi:
                 with single_thread():
                     received = admm.apply_block_channel(state.hbar, pilots[key])
-                symbols = to_matrix(received, WIRE_DTYPE)
+                fill_matrix(msg.symbols, received, WIRE_DTYPE)
             else:
-                if key not in shared:
-                    shared[key] = to_matrix(pilots[key], WIRE_DTYPE)
-                symbols = shared[key]
-            msg = pb.RoundBroadcast(
-                session_id=ap.session_id, round=ap.round, symbols=symbols, final=final
-            )
-            out[state.user_id] = pb.ApMessage(broadcast=msg).SerializeToString()
+                fill_matrix(msg.symbols, pilots[key], WIRE_DTYPE)
+            out[state.user_id] = message.SerializeToString()
+            if not self.config.csi:
+                shared[key] = out[state.user_id]
         return out
 
     def receive_upload(self, state: UserState, upload: pb.RoundUpload | pb.CompactUpload) -> None:
@@ -222,6 +223,20 @@ class AdmmStrategy(ApStrategy):
                 "handshake_pilot_bytes": self.handshake_pilot_bytes,
             }
         }
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The shared F, Z, U and the handshake's pilot bytes."""
+        v = self.shared
+        return {
+            "f": v.f,
+            "z": v.z,
+            "u": v.u,
+            "handshake_pilot_bytes": np.array(self.handshake_pilot_bytes),
+        }
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.shared = AdmmVariables(arrays["f"], arrays["z"], arrays["u"])
+        self.handshake_pilot_bytes = int(arrays["handshake_pilot_bytes"])
 
     def encode(
         self, x: np.ndarray, state: UserState | None

@@ -43,6 +43,7 @@ class UserState:
         dropped: why and when the AP stopped waiting for this user.
         round_protocol: how this user's ADMM rounds travel, ``paper`` or ``compact``
             (negotiated in the handshake).
+        rejoins: how often the user came back on a new stream (:meth:`AccessPoint.rejoin`).
     """
 
     user_id: str
@@ -56,6 +57,7 @@ class UserState:
     terms: tuple[float, float] | None = None
     dropped: str | None = None
     round_protocol: str = "paper"
+    rejoins: int = 0
 
 
 class ApContext(Protocol):
@@ -137,3 +139,11 @@ class ApStrategy(ABC):
     def result_info(self) -> dict[str, Any]:
         """Extra entries of this session's results block."""
         return {}
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """What this strategy needs to continue after a restart (F, Z, U...), as named arrays
+        (:mod:`semalign.server.checkpoint`); the rest follows from config, pilots and users."""
+        return {}
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027 (optional hook)
+        """Take back what :meth:`checkpoint_state` returned (users are registered already)."""

@@ -36,3 +36,18 @@ class PerUserAdmm(AdmmStrategy):
                 p, d = variables.consensus(f, self.config.power, self.config.rho)
                 primal_sq, dual_sq = primal_sq + p**2, dual_sq + d**2
         return float(np.sqrt(primal_sq)), float(np.sqrt(dual_sq))
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """Besides the shared F^(0): each user's F_l, Z_l, U_l."""
+        out = super().checkpoint_state()
+        for user_id, v in self.links.items():
+            out.update(
+                {f"link.{user_id}.f": v.f, f"link.{user_id}.z": v.z, f"link.{user_id}.u": v.u}
+            )
+        return out
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        super().restore_state(arrays)
+        for user_id in self.links:
+            keys = (f"link.{user_id}.{name}" for name in "fzu")
+            self.links[user_id] = AdmmVariables(*(arrays[key] for key in keys))
