@@ -12,8 +12,8 @@ Syntax: comma-separated entries ``NAME[=N]:ACTION[:ARG]``::
     SEMALIGN_FAILPOINTS="ap.final=:stop,user.round:sleep:5"
 
 * ``NAME``: a failpoint, :data:`POINTS` lists them. ``=N`` fires only where the failpoint is
-  reached with ``at=N`` (the round index); without it (or with ``=``) the first time it is
-  reached. Each entry fires at most once per process.
+  reached with ``at=N`` (the round index; for ``user.invited`` the user's ordinal); without
+  it (or with ``=``) the first time it is reached. Each entry fires at most once per process.
 * ``ACTION``: ``exit`` (SIGKILL to itself: like ``kill -9``, no cleanup, no flush),
   ``stop`` (SIGSTOP to itself: the test sends SIGCONT or SIGKILL later), ``sever`` (close
   the transport: the user's gRPC stream, through the handler :func:`on_sever` registered;
@@ -42,6 +42,7 @@ ENV = "SEMALIGN_FAILPOINTS"
 
 #: Every failpoint and where it is, by protocol phase.
 POINTS: dict[str, str] = {
+    "user.invited": "user (Flower ClientApp): invited, before joining; N is the user's ordinal",
     "user.handshake": "user: the AP's HandshakeAccept arrived (registered, nothing uploaded)",
     "user.round": "user: round N's broadcast arrived, before its upload",
     "user.final": "user: the final broadcast (or the baselines' pilots) arrived, before its Ack",

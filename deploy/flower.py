@@ -4,7 +4,8 @@
 SuperLink (plus, for ``run``, one SuperNode per user on the same machine), then the semalign
 Flower App (:mod:`semalign.deploy.flwr_app`) submitted with ``flwr run``. Its ServerApp invites
 every SuperNode to the AP's alignment service and writes the users' final reports to a status
-file, which :class:`FlowerRun` reads (fail fast while users join; final reports at the end).
+file, which :class:`FlowerRun` reads (users lost while the others join; final reports at the
+end).
 """
 
 from __future__ import annotations
@@ -168,23 +169,31 @@ def read_reports(path: Path) -> dict | None:
 
 @dataclass
 class FlowerRun:
-    """The submitted Flower run: its status file and the processes that carry it."""
+    """The submitted Flower run: its status file and the processes that carry it
+    (``users``: the names of the children that run users' SuperNodes, if any)."""
 
     reports_file: Path
     procs: Processes
+    users: tuple[str, ...] = ()
 
-    def check(self) -> None:
-        """Fail fast while waiting for users: a dead child, or a ClientApp that reported an
-        error (LaunchError naming the users and their errors)."""
-        self.procs.check()
+    def check(self) -> dict[str, str]:
+        """While waiting for users: the users known lost so far, ``{user_id: reason}`` (a
+        SuperNode process that exited, a SuperNode that Flower lost after it said who it is,
+        a ClientApp that reported an error); the session goes on without them. LaunchError
+        if Flower itself failed (the SuperLink or another child that is not a user exited)."""
+        lost = {
+            uid: f"its SuperNode {why}"
+            for uid, why in self.procs.check(expendable=self.users).items()
+        }
         status = read_reports(self.reports_file)
         if not status:
-            return
-        reports = status["reports"].items()
-        failed = {u: r.get("error", "") for u, r in reports if r["status"] != "ok"}
-        if failed or status["errors"]:
-            detail = "; ".join([f"{u}: {e}" for u, e in failed.items()] + status["errors"])
-            raise LaunchError(f"Flower reports a failed user: {detail}")
+            return lost
+        for uid, report in status["reports"].items():
+            if report["status"] != "ok":
+                lost.setdefault(uid, f"its ClientApp failed: {report.get('error', '')}")
+        for uid, reason in status.get("lost", {}).items():
+            lost.setdefault(uid, reason)
+        return lost
 
     def final_reports(self, timeout: float = 20.0) -> dict | None:
         """Wait until the ServerApp has every user's final report (or ``timeout`` s)."""
@@ -244,7 +253,7 @@ def start_flower(
         register_supernodes(flwr / "cli", list(supernode_keys or ()))
         for name, argv in supernodes:
             procs.start(name, argv, child_env(flwr / name, single_thread=True))
-    run = FlowerRun(workdir / "flower-reports.json", procs)
+    run = FlowerRun(workdir / "flower-reports.json", procs, tuple(n for n, _ in supernodes))
     submit_run(
         flwr / "cli",
         {

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -247,14 +247,20 @@ class Processes:
         log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return child
 
-    def check(self) -> None:
-        """LaunchError if a child exited (they all must live until stop())."""
+    def check(self, expendable: Collection[str] = ()) -> dict[str, str]:
+        """LaunchError if a child exited (they all must live until stop()), except the
+        ``expendable`` ones (users: the session goes on without them), which are returned
+        as ``{name: "exited with code N"}``."""
+        gone = {}
         for child in self.children:
             code = child.proc.poll()
-            if code is not None:
-                raise LaunchError(
-                    f"{child.name} exited with code {code} (log {child.log_path}: {child.tail()})"
-                )
+            if code is None:
+                continue
+            why = f"{child.name} exited with code {code} (log {child.log_path}: {child.tail()})"
+            if child.name not in expendable:
+                raise LaunchError(why)
+            gone[child.name] = f"exited with code {code}"
+        return gone
 
     def stop(self, grace: float = 5.0) -> None:
         """End every child and everything it started (:func:`terminate_tree`)."""

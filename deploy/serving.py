@@ -156,14 +156,17 @@ def start_service(
     return service, server
 
 
-def serve(service, plan: Plan, display: Display, check: Callable[[], None]) -> dict[str, Any]:
-    """Every session of ``plan``; ``check`` runs while the first session waits for users."""
+def serve(
+    service, plan: Plan, display: Display, check: Callable[[], dict[str, str]]
+) -> dict[str, Any]:
+    """Every session of ``plan``; ``check`` runs while the first session waits for users and
+    returns the users known lost meanwhile (``{user_id: reason}``; nobody waits for them)."""
     from semalign.server.access_point import build_access_point
     from semalign.server.network import serve_sessions
 
-    def poll(ids: list[str]) -> None:
+    def poll(ids: list[str]) -> dict[str, str]:
         display.joined(ids)
-        check()
+        return check()
 
     with display.progress:
         return serve_sessions(
@@ -196,13 +199,17 @@ def serve_with_children(
 ) -> tuple[dict[str, Any], dict | None]:
     """Start the children, serve every session, stop children and service however it ends.
 
-    Returns the results and, with Flower, the ServerApp's final reports. A child that dies,
-    a ClientApp that fails or no user joining: UsageError with one line naming the logs.
+    Returns the results and, with Flower, the ServerApp's final reports. A user whose process
+    or SuperNode is lost, or whose ClientApp fails, is a lost user (the session goes on without
+    it). A child that is not a user (the SuperLink) dying, or no user joining: UsageError with
+    one line naming the logs.
     """
+    users = () if isinstance(plan.expected, int) else tuple(plan.expected)
     try:
         with sigterm_as_interrupt():
             flower = start_children()
-            results = serve(service, plan, display, flower.check if flower else procs.check)
+            check = flower.check if flower else lambda: _lost_processes(procs, users)
+            results = serve(service, plan, display, check)
             reports = flower.final_reports() if flower else None
     except (NoUsersError, LaunchError) as exc:
         raise UsageError(f"{exc} (logs in {procs.log_dir})") from None
@@ -212,6 +219,11 @@ def serve_with_children(
         procs.stop()
         server.stop()
     return results, reports
+
+
+def _lost_processes(procs: Processes, users: tuple[str, ...]) -> dict[str, str]:
+    """The user processes that exited (LaunchError if any other child did)."""
+    return {uid: f"its process {why}" for uid, why in procs.check(expendable=users).items()}
 
 
 def finish(

@@ -41,6 +41,8 @@ class Lobby:
     required: set[str] | None = None
     links: dict[str, GrpcLink] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
+    #: users known lost before joining (their process died, their SuperNode vanished), and why
+    lost: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -81,18 +83,35 @@ class Lobby:
             link = self.links.get(user_id)
             return not self.is_open and self.running and link is not None and not link.ended
 
+    def give_up(self, user_id: str, reason: str) -> None:
+        """Stop waiting for ``user_id``: it is known lost (``reason``) before joining. A user
+        that has already joined is the session's to drop; a given-up user that joins while
+        the lobby is open is still welcome."""
+        with self._cond:
+            if user_id in self.links or user_id in self.lost:
+                return
+            if not isinstance(self.expected, int) and user_id not in self.expected:
+                return
+            self.lost[user_id] = reason
+            self._cond.notify_all()
+        log.warning("%s lost before joining session %s: %s", user_id, self.offer.session_id, reason)
+
     def end(self) -> None:
         """The session is over: nobody comes back to it."""
         with self._cond:
             self.running = False
 
     def wait(
-        self, timeout: float | None, poll: Callable[[list[str]], None] | None = None
+        self,
+        timeout: float | None,
+        poll: Callable[[list[str]], dict[str, str] | None] | None = None,
     ) -> list[GrpcLink]:
         """Wait for every expected user (or ``timeout`` s), close the lobby, return the links.
 
         ``poll(joined_ids)`` is called about every 0.25 s while waiting (progress display, child
-        process checks); an exception from it closes the lobby and propagates.
+        process checks); it may return the users known lost meanwhile (``{user_id: reason}``:
+        nobody waits for them, :meth:`give_up`); an exception from it closes the lobby and
+        propagates.
         Links are returned in natural order of user id (user1, user2, ..., user10), the order
         the simulator registers users, so the AP's averaging order is the same.
         """
@@ -107,9 +126,13 @@ class Lobby:
                         joined = list(self.links)
                         self._cond.release()
                         try:
-                            poll(joined)
+                            lost = poll(joined) or {}
                         finally:
                             self._cond.acquire()
+                        for user_id, reason in lost.items():
+                            self.give_up(user_id, reason)  # the condition's lock is an RLock
+                        if self._complete():
+                            break
                     self._cond.wait(0.25 if left is None else min(left, 0.25))
         finally:
             with self._cond:
@@ -118,15 +141,23 @@ class Lobby:
         return links
 
     def _complete(self) -> bool:
-        if len(self.links) >= self.expected_count:
+        gone = sum(1 for user_id in self.lost if user_id not in self.links)
+        if len(self.links) + gone >= self.expected_count:
             return True
         return self.required is not None and self.required <= set(self.links)
 
     @property
     def missing(self) -> list[str]:
         """Invited users that never joined: their ids, or with only a number of users expected
-        (``semalign ap --users N``) one placeholder per missing user (their ids are unknown)."""
+        (``semalign ap --users N``) the ids known lost (:attr:`lost`), then one placeholder per
+        other missing user (their ids are unknown)."""
         if isinstance(self.expected, int):
-            absent = range(len(self.links) + 1, self.expected + 1)
-            return [f"(unnamed user {i} of {self.expected})" for i in absent]
+            named = [u for u in self.lost if u not in self.links]
+            absent = range(len(self.links) + len(named) + 1, self.expected + 1)
+            return named + [f"(unnamed user {i} of {self.expected})" for i in absent]
         return [u for u in self.expected if u not in self.links]
+
+    @property
+    def missing_reasons(self) -> dict[str, str]:
+        """Why each of :attr:`missing` did not join: the reason it was lost, if known."""
+        return {u: self.lost.get(u, "never joined") for u in self.missing}

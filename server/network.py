@@ -160,14 +160,15 @@ def serve_session(
     policy: WaitPolicy,
     on_round: Callable[[RoundRecord, WireRound], None] | None = None,
     on_joined: Callable[[list[str]], None] | None = None,
-    poll: Callable[[list[str]], None] | None = None,
+    poll: Callable[[list[str]], dict[str, str] | None] | None = None,
     required: set[str] | None = None,
     checkpoint: Callable[[SessionDriver], None] | None = None,
     restored: dict[str, Any] | None = None,
 ) -> tuple[SessionResult, dict[str, Any]]:
     """Gather the users of one session and run it; returns the result and its wire block.
 
-    ``poll(joined_ids)`` is called while waiting for users (progress, child checks);
+    ``poll(joined_ids)`` is called while waiting for users (progress, child checks; it may
+    return the users known lost meanwhile, ``{user_id: reason}``, whom nobody waits for);
     ``required``: start once these have joined (see :class:`Lobby`); ``checkpoint``: called
     after the handshake and each round; ``restored``: the session continues from a checkpoint
     (:func:`semalign.server.checkpoint.restore`).
@@ -180,10 +181,14 @@ def serve_session(
         on_joined([link.user_id for link in links])
     if not links:
         lobby.end()
+        lost = "".join(f"; {uid}: {reason}" for uid, reason in lobby.lost.items())
         raise NoUsersError(
-            f"no user joined session {offer.session_id} within {join_timeout:g} s"
-            if join_timeout is not None
-            else f"no user joined session {offer.session_id}"
+            (
+                f"no user joined session {offer.session_id} within {join_timeout:g} s"
+                if join_timeout is not None
+                else f"no user joined session {offer.session_id}"
+            )
+            + lost
         )
     driver = MeasuredDriver(
         ap, links, policy=policy, on_round=on_round, checkpoint=checkpoint, restored=restored
@@ -209,8 +214,8 @@ def serve_session(
         for link in links
         if link.user_id not in ap.users
     }
-    for uid in lobby.missing:
-        log.warning("%s never joined session %s", uid, offer.session_id)
+    for uid, reason in lobby.missing_reasons.items():
+        log.warning("%s did not join session %s: %s", uid, offer.session_id, reason)
     return result, wire
 
 
@@ -225,6 +230,7 @@ def _wire_block(
         "session_s": session_s,
         **driver.timings,
         "not_joined": lobby.missing,
+        "not_joined_reasons": lobby.missing_reasons,
         "dropped_at_s": driver.drop_times,
         "latency_p50_s": percentile(latencies, 50),
         "latency_p95_s": percentile(latencies, 95),
@@ -255,7 +261,7 @@ def serve_sessions(
     on_round: Callable[[int, RoundRecord, WireRound], None] | None = None,
     on_seed: Callable[[dict[str, Any]], None] | None = None,
     on_joined: Callable[[int, list[str]], None] | None = None,
-    poll: Callable[[list[str]], None] | None = None,
+    poll: Callable[[list[str]], dict[str, str] | None] | None = None,
     extra: dict[str, Any] | None = None,
     policy: WaitPolicy | None = None,
     checkpoint_path: str | Path | None = None,

@@ -70,8 +70,9 @@ def network_summary(blocks: list[SeedResult]) -> dict[str, Any]:
 
 def lost_users(blocks: list[SeedResult]) -> list[dict[str, Any]]:
     """Every invited user that did not finish a seed, and why: dropped (with the AP's reason),
-    refused at the handshake, or never joined (with ``--users N`` their ids are unknown: one
-    placeholder each). Empty when every invited user finished every seed."""
+    refused at the handshake, or never joined (with the reason where it is known: its process
+    or SuperNode was lost; with ``--users N`` ids that nobody named are placeholders). Empty
+    when every invited user finished every seed."""
     lost = []
     for block in blocks:
         wire = block.wire or {}
@@ -79,6 +80,9 @@ def lost_users(blocks: list[SeedResult]) -> list[dict[str, Any]]:
             lost.append({"seed": block.seed, "user": uid, "reason": f"dropped at {reason}"})
         for uid, reason in wire.get("refused", {}).items():
             lost.append({"seed": block.seed, "user": uid, "reason": f"refused: {reason}"})
+        reasons = wire.get("not_joined_reasons", {})
         for uid in wire.get("not_joined", []):
-            lost.append({"seed": block.seed, "user": uid, "reason": "never joined"})
+            why = reasons.get(uid, "never joined")
+            reason = why if why == "never joined" else f"never joined: {why}"
+            lost.append({"seed": block.seed, "user": uid, "reason": reason})
     return lost

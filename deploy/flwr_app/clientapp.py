@@ -24,6 +24,7 @@ import os
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from semalign.common.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def invitation(message: Message, context: Context) -> Message:
     try:
         if str(inv["user-id"]) != user_id:
             raise ValueError(f"invited as {inv['user-id']!r}, this node runs {user_id!r}")
+        failpoint("user.invited", int(node.get("ordinal", 0)))  # chaos tests only
         payload["sessions"] = run_invitation(
             node, str(inv["address"]), str(inv["token"]), bool(inv["tls"])
         )
