@@ -100,6 +100,8 @@ def command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
+    if args.progress_file:
+        check_output(args.progress_file)
     expected = expected_users(args.users)
     check_channel_users(config, expected if isinstance(expected, int) else len(expected))
     ap = args.ap or registry.DEFAULT_AP
@@ -115,6 +117,7 @@ def command(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         resume=args.resume,
     )
+    plan.progress_file = args.progress_file
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
     supernode_keys = None
     if args.flower and not args.insecure:

@@ -167,6 +167,12 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
     add_data_arguments(parser)
     add_alignment_arguments(parser.add_argument_group("alignment"))  # type: ignore[arg-type]
+    parser.add_argument(
+        "--progress-file",
+        metavar="PATH",
+        help="write the session's progress here (JSON, replaced atomically at most twice a "
+        "second: seed, round, the users in the session and those dropped), for monitors",
+    )
     group = parser.add_argument_group("timeouts")
     group.add_argument(
         "--join-timeout",

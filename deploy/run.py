@@ -48,6 +48,8 @@ def command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
+    if args.progress_file:
+        check_output(args.progress_file)
     ap = args.ap or registry.DEFAULT_AP
     encoders = resolve_users(args.users, Path(args.latents) if args.latents else None, ap)
     check_channel_users(config, len(encoders))
@@ -69,6 +71,7 @@ def command(args: argparse.Namespace) -> int:
         resume=args.resume,
         extra={"users": encoders},
     )
+    plan.progress_file = args.progress_file
     t_ready = time.perf_counter()
 
     # A fresh secret per run; each user process gets only its own token.

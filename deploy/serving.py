@@ -67,6 +67,8 @@ class Plan:
     #: where the run is saved after every round (``None``: not saved), and whether to resume it
     checkpoint: str | None = None
     resume: bool = False
+    #: where to write the session's progress for monitors (``None``: nowhere)
+    progress_file: str | None = None
 
     @property
     def users(self) -> int:
@@ -168,6 +170,12 @@ def serve(
         display.joined(ids)
         return check()
 
+    progress = Progress(plan.progress_file)
+
+    def on_round(seed: int, record, wire) -> None:
+        display.on_round(seed, record, wire)
+        progress.round(seed, record.round, sorted(wire.bytes_up))
+
     with display.progress:
         return serve_sessions(
             service,
@@ -178,7 +186,7 @@ def serve(
             plan.ap_test,
             join_timeout=plan.join_timeout,
             reply_timeout=plan.reply_timeout,
-            on_round=display.on_round,
+            on_round=on_round,
             on_seed=display.on_seed,
             on_joined=display.on_joined,
             poll=poll,
@@ -187,6 +195,23 @@ def serve(
             checkpoint_path=plan.checkpoint,
             resume=plan.resume,
         )
+
+
+class Progress:
+    """The session's progress in a JSON file for monitors (``--progress-file``): seed, round
+    and the users whose uploads the round carried; replaced atomically, at most every 0.5 s."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path, self.last = path, 0.0
+
+    def round(self, seed: int, round_index: int, users: list[str]) -> None:
+        now = time.monotonic()
+        if not self.path or now - self.last < 0.5:
+            return
+        from semalign.common.io import write_json
+
+        self.last = now
+        write_json(self.path, {"seed": seed, "round": round_index, "users": users})
 
 
 def serve_with_children(

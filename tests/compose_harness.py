@@ -194,23 +194,6 @@ class Project:
         self.run("down", "-v", "--remove-orphans", "-t", "5", timeout=600)
 
 
-def established(container: str, port: int) -> int:
-    """How many TCP connections to local ``port`` are established inside ``container``."""
-    script = (
-        "import glob\n"
-        "n = 0\n"
-        "for f in glob.glob('/proc/net/tcp*'):\n"
-        "    for line in open(f).readlines()[1:]:\n"
-        "        cols = line.split()\n"
-        f"        n += cols[3] == '01' and int(cols[1].rsplit(':', 1)[1], 16) == {port}\n"
-        "print(n)\n"
-    )
-    done = subprocess.run(
-        ["docker", "exec", container, "python", "-c", script], capture_output=True, text=True
-    )
-    return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
-
-
 def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
     """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
