@@ -90,9 +90,11 @@ def check_user(args: argparse.Namespace) -> None:
 
 
 def check_ap(args: argparse.Namespace) -> None:
-    """The AP side's options; fills ``args.checkpoint`` with its default."""
-    from semalign.common.io import check_writable
+    """The AP side's options; fills ``args.checkpoint`` with its default. ``--out`` is checked
+    first: the default checkpoint lies beside it, and a bad ``--out`` is the error to report."""
+    from semalign.commands.options import check_output
 
+    check_output(args.out)
     _check_grace(args.rejoin_grace)
     if args.round_deadline is not None and not (
         math.isfinite(args.round_deadline) and args.round_deadline > 0
@@ -104,10 +106,7 @@ def check_ap(args: argparse.Namespace) -> None:
     path = Path(args.checkpoint)
     if args.resume and not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}")
-    try:
-        check_writable(path)
-    except OSError as exc:
-        raise UsageError(f"--checkpoint {path}: cannot write it ({exc})") from None
+    check_output(path, "--checkpoint")
 
 
 def wait_policy(args: argparse.Namespace):

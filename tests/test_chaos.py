@@ -3,25 +3,28 @@ of ``semalign ap`` and two ``semalign user`` processes on 127.0.0.1 (issue 10, p
 
 The fault is a failpoint (``common/failpoints.py``) in the process's environment, so it
 strikes at exactly the same protocol step every run: user2 kills itself (``exit``, like kill
--9), stops itself past the AP's reply deadline (``stop``; SIGCONT once the AP is done), cuts its
+-9), stops itself past the round deadline (``stop``; SIGCONT once the AP is done), cuts its
 gRPC stream (``sever``), or the AP kills itself (``exit`` on the AP side). Phases: handshake
 (the user has its HandshakeAccept / the AP has every handshake), round 1, the final broadcast
 and the evaluation.
 
-What each cell must show is the table :data:`EXPECTED` (fault kind -> outcome); kinds in
-:data:`PENDING` need the AP's resume and the users' rejoin and are strict xfails until those
-land: switching a kind is one line. Outcomes:
+What each cell must show is the table :data:`EXPECTED` (fault kind -> outcome); a kind listed
+in :data:`PENDING` is a strict xfail (none is). Outcomes:
 
-* ``dropped``: user2 is dropped with a reason, user1 finishes, the results file is written
-  and the AP exits with a code of :data:`AP_EXIT_USERS_LOST`; user1's figures and every round's
-  residuals equal, to 1e-9, an in-process session in which user2's link fails at the same step
-  (for the final broadcast and the evaluation that is the undisturbed session itself).
-* ``recovered``: nothing is lost: no user dropped, every figure equals the undisturbed
-  networked run to 1e-9 (the AP is restarted with ``--resume``; a severed user rejoins within
-  ``--rejoin-grace``).
+* ``dropped``: user2 is dropped with a reason, user1 finishes, the results file is written,
+  lists user2 in ``lost``, and the AP exits with code 3 (users lost); user1's figures and every
+  round's residuals equal, to 1e-9, an in-process session in which user2's link fails at the
+  same step (for the final broadcast and the evaluation that is the undisturbed session
+  itself). A killed user is given up on after the AP's ``--rejoin-grace``; a stopped one at
+  the ``--round-deadline`` (``--stragglers drop``).
+* ``recovered``: nothing is lost: nobody dropped, ``lost`` empty, AP exit code 0, both users
+  exit 0, and every number of the results equals the undisturbed networked run to 1e-9. A
+  severed user comes back by itself within its ``--rejoin-grace`` (the results' ``rejoins``
+  show it); a killed AP is started again with the same command and ``--resume``, and the users
+  come back to it by themselves.
 
-Timeouts here are limits only (a hung cell fails instead of blocking); nothing is timed.
-``SEMALIGN_CHAOS_LONG=1`` adds the same matrix at round 0 and the last round.
+Timeouts and grace periods here are limits only (a hung cell fails instead of blocking);
+nothing is timed. ``SEMALIGN_CHAOS_LONG=1`` adds the same matrix at round 0 and the last round.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from semalign.common.errors import LinkError
 from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
 from semalign.server.session import SessionDriver
 from synthetic import make_latents
+from test_resume import assert_same_numbers
 
 from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import build_session, load_scenario
@@ -52,21 +56,27 @@ ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2"]
 ALIGN += ["--iterations", str(T), "--seeds", str(SEED)]
 SECRET = "chaos-secret-0123456789abcdef"
 REL = 1e-9
-#: Seconds the AP waits for a reply: short where a stopped user must be given up on.
-REPLY_TIMEOUT = {"stop": "4", "default": "60"}
 
 #: Fault kind -> outcome (see the module's docstring).
 EXPECTED = {
     "user-exit": "dropped",
     "user-stop": "dropped",
-    "user-sever": "dropped",
-    "user-sever-rejoin": "recovered",
+    "user-sever": "recovered",
     "ap-exit": "recovered",
 }
-#: Kinds whose outcome needs AP checkpoint/resume and user rejoin (strict xfail until then).
-PENDING = {"user-sever-rejoin", "ap-exit"}
-#: Exit codes of ``semalign ap`` after a session that lost users (3 once exit codes land).
-AP_EXIT_USERS_LOST = (0, 3)
+#: Kinds still expected to fail (strict xfail): switching one is one line. None left.
+PENDING: set[str] = set()
+#: Outcome -> exit code of ``semalign ap``: 3 results written but users lost, 0 nobody lost.
+AP_EXIT = {"dropped": 3, "recovered": 0}
+#: Fault kind -> the AP's options for it; limits only, short where they are waited out.
+AP_OPTIONS = {
+    "user-exit": ["--rejoin-grace", "3"],  # a killed user is given up on after 3 s
+    "user-stop": ["--round-deadline", "6", "--stragglers", "drop"],  # a stopped one at 6 s
+    "user-sever": ["--rejoin-grace", "60"],
+    "ap-exit": [],
+}
+#: Seconds a user may take to come back after its stream broke (a limit only).
+USER_REJOIN_GRACE = "90"
 
 #: Phase -> (failpoint suffix, index of user2's reply at which an in-process link must fail
 #: to lose it at the same step: 0 is its handshake, 1 + t its round-t upload).
@@ -98,16 +108,10 @@ class Cell:
 
 def _cells() -> list:
     phases = list(PHASES) + (list(LONG_PHASES) if os.environ.get("SEMALIGN_CHAOS_LONG") else [])
-    kinds = {k: list(phases) for k in EXPECTED}
-    kinds["user-sever-rejoin"] = ["round", "final"]
     params = []
-    for kind, kind_phases in kinds.items():
-        marks = (
-            [pytest.mark.xfail(strict=True, reason="needs AP resume / user rejoin")]
-            if kind in PENDING
-            else []
-        )
-        for phase in kind_phases:
+    for kind in EXPECTED:
+        marks = [pytest.mark.xfail(strict=True, reason="pending")] if kind in PENDING else []
+        for phase in phases:
             params.append(pytest.param(Cell(kind, phase), id=f"{kind}-{phase}", marks=marks))
     return params
 
@@ -165,6 +169,7 @@ class Outcome:
     results: dict | None
     users: dict[str, int | None]
     logs: str
+    resumed: bool = False  # the AP was killed and started again with --resume
 
 
 def session(latents, tmp: Path, cell: Cell | None = None) -> Outcome:
@@ -175,19 +180,17 @@ def session(latents, tmp: Path, cell: Cell | None = None) -> Outcome:
     secret.write_text(SECRET + "\n")
     out = tmp / "ap.json"
     kind = cell.kind if cell else ""
-    reply = REPLY_TIMEOUT["stop" if kind == "user-stop" else "default"]
     ap_argv = [*SEMALIGN, "ap", "--users", "user1,user2", "--listen", f"127.0.0.1:{port}"]
     ap_argv += ["--latents", str(root), "--ap", ap_enc, *ALIGN, "-q", "--insecure"]
     ap_argv += ["--out", str(out), "--workdir", str(tmp / "work"), "--secret-file", str(secret)]
-    ap_argv += ["--reply-timeout", reply, "--join-timeout", "90"]
-    if kind == "user-sever-rejoin":
-        ap_argv += ["--rejoin-grace", "30"]
+    ap_argv += ["--reply-timeout", "60", "--join-timeout", "90", *AP_OPTIONS.get(kind, [])]
+    resumed = False
     with Processes(tmp / "logs") as procs:
         users = {}
         for i, encoder in enumerate(encoders, 1):
             argv = [*SEMALIGN, "user", "--ap", f"127.0.0.1:{port}", "--user-id", f"user{i}"]
             argv += ["--encoder", encoder, "--latents", str(root), "--insecure"]
-            argv += ["--connect-timeout", "90"]
+            argv += ["--connect-timeout", "90", "--rejoin-grace", USER_REJOIN_GRACE]
             env = child_env(single_thread=True, SEMALIGN_TOKEN=user_token(SECRET, f"user{i}"))
             if cell and i == 2 and not kind.startswith("ap-"):
                 env["SEMALIGN_FAILPOINTS"] = cell.failpoint
@@ -197,12 +200,12 @@ def session(latents, tmp: Path, cell: Cell | None = None) -> Outcome:
             ap_env["SEMALIGN_FAILPOINTS"] = cell.failpoint
         ap = procs.start("ap", ap_argv, ap_env)
         code = _wait(ap.proc, 150)
-        if kind.startswith("ap-") and code == -signal.SIGKILL:  # killed: resume it
+        if kind.startswith("ap-") and code == -signal.SIGKILL:  # killed: the same, resumed
             ap = procs.start("ap-resumed", [*ap_argv, "--resume"], child_env(single_thread=True))
-            code = _wait(ap.proc, 150)
+            code, resumed = _wait(ap.proc, 150), True
         # users end once the AP is done: a stopped user goes on and finds it was dropped;
         # after an AP that failed (not a session's end) they would retry: not waited for
-        limit = 60 if code in (0, *AP_EXIT_USERS_LOST) else 5
+        limit = 60 if code in (0, 3) else 5
         codes = {}
         for name, child in users.items():
             if child.proc.poll() is None:
@@ -210,7 +213,7 @@ def session(latents, tmp: Path, cell: Cell | None = None) -> Outcome:
             codes[name] = _wait(child.proc, limit)
         logs = "\n".join(f"--- {c.name}\n{c.log_path.read_text()[-3000:]}" for c in procs.children)
     results = json.loads(out.read_text()) if out.exists() else None
-    return Outcome(code, results, codes, logs)
+    return Outcome(code, results, codes, logs, resumed)
 
 
 def _wait(proc: subprocess.Popen, limit: float) -> int | None:
@@ -240,6 +243,7 @@ def test_undisturbed_session_equals_the_in_process_one(latents, baseline):
     want = in_process(latents, None)
     (block,) = baseline.results["seeds"]
     assert block["dropped"] == {} and want["dropped"] == {}
+    assert baseline.results["lost"] == []
     for user in block["users"]:
         assert_same_user(user, want["reports"][user["name"]])
     assert_same_rounds(block["rounds"], want["rounds"])
@@ -251,23 +255,31 @@ def test_chaos_cell(cell: Cell, latents, baseline, tmp_path):
     outcome = session(latents, tmp_path, cell)
     assert outcome.ap_code is not None, "the AP hung\n" + outcome.logs
     expected = EXPECTED[cell.kind]
+    assert outcome.ap_code == AP_EXIT[expected], outcome.logs
+    assert outcome.results is not None, outcome.logs
     if expected == "dropped":
         check_dropped(cell, latents, baseline, outcome)
     else:
-        check_recovered(baseline, outcome)
+        check_recovered(cell, baseline, outcome)
 
 
 def check_dropped(cell: Cell, latents, baseline: Outcome, outcome: Outcome) -> None:
-    assert outcome.ap_code in AP_EXIT_USERS_LOST, outcome.logs
-    assert outcome.results is not None, outcome.logs
     (block,) = outcome.results["seeds"]
     assert set(block["dropped"]) == {"user2"} and block["dropped"]["user2"], block["dropped"]
+    reason = block["dropped"]["user2"]
+    assert outcome.results["lost"] == [
+        {"seed": SEED, "user": "user2", "reason": f"dropped at {reason}"}
+    ]
     user1, user2 = block["users"]
     assert user2["name"] == "user2" and user2["dropped"] and user2["accuracy"] is None
     want = in_process(latents, cell.fails_at)
     assert set(want["dropped"]) == {"user2"}
     # lost at the same step: "round R: PHASE: why" agrees up to the why
-    assert block["dropped"]["user2"].split(": ")[:2] == want["dropped"]["user2"].split(": ")[:2]
+    got_at, want_at = reason.split(": "), want["dropped"]["user2"].split(": ")
+    if cell.kind == "user-stop":  # "round R: straggler: no reply within S s at round R"
+        assert got_at[0] == want_at[0] and got_at[1] == "straggler", reason
+    else:  # "round R: PHASE: the stream ended ...; it did not come back within S s"
+        assert got_at[:2] == want_at[:2] and "did not come back" in reason, reason
     assert_same_user(user1, want["reports"]["user1"])
     assert_same_rounds(block["rounds"], want["rounds"])
     if cell.phase in ("final", "evaluation"):  # alignment was complete: nothing changed
@@ -276,18 +288,17 @@ def check_dropped(cell: Cell, latents, baseline: Outcome, outcome: Outcome) -> N
     assert outcome.users["user2"] != 0  # killed, or told it was dropped
 
 
-def check_recovered(baseline: Outcome, outcome: Outcome) -> None:
-    assert outcome.ap_code == 0, outcome.logs
-    assert outcome.results is not None, outcome.logs
+def check_recovered(cell: Cell, baseline: Outcome, outcome: Outcome) -> None:
     (block,) = outcome.results["seeds"]
-    (want,) = baseline.results["seeds"]
     assert block["dropped"] == {}, block["dropped"]
-    for got, ref in zip(block["users"], want["users"], strict=True):
-        assert_same_user(got, ref)
-    for got, ref in zip(block["rounds"], want["rounds"], strict=True):
-        for key in ("mse", "primal_residual", "dual_residual"):
-            assert got[key] == pytest.approx(ref[key], rel=REL, abs=1e-12)
+    assert outcome.results["lost"] == []
+    assert_same_numbers(outcome.results, baseline.results)
     assert outcome.users == {"user1": 0, "user2": 0}, outcome.logs
+    if cell.kind == "ap-exit":  # the failpoint fired: the AP died and was resumed
+        assert outcome.resumed, outcome.logs
+    else:  # the stream was cut and user2 came back on a new one
+        rejoins = outcome.results["seeds"][0]["wire"]["rejoins"]
+        assert [r["user"] for r in rejoins] == ["user2"], rejoins
 
 
 # ---------------------------------------------------------------------------- failpoints

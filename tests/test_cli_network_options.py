@@ -75,6 +75,15 @@ CASES = {
     "cache-dir": (["ap", "--users", "2", "--cache-dir", "{d}/secret"], "not a folder"),
     "workdir": ([*RUN, "--workdir", "{d}/secret"], "exists and is not a folder"),
     "out is a folder": ([*RUN, "--out", "{d}"], "--out"),
+    # --out before the checkpoint beside it; a --checkpoint of its own, checked the same way
+    "ap out under a file": (
+        [*AP, "--out", "{d}/secret/r.json"],
+        "--out {d}/secret/r.json: {d}/secret is not a folder",
+    ),
+    "checkpoint under a file": (
+        [*RUN, "--checkpoint", "{d}/secret/c"],
+        "--checkpoint {d}/secret/c: {d}/secret is not a folder",
+    ),
     "ap encoder": (["ap", "--users", "2", "--ap", "nope"], "unknown encoder 'nope'"),
     # alignment options and unknown options
     "antennas-tx": ([*RUN, "--antennas-tx", "0"], "--antennas-tx"),
