@@ -185,6 +185,18 @@ class Relay:
         lag the traffic by up to 0.2 s."""
         return json.loads(self.stats_file.read_text())
 
+    def stop(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Stop the relay (its connections end); returns its final stats."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+        return self.stats()
+
 
 @dataclass
 class Testbed:
