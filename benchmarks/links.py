@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -275,6 +276,7 @@ def main() -> int:
         print("links: interrupted; namespaces and processes removed", file=sys.stderr)
         return 130
     report(rows, args)
+    print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -295,7 +297,7 @@ def measure(links: list[dict], args) -> list[dict]:
         hosts = ["ap"] + [f"u{i + 1}" for i in range(args.users)]
         print(
             f"# n={args.pilots:,}, K={args.channel_uses}, N_T=N_R=4, T={args.iterations}, "
-            f"L={args.users}; hosts: {', '.join(hosts)}",
+            f"L={args.users}; hosts: {', '.join(hosts)}; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         with Testbed(hosts) as tb:
