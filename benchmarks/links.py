@@ -84,7 +84,7 @@ def run_session(
     name = f"{link['name']}-{protocol}"
     secret, out, logs = new_secret(), tmp / f"{name}.json", tmp / f"{name}-logs"
     logs.mkdir()
-    relay = tb.relay("ap", PORT, delay=link["delay"], rate=link["rate"])
+    relay = tb.relay("ap", PORT, delay=link["delay"], rate=link["rate"], half_duplex=link["half"])
     env = child_env(single_thread=True, SEMALIGN_SECRET=secret)
     ap = tb.run(
         "ap",
@@ -153,19 +153,19 @@ def project(at_n: tuple, at_small: tuple, n: int, small: int, target: int) -> tu
     return steps, line(at_n[1], at_small[1])
 
 
-def bounds(steps: list[tuple[dict, dict]], handshake: float, rate: float, rtt: float):
-    """(full-duplex lower bound, serial bound) in seconds.
+def bounds(steps: list[tuple[dict, dict]], handshake: float, rate: float, rtt: float, half: bool):
+    """(lower bound, serial bound) in seconds; on a half-duplex link they are the same.
 
     Full duplex: a step cannot end before all its requests crossed and then the smallest reply
     (D + u_min), nor before the smallest request crossed and then all replies (d_min + U); the
-    handshake's accepts travel ahead of the first step. Serial (the issue's): every byte of both
+    handshake's accepts travel ahead of the first step. Serial: every byte of both
     directions at the link rate, one direction at a time (a half-duplex medium's airtime)."""
     strict = serial = handshake * 8 / rate
     for down, up in steps:
         d, u = sum(down.values()), sum(up.values())
         strict += max(d + min(up.values()), min(down.values()) + u) * 8 / rate + rtt
         serial += (d + u) * 8 / rate + rtt
-    return strict, serial
+    return (serial if half else strict), serial
 
 
 def summarize(results: dict, small_seed: dict, link: dict, protocol: str, tcp: dict, args) -> dict:
@@ -181,15 +181,16 @@ def summarize(results: dict, small_seed: dict, link: dict, protocol: str, tcp: d
     up = sum(u["bytes_up"] for u in wire["users"].values())
     rate, rtt = parse_rate(link["rate"]), 2 * parse_delay(link["delay"])
     at_n = step_bytes(seed, args.iterations)
-    strict, serial = bounds(*at_n, rate, rtt)
+    strict, serial = bounds(*at_n, rate, rtt, link["half"])
     small = (step_bytes(small_seed, args.iterations), args.pilots // 2)
     steps, handshake = project(at_n, small[0], args.pilots, small[1], args.project)
     projected = handshake + sum(sum(d.values()) + sum(u.values()) for d, u in steps)
-    p_strict, p_serial = bounds(steps, handshake, rate, rtt)
+    p_strict, p_serial = bounds(steps, handshake, rate, rtt, link["half"])
     return {
         "link": link["name"],
         "rate": link["rate"],
         "delay": link["delay"],
+        "duplex": "half" if link["half"] else "full",
         "protocol": protocol,
         "pilots": args.pilots,
         "users": args.users,
@@ -224,7 +225,8 @@ def report(rows: list[dict], args) -> None:
     print("|" + "---|" * 10)
     for r in rows:
         print(
-            f"| {r['rate']}, {r['delay']} | {r['protocol']} | {r['session_s']:.1f} | "
+            f"| {r['rate']}, {r['delay']}, {r['duplex']} | {r['protocol']} | "
+            f"{r['session_s']:.1f} | "
             f"{r['bytes_down'] / 1e6:.2f} + {r['bytes_up'] / 1e6:.2f} | "
             f"{(r['tcp_bytes_down'] + r['tcp_bytes_up']) / 1e6:.2f} | {r['bound_s']:.1f} "
             f"({r['rtts_s']:.1f}) | {r['ratio']:.2f}x | {r['serial_bound_s']:.1f} | "
@@ -237,7 +239,7 @@ def report(rows: list[dict], args) -> None:
             p, c = by["paper"], by["compact"]
             total = lambda r: r["bytes_down"] + r["bytes_up"]  # noqa: E731
             print(
-                f"  {p['rate']}, {p['delay']}: session speed-up "
+                f"  {p['rate']}, {p['delay']}, {p['duplex']} duplex: session speed-up "
                 f"{p['session_s'] / c['session_s']:.2f}x (lower bounds "
                 f"{p['bound_s'] / c['bound_s']:.2f}x, bytes {total(p) / total(c):.2f}x); at "
                 f"n = {args.project:,}: lower bounds paper {p['projected_bound_s']:.0f} s, "
@@ -255,7 +257,11 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=30, help="ADMM rounds T")
     parser.add_argument("--channel-uses", type=int, default=4, help="K (N_T = N_R = 4)")
-    parser.add_argument("--links", default="100mbit/20ms,10mbit/50ms", help="RATE/DELAY,...")
+    parser.add_argument(
+        "--links",
+        default="100mbit/20ms,10mbit/50ms",
+        help="RATE/DELAY[/half],... (half: both directions share the rate)",
+    )
     parser.add_argument("--protocols", default="paper,compact")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per session")
     parser.add_argument("--cache", help="synthetic latent cache (written if absent)")
@@ -266,9 +272,12 @@ def main() -> int:
         return 2
     links = []
     for spec in args.links.split(","):
-        rate, delay = spec.split("/")
+        rate, delay, *duplex = spec.split("/")
         parse_rate(rate), parse_delay(delay)  # fail now, not after the first session
-        links.append({"name": spec.replace("/", "-"), "rate": rate, "delay": delay})
+        if duplex not in ([], ["half"]):
+            parser.error(f"bad link {spec!r} (RATE/DELAY or RATE/DELAY/half)")
+        name = spec.replace("/", "-")
+        links.append({"name": name, "rate": rate, "delay": delay, "half": bool(duplex)})
     remove_stale()  # namespaces of runs that were killed (SIGKILL) before they cleaned up
     try:
         rows = measure(links, args)
@@ -307,7 +316,7 @@ def measure(links: list[dict], args) -> list[dict]:
                     row["inprocess_round_s"] = local[protocol]["rounds"][0]["seconds"]
                     rows.append(row)
                     print(
-                        f"{link['rate']}, {link['delay']}, {protocol}: session "
+                        f"{link['name']}, {protocol}: session "
                         f"{row['session_s']:.1f} s, bound {row['bound_s']:.1f} s, "
                         f"ratio {row['ratio']:.2f}",
                         flush=True,

@@ -4,13 +4,15 @@ serializes it at a link rate, for kernels without ``sch_netem``.
 ::
 
     python -m semalign.deploy.link_emulator --listen 198.18.0.1:50051 \\
-        --target 127.0.0.1:50051 --delay 20ms --rate 100mbit --stats relay.json
+        --target 127.0.0.1:50051 --delay 20ms --rate 100mbit --stats relay.json [--half-duplex]
 
 The relay accepts TCP connections on ``--listen`` and forwards each, both directions, to
 ``--target``. Every chunk it reads goes through one :class:`LinkDirection` per direction,
 *shared by all connections* (one emulated link, e.g. an AP's access link that all its users
 share): the chunk waits until the link is free, takes ``bytes * 8 / rate`` seconds to
-serialize, then ``delay`` seconds to propagate, and only then is written on. Order is kept, no
+serialize, then ``delay`` seconds to propagate, and only then is written on. With
+``--half-duplex`` both directions share one serializer (a shared medium such as a Wi-Fi
+channel's airtime: a byte up waits for the bytes down ahead of it). Order is kept, no
 byte is lost or changed. ``--buffer`` bounds the bytes held per connection and direction; once
 it is full the relay stops reading, so TCP flow control pushes back on the sender (a bottleneck
 buffer that never drops).
@@ -34,7 +36,8 @@ How this differs from ``tc netem`` on the interfaces (docs/network.md, "Emulated
   further (never earlier). Figures measured through it are upper bounds on the link's.
 
 ``--stats FILE`` is rewritten (atomically) at most every 0.2 s while bytes move, and at exit:
-``{"listen", "target", "delay_s", "rate_bps", "connections", "bytes_up", "bytes_down"}``
+``{"listen", "target", "delay_s", "rate_bps", "half_duplex", "connections", "bytes_up",
+"bytes_down"}``
 (``up``: client -> target). The file appears once the relay listens.
 """
 
@@ -107,9 +110,15 @@ class _Pipe:
     """One direction of one connection: read, stamp with the link's due time, write on due."""
 
     def __init__(
-        self, link: LinkDirection, reader: asyncio.StreamReader | None, buffer: int
+        self,
+        link: LinkDirection,
+        reader: asyncio.StreamReader | None,
+        buffer: int,
+        counts: dict[str, int],
+        key: str,
     ) -> None:
         self.link, self.reader, self.buffer = link, reader, buffer
+        self.counts, self.key = counts, key
         self.items: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
         self.held = 0
         self.room = asyncio.Event()
@@ -126,6 +135,7 @@ class _Pipe:
                 if not data:
                     break
                 last = self.link.due(loop.time(), len(data))
+                self.counts[self.key] += len(data)
                 self.held += len(data)
                 if self.held >= self.buffer:
                     self.room.clear()
@@ -164,16 +174,19 @@ class LinkEmulator:
         rate_bps: float | None = None,
         buffer: int = BUFFER,
         stats: Path | None = None,
+        half_duplex: bool = False,
     ) -> None:
         self.listen, self.target, self.buffer, self.stats = listen, target, buffer, stats
         self.up = LinkDirection(delay_s, rate_bps)
-        self.down = LinkDirection(delay_s, rate_bps)
+        self.down = self.up if half_duplex else LinkDirection(delay_s, rate_bps)
+        self.half_duplex = half_duplex
+        self.bytes = {"up": 0, "down": 0}  # read from clients / from the target
         self.connections = 0
         self._written: tuple[int, int, int] | None = None
 
     def write_stats(self) -> None:
         """Rewrite the stats file if anything changed since the last write."""
-        now = (self.connections, self.up.bytes, self.down.bytes)
+        now = (self.connections, self.bytes["up"], self.bytes["down"])
         if self.stats is None or now == self._written:
             return
         self._written = now
@@ -182,9 +195,10 @@ class LinkEmulator:
             "target": f"{self.target[0]}:{self.target[1]}",
             "delay_s": self.up.delay_s,
             "rate_bps": self.up.rate_bps,
+            "half_duplex": self.half_duplex,
             "connections": self.connections,
-            "bytes_up": self.up.bytes,
-            "bytes_down": self.down.bytes,
+            "bytes_up": self.bytes["up"],
+            "bytes_down": self.bytes["down"],
         }
         atomic_write_text(self.stats, json.dumps(payload))
 
@@ -192,7 +206,8 @@ class LinkEmulator:
         loop = asyncio.get_running_loop()
         self.connections += 1
         opened = loop.time()
-        up, down = _Pipe(self.up, c_reader, self.buffer), _Pipe(self.down, None, self.buffer)
+        up = _Pipe(self.up, c_reader, self.buffer, self.bytes, "up")
+        down = _Pipe(self.down, None, self.buffer, self.bytes, "down")
         reading = asyncio.ensure_future(up.read())  # stamp the client's bytes from now on
         tasks = [reading]
         try:
@@ -248,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=parse_rate, help="link rate, TCP payload (100mbit)")
     parser.add_argument("--buffer", type=int, default=BUFFER, help="bytes held per direction")
     parser.add_argument("--stats", type=Path, help="JSON file of byte counts")
+    parser.add_argument(
+        "--half-duplex", action="store_true", help="both directions share one serializer"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="link_emulator: %(message)s")
     emulator = LinkEmulator(
@@ -257,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_bps=args.rate,
         buffer=args.buffer,
         stats=args.stats,
+        half_duplex=args.half_duplex,
     )
 
     async def run() -> None:

@@ -390,12 +390,14 @@ class Testbed:
         delay: str | None = None,
         rate: str | None = None,
         listen_port: int | None = None,
+        half_duplex: bool = False,
         timeout: float = 30.0,
     ) -> Relay:
         """Emulate a link (one-way ``delay`` such as "20ms", ``rate`` such as "100mbit", both
         directions, shared by all connections) in front of ``127.0.0.1:port`` inside ``host``:
         a relay listens on the host's address, port ``listen_port`` (default ``port``), so
         clients dial ``host:port`` as before and the service listens on 127.0.0.1 only.
+        ``half_duplex``: both directions share the rate (a shared medium's airtime).
         Started like :meth:`run` (stopped on :meth:`close`); returns once it listens."""
         h = self._host(host)
         if self._tmp is None:
@@ -403,7 +405,7 @@ class Testbed:
         stats = Path(self._tmp.name) / f"{host}-{port}.json"
         argv = [sys.executable, "-m", "semalign.deploy.link_emulator"]
         argv += ["--listen", f"{h.ip}:{listen_port or port}", "--target", f"127.0.0.1:{port}"]
-        argv += ["--stats", str(stats)]
+        argv += ["--stats", str(stats)] + (["--half-duplex"] if half_duplex else [])
         argv += (["--delay", str(delay)] if delay else []) + (["--rate", str(rate)] if rate else [])
         proc = self.run(host, argv)
         deadline = time.monotonic() + timeout

@@ -36,6 +36,15 @@ def test_the_link_serializes_in_order_then_delays():
     assert free.due(3.0, 10**9) == pytest.approx(3.02)
 
 
+def test_half_duplex_shares_one_serializer():
+    full = LinkEmulator(("127.0.0.1", 0), ("127.0.0.1", 1), delay_s=0.01, rate_bps=8e6)
+    full.up.due(0.0, 1_000_000)
+    assert full.down.due(0.0, 1_000) == pytest.approx(0.001 + 0.01)  # its own direction
+    half = LinkEmulator(("127.0.0.1", 0), ("127.0.0.1", 1), rate_bps=8e6, half_duplex=True)
+    half.up.due(0.0, 1_000_000)
+    assert half.down.due(0.0, 1_000) == pytest.approx(1.001)  # behind the upload
+
+
 async def _echo_through_relay(payload: bytes, delay: float, stats) -> tuple[bytes, float]:
     async def echo(reader, writer):
         while data := await reader.read(65536):
