@@ -203,6 +203,13 @@ class LinkEmulator:
         atomic_write_text(self.stats, json.dumps(payload))
 
     async def _connection(self, c_reader, c_writer) -> None:
+        try:
+            await self._relay(c_reader, c_writer)
+        except asyncio.CancelledError:  # the relay stops (asyncio.run cancels what is left)
+            c_writer.transport.abort()
+
+    async def _relay(self, c_reader, c_writer) -> None:
+        """One client connection: connect to the target one delay later, pipe both ways."""
         loop = asyncio.get_running_loop()
         self.connections += 1
         opened = loop.time()
