@@ -48,11 +48,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from semalign.common.io import atomic_write_text
 
@@ -160,6 +163,34 @@ class _Pipe:
             self.held -= len(data)
             if self.held < self.buffer:
                 self.room.set()
+
+
+@dataclass
+class Relay:
+    """A running link emulator (a process started by ``Testbed.relay`` in ``deploy/testbed.py``)."""
+
+    host: str
+    address: str  # "IP:PORT" clients dial (the host's address)
+    target: str  # "127.0.0.1:PORT" inside the host
+    proc: subprocess.Popen
+    stats_file: Path
+
+    def stats(self) -> dict[str, Any]:
+        """The relay's last stats (``connections``, ``bytes_up``, ``bytes_down``, ...); they
+        lag the traffic by up to 0.2 s."""
+        return json.loads(self.stats_file.read_text())
+
+    def stop(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Stop the relay (its connections end); returns its final stats."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+        return self.stats()
 
 
 class LinkEmulator:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import re
 import shutil
@@ -59,6 +58,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from semalign.deploy.link_emulator import Relay
 
 #: Where host addresses come from (RFC 2544 benchmarking range; only inside the namespaces).
 SUBNET_PREFIX = "198.18.0."
@@ -168,34 +169,6 @@ class Host:
     ns: str  # network namespace name
     ip: str
     port: str  # its bridge port (interface name in the switch namespace)
-
-
-@dataclass
-class Relay:
-    """A running link emulator (see :meth:`Testbed.relay`)."""
-
-    host: str
-    address: str  # "IP:PORT" clients dial (the host's address)
-    target: str  # "127.0.0.1:PORT" inside the host
-    proc: subprocess.Popen
-    stats_file: Path
-
-    def stats(self) -> dict[str, Any]:
-        """The relay's last stats (``connections``, ``bytes_up``, ``bytes_down``, ...); they
-        lag the traffic by up to 0.2 s."""
-        return json.loads(self.stats_file.read_text())
-
-    def stop(self, timeout: float = 5.0) -> dict[str, Any]:
-        """Stop the relay (its connections end); returns its final stats."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout)
-        return self.stats()
 
 
 @dataclass
