@@ -29,6 +29,15 @@ links' ``delay``; a 100 Mbit/s, 20 ms one-way path between A and B is
 ``shape(A, rate="100mbit", delay="10ms")`` and ``shape(B, rate="100mbit", delay="10ms")``, or
 ``shape(A, rate="100mbit", delay="20ms")`` with B unshaped.
 
+Without ``sch_netem`` (some kernels lack it) :meth:`Testbed.shape` can only limit the rate (tbf);
+:meth:`Testbed.relay` emulates a link of given delay and rate for the TCP connections to one port
+of a host instead: a userspace relay (``semalign.deploy.link_emulator``) inside that host, on its
+address, in front of the service listening on the host's loopback::
+
+    link = tb.relay("ap", 50051, delay="20ms", rate="100mbit")  # ap:50051 -> 127.0.0.1:50051
+    ...                                                          # users dial ap:50051
+    link.stats()["bytes_down"]                                   # bytes that crossed it
+
 Needs root, ``ip`` (iproute2) and, for shaping, ``tc`` with the ``sch_netem`` module.
 :func:`require_testbed` returns why not (or None), for ``pytest.skip``.
 """
@@ -43,11 +52,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from semalign.deploy.link_emulator import Relay
 
 #: Where host addresses come from (RFC 2544 benchmarking range; only inside the namespaces).
 SUBNET_PREFIX = "198.18.0."
@@ -192,6 +204,7 @@ class Testbed:
         self._namespaces: list[str] = []
         self._netem: bool | None = None
         self._up = False
+        self._tmp: tempfile.TemporaryDirectory | None = None
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Testbed:
@@ -251,6 +264,9 @@ class Testbed:
             shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         self._namespaces.clear()
         self.procs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
         self._up = False
 
     # ------------------------------------------------------------------ hosts
@@ -324,7 +340,10 @@ class Testbed:
             self._netem = _has_netem()
         if spec and not self._netem:
             if delay or jitter or loss not in (None, 0, "0"):
-                raise TestbedError("delay/jitter/loss need tc netem (sch_netem), absent here")
+                raise TestbedError(
+                    "delay/jitter/loss need tc netem (sch_netem), absent here; "
+                    "Testbed.relay() emulates delay and rate for one port"
+                )
             spec = _tbf(str(rate))
         else:
             spec = ["netem", "limit", "10000", *spec] if spec else []
@@ -335,6 +354,39 @@ class Testbed:
             _sh(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
             if spec:
                 self._in(ns, "tc", "qdisc", "add", "dev", dev, "root", *spec)
+
+    def relay(
+        self,
+        host: str,
+        port: int,
+        *,
+        delay: str | None = None,
+        rate: str | None = None,
+        listen_port: int | None = None,
+        half_duplex: bool = False,
+        timeout: float = 30.0,
+    ) -> Relay:
+        """Emulate a link (one-way ``delay`` such as "20ms", ``rate`` such as "100mbit", both
+        directions, shared by all connections) in front of ``127.0.0.1:port`` inside ``host``:
+        a relay listens on the host's address, port ``listen_port`` (default ``port``), so
+        clients dial ``host:port`` as before and the service listens on 127.0.0.1 only.
+        ``half_duplex``: both directions share the rate (a shared medium's airtime).
+        Started like :meth:`run` (stopped on :meth:`close`); returns once it listens."""
+        h = self._host(host)
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"{self.prefix}relay-")
+        stats = Path(self._tmp.name) / f"{host}-{port}.json"
+        argv = [sys.executable, "-m", "semalign.deploy.link_emulator"]
+        argv += ["--listen", f"{h.ip}:{listen_port or port}", "--target", f"127.0.0.1:{port}"]
+        argv += ["--stats", str(stats)] + (["--half-duplex"] if half_duplex else [])
+        argv += (["--delay", str(delay)] if delay else []) + (["--rate", str(rate)] if rate else [])
+        proc = self.run(host, argv)
+        deadline = time.monotonic() + timeout
+        while not stats.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise TestbedError(f"link emulator in {host} did not start (exit {proc.poll()})")
+            time.sleep(0.05)
+        return Relay(host, f"{h.ip}:{listen_port or port}", f"127.0.0.1:{port}", proc, stats)
 
     # ------------------------------------------------------------------ internals
     def _host(self, host: str) -> Host:

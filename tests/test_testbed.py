@@ -113,3 +113,57 @@ def test_delay_without_netem_fails_clearly():
         pytest.skip("netem is available here: delays work")
     with Testbed(["a"]) as tb, pytest.raises(TestbedError, match="netem"):
         tb.shape("a", delay="20ms")
+
+
+ECHO = (
+    "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+    "s.bind(('127.0.0.1',7002)); s.listen(16)\n"
+    "while True:\n"
+    " c,_=s.accept()\n"
+    " while d:=c.recv(65536): c.sendall(d)\n"
+    " c.close()"
+)
+ECHO_CLIENT = (
+    "import hashlib,os,socket,sys,time; payload=os.urandom(int(sys.argv[1]));"
+    "t=time.perf_counter(); c=socket.create_connection(('ap',7002),10); c.sendall(payload);"
+    "c.shutdown(socket.SHUT_WR); back=b''\n"
+    "while d:=c.recv(65536): back+=d\n"
+    "print((time.perf_counter()-t)*1000, back==payload, len(back))"
+)
+
+
+def _echo_out(tb: Testbed, size: int) -> tuple[float, bool, int]:
+    """Connect, send ``size`` random bytes, read the echo to EOF (user -> ap:7002): ms, whether
+    the echo equals what was sent, its length."""
+    out = tb.check_output("user", [sys.executable, "-c", ECHO_CLIENT, str(size)]).split()
+    return float(out[0]), out[1] == "True", int(out[2])
+
+
+def test_relay_delays_every_round_trip_and_keeps_the_bytes():
+    with Testbed(["ap", "user"]) as tb:
+        tb.run("ap", [sys.executable, "-c", ECHO])  # listens on the ap's loopback only
+        link = tb.relay("ap", 7002, delay="40ms")  # ap:7002 (its eth0) -> 127.0.0.1:7002
+        assert link.address == f"{tb.ip('ap')}:7002"
+        wait_for_port(tb, "user", "ap", 7002)
+        ms, same, length = _echo_out(tb, 1)
+        assert ms >= 80 and same and length == 1  # 40 ms there, 40 ms back at least
+        ms, same, length = _echo_out(tb, 3_000_000)  # many chunks, both directions at once
+        assert same and length == 3_000_000 and ms >= 80
+        time.sleep(0.5)  # the stats file is rewritten every 0.2 s
+        stats = link.stats()
+        assert stats["bytes_up"] == stats["bytes_down"] == 3_000_001
+        assert stats["connections"] >= 3  # the port probe, then two echoes
+
+
+def test_relay_rate_limits_a_bulk_transfer():
+    with Testbed(["ap", "user"]) as tb:
+        tb.run("ap", [sys.executable, "-c", ECHO])
+        tb.relay("ap", 7002, rate="8mbit")
+        wait_for_port(tb, "user", "ap", 7002)
+        ms, same, _ = _echo_out(tb, 1_000_000)
+        assert same and ms >= 1000  # 8 Mbit each way (in parallel) at 8 Mbit/s: >= 1 s
+
+
+def test_relay_with_a_bad_delay_fails_to_start():
+    with Testbed(["ap"]) as tb, pytest.raises(TestbedError, match="did not start"):
+        tb.relay("ap", 7002, delay="bogus")  # the emulator rejects the delay and exits
