@@ -10,7 +10,9 @@ prints, as Markdown:
    any target: the same channel uses as fed) and against multi-link (any target; one link per
    user, L times the channel resources), with the margins in points.
 
-    python docs/figures/research_targets.py TABLE.csv
+    python docs/figures/research_targets.py TABLE.csv [SEEDS]
+
+SEEDS (e.g. ``27,42``): only those seeds' runs, so that every cell has the same seeds.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ def _method(strategy: str, fit: str) -> str:
     return NAMES[strategy] + (f" ({fit} fit)" if fit else "")
 
 
-def means(table: str) -> dict[tuple, tuple[float, int]]:
+def means(table: str, seeds: set[int] | None = None) -> dict[tuple, tuple[float, int]]:
     """(antennas, group, strategy, fit, target, K) -> (mean accuracy over seeds, seeds)."""
+    rows = [r for r in load_rows([table]) if seeds is None or r["seed"] in seeds]
     out = {}
-    for p in aggregate(load_rows([table])):
+    for p in aggregate(rows):
         q = p.params
         key = (q["antennas"], q["group"], q["strategy"], q["baseline_fit"], q["target"])
         out[(*key, q["channel_uses"])] = (p.accuracy, p.seeds)
@@ -87,15 +90,15 @@ def verdict_table(data: dict, ks: list[int]) -> list[str]:
             base, base_name = _best(data, antennas, group, k, fair, TARGETS)
             multi, multi_name = _best(data, antennas, group, k, [("multi-link", "")], TARGETS)
             lines.append(
-                f"| {antennas} | {group} | {k} | {fed:.3f} ({fed_name.split(', ')[1]}) | "
+                f"| {antennas} | {group} | {k} | {fed:.3f} ({fed_name.split(', ')[-1]}) | "
                 f"{base:.3f} ({base_name}) | {100 * (fed - base):+.1f} | "
-                f"{multi:.3f} ({multi_name.split(', ')[1]}) | {100 * (fed - multi):+.1f} |"
+                f"{multi:.3f} ({multi_name.split(', ')[-1]}) | {100 * (fed - multi):+.1f} |"
             )
     return lines
 
 
-def main(table: str) -> None:
-    data = means(table)
+def main(table: str, seeds: str | None = None) -> None:
+    data = means(table, {int(s) for s in seeds.split(",")} if seeds else None)
     ks = sorted({k[-1] for k in data})
     seeds = sorted({v[1] for v in data.values()})
     print(f"<!-- {len(data)} cells, seeds per cell: {seeds} -->")
@@ -104,4 +107,4 @@ def main(table: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
