@@ -354,3 +354,15 @@ def test_targets_and_baseline_fits_are_told_apart(tmp_path, monkeypatch):
         assert all(len(line.get_xdata()) == 3 for lab, line in lines.items() if "native" not in lab)
         assert lines["First-K, full fit"].get_linestyle() == "--"
     assert any("target logits" in info["fig"]._suptitle.get_text() for info in drawn)
+
+
+def test_one_seed_names_no_band(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    with ResultsTable(path) as table:
+        for k in (1, 2):
+            fake_run(table, 1, channel_uses=k)
+            fake_run(table, 1, channel_uses=k, strategy="first-k")
+    drawn = _drawn(monkeypatch)
+    plot.make_figures(plot.load_rows([path]), tmp_path / "out", ["fig2"], ["png"])
+    title = drawn[0]["fig"]._suptitle.get_text()
+    assert "one seed, no band" in title and "CI" not in title

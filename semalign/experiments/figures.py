@@ -337,6 +337,8 @@ def _finish(
 def _seeds_note(points: list[Point], style: FigureStyle) -> str:
     seeds = sorted({p.seeds for p in points})
     count = seeds[0] if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    if seeds == [1]:  # one seed has no spread: no band is drawn, none is named
+        return "one seed, no band"
     band = {
         "ci": f" ± {style.level * 100:g} % CI (t, n-1)",
         "std": " ± 1 std",
