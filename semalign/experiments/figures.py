@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ STRATEGY_STYLE: dict[str, dict[str, Any]] = {
     "top-k": {"label": "Top-K", "color": "tab:red", "marker": "v"},
 }
 STRATEGY_ORDER = tuple(STRATEGY_STYLE)
+#: Baseline fitting variants in legend order: the fair one (solid) first.
+FIT_ORDER = {"": 0, "received": 1, "full": 2}
 GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray")
 LINESTYLES = ("-", "--", ":", "-.")
 ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$ (%)"
@@ -328,7 +331,8 @@ def _finish(
     fig, axes: Sequence[Any], title: str, out_dir: Path, name: str, style: FigureStyle, formats
 ) -> list[Path]:
     """Title, layout, the legend below the panels, and the files of a finished figure."""
-    fig.suptitle(title, fontsize=10)
+    # wrapped to the figure's width (about 14 characters an inch at 10 pt)
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=10)
     fig.tight_layout()
     _shared_legend(fig, axes)
     return _save(fig, out_dir, name, formats, style.dpi)
@@ -353,7 +357,10 @@ def _strategy_lines(
     """One line per strategy (mean accuracy and its band against ``params[x_key]``) and the
     users' native accuracy, on one panel. ``fits``: one line per baseline fitting variant too
     (``full`` dashed), labelled with it."""
-    for (strategy, fit), spts in _group_by(panel, ("strategy", "baseline_fit")).items():
+    lines = _group_by(panel, ("strategy", "baseline_fit"))
+    order = sorted(lines, key=lambda sf: (_sort_key(sf[0]), FIT_ORDER.get(sf[1], len(FIT_ORDER))))
+    for strategy, fit in order:
+        spts = lines[(strategy, fit)]
         look = STRATEGY_STYLE.get(strategy, {"label": strategy, "color": None})
         _line(
             ax,
