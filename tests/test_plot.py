@@ -12,7 +12,7 @@ from synthetic import make_latents
 
 from semalign.cli import main
 from semalign.experiments import figures as plot
-from semalign.experiments.grid import grid_from_options
+from semalign.experiments.grid import RESEARCH_DEFAULTS, grid_from_options
 from semalign.experiments.plan import make_plan
 from semalign.experiments.runner import run_sweep
 from semalign.experiments.table import COLUMNS, ResultsTable
@@ -31,6 +31,11 @@ def fake_run(table: ResultsTable, seed: int, users: int = 3, **params) -> None:
         "group": "paper-users",
         "pilot_fraction": 1.0,
         "csi": True,
+        "channel": "rayleigh",
+        "task_model": "logistic",
+        "target": "latents",
+        "pilot_selection": "first",
+        "user_groups": 1,
     }
     cell.update(params)
     cell_key = "c" + str(abs(hash(tuple(sorted(cell.items())))))[:15]
@@ -230,11 +235,20 @@ def test_aggregation_matches_the_reference():
             return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
         return a == b
 
-    # the reference's fields (points now also keep their per-seed samples, for the bands)
-    points = [{k: p.__dict__[k] for k in want["points"][0]} for p in plot.aggregate(rows)]
+    # the reference's fields (points now also keep their per-seed samples, for the bands, and
+    # the channel, baseline fit and research options among their parameters: the paper's here)
+    added = {"channel": "rayleigh", **RESEARCH_DEFAULTS}
+    aggregated = plot.aggregate(rows)
+    for p in aggregated:
+        assert {k: p.params.pop(k) for k in added} == added
+        assert p.params.pop("baseline_fit") in ("", "received")
+    points = [{k: p.__dict__[k] for k in want["points"][0]} for p in aggregated]
     assert len(points) == len(want["points"])
     assert all(same(g, w) for g, w in zip(points, want["points"], strict=True))
-    summary = plot.summary_rows(rows)
+    summary = [
+        {k: v for k, v in r.items() if k not in {*added, "baseline_fit"}}
+        for r in plot.summary_rows(rows)
+    ]
     assert all(same(g, w) for g, w in zip(summary, want["summary_rows"], strict=True))
 
 
@@ -317,3 +331,38 @@ def test_figure_options(full_table, tmp_path, monkeypatch, capsys):
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     with pytest.raises(SystemExit):  # argparse's choices
         main([*args, "--band", "sem"])
+
+
+def test_targets_and_baseline_fits_are_told_apart(tmp_path, monkeypatch):
+    """A table over targets and both baseline fits: one fig2 per target (the paper's target
+    keeps the plain name), one line per strategy and fit, never two cells on one line."""
+    path = tmp_path / "t.csv"
+    with ResultsTable(path) as table:
+        for seed, target, k in itertools.product((1, 2), ("latents", "logits"), (1, 2, 4)):
+            fake_run(table, seed, strategy="fed", channel_uses=k, target=target)
+            for fit in ("received", "full"):
+                fake_run(
+                    table, seed, strategy="first-k", channel_uses=k, target=target, baseline_fit=fit
+                )
+    drawn = _drawn(monkeypatch)
+    written = plot.make_figures(plot.load_rows([path]), tmp_path / "out", ["fig2"], ["png"])
+    stem = "fig2-accuracy-vs-zeta-paper-users-snr20-pilots100-csi"
+    assert {p.name for p in written["fig2"]} == {f"{stem}.png", f"{stem}-targetlogits.png"}
+    for info in drawn:
+        lines = {line.get_label(): line for line in info["fig"].axes[0].get_lines()}
+        assert {"First-K, received fit", "First-K, full fit", "Federated (shared F)"} <= set(lines)
+        assert all(len(line.get_xdata()) == 3 for lab, line in lines.items() if "native" not in lab)
+        assert lines["First-K, full fit"].get_linestyle() == "--"
+    assert any("target logits" in info["fig"]._suptitle.get_text() for info in drawn)
+
+
+def test_one_seed_names_no_band(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    with ResultsTable(path) as table:
+        for k in (1, 2):
+            fake_run(table, 1, channel_uses=k)
+            fake_run(table, 1, channel_uses=k, strategy="first-k")
+    drawn = _drawn(monkeypatch)
+    plot.make_figures(plot.load_rows([path]), tmp_path / "out", ["fig2"], ["png"])
+    title = drawn[0]["fig"]._suptitle.get_text()
+    assert "one seed, no band" in title and "CI" not in title

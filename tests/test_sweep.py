@@ -17,7 +17,14 @@ from semalign.experiments.grid import PRESETS, grid_from_options
 from semalign.experiments.plan import make_plan
 from semalign.experiments.provenance import PROVENANCE_KEYS
 from semalign.experiments.runner import run_sweep
-from semalign.experiments.table import COLUMNS, V1_COLUMNS, ResultsTable, read_table
+from semalign.experiments.table import (
+    COLUMNS,
+    RESEARCH_COLUMNS,
+    TABLE_SCHEMA,
+    V1_COLUMNS,
+    ResultsTable,
+    read_table,
+)
 
 GROUP = "user_enc0+user_enc1"
 
@@ -306,9 +313,13 @@ def test_table_matches_the_reference(tmp_path):
         want = list(csv.DictReader(fh))
     assert len(got) == len(want) == 128
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        # schema 2: schema 1 with the channel model after csi, then provenance
-        assert [c for c in g if c != "channel"] == list(w) + list(PROVENANCE_KEYS)
-        assert list(g).index("channel") == list(g).index("csi") + 1 and g["channel"] == "rayleigh"
+        # schema 3: schema 1 with the channel model after csi and the research options after
+        # it, then provenance
+        added = ("channel", *RESEARCH_COLUMNS)
+        assert [c for c in g if c not in added] == list(w) + list(PROVENANCE_KEYS)
+        at = list(g).index("csi") + 1
+        assert list(g)[at : at + len(added)] == list(added) and g["channel"] == "rayleigh"
+        assert [g[c] for c in RESEARCH_COLUMNS] == ["logistic", "latents", "first", "1"]
         diff = {k: (g[k], w[k]) for k in w if k not in NOT_COMPARED and not _same(g[k], w[k])}
         assert not diff, f"row {i + 2}: {diff}"
         assert g["run_key"] == f"{g['cell_key']}-{g['seed']}"
@@ -502,7 +513,7 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     summary = run_sweep(tiny_plan(moved), table)
     assert (summary.rekeyed, summary.done, summary.already_done) == (3, 1, 3)
     new = read_table(table)
-    assert new.schema == 2 and new.complete == {r.key for r in plan.runs}
+    assert new.schema == TABLE_SCHEMA and new.complete == {r.key for r in plan.runs}
     assert len(new.rows) == 8 and all(
         r["run_key"] == f"{r['cell_key']}-{r['seed']}" for r in new.rows
     )

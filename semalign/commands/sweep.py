@@ -93,6 +93,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "correlations": _opt(args.correlations, float, "--correlations"),
         "k_factors": _opt(args.k_factors, float, "--k-factors"),
         "csi_errors": _opt(args.csi_errors, float, "--csi-errors"),
+        "task_models": _opt(args.task_models, str, "--task-models"),
+        "targets": _opt(args.targets, str, "--targets"),
+        "pilot_selections": _opt(args.pilot_selections, str, "--pilot-selections"),
+        "user_groups": _opt(args.user_groups, int, "--user-groups"),
     }
 
 
@@ -448,6 +452,25 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--k-factors", help="rician: K-factors (linear), e.g. 1,10")
     add("--csi-errors", help="CSI error variances (linear), e.g. 0,0.1,0.3 (default: 0)")
+    research = parser.add_argument_group("research options (docs/research.md; defaults: the paper)")
+    research.add_argument(
+        "--task-models", "--task-model", help="users' task models: logistic,mlp (default: logistic)"
+    )
+    research.add_argument(
+        "--targets",
+        "--target",
+        help="what users align: latents,logits,task-subspace (default: latents)",
+    )
+    research.add_argument(
+        "--pilot-selections",
+        "--pilot-selection",
+        help="which train points are pilots: first,random,k-center,herding (default: first)",
+    )
+    research.add_argument(
+        "--user-groups",
+        help="fed: numbers of user groups with one F each, e.g. 1,2 (default: 1; above 1 "
+        "crosses fed cells only, and needs K at least as large)",
+    )
 
 
 def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
@@ -492,7 +515,8 @@ def register(subparsers: Any) -> None:
         help="run an experiment grid (paper section IV), resumable, into one CSV table",
         description="Run the cartesian grid of strategies x channel uses x antennas x SNR x "
         "groups x pilot fractions x CSI modes x channels (fading models, with their "
-        "correlations or K-factors, x CSI errors), for every seed, on the in-process simulator. "
+        "correlations or K-factors, x CSI errors) x research options (task models, targets, "
+        "pilot selections, user groups), for every seed, on the in-process simulator. "
         "Rows (one per cell, seed and user) are appended to --table as each run finishes; "
         "re-running the same command skips finished runs. Options override the --preset's "
         "fields. Negative SNRs need '=': --snr-db=-20,-10,0.",

@@ -23,10 +23,10 @@ import numpy as np
 from semalign.client.user import build_user
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
-from semalign.common.records import RunResult, SeedResult
+from semalign.common.records import SeedResult
 from semalign.common.stats import nan_mean
 from semalign.engine.loopback import LoopbackLink
-from semalign.engine.scenario import Scenario, build_session, scenario_result, user_names
+from semalign.engine.scenario import Scenario, build_session, user_names
 from semalign.server.access_point import build_access_point
 from semalign.server.results import seed_result
 from semalign.server.session import SessionDriver
@@ -142,15 +142,3 @@ def simulate_grouped_seed(scenario: Scenario, config: AlignmentConfig) -> SeedRe
             }
         },
     )
-
-
-def simulate_grouped(
-    scenario: Scenario, config: AlignmentConfig, seeds: list[int], on_seed=None
-) -> RunResult:
-    """:func:`simulate_grouped_seed` for every seed, aggregated like ``simulate``."""
-    blocks = []
-    for seed in seeds:
-        blocks.append(simulate_grouped_seed(scenario, config.model_copy(update={"seed": seed})))
-        if on_seed:
-            on_seed(blocks[-1])
-    return scenario_result(scenario, config, blocks)

@@ -24,7 +24,14 @@ def simulate_seed(
     config: AlignmentConfig,
     on_round: Callable[[RoundRecord], None] | None = None,
 ) -> SeedResult:
-    """Run one in-process session for ``config.seed``; returns the seed's results."""
+    """Run one in-process session for ``config.seed``; returns the seed's results.
+
+    With ``config.user_groups`` > 1: a grouped run (:mod:`semalign.engine.grouping`: a probe,
+    then one session per group; no per-round records, ``on_round`` is not called)."""
+    if config.user_groups > 1:
+        from semalign.engine.grouping import simulate_grouped_seed
+
+        return simulate_grouped_seed(scenario, config)
     start = time.perf_counter()
     ap, users = build_session(scenario, config)
     driver = SessionDriver(ap, [LoopbackLink(u) for u in users], on_round=on_round)
@@ -47,10 +54,6 @@ def simulate(
     on_seed: Callable[[SeedResult], None] | None = None,
 ) -> RunResult:
     """Run every seed and aggregate (``.to_dict()`` is the results JSON)."""
-    if config.user_groups > 1:
-        from semalign.engine.grouping import simulate_grouped
-
-        return simulate_grouped(scenario, config, seeds, on_seed=on_seed)
     blocks = []
     for seed in seeds:
         cfg = config.model_copy(update={"seed": seed})

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ import numpy as np
 
 from semalign.common.errors import UsageError
 from semalign.common.stats import finite, nan_mean, nan_std
-from semalign.experiments.table import read_table
+from semalign.experiments.grid import RESEARCH_DEFAULTS
+from semalign.experiments.table import RESEARCH_COLUMNS, read_table
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ STRATEGY_STYLE: dict[str, dict[str, Any]] = {
     "top-k": {"label": "Top-K", "color": "tab:red", "marker": "v"},
 }
 STRATEGY_ORDER = tuple(STRATEGY_STYLE)
+#: Baseline fitting variants in legend order: the fair one (solid) first.
+FIT_ORDER = {"": 0, "received": 1, "full": 2}
 GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray")
 LINESTYLES = ("-", "--", ":", "-.")
 ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$ (%)"
@@ -162,7 +166,15 @@ _CELL_PARAMS = (
     "csi",
     "zeta",
     "d_ap",
+    "channel",
+    "baseline_fit",
+    *RESEARCH_COLUMNS,
 )
+
+#: What sets a figure apart besides its own context: the channel and the research options. A
+#: value that is the paper's (:data:`_PAPER_VALUES`) stays out of titles and file names.
+_VARIANT_KEYS = ("channel", *RESEARCH_COLUMNS)
+_PAPER_VALUES: dict[str, Any] = {"channel": "rayleigh", **RESEARCH_DEFAULTS}
 
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
@@ -229,7 +241,15 @@ def _fmt_context(names: Sequence[str], values: Sequence[Any]) -> tuple[str, str]
     """(title text, file-name suffix) for a context."""
     parts, slug = [], []
     for name, value in zip(names, values, strict=True):
-        if name == "snr_db":
+        if name in _PAPER_VALUES:
+            if value != _PAPER_VALUES[name]:
+                parts.append(f"{name.replace('_', ' ')} {value}")
+                slug.append(f"{name.replace('_', '')}{value}".replace("+", "_").replace(" ", "_"))
+        elif name == "baseline_fit":
+            if value:  # ADMM strategies have no baseline fit
+                parts.append(f"{value} fit")
+                slug.append(f"fit{value}")
+        elif name == "snr_db":
             parts.append(f"SNR {value:g} dB")
             slug.append(f"snr{value:g}")
         elif name == "pilot_fraction":
@@ -311,7 +331,8 @@ def _finish(
     fig, axes: Sequence[Any], title: str, out_dir: Path, name: str, style: FigureStyle, formats
 ) -> list[Path]:
     """Title, layout, the legend below the panels, and the files of a finished figure."""
-    fig.suptitle(title, fontsize=10)
+    # wrapped to the figure's width (about 14 characters an inch at 10 pt)
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=10)
     fig.tight_layout()
     _shared_legend(fig, axes)
     return _save(fig, out_dir, name, formats, style.dpi)
@@ -320,6 +341,8 @@ def _finish(
 def _seeds_note(points: list[Point], style: FigureStyle) -> str:
     seeds = sorted({p.seeds for p in points})
     count = seeds[0] if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    if seeds == [1]:  # one seed has no spread: no band is drawn, none is named
+        return "one seed, no band"
     band = {
         "ci": f" ± {style.level * 100:g} % CI (t, n-1)",
         "std": " ± 1 std",
@@ -328,21 +351,33 @@ def _seeds_note(points: list[Point], style: FigureStyle) -> str:
     return f"mean{band} over {count} seeds"
 
 
-def _strategy_lines(ax: Any, panel: list[Point], x_key: str, style: FigureStyle) -> None:
+def _strategy_lines(
+    ax: Any, panel: list[Point], x_key: str, style: FigureStyle, fits: bool = False
+) -> None:
     """One line per strategy (mean accuracy and its band against ``params[x_key]``) and the
-    users' native accuracy, on one panel."""
-    for strategy, spts in _group_by(panel, ("strategy",)).items():
-        look = STRATEGY_STYLE.get(strategy[0], {"label": strategy[0], "color": None})
+    users' native accuracy, on one panel. ``fits``: one line per baseline fitting variant too
+    (``full`` dashed), labelled with it."""
+    lines = _group_by(panel, ("strategy", "baseline_fit"))
+    order = sorted(lines, key=lambda sf: (_sort_key(sf[0]), FIT_ORDER.get(sf[1], len(FIT_ORDER))))
+    for strategy, fit in order:
+        spts = lines[(strategy, fit)]
+        look = STRATEGY_STYLE.get(strategy, {"label": strategy, "color": None})
         _line(
             ax,
             [_x(p, x_key) for p in spts],
             [p.accuracy for p in spts],
             [p.band("accuracy", style) for p in spts],
-            label=look["label"],
+            label=f"{look['label']}, {fit} fit" if fits and fit else look["label"],
             color=look["color"],
             marker=look.get("marker"),
+            linestyle="--" if fit == "full" else "-",
         )
     _native_line(ax, panel)
+
+
+def _several_fits(points: list[Point]) -> bool:
+    """Whether ``points`` hold baselines of both fitting variants (lines then say which)."""
+    return len({p.params["baseline_fit"] for p in points} - {""}) > 1
 
 
 def _shared_legend(fig: Any, axes: Sequence[Any], max_columns: int = 5) -> None:
@@ -378,7 +413,7 @@ def figure_fig2(
 ) -> list[Path]:
     """Accuracy vs zeta per antenna configuration, strategies side by side."""
     plt = _pyplot()
-    context_keys = ("group", "snr_db", "pilot_fraction", "csi")
+    context_keys = ("group", "snr_db", "pilot_fraction", "csi", *_VARIANT_KEYS)
     contexts = {
         ctx: pts
         for ctx, pts in _group_by(points, context_keys).items()
@@ -395,7 +430,8 @@ def figure_fig2(
             1, len(antennas), figsize=(4.2 * len(antennas), 3.6), sharey=True, squeeze=False
         )
         for ax, ant in zip(axes[0], antennas, strict=True):
-            _strategy_lines(ax, [p for p in pts if p.params["antennas"] == ant], "zeta", style)
+            panel = [p for p in pts if p.params["antennas"] == ant]
+            _strategy_lines(ax, panel, "zeta", style, _several_fits(pts))
             ax.set_title(f"{ant} MIMO")
             _zeta_axis(ax, style)
             ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
@@ -412,7 +448,7 @@ def figure_fig3(
 ) -> list[Path]:
     """Network MSE and accuracy vs zeta per group (colour) and pilot fraction (line style)."""
     plt = _pyplot()
-    context_keys = ("strategy", "antennas", "snr_db", "csi")
+    context_keys = ("strategy", "antennas", "snr_db", "csi", "baseline_fit", *_VARIANT_KEYS)
     contexts = {}
     for ctx, pts in _group_by(points, context_keys).items():
         pairs = {(p.params["group"], p.params["pilot_fraction"]) for p in pts}
@@ -462,7 +498,7 @@ def figure_snr(
 ) -> list[Path]:
     """Accuracy vs SNR, one panel per K, strategies side by side."""
     plt = _pyplot()
-    context_keys = ("group", "antennas", "pilot_fraction", "csi")
+    context_keys = ("group", "antennas", "pilot_fraction", "csi", *_VARIANT_KEYS)
     contexts = {
         ctx: pts
         for ctx, pts in _group_by(points, context_keys).items()
@@ -482,7 +518,7 @@ def figure_snr(
         )
         for ax, k in zip(axes[0], ks, strict=True):
             panel = [p for p in pts if p.params["channel_uses"] == k]
-            _strategy_lines(ax, panel, "snr_db", style)
+            _strategy_lines(ax, panel, "snr_db", style, _several_fits(pts))
             ax.set_title(f"K = {k} (ζ = {_x(panel[0], 'zeta'):.3g} %)")
             ax.set_xlabel("SNR per receive antenna (dB)")
             ax.grid(alpha=0.3)

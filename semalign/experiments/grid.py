@@ -1,9 +1,11 @@
 """The experiment grid of the paper's section IV: :class:`SweepGrid` and its presets.
 
 A :class:`SweepGrid` is the cartesian product of strategies, channel uses K, antenna
-configurations N_T x N_R, SNRs, user groups, pilot fractions, CSI modes and channels (fading
-models with their correlations / K-factors, times CSI errors: :meth:`SweepGrid.channels`), run
-for every seed.
+configurations N_T x N_R, SNRs, user groups, pilot fractions, CSI modes, channels (fading
+models with their correlations / K-factors, times CSI errors: :meth:`SweepGrid.channels`) and the
+research options (task models, targets, pilot selections, user-group counts: :data:`RESEARCH_AXES`),
+run for every seed. A user-group count above 1 applies to ``fed`` only: other strategies get no
+such cell (:meth:`SweepGrid.configs`).
 Presets reproduce the paper's figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``). Every value
 is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so a bad value
 fails before any work, with the name of the option that set it (:data:`OPTION_NAMES`).
@@ -12,7 +14,6 @@ fails before any work, with the name of the option that set it (:data:`OPTION_NA
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +74,23 @@ _LIST_FIELDS: dict[str, str] = {
     "seeds": "seed",
     "pilot_fractions": "pilot_fraction",
     "csi": "csi",
+    "task_models": "task_model",
+    "targets": "target",
+    "pilot_selections": "pilot_selection",
+    "user_groups": "user_groups",
+}
+
+#: The research axes (docs/research.md): grid field -> the AlignmentConfig field it sets. Their
+#: defaults are the paper's method, one value each.
+RESEARCH_AXES: dict[str, str] = {
+    name: _LIST_FIELDS[name]
+    for name in ("task_models", "targets", "pilot_selections", "user_groups")
+}
+
+#: The paper's value of each research option (what a table without its column ran).
+RESEARCH_DEFAULTS: dict[str, Any] = {
+    cfg_field: AlignmentConfig.model_fields[cfg_field].default
+    for cfg_field in RESEARCH_AXES.values()
 }
 
 #: The command-line option that sets each grid field (for error messages).
@@ -95,6 +113,10 @@ OPTION_NAMES: dict[str, str] = {
     "correlations": "--correlations",
     "k_factors": "--k-factors",
     "csi_errors": "--csi-errors",
+    "task_models": "--task-models",
+    "targets": "--targets",
+    "pilot_selections": "--pilot-selections",
+    "user_groups": "--user-groups",
 }
 
 #: Channel axes: grid field -> the ChannelConfig field of its values.
@@ -169,6 +191,12 @@ class SweepGrid(BaseModel):
     )
     k_factors: tuple[float, ...] = Field((), description="rician: K-factors (linear)")
     csi_errors: tuple[float, ...] = Field((0.0,), description="CSI error variances (linear)")
+    task_models: tuple[str, ...] = Field(("logistic",), description="users' task models")
+    targets: tuple[str, ...] = Field(("latents",), description="what users align")
+    pilot_selections: tuple[str, ...] = Field(("first",), description="which points are pilots")
+    user_groups: tuple[int, ...] = Field(
+        (1,), description="fed: groups of users with one F each (above 1: fed cells only)"
+    )
 
     @field_validator("antennas", mode="before")
     @classmethod
@@ -207,6 +235,8 @@ class SweepGrid(BaseModel):
         for name in ("iterations", "rho", "power", "baseline_fit", "topk_index_cost"):
             _probe(name, {name: getattr(self, name)})
         self.channels()  # every channel is valid
+        if "fed" not in self.strategies and all(g > 1 for g in self.user_groups):
+            raise ValueError(f"{OPTION_NAMES['user_groups']} above 1 needs strategy fed")
         return self
 
     def channels(self) -> list[ChannelConfig]:
@@ -248,19 +278,18 @@ class SweepGrid(BaseModel):
 
     @property
     def cells_per_seed(self) -> int:
-        return (
-            math.prod(
-                len(getattr(self, n))
-                for n in ("strategies", "channel_uses", "antennas", "snr_db", "groups")
-            )
-            * len(self.pilot_fractions)
-            * len(self.csi)
-            * len(self.channels())
-        )
+        return sum(1 for _ in self.configs())
 
     def configs(self) -> Iterator[tuple[str, AlignmentConfig]]:
-        """Every (group, config) of the grid, seed 0 (seeds are added per run)."""
-        for group, strategy, (nt, nr), k, snr, frac, csi, channel in itertools.product(
+        """Every (group, config) of the grid, seed 0 (seeds are added per run).
+
+        A user-group count above 1 is crossed with ``fed`` only (grouping shares one F per
+        group; no other strategy has an F to share)."""
+        research = [
+            dict(zip(RESEARCH_AXES.values(), values, strict=True))
+            for values in itertools.product(*(getattr(self, n) for n in RESEARCH_AXES))
+        ]
+        for group, strategy, (nt, nr), k, snr, frac, csi, channel, options in itertools.product(
             self.groups,
             self.strategies,
             self.antennas,
@@ -269,7 +298,10 @@ class SweepGrid(BaseModel):
             self.pilot_fractions,
             self.csi,
             self.channels(),
+            research,
         ):
+            if options["user_groups"] > 1 and strategy != "fed":
+                continue
             yield (
                 group,
                 AlignmentConfig(
@@ -287,6 +319,7 @@ class SweepGrid(BaseModel):
                     topk_index_cost=self.topk_index_cost,
                     channel=channel,
                     seed=0,
+                    **options,
                 ),
             )
 

@@ -10,7 +10,8 @@ instead of running them again.) A config field added after schema 1 enters a key
 differs from its default, so adding one keeps every existing key.
 
 Cells whose geometry the AP rejects (K N_T complex symbols more than the AP latent's d/2 complex
-features, or Top-K index side information that leaves no data channel use) are skipped up front
+features, Top-K index side information that leaves no data channel use, or more user groups
+than channel uses to share among them) are skipped up front
 with their reason, never run. The compression factor is zeta = K / (d_AP / 2), with d_AP / 2 the
 AP latent's complex dimension ceil(d_AP / 2). The geometry depends on the AP's latents only:
 :func:`outline` says what a grid will run before the users' latents exist (a dry run).
@@ -31,7 +32,7 @@ from pydantic import BaseModel
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
-from semalign.experiments.grid import SweepGrid, antennas_label
+from semalign.experiments.grid import RESEARCH_DEFAULTS, SweepGrid, antennas_label
 
 #: Bumped when the meaning of a row or the making of a key changes; part of every cell key.
 #: 1: keys hashed the latents' folder path; 2: they do not.
@@ -205,6 +206,10 @@ def describe(group: str, config: AlignmentConfig) -> str:
         text += " no-CSI"
     if not cfg.channel.is_default:
         text += f" {cfg.channel.describe()}"
+    for name, default in RESEARCH_DEFAULTS.items():
+        value = getattr(cfg, name)
+        if value != default:
+            text += f" {name.replace('_', '-')}={value}"
     return text
 
 
@@ -288,7 +293,10 @@ def cell_geometry(
                 geometry[shape] = None
             except ValueError as exc:
                 geometry[shape] = str(exc)
-        out.append((group, config, geometry[shape]))
+        reason = geometry[shape]
+        if reason is None and config.user_groups > config.channel_uses:
+            reason = f"{config.user_groups} user groups need at least as many channel uses"
+        out.append((group, config, reason))
     return out
 
 

@@ -6,11 +6,13 @@ single ``write`` followed by ``fsync``, and each row carries the run's key and i
 tail left by a crash is dropped (the table is rewritten atomically without it) and that run is
 simply done again. Re-running the same sweep therefore skips every finished run.
 
-Schemas (the header tells them apart): 1 had no provenance; 2 adds each run's
-:func:`~semalign.experiments.provenance.run_provenance` (``semalign_version``, ``git_commit``,
-``started_at``, ``host``) as the last columns. A schema-1 table reads as it is (empty
-provenance); a sweep that writes to one first rewrites it in schema 2 (atomically, its rows
-kept) and re-keys the runs it finds under their schema-1 keys (:meth:`ResultsTable.rekey`).
+Schemas (the header tells them apart): 1 had no provenance; 2 adds the channel model and each
+run's :func:`~semalign.experiments.provenance.run_provenance` (``semalign_version``,
+``git_commit``, ``started_at``, ``host``) as the last columns; 3 adds the research options
+(``task_model``, ``target``, ``pilot_selection``, ``user_groups``) after ``channel``. An older
+table reads as it is (empty provenance, the paper's research options: the only ones then); a
+sweep that writes to one first rewrites it in this schema (atomically, its rows kept) and
+re-keys the runs it finds under their schema-1 keys (:meth:`ResultsTable.rekey`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
-from semalign.experiments.grid import antennas_label
+from semalign.experiments.grid import RESEARCH_DEFAULTS, antennas_label
 from semalign.experiments.plan import Run, zeta
 from semalign.experiments.provenance import PROVENANCE_KEYS
 
@@ -88,9 +90,25 @@ COLUMNS: dict[str, type] = {
     **{key: str for key in PROVENANCE_KEYS},
 }
 
+#: Columns of schema 3: the research options, after ``channel``. Older rows read with the
+#: paper's values (:data:`~semalign.experiments.grid.RESEARCH_DEFAULTS`).
+RESEARCH_COLUMNS: dict[str, type] = {
+    "task_model": str,
+    "target": str,
+    "pilot_selection": str,
+    "user_groups": int,
+}
+
+V2_COLUMNS = COLUMNS
+COLUMNS = {
+    **{k: v for k, v in V2_COLUMNS.items() if k not in _AFTER_CSI and k not in PROVENANCE_KEYS},
+    **RESEARCH_COLUMNS,
+    **{k: v for k, v in V2_COLUMNS.items() if k in _AFTER_CSI or k in PROVENANCE_KEYS},
+}
+
 #: The table schema written now, and each schema's header.
-TABLE_SCHEMA = 2
-SCHEMAS: dict[int, list[str]] = {1: list(V1_COLUMNS), 2: list(COLUMNS)}
+TABLE_SCHEMA = 3
+SCHEMAS: dict[int, list[str]] = {1: list(V1_COLUMNS), 2: list(V2_COLUMNS), 3: list(COLUMNS)}
 
 
 def read_seed(block: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +163,7 @@ def rows_from_seed(
         "pilot_fraction": cfg.pilot_fraction,
         "csi": cfg.csi,
         "channel": cfg.channel.describe(),
+        **{name: getattr(cfg, name) for name in RESEARCH_COLUMNS},
         "iterations": cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 0,
         "rho": cfg.rho,
         "power": cfg.power,
@@ -190,14 +209,18 @@ def _parse(column: str, text: str) -> Any:
     return kind(text)
 
 
+#: What a column an older schema lacks held then: schema 1 knew Rayleigh channels only, and
+#: schemas 1 and 2 the paper's research options only.
+_OLDER_DEFAULTS: dict[str, Any] = {"channel": "rayleigh", **RESEARCH_DEFAULTS}
+
+
 def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
     """A row of any schema as a row of this one (columns it lacks are empty)."""
     if None in raw or any(v is None for v in raw.values()):
         raise ValueError("wrong number of fields")
-    row = {c: _parse(c, raw.get(c, "")) for c in COLUMNS}
-    if "channel" not in raw:  # schema 1: Rayleigh was the only channel model
-        row["channel"] = "rayleigh"
-    return row
+    older = {c: v for c, v in _OLDER_DEFAULTS.items() if c not in raw}
+    row = {c: _parse(c, raw.get(c, "")) for c in COLUMNS if c not in older}
+    return {**row, **older}
 
 
 @dataclass
