@@ -31,25 +31,33 @@ from __future__ import annotations
 import logging
 import math
 import textwrap
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semalign.common.errors import UsageError
-from semalign.common.stats import finite, nan_mean, nan_std
-from semalign.experiments.grid import RESEARCH_DEFAULTS
-from semalign.experiments.table import RESEARCH_COLUMNS, read_table
+from semalign.common.stats import nan_mean
+from semalign.experiments.cells import (  # noqa: F401 - re-exported for plot and docs
+    _PAPER_VALUES,
+    _VARIANT_KEYS,
+    BANDS,
+    Point,
+    aggregate,
+    band_halfwidth,
+    group_by,
+    load_rows,
+    sort_key,
+    summary_rows,
+    t_interval,
+)
 
 log = logging.getLogger(__name__)
 
 FIGURES: tuple[str, ...] = ("fig2", "fig3", "snr")
 FORMATS: tuple[str, ...] = ("png", "pdf")
-#: Bands around the mean over seeds: t confidence interval, +/- one std, none.
-BANDS: tuple[str, ...] = ("ci", "std", "none")
 X_SCALES: tuple[str, ...] = ("log", "linear")
 
 
@@ -88,148 +96,6 @@ ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$ (%)"
 ACC_LABEL = "accuracy (mean over users, fraction)"
 MSE_LABEL = "network MSE on pilots (whitened, per complex feature)"
 TEST_MSE_LABEL = "latent MSE on test data (user's native space, per feature)"
-
-
-@dataclass
-class Point:
-    """One cell: its parameters and the mean/std over seeds."""
-
-    params: dict[str, Any]
-    seeds: int
-    accuracy: float
-    accuracy_std: float
-    native: float
-    network_mse: float
-    network_mse_std: float
-    test_mse: float = float("nan")
-    test_mse_std: float = float("nan")
-    #: Per-seed values (one per run) of ``accuracy``, ``network_mse`` and ``test_mse``.
-    samples: dict[str, tuple[float, ...]] = field(default_factory=dict)
-
-    def band(self, metric: str, style: FigureStyle) -> float:
-        """Half-width of ``metric``'s band around its mean (NaN: no band)."""
-        return band_halfwidth(self.samples.get(metric, ()), style.band, style.level)
-
-
-def t_interval(values: Iterable[float | None], level: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width) of the two-sided ``level`` t confidence interval of the mean of the
-    finite ``values``: half-width = t_{(1+level)/2, n-1} * s / sqrt(n), s with ddof=1.
-    The half-width is NaN for fewer than two values."""
-    kept = finite(values)
-    if not kept:
-        return float("nan"), float("nan")
-    mean = float(np.mean(kept))
-    if len(kept) < 2:
-        return mean, float("nan")
-    from scipy import stats
-
-    n = len(kept)
-    sem = float(np.std(kept, ddof=1)) / math.sqrt(n)
-    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sem
-
-
-def band_halfwidth(values: Iterable[float | None], band: str = "ci", level: float = 0.95) -> float:
-    """Half-width of the band over ``values``: ``ci`` the t interval's, ``std`` one population
-    standard deviation (ddof=0), ``none`` NaN (no band)."""
-    if band == "ci":
-        return t_interval(values, level)[1]
-    if band == "std":
-        return nan_std(values)
-    if band == "none":
-        return float("nan")
-    raise ValueError(f"band {band!r}: choose from {', '.join(BANDS)}")
-
-
-# ---------------------------------------------------------------------------- aggregation
-def load_rows(tables: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Complete runs' rows of every table, each run once (SweepError for a foreign table)."""
-    rows, seen = [], set()
-    for path in tables:
-        for row in read_table(path).rows:
-            key = (row["run_key"], row["user"])
-            if key not in seen:
-                seen.add(key)
-                rows.append(row)
-    return rows
-
-
-_CELL_PARAMS = (
-    "cell_key",
-    "strategy",
-    "antennas",
-    "antennas_tx",
-    "antennas_rx",
-    "channel_uses",
-    "snr_db",
-    "group",
-    "pilot_fraction",
-    "csi",
-    "zeta",
-    "d_ap",
-    "channel",
-    "baseline_fit",
-    *RESEARCH_COLUMNS,
-)
-
-#: What sets a figure apart besides its own context: the channel and the research options. A
-#: value that is the paper's (:data:`_PAPER_VALUES`) stays out of titles and file names.
-_VARIANT_KEYS = ("channel", *RESEARCH_COLUMNS)
-_PAPER_VALUES: dict[str, Any] = {"channel": "rayleigh", **RESEARCH_DEFAULTS}
-
-
-def aggregate(rows: Iterable[dict[str, Any]]) -> list[Point]:
-    """Mean over users per run, then mean and std over seeds per cell."""
-    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        runs[row["run_key"]].append(row)
-    cells: dict[str, list[dict[str, float]]] = defaultdict(list)
-    params: dict[str, dict[str, Any]] = {}
-    for run_rows in runs.values():
-        first = run_rows[0]
-        params.setdefault(first["cell_key"], {k: first[k] for k in _CELL_PARAMS})
-        cells[first["cell_key"]].append(
-            {
-                "accuracy": nan_mean([r["accuracy"] for r in run_rows]),
-                "native": nan_mean([r["native_accuracy"] for r in run_rows]),
-                "network_mse": first["network_mse"],
-                "test_mse": nan_mean([r["mse"] for r in run_rows]),
-            }
-        )
-    points = []
-    for key, per_seed in cells.items():
-        points.append(
-            Point(
-                params=params[key],
-                seeds=len(per_seed),
-                accuracy=nan_mean([s["accuracy"] for s in per_seed]),
-                accuracy_std=nan_std([s["accuracy"] for s in per_seed]),
-                native=nan_mean([s["native"] for s in per_seed]),
-                network_mse=nan_mean([s["network_mse"] for s in per_seed]),
-                network_mse_std=nan_std([s["network_mse"] for s in per_seed]),
-                test_mse=nan_mean([s["test_mse"] for s in per_seed]),
-                test_mse_std=nan_std([s["test_mse"] for s in per_seed]),
-                samples={
-                    m: tuple(s[m] for s in per_seed)
-                    for m in ("accuracy", "network_mse", "test_mse")
-                },
-            )
-        )
-    return points
-
-
-def _group_by(points: Iterable[Point], keys: Sequence[str]) -> dict[tuple, list[Point]]:
-    out: dict[tuple, list[Point]] = defaultdict(list)
-    for p in points:
-        out[tuple(p.params[k] for k in keys)].append(p)
-    return dict(sorted(out.items(), key=lambda kv: tuple(map(_sort_key, kv[0]))))
-
-
-def _sort_key(value: Any) -> Any:
-    if isinstance(value, str) and value in STRATEGY_ORDER:
-        return (0, STRATEGY_ORDER.index(value), "")
-    if isinstance(value, (int, float, bool)):
-        return (1, float(value), "")
-    return (2, 0, str(value))
 
 
 def _antenna_sort(label: str) -> tuple[int, int]:
@@ -357,8 +223,8 @@ def _strategy_lines(
     """One line per strategy (mean accuracy and its band against ``params[x_key]``) and the
     users' native accuracy, on one panel. ``fits``: one line per baseline fitting variant too
     (``full`` dashed), labelled with it."""
-    lines = _group_by(panel, ("strategy", "baseline_fit"))
-    order = sorted(lines, key=lambda sf: (_sort_key(sf[0]), FIT_ORDER.get(sf[1], len(FIT_ORDER))))
+    lines = group_by(panel, ("strategy", "baseline_fit"))
+    order = sorted(lines, key=lambda sf: (sort_key(sf[0]), FIT_ORDER.get(sf[1], len(FIT_ORDER))))
     for strategy, fit in order:
         spts = lines[(strategy, fit)]
         look = STRATEGY_STYLE.get(strategy, {"label": strategy, "color": None})
@@ -416,7 +282,7 @@ def figure_fig2(
     context_keys = ("group", "snr_db", "pilot_fraction", "csi", *_VARIANT_KEYS)
     contexts = {
         ctx: pts
-        for ctx, pts in _group_by(points, context_keys).items()
+        for ctx, pts in group_by(points, context_keys).items()
         if len({p.params["zeta"] for p in pts}) >= 2
     }
     # Strategies side by side: contexts with one strategy only (e.g. a fig3 sweep) are left
@@ -450,7 +316,7 @@ def figure_fig3(
     plt = _pyplot()
     context_keys = ("strategy", "antennas", "snr_db", "csi", "baseline_fit", *_VARIANT_KEYS)
     contexts = {}
-    for ctx, pts in _group_by(points, context_keys).items():
+    for ctx, pts in group_by(points, context_keys).items():
         pairs = {(p.params["group"], p.params["pilot_fraction"]) for p in pts}
         if len(pairs) >= 2 and len({p.params["zeta"] for p in pts}) >= 2:
             contexts[ctx] = pts
@@ -460,7 +326,7 @@ def figure_fig3(
         fractions = sorted({p.params["pilot_fraction"] for p in pts}, reverse=True)
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
         ax_mse, ax_test, ax_acc = axes
-        for (group, frac), lpts in _group_by(pts, ("group", "pilot_fraction")).items():
+        for (group, frac), lpts in group_by(pts, ("group", "pilot_fraction")).items():
             color = GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)]
             ls = LINESTYLES[fractions.index(frac) % len(LINESTYLES)]
             label = f"{group}, pilots {frac * 100:g}%"
@@ -501,7 +367,7 @@ def figure_snr(
     context_keys = ("group", "antennas", "pilot_fraction", "csi", *_VARIANT_KEYS)
     contexts = {
         ctx: pts
-        for ctx, pts in _group_by(points, context_keys).items()
+        for ctx, pts in group_by(points, context_keys).items()
         if len({p.params["snr_db"] for p in pts}) >= 2
     }
     paths = []
@@ -509,7 +375,7 @@ def figure_snr(
         # Only K values that were swept over SNR (at least two SNRs) get a panel.
         ks = sorted(
             k
-            for k, kpts in _group_by(pts, ("channel_uses",)).items()
+            for k, kpts in group_by(pts, ("channel_uses",)).items()
             if len({p.params["snr_db"] for p in kpts}) >= 2
         )
         ks = [k[0] for k in ks]
@@ -554,28 +420,6 @@ def make_figures(
         if not written[name]:
             log.info("%s: the table has no context with two or more x values", name)
     return written
-
-
-def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-cell means for a text summary (sorted), used by the CLI and docs."""
-    out = []
-    for p in aggregate(rows):
-        out.append(
-            {
-                **p.params,
-                "seeds": p.seeds,
-                "accuracy": p.accuracy,
-                "accuracy_std": p.accuracy_std,
-                "network_mse": p.network_mse,
-            }
-        )
-    out.sort(
-        key=lambda r: tuple(
-            _sort_key(r[k])
-            for k in ("group", "pilot_fraction", "snr_db", "antennas", "strategy", "channel_uses")
-        )
-    )
-    return out
 
 
 # ---------------------------------------------------------------------------- tables
