@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import sys
 
-from semalign.experiments.figures import load_rows, summary_rows
+from semalign.experiments.cells import load_rows, summary_rows
 
 DROP = ("cell_key",)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from semalign.experiments.figures import aggregate, load_rows
+from semalign.experiments.cells import aggregate, load_rows
 
 METHODS = (
     ("fed", ""),
