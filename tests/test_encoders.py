@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -553,7 +554,11 @@ def test_ctrl_c_leaves_no_trusted_partial_entry(tmp_path):
         "--no-progress",
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     root = tmp_path / "digits"
     deadline = time.monotonic() + 120
@@ -691,3 +696,9 @@ def test_cache_keys_are_unchanged():
             "digits", name, seed=0, image_size=16, pretrained=False, limit=64, epochs=1
         )
         assert cache_key(material) == key
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """The child takes SIGINT as from a terminal's Ctrl-C, also when this test runs as a
+    background job of a non-interactive shell (which starts it with SIGINT ignored, inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

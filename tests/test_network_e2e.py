@@ -174,7 +174,15 @@ def test_ctrl_c_stops_every_child_process(latents, tmp_path):
     argv = [*SEMALIGN, "run", "--latents", str(root), "--ap", ap, "--users", "2", *ALIGN]
     argv = _set(argv, "--iterations", "100000")  # a session that would last for long
     argv += ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json"), "-q"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # SIGINT as from a terminal's Ctrl-C, also when the tests run as a background job of a
+        # non-interactive shell (which starts them with SIGINT ignored, inherited by children)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 90
         seen: set[psutil.Process] = set()
