@@ -113,13 +113,7 @@ class AdmmUser(UserStrategy):
         if msg.final:
             return self._ack(msg.round, sq, noise)
         a, p = admm.uplink_statistics(self.g, self.h, self.y_work)
-        out = pb.UserMessage()  # filled in place: the (K N_T, n) P_l is copied once
-        up = out.upload
-        up.session_id, up.round = acc.session_id, msg.round
-        fill_matrix(up.a, a, "complex64")
-        fill_matrix(up.p, p, "complex64")
-        up.squared_error, up.noise_term = sq, noise
-        return out.SerializeToString()
+        return self._upload("upload", msg.round, a, p, sq, noise)
 
     # ------------------------------------------------------------------ compact rounds
     def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
@@ -140,13 +134,20 @@ class AdmmUser(UserStrategy):
             if msg.final:
                 return self._ack(msg.round, sq, noise)
             a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
-            out = pb.UserMessage()
-            up = out.compact_upload
-            up.session_id, up.round = acc.session_id, msg.round
-            fill_matrix(up.a, a, "complex64")
-            fill_matrix(up.cross, cross, "complex64")
-            up.squared_error, up.noise_term = sq, noise
-            return out.SerializeToString()
+            return self._upload("compact_upload", msg.round, a, cross, sq, noise)
+
+    def _upload(
+        self, kind: str, round_: int, a: np.ndarray, term: np.ndarray, sq: float, noise: float
+    ) -> bytes:
+        """The round's upload, filled in place (the large ``term`` is copied once): ``kind``
+        "upload" (paper: A_l and P_l (K N_T, n)) or "compact_upload" (A_l and P_l X^H)."""
+        out = pb.UserMessage()
+        up = getattr(out, kind)
+        up.session_id, up.round = self.user.accept.session_id, round_
+        fill_matrix(up.a, a, "complex64")
+        fill_matrix(up.p if kind == "upload" else up.cross, term, "complex64")
+        up.squared_error, up.noise_term = sq, noise
+        return out.SerializeToString()
 
     def _ack(self, round_: int, sq: float, noise: float) -> bytes:
         ack = pb.Ack(
