@@ -64,6 +64,25 @@ class WireRound:
         }
 
 
+def refusal(ap: AccessPoint, user_id: str) -> str:
+    """Why the AP did not register ``user_id``."""
+    return ap.refused.get(user_id, "the AP could not register this user")
+
+
+def end_if_not_served(ap: AccessPoint, link: GrpcLink) -> bool:
+    """End ``link``'s stream at once with the AP's reason if its user was dropped (ABORTED)
+    or never registered (INVALID_ARGUMENT); False, and the stream untouched, otherwise."""
+    state = ap.users.get(link.user_id)
+    if state is not None and state.dropped:
+        link.abort(f"dropped by the AP at {state.dropped}")
+    elif state is None:
+        reason = refusal(ap, link.user_id)
+        link.abort(f"handshake refused: {reason}", grpc.StatusCode.INVALID_ARGUMENT)
+    else:
+        return False
+    return True
+
+
 class MeasuredDriver(SessionDriver):
     """SessionDriver plus gRPC-boundary byte counters per round and drop times.
 
@@ -113,14 +132,8 @@ class MeasuredDriver(SessionDriver):
     def _refuse_unregistered(self) -> None:
         """End at once, with the AP's reason, the streams whose handshake the AP refused."""
         for user_id, link in self.grpc_links.items():
-            if user_id in self.links:
-                continue
-            state = self.ap.users.get(user_id)
-            if state is not None and state.dropped:
-                link.abort(f"dropped by the AP at {state.dropped}")
-            elif state is None:
-                reason = self.ap.refused.get(user_id, "the AP could not register this user")
-                link.abort(f"handshake refused: {reason}", grpc.StatusCode.INVALID_ARGUMENT)
+            if user_id not in self.links:
+                end_if_not_served(self.ap, link)
 
     def admm_round(self) -> RoundRecord:
         self._before = self._snapshot()
@@ -199,20 +212,12 @@ def serve_session(
     finally:
         lobby.end()
         for link in links:
-            state = ap.users.get(link.user_id)
-            if state is not None and state.dropped:
-                link.abort(f"dropped by the AP at {state.dropped}")
-            elif state is None:
-                reason = ap.refused.get(link.user_id, "the AP could not register this user")
-                link.abort(f"handshake refused: {reason}", grpc.StatusCode.INVALID_ARGUMENT)
-            else:
+            if not end_if_not_served(ap, link):
                 link.finish()
     wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
     wire["rejoins"], wire["stragglers"] = result.rejoins, result.stragglers
     wire["refused"] = {
-        link.user_id: ap.refused.get(link.user_id, "the AP could not register this user")
-        for link in links
-        if link.user_id not in ap.users
+        link.user_id: refusal(ap, link.user_id) for link in links if link.user_id not in ap.users
     }
     for uid, reason in lobby.missing_reasons.items():
         log.warning("%s did not join session %s: %s", uid, offer.session_id, reason)
