@@ -16,7 +16,7 @@ alike; only the RATIOS printed at the end are meant to be compared between runs.
   cannot avoid (per user Y S^H, S S^H, (G H)^H Y; at the AP F X and all P_l X^H as one
   stacked product), on arrays of the same shapes and precisions, timed in the same loop.
 
-    nice python benchmarks/paper_scale.py --reference /tmp/refrepo        # the issue's sizes
+    nice python benchmarks/paper_scale.py --reference PATH/TO/REFERENCE   # the issue's sizes
     python benchmarks/paper_scale.py --pilots 4000 --reps 2                # a quick look
 """
 
