@@ -23,6 +23,7 @@ from semalign.deploy.launcher import (
     descendants,
     free_port,
     semalign_command,
+    terminate_tree,
 )
 from synthetic import make_latents
 
@@ -202,8 +203,8 @@ def test_ctrl_c_stops_every_child_process(latents, tmp_path):
         proc.send_signal(signal.SIGINT)
         code = proc.wait(240)  # a limit, not a speed check (loaded CI hosts)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the test failed: take the whole tree down, not only the parent
+            terminate_tree([psutil.Process(proc.pid), *alive(seen)], grace=2.0)
     assert code == 130
     assert "interrupted" in proc.stderr.read()
     time.sleep(0.5)
