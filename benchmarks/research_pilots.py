@@ -32,7 +32,7 @@ def result_path(out: Path, method: str, budget: float) -> Path:
     return out / f"{PREFIX}{name}.json"
 
 
-def run(latents: str, out: Path, users: str, seeds: str, k: int) -> None:
+def run(latents: str, out: Path, users: str, seeds: str, k: int, protocol: str = "paper") -> None:
     for budget in BUDGETS:
         for method in METHODS if budget < 1.0 else ("first",):
             path = result_path(out, method, budget)
@@ -41,10 +41,13 @@ def run(latents: str, out: Path, users: str, seeds: str, k: int) -> None:
             cmd = [sys.executable, "-m", "semalign", "simulate", "--latents", latents]
             cmd += ["--users", users, "--seeds", seeds, "--channel-uses", str(k), "--quiet"]
             cmd += ["--pilot-fraction", str(budget), "--pilot-selection", method]
+            cmd += ["--protocol", protocol]
             subprocess.run([*cmd, "--out", str(path)], check=True)
 
 
-def plot(out: Path, figure: Path, users: str = "paper-users") -> None:
+def plot(
+    out: Path, figure: Path, users: str = "paper-users", seeds: str = "27,42", data: str = "digits"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +68,8 @@ def plot(out: Path, figure: Path, users: str = "paper-users") -> None:
     ax.set_xticks([100 * b for b in BUDGETS], [f"{100 * b:g}" for b in BUDGETS])
     ax.set_xlabel("pilot budget (% of train)")
     ax.set_ylabel("mean accuracy over users")
-    ax.set_title(f"fed, K=4, 4x4, 20 dB, digits, {users}, seeds 27, 42", fontsize=9)
+    seeds_label = ", ".join(seeds.split(","))
+    ax.set_title(f"fed, K=4, 4x4, 20 dB, {data}, {users}, seeds {seeds_label}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(title="pilot selection", fontsize=8)
     fig.tight_layout()
@@ -82,6 +86,12 @@ def main() -> int:
     parser.add_argument("--seeds", default="27,42")
     parser.add_argument("--channel-uses", type=int, default=4)
     parser.add_argument("--figure", default="docs/figures/research-pilot-selection.png")
+    parser.add_argument(
+        "--protocol",
+        choices=("paper", "compact"),
+        default="paper",
+        help="round protocol of every run (compact: same iterates to 1e-6, faster at large n)",
+    )
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--prefix", default=PREFIX, help="result file prefix")
     args = parser.parse_args()
@@ -89,8 +99,8 @@ def main() -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not args.plot_only:
-        run(args.latents, out, args.users, args.seeds, args.channel_uses)
-    plot(out, Path(args.figure), args.users)
+        run(args.latents, out, args.users, args.seeds, args.channel_uses, args.protocol)
+    plot(out, Path(args.figure), args.users, args.seeds, Path(args.latents).name)
     return 0
 
 
