@@ -359,7 +359,14 @@ def extract_latents(
     device: str | None = None,
     tick: Tick | None = None,
 ) -> np.ndarray:
-    """Pooled pre-logits features of ``images`` (n, h, w, 3) as float32 (n, d)."""
+    """Pooled pre-logits features of ``images`` (n, h, w, 3) as float32 (n, d).
+
+    On the CPU the forward passes run with one intra-op thread, whatever this process's torch
+    thread count: a CPU kernel's reductions are split by thread count, so the same weights
+    encoded by a lone build (every core) and by a worker of a parallel build (its share) would
+    otherwise differ in the last bits (about 1e-6), and a re-encoded entry would not equal the
+    one it replaces.
+    """
     import torch
 
     setup_torch()
@@ -367,13 +374,19 @@ def extract_latents(
     model = model.to(device).eval()
     out: list[np.ndarray] = []
     n = len(images)
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            x = inputs.prepare(images[start : start + batch_size], device)
-            feats = model.forward_head(model.forward_features(x), pre_logits=True)
-            out.append(feats.float().reshape(len(x), -1).cpu().numpy())
-            if tick is not None:
-                tick(min(n, start + batch_size), n)
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                x = inputs.prepare(images[start : start + batch_size], device)
+                feats = model.forward_head(model.forward_features(x), pre_logits=True)
+                out.append(feats.float().reshape(len(x), -1).cpu().numpy())
+                if tick is not None:
+                    tick(min(n, start + batch_size), n)
+    finally:
+        torch.set_num_threads(threads)
     latents = np.concatenate(out).astype(np.float32, copy=False)
     if not np.all(np.isfinite(latents)):
         raise FloatingPointError("encoder produced non-finite latents")
