@@ -2,8 +2,11 @@
 
 Reads a sweep table holding the two grids of docs/results.md ("Channels") and writes
 ``channels-accuracy-vs-zeta.png``: left, Kronecker correlation rho (rho_tx = rho_rx); right,
-CSI error variance. Each point is the mean over seeds of the network accuracy (the mean over
-users of each run), with a band of +/- one standard deviation over seeds.
+CSI error variance. Drawn in ``semalign plot``'s conventions, with its helpers
+(:mod:`semalign.experiments.figures`): each point is the mean over seeds of the network
+accuracy (the mean over users of each run) with its 95 % t confidence band over seeds, zeta in
+% on a log axis, the legend below the panels, 200 dpi. Prints the table of docs/results.md (mean
+over seeds per channel and K) and the latents' fingerprints.
 
     python docs/figures/channels.py TABLE.csv [OUT.png]
 """
@@ -11,58 +14,91 @@ users of each run), with a band of +/- one standard deviation over seeds.
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from pathlib import Path
 
-import matplotlib
+from semalign.experiments.cells import aggregate, group_by, load_rows
+from semalign.experiments.figures import (
+    ACC_LABEL,
+    GROUP_COLORS,
+    FigureStyle,
+    _finish,
+    _line,
+    _native_line,
+    _pyplot,
+    _seeds_note,
+    _x,
+    _zeta_axis,
+)
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from semalign.experiments.table import read_table  # noqa: E402
-
-
-def curves(rows: list[dict]) -> dict[str, dict[float, list[float]]]:
-    """channel -> zeta -> network accuracy per seed."""
-    runs: dict[tuple[str, float, int], list[float]] = defaultdict(list)
-    for row in rows:
-        runs[(row["channel"], row["zeta"], row["seed"])].append(row["accuracy"])
-    out: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (channel, zeta, _seed), accuracies in runs.items():
-        out[channel][zeta].append(float(np.mean(accuracies)))
-    return out
+#: (channel as the table names it, legend label, colour): the two panels' lines.
+CORRELATED = [
+    (f"kronecker(rho_tx={r:g},rho_rx={r:g})", f"Kronecker ρ = {r:g}", color)
+    for r, color in zip((0, 0.5, 0.9), GROUP_COLORS[:3], strict=True)
+]
+CSI_ERRORS = [
+    (f"rayleigh csi_err={e:g}" if e else "rayleigh", f"CSI error σ_e² = {e:g}", color)
+    # not GROUP_COLORS' gray, the native line's colour
+    for e, color in zip((0, 0.1, 0.3), (*GROUP_COLORS[3:5], "tab:olive"), strict=True)
+]
+PANELS = (
+    (CORRELATED, "Kronecker correlation (rho_tx = rho_rx), perfect CSI"),
+    (CSI_ERRORS, "CSI error (i.i.d. Rayleigh)"),
+)
 
 
-def panel(ax, data, channels: list[tuple[str, str]], title: str) -> None:
-    for (channel, label), color in zip(
-        channels, ("tab:blue", "tab:orange", "tab:red"), strict=True
-    ):
-        points = sorted(data[channel].items())
-        zeta = np.array([z for z, _ in points])
-        mean = np.array([np.mean(a) for _, a in points])
-        std = np.array([np.std(a) for _, a in points])
-        ax.plot(zeta, mean, marker="o", color=color, label=label)
-        ax.fill_between(zeta, mean - std, mean + std, color=color, alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set_title(title)
-    ax.set_xlabel(r"compression factor $\zeta = K/(d/2)$")
-    ax.grid(alpha=0.3)
-    ax.legend()
+def draw(points, out: Path, style: FigureStyle | None = None) -> list[Path]:
+    """The two panels, one line per channel, from :func:`aggregate`'s points."""
+    style = style or FigureStyle()
+    by_channel = group_by(points, ("channel",))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10.0, 3.8), sharey=True)
+    for ax, (channels, title) in zip(axes, PANELS, strict=True):
+        drawn = []
+        for channel, label, color in channels:
+            line = by_channel.get((channel,), [])
+            drawn += line
+            _line(
+                ax,
+                [_x(p, "zeta") for p in line],
+                [p.accuracy for p in line],
+                [p.band("accuracy", style) for p in line],
+                label=label,
+                color=color,
+                marker="o",
+            )
+        _native_line(ax, drawn)
+        ax.set_title(title, fontsize=9)
+        _zeta_axis(ax, style)
+        ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
+    axes[0].set_ylabel(ACC_LABEL)
+    title = (
+        "Fed, 4x4 MIMO, SNR 20 dB, paper-users, under correlation and CSI error "
+        f"({_seeds_note(points, style)})"
+    )
+    return _finish(fig, axes, title, out.parent, out.stem, style, ("png",))
+
+
+def markdown(points) -> str:
+    """Mean accuracy over seeds: one row per channel of :data:`PANELS`, one column per K."""
+    ks = sorted({p.params["channel_uses"] for p in points})
+    cell = {(p.params["channel"], p.params["channel_uses"]): p for p in points}
+    lines = ["| channel | " + " | ".join(f"K = {k}" for k in ks) + " |"]
+    lines.append("|---" + "|---" * len(ks) + "|")
+    for channels, _title in PANELS:
+        for channel, label, _color in channels:
+            values = [cell.get((channel, k)) for k in ks]
+            text = [f"{p.accuracy:.3f}" if p else "" for p in values]
+            lines.append(f"| {label} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
 
 
 def main(table: str, out: str = "docs/figures/channels-accuracy-vs-zeta.png") -> None:
-    data = curves(read_table(table).rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    correlated = [(f"kronecker(rho_tx={r:g},rho_rx={r:g})", f"rho = {r:g}") for r in (0, 0.5, 0.9)]
-    panel(axes[0], data, correlated, "Kronecker correlation (rho_tx = rho_rx), perfect CSI")
-    errors = [("rayleigh", "sigma_e^2 = 0")]
-    errors += [(f"rayleigh csi_err={e:g}", f"sigma_e^2 = {e:g}") for e in (0.1, 0.3)]
-    panel(axes[1], data, errors, "CSI error (i.i.d. Rayleigh)")
-    axes[0].set_ylabel("accuracy (mean over users)")
-    fig.suptitle("fed, 4x4, SNR 20 dB, paper-users (10), digits, seeds 27, 42")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    rows = load_rows([table])
+    points = aggregate(rows)
+    for path in draw(points, Path(out)):
+        print(f"wrote {path}")
+    print(markdown(points))
+    seeds = sorted({p.seeds for p in points})
+    print(f"seeds per cell: {seeds}; latents_id: {sorted({r['latents_id'] for r in rows})}")
 
 
 if __name__ == "__main__":
