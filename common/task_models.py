@@ -153,6 +153,7 @@ def train_mlp_classifier(
 ) -> MlpClassifier:
     """Train the MLP on ``latents`` (n, d), ``labels`` (n,) with torch on CPU (seeded)."""
     import torch
+    from semalign.common.threads import single_torch_thread
 
     recipe = dict(recipe or MLP_RECIPE)
     x = np.asarray(latents, dtype=np.float32)
@@ -163,9 +164,7 @@ def train_mlp_classifier(
     classes, y = np.unique(np.asarray(labels), return_inverse=True)
     d, c, h = x.shape[1], len(classes), int(recipe["hidden"])
     eps = float(recipe["layernorm_eps"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic and polite on a shared CPU
-    try:
+    with single_torch_thread():  # deterministic and polite on a shared CPU
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         model = torch.nn.Sequential(
@@ -190,8 +189,6 @@ def train_mlp_classifier(
                 loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-    finally:
-        torch.set_num_threads(threads)
     p = [t.detach().double().numpy().copy() for t in model.parameters()]
     return MlpClassifier(
         ln1_w=p[0],

@@ -57,6 +57,24 @@ def single_thread() -> Iterator[None]:
             lib.set_num_threads(threads)
 
 
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run the block with one torch intra-op thread; the count the process had comes back after.
+
+    A CPU kernel splits its reductions by thread count, so its last bits depend on it: code
+    whose torch results must not depend on the machine's cores or a worker's share of them
+    (training a task model, extracting latents) runs inside this block. Imports torch.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def blas_threads() -> list[int]:
     """Current thread count of every loaded BLAS library (for benchmark headers)."""
     return [int(i["num_threads"]) for i in _controller().info() if i.get("user_api") == "blas"]

@@ -8,6 +8,7 @@ pooled pre-logits features, ``forward_head(forward_features(x), pre_logits=True)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -369,24 +370,21 @@ def extract_latents(
     """
     import torch
 
+    from semalign.common.threads import single_torch_thread
+
     setup_torch()
     device = pick_device(device)
     model = model.to(device).eval()
     out: list[np.ndarray] = []
     n = len(images)
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                x = inputs.prepare(images[start : start + batch_size], device)
-                feats = model.forward_head(model.forward_features(x), pre_logits=True)
-                out.append(feats.float().reshape(len(x), -1).cpu().numpy())
-                if tick is not None:
-                    tick(min(n, start + batch_size), n)
-    finally:
-        torch.set_num_threads(threads)
+    on_cpu = torch.device(device).type == "cpu"
+    with single_torch_thread() if on_cpu else contextlib.nullcontext(), torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = inputs.prepare(images[start : start + batch_size], device)
+            feats = model.forward_head(model.forward_features(x), pre_logits=True)
+            out.append(feats.float().reshape(len(x), -1).cpu().numpy())
+            if tick is not None:
+                tick(min(n, start + batch_size), n)
     latents = np.concatenate(out).astype(np.float32, copy=False)
     if not np.all(np.isfinite(latents)):
         raise FloatingPointError("encoder produced non-finite latents")
