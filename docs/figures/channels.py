@@ -22,11 +22,10 @@ from semalign.experiments.figures import (
     GROUP_COLORS,
     FigureStyle,
     _finish,
-    _line,
     _native_line,
+    _points_line,
     _pyplot,
     _seeds_note,
-    _x,
     _zeta_axis,
 )
 
@@ -56,15 +55,7 @@ def draw(points, out: Path, style: FigureStyle | None = None) -> list[Path]:
         for channel, label, color in channels:
             line = by_channel.get((channel,), [])
             drawn += line
-            _line(
-                ax,
-                [_x(p, "zeta") for p in line],
-                [p.accuracy for p in line],
-                [p.band("accuracy", style) for p in line],
-                label=label,
-                color=color,
-                marker="o",
-            )
+            _points_line(ax, line, "zeta", style, label=label, color=color, marker="o")
         _native_line(ax, drawn)
         ax.set_title(title, fontsize=9)
         _zeta_axis(ax, style)

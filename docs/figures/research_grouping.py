@@ -25,8 +25,8 @@ from semalign.experiments.figures import (
     ACC_LABEL,
     FigureStyle,
     _finish,
-    _line,
     _native_line,
+    _points_line,
     _pyplot,
     _seeds_note,
     _x,
@@ -57,16 +57,7 @@ def draw(points, out: Path, style: FigureStyle | None = None) -> list[Path]:
     for variant in sorted({_variant(p) for p in points}, key=lambda v: (v[0] != "fed", v[1])):
         line = sorted((p for p in points if _variant(p) == variant), key=lambda p: _x(p, "zeta"))
         label, color, marker, ls = LOOKS.get(variant, (_label(variant), None, "x", ":"))
-        _line(
-            ax,
-            [_x(p, "zeta") for p in line],
-            [p.accuracy for p in line],
-            [p.band("accuracy", style) for p in line],
-            label=label,
-            color=color,
-            marker=marker,
-            linestyle=ls,
-        )
+        _points_line(ax, line, "zeta", style, label=label, color=color, marker=marker, linestyle=ls)
     _native_line(ax, points)
     _zeta_axis(ax, style)
     ax.set_ylabel(ACC_LABEL)

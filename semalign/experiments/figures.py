@@ -156,6 +156,20 @@ def _line(ax, xs, ys, halves, *, label, color, marker=None, linestyle="-") -> No
         ax.fill_between(xs, ys - halves, ys + halves, color=color, alpha=0.18, lw=0)
 
 
+def _points_line(
+    ax, points: Sequence[Point], x_key: str, style: FigureStyle, metric: str = "accuracy", **look
+) -> None:
+    """One line through ``points``: their mean ``metric`` and its band (``style``'s) against
+    ``params[x_key]`` (zeta in %); ``look``: :func:`_line`'s label, color, marker, linestyle."""
+    _line(
+        ax,
+        [_x(p, x_key) for p in points],
+        [getattr(p, metric) for p in points],
+        [p.band(metric, style) for p in points],
+        **look,
+    )
+
+
 def _zeta_axis(ax: Any, style: FigureStyle) -> None:
     """The zeta axis (values in %): logarithmic with ticks at 1, 2, 5 x 10^k, or linear."""
     ax.set_xlabel(ZETA_LABEL)
@@ -228,11 +242,11 @@ def _strategy_lines(
     for strategy, fit in order:
         spts = lines[(strategy, fit)]
         look = STRATEGY_STYLE.get(strategy, {"label": strategy, "color": None})
-        _line(
+        _points_line(
             ax,
-            [_x(p, x_key) for p in spts],
-            [p.accuracy for p in spts],
-            [p.band("accuracy", style) for p in spts],
+            spts,
+            x_key,
+            style,
             label=f"{look['label']}, {fit} fit" if fits and fit else look["label"],
             color=look["color"],
             marker=look.get("marker"),
@@ -330,14 +344,14 @@ def figure_fig3(
             color = GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)]
             ls = LINESTYLES[fractions.index(frac) % len(LINESTYLES)]
             label = f"{group}, pilots {frac * 100:g}%"
-            xs = [_x(p, "zeta") for p in lpts]
             panels = ((ax_mse, "network_mse"), (ax_test, "test_mse"), (ax_acc, "accuracy"))
             for ax, metric in panels:
-                _line(
+                _points_line(
                     ax,
-                    xs,
-                    [getattr(p, metric) for p in lpts],
-                    [p.band(metric, style) for p in lpts],
+                    lpts,
+                    "zeta",
+                    style,
+                    metric,
                     label=label,
                     color=color,
                     linestyle=ls,
