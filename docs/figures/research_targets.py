@@ -77,23 +77,38 @@ def _best(data: dict, antennas: str, group: str, k: int, methods, targets) -> tu
     return max(found) if found else (float("nan"), "-")
 
 
-def verdict_table(data: dict, ks: list[int]) -> list[str]:
-    lines = [
-        "| MIMO | group | K | fed, best task target | best fair baseline | margin | "
-        "multi-link (best target) | margin |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def verdict_rows(data: dict, ks: list[int]) -> list[tuple]:
+    """Per (antennas, group, K): (antennas, group, K, fed, fair, multi), each of the last three
+    a (mean accuracy, name) pair from :func:`_best` ((nan, "-") when the table has no run):
+    fed with its best task target, the best fair baseline, multi-link with its best target."""
     fair = [m for m in METHODS if m[0] in FAIR]
+    rows = []
     for antennas, group in sorted({k[:2] for k in data}, key=lambda a: (-int(a[0][0]), a[1])):
         for k in ks:
-            fed, fed_name = _best(data, antennas, group, k, [("fed", "")], TASK_TARGETS)
-            base, base_name = _best(data, antennas, group, k, fair, TARGETS)
-            multi, multi_name = _best(data, antennas, group, k, [("multi-link", "")], TARGETS)
-            lines.append(
-                f"| {antennas} | {group} | {k} | {fed:.3f} ({fed_name.split(', ')[-1]}) | "
-                f"{base:.3f} ({base_name}) | {100 * (fed - base):+.1f} | "
-                f"{multi:.3f} ({multi_name.split(', ')[-1]}) | {100 * (fed - multi):+.1f} |"
-            )
+            fed = _best(data, antennas, group, k, [("fed", "")], TASK_TARGETS)
+            base = _best(data, antennas, group, k, fair, TARGETS)
+            multi = _best(data, antennas, group, k, [("multi-link", "")], TARGETS)
+            rows.append((antennas, group, k, fed, base, multi))
+    return rows
+
+
+def verdict_table(data: dict, ks: list[int], multi_link: bool = True) -> list[str]:
+    """:func:`verdict_rows` as Markdown; ``multi_link=False`` leaves out its two columns."""
+    head = "| MIMO | group | K | fed, best task target | best fair baseline | margin |"
+    rule = "|---|---|---|---|---|---|"
+    if multi_link:
+        head, rule = head + " multi-link (best target) | margin |", rule + "---|---|"
+    lines = [head, rule]
+    for antennas, group, k, (fed, fed_name), (base, base_name), (multi, multi_name) in verdict_rows(
+        data, ks
+    ):
+        line = (
+            f"| {antennas} | {group} | {k} | {fed:.3f} ({fed_name.split(', ')[-1]}) | "
+            f"{base:.3f} ({base_name}) | {100 * (fed - base):+.1f} |"
+        )
+        if multi_link:
+            line += f" {multi:.3f} ({multi_name.split(', ')[-1]}) | {100 * (fed - multi):+.1f} |"
+        lines.append(line)
     return lines
 
 

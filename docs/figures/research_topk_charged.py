@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import sys
 
-from research_targets import TARGETS, means, verdict_table
+from research_targets import TARGETS, means, verdict_rows, verdict_table
 
 from semalign.experiments.cells import load_rows
 
@@ -91,17 +91,13 @@ def main(charged_table: str, free_cells: str) -> None:
     print("Top-K's best target (mean accuracy over seeds), free indices → charged:\n")
     print("\n".join(free_vs_charged(free, charged, ks)) + "\n")
     combined = {k: v for k, v in free.items() if k[2] != "top-k"} | charged
-    table = verdict_table(combined, ks)
-    if not any(key[2] == "multi-link" for key in combined):  # its two columns would be empty
-        table = [" | ".join(line.split(" | ")[:6]) + " |" for line in table[:1]] + [
-            "|---" * 6 + "|",
-            *(" | ".join(line.split(" | ")[:6]) + " |" for line in table[2:]),
-        ]
-    print("\n".join(table))
-    margins = [float(line.split(" | ")[5].strip(" |")) for line in table[2:]]
+    multi_link = any(key[2] == "multi-link" for key in combined)  # else its columns are empty
+    print("\n".join(verdict_table(combined, ks, multi_link=multi_link)))
+    rows_ = verdict_rows(combined, ks)
+    margins = [round(100 * (fed[0] - base[0]), 1) for *_, fed, base, _multi in rows_]
     wins = sum(m > 0 for m in margins)
     print(f"\nfed ahead of the best fair baseline (Top-K charged) in {wins} of {len(margins)}")
-    names = {line.split(" | ")[4].split(" (", 1)[1][:-1] for line in table[2:]}
+    names = {base[1] for *_, base, _multi in rows_}
     print("best fair baselines: " + "; ".join(sorted(names)))
 
 
