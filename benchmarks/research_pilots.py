@@ -2,7 +2,7 @@
 
 Runs (or reuses) ``semalign simulate`` for every (selection, budget) and plots the figure:
 
-    python benchmarks/research_pilots.py --latents /work/cache/digits --out-dir /tmp/rs \
+    python benchmarks/research_pilots.py --latents cache/digits --out-dir results/pilots \
         --figure docs/figures/research-pilot-selection.png
 
 Each run: ``semalign simulate --latents DIR --users paper-users --seeds 27,42 --channel-uses 4
@@ -80,7 +80,7 @@ def plot(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latents", default="/work/cache/digits")
+    parser.add_argument("--latents", default="cache/digits")
     parser.add_argument("--out-dir", default="results/pilots")
     parser.add_argument("--users", default="paper-users")
     parser.add_argument("--seeds", default="27,42")
