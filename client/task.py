@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 from semalign.client.user import UserData, user_data_from_cache
-from semalign.common.config import AlignmentConfig
+from semalign.common.config import PAPER_TASK_MODEL, AlignmentConfig
 
 
 def is_default(config: AlignmentConfig) -> bool:
-    """Whether ``config`` uses the paper's user side (logistic model, latents, first pilots)."""
+    """Whether ``config`` uses the paper's user side (MLP task model, latents, first pilots)."""
     return (
-        config.task_model == "logistic"
+        config.task_model == PAPER_TASK_MODEL
         and config.target == "latents"
         and config.pilot_selection == "first"
     )

@@ -20,8 +20,8 @@ import numpy as np
 from semalign.client.strategies import UserStrategy, make_user_strategy
 from semalign.common.channel import RayleighChannel
 from semalign.common.channels import ChannelModel
-from semalign.common.classifier import LinearClassifier
-from semalign.common.config import AlignmentConfig
+from semalign.common.classifier import ScoreClassifier
+from semalign.common.config import PAPER_TASK_MODEL, AlignmentConfig
 from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.failpoints import failpoint
 from semalign.common.packing import complex_to_real, real_to_complex
@@ -45,14 +45,14 @@ class UserData:
         pilot_latents: (n, m) real native latents of those pilots.
         test_latents: (n_test, m) real native latents of the test split.
         test_labels: (n_test,) labels of the test split.
-        classifier: the user's own classifier, trained on its native train latents.
+        classifier: the user's own task model, trained on its native train latents.
     """
 
     pilot_ids: np.ndarray
     pilot_latents: np.ndarray
     test_latents: np.ndarray
     test_labels: np.ndarray
-    classifier: LinearClassifier
+    classifier: ScoreClassifier
     _whitened: tuple[Whitener, np.ndarray, float] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -306,8 +306,10 @@ def _phase(msg: pb.ApMessage, kind: str) -> tuple[str, int | None]:
 def user_data_from_cache(
     latents_dir, encoder: str, pilot_fraction: float, *, classifier_seed: int = 0
 ) -> UserData:
-    """A user's private data from the latent cache: first ``pilot_fraction`` of train as pilots."""
-    from semalign.common.latents import load_classifier, load_encoder_splits, pilot_count
+    """A user's private data from the latent cache: first ``pilot_fraction`` of train as pilots,
+    scored by the paper's task model (the MLP, ``classifier-mlp.npz``: trained on the native
+    train latents when the cache has none)."""
+    from semalign.common.latents import load_encoder_splits, load_task_model, pilot_count
 
     splits = load_encoder_splits(latents_dir, encoder)
     train, test = splits["train"], splits["test"]
@@ -317,7 +319,13 @@ def user_data_from_cache(
         pilot_latents=train.latents[:n],
         test_latents=test.latents,
         test_labels=test.labels,
-        classifier=load_classifier(latents_dir, encoder, train, seed=classifier_seed),
+        classifier=load_task_model(
+            latents_dir,
+            encoder,
+            train,
+            kind=PAPER_TASK_MODEL,
+            seed=classifier_seed,
+        ),
     )
 
 

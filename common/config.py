@@ -26,6 +26,8 @@ ADMM_STRATEGIES: tuple[str, ...] = admm_strategy_names()
 BaselineFit = Literal["received", "full"]
 IndexCost = Literal["none", "channel-uses"]
 TaskModelKind = Literal["logistic", "mlp"]
+#: The task model of the paper's evaluation (its authors' MLP classifier), the default.
+PAPER_TASK_MODEL: TaskModelKind = "mlp"
 Target = Literal["latents", "logits", "task-subspace"]
 PilotSelection = Literal["first", "random", "k-center", "herding"]
 RoundProtocol = Literal["paper", "compact"]
@@ -77,8 +79,9 @@ class AlignmentConfig(BaseModel):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     # ---- research options (docs/research.md); their defaults are the paper's method
     task_model: TaskModelKind = Field(
-        "logistic",
-        description="each user's task model: logistic regression or the paper's MLP",
+        PAPER_TASK_MODEL,
+        description="each user's task model: the paper's MLP (default) or a logistic "
+        "regression on standardized latents",
     )
     target: Target = Field(
         "latents",

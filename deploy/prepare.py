@@ -10,7 +10,7 @@ volumes), one encoder after another, so ten users never train at once. With ``--
 the encoder's folder is copied from SRC into ``CACHES/NAME/latents`` instead (precomputed or
 synthetic latents; tests). With ``--from HOSTCACHE`` (a cache made on the host by ``semalign
 encode --cache-dir HOSTCACHE``, mounted read-only) each entry found there is copied first
-(latents, classifier and meta.json; never the encoder weights), then checked like any cache
+(latents, classifiers and meta.json; never the encoder weights), then checked like any cache
 entry: an image without torch runs the deployment from such a cache, and only an entry that is
 missing or stale is trained (which needs torch: ``TORCH=cpu``). Then it writes ``READY_FILE``
 (the service's healthcheck; AP and users wait for it) and, with ``--stay``, waits for SIGTERM:
@@ -40,14 +40,18 @@ def parse_pairs(pairs: list[str]) -> list[tuple[str, str]]:
 
 
 def copy_entry(source: Path, dest: Path) -> bool:
-    """Copy one cache entry's files (``store.META`` and ``store.ENTRY_FILES``, not the weights)
-    from ``source`` to ``dest`` unless ``dest`` has one already; whether it copied."""
+    """Copy one cache entry's files (``store.META``, ``store.ENTRY_FILES`` and the MLP task
+    model where the host has one; not the weights) from ``source`` to ``dest`` unless ``dest``
+    has one already; whether it copied."""
+    from semalign.common.latents import MLP_CLASSIFIER_FILE
+
     from semalign.encoders.store import ENTRY_FILES, META
 
     if (dest / META).exists() or not (source / META).is_file():
         return False
     dest.mkdir(parents=True, exist_ok=True)
-    for file in (*ENTRY_FILES, META):  # meta.json last: the entry is trusted only once whole
+    files = [*ENTRY_FILES, *[f for f in (MLP_CLASSIFIER_FILE,) if (source / f).is_file()]]
+    for file in (*files, META):  # meta.json last: the entry is trusted only once whole
         shutil.copyfile(source / file, dest / file)
     return True
 
@@ -77,9 +81,10 @@ def prepare(
                 ensure_latents(dataset, [encoder], target, progress=False, workers=1)
             except ImportError as exc:  # an image without torch, and nothing valid to reuse
                 raise SystemExit(
-                    f"prepare: {name}: no valid cache entry for {encoder} and no torch to train "
-                    f"it ({exc}); run `semalign encode --cache-dir DIR` on the host and mount "
-                    "DIR (SEMALIGN_HOST_CACHE), or build the image with TORCH=cpu"
+                    f"prepare: {name}: no valid cache entry for {encoder} (latents and its "
+                    f"task model classifier-mlp.npz) and no torch to train it ({exc}); run "
+                    "`semalign encode --cache-dir DIR` on the host and mount DIR "
+                    "(SEMALIGN_HOST_CACHE), or build the image with TORCH=cpu"
                 ) from None
             how = "copied from the host cache" if copied else "ready"
         print(f"{name}: {encoder} {how} in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -20,6 +20,7 @@ from semalign.cli import main
 SECRET = "cli-files-secret-0123456789"
 SIM = ["simulate", "--latents", "{d}/lat", "--ap", "ap_enc", "--users", "user_enc0,user_enc1"]
 SIM += ["--iterations", "2", "--seeds", "1", "-q"]
+LOGISTIC = ["--task-model", "logistic"]  # the task model that reads classifier.npz
 SWEEP = ["sweep", "--latents", "{d}/lat", "--ap", "ap_enc", "--groups", "user_enc0+user_enc1"]
 SWEEP += ["--iterations", "2", "--seeds", "1", "-q"]
 ENCODE = ["encode", "--encoders", "levit_128", "--cache-dir", "{d}/cache", "--no-progress"]
@@ -258,8 +259,8 @@ CLASSIFIER_CASES = {
 
 @pytest.fixture
 def undisturbed(folder, capsys) -> dict:
-    """Results of a run whose users train their classifiers (no classifier file)."""
-    code, _ = run_cli([*SIM, "--out", "{d}/clean.json"], folder, capsys)
+    """Results of a run whose users train their logistic classifiers (no classifier file)."""
+    code, _ = run_cli([*SIM, *LOGISTIC, "--out", "{d}/clean.json"], folder, capsys)
     assert code == 0
     return json.loads((folder / "clean.json").read_text())
 
@@ -275,7 +276,7 @@ def test_damaged_classifier_is_retrained_with_a_warning(case, folder, undisturbe
     path = folder / "lat" / "user_enc0" / "classifier.npz"
     train_classifier(train.latents, train.labels).save(path)  # then damaged
     CLASSIFIER_CASES[case](path)
-    code, err = run_cli([*SIM, "--out", "{d}/r.json"], folder, capsys)
+    code, err = run_cli([*SIM, *LOGISTIC, "--out", "{d}/r.json"], folder, capsys)
     assert code == 0, err
     assert any(
         str(path) in r.getMessage() and "retraining" in r.getMessage() for r in caplog.records

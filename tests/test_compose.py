@@ -210,6 +210,11 @@ def deployment(tmp_path):
     root, ap_enc, users = make_latents(
         lat, user_dims=(12, 20, 16, 8, 24, 12, 20, 16, 10, 14), n_train=200
     )
+    from semalign.common.config import PAPER_TASK_MODEL
+    from semalign.common.latents import load_split, load_task_model
+
+    for enc in users:  # the image may have no torch: its users load the MLPs trained here
+        load_task_model(root, enc, load_split(root, enc, "train"), kind=PAPER_TASK_MODEL)
     for path in [lat, *lat.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     secrets = tmp_path / "secrets"

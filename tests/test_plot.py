@@ -12,7 +12,7 @@ from synthetic import make_latents
 
 from semalign.cli import main
 from semalign.experiments import figures as plot
-from semalign.experiments.grid import RESEARCH_DEFAULTS, grid_from_options
+from semalign.experiments.grid import LEGACY_RESEARCH_VALUES, grid_from_options
 from semalign.experiments.plan import make_plan
 from semalign.experiments.runner import run_sweep
 from semalign.experiments.table import COLUMNS, ResultsTable
@@ -32,7 +32,7 @@ def fake_run(table: ResultsTable, seed: int, users: int = 3, **params) -> None:
         "pilot_fraction": 1.0,
         "csi": True,
         "channel": "rayleigh",
-        "task_model": "logistic",
+        "task_model": "mlp",
         "target": "latents",
         "pilot_selection": "first",
         "user_groups": 1,
@@ -236,8 +236,8 @@ def test_aggregation_matches_the_reference():
         return a == b
 
     # the reference's fields (points now also keep their per-seed samples, for the bands, and
-    # the channel, baseline fit and research options among their parameters: the paper's here)
-    added = {"channel": "rayleigh", **RESEARCH_DEFAULTS}
+    # the channel, baseline fit and research options among their parameters: those of then here)
+    added = {"channel": "rayleigh", **LEGACY_RESEARCH_VALUES}
     aggregated = plot.aggregate(rows)
     for p in aggregated:
         assert {k: p.params.pop(k) for k in added} == added

@@ -11,7 +11,12 @@ from synthetic import make_latents
 
 from semalign.cli import main
 from semalign.experiments import plan as sweep_plan
-from semalign.experiments.grid import RESEARCH_AXES, RESEARCH_DEFAULTS, grid_from_options
+from semalign.experiments.grid import (
+    LEGACY_RESEARCH_VALUES,
+    RESEARCH_AXES,
+    RESEARCH_DEFAULTS,
+    grid_from_options,
+)
 from semalign.experiments.plan import cell_key, make_plan
 from semalign.experiments.runner import run_sweep
 from semalign.experiments.table import (
@@ -132,16 +137,18 @@ def test_a_sweep_over_targets_and_user_groups_records_them(latents, tmp_path):
         ("first-k", "latents", 1),
         ("first-k", "logits", 1),
     }
-    assert {r["task_model"] for r in rows} == {"logistic"}
+    assert {r["task_model"] for r in rows} == {"mlp"}
     assert {r["pilot_selection"] for r in rows} == {"first"}
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     with open(table, newline="") as fh:
         assert next(csv.reader(fh)) == list(COLUMNS)
 
 
-def test_a_schema2_table_reads_with_the_paper_options(latents, tmp_path):
+def test_a_schema2_table_reads_with_the_options_of_then(latents, tmp_path):
+    """Schema 2 knew no research options: its runs had the logistic task model (the default
+    then), and their cell keys stay what they were."""
     table = tmp_path / "t.csv"
-    run_sweep(_plan(latents), table)
+    run_sweep(_plan(latents, task_models=("logistic",)), table)
     rows = read_table(table).rows
     with open(table, "w", newline="") as fh:  # as the previous version wrote it
         writer = csv.DictWriter(fh, fieldnames=list(V2_COLUMNS), extrasaction="ignore")
@@ -150,10 +157,23 @@ def test_a_schema2_table_reads_with_the_paper_options(latents, tmp_path):
             writer.writerow({k: "" if v is None else str(v) for k, v in row.items()})
     old = read_table(table)
     assert old.schema == 2 and old.complete == {r["run_key"] for r in rows}
-    assert all(r[c] == RESEARCH_DEFAULTS[c] for r in old.rows for c in RESEARCH_COLUMNS)
-    again = run_sweep(_plan(latents), table)  # resumes: rewritten in this schema, nothing redone
+    assert all(r[c] == LEGACY_RESEARCH_VALUES[c] for r in old.rows for c in RESEARCH_COLUMNS)
+    assert {r["task_model"] for r in old.rows} == {"logistic"}
+    # resumes: rewritten in this schema, nothing redone
+    again = run_sweep(_plan(latents, task_models=("logistic",)), table)
     assert (again.done, again.already_done) == (0, len(old.complete))
     assert read_table(table).schema == TABLE_SCHEMA
+    # the default (MLP) cells are other cells: a sweep of them redoes every run
+    assert run_sweep(_plan(latents), table).done == len(old.complete)
+
+
+def test_cell_keys_hash_the_mlp_and_leave_out_the_old_default():
+    from semalign.common.config import AlignmentConfig
+
+    mlp, logistic = AlignmentConfig(), AlignmentConfig(task_model="logistic")
+    assert mlp.task_model == "mlp"
+    assert sweep_plan._key_params(mlp)["task_model"] == "mlp"
+    assert "task_model" not in sweep_plan._key_params(logistic)  # keys of older tables hold
 
 
 def test_cli_research_axes(latents, tmp_path, capsys):

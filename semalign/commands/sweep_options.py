@@ -140,7 +140,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add("--csi-errors", help="CSI error variances (linear), e.g. 0,0.1,0.3 (default: 0)")
     research = parser.add_argument_group("research options (docs/research.md; defaults: the paper)")
     research.add_argument(
-        "--task-models", "--task-model", help="users' task models: logistic,mlp (default: logistic)"
+        "--task-models", "--task-model", help="users' task models: mlp,logistic (default: mlp)"
     )
     research.add_argument(
         "--targets",

@@ -3,12 +3,14 @@
 Layout (the simulator reads ``<cache>/<dataset>`` as its latents dir; ``store`` has the files
 of one entry)::
 
-    <cache>/<dataset>/<encoder>/{train,val,test}.npz, classifier.npz, meta.json, weights-<key>.pt
+    <cache>/<dataset>/<encoder>/{train,val,test}.npz, classifier.npz, classifier-mlp.npz,
+        meta.json, weights-<key>.pt
 
 Row i of a split is the same data point for every encoder. :func:`encode` (the command) and
 :func:`ensure_latents` (the library callers) are one code path with the same defaults: check
 every entry under its lock (``store.check_entry``), build what is missing, stale or damaged
-(``build``, in worker processes: ``pool``), then check that the rows of every encoder line up.
+(``build``, in worker processes: ``pool``), then check that the rows of every encoder line up
+and give every entry its paper task model (the MLP, trained once on its native train latents).
 The pieces: ``keys`` (cache keys), ``store`` (entries on disk), ``build`` (one entry), ``pool``
 (several at once), ``reporter``/``progress`` (progress events and their display).
 """
@@ -130,7 +132,21 @@ def encode(
         build_all(todo, workers=workers, reporter=reporter or Reporter(), on_result=on_result)
     )
     _check_alignment(root, names)
+    _ensure_task_models(root, names)
     return [results[name] for name in names]
+
+
+def _ensure_task_models(root: Path, names: list[str]) -> None:
+    """Every entry's paper task model (``classifier-mlp.npz``), trained on its native train
+    latents where it is missing or of another recipe, so that nodes without torch can load it.
+    """
+    from semalign.common.config import PAPER_TASK_MODEL
+    from semalign.common.latents import load_task_model
+
+    for name in names:
+        folder = root / name
+        with entry_lock(folder):
+            load_task_model(root, name, load_split(root, name, "train"), kind=PAPER_TASK_MODEL)
 
 
 def _job(

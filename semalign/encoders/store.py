@@ -31,7 +31,12 @@ import numpy as np
 
 from semalign.common.errors import LatentsError
 from semalign.common.io import atomic_write_bytes, atomic_write_text, file_lock, remove_temporaries
-from semalign.common.latents import CLASSIFIER_FILE, SPLITS, read_split_file
+from semalign.common.latents import (
+    CLASSIFIER_FILE,
+    MLP_CLASSIFIER_FILE,
+    SPLITS,
+    read_split_file,
+)
 from semalign.encoders.keys import sha256_file
 
 log = logging.getLogger(__name__)
@@ -124,8 +129,9 @@ def cached_result(folder: Path, encoder: str, started: float) -> EncoderResult:
 
 def clear_entry(folder: Path) -> None:
     """Untrust the entry before a rebuild: ``meta.json`` goes first, then the files it lists,
-    so a reader that skips the checks never mixes splits of two different settings."""
-    for name in (META, *ENTRY_FILES):
+    so a reader that skips the checks never mixes splits of two different settings. The MLP
+    task model trained on the old latents goes too."""
+    for name in (META, *ENTRY_FILES, MLP_CLASSIFIER_FILE):
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
 

@@ -32,7 +32,12 @@ from pydantic import BaseModel
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
-from semalign.experiments.grid import RESEARCH_DEFAULTS, SweepGrid, antennas_label
+from semalign.experiments.grid import (
+    LEGACY_RESEARCH_VALUES,
+    RESEARCH_DEFAULTS,
+    SweepGrid,
+    antennas_label,
+)
 
 #: Bumped when the meaning of a row or the making of a key changes; part of every cell key.
 #: 1: keys hashed the latents' folder path; 2: they do not.
@@ -129,13 +134,14 @@ class Outline:
 
 def _key_params(config: AlignmentConfig) -> dict[str, Any]:
     """The config fields a cell key hashes: every field of schema 1, and any later field whose
-    value is not its default (the seed is never part of a cell key)."""
+    value is not its default when it was added (:data:`LEGACY_RESEARCH_VALUES` for the research
+    options; the seed is never part of a cell key)."""
     params = config.model_dump()
     params.pop("seed", None)
     for name, info in type(config).model_fields.items():
         if name in KEY_FIELDS_V1 or name not in params or info.is_required():
             continue
-        default = info.get_default(call_default_factory=True)
+        default = LEGACY_RESEARCH_VALUES.get(name, info.get_default(call_default_factory=True))
         if isinstance(default, BaseModel):
             default = default.model_dump()
         if params[name] == default:

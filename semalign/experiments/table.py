@@ -10,7 +10,8 @@ Schemas (the header tells them apart): 1 had no provenance; 2 adds the channel m
 run's :func:`~semalign.experiments.provenance.run_provenance` (``semalign_version``,
 ``git_commit``, ``started_at``, ``host``) as the last columns; 3 adds the research options
 (``task_model``, ``target``, ``pilot_selection``, ``user_groups``) after ``channel``. An older
-table reads as it is (empty provenance, the paper's research options: the only ones then); a
+table reads as it is (empty provenance, the research options of then: a logistic task model,
+latents, first pilots, one group); a
 sweep that writes to one first rewrites it in this schema (atomically, its rows kept) and
 re-keys the runs it finds under their schema-1 keys (:meth:`ResultsTable.rekey`).
 """
@@ -31,7 +32,7 @@ from typing import Any
 from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
-from semalign.experiments.grid import RESEARCH_DEFAULTS, antennas_label
+from semalign.experiments.grid import LEGACY_RESEARCH_VALUES, antennas_label
 from semalign.experiments.plan import Run, zeta
 from semalign.experiments.provenance import PROVENANCE_KEYS
 
@@ -91,7 +92,7 @@ COLUMNS: dict[str, type] = {
 }
 
 #: Columns of schema 3: the research options, after ``channel``. Older rows read with the
-#: paper's values (:data:`~semalign.experiments.grid.RESEARCH_DEFAULTS`).
+#: values they ran (:data:`~semalign.experiments.grid.LEGACY_RESEARCH_VALUES`).
 RESEARCH_COLUMNS: dict[str, type] = {
     "task_model": str,
     "target": str,
@@ -211,7 +212,7 @@ def _parse(column: str, text: str) -> Any:
 
 #: What a column an older schema lacks held then: schema 1 knew Rayleigh channels only, and
 #: schemas 1 and 2 the paper's research options only.
-_OLDER_DEFAULTS: dict[str, Any] = {"channel": "rayleigh", **RESEARCH_DEFAULTS}
+_OLDER_DEFAULTS: dict[str, Any] = {"channel": "rayleigh", **LEGACY_RESEARCH_VALUES}
 
 
 def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
