@@ -28,6 +28,9 @@ IndexCost = Literal["none", "channel-uses"]
 TaskModelKind = Literal["logistic", "mlp"]
 #: The task model of the paper's evaluation (its authors' MLP classifier), the default.
 PAPER_TASK_MODEL: TaskModelKind = "mlp"
+#: What a record without a ``task_model`` ran (a results JSON, a sweep table row or cell key of
+#: an older version): the logistic regression, the default before the paper's MLP.
+LEGACY_TASK_MODEL: TaskModelKind = "logistic"
 Target = Literal["latents", "logits", "task-subspace"]
 PilotSelection = Literal["first", "random", "k-center", "herding"]
 RoundProtocol = Literal["paper", "compact"]

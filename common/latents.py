@@ -173,9 +173,11 @@ def load_task_model(
     train_file = split_path(latents_dir, encoder, "train")
     stamp = train_file.stat().st_mtime_ns if train_file.exists() else 0
     memo = (str(train_file.resolve()), stamp, kind, seed, len(train.labels))
-    if memo in _TASK_MODELS:
-        return _TASK_MODELS[memo]
-    model = None
+    model = _TASK_MODELS.get(memo)
+    if model is not None:
+        if seed == 0 and not path.exists():  # removed since: cache it again
+            _save_task_model(model, path)
+        return model
     if path.exists() and seed == 0:
         try:
             cached = MlpClassifier.load(path)
@@ -189,12 +191,16 @@ def load_task_model(
         log.info("training %s task model for %s on %d latents", kind, encoder, len(train.labels))
         model = train_task_model(kind, train.latents, train.labels, seed=seed)
         if seed == 0:
-            try:
-                model.save(path)
-            except OSError as exc:
-                log.warning("cannot cache %s (%s)", path, exc)
+            _save_task_model(model, path)
     _TASK_MODELS[memo] = model
     return model
+
+
+def _save_task_model(model, path: Path) -> None:
+    try:
+        model.save(path)
+    except OSError as exc:
+        log.warning("cannot cache %s (%s)", path, exc)
 
 
 def pilot_count(n_train: int, pilot_fraction: float) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from semalign.common.config import AlignmentConfig
+from semalign.common.config import LEGACY_TASK_MODEL, AlignmentConfig
 
 #: Per-user metrics reported at evaluation.
 USER_METRICS = ("accuracy", "native_accuracy", "mse", "mse_whitened")
@@ -255,6 +255,7 @@ class RunResult(_Record):
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
         cfg = dict(data["config"])
         cfg.pop("seeds", None)
+        cfg.setdefault("task_model", LEGACY_TASK_MODEL)  # a file older than the field
         fields_ = AlignmentConfig.model_fields
         config = AlignmentConfig(**{k: v for k, v in cfg.items() if k in fields_})
         return cls(

@@ -184,6 +184,11 @@ def test_prepare_copies_a_host_cache_entry_without_its_weights(tmp_path):
         (source / name).write_text(name)
     assert copy_entry(source, dest)
     assert sorted(p.name for p in dest.iterdir()) == sorted([*ENTRY_FILES, META])
+    # with the host's MLP task model, it comes too (an image without torch needs it)
+    (source / "classifier-mlp.npz").write_text("mlp")
+    other = tmp_path / "vol2" / "enc"
+    assert copy_entry(source, other)
+    assert (other / "classifier-mlp.npz").read_text() == "mlp"
     (dest / META).write_text("kept")
     assert not copy_entry(source, dest)  # an entry already there is the volume's own
     assert (dest / META).read_text() == "kept"

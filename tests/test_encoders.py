@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from semalign.common.classifier import LinearClassifier
 from semalign.common.errors import LatentsError
+from semalign.common.task_models import MlpClassifier, recipe_key
 
 from semalign.cli import main
 from semalign.encoders import cache, pool, registry, store
@@ -358,6 +359,8 @@ def test_layout_shapes_and_row_alignment(built):
         test_latents, test_labels = cache.load_latents(root, name, "test")
         acc = clf.accuracy(test_latents, test_labels)
         assert acc == pytest.approx(meta["native_accuracy"]["test"])
+        mlp = MlpClassifier.load(folder / "classifier-mlp.npz")  # the default task model
+        assert (mlp.input_dim, mlp.recipe) == (meta["dim"], recipe_key())
         assert meta["key_material"]["image_size"] == 16
         assert (folder / meta["weights"]).is_file()
     assert json.loads((root / "mobilenetv3_small_075" / "meta.json").read_text())["dim"] == 1024
@@ -425,6 +428,17 @@ def test_truncated_weights_are_retrained_not_a_traceback(built, caplog):
     assert rc == 0 and results["levit_128"]["trained"]
     assert any("cached weights unusable" in r.getMessage() for r in caplog.records)
     assert store.check_entry(folder, store.read_meta(folder)["key"]) == ""
+
+
+def test_missing_mlp_task_model_is_trained_without_re_encoding(built):
+    """An entry without ``classifier-mlp.npz`` (a cache of an older version) stays a cache hit:
+    the next encode trains the MLP alone, the same model as the first time."""
+    path = built / "digits" / "levit_128" / "classifier-mlp.npz"
+    first = MlpClassifier.load(path)
+    path.unlink()
+    rc, results = encode_cli(built, encoders=["levit_128"])
+    assert rc == 0 and results["levit_128"]["cached"]
+    np.testing.assert_array_equal(MlpClassifier.load(path).w1, first.w1)
 
 
 def test_missing_meta_or_classifier_is_rebuilt(built):

@@ -288,6 +288,7 @@ def reference_grid(users: list[str], ap: str):
             "csi": (True, False),
             "iterations": 3,
             "ap": ap,
+            "task_models": ("logistic",),  # the reference's (the default when it was made)
         },
     )
 
@@ -344,13 +345,18 @@ def test_cell_keys_are_pinned():
         snr_db=-10.0,
         csi=False,
         pilot_fraction=0.5,
+        task_model="logistic",
     )
-    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "77b2ee8b1ee4a562"
+    # the logistic task model (the default until the MLP) keeps its key; the MLP has its own
+    logistic = AlignmentConfig(task_model="logistic")
+    assert sweep_plan.cell_key(spec, "g", logistic) == "77b2ee8b1ee4a562"
+    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "a9e907cecad0e01f"
     assert sweep_plan.cell_key(spec, "g", other) == "f07650c88f0607a3"
     moved = sweep_plan.ScenarioSpec("/elsewhere", spec.ap, spec.users, spec.fingerprint)
     assert sweep_plan.cell_key(moved, "g", other) == "f07650c88f0607a3"
     legacy = sweep_plan.legacy_cell_key
-    assert legacy(spec, "g", AlignmentConfig(), "/fixed/latents") == "af3e688a4abc14fa"
+    assert legacy(spec, "g", logistic, "/fixed/latents") == "af3e688a4abc14fa"
+    assert legacy(spec, "g", AlignmentConfig(), "/fixed/latents") is None  # not in schema 1
     assert legacy(spec, "g", other, "/fixed/latents") == "5e3284745e16d379"
     assert legacy(spec, "g", other, "/elsewhere") != "5e3284745e16d379"
 
@@ -500,7 +506,8 @@ def _as_schema1(table: Path, plan, keep: int) -> None:
 def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     import shutil
 
-    plan = tiny_plan(latents)
+    # schema 1 knew one task model, the logistic one: only its cells can be in such a table
+    plan = tiny_plan(latents, task_models=("logistic",))
     table = tmp_path / "t.csv"
     run_sweep(plan, table)
     _as_schema1(table, plan, keep=3)
@@ -510,7 +517,7 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     # the sweep resumes it from a moved cache: three runs re-keyed, one run done
     moved = tmp_path / "moved"
     shutil.copytree(latents, moved)
-    summary = run_sweep(tiny_plan(moved), table)
+    summary = run_sweep(tiny_plan(moved, task_models=("logistic",)), table)
     assert (summary.rekeyed, summary.done, summary.already_done) == (3, 1, 3)
     new = read_table(table)
     assert new.schema == TABLE_SCHEMA and new.complete == {r.key for r in plan.runs}

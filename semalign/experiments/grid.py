@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from semalign.common.channels import FADING_MODELS, ChannelConfig
-from semalign.common.config import STRATEGIES, AlignmentConfig
+from semalign.common.config import LEGACY_TASK_MODEL, STRATEGIES, AlignmentConfig
 from semalign.common.errors import SweepError
 
 #: The paper's seeds (section IV).
@@ -97,7 +97,7 @@ RESEARCH_DEFAULTS: dict[str, Any] = {
 #: does not hash it: the defaults of the version that added the option. The task model's
 #: default was the logistic regression until the MLP became the default, so ``logistic`` is
 #: still left out of cell keys (old tables keep their keys) and ``mlp`` is always hashed.
-LEGACY_RESEARCH_VALUES: dict[str, Any] = {**RESEARCH_DEFAULTS, "task_model": "logistic"}
+LEGACY_RESEARCH_VALUES: dict[str, Any] = {**RESEARCH_DEFAULTS, "task_model": LEGACY_TASK_MODEL}
 
 #: The command-line option that sets each grid field (for error messages).
 OPTION_NAMES: dict[str, str] = {
