@@ -163,11 +163,7 @@ def load_task_model(
     """
     if kind == "logistic":
         return load_classifier(latents_dir, encoder, train, seed=seed)
-    from semalign.common.task_models import (
-        MlpClassifier,
-        recipe_key,
-        train_task_model,
-    )
+    from semalign.common.task_models import train_task_model
 
     path = Path(latents_dir) / encoder / MLP_CLASSIFIER_FILE
     train_file = split_path(latents_dir, encoder, "train")
@@ -179,14 +175,9 @@ def load_task_model(
             _save_task_model(model, path)
         return model
     if path.exists() and seed == 0:
-        try:
-            cached = MlpClassifier.load(path)
-            if cached.input_dim == train.latents.shape[1] and cached.recipe == recipe_key():
-                model = cached
-            else:
-                log.warning("%s: other dimension or recipe, retraining", path)
-        except LatentsError as exc:
-            log.warning("%s unreadable (%s), retraining", path, exc)
+        model, problem = cached_mlp(path, train.latents.shape[1])
+        if model is None:
+            log.warning("%s %s, retraining", path, problem)
     if model is None:
         log.info("training %s task model for %s on %d latents", kind, encoder, len(train.labels))
         model = train_task_model(kind, train.latents, train.labels, seed=seed)
@@ -194,6 +185,20 @@ def load_task_model(
             _save_task_model(model, path)
     _TASK_MODELS[memo] = model
     return model
+
+
+def cached_mlp(path: Path, dim: int):
+    """The MLP task model stored at ``path`` if it loads, takes ``dim`` inputs and was trained
+    with the current recipe: ``(model, "")``; else ``(None, why not)``."""
+    from semalign.common.task_models import MlpClassifier, recipe_key
+
+    try:
+        cached = MlpClassifier.load(path)
+    except LatentsError as exc:
+        return None, f"unreadable ({exc})"
+    if cached.input_dim != dim or cached.recipe != recipe_key():
+        return None, "of another dimension or recipe"
+    return cached, ""
 
 
 def _save_task_model(model, path: Path) -> None:

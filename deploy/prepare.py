@@ -50,8 +50,9 @@ def copy_entry(source: Path, dest: Path) -> bool:
     if (dest / META).exists() or not (source / META).is_file():
         return False
     dest.mkdir(parents=True, exist_ok=True)
-    files = [*ENTRY_FILES, *[f for f in (MLP_CLASSIFIER_FILE,) if (source / f).is_file()]]
-    for file in (*files, META):  # meta.json last: the entry is trusted only once whole
+    optional = [MLP_CLASSIFIER_FILE] if (source / MLP_CLASSIFIER_FILE).is_file() else []
+    # meta.json last: the entry is trusted only once whole
+    for file in (*ENTRY_FILES, *optional, META):
         shutil.copyfile(source / file, dest / file)
     return True
 

@@ -139,13 +139,18 @@ def encode(
 def _ensure_task_models(root: Path, names: list[str]) -> None:
     """Every entry's paper task model (``classifier-mlp.npz``), trained on its native train
     latents where it is missing or of another recipe, so that nodes without torch can load it.
+    A valid one is left as it is, without reading the train split again.
     """
     from semalign.common.config import PAPER_TASK_MODEL
-    from semalign.common.latents import load_task_model
+    from semalign.common.latents import MLP_CLASSIFIER_FILE, cached_mlp, load_task_model
 
     for name in names:
         folder = root / name
         with entry_lock(folder):
+            meta = read_meta(folder) or {}
+            if (folder / MLP_CLASSIFIER_FILE).is_file() and "dim" in meta:
+                if cached_mlp(folder / MLP_CLASSIFIER_FILE, int(meta["dim"]))[0] is not None:
+                    continue
             load_task_model(root, name, load_split(root, name, "train"), kind=PAPER_TASK_MODEL)
 
 
