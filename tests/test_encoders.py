@@ -716,3 +716,37 @@ def _sigint_as_in_a_terminal() -> None:
     """The child takes SIGINT as from a terminal's Ctrl-C, also when this test runs as a
     background job of a non-interactive shell (which starts it with SIGINT ignored, inherited)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_progress_prints_plain_lines_where_stderr_is_not_a_terminal():
+    """In a log file rich draws nothing until the end; the reporter prints lines instead: the
+    start, every 10 % and the end of each phase, per encoder, interleaved as they come."""
+    import io
+
+    from rich.console import Console
+
+    from semalign.encoders.progress import RichReporter
+
+    out = io.StringIO()
+    with RichReporter(Console(file=out, width=200)) as reporter:
+        assert reporter.lines
+        reporter.begin("levit_128", "train", 200)
+        reporter.begin("rexnet_100", "encode", 10)
+        for done in range(1, 201):
+            reporter.update("levit_128", done, 200)
+        reporter.update("rexnet_100", 5, 10)
+        reporter.begin("levit_128", "encode", 30)  # ends the train phase first
+        reporter.end("rexnet_100")
+        reporter.end("levit_128")
+    lines = out.getvalue().splitlines()
+    train = [line for line in lines if line.startswith("levit_128 train:")]
+    assert [line.split(" (")[0] for line in train] == [
+        f"levit_128 train: {d}/200 steps" for d in (0, 20, 40, 60, 80, 100, 120, 140, 160, 180, 200)
+    ]
+    assert "(100 %)" in train[-1]
+    assert [line.split(" (")[0] for line in lines if line.startswith("rexnet_100")] == [
+        "rexnet_100 encode: 0/10 images",
+        "rexnet_100 encode: 5/10 images",
+        "rexnet_100 encode: 10/10 images",
+    ]
+    assert lines[-1].startswith("levit_128 encode: 30/30 images")

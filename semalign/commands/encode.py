@@ -25,6 +25,7 @@ from semalign.commands.options import (
     parse_weights,
 )
 from semalign.common.errors import DatasetUnavailable, UsageError, WeightsUnavailable
+from semalign.encoders.datasets import DATASETS
 from semalign.encoders.registry import (
     ALL_GROUPS,
     DEFAULT_AP,
@@ -52,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(parser, latents=False)
     parser.add_argument(
-        "--dataset", default="digits", help="digits or cifar10 (default: %(default)s)"
+        "--dataset",
+        default="digits",
+        help=" or ".join([", ".join(DATASETS[:-1]), DATASETS[-1]]) + " (default: %(default)s)",
     )
     parser.add_argument("--cache", dest="cache_alias", help=argparse.SUPPRESS)  # old name
     parser.add_argument(
