@@ -19,7 +19,6 @@ from rich.progress import (
 
 from semalign.encoders.reporter import Reporter
 
-
 #: Plain-line mode: one line per this fraction of a phase (and at its start and end).
 LINE_STEP = 0.1
 
