@@ -5,6 +5,7 @@ CI, ``nohup``), where rich would draw nothing until the end."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -19,8 +20,19 @@ from rich.progress import (
 
 from semalign.encoders.reporter import Reporter
 
-#: Plain-line mode: one line per this fraction of a phase (and at its start and end).
-LINE_STEP = 0.1
+#: Plain-line mode: one line per 1/LINE_STEPS of a phase (and at its start and end).
+LINE_STEPS = 10
+
+
+@dataclass
+class _Phase:
+    """A phase being reported in plain-line mode."""
+
+    label: str  # "<encoder> <phase>"
+    unit: str
+    total: int
+    started: float = field(default_factory=time.perf_counter)
+    step: int = 0  # last tenth printed
 
 
 class RichReporter(Reporter):
@@ -31,8 +43,7 @@ class RichReporter(Reporter):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.lines = not self.console.is_terminal
-        # plain-line mode, per encoder: (phase, unit, total, started, last fraction printed)
-        self._phases: dict[str, tuple[str, str, int, float, float]] = {}
+        self._phases: dict[str, _Phase] = {}  # plain-line mode, per encoder
         self.progress = Progress(
             TextColumn("{task.description:<40}"),
             BarColumn(),
@@ -57,20 +68,19 @@ class RichReporter(Reporter):
         self.end(encoder)
         unit = "steps" if phase == "train" else "images"
         if self.lines:
-            self._phases[encoder] = (phase, unit, total, time.perf_counter(), 0.0)
-            self._line(encoder, 0)
+            self._phases[encoder] = _Phase(f"{encoder} {phase}", unit, total)
+            self._line(self._phases[encoder], 0)
             return
         self._tasks[encoder] = self.progress.add_task(f"{encoder} {phase} ({unit})", total=total)
 
     def update(self, encoder: str, done: int, total: int) -> None:
         if self.lines:
             state = self._phases.get(encoder)
-            if state is not None:
-                phase, unit, _, started, last = state
-                fraction = done / total if total else 1.0
-                if fraction - last >= LINE_STEP - 1e-9 and fraction < 1.0:
-                    self._phases[encoder] = (phase, unit, total, started, fraction)
-                    self._line(encoder, done)
+            if state is not None and 0 < done < total:
+                step = LINE_STEPS * done // total
+                if step > state.step:
+                    state.step = step
+                    self._line(state, done)
             return
         task = self._tasks.get(encoder)
         if task is not None:
@@ -78,9 +88,9 @@ class RichReporter(Reporter):
 
     def end(self, encoder: str) -> None:
         if self.lines:
-            if encoder in self._phases:
-                self._line(encoder, self._phases[encoder][2])
-                del self._phases[encoder]
+            state = self._phases.pop(encoder, None)
+            if state is not None:
+                self._line(state, state.total)
             return
         task = self._tasks.pop(encoder, None)
         if task is not None:
@@ -92,12 +102,11 @@ class RichReporter(Reporter):
                 return item.total or 0
         return 0
 
-    def _line(self, encoder: str, done: int) -> None:
-        phase, unit, total, started, _ = self._phases[encoder]
-        percent = 100 * done / total if total else 100
-        elapsed = time.perf_counter() - started
+    def _line(self, state: _Phase, done: int) -> None:
+        percent = 100 * done / state.total if state.total else 100
+        elapsed = time.perf_counter() - state.started
         self.console.print(
-            f"{encoder} {phase}: {done}/{total} {unit} ({percent:.0f} %), {elapsed:.0f} s",
+            f"{state.label}: {done}/{state.total} {state.unit} ({percent:.0f} %), {elapsed:.0f} s",
             highlight=False,
             markup=False,
         )
