@@ -361,6 +361,11 @@ def test_layout_shapes_and_row_alignment(built):
         assert acc == pytest.approx(meta["native_accuracy"]["test"])
         mlp = MlpClassifier.load(folder / "classifier-mlp.npz")  # the default task model
         assert (mlp.input_dim, mlp.recipe) == (meta["dim"], recipe_key())
+        recorded = meta["task_model_accuracy"]["mlp"]  # what the summary reports for it
+        assert recorded == {
+            "test": pytest.approx(mlp.accuracy(test_latents, test_labels)),
+            "recipe": recipe_key(),
+        }
         assert meta["key_material"]["image_size"] == 16
         assert (folder / meta["weights"]).is_file()
     assert json.loads((root / "mobilenetv3_small_075" / "meta.json").read_text())["dim"] == 1024
@@ -380,6 +385,9 @@ def test_rerun_is_a_cache_hit_without_retraining(built, monkeypatch):
     assert time.monotonic() - start < 10
     assert all(r["cached"] for r in results.values())
     assert {n: snapshot(built / "digits" / n) for n in TINY} == before
+    for name, result in results.items():  # the MLP's accuracy read back from meta.json
+        meta = json.loads((built / "digits" / name / "meta.json").read_text())
+        assert result["mlp_test_accuracy"] == meta["task_model_accuracy"]["mlp"]["test"]
 
 
 def test_ensure_latents_api_returns_latents_dir(built):
@@ -439,6 +447,20 @@ def test_missing_mlp_task_model_is_trained_without_re_encoding(built):
     rc, results = encode_cli(built, encoders=["levit_128"])
     assert rc == 0 and results["levit_128"]["cached"]
     np.testing.assert_array_equal(MlpClassifier.load(path).w1, first.w1)
+
+
+def test_mlp_accuracy_of_another_recipe_is_measured_again(built):
+    """A ``task_model_accuracy`` recorded for another MLP recipe is not reported: the next
+    encode measures the current model on the test split and records that instead."""
+    folder = built / "digits" / "levit_128"
+    meta = store.read_meta(folder)
+    true = meta["task_model_accuracy"]["mlp"]["test"]
+    meta["task_model_accuracy"]["mlp"] = {"test": -1.0, "recipe": "0000000000000000"}
+    store.write_meta(folder, meta)
+    rc, results = encode_cli(built, encoders=["levit_128"])
+    assert rc == 0 and results["levit_128"]["cached"]
+    assert results["levit_128"]["mlp_test_accuracy"] == pytest.approx(true)
+    assert store.read_meta(folder)["task_model_accuracy"]["mlp"]["recipe"] == recipe_key()
 
 
 def test_missing_meta_or_classifier_is_rebuilt(built):

@@ -46,6 +46,7 @@ from semalign.encoders.store import (
     check_entry,
     entry_lock,
     read_meta,
+    write_meta,
 )
 
 log = logging.getLogger(__name__)
@@ -132,26 +133,49 @@ def encode(
         build_all(todo, workers=workers, reporter=reporter or Reporter(), on_result=on_result)
     )
     _check_alignment(root, names)
-    _ensure_task_models(root, names)
+    for name, accuracy in _ensure_task_models(root, names).items():
+        results[name].task_model_accuracy = accuracy
     return [results[name] for name in names]
 
 
-def _ensure_task_models(root: Path, names: list[str]) -> None:
+def _ensure_task_models(root: Path, names: list[str]) -> dict[str, float]:
     """Every entry's paper task model (``classifier-mlp.npz``), trained on its native train
     latents where it is missing or of another recipe, so that nodes without torch can load it.
     A valid one is left as it is, without reading the train split again.
+
+    Returns each entry's test accuracy of that model (the default task model of every run),
+    recorded in ``meta.json`` under ``task_model_accuracy`` with the model's recipe, so that a
+    later run reads it instead of the test split.
     """
     from semalign.common.config import PAPER_TASK_MODEL
     from semalign.common.latents import MLP_CLASSIFIER_FILE, cached_mlp, load_task_model
+    from semalign.common.task_models import recipe_key
 
+    accuracies: dict[str, float] = {}
     for name in names:
         folder = root / name
         with entry_lock(folder):
             meta = read_meta(folder) or {}
+            model = None
             if (folder / MLP_CLASSIFIER_FILE).is_file() and "dim" in meta:
-                if cached_mlp(folder / MLP_CLASSIFIER_FILE, int(meta["dim"]))[0] is not None:
-                    continue
-            load_task_model(root, name, load_split(root, name, "train"), kind=PAPER_TASK_MODEL)
+                model = cached_mlp(folder / MLP_CLASSIFIER_FILE, int(meta["dim"]))[0]
+            if model is None:
+                model = load_task_model(
+                    root, name, load_split(root, name, "train"), kind=PAPER_TASK_MODEL
+                )
+            recorded = meta.get("task_model_accuracy", {}).get(PAPER_TASK_MODEL, {})
+            if isinstance(recorded, dict) and recorded.get("recipe") == recipe_key():
+                accuracies[name] = float(recorded["test"])
+                continue
+            test = load_split(root, name, "test")
+            accuracies[name] = float(model.accuracy(test.latents, test.labels))
+            if meta:
+                meta.setdefault("task_model_accuracy", {})[PAPER_TASK_MODEL] = {
+                    "test": accuracies[name],
+                    "recipe": recipe_key(),
+                }
+                write_meta(folder, meta)
+    return accuracies
 
 
 def _job(

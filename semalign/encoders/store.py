@@ -62,6 +62,9 @@ class EncoderResult:
     reason: str = ""
     cpu_seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Test accuracy of the paper's MLP task model (the default of every run); NaN until
+    #: ``encode`` has made sure of that model. ``native_accuracy`` is the logistic model's.
+    task_model_accuracy: float = float("nan")
 
 
 @contextlib.contextmanager
