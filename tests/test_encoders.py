@@ -449,18 +449,26 @@ def test_missing_mlp_task_model_is_trained_without_re_encoding(built):
     np.testing.assert_array_equal(MlpClassifier.load(path).w1, first.w1)
 
 
-def test_mlp_accuracy_of_another_recipe_is_measured_again(built):
-    """A ``task_model_accuracy`` recorded for another MLP recipe is not reported: the next
-    encode measures the current model on the test split and records that instead."""
+def test_mlp_accuracy_of_another_recipe_or_malformed_is_measured_again(built):
+    """A ``task_model_accuracy`` recorded for another MLP recipe, or one that is not an
+    accuracy, is not reported: the next encode measures the current model on the test split and
+    records that instead."""
     folder = built / "digits" / "levit_128"
     meta = store.read_meta(folder)
     true = meta["task_model_accuracy"]["mlp"]["test"]
-    meta["task_model_accuracy"]["mlp"] = {"test": -1.0, "recipe": "0000000000000000"}
-    store.write_meta(folder, meta)
-    rc, results = encode_cli(built, encoders=["levit_128"])
-    assert rc == 0 and results["levit_128"]["cached"]
-    assert results["levit_128"]["mlp_test_accuracy"] == pytest.approx(true)
-    assert store.read_meta(folder)["task_model_accuracy"]["mlp"]["recipe"] == recipe_key()
+    for recorded in (
+        {"mlp": {"test": 0.5, "recipe": "0000000000000000"}},  # another recipe's
+        {"mlp": {"test": "high", "recipe": recipe_key()}},  # not an accuracy
+        {"mlp": {"test": 7.0, "recipe": recipe_key()}},
+        ["not", "a", "mapping"],
+    ):
+        meta["task_model_accuracy"] = recorded
+        store.write_meta(folder, meta)
+        rc, results = encode_cli(built, encoders=["levit_128"])
+        assert rc == 0 and results["levit_128"]["cached"]
+        assert results["levit_128"]["mlp_test_accuracy"] == pytest.approx(true)
+        again = store.read_meta(folder)["task_model_accuracy"]["mlp"]
+        assert again == {"test": pytest.approx(true), "recipe": recipe_key()}
 
 
 def test_missing_meta_or_classifier_is_rebuilt(built):

@@ -163,19 +163,33 @@ def _ensure_task_models(root: Path, names: list[str]) -> dict[str, float]:
                 model = load_task_model(
                     root, name, load_split(root, name, "train"), kind=PAPER_TASK_MODEL
                 )
-            recorded = meta.get("task_model_accuracy", {}).get(PAPER_TASK_MODEL, {})
-            if isinstance(recorded, dict) and recorded.get("recipe") == recipe_key():
-                accuracies[name] = float(recorded["test"])
+            recorded = _recorded_accuracy(meta, PAPER_TASK_MODEL, recipe_key())
+            if recorded is not None:
+                accuracies[name] = recorded
                 continue
             test = load_split(root, name, "test")
             accuracies[name] = float(model.accuracy(test.latents, test.labels))
             if meta:
-                meta.setdefault("task_model_accuracy", {})[PAPER_TASK_MODEL] = {
-                    "test": accuracies[name],
-                    "recipe": recipe_key(),
+                known = meta.get("task_model_accuracy")
+                meta["task_model_accuracy"] = {
+                    **(known if isinstance(known, dict) else {}),
+                    PAPER_TASK_MODEL: {"test": accuracies[name], "recipe": recipe_key()},
                 }
                 write_meta(folder, meta)
     return accuracies
+
+
+def _recorded_accuracy(meta: dict[str, Any], kind: str, recipe: str) -> float | None:
+    """The test accuracy ``meta.json`` records for the ``kind`` task model of ``recipe``, or
+    None where it records none, another recipe's or something that is not an accuracy."""
+    known = meta.get("task_model_accuracy")
+    entry = known.get(kind) if isinstance(known, dict) else None
+    if not isinstance(entry, dict) or entry.get("recipe") != recipe:
+        return None
+    value = entry.get("test")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        return None
+    return float(value)
 
 
 def _job(
