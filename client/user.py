@@ -24,10 +24,11 @@ from semalign.common.classifier import ScoreClassifier
 from semalign.common.config import PAPER_TASK_MODEL, AlignmentConfig
 from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.failpoints import failpoint
-from semalign.common.packing import complex_to_real, real_to_complex
+from semalign.common.packing import complex_dim
+from semalign.common.representation import LINEAR, Representation
 from semalign.common.strategies import get_strategy, strategy_for_code
 from semalign.common.validation import check_accept, check_ids, check_indices, one_line
-from semalign.common.whitening import Whitener, fit_whitener
+from semalign.common.whitening import Whitener
 from semalign.common.wire import PROTOCOL_VERSION, check_matrix, parse_ap_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 
@@ -53,28 +54,32 @@ class UserData:
     test_latents: np.ndarray
     test_labels: np.ndarray
     classifier: ScoreClassifier
-    _whitened: tuple[Whitener, np.ndarray, float] | None = field(
-        default=None, init=False, repr=False, compare=False
+    #: the whitened pilots of every representation used so far (all pilots, stored order)
+    _whitened: dict[Representation, tuple[Whitener, np.ndarray, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
     #: arrays derived from these latents alone (e.g. R = Y X^H of the compact protocol), kept
     #: so that users sharing this data in one process compute and hold them once
     memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def whitened_pilots(self, rows: list[int]) -> tuple[Whitener, np.ndarray, float]:
-        """Whitener fitted on the pilots ``rows`` (in that order), Y (m/2, n) and ||Y||_F^2.
+    def whitened_pilots(
+        self, rows: list[int], representation: Representation = LINEAR
+    ) -> tuple[Whitener, np.ndarray, float]:
+        """Whitener fitted on the pilots ``rows`` (in that order), Y (m/2, n) (or (m, n) in the
+        widely-linear ``representation``) and ||Y||_F^2.
 
         The result for all pilots in their stored order is kept: it depends only on this
         user's data, so sessions that reuse the data (seeds, sweep cells) whiten once.
         """
         full = len(rows) == len(self.pilot_ids) and rows == list(range(len(rows)))
-        if full and self._whitened is not None:
-            return self._whitened
-        pilots = real_to_complex(np.asarray(self.pilot_latents, dtype=np.float64)[rows].T)
-        whitener = fit_whitener(pilots)
+        if full and representation in self._whitened:
+            return self._whitened[representation]
+        pilots = representation.features(np.asarray(self.pilot_latents)[rows])
+        whitener = representation.fit_whitener(pilots)
         y = whitener.whiten(pilots)
         result = (whitener, y, float(np.real(np.vdot(y, y))))
         if full:
-            self._whitened = result
+            self._whitened[representation] = result
         return result
 
 
@@ -127,6 +132,7 @@ class User:
         self.hbar, self.hbar_estimate = real.hbar, real.estimate
         self.noise_rng = np.random.default_rng((*self.channel_seed, 1))
         self.accept: pb.HandshakeAccept | None = None
+        self.representation: Representation = LINEAR  # the accept's (widely linear or not)
         self.whitener: Whitener | None = None
         self.y: np.ndarray | None = None
         self.channel: RayleighChannel | None = None  # the truth: what symbols go through
@@ -174,8 +180,11 @@ class User:
             rows = [position[int(i)] for i in acc.pilot_ids]
         except KeyError as exc:
             raise ProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
+        self.representation = Representation(widely_linear=acc.widely_linear)
+        if acc.widely_linear and get_strategy(strategy).family != "admm":
+            raise ProtocolError(f"widely-linear equalizers with strategy {strategy}")
         # Y_l: whitened pilots, never leave the user
-        self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows)
+        self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows, self.representation)
         self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
         self.design_channel = (
             self.channel
@@ -269,27 +278,30 @@ class User:
         if self.strategy is None:
             raise ProtocolError("no equalizer yet: evaluation before alignment")
         y_hat = self.strategy.estimate(symbols, indices)
-        return complex_to_real(self.whitener.dewhiten(y_hat), self.latent_dim).T, y_hat
+        return self.representation.latents(self.whitener.dewhiten(y_hat), self.latent_dim), y_hat
 
     def _on_evaluate(self, msg: pb.EvaluationRequest) -> bytes:
         native = np.asarray(self.data.test_latents, dtype=np.float64)
         if not 1 <= len(msg.sample_ids) <= len(native):
             raise ProtocolError(f"{len(msg.sample_ids)} evaluation ids for {len(native)} test rows")
         ids = check_ids(msg.sample_ids, "evaluation ids", unique=False, limit=len(native))
-        rows = self.accept.channel_uses * self.accept.antennas_tx
-        symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)))
+        rep = self.representation
+        rows = rep.symbol_rows(self.accept.channel_uses * self.accept.antennas_tx)
+        symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)), rep.wire_codes)
         indices = None
         if msg.HasField("indices"):
             indices = check_indices(msg.indices, (rows, len(ids)), self.accept.ap_latent_dim)
         decoded, y_hat = self.decode(symbols.astype(np.complex128), indices)
         native, labels = native[ids], np.asarray(self.data.test_labels)[ids]
-        y_true = self.whitener.whiten(real_to_complex(native.T))
+        y_true = self.whitener.whiten(rep.features(native))
+        # per complex feature (two reals when widely linear), as the rounds' pilot MSE
+        per_feature = len(ids) * complex_dim(self.latent_dim)
         report = pb.EvaluationReport(
             session_id=self.accept.session_id,
             accuracy=self.data.classifier.accuracy(decoded, labels),
             native_accuracy=self.data.classifier.accuracy(native, labels),
             mse=float(np.mean((decoded - native) ** 2)),
-            mse_whitened=float(np.mean(np.abs(y_hat - y_true) ** 2)),
+            mse_whitened=float(np.sum(np.abs(y_hat - y_true) ** 2) / per_feature),
             samples=len(ids),
         )
         return pb.UserMessage(report=report).SerializeToString()

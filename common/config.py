@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from semalign.common.channels import ChannelConfig
 from semalign.common.errors import UsageError
 from semalign.common.strategies import (
@@ -35,6 +35,9 @@ Target = Literal["latents", "logits", "task-subspace"]
 PilotSelection = Literal["first", "random", "k-center", "herding"]
 RoundProtocol = Literal["paper", "compact"]
 Precision = Literal["double", "single"]
+#: F and G strictly linear on the packed complex latents (the paper) or widely linear
+#: (``semalign.common.representation``)
+Equalizer = Literal["linear", "widely-linear"]
 
 
 class GeometryError(UsageError, ValueError):
@@ -103,6 +106,11 @@ class AlignmentConfig(BaseModel):
         le=64,
         description="fed: groups of compatible users, one F each, sharing the K channel uses",
     )
+    equalizer: Equalizer = Field(
+        "linear",
+        description="ADMM strategies: F and G strictly linear on the packed complex latents "
+        "(the paper) or widely linear (any real-linear map, the real-composite system)",
+    )
 
     @field_validator("strategy", mode="plain")
     @classmethod
@@ -117,6 +125,16 @@ class AlignmentConfig(BaseModel):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("must be finite")
         return value
+
+    @model_validator(mode="after")
+    def _equalizer_needs_admm(self) -> AlignmentConfig:
+        if self.equalizer != "linear" and get_strategy(self.strategy).family != "admm":
+            raise ValueError(
+                f"equalizer {self.equalizer} needs an ADMM strategy "
+                f"({', '.join(admm_strategy_names())}); {self.strategy} selects complex "
+                "features and stays strictly linear"
+            )
+        return self
 
     def params(self) -> dict[str, Any]:
         """``model_dump()`` without ``channel`` when it is the default channel: what identifies

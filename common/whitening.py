@@ -32,7 +32,8 @@ class Whitener:
 
     Attributes:
         mean: (c,) complex mean of the pilots.
-        factor: (c, c) lower-triangular complex128 L with L L^H = Sigma + eps I.
+        factor: (c, c) lower-triangular complex128 L with L L^H = (Sigma + eps I) / v, v the
+            whitened variance (1 unless asked).
         condition: condition number of the (regularized) covariance.
         shrinkage: eps actually added to the diagonal (0.0 when none was needed).
     """
@@ -57,9 +58,17 @@ class Whitener:
 
 
 def fit_whitener(
-    x: np.ndarray, *, shrinkage: float = 1e-9, max_shrinkage: float = 1e-1
+    x: np.ndarray,
+    *,
+    shrinkage: float = 1e-9,
+    max_shrinkage: float = 1e-1,
+    variance: float = 1.0,
 ) -> Whitener:
     """Fit a :class:`Whitener` on pilots ``x`` (c, n), columns are samples.
+
+    ``variance``: the covariance of the whitened pilots is ``variance`` I (1 for the paper's
+    complex features; 1/2 for real features seen as the components of complex ones,
+    :mod:`semalign.common.representation`): the factor is L / sqrt(variance).
 
     Tries the plain covariance first; on a failed or badly conditioned factor adds
     ``shrinkage * tr(Sigma)/c`` to the diagonal, growing tenfold up to ``max_shrinkage``.
@@ -106,4 +115,8 @@ def fit_whitener(
             relative,
             condition,
         )
+    if not 0 < variance < np.inf:
+        raise WhiteningError(f"whitened variance must be positive and finite, got {variance}")
+    if variance != 1.0:
+        factor = factor / np.sqrt(variance)
     return Whitener(mean=mean, factor=factor, condition=condition, shrinkage=eps)

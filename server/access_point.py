@@ -27,14 +27,15 @@ import numpy as np
 from semalign.common.channel import noise_variance
 from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.common.errors import ProtocolError
-from semalign.common.packing import ShapeError, complex_dim, real_to_complex
+from semalign.common.packing import ShapeError, complex_dim
+from semalign.common.representation import Representation
 from semalign.common.strategies import get_strategy
 from semalign.common.validation import check_handshake, check_report, check_terms, one_line
-from semalign.common.whitening import Whitener, fit_whitener
+from semalign.common.whitening import Whitener
 from semalign.common.wire import PROTOCOL_VERSION, parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies import make_ap_strategy
-from semalign.server.strategies.base import WIRE_DTYPE, UserState
+from semalign.server.strategies.base import UserState
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +84,23 @@ class AccessPoint:
                 f"pilot latents {latents.shape} do not match {len(self.pilot_ids)} pilot ids"
             )
         self.latent_dim = latents.shape[1]
-        self.cdim = complex_dim(self.latent_dim)
         cfg = self.config
+        #: the paper's complex packing, or the real-composite view (widely-linear F and G)
+        self.representation = Representation.of(cfg.equalizer)
+        rep = self.representation
+        self.cdim = rep.feature_dim(self.latent_dim)
         self.strategy = make_ap_strategy(cfg, self.cdim)
         self.data_channel_uses = self.strategy.data_channel_uses
-        self.symbols = self.data_channel_uses * cfg.antennas_tx
-        if self.symbols > self.cdim:
+        self.symbols = rep.symbol_rows(self.data_channel_uses * cfg.antennas_tx)
+        if self.data_channel_uses * cfg.antennas_tx > complex_dim(self.latent_dim):
             raise GeometryError(
-                f"K*N_T = {self.symbols} symbols exceed the AP latent's {self.cdim} complex "
-                f"features (d={self.latent_dim}): compression factor K/(d/2) must be <= 1"
+                f"K*N_T = {self.data_channel_uses * cfg.antennas_tx} symbols exceed the AP "
+                f"latent's {complex_dim(self.latent_dim)} complex features "
+                f"(d={self.latent_dim}): compression factor K/(d/2) must be <= 1"
             )
-        self.whitener: Whitener = fit_whitener(real_to_complex(latents.T))
-        self.x = self.whitener.whiten(real_to_complex(latents.T))  # (c, n)
+        features = rep.features(latents)
+        self.whitener: Whitener = rep.fit_whitener(features)
+        self.x = self.whitener.whiten(features)  # (c, n)
         self.n = self.x.shape[1]
         self.users: dict[str, UserState] = {}
         #: claimed user id -> why its handshake was refused (the service tells the user)
@@ -217,6 +223,7 @@ class AccessPoint:
             noise_var=noise_variance(req.snr_db, cfg.power, cfg.channel_uses),
             baseline_fit=_FIT_CODES[cfg.baseline_fit],
             protocol_version=PROTOCOL_VERSION,
+            widely_linear=self.representation.widely_linear,
         )
         self.strategy.complete_accept(state, req, accept)
         return pb.ApMessage(accept=accept).SerializeToString()
@@ -329,7 +336,7 @@ class AccessPoint:
         self, latents: np.ndarray, state: UserState | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Transmitted symbols (K N_T, n) for real AP latents (n, d), plus baseline indices."""
-        x = self.whitener.whiten(real_to_complex(np.asarray(latents, dtype=np.float64).T))
+        x = self.whitener.whiten(self.representation.features(latents))
         return self.strategy.encode(x, state)
 
     def evaluation_requests(self, latents: np.ndarray, sample_ids: np.ndarray) -> dict[str, bytes]:
@@ -344,7 +351,9 @@ class AccessPoint:
                 symbols, indices = self.encode(latents, state)
                 msg = pb.EvaluationRequest(
                     session_id=self.session_id,
-                    symbols=to_matrix(symbols, WIRE_DTYPE),
+                    symbols=to_matrix(
+                        self.representation.to_wire(symbols), self.representation.wire_dtype()
+                    ),
                     sample_ids=np.asarray(sample_ids).tolist(),
                 )
                 if indices is not None:

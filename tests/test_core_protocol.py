@@ -7,6 +7,7 @@ import pytest
 from semalign.client.user import User, UserData
 from semalign.common.classifier import train_classifier
 from semalign.common.config import AlignmentConfig
+from semalign.common.representation import LINEAR, Representation
 from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.packing import complex_to_real, real_to_complex
 from semalign.common.wire import from_matrix, parse_user_message, to_matrix
@@ -266,7 +267,7 @@ def test_every_protocol_error_is_one_type_of_the_family():
 def test_user_data_whitening_is_reused_across_sessions_without_changing_results():
     ap, users, test = _session(iterations=2)
     first = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(50))
-    cached = users[0].data._whitened
+    cached = users[0].data._whitened.get(LINEAR)
     assert cached is not None and cached[0] is users[0].whitener
     ap2, users2, test2 = _session(iterations=2)  # fresh data objects: whitened anew
     users2 = [
@@ -279,6 +280,11 @@ def test_user_data_whitening_is_reused_across_sessions_without_changing_results(
     # a subset of pilots is whitened on its own, not from the cache
     whitener, y, _ = users[0].data.whitened_pilots([0, 2, 4, 6, 8, 10])
     assert y.shape[1] == 6 and whitener is not cached[0]
+    # the widely-linear view of the same pilots is kept apart: (m, n) reals, not (m/2, n)
+    rows = list(range(len(users[0].data.pilot_ids)))
+    wide = users[0].data.whitened_pilots(rows, Representation(widely_linear=True))
+    assert wide[1].shape[0] == users[0].latent_dim and wide[0] is not cached[0]
+    assert users[0].data.whitened_pilots(rows)[0] is cached[0]
 
 
 def test_user_whose_accept_cannot_be_delivered_is_dropped_not_kept():

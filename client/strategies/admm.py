@@ -49,9 +49,15 @@ class AdmmUser(UserStrategy):
 
     def on_accept(self, acc: pb.HandshakeAccept) -> None:
         user = self.user
-        # H = I_K (x) Hbar (K N_R, K N_T) of the user's channel estimate, formed once
-        self.h = user.design_channel.matrix
-        self._rows = _digest(np.asarray(acc.pilot_ids, dtype=np.int64))
+        self.representation = rep = user.representation
+        # H = I_K (x) Hbar (K N_R, K N_T) of the user's channel estimate, formed once (its
+        # real-composite form when widely linear)
+        self.h = rep.channel_matrix(user.design_channel.matrix)
+        # the pilots' rows and the representation: what Y, and so every derived array, is of
+        self._rows = _digest(np.asarray(acc.pilot_ids, dtype=np.int64)) + (
+            "-wl" if rep.widely_linear else ""
+        )
+        self.noise_var = rep.noise_var(acc.noise_var)  # per row of the received block
         self.y_work = user.y
         if acc.precision == pb.SINGLE:
             key = ("y", "single", self._rows)
@@ -77,9 +83,11 @@ class AdmmUser(UserStrategy):
         user = self.user
         if not (acc.HasField("pilots") and acc.HasField("pilot_gram")):
             raise ProtocolError("compact round protocol without the pilots X and X X^H")
-        c = (acc.ap_latent_dim + 1) // 2
-        x = check_matrix(acc.pilots, "pilots X", (c, len(acc.pilot_ids)), copy=False)
-        gram = check_matrix(acc.pilot_gram, "pilot Gram matrix", (c, c), copy=False)
+        rep = self.representation
+        c = rep.feature_dim(acc.ap_latent_dim)
+        codes = rep.wire_codes
+        x = check_matrix(acc.pilots, "pilots X", (c, len(acc.pilot_ids)), codes, copy=False)
+        gram = check_matrix(acc.pilot_gram, "pilot Gram matrix", (c, c), codes, copy=False)
         gram = gram.astype(np.complex128, copy=False)
 
         def cross() -> np.ndarray:
@@ -96,19 +104,20 @@ class AdmmUser(UserStrategy):
         acc = user.accept
         if self.cross is not None:
             raise ProtocolError("paper broadcast in a compact session")
-        k = acc.channel_uses
+        rep, k = self.representation, acc.channel_uses
         expected = (
-            k * (user.antennas_rx if acc.channel_aware else acc.antennas_tx),
+            rep.symbol_rows(k * (user.antennas_rx if acc.channel_aware else acc.antennas_tx)),
             len(acc.pilot_ids),
         )
-        s = check_matrix(msg.symbols, "broadcast symbols", expected, copy=False)
+        s = check_matrix(msg.symbols, "broadcast symbols", expected, rep.wire_codes, copy=False)
         s = s.astype(self.y_work.dtype, copy=False)
         if not acc.channel_aware:  # S_l = H_l (F X) on the user's estimate of H_l, no noise
-            s = user.design_channel(s, noiseless=True).astype(self.y_work.dtype, copy=False)
+            s = rep.from_symbols(user.design_channel(rep.to_symbols(s), noiseless=True))
+            s = s.astype(self.y_work.dtype, copy=False)
         products = admm.pilot_products(self.y_work, s, user.y_norm2)
         with single_thread():
-            self.g = admm.g_step(user.y, s, acc.noise_var, products)
-            sq, noise = admm.local_objective_terms(user.y, self.g, s, acc.noise_var, products)
+            self.g = admm.g_step(user.y, s, self.noise_var, products)
+            sq, noise = admm.local_objective_terms(user.y, self.g, s, self.noise_var, products)
         user.received_rounds.append(msg.round)
         if msg.final:
             return self._ack(msg.round, sq, noise)
@@ -121,15 +130,16 @@ class AdmmUser(UserStrategy):
         acc = user.accept
         if self.cross is None:
             raise ProtocolError("compact broadcast in a paper session")
-        expected = (acc.channel_uses * acc.antennas_tx, self.pilot_gram.shape[0])
-        f = check_matrix(msg.pre_equalizer, "pre-equalizer F", expected, copy=False)
+        rep = self.representation
+        expected = (rep.symbol_rows(acc.channel_uses * acc.antennas_tx), self.pilot_gram.shape[0])
+        f = check_matrix(msg.pre_equalizer, "pre-equalizer F", expected, rep.wire_codes, copy=False)
         f = f.astype(np.complex128, copy=False)
         with single_thread():
-            hf = admm.apply_block_channel(user.hbar_estimate, f)  # H F on the estimate (K N_R, c)
+            hf = rep.apply_block_channel(user.hbar_estimate, f)  # H F on the estimate (K N_R, c)
             n = len(acc.pilot_ids)
             products = admm.compact_products(self.cross, hf, self.pilot_gram, user.y_norm2, n)
-            self.g = admm.g_step(user.y, None, acc.noise_var, products)
-            sq, noise = admm.local_objective_terms(user.y, self.g, None, acc.noise_var, products)
+            self.g = admm.g_step(user.y, None, self.noise_var, products)
+            sq, noise = admm.local_objective_terms(user.y, self.g, None, self.noise_var, products)
             user.received_rounds.append(msg.round)
             if msg.final:
                 return self._ack(msg.round, sq, noise)
@@ -144,8 +154,9 @@ class AdmmUser(UserStrategy):
         out = pb.UserMessage()
         up = getattr(out, kind)
         up.session_id, up.round = self.user.accept.session_id, round_
-        fill_matrix(up.a, a, "complex64")
-        fill_matrix(up.p if kind == "upload" else up.cross, term, "complex64")
+        rep = self.representation
+        fill_matrix(up.a, rep.to_wire(a), rep.wire_dtype())
+        fill_matrix(up.p if kind == "upload" else up.cross, rep.to_wire(term), rep.wire_dtype())
         up.squared_error, up.noise_term = sq, noise
         return out.SerializeToString()
 
@@ -162,4 +173,5 @@ class AdmmUser(UserStrategy):
         """G_l H_l symbols (+ noise): (m/2, n)."""
         if self.g is None:
             raise ProtocolError("no equalizer yet: evaluation before alignment")
-        return self.g @ self.user.channel(symbols)
+        rep = self.representation
+        return self.g @ rep.from_symbols(self.user.channel(rep.to_symbols(symbols)))

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from semalign.common.channel import RayleighChannel
 from semalign.common.errors import ProtocolError
+from semalign.common.representation import Representation
 from semalign.proto import semalign_pb2 as pb
 
 
@@ -37,7 +38,9 @@ class UserContext(Protocol):
     accept: pb.HandshakeAccept
     channel: RayleighChannel  # K uses of the true Hbar with this user's noise
     design_channel: RayleighChannel  # K uses of the estimate (noiseless use only)
-    y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user)
+    y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user); (m, n) reals
+    # (as complex128) when widely linear
+    representation: Representation  # the paper's complex packing or the real-composite view
     y_norm2: float  # ||Y_l||_F^2
     data: PrivateData  # the private latents (:class:`~semalign.client.user.UserData`)
     received_rounds: list[int]

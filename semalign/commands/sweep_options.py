@@ -75,6 +75,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "targets": _opt(args.targets, str, "--targets"),
         "pilot_selections": _opt(args.pilot_selections, str, "--pilot-selections"),
         "user_groups": _opt(args.user_groups, int, "--user-groups"),
+        "equalizers": _opt(args.equalizers, str, "--equalizers"),
     }
 
 
@@ -156,6 +157,12 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "--user-groups",
         help="fed: numbers of user groups with one F each, e.g. 1,2 (default: 1; above 1 "
         "crosses fed cells only, and needs K at least as large)",
+    )
+    research.add_argument(
+        "--equalizers",
+        "--equalizer",
+        help="ADMM F and G: linear,widely-linear (default: linear, the paper; widely-linear "
+        "crosses the ADMM strategies only)",
     )
 
 

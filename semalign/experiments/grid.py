@@ -3,9 +3,10 @@
 A :class:`SweepGrid` is the cartesian product of strategies, channel uses K, antenna
 configurations N_T x N_R, SNRs, user groups, pilot fractions, CSI modes, channels (fading
 models with their correlations / K-factors, times CSI errors: :meth:`SweepGrid.channels`) and the
-research options (task models, targets, pilot selections, user-group counts: :data:`RESEARCH_AXES`),
-run for every seed. A user-group count above 1 applies to ``fed`` only: other strategies get no
-such cell (:meth:`SweepGrid.configs`).
+research options (task models, targets, pilot selections, user-group counts, equalizers:
+:data:`RESEARCH_AXES`), run for every seed. A user-group count above 1 applies to ``fed`` only,
+a widely-linear equalizer to the ADMM strategies only: other strategies get no such cell
+(:meth:`SweepGrid.configs`).
 Presets reproduce the paper's figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``). Every value
 is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so a bad value
 fails before any work, with the name of the option that set it (:data:`OPTION_NAMES`).
@@ -20,7 +21,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from semalign.common.channels import FADING_MODELS, ChannelConfig
-from semalign.common.config import LEGACY_TASK_MODEL, STRATEGIES, AlignmentConfig
+from semalign.common.config import (
+    ADMM_STRATEGIES,
+    LEGACY_TASK_MODEL,
+    STRATEGIES,
+    AlignmentConfig,
+)
 from semalign.common.errors import SweepError
 
 #: The paper's seeds (section IV).
@@ -78,13 +84,14 @@ _LIST_FIELDS: dict[str, str] = {
     "targets": "target",
     "pilot_selections": "pilot_selection",
     "user_groups": "user_groups",
+    "equalizers": "equalizer",
 }
 
 #: The research axes (docs/research.md): grid field -> the AlignmentConfig field it sets. Their
 #: defaults are the paper's method, one value each.
 RESEARCH_AXES: dict[str, str] = {
     name: _LIST_FIELDS[name]
-    for name in ("task_models", "targets", "pilot_selections", "user_groups")
+    for name in ("task_models", "targets", "pilot_selections", "user_groups", "equalizers")
 }
 
 #: The paper's value of each research option (the defaults of :class:`AlignmentConfig`).
@@ -123,6 +130,7 @@ OPTION_NAMES: dict[str, str] = {
     "targets": "--targets",
     "pilot_selections": "--pilot-selections",
     "user_groups": "--user-groups",
+    "equalizers": "--equalizers",
 }
 
 #: Channel axes: grid field -> the ChannelConfig field of its values.
@@ -203,6 +211,9 @@ class SweepGrid(BaseModel):
     user_groups: tuple[int, ...] = Field(
         (1,), description="fed: groups of users with one F each (above 1: fed cells only)"
     )
+    equalizers: tuple[str, ...] = Field(
+        ("linear",), description="ADMM: linear or widely-linear F and G (baselines: linear only)"
+    )
 
     @field_validator("antennas", mode="before")
     @classmethod
@@ -243,6 +254,11 @@ class SweepGrid(BaseModel):
         self.channels()  # every channel is valid
         if "fed" not in self.strategies and all(g > 1 for g in self.user_groups):
             raise ValueError(f"{OPTION_NAMES['user_groups']} above 1 needs strategy fed")
+        if set(self.equalizers) != {"linear"} and not set(self.strategies) & set(ADMM_STRATEGIES):
+            raise ValueError(
+                f"{OPTION_NAMES['equalizers']} widely-linear needs an ADMM strategy "
+                f"({', '.join(ADMM_STRATEGIES)})"
+            )
         return self
 
     def channels(self) -> list[ChannelConfig]:
@@ -290,7 +306,8 @@ class SweepGrid(BaseModel):
         """Every (group, config) of the grid, seed 0 (seeds are added per run).
 
         A user-group count above 1 is crossed with ``fed`` only (grouping shares one F per
-        group; no other strategy has an F to share)."""
+        group; no other strategy has an F to share), a widely-linear equalizer with the ADMM
+        strategies only (the baselines select complex features)."""
         research = [
             dict(zip(RESEARCH_AXES.values(), values, strict=True))
             for values in itertools.product(*(getattr(self, n) for n in RESEARCH_AXES))
@@ -307,6 +324,8 @@ class SweepGrid(BaseModel):
             research,
         ):
             if options["user_groups"] > 1 and strategy != "fed":
+                continue
+            if options["equalizer"] != "linear" and strategy not in ADMM_STRATEGIES:
                 continue
             yield (
                 group,

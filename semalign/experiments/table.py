@@ -9,9 +9,9 @@ simply done again. Re-running the same sweep therefore skips every finished run.
 Schemas (the header tells them apart): 1 had no provenance; 2 adds the channel model and each
 run's :func:`~semalign.experiments.provenance.run_provenance` (``semalign_version``,
 ``git_commit``, ``started_at``, ``host``) as the last columns; 3 adds the research options
-(``task_model``, ``target``, ``pilot_selection``, ``user_groups``) after ``channel``. An older
-table reads as it is (empty provenance, the research options of then: a logistic task model,
-latents, first pilots, one group); a
+(``task_model``, ``target``, ``pilot_selection``, ``user_groups``) after ``channel``; 4 adds
+``equalizer`` after them. An older table reads as it is (empty provenance, the research options
+of then: a logistic task model, latents, first pilots, one group, linear equalizers); a
 sweep that writes to one first rewrites it in this schema (atomically, its rows kept) and
 re-keys the runs it finds under their schema-1 keys (:meth:`ResultsTable.rekey`).
 """
@@ -93,23 +93,37 @@ COLUMNS: dict[str, type] = {
 
 #: Columns of schema 3: the research options, after ``channel``. Older rows read with the
 #: values they ran (:data:`~semalign.experiments.grid.LEGACY_RESEARCH_VALUES`).
-RESEARCH_COLUMNS: dict[str, type] = {
+RESEARCH_COLUMNS_V3: dict[str, type] = {
     "task_model": str,
     "target": str,
     "pilot_selection": str,
     "user_groups": int,
 }
+#: Schema 4 adds the equalizer (linear or widely-linear) after them.
+RESEARCH_COLUMNS: dict[str, type] = {**RESEARCH_COLUMNS_V3, "equalizer": str}
+
+
+def _with_research(columns: dict[str, type], research: dict[str, type]) -> dict[str, type]:
+    """Schema 2's ``columns`` with the ``research`` columns after ``channel``."""
+    return {
+        **{k: v for k, v in columns.items() if k not in _AFTER_CSI and k not in PROVENANCE_KEYS},
+        **research,
+        **{k: v for k, v in columns.items() if k in _AFTER_CSI or k in PROVENANCE_KEYS},
+    }
+
 
 V2_COLUMNS = COLUMNS
-COLUMNS = {
-    **{k: v for k, v in V2_COLUMNS.items() if k not in _AFTER_CSI and k not in PROVENANCE_KEYS},
-    **RESEARCH_COLUMNS,
-    **{k: v for k, v in V2_COLUMNS.items() if k in _AFTER_CSI or k in PROVENANCE_KEYS},
-}
+V3_COLUMNS = _with_research(V2_COLUMNS, RESEARCH_COLUMNS_V3)
+COLUMNS = _with_research(V2_COLUMNS, RESEARCH_COLUMNS)
 
 #: The table schema written now, and each schema's header.
-TABLE_SCHEMA = 3
-SCHEMAS: dict[int, list[str]] = {1: list(V1_COLUMNS), 2: list(V2_COLUMNS), 3: list(COLUMNS)}
+TABLE_SCHEMA = 4
+SCHEMAS: dict[int, list[str]] = {
+    1: list(V1_COLUMNS),
+    2: list(V2_COLUMNS),
+    3: list(V3_COLUMNS),
+    4: list(COLUMNS),
+}
 
 
 def read_seed(block: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from semalign.common.threads import single_thread
 from semalign.common.validation import check_bounded, check_terms, one_line
 from semalign.common.wire import check_matrix, fill_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
-from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
+from semalign.server.strategies.base import ApContext, ApStrategy, UserState
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ class AdmmStrategy(ApStrategy):
         # X in the precision of the O(n) products (the same array in double precision)
         self.x_work = ap.x.astype(admm.COMPLEX[self.config.precision], copy=False)
         rng = np.random.default_rng(self.config.seed)
-        self.shared = AdmmVariables.initial(admm.init_pre_equalizer(ap.symbols, ap.cdim, rng))
+        self.representation = rep = ap.representation
+        #: the bound on tr(F F^H) that gives transmit power P_T in this representation
+        self.power_budget = rep.power_budget(self.config.power)
+        self.shared = AdmmVariables.initial(rep.init_pre_equalizer(ap.symbols, ap.cdim, rng))
         self._pilot_matrices: tuple[pb.Matrix, pb.Matrix] | None = None
         self.handshake_pilot_bytes = 0
 
@@ -95,9 +98,10 @@ class AdmmStrategy(ApStrategy):
             log.warning("%s does not offer the compact round protocol: paper rounds", state.user_id)
             return
         if self._pilot_matrices is None:  # serialized once, for every user
+            rep = self.representation
             self._pilot_matrices = (
-                to_matrix(self.ap.x, WIRE_DTYPE),
-                to_matrix(self.gram.matrix, "complex128"),
+                to_matrix(rep.to_wire(self.ap.x), rep.wire_dtype()),
+                to_matrix(rep.to_wire(self.gram.matrix), rep.wire_dtype(double=True)),
             )
         pilots, gram = self._pilot_matrices
         state.round_protocol = "compact"
@@ -118,7 +122,8 @@ class AdmmStrategy(ApStrategy):
         """ApMessage bytes per active user, with the transmit matrix Z instead of F when
         ``final`` (users answer with an Ack then): paper users get S_l = H_l F X
         (channel-aware) or F X, compact users F itself."""
-        ap = self.ap
+        ap, rep = self.ap, self.representation
+        wire = rep.wire_dtype()
         out = {}
         pilots: dict[int, np.ndarray] = {}  # F X per distinct F (id), computed once
         shared: dict[int, bytes] = {}  # the message, when every user gets the same F X
@@ -130,7 +135,7 @@ class AdmmStrategy(ApStrategy):
             if state.round_protocol == "compact":
                 msg = message.compact_broadcast
                 msg.session_id, msg.round, msg.final = ap.session_id, ap.round, final
-                fill_matrix(msg.pre_equalizer, f, WIRE_DTYPE)
+                fill_matrix(msg.pre_equalizer, rep.to_wire(f), wire)
                 out[state.user_id] = message.SerializeToString()
                 continue
             key = id(f)
@@ -143,10 +148,10 @@ class AdmmStrategy(ApStrategy):
             msg.session_id, msg.round, msg.final = ap.session_id, ap.round, final
             if self.config.csi:
                 with single_thread():
-                    received = admm.apply_block_channel(state.hbar, pilots[key])
-                fill_matrix(msg.symbols, received, WIRE_DTYPE)
+                    received = rep.apply_block_channel(state.hbar, pilots[key])
+                fill_matrix(msg.symbols, rep.to_wire(received), wire)
             else:
-                fill_matrix(msg.symbols, pilots[key], WIRE_DTYPE)
+                fill_matrix(msg.symbols, rep.to_wire(pilots[key]), wire)
             out[state.user_id] = message.SerializeToString()
             if not self.config.csi:
                 shared[key] = out[state.user_id]
@@ -172,13 +177,14 @@ class AdmmStrategy(ApStrategy):
         what = f"upload from {user_id}"
         s, columns = ap.symbols, (ap.cdim if compact else ap.n)
         name = "P X^H" if compact else "P"
-        a = check_matrix(upload.a, f"{what}: A", (s, s), (pb.COMPLEX64,))
+        codes = self.representation.wire_codes[:1]  # users send single precision
+        a = check_matrix(upload.a, f"{what}: A", (s, s), codes)
         # P_l stays a view of the message's bytes until the step converts it, once
         term = check_matrix(
             upload.cross if compact else upload.p,
             f"{what}: {name}",
             (s, columns),
-            (pb.COMPLEX64,),
+            codes,
             copy=False,
         )
         a = check_bounded(a, f"{what}: A").astype(np.complex128)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
+from semalign.common.representation import Representation
 from semalign.proto import semalign_pb2 as pb
 
 #: dtype of every matrix the AP sends.
@@ -66,10 +67,11 @@ class ApContext(Protocol):
     config: AlignmentConfig
     session_id: str
     round: int
-    x: np.ndarray  # (c, n) whitened complex pilots X
+    x: np.ndarray  # (c, n) whitened pilots X (complex; real-valued when widely linear)
     n: int  # pilots
-    cdim: int  # c = d/2 complex features of the AP latent
-    symbols: int  # K N_T data symbols per data point
+    cdim: int  # c: d/2 complex features of the AP latent (d reals when widely linear)
+    symbols: int  # K N_T data symbols per data point (2 K N_T reals when widely linear)
+    representation: Representation  # the paper's complex packing or the real-composite view
     data_channel_uses: int  # K minus side-information uses
 
     @property

@@ -33,7 +33,7 @@ class PerUserAdmm(AdmmStrategy):
         with single_thread():
             for state, f in zip(users, local, strict=True):
                 variables = self.links[state.user_id]
-                p, d = variables.consensus(f, self.config.power, self.config.rho)
+                p, d = variables.consensus(f, self.power_budget, self.config.rho)
                 primal_sq, dual_sq = primal_sq + p**2, dual_sq + d**2
         return float(np.sqrt(primal_sq)), float(np.sqrt(dual_sq))
 

@@ -19,4 +19,4 @@ class SharedAdmm(AdmmStrategy):
     def step(self, users: list[UserState]) -> tuple[float, float]:
         local = self.local_steps(users)
         with single_thread():
-            return self.shared.consensus(admm.average(local), self.config.power, self.config.rho)
+            return self.shared.consensus(admm.average(local), self.power_budget, self.config.rho)
