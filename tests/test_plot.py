@@ -36,6 +36,7 @@ def fake_run(table: ResultsTable, seed: int, users: int = 3, **params) -> None:
         "target": "latents",
         "pilot_selection": "first",
         "user_groups": 1,
+        "equalizer": "linear",
     }
     cell.update(params)
     cell_key = "c" + str(abs(hash(tuple(sorted(cell.items())))))[:15]
