@@ -7,9 +7,9 @@ import pytest
 from semalign.client.user import User, UserData
 from semalign.common.classifier import train_classifier
 from semalign.common.config import AlignmentConfig
-from semalign.common.representation import LINEAR, Representation
 from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.packing import complex_to_real, real_to_complex
+from semalign.common.representation import LINEAR, Representation
 from semalign.common.wire import from_matrix, parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint

@@ -112,6 +112,7 @@ ADDED_CONFIG = {
     "target_dim": 0,
     "pilot_selection": "first",
     "user_groups": 1,
+    "equalizer": "linear",
 }
 
 

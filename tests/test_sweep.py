@@ -314,13 +314,13 @@ def test_table_matches_the_reference(tmp_path):
         want = list(csv.DictReader(fh))
     assert len(got) == len(want) == 128
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        # schema 3: schema 1 with the channel model after csi and the research options after
+        # schema 4: schema 1 with the channel model after csi and the research options after
         # it, then provenance
         added = ("channel", *RESEARCH_COLUMNS)
         assert [c for c in g if c not in added] == list(w) + list(PROVENANCE_KEYS)
         at = list(g).index("csi") + 1
         assert list(g)[at : at + len(added)] == list(added) and g["channel"] == "rayleigh"
-        assert [g[c] for c in RESEARCH_COLUMNS] == ["logistic", "latents", "first", "1"]
+        assert [g[c] for c in RESEARCH_COLUMNS] == ["logistic", "latents", "first", "1", "linear"]
         diff = {k: (g[k], w[k]) for k in w if k not in NOT_COMPARED and not _same(g[k], w[k])}
         assert not diff, f"row {i + 2}: {diff}"
         assert g["run_key"] == f"{g['cell_key']}-{g['seed']}"

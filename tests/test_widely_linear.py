@@ -18,9 +18,10 @@ from semalign.common.errors import ProtocolError
 from semalign.common.representation import LINEAR, Representation
 from semalign.common.whitening import fit_whitener
 from semalign.common.wire import parse_ap_message, parse_user_message, to_matrix
-from semalign.experiments.grid import SweepGrid
 from semalign.proto import semalign_pb2 as pb
 from test_speed import BASE, _assert_close, _iterates, _session, crandn
+
+from semalign.experiments.grid import SweepGrid
 
 WL = Representation(widely_linear=True)
 
