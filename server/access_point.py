@@ -91,10 +91,11 @@ class AccessPoint:
         self.cdim = rep.feature_dim(self.latent_dim)
         self.strategy = make_ap_strategy(cfg, self.cdim)
         self.data_channel_uses = self.strategy.data_channel_uses
-        self.symbols = rep.symbol_rows(self.data_channel_uses * cfg.antennas_tx)
-        if self.data_channel_uses * cfg.antennas_tx > complex_dim(self.latent_dim):
+        complex_symbols = self.data_channel_uses * cfg.antennas_tx
+        self.symbols = rep.symbol_rows(complex_symbols)
+        if complex_symbols > complex_dim(self.latent_dim):
             raise GeometryError(
-                f"K*N_T = {self.data_channel_uses * cfg.antennas_tx} symbols exceed the AP "
+                f"K*N_T = {complex_symbols} symbols exceed the AP "
                 f"latent's {complex_dim(self.latent_dim)} complex features "
                 f"(d={self.latent_dim}): compression factor K/(d/2) must be <= 1"
             )
