@@ -37,6 +37,11 @@ def fake_run(table: ResultsTable, seed: int, users: int = 3, **params) -> None:
         "pilot_selection": "first",
         "user_groups": 1,
         "equalizer": "linear",
+        "iterations": 30,
+        "rho": 1.0,
+        "power": 1.0,
+        "ap_encoder": "ap",
+        "latents": "/x",
     }
     cell.update(params)
     cell_key = "c" + str(abs(hash(tuple(sorted(cell.items())))))[:15]
@@ -52,11 +57,6 @@ def fake_run(table: ResultsTable, seed: int, users: int = 3, **params) -> None:
             cell_key=cell_key,
             run_rows=users,
             antennas=f"{cell['antennas_tx']}x{cell['antennas_rx']}",
-            iterations=30,
-            rho=1.0,
-            power=1.0,
-            ap_encoder="ap",
-            latents="/x",
             d_ap=d_ap,
             zeta=cell["channel_uses"] / (d_ap / 2),
             seed=seed,

@@ -1,5 +1,10 @@
 """``semalign plot``: the paper's figures from sweep tables (argparse and console only; the
-figures are :mod:`semalign.experiments.figures`)."""
+figures are :mod:`semalign.experiments.figures`).
+
+Standard output gets one line per line drawn: figure file, panel, legend label
+(``fig2-accuracy-vs-zeta.png  panel "4x4"  Federated (shared F), iterations=5``), so what a
+figure mixes or separates can be read without opening it; standard error gets the files and
+warnings."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from semalign.experiments.figures import (
     FORMATS,
     X_SCALES,
     FigureStyle,
+    Series,
     figure_sources,
     load_rows,
     make_figures,
@@ -48,6 +54,7 @@ def run_plot(args: argparse.Namespace) -> int:
     check_folder("--out", args.out)
     sources = figure_sources(figures, args.table)
     written: dict[str, list[Path]] = {}
+    series: list[Series] = []
     for tables in dict.fromkeys(sources.values()):
         try:
             rows = load_rows(list(tables))
@@ -56,7 +63,7 @@ def run_plot(args: argparse.Namespace) -> int:
         if not rows:
             raise UsageError(f"no complete run in {', '.join(map(str, tables))}")
         names = [name for name in figures if sources[name] == tables]
-        written.update(make_figures(rows, args.out, names, formats, style))
+        written.update(make_figures(rows, args.out, names, formats, style, series))
     total = 0
     for name, paths in written.items():
         if not paths:
@@ -65,6 +72,9 @@ def run_plot(args: argparse.Namespace) -> int:
             for path in paths:
                 console.print(f"{name}: {path}")
         total += len(paths)
+    if not args.quiet:
+        for line in series:
+            print(f'{line.figure.name}  panel "{line.panel}"  {line.label}')
     if not total:
         raise UsageError("the table holds no data for the requested figures")
     return 0

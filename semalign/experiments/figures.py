@@ -1,5 +1,8 @@
 """``semalign plot``: the paper's figures from a sweep table (matplotlib, Agg backend).
 
+(Over 450 lines: the three figures share their drawing, styles and line grouping, one concept;
+what they draw, the cells and which of their columns differ, is :mod:`.cells`.)
+
 Every figure shows, per point, the mean over seeds of the network accuracy (the mean over users
 of each user's task accuracy in that run) with a band over seeds: by default the 95 %
 confidence interval of that mean (Student's t with n - 1 degrees of freedom, sample standard
@@ -24,6 +27,15 @@ Figures (each written as PNG and PDF by default):
 * ``snr``: accuracy vs SNR, one panel per number of channel uses K, strategies side by side.
 
 A figure needs at least two distinct x values in a context; contexts without them are skipped.
+
+Figures never mix configurations: every configuration column that differs within the table
+(:func:`~semalign.experiments.cells.varying_fields`: ADMM rounds, rho, power, AP encoder,
+latents, Top-K index cost, ...) and that a figure does not already separate (by file, panel, x
+axis or line) splits its lines, each labelled with the field and its value
+(``Federated (shared F), iterations=5``); a field a strategy does not read (a baseline's
+iterations) does not split that strategy's line. Cells that no column tells apart are refused
+(:func:`~semalign.experiments.cells.check_distinct`). Each line drawn is reported as a
+:class:`Series` (figure, panel, label) to the caller of :func:`make_figures`.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import numpy as np
 
 from semalign.common.errors import UsageError
 from semalign.common.stats import nan_mean
+from semalign.common.strategies import get_strategy, strategy_names
 from semalign.experiments.cells import (  # noqa: F401 - re-exported for plot and docs
     _PAPER_VALUES,
     _VARIANT_KEYS,
@@ -47,11 +60,15 @@ from semalign.experiments.cells import (  # noqa: F401 - re-exported for plot an
     Point,
     aggregate,
     band_halfwidth,
+    check_distinct,
     group_by,
     load_rows,
+    qualifier_text,
+    qualifiers,
     sort_key,
     summary_rows,
     t_interval,
+    varying_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -81,17 +98,25 @@ class FigureStyle:
             raise ValueError(f"dpi must be at least 50, got {self.dpi}")
 
 
+@dataclass(frozen=True)
+class Series:
+    """One line drawn: the figure's first file, the panel it is on, its legend label."""
+
+    figure: Path
+    panel: str
+    label: str
+
+
 STRATEGY_STYLE: dict[str, dict[str, Any]] = {
-    "fed": {"label": "Federated (shared F)", "color": "tab:blue", "marker": "o"},
-    "multi-link": {"label": "Multi-link (F per user)", "color": "tab:orange", "marker": "s"},
-    "first-k": {"label": "First-K", "color": "tab:green", "marker": "^"},
-    "top-k": {"label": "Top-K", "color": "tab:red", "marker": "v"},
+    name: {"label": spec.label, "color": spec.color, "marker": spec.marker}
+    for name, spec in ((n, get_strategy(n)) for n in strategy_names())
 }
 STRATEGY_ORDER = tuple(STRATEGY_STYLE)
 #: Baseline fitting variants in legend order: the fair one (solid) first.
 FIT_ORDER = {"": 0, "received": 1, "full": 2}
 GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray")
 LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "v", "D", "P")
 ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$ (%)"
 ACC_LABEL = "accuracy (mean over users, fraction)"
 MSE_LABEL = "network MSE on pilots (whitened, per complex feature)"
@@ -189,10 +214,23 @@ def _x(point: Point, x_key: str) -> float:
     return value * 100 if x_key == "zeta" else value
 
 
-def _native_line(ax, points: list[Point]) -> None:
-    native = nan_mean([p.native for p in points])
-    if not math.isnan(native):
-        ax.axhline(native, color="0.4", ls=":", lw=1, label="native (own encoder, no channel)")
+def _native_line(ax, points: list[Point], fields: Sequence[str] = ()) -> list[str]:
+    """The users' native accuracy: one line, or one per combination of ``fields`` values where
+    their natives differ (e.g. other latents). Returns the labels drawn."""
+    label = "native (own encoder, no channel)"
+    by: dict[tuple, list[Point]] = {}
+    for p in points:
+        by.setdefault(qualifiers(p, fields), []).append(p)
+    natives = {q: nan_mean([p.native for p in by[q]]) for q in sorted(by, key=str)}
+    natives = {q: v for q, v in natives.items() if not math.isnan(v)}
+    if len({round(v, 9) for v in natives.values()}) == 1:
+        natives = {(): nan_mean([p.native for p in points])}
+    drawn = []
+    for i, (q, native) in enumerate(natives.items()):
+        text = f"{label}, {qualifier_text(q)}" if q else label
+        ax.axhline(native, color="0.4", ls=LINESTYLES[(2 + i) % len(LINESTYLES)], lw=1, label=text)
+        drawn.append(text)
+    return drawn
 
 
 def _save(fig, out_dir: Path, name: str, formats: Sequence[str], dpi: int = 200) -> list[Path]:
@@ -232,27 +270,54 @@ def _seeds_note(points: list[Point], style: FigureStyle) -> str:
 
 
 def _strategy_lines(
-    ax: Any, panel: list[Point], x_key: str, style: FigureStyle, fits: bool = False
-) -> None:
+    ax: Any,
+    panel: list[Point],
+    x_key: str,
+    style: FigureStyle,
+    fits: bool = False,
+    fields: Sequence[str] = (),
+) -> list[str]:
     """One line per strategy (mean accuracy and its band against ``params[x_key]``) and the
     users' native accuracy, on one panel. ``fits``: one line per baseline fitting variant too
-    (``full`` dashed), labelled with it."""
-    lines = group_by(panel, ("strategy", "baseline_fit"))
-    order = sorted(lines, key=lambda sf: (sort_key(sf[0]), FIT_ORDER.get(sf[1], len(FIT_ORDER))))
-    for strategy, fit in order:
-        spts = lines[(strategy, fit)]
+    (labelled with it); ``fields``: one line per value of each of them too (labelled
+    ``field=value``); a strategy's variants differ in line style. Returns the labels drawn."""
+    lines: dict[tuple, list[Point]] = {}
+    for p in panel:
+        key = (p.params["strategy"], p.params["baseline_fit"], qualifiers(p, fields))
+        lines.setdefault(key, []).append(p)
+    order = sorted(
+        lines,
+        key=lambda k: (
+            sort_key(k[0]),
+            FIT_ORDER.get(k[1], len(FIT_ORDER)),
+            tuple(sort_key(v) for _, v in k[2]),
+        ),
+    )
+    labels = []
+    for strategy, fit, quals in order:
         look = STRATEGY_STYLE.get(strategy, {"label": strategy, "color": None})
+        variant = [k for k in order if k[0] == strategy].index((strategy, fit, quals))
+        label = f"{look['label']}, {fit} fit" if fits and fit else look["label"]
+        label = f"{label}, {qualifier_text(quals)}" if quals else label
         _points_line(
             ax,
-            spts,
+            lines[(strategy, fit, quals)],
             x_key,
             style,
-            label=f"{look['label']}, {fit} fit" if fits and fit else look["label"],
+            label=label,
             color=look["color"],
             marker=look.get("marker"),
-            linestyle="--" if fit == "full" else "-",
+            linestyle=LINESTYLES[variant % len(LINESTYLES)],
         )
-    _native_line(ax, panel)
+        labels.append(label)
+    return labels + _native_line(ax, panel, fields)
+
+
+def _split_fields(points: list[Point], drawn_by: Sequence[str]) -> tuple[str, ...]:
+    """The configuration columns that differ among ``points`` (the whole table) and that a
+    figure does not separate by ``drawn_by`` (its files, panels, x axis and lines): its lines
+    are split on them."""
+    return tuple(f for f in varying_fields(points) if f not in drawn_by)
 
 
 def _several_fits(points: list[Point]) -> bool:
@@ -288,12 +353,19 @@ def _shared_legend(fig: Any, axes: Sequence[Any], max_columns: int = 5) -> None:
     )
 
 
+#: What a figure maker returns per figure: its files and the (panel, label) of every line.
+Drawn = tuple[list[Path], list[tuple[str, str]]]
+
+
 def figure_fig2(
     points: list[Point], out_dir: Path, formats: Sequence[str], style: FigureStyle = FigureStyle()
-) -> list[Path]:
+) -> list[Drawn]:
     """Accuracy vs zeta per antenna configuration, strategies side by side."""
     plt = _pyplot()
     context_keys = ("group", "snr_db", "pilot_fraction", "csi", *_VARIANT_KEYS)
+    fields = _split_fields(
+        points, (*context_keys, "antennas", "channel_uses", "strategy", "baseline_fit")
+    )
     contexts = {
         ctx: pts
         for ctx, pts in group_by(points, context_keys).items()
@@ -303,15 +375,17 @@ def figure_fig2(
     # out, unless no context has more than one.
     compared = {c: p for c, p in contexts.items() if len({q.params["strategy"] for q in p}) >= 2}
     contexts = compared or contexts
-    paths = []
+    out: list[Drawn] = []
     for ctx, pts in contexts.items():
         antennas = sorted({p.params["antennas"] for p in pts}, key=_antenna_sort)
         fig, axes = plt.subplots(
             1, len(antennas), figsize=(4.2 * len(antennas), 3.6), sharey=True, squeeze=False
         )
+        series = []
         for ax, ant in zip(axes[0], antennas, strict=True):
             panel = [p for p in pts if p.params["antennas"] == ant]
-            _strategy_lines(ax, panel, "zeta", style, _several_fits(pts))
+            labels = _strategy_lines(ax, panel, "zeta", style, _several_fits(pts), fields)
+            series += [(ant, label) for label in labels]
             ax.set_title(f"{ant} MIMO")
             _zeta_axis(ax, style)
             ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
@@ -319,44 +393,56 @@ def figure_fig2(
         title, slug = _fmt_context(context_keys, ctx)
         title = f"Accuracy vs compression factor ({title}; {_seeds_note(pts, style)})"
         name = "fig2-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _finish(fig, axes[0], title, out_dir, name, style, formats)
-    return paths
+        out.append((_finish(fig, axes[0], title, out_dir, name, style, formats), series))
+    return out
 
 
 def figure_fig3(
     points: list[Point], out_dir: Path, formats: Sequence[str], style: FigureStyle = FigureStyle()
-) -> list[Path]:
-    """Network MSE and accuracy vs zeta per group (colour) and pilot fraction (line style)."""
+) -> list[Drawn]:
+    """Network MSE and accuracy vs zeta per group (colour) and pilot fraction (line style);
+    lines that differ in another field differ in marker."""
     plt = _pyplot()
     context_keys = ("strategy", "antennas", "snr_db", "csi", "baseline_fit", *_VARIANT_KEYS)
+    fields = _split_fields(points, (*context_keys, "channel_uses", "group", "pilot_fraction"))
     contexts = {}
     for ctx, pts in group_by(points, context_keys).items():
         pairs = {(p.params["group"], p.params["pilot_fraction"]) for p in pts}
         if len(pairs) >= 2 and len({p.params["zeta"] for p in pts}) >= 2:
             contexts[ctx] = pts
-    paths = []
+    out: list[Drawn] = []
     for ctx, pts in contexts.items():
         groups = sorted({p.params["group"] for p in pts})
         fractions = sorted({p.params["pilot_fraction"] for p in pts}, reverse=True)
+        variants = sorted({qualifiers(p, fields) for p in pts}, key=str)
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
         ax_mse, ax_test, ax_acc = axes
-        for (group, frac), lpts in group_by(pts, ("group", "pilot_fraction")).items():
-            color = GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)]
-            ls = LINESTYLES[fractions.index(frac) % len(LINESTYLES)]
+        panels = (
+            (ax_mse, "network_mse", "network MSE"),
+            (ax_test, "test_mse", "latent MSE"),
+            (ax_acc, "accuracy", "accuracy"),
+        )
+        lines: dict[tuple, list[Point]] = {}
+        for p in pts:
+            key = (p.params["group"], p.params["pilot_fraction"], qualifiers(p, fields))
+            lines.setdefault(key, []).append(p)
+        series = []
+        for group, frac, quals in sorted(lines, key=lambda k: (k[0], -k[1], str(k[2]))):
             label = f"{group}, pilots {frac * 100:g}%"
-            panels = ((ax_mse, "network_mse"), (ax_test, "test_mse"), (ax_acc, "accuracy"))
-            for ax, metric in panels:
+            label = f"{label}, {qualifier_text(quals)}" if quals else label
+            for ax, metric, panel in panels:
                 _points_line(
                     ax,
-                    lpts,
+                    lines[(group, frac, quals)],
                     "zeta",
                     style,
                     metric,
                     label=label,
-                    color=color,
-                    linestyle=ls,
-                    marker="o",
+                    color=GROUP_COLORS[groups.index(group) % len(GROUP_COLORS)],
+                    linestyle=LINESTYLES[fractions.index(frac) % len(LINESTYLES)],
+                    marker=MARKERS[variants.index(quals) % len(MARKERS)],
                 )
+                series.append((panel, label))
         ax_mse.set_ylabel(MSE_LABEL, fontsize=8)
         ax_test.set_ylabel(TEST_MSE_LABEL, fontsize=8)
         ax_acc.set_ylabel(ACC_LABEL, fontsize=8)
@@ -369,22 +455,25 @@ def figure_fig3(
         title, slug = _fmt_context(context_keys, ctx)
         title = f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts, style)})"
         name = "fig3-mse-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _finish(fig, axes, title, out_dir, name, style, formats)
-    return paths
+        out.append((_finish(fig, axes, title, out_dir, name, style, formats), series))
+    return out
 
 
 def figure_snr(
     points: list[Point], out_dir: Path, formats: Sequence[str], style: FigureStyle = FigureStyle()
-) -> list[Path]:
+) -> list[Drawn]:
     """Accuracy vs SNR, one panel per K, strategies side by side."""
     plt = _pyplot()
     context_keys = ("group", "antennas", "pilot_fraction", "csi", *_VARIANT_KEYS)
+    fields = _split_fields(
+        points, (*context_keys, "channel_uses", "snr_db", "strategy", "baseline_fit")
+    )
     contexts = {
         ctx: pts
         for ctx, pts in group_by(points, context_keys).items()
         if len({p.params["snr_db"] for p in pts}) >= 2
     }
-    paths = []
+    out: list[Drawn] = []
     for ctx, pts in contexts.items():
         # Only K values that were swept over SNR (at least two SNRs) get a panel.
         ks = sorted(
@@ -396,9 +485,11 @@ def figure_snr(
         fig, axes = plt.subplots(
             1, len(ks), figsize=(4.2 * len(ks), 3.6), sharey=True, squeeze=False
         )
+        series = []
         for ax, k in zip(axes[0], ks, strict=True):
             panel = [p for p in pts if p.params["channel_uses"] == k]
-            _strategy_lines(ax, panel, "snr_db", style, _several_fits(pts))
+            labels = _strategy_lines(ax, panel, "snr_db", style, _several_fits(pts), fields)
+            series += [(f"K={k}", label) for label in labels]
             ax.set_title(f"K = {k} (ζ = {_x(panel[0], 'zeta'):.3g} %)")
             ax.set_xlabel("SNR per receive antenna (dB)")
             ax.grid(alpha=0.3)
@@ -406,8 +497,8 @@ def figure_snr(
         title, slug = _fmt_context(context_keys, ctx)
         title = f"Accuracy vs SNR ({title}; {_seeds_note(pts, style)})"
         name = "snr-accuracy-vs-snr" + ("" if len(contexts) == 1 else f"-{slug}")
-        paths += _finish(fig, axes[0], title, out_dir, name, style, formats)
-    return paths
+        out.append((_finish(fig, axes[0], title, out_dir, name, style, formats), series))
+    return out
 
 
 _MAKERS = {"fig2": figure_fig2, "fig3": figure_fig3, "snr": figure_snr}
@@ -419,18 +510,30 @@ def make_figures(
     figures: Sequence[str] = FIGURES,
     formats: Sequence[str] = FORMATS,
     style: FigureStyle | None = None,
+    series: list[Series] | None = None,
 ) -> dict[str, list[Path]]:
     """Draw the requested figures from table rows; returns the paths written per figure.
 
     A figure whose data is not in the rows (fewer than two x values) gets an empty list.
     ``style`` (default :class:`FigureStyle`): band, zeta axis scale, PNG resolution.
+    ``series``: a list to which every line drawn is appended (:class:`Series`).
+
+    Raises:
+        UsageError: two cells agree in every configuration column (nothing is drawn).
     """
     style = style or FigureStyle()
     points = aggregate(rows)
+    check_distinct(points)
     out = Path(out_dir)
     written = {}
     for name in figures:
-        written[name] = _MAKERS[name](points, out, formats, style) if points else []
+        drawn = _MAKERS[name](points, out, formats, style) if points else []
+        written[name] = [path for paths, _ in drawn for path in paths]
+        for paths, lines in drawn:
+            for panel, label in lines:
+                log.debug("%s: panel %s: %s", paths[0].name, panel, label)
+                if series is not None:
+                    series.append(Series(paths[0], panel, label))
         if not written[name]:
             log.info("%s: the table has no context with two or more x values", name)
     return written

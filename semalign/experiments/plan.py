@@ -7,7 +7,12 @@ cell. Where the latents lie is not part of a key: a moved or copied cache, or a 
 someone whose cache is elsewhere, finds its cells complete. (Schema 1 keys hashed the folder's
 path too; :func:`legacy_run_key` recomputes them so that a sweep re-keys an older table's runs
 instead of running them again.) A config field added after schema 1 enters a key only when it
-differs from its default, so adding one keeps every existing key.
+differs from its default, so adding one keeps every existing key. A field the cell's strategy
+does not read (:data:`FAMILY_FIELDS`: the ADMM rounds' ``iterations`` or ``rho`` for a baseline,
+the baselines' fit for an ADMM strategy) is hashed at its default whatever the grid says
+(:func:`key_config`), so a sweep that changes only such a field finds the other family's cells
+complete; at the defaults those keys are the keys of before (:func:`previous_run_key` gives the
+older key of a cell away from them).
 
 Cells whose geometry the AP rejects (K N_T complex symbols more than the AP latent's d/2 complex
 features, Top-K index side information that leaves no data channel use, or more user groups
@@ -32,6 +37,7 @@ from pydantic import BaseModel
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
+from semalign.common.strategies import UnknownStrategy, get_strategy
 from semalign.experiments.grid import (
     LEGACY_RESEARCH_VALUES,
     RESEARCH_DEFAULTS,
@@ -59,6 +65,39 @@ KEY_FIELDS_V1: tuple[str, ...] = (
     "baseline_fit",
     "topk_index_cost",
 )
+
+#: The :class:`AlignmentConfig` fields that only one family of strategies reads (the family of
+#: its :class:`~semalign.common.strategies.StrategySpec`): the ADMM rounds' penalty, count, round
+#: protocol and arithmetic; the baselines' alignment fit and Top-K index accounting. A strategy
+#: of another family does not read them. (``user_groups`` and ``equalizer`` are refused, not
+#: ignored, outside fed / the ADMM family, so they are at their defaults there anyway.)
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "admm": ("rho", "iterations", "protocol", "precision"),
+    "baseline": ("baseline_fit", "topk_index_cost"),
+}
+
+
+def unused_fields(strategy: str) -> tuple[str, ...]:
+    """The config fields ``strategy`` does not read (the other families' :data:`FAMILY_FIELDS`),
+    asked of the strategy registry; none for a name it does not know."""
+    try:
+        family = get_strategy(strategy).family
+    except UnknownStrategy:
+        return ()
+    return tuple(f for fam, names in FAMILY_FIELDS.items() if fam != family for f in names)
+
+
+def key_config(config: AlignmentConfig) -> AlignmentConfig:
+    """``config`` with the fields its strategy does not read at their defaults: what a cell key
+    hashes (a baseline cell is the same cell whatever the ADMM rounds' count or penalty)."""
+    fields = type(config).model_fields
+    update = {
+        name: fields[name].get_default(call_default_factory=True)
+        for name in unused_fields(config.strategy)
+        if name in fields
+    }
+    update = {name: value for name, value in update.items() if getattr(config, name) != value}
+    return config.model_copy(update=update) if update else config
 
 
 @dataclass(frozen=True)
@@ -155,7 +194,12 @@ def _hash(payload: dict[str, Any]) -> str:
 
 
 def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
-    """Hash of every parameter of a cell (everything but the seed and the latents' folder)."""
+    """Hash of every parameter of a cell that its strategy reads (everything but the seed, the
+    latents' folder and the fields of :func:`unused_fields`, hashed at their defaults)."""
+    return _full_key(spec, group, key_config(config))
+
+
+def _full_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     return _hash(
         {
             "schema": SCHEMA,
@@ -168,11 +212,20 @@ def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     )
 
 
+def previous_run_key(run: Run) -> str | None:
+    """The schema-2 key ``run`` had before keys left out the fields its strategy does not read
+    (they hashed the grid's value), None where that is its key now (those fields at their
+    defaults). A sweep may re-key a table's runs found under it, as for :func:`legacy_run_key`."""
+    old = run_key(_full_key(run.spec, run.group, run.config), run.config.seed)
+    return None if old == run.key else old
+
+
 def legacy_cell_key(
     spec: ScenarioSpec, group: str, config: AlignmentConfig, latents_dir: str
 ) -> str | None:
     """The schema-1 key of a cell whose latents were read from ``latents_dir``, None when
-    ``config`` sets a field schema 1 did not know (no such cell can be in an older table)."""
+    ``config`` sets a field schema 1 did not know (no such cell can be in an older table).
+    Schema 1 hashed every field of ``config`` as it was, those its strategy does not read too."""
     params = _key_params(config)
     if set(params) - set(KEY_FIELDS_V1):
         return None
@@ -359,8 +412,12 @@ def make_plan(grid: SweepGrid, latents_dir: str | Path, groups: dict[str, list[s
     d_ap = int(ap_train.shape[1])
     valid, skipped = _split_geometry(grid, ap_train)
     runs: list[Run] = []
+    planned: set[str] = set()
     for group, config in valid:
         key = cell_key(specs[group], group, config)
+        if key in planned:  # the same cell for its strategy (only unread fields differ)
+            continue
+        planned.add(key)
         for seed in grid.seeds:
             runs.append(
                 Run(key, group, specs[group], config.model_copy(update={"seed": seed}), d_ap)
