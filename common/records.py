@@ -123,6 +123,15 @@ class UserSummary(_Record):
     mse_std: float
     mse_whitened: float
     mse_whitened_std: float
+    #: the user's resolved SNR (dB: ``snr_db``, ``--user-snr-db`` or path loss from
+    #: ``--distances``), recorded by the commands; None (and not in the JSON) when not known
+    snr_db: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.snr_db is None:
+            del out["snr_db"]
+        return out
 
 
 @dataclass
@@ -202,6 +211,10 @@ class RunResult(_Record):
         seeds: one result per seed.
         extra_config: entries added to the JSON's ``config`` (latents folder, encoders).
         network: the networked run's summary (latency, bytes per round, drops).
+        provenance: where and with what the run was made
+            (:func:`semalign.experiments.provenance.provenance_block`); None (and not in the
+            JSON) when not recorded. An older networked file's ``provenance`` (which figures
+            the users reported, now ``measured_by``) is not read as one.
     """
 
     config: AlignmentConfig
@@ -216,6 +229,7 @@ class RunResult(_Record):
     seeds: list[SeedResult]
     extra_config: dict[str, Any] = field(default_factory=dict)
     network: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
 
     _MEANS = (
         "mean_accuracy",
@@ -249,6 +263,8 @@ class RunResult(_Record):
         out["seeds"] = [s.to_dict() for s in self.seeds]
         if self.network is not None:
             out["network"] = self.network
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         return out
 
     @classmethod
@@ -266,4 +282,23 @@ class RunResult(_Record):
             seeds=[SeedResult.from_dict(s) for s in data["seeds"]],
             extra_config={k: v for k, v in cfg.items() if k not in fields_},
             network=data.get("network"),
+            provenance=provenance_of(data),
         )
+
+
+def provenance_of(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The provenance block of a results JSON, or None: files before it had none, and a
+    networked file of then used the key ``provenance`` for which figures the users reported
+    (``measured_by`` now), which is not a provenance block."""
+    block = results.get("provenance")
+    return block if isinstance(block, dict) and "semalign_version" in block else None
+
+
+def measured_by_of(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Which figures of a networked results JSON the users reported about themselves and which
+    the AP measured (``measured_by``; a file of before the rename has them as ``provenance``),
+    or None (an in-process run's file)."""
+    if isinstance(results.get("measured_by"), dict):
+        return results["measured_by"]
+    legacy = results.get("provenance")
+    return legacy if isinstance(legacy, dict) and provenance_of(results) is None else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import socket
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from semalign.commands.options import (
     parse_seeds,
     prepare_latents,
 )
+from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
 def expected_users(spec: str) -> int | list[str]:
@@ -96,7 +98,7 @@ def ap_secret(args: argparse.Namespace, workdir: Path) -> tuple[str, Path | None
 def command(args: argparse.Namespace) -> int:
     from semalign.encoders import registry
 
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), datetime.now(timezone.utc)
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
@@ -105,8 +107,12 @@ def command(args: argparse.Namespace) -> int:
     expected = expected_users(args.users)
     check_channel_users(config, expected if isinstance(expected, int) else len(expected))
     ap = args.ap or registry.DEFAULT_AP
+    cache = prepare_latents(args, [ap])
+    # The users' latents are on their hosts: the AP's entry is all this process uses. (Each
+    # user's SNR is its own: a user may override the offered one, so none is recorded here.)
+    origin = provenance_block(started, latents_id=latents_id(cache, [ap]))
     plan = load_plan(
-        prepare_latents(args, [ap]),
+        cache,
         ap,
         config,
         seeds,
@@ -167,6 +173,7 @@ def command(args: argparse.Namespace) -> int:
         )
 
     results, reports = serve_with_children(service, server, procs, plan, display, start_superlink)
+    stamp_results(results, origin)
     if args.flower:
         deployment["flower_reports"] = reports
     return finish(results, deployment, t_start, display, args.out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,15 @@ from semalign.commands.options import (
     prepare_latents,
     resolve_users,
 )
+from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
 def command(args: argparse.Namespace) -> int:
     from semalign.encoders import registry
     from semalign.engine.scenario import user_names
+    from semalign.engine.simulate import record_user_snrs, user_snrs
 
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), datetime.now(timezone.utc)
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
@@ -54,10 +57,12 @@ def command(args: argparse.Namespace) -> int:
     encoders = resolve_users(args.users, Path(args.latents) if args.latents else None, ap)
     check_channel_users(config, len(encoders))
     ids = user_names(encoders)
+    snrs = user_snrs(config, ids)  # user i has ordinal i (user_argv below)
     # Encode once, one encoder after another, before the user processes start: ten users
     # training at once on a small machine would only thrash. Each user process then loads its
     # own encoder's latents from this cache (--latents), without re-validating it.
     cache = prepare_latents(args, [ap, *encoders])
+    origin = provenance_block(started, latents_id=latents_id(cache, [ap, *encoders]))
     plan = load_plan(
         cache,
         ap,
@@ -116,6 +121,7 @@ def command(args: argparse.Namespace) -> int:
         return flower
 
     results, reports = serve_with_children(service, server, procs, plan, display, start_users)
+    stamp_results(record_user_snrs(results, snrs), origin)
     deployment["prepare_s"] = t_ready - t_start
     deployment["startup_s"] = (display.first_joined_at or t_ready) - t_ready
     if args.flower:

@@ -15,20 +15,25 @@ def _fmt(v: float | None, std: float | None = None, digits: int = 3) -> str:
 
 
 def print_summary(results: RunResult | dict[str, Any], console) -> None:
-    """Per-user and mean accuracy/MSE over seeds, then any dropped users.
+    """Per-user (with its SNR where recorded) and mean accuracy/MSE over seeds, any dropped
+    users, then where the run was made (its provenance, where recorded).
 
-    ``results``: a :class:`RunResult` or its results-JSON dict (the networked AP's).
+    ``results``: a :class:`RunResult` or its results-JSON dict (the networked AP's; a file of
+    any version: an older one has no SNRs and no provenance).
     """
     from rich.table import Table
 
     run = results if isinstance(results, RunResult) else RunResult.from_dict(results)
+    snr = any(u.snr_db is not None for u in run.users)
     table = Table(title=f"strategy {run.strategy} - mean over {len(run.seeds)} seed(s)")
-    for col in ("user", "encoder", "native acc", "aligned acc", "MSE"):
+    columns = ("user", "encoder", *(("SNR dB",) if snr else ()), "native acc", "aligned acc")
+    for col in (*columns, "MSE"):
         table.add_column(col, justify="left" if col in ("user", "encoder") else "right")
     for u in run.users:
         table.add_row(
             u.name,
             u.encoder,
+            *((_fmt(u.snr_db, digits=1),) if snr else ()),
             _fmt(u.native_accuracy),
             _fmt(u.accuracy, u.accuracy_std),
             _fmt(u.mse, digits=4),
@@ -37,6 +42,7 @@ def print_summary(results: RunResult | dict[str, Any], console) -> None:
     table.add_row(
         "mean",
         "",
+        *(("",) if snr else ()),
         _fmt(run.mean_native_accuracy),
         _fmt(run.mean_accuracy, run.std_accuracy),
         _fmt(run.mean_mse, digits=4),
@@ -45,3 +51,20 @@ def print_summary(results: RunResult | dict[str, Any], console) -> None:
     dropped = {k: v for s in run.seeds for k, v in s.dropped.items()}
     if dropped:
         console.print(f"[yellow]dropped users: {dropped}[/yellow]")
+    if run.provenance:
+        console.print(provenance_line(run.provenance), highlight=False, markup=False)
+
+
+def provenance_line(block: dict[str, Any]) -> str:
+    """One line of a provenance block: version, commit (``+dirty``), host, start, latents."""
+    commit = block.get("git_commit")
+    where = f"commit {commit[:12]}{'+dirty' if block.get('git_dirty') else ''}" if commit else ""
+    parts = [
+        f"semalign {block.get('semalign_version')}",
+        where or "not a git checkout",
+        f"on {block.get('host')}",
+        f"started {block.get('started_at')}",
+    ]
+    if block.get("latents_id"):
+        parts.append(f"latents {block['latents_id']}")
+    return ", ".join(parts)

@@ -31,6 +31,7 @@ from semalign.common.contract import (
 )
 from semalign.common.credentials import TOKEN_KEY, USER_KEY, user_token
 from semalign.common.latents import load_encoder_splits, pilot_count
+from semalign.common.records import measured_by_of
 from semalign.common.wire import parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import build_access_point
@@ -290,7 +291,7 @@ def test_malformed_uploads_drop_only_their_sender_at_once(latents, undisturbed):
         assert got["mse"] == pytest.approx(ref["mse"], rel=1e-9)
         assert got["primal_residual"] == pytest.approx(ref["primal_residual"], rel=1e-9)
     assert all(p.reports and p.reports[0].status == "ok" for p in peers[:2])
-    assert "self_reported" in results["provenance"]
+    assert "self_reported" in measured_by_of(results)
 
 
 def _handshake_edit(edit):

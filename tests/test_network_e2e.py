@@ -103,6 +103,14 @@ def test_semalign_run_direct_processes_matches_simulate(latents, simulated, tmp_
     assert results["rounds"][0]["bytes_down"] == sum(
         results["seeds"][0]["wire"]["rounds"][0]["bytes_down"].values()
     )
+    # run.json: which figures the users reported (``measured_by``, once ``provenance``), the
+    # provenance block, each user's SNR (the default: the session's for all)
+    assert set(results["measured_by"]) == {"self_reported", "ap_measured"}
+    block = results["provenance"]
+    assert block["semalign_version"] and block["host"] and block["started_at"]
+    assert block["command_line"][1] == "run" and "--no-flower" in block["command_line"]
+    assert block["latents_id"] == simulated["provenance"]["latents_id"]
+    assert [u["snr_db"] for u in results["users"]] == [u["snr_db"] for u in simulated["users"]]
 
 
 def _set(argv: list[str], name: str, value: str | None) -> list[str]:
@@ -287,7 +295,8 @@ def test_semalign_ap_and_users_direct_with_their_own_tokens(latents, simulated, 
     assert "AP secret" not in done.stderr  # given, so not generated
     assert not (tmp_path / "work" / "ap-secret").exists()
     assert results["seeds"][0]["users"][0]["self_reported"]["samples"] > 0
-    assert "self_reported" in results["provenance"]
+    assert "self_reported" in results["measured_by"]  # (called ``provenance`` before)
+    assert results["provenance"]["command_line"][1:3] == ["ap", "--users"]
 
 
 def test_user_without_its_latents_fails_with_one_line(latents, capsys, monkeypatch):

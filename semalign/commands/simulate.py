@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 
 from semalign.commands.options import (
     HelpFormatter,
@@ -20,8 +21,9 @@ from semalign.common.errors import LatentsError, UsageError
 from semalign.common.io import write_json
 from semalign.common.records import RoundRecord, SeedResult
 from semalign.common.strategies import get_strategy
-from semalign.engine.scenario import build_session, load_scenario
-from semalign.engine.simulate import simulate
+from semalign.engine.scenario import build_session, load_scenario, user_names
+from semalign.engine.simulate import record_user_snrs, simulate, user_snrs
+from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 from semalign.summary import print_summary
 
 
@@ -29,6 +31,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    started = datetime.now(timezone.utc)
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
@@ -39,8 +42,10 @@ def run_simulate(args: argparse.Namespace) -> int:
         scenario = load_scenario(latents_dir, ap, users)
         # Validate the geometry once before any work (raises with a clear message).
         build_session(scenario, config)
+        snrs = user_snrs(config, user_names(users))
     except (LatentsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))
     steps = config.iterations if get_strategy(config.strategy).has_rounds else 1
     with Progress(
         TextColumn("{task.description}"),
@@ -72,11 +77,12 @@ def run_simulate(args: argparse.Namespace) -> int:
                 task, info=f"seed {block.seed}: mean accuracy {block.mean_accuracy:.3f}"
             )
 
-        results = simulate(scenario, config, seeds, on_round=on_round, on_seed=on_seed)
+        run = simulate(scenario, config, seeds, on_round=on_round, on_seed=on_seed)
+    results = stamp_results(record_user_snrs(run.to_dict(), snrs), origin)
     if not args.quiet:
         print_summary(results, console)
     if args.out:
-        console.print(f"results written to {write_json(args.out, results.to_dict())}")
+        console.print(f"results written to {write_json(args.out, results)}")
     return 0
 
 

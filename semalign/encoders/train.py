@@ -264,12 +264,42 @@ def train_scratch(
     device: str | None = None,
     tick: Tick | None = None,
 ):
-    """Train ``spec`` from scratch on ``train`` with its recipe; returns the model in eval mode."""
+    """Train ``spec`` from scratch on ``train`` with its recipe; returns the model in eval mode.
+
+    On the CPU it trains with one intra-op thread, whatever this process's torch thread count
+    (as :func:`extract_latents` encodes): a CPU kernel splits its reductions by thread count,
+    and training amplifies those last bits, so the same seed trained by a lone build (every
+    core) and by a worker of a parallel build (its share) gave visibly different weights and
+    latents under one cache key (``mobilenetv3_small_075``, digits, 16x16, one epoch: latents
+    apart by up to 0.86 on a scale of 20). By default a parallel build runs one single-threaded
+    worker per core anyway; a lone build on a many-core machine trains slower than before.
+    """
     import torch
-    import torch.nn.functional as F
+
+    from semalign.common.threads import single_torch_thread
 
     setup_torch()
     device = pick_device(device)
+    on_cpu = torch.device(device).type == "cpu"
+    with single_torch_thread() if on_cpu else contextlib.nullcontext():
+        return _train(spec, train, image_size, seed, flip, num_classes, recipe, device, tick)
+
+
+def _train(
+    spec: EncoderSpec,
+    train: Split,
+    image_size: int,
+    seed: int,
+    flip: bool,
+    num_classes: int,
+    recipe: Recipe | None,
+    device: str,
+    tick: Tick | None,
+):
+    """:func:`train_scratch` on ``device``, with the process's torch threads as they are."""
+    import torch
+    import torch.nn.functional as F
+
     recipe = recipe or spec.recipe
     model = build_scratch_model(spec, image_size, num_classes, seed).to(device)
     device_type = torch.device(device).type

@@ -2,12 +2,16 @@
 
 :func:`simulate_seed` and :func:`simulate` are what ``semalign simulate`` and the experiment
 sweeps call; the same driver and state machines run over gRPC in the networked system.
+:func:`user_snrs` resolves each user's SNR as its link gets it (the commands record and print
+it: :func:`record_user_snrs`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +21,8 @@ from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import Scenario, build_session, scenario_result
 from semalign.server.results import seed_result
 from semalign.server.session import SessionDriver
+
+log = logging.getLogger(__name__)
 
 
 def simulate_seed(
@@ -62,3 +68,30 @@ def simulate(
         if on_seed:
             on_seed(blocks[-1])
     return scenario_result(scenario, config, blocks)
+
+
+def user_snrs(config: AlignmentConfig, names: Sequence[str]) -> dict[str, float]:
+    """Each user's resolved SNR in dB, by name; ``names`` in session order (user ``names[i]``
+    has ordinal i, as :func:`semalign.client.user.build_user` numbers them): ``snr_db`` for
+    all, ``--user-snr-db``, or path loss from ``--distances``
+    (:meth:`~semalign.common.channels.ChannelConfig.user_snrs`).
+
+    Logs a warning when every user is below 0 dB (noise stronger than signal at every
+    receiver): usually distances or a reference SNR given in the wrong unit.
+    """
+    snrs = config.channel.user_snrs(len(names), config.snr_db)
+    if snrs and max(snrs) < 0:
+        log.warning(
+            "every user's SNR is below 0 dB (%s): the noise is stronger than the signal at "
+            "every user; check --snr-db, --user-snr-db, --distances and --snr-ref-db",
+            ", ".join(f"{name} {snr:.1f} dB" for name, snr in zip(names, snrs, strict=True)),
+        )
+    return dict(zip(names, snrs, strict=True))
+
+
+def record_user_snrs(results: dict[str, Any], snrs: dict[str, float]) -> dict[str, Any]:
+    """Set ``snr_db`` of every user of a results JSON (a dict) that ``snrs`` names, in place."""
+    for user in results["users"]:
+        if user["name"] in snrs:
+            user["snr_db"] = snrs[user["name"]]
+    return results

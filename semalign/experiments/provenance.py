@@ -1,43 +1,108 @@
-"""Where and with what a run was made: semalign's version, the git commit, the start time, the host.
+"""Where and with what a run was made: the one ``provenance`` block of every results file.
 
-:func:`run_provenance` is the one block every record of a run carries (a sweep table's row, a
-tracked run's tags, later a results JSON). It depends on the standard library only and never
-fails: a source tree that is not a git checkout, or a machine without git, gives
-``git_commit=None``.
+:func:`provenance_block` builds it, for ``semalign simulate``, ``semalign run``, ``semalign ap``
+(the results JSON's ``provenance``) and every sweep run (its rows):
+
+* ``semalign_version``; ``git_commit`` (``git rev-parse HEAD`` of the source tree semalign runs
+  from) and ``git_dirty`` (tracked files changed since that commit), both None when the tree is
+  not a git checkout or git is not there, never an error;
+* ``started_at`` (UTC, ISO 8601 to the second), ``host``, ``command_line`` (``sys.argv``);
+* ``latents_id``: the content hash of the latent cache entries the run used
+  (:func:`latents_id`, the sweep's cell-key fingerprint), None when not given;
+* ``python`` and ``libraries``: the versions of numpy, scipy, torch, timm, flwr and grpcio
+  (None for one that is not installed: a deployment image may run without torch). Read from
+  the installed distributions' metadata, so nothing heavy is imported.
+
+:data:`PROVENANCE_KEYS` are the block's keys a sweep table stores as columns; the sweep rows
+carry the whole block besides (``row["provenance"]``). :func:`stamp_results` puts a block into
+a results JSON (and moves a networked run's figure sources, which the server still files under
+``provenance``, to ``measured_by``). The standard library only (the latents hash aside), and it
+never fails.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
+import platform
 import socket
 import subprocess
+import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-#: The keys of :func:`run_provenance`, in the order the results table stores them.
+#: The block's keys a results table stores as columns (schema 2 on), in the table's order.
 PROVENANCE_KEYS: tuple[str, ...] = ("semalign_version", "git_commit", "started_at", "host")
+
+#: The distributions whose versions the block records.
+LIBRARIES: tuple[str, ...] = ("numpy", "scipy", "torch", "timm", "flwr", "grpcio")
 
 #: The source tree's root (``<root>/semalign/experiments/provenance.py``).
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_provenance(started: datetime | None = None) -> dict[str, Any]:
+def provenance_block(
+    started: datetime | None = None,
+    *,
+    latents_id: str | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     """The provenance block of a run starting now (or at ``started``).
 
-    Returns:
-        ``semalign_version``: this package's version; ``git_commit``: ``git rev-parse HEAD`` of
-        the source tree semalign runs from, None when it is not a git checkout or git is not
-        there; ``started_at``: UTC, ISO 8601 to the second; ``host``: this machine's name.
+    Args:
+        started: when the run started (default: now); stored in UTC.
+        latents_id: the content hash of the latents it used (:func:`latents_id`).
+        argv: its command line (default: ``sys.argv``).
     """
     when = (started or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return {
         "semalign_version": semalign_version(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "started_at": when.isoformat(timespec="seconds"),
         "host": socket.gethostname(),
+        "command_line": [str(a) for a in (sys.argv if argv is None else argv)],
+        "latents_id": latents_id,
+        "python": platform.python_version(),
+        "libraries": library_versions(),
     }
+
+
+def run_provenance(started: datetime | None = None) -> dict[str, Any]:
+    """The table columns of :func:`provenance_block` (:data:`PROVENANCE_KEYS`) for a run
+    starting now (or at ``started``)."""
+    block = provenance_block(started)
+    return {key: block[key] for key in PROVENANCE_KEYS}
+
+
+def stamp_results(results: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """Put ``block`` into a results JSON (a dict) as its ``provenance``, in place; returns it.
+
+    A networked run's results come from the server with the figures' sources (which the users
+    reported, which the AP measured) under the key ``provenance``, its name before the
+    provenance block: they move to ``measured_by``.
+    """
+    from semalign.common.records import measured_by_of
+
+    labels = measured_by_of(results)
+    results.pop("provenance", None)
+    if labels is not None:
+        results["measured_by"] = labels
+    results["provenance"] = block
+    return results
+
+
+def latents_id(latents_dir: str | os.PathLike[str], encoders: Iterable[str]) -> str:
+    """Content hash of the cache entries of ``encoders`` under ``latents_dir`` (their train
+    and test latents and classifier): the fingerprint a sweep's cell keys carry
+    (:func:`semalign.experiments.plan.latents_fingerprint`), so a results file and a sweep
+    row made from the same latents name them alike."""
+    from semalign.experiments.plan import latents_fingerprint
+
+    return latents_fingerprint(latents_dir, encoders)
 
 
 def semalign_version() -> str:
@@ -48,20 +113,27 @@ def semalign_version() -> str:
 
 
 @functools.cache
-def git_commit(root: str | os.PathLike[str] | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the source tree ``root`` (default: semalign's), read-only.
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`LIBRARIES`, None where it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
-    Only a tree with its own ``.git`` (a folder, or a file for a worktree) is asked, so an
-    installed copy inside some other repository does not report that repository's commit.
-    None when there is no checkout, no git, or git fails; cached per process.
-    """
-    folder = Path(root) if root is not None else _SOURCE_ROOT
+
+def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder args`` 's standard output, or None when it cannot tell (no checkout, no
+    git, git fails). Only a tree with its own ``.git`` (a folder, or a file for a worktree) is
+    asked, so an installed copy inside some other repository does not report that one."""
     if not (folder / ".git").exists():
         return None
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         done = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            ["git", "-C", str(folder), *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -70,7 +142,29 @@ def git_commit(root: str | os.PathLike[str] | None = None) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = done.stdout.strip()
-    if done.returncode != 0 or len(commit) < 40 or any(c not in "0123456789abcdef" for c in commit):
+    return done.stdout if done.returncode == 0 else None
+
+
+@functools.cache
+def git_commit(root: str | os.PathLike[str] | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the source tree ``root`` (default: semalign's), read-only.
+
+    None when there is no checkout, no git, or git fails; cached per process.
+    """
+    out = _git(Path(root) if root is not None else _SOURCE_ROOT, "rev-parse", "HEAD")
+    commit = (out or "").strip()
+    if len(commit) < 40 or any(c not in "0123456789abcdef" for c in commit):
         return None
     return commit
+
+
+@functools.cache
+def git_dirty(root: str | os.PathLike[str] | None = None) -> bool | None:
+    """Whether tracked files of the source tree ``root`` (default: semalign's) differ from its
+    commit (untracked files do not count, as for ``git describe --dirty``); None when there is
+    no checkout, no git, or git fails; cached per process."""
+    folder = Path(root) if root is not None else _SOURCE_ROOT
+    if git_commit(folder) is None:
+        return None
+    out = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())

@@ -12,8 +12,10 @@ worker loads every scenario it needs once and limits BLAS to one thread (on a lo
 machine a 2-thread OpenBLAS eigendecomposition measured 8x slower than a 1-thread one), and the
 rows come back to this process, which alone writes the table (and logs to the tracker).
 
-Every run's rows carry its :func:`~semalign.experiments.provenance.run_provenance`, taken in the
-process that ran it (its host, its start time).
+Every run's rows carry its :func:`~semalign.experiments.provenance.provenance_block`, taken in
+the process that ran it (its host, its start time) with the plan's latents fingerprint: the
+table keeps its :data:`~semalign.experiments.provenance.PROVENANCE_KEYS` columns, each row dict
+the whole block (``row["provenance"]``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from semalign.common.errors import SweepError
 from semalign.common.io import SpawnPool
 from semalign.experiments.plan import Plan, Run, ScenarioSpec, describe, legacy_run_key, zeta
-from semalign.experiments.provenance import PROVENANCE_KEYS, run_provenance
+from semalign.experiments.provenance import PROVENANCE_KEYS, provenance_block
 from semalign.experiments.table import ResultsTable, rows_from_seed
 
 log = logging.getLogger(__name__)
@@ -62,14 +64,17 @@ def execute(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """
     from semalign.engine.simulate import simulate_seed
 
-    provenance = run_provenance()
+    provenance = provenance_block(latents_id=run.spec.fingerprint or None)
     scenario = _scenario(run.spec)
     for encoder in run.spec.users:
         data = scenario.data_for(encoder, run.config.pilot_fraction, run.config)
         data.whitened_pilots(list(range(len(data.pilot_ids))))
     result = simulate_seed(scenario, run.config)
     block = result.to_dict() if hasattr(result, "to_dict") else result
-    return rows_from_seed(run, block, provenance), block
+    rows = rows_from_seed(run, block, provenance)
+    for row in rows:
+        row["provenance"] = provenance
+    return rows, block
 
 
 def _worker_init(blas_threads: int, log_level: int) -> None:
