@@ -27,7 +27,7 @@ from semalign.common.failpoints import failpoint
 from semalign.common.packing import complex_dim
 from semalign.common.representation import LINEAR, Representation
 from semalign.common.strategies import get_strategy, strategy_for_code
-from semalign.common.validation import check_accept, check_ids, check_indices, one_line
+from semalign.common.validation import check_accept, check_ids, one_line
 from semalign.common.whitening import Whitener
 from semalign.common.wire import PROTOCOL_VERSION, check_matrix, parse_ap_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
@@ -290,7 +290,9 @@ class User:
         symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)), rep.wire_codes)
         indices = None
         if msg.HasField("indices"):
-            indices = check_indices(msg.indices, (rows, len(ids)), self.accept.ap_latent_dim)
+            if self.strategy is None:
+                raise ProtocolError("no equalizer yet: evaluation before alignment")
+            indices = self.strategy.read_indices(msg.indices, len(ids))
         decoded, y_hat = self.decode(symbols.astype(np.complex128), indices)
         native, labels = native[ids], np.asarray(self.data.test_labels)[ids]
         y_true = self.whitener.whiten(rep.features(native))

@@ -1,10 +1,23 @@
 """First-K and Top-K baselines of section IV: disjoint channel equalization and alignment.
 
-The AP transmits a subset of its whitened complex latent x (c,): First-K sends the first
-K N_T symbols, Top-K the K N_T largest-magnitude symbols plus their indices (side information,
-see :func:`top_k_index_bits`). The AP precodes with the power-constrained F of eq. (19); each
-user equalizes with the SVD-MMSE equalizer and maps the estimate into its own latent space with a
-least-squares alignment Q_l (eq. 20).
+The order is the paper's and the authors' code's (their ``__compression`` runs before
+``prewhiten``):
+
+1. the AP *selects* 2 K N_T real features of each data point in its NATIVE real latent
+   (d, n): First-K the first 2 K N_T, Top-K the 2 K N_T largest-|.| of each sample plus their
+   indices (side information, see :func:`top_k_index_bits`, bits on the native dimension d);
+2. it packs them into K N_T complex symbols (:mod:`semalign.common.packing`) and whitens
+   them with a mean and Cholesky factor fitted on the pilots' selected symbols;
+3. it precodes with the power-constrained F of eq. (19);
+4. each user equalizes with the SVD-MMSE equalizer, *undoes the whitening* (the AP sends the
+   factor and the mean once with the pilots: K N_T (K N_T + 1) complex numbers), unpacks,
+   zero-fills the values into their native positions, and maps the (d, n) result into its own
+   latent space with a least-squares alignment Q_l (eq. 20), fitted on its received pilots
+   (``received``) or on the AP's full native pilots (``full``, the paper's reading).
+
+Selecting among *whitened* symbols instead (an earlier version of semalign did) is a different,
+much weaker baseline: whitening spreads the energy evenly over the symbols, so "the largest
+whitened symbol" carries little meaning.
 
 Deviation from the paper's text: the paper writes the equalizer as 1_K^T (x) M, which would sum
 the K channel uses; K N_T distinct symbols cannot be recovered that way, so the equalizer here is
@@ -18,6 +31,12 @@ import math
 import numpy as np
 from semalign.common.admm import GramFactor, solve_sylvester
 from semalign.common.packing import ShapeError
+
+#: The baselines' selection order, recorded in every results row: the native latent (the paper's
+#: and the authors' code's order). Results of semalign versions that selected among whitened
+#: symbols read as :data:`LEGACY_SELECTION`.
+SELECTION = "native"
+LEGACY_SELECTION = "whitened-symbols"
 
 
 def svd_mmse_equalizer(hbar: np.ndarray, snr_db: float, channel_uses: int) -> np.ndarray:
@@ -75,38 +94,42 @@ def power_constrained_precoder(
     return solve(hi)
 
 
-def first_k_select(x: np.ndarray, count: int) -> np.ndarray:
-    """First-K: the first ``count`` = K N_T complex symbols of x (c, n) -> (count, n)."""
-    if count > x.shape[0]:
-        raise ShapeError(f"cannot send {count} symbols of a {x.shape[0]}-symbol latent")
-    return x[:count]
+def _check_count(latents: np.ndarray, count: int) -> None:
+    if count > latents.shape[0]:
+        raise ShapeError(
+            f"cannot send {count} real features of a {latents.shape[0]}-feature latent"
+        )
 
 
-def first_k_indices(count: int, n: int) -> np.ndarray:
-    """Indices (count, n) of the First-K symbols, for :func:`scatter`."""
-    return np.repeat(np.arange(count)[:, None], n, axis=1)
+def first_k_select(latents: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """First-K: the first ``count`` = 2 K N_T real features of native latents (d, n).
 
-
-def top_k_select(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K: per column of x (c, n), the ``count`` largest-|.| symbols and their indices.
-
-    Returns (values (count, n), indices (count, n) int64), indices ascending in each column.
+    Returns (values (count, n), indices (count, n) int64), the indices the same in every column.
     """
-    if count > x.shape[0]:
-        raise ShapeError(f"cannot send {count} symbols of a {x.shape[0]}-symbol latent")
-    idx = (
-        np.argpartition(-np.abs(x), count - 1, axis=0)[:count]
-        if count < x.shape[0]
-        else (np.repeat(np.arange(x.shape[0])[:, None], x.shape[1], axis=1))
-    )
-    idx = np.sort(idx, axis=0).astype(np.int64)
-    return np.take_along_axis(x, idx, axis=0), idx
+    _check_count(latents, count)
+    indices = np.repeat(np.arange(count, dtype=np.int64)[:, None], latents.shape[1], axis=1)
+    return latents[:count], indices
+
+
+def top_k_select(latents: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K: per column of native latents (d, n), the ``count`` = 2 K N_T largest-|.| real
+    features and their indices.
+
+    The values are ordered by decreasing magnitude in each column (ties: the lower index first),
+    as ``torch.topk`` orders them in the authors' code, so that after complex packing the real
+    parts carry the K N_T largest and the imaginary parts the next K N_T.
+
+    Returns (values (count, n), indices (count, n) int64).
+    """
+    _check_count(latents, count)
+    order = np.argsort(-np.abs(latents), axis=0, kind="stable")[:count].astype(np.int64)
+    return np.take_along_axis(latents, order, axis=0), order
 
 
 def scatter(values: np.ndarray, indices: np.ndarray, dim: int) -> np.ndarray:
-    """Zero-filled (dim, n) vectors with ``values`` (k, n) placed at ``indices`` (k, n)."""
-    out = np.zeros((dim, values.shape[1]), dtype=np.result_type(values, np.complex64))
-    np.put_along_axis(out, indices, values, axis=0)
+    """Zero-filled real (dim, n) vectors with ``values`` (count, n) placed at ``indices``."""
+    out = np.zeros((dim, values.shape[1]), dtype=np.float64)
+    np.put_along_axis(out, indices, np.real(values), axis=0)
     return out
 
 
@@ -122,18 +145,35 @@ def index_channel_uses(bits: int, antennas_tx: int, snr_db: float) -> int:
 
 
 def fit_alignment(source: np.ndarray, target: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
-    """Least-squares alignment (eq. 20): Q = argmin ||Q S - T||_F^2 (+ small ridge).
+    """Least-squares alignment with intercept (eq. 20): Q = argmin ||Q [S; 1] - T||_F^2.
+
+    The alignment is real-linear, as in the authors' code (a real least-squares map from the
+    AP's real features to the user's): an affine map of the user's target is fitted exactly as
+    its image, so fitting the user's whitened latents gives the same estimate as fitting its
+    native ones. The intercept matters because the source is de-whitened (its mean is back).
 
     Args:
-        source: (p, n) what the user has (received estimate, or the AP's full features).
-        target: (m, n) the user's whitened latents.
-        ridge: Tikhonov weight relative to tr(S S^H)/p, keeps Q defined for rank-deficient S.
+        source: (p, n) real, what the user has: the received, de-whitened, zero-filled estimate
+            of the AP's native features, or the AP's full native pilots (``full`` fit).
+        target: (q, n) real, the user's latents (the real view of its whitened pilots).
+        ridge: Tikhonov weight relative to tr(S_c S_c^T)/p (S_c centered); keeps Q defined for
+            rank-deficient S (First-K's zero rows).
 
     Returns:
-        Q (m, p).
+        Q (q, p + 1): the last column is the intercept (:func:`apply_alignment`).
     """
-    gram = source @ source.conj().T
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    s_mean = source.mean(axis=1, keepdims=True)
+    t_mean = target.mean(axis=1, keepdims=True)
+    centered = source - s_mean
+    gram = centered @ centered.T
     p = gram.shape[0]
-    reg = ridge * max(float(np.real(np.trace(gram))) / p, 1e-12)
-    rhs = source @ target.conj().T
-    return np.linalg.solve(gram + reg * np.eye(p), rhs).conj().T
+    reg = ridge * max(float(np.trace(gram)) / p, 1e-12)
+    linear = np.linalg.solve(gram + reg * np.eye(p), centered @ (target - t_mean).T).T
+    return np.hstack([linear, t_mean - linear @ s_mean])
+
+
+def apply_alignment(q: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Q [S; 1]: the aligned estimate (q, n) of source (p, n) for Q (q, p + 1)."""
+    return q[:, :-1] @ source + q[:, -1:]

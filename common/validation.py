@@ -109,13 +109,14 @@ def check_ids(ids, what: str, *, unique: bool = True, limit: int = MAX_DATA_ID) 
 
 
 def check_indices(message: pb.Matrix, shape: tuple[int, int], ap_latent_dim: int) -> np.ndarray:
-    """Baseline symbol positions (int64): integers of ``shape``, each in [0, d/2)."""
+    """Baseline feature positions (int64) in the AP's native latent: integers of ``shape``, each
+    in [0, d)."""
     indices = check_matrix(
-        message, "symbol indices", shape, (pb.UINT16, pb.INT32, pb.INT64), finite=False
+        message, "feature indices", shape, (pb.UINT16, pb.INT32, pb.INT64), finite=False
     ).astype(np.int64)
-    limit = complex_dim(ap_latent_dim)
+    limit = ap_latent_dim
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= limit):
-        raise ProtocolError(f"symbol indices out of range [0, {limit})")
+        raise ProtocolError(f"feature indices out of range [0, {limit})")
     return indices
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from semalign.common.errors import ProtocolError
 from semalign.proto import semalign_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Most dimensions a Matrix may have (every protocol matrix has 2; ids and shapes have 1).
 MAX_NDIM = 4
 #: Largest single dimension a Matrix may declare (the byte count bounds the product anyway).

@@ -199,16 +199,22 @@ class CompactUpload(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., a: _Optional[_Union[Matrix, _Mapping]] = ..., cross: _Optional[_Union[Matrix, _Mapping]] = ..., squared_error: _Optional[float] = ..., noise_term: _Optional[float] = ...) -> None: ...
 
 class PilotTransmission(_message.Message):
-    __slots__ = ("session_id", "symbols", "indices", "reference")
+    __slots__ = ("session_id", "symbols", "indices", "reference", "whitening_mean", "whitening_factor", "precoder")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    WHITENING_MEAN_FIELD_NUMBER: _ClassVar[int]
+    WHITENING_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    PRECODER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     symbols: Matrix
     indices: Matrix
     reference: Matrix
-    def __init__(self, session_id: _Optional[str] = ..., symbols: _Optional[_Union[Matrix, _Mapping]] = ..., indices: _Optional[_Union[Matrix, _Mapping]] = ..., reference: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+    whitening_mean: Matrix
+    whitening_factor: Matrix
+    precoder: Matrix
+    def __init__(self, session_id: _Optional[str] = ..., symbols: _Optional[_Union[Matrix, _Mapping]] = ..., indices: _Optional[_Union[Matrix, _Mapping]] = ..., reference: _Optional[_Union[Matrix, _Mapping]] = ..., whitening_mean: _Optional[_Union[Matrix, _Mapping]] = ..., whitening_factor: _Optional[_Union[Matrix, _Mapping]] = ..., precoder: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
 
 class EvaluationRequest(_message.Message):
     __slots__ = ("session_id", "symbols", "indices", "sample_ids")

@@ -99,6 +99,7 @@ class AccessPoint:
                 f"latent's {complex_dim(self.latent_dim)} complex features "
                 f"(d={self.latent_dim}): compression factor K/(d/2) must be <= 1"
             )
+        self.pilot_latents = latents
         features = rep.features(latents)
         self.whitener: Whitener = rep.fit_whitener(features)
         self.x = self.whitener.whiten(features)  # (c, n)
@@ -333,12 +334,15 @@ class AccessPoint:
         return self.strategy.result_info()
 
     # ------------------------------------------------------------------ evaluation
+    def whiten(self, latents: np.ndarray) -> np.ndarray:
+        """Whitened features (c, n) of real AP latents (n, d) (the pilots' whitener)."""
+        return self.whitener.whiten(self.representation.features(latents))
+
     def encode(
         self, latents: np.ndarray, state: UserState | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Transmitted symbols (K N_T, n) for real AP latents (n, d), plus baseline indices."""
-        x = self.whitener.whiten(self.representation.features(latents))
-        return self.strategy.encode(x, state)
+        return self.strategy.transmit(np.asarray(latents, dtype=np.float64), state)
 
     def evaluation_requests(self, latents: np.ndarray, sample_ids: np.ndarray) -> dict[str, bytes]:
         """EvaluationRequest bytes per active user for test latents (n_test, d)."""

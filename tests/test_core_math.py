@@ -175,22 +175,29 @@ def test_dual_update_and_residuals():
     assert primal == pytest.approx(2.0) and dual == pytest.approx(2.0 * 3.0)
 
 
-def test_top_k_and_first_k_on_hand_made_input():
-    x = np.array([[1, 5], [-4, 0.1], [2j, 3], [0.5, -6]], dtype=complex)
+def test_top_k_and_first_k_select_native_real_features():
+    x = np.array([[1, 5], [-4, 0.1], [2, 3], [0.5, -6]], dtype=float)  # native (d=4, n=2)
     values, idx = baselines.top_k_select(x, 2)
-    np.testing.assert_array_equal(idx, [[1, 0], [2, 3]])
-    np.testing.assert_array_equal(values, [[-4, 5], [2j, -6]])
+    # per column, by decreasing magnitude (the authors' torch.topk order)
+    np.testing.assert_array_equal(idx, [[1, 3], [2, 0]])
+    np.testing.assert_array_equal(values, [[-4, -6], [2, 5]])
     np.testing.assert_array_equal(
-        baselines.scatter(values, idx, 4), [[0, 5], [-4, 0], [2j, 0], [0, -6]]
+        baselines.scatter(values, idx, 4), [[0, 5], [-4, 0], [2, 0], [0, -6]]
     )
-    np.testing.assert_array_equal(baselines.first_k_select(x, 3), x[:3])
-    np.testing.assert_array_equal(baselines.first_k_indices(2, 3), [[0, 0, 0], [1, 1, 1]])
+    values, idx = baselines.first_k_select(x, 3)
+    np.testing.assert_array_equal(values, x[:3])
+    np.testing.assert_array_equal(idx, [[0, 0], [1, 1], [2, 2]])
+    # ties: the lower index first
+    _, idx = baselines.top_k_select(np.array([[1.0], [-1.0], [1.0]]), 2)
+    np.testing.assert_array_equal(idx[:, 0], [0, 1])
     assert baselines.top_k_index_bits(8, 3) == math.ceil(math.log2(56)) == 6
     assert baselines.top_k_index_bits(8, 8) == 0
     # SNR 3 (linear): log2(1 + 3) = 2 bits per antenna, 4 bits per use with N_T = 2
     assert baselines.index_channel_uses(6, 2, 10 * math.log10(3)) == 2
     with pytest.raises(ValueError):
         baselines.first_k_select(x, 5)
+    with pytest.raises(ValueError):
+        baselines.top_k_select(x, 5)
 
 
 def test_svd_mmse_equalizer_inverts_channel_up_to_v_at_high_snr():
@@ -226,11 +233,17 @@ def test_power_constrained_precoder_kkt(power):
         np.testing.assert_allclose(f, np.linalg.solve(a, m.conj().T @ r), atol=1e-8)
 
 
-def test_fit_alignment_recovers_linear_map():
+def test_fit_alignment_recovers_affine_map():
     rng = np.random.default_rng(9)
-    q = crandn(rng, 3, 5)
-    s = crandn(rng, 5, 100)
-    np.testing.assert_allclose(baselines.fit_alignment(s, q @ s, ridge=1e-12), q, atol=1e-8)
+    q, b = rng.standard_normal((3, 5)), rng.standard_normal((3, 1))
+    s = rng.standard_normal((5, 100)) + 2.0  # a source with a mean, as de-whitened features
+    fitted = baselines.fit_alignment(s, q @ s + b, ridge=1e-12)
+    np.testing.assert_allclose(fitted, np.hstack([q, b]), atol=1e-8)
+    np.testing.assert_allclose(baselines.apply_alignment(fitted, s), q @ s + b, atol=1e-8)
+    # zero rows (First-K's unsent features) get zero weight, not a singular solve
+    s[2] = 0.0
+    fitted = baselines.fit_alignment(s, q @ s + b)
+    assert np.all(np.isfinite(fitted)) and np.allclose(fitted[:, 2], 0.0)
 
 
 def test_objective_terms_from_products_equal_explicit_residual():

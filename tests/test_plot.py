@@ -243,11 +243,14 @@ def test_aggregation_matches_the_reference():
     for p in aggregated:
         assert {k: p.params.pop(k) for k in added} == added
         assert p.params.pop("baseline_fit") in ("", "received")
+        # a schema-1 table's baselines selected among whitened symbols, and say so
+        selection = "whitened-symbols" if p.params["strategy"] in ("first-k", "top-k") else ""
+        assert p.params.pop("baseline_selection") == selection
     points = [{k: p.__dict__[k] for k in want["points"][0]} for p in aggregated]
     assert len(points) == len(want["points"])
     assert all(same(g, w) for g, w in zip(points, want["points"], strict=True))
     summary = [
-        {k: v for k, v in r.items() if k not in {*added, "baseline_fit"}}
+        {k: v for k, v in r.items() if k not in {*added, "baseline_fit", "baseline_selection"}}
         for r in plot.summary_rows(rows)
     ]
     assert all(same(g, w) for g, w in zip(summary, want["summary_rows"], strict=True))

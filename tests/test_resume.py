@@ -33,7 +33,8 @@ from semalign.engine.scenario import build_session, load_scenario
 
 CONFIG = AlignmentConfig(antennas_tx=2, antennas_rx=2, channel_uses=2, iterations=5)
 #: keys whose values are timings or wire counters (not compared)
-UNCOMPARED = {"seconds", "wire", "network", "join_s", "session_s", "total_s"}
+#: provenance: a resumed run has its own start time and command line
+UNCOMPARED = {"seconds", "wire", "network", "join_s", "session_s", "total_s", "provenance"}
 
 
 class Crash(Exception):

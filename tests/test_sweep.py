@@ -272,6 +272,10 @@ def test_cli_sweep_and_errors(latents, tmp_path, capsys):
 #: latent folder's path and it has no provenance columns; keys are compared through
 #: test_cell_keys_are_pinned instead.
 REFERENCE = Path(__file__).parent / "data" / "sweep_reference.csv"
+#: The reference's 64 First-K/Top-K rows as the native-latent selection computes them (made
+#: from the same grid and latents, schema-1 columns; the reference itself keeps the rows of the
+#: whitened-symbol selection it was made with, which tests/test_plot.py reads as such).
+BASELINES_REFERENCE = Path(__file__).parent / "data" / "sweep_reference_baselines.csv"
 NOT_COMPARED = {"seconds", "latents", "cell_key", "run_key"}
 
 
@@ -313,11 +317,21 @@ def test_table_matches_the_reference(tmp_path):
     with open(REFERENCE, newline="") as fh:
         want = list(csv.DictReader(fh))
     assert len(got) == len(want) == 128
+    # the baselines' rows: since they select in the native latent (issue 23) their values are
+    # those of BASELINES_REFERENCE (same columns, the same sweep); the ADMM rows are unchanged
+    with open(BASELINES_REFERENCE, newline="") as fh:
+        baselines = iter(list(csv.DictReader(fh)))
+    want = [next(baselines) if w["strategy"] in ("first-k", "top-k") else w for w in want]
+    assert next(baselines, None) is None
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        # schema 4: schema 1 with the channel model after csi and the research options after
-        # it, then provenance
+        # schema 5: schema 1 with the channel model after csi and the research options after
+        # it, the baselines' selection order after topk_index_cost, then provenance
         added = ("channel", *RESEARCH_COLUMNS)
-        assert [c for c in g if c not in added] == list(w) + list(PROVENANCE_KEYS)
+        order = [c for c in g if c not in (*added, "baseline_selection")]
+        assert order == list(w) + list(PROVENANCE_KEYS)
+        assert list(g)[list(g).index("topk_index_cost") + 1] == "baseline_selection"
+        base = g["strategy"] in ("first-k", "top-k")
+        assert g["baseline_selection"] == ("native" if base else "")
         at = list(g).index("csi") + 1
         assert list(g)[at : at + len(added)] == list(added) and g["channel"] == "rayleigh"
         assert [g[c] for c in RESEARCH_COLUMNS] == ["logistic", "latents", "first", "1", "linear"]
@@ -353,13 +367,15 @@ def test_cell_keys_are_pinned():
     logistic = AlignmentConfig(task_model="logistic")
     assert sweep_plan.cell_key(spec, "g", logistic) == "77b2ee8b1ee4a562"
     assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "a9e907cecad0e01f"
-    assert sweep_plan.cell_key(spec, "g", other) == "f07650c88f0607a3"
+    # a baseline's key hashes its selection order (native): the whitened-symbol cells of older
+    # versions (key f07650c88f0607a3 for this one) are other cells, never reused
+    assert sweep_plan.cell_key(spec, "g", other) == "05c575c75652affb"
     moved = sweep_plan.ScenarioSpec("/elsewhere", spec.ap, spec.users, spec.fingerprint)
-    assert sweep_plan.cell_key(moved, "g", other) == "f07650c88f0607a3"
+    assert sweep_plan.cell_key(moved, "g", other) == "05c575c75652affb"
     # a baseline does not read the ADMM rounds' fields: the same cell whatever they are (an
     # ADMM strategy does not read the baselines' fit); the schema-1 key hashed them as given
     admm_only = {"iterations": 5, "rho": 2.0, "protocol": "compact", "precision": "single"}
-    assert sweep_plan.cell_key(spec, "g", other.model_copy(update=admm_only)) == "f07650c88f0607a3"
+    assert sweep_plan.cell_key(spec, "g", other.model_copy(update=admm_only)) == "05c575c75652affb"
     fit = AlignmentConfig(
         task_model="logistic", baseline_fit="full", topk_index_cost="channel-uses"
     )
@@ -367,10 +383,12 @@ def test_cell_keys_are_pinned():
     legacy = sweep_plan.legacy_cell_key
     assert legacy(spec, "g", logistic, "/fixed/latents") == "af3e688a4abc14fa"
     assert legacy(spec, "g", AlignmentConfig(), "/fixed/latents") is None  # not in schema 1
-    assert legacy(spec, "g", other, "/fixed/latents") == "5e3284745e16d379"
-    assert legacy(spec, "g", other, "/elsewhere") != "5e3284745e16d379"
-    five = legacy(spec, "g", other.model_copy(update={"iterations": 5}), "/fixed/latents")
-    assert five not in (None, "5e3284745e16d379")
+    # schema-1 baselines (whitened-symbol selection) are never re-keyed onto today's cells
+    assert legacy(spec, "g", other, "/fixed/latents") is None
+    fed = other.model_copy(update={"strategy": "fed"})
+    assert legacy(spec, "g", fed, "/fixed/latents") not in (None, legacy(spec, "g", fed, "/x"))
+    five = legacy(spec, "g", fed.model_copy(update={"iterations": 5}), "/fixed/latents")
+    assert five not in (None, legacy(spec, "g", fed, "/fixed/latents"))
 
 
 def test_a_config_field_added_later_keeps_the_keys():
@@ -510,7 +528,9 @@ def _as_schema1(table: Path, plan, keep: int) -> None:
         for row in rows:
             if row["run_key"] not in kept_runs:
                 continue
-            old = legacy[row["run_key"]]
+            # a baseline has no schema-1 key today (it selected among whitened symbols then):
+            # give its rows a key of their own, as that version would have
+            old = legacy[row["run_key"]] or f"whitened{row['cell_key']}-{row['seed']}"
             row = {**row, "run_key": old, "cell_key": old.rpartition("-")[0]}
             writer.writerow(["" if row[c] is None else str(row[c]) for c in V1_COLUMNS])
 
@@ -519,7 +539,7 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     import shutil
 
     # schema 1 knew one task model, the logistic one: only its cells can be in such a table
-    plan = tiny_plan(latents, task_models=("logistic",))
+    plan = tiny_plan(latents, task_models=("logistic",), strategies=("fed",), channel_uses=(1, 2))
     table = tmp_path / "t.csv"
     run_sweep(plan, table)
     _as_schema1(table, plan, keep=3)
@@ -529,7 +549,10 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     # the sweep resumes it from a moved cache: three runs re-keyed, one run done
     moved = tmp_path / "moved"
     shutil.copytree(latents, moved)
-    summary = run_sweep(tiny_plan(moved, task_models=("logistic",)), table)
+    summary = run_sweep(
+        tiny_plan(moved, task_models=("logistic",), strategies=("fed",), channel_uses=(1, 2)),
+        table,
+    )
     assert (summary.rekeyed, summary.done, summary.already_done) == (3, 1, 3)
     new = read_table(table)
     assert new.schema == TABLE_SCHEMA and new.complete == {r.key for r in plan.runs}
@@ -541,6 +564,26 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
         assert next(csv.reader(fh)) == list(COLUMNS)
     again = run_sweep(plan, table)
     assert (again.done, again.already_done, again.rekeyed) == (0, 4, 0)
+
+
+def test_old_baseline_rows_are_kept_labelled_and_never_reused(latents, tmp_path):
+    """A schema-1 table's First-K rows selected among whitened symbols: they stay in the table,
+    read as ``whitened-symbols``, and the sweep runs the native-selection cells anew."""
+    plan = tiny_plan(latents, task_models=("logistic",))
+    table = tmp_path / "t.csv"
+    run_sweep(plan, table)
+    _as_schema1(table, plan, keep=4)
+    old = read_table(table)
+    assert {r["baseline_selection"] for r in old.rows if r["strategy"] == "first-k"} == {
+        "whitened-symbols"
+    }
+    assert {r["baseline_selection"] for r in old.rows if r["strategy"] == "fed"} == {""}
+    summary = run_sweep(plan, table)
+    assert (summary.rekeyed, summary.done, summary.already_done) == (2, 2, 2)
+    rows = read_table(table).rows
+    by = {(r["strategy"], r["baseline_selection"]) for r in rows}
+    assert by == {("fed", ""), ("first-k", "whitened-symbols"), ("first-k", "native")}
+    assert len(rows) == 12  # 4 runs of the old table + 2 new native First-K runs, 2 users each
 
 
 def test_a_table_of_a_newer_schema_is_refused(tmp_path):

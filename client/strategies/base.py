@@ -73,7 +73,12 @@ class UserStrategy(ABC):
         """Answer a PilotTransmission (UserMessage bytes)."""
         raise ProtocolError(f"strategy {self.name} expects no pilot transmission")
 
+    def read_indices(self, message: pb.Matrix, n: int) -> np.ndarray:
+        """Checked feature indices of an evaluation request of ``n`` points (baselines only)."""
+        raise ProtocolError(f"strategy {self.name} takes no feature indices")
+
     @abstractmethod
     def estimate(self, symbols: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
         """Receive ``symbols`` (K N_T, n) through the channel and estimate the user's whitened
-        latents (m/2, n); ``indices`` (K N_T, n): which AP features were sent (baselines)."""
+        latents (m/2, n); ``indices`` (2 K N_T, n): which native AP features were sent
+        (baselines)."""

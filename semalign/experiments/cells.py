@@ -119,6 +119,7 @@ _CELL_PARAMS = (
     "d_ap",
     "channel",
     "baseline_fit",
+    "baseline_selection",
     *RESEARCH_COLUMNS,
 )
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from semalign.common.baselines import SELECTION
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
@@ -199,6 +200,16 @@ def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     return _full_key(spec, group, key_config(config))
 
 
+def _selection(config: AlignmentConfig) -> dict[str, str]:
+    """A baseline's selection order (``baseline_selection``), hashed into its cell key: cells of
+    the whitened-symbol selection of older versions are other cells, never reused."""
+    try:
+        baseline = get_strategy(config.strategy).family == "baseline"
+    except UnknownStrategy:
+        baseline = False
+    return {"baseline_selection": SELECTION} if baseline else {}
+
+
 def _full_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
     return _hash(
         {
@@ -208,6 +219,7 @@ def _full_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
             "users": list(spec.users),
             "group": group,
             **_key_params(config),
+            **_selection(config),
         }
     )
 
@@ -224,10 +236,11 @@ def legacy_cell_key(
     spec: ScenarioSpec, group: str, config: AlignmentConfig, latents_dir: str
 ) -> str | None:
     """The schema-1 key of a cell whose latents were read from ``latents_dir``, None when
-    ``config`` sets a field schema 1 did not know (no such cell can be in an older table).
+    ``config`` sets a field schema 1 did not know (no such cell can be in an older table) or is
+    a baseline's (schema-1 baselines selected among whitened symbols: another cell).
     Schema 1 hashed every field of ``config`` as it was, those its strategy does not read too."""
     params = _key_params(config)
-    if set(params) - set(KEY_FIELDS_V1):
+    if set(params) - set(KEY_FIELDS_V1) or _selection(config):
         return None
     return _hash(
         {

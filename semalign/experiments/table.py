@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from semalign.common.baselines import LEGACY_SELECTION
 from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
+from semalign.common.strategies import UnknownStrategy, get_strategy
 from semalign.experiments.grid import LEGACY_RESEARCH_VALUES, antennas_label
 from semalign.experiments.plan import Run, zeta
 from semalign.experiments.provenance import PROVENANCE_KEYS
@@ -114,15 +116,32 @@ def _with_research(columns: dict[str, type], research: dict[str, type]) -> dict[
 
 V2_COLUMNS = COLUMNS
 V3_COLUMNS = _with_research(V2_COLUMNS, RESEARCH_COLUMNS_V3)
-COLUMNS = _with_research(V2_COLUMNS, RESEARCH_COLUMNS)
+V4_COLUMNS = _with_research(V2_COLUMNS, RESEARCH_COLUMNS)
+
+
+def _with_selection(columns: dict[str, type]) -> dict[str, type]:
+    """Schema 4's ``columns`` with ``baseline_selection`` after ``topk_index_cost``."""
+    out: dict[str, type] = {}
+    for name, kind in columns.items():
+        out[name] = kind
+        if name == "topk_index_cost":
+            out["baseline_selection"] = str
+    return out
+
+
+#: Schema 5 adds the baselines' selection order (``native``; empty for ADMM strategies) after
+#: ``topk_index_cost``. Baseline rows of older tables read as ``whitened-symbols``, the order
+#: they ran (:data:`semalign.common.baselines.LEGACY_SELECTION`).
+COLUMNS = _with_selection(V4_COLUMNS)
 
 #: The table schema written now, and each schema's header.
-TABLE_SCHEMA = 4
+TABLE_SCHEMA = 5
 SCHEMAS: dict[int, list[str]] = {
     1: list(V1_COLUMNS),
     2: list(V2_COLUMNS),
     3: list(V3_COLUMNS),
-    4: list(COLUMNS),
+    4: list(V4_COLUMNS),
+    5: list(COLUMNS),
 }
 
 
@@ -184,6 +203,7 @@ def rows_from_seed(
         "power": cfg.power,
         "baseline_fit": cfg.baseline_fit if base else "",
         "topk_index_cost": cfg.topk_index_cost if cfg.strategy == "top-k" else "",
+        "baseline_selection": base.get("selection", "") if base else "",
         "ap_encoder": run.spec.ap,
         "latents": run.spec.latents_dir,
         "latents_id": run.spec.fingerprint,
@@ -229,11 +249,20 @@ def _parse(column: str, text: str) -> Any:
 _OLDER_DEFAULTS: dict[str, Any] = {"channel": "rayleigh", **LEGACY_RESEARCH_VALUES}
 
 
+def _is_baseline(raw: dict[str, str | None]) -> bool:
+    try:
+        return get_strategy(raw.get("strategy") or "").family == "baseline"
+    except UnknownStrategy:
+        return False
+
+
 def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
     """A row of any schema as a row of this one (columns it lacks are empty)."""
     if None in raw or any(v is None for v in raw.values()):
         raise ValueError("wrong number of fields")
     older = {c: v for c, v in _OLDER_DEFAULTS.items() if c not in raw}
+    if "baseline_selection" not in raw:
+        older["baseline_selection"] = LEGACY_SELECTION if _is_baseline(raw) else ""
     row = {c: _parse(c, raw.get(c, "")) for c in COLUMNS if c not in older}
     return {**row, **older}
 

@@ -12,7 +12,8 @@ users, drops and the evaluation plumbing; at each phase of the session it asks i
   user -> :meth:`step` (the ADMM family; baselines have none);
 * :meth:`final_messages`: the last transmission before evaluation (ADMM: the final broadcast
   of Z; baselines: the precoded pilots), exchanged as phase :attr:`final_phase`;
-* :meth:`encode`: test latents to transmitted symbols;
+* :meth:`transmit`: native test latents to transmitted symbols (by default the AP's whitened
+  features go to :meth:`encode`; the baselines select in the native latent instead);
 * :meth:`result_info`: extra entries of the results (e.g. ``baseline``).
 """
 
@@ -68,6 +69,8 @@ class ApContext(Protocol):
     session_id: str
     round: int
     x: np.ndarray  # (c, n) whitened pilots X (complex; real-valued when widely linear)
+    pilot_latents: np.ndarray  # (n, d) the AP's native real pilot latents
+    latent_dim: int  # d: real features of the AP latent
     n: int  # pilots
     cdim: int  # c: d/2 complex features of the AP latent (d reals when widely linear)
     symbols: int  # K N_T data symbols per data point (2 K N_T reals when widely linear)
@@ -76,6 +79,10 @@ class ApContext(Protocol):
 
     @property
     def active_users(self) -> list[UserState]: ...
+
+    def whiten(self, latents: np.ndarray) -> np.ndarray:
+        """Whitened features (c, n) of native real latents (n, d)."""
+        ...
 
 
 class ApStrategy(ABC):
@@ -130,6 +137,13 @@ class ApStrategy(ABC):
     def final_messages(self) -> dict[str, bytes]:
         """ApMessage bytes per active user for the last transmission before evaluation."""
         return {}
+
+    def transmit(
+        self, latents: np.ndarray, state: UserState | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Transmitted symbols (K N_T, n) for native real AP latents (n, d), plus symbol indices
+        where users need them: by default :meth:`encode` of the AP's whitened features."""
+        return self.encode(self.ap.whiten(latents), state)
 
     @abstractmethod
     def encode(

@@ -1,9 +1,13 @@
 """The AP half shared by the First-K and Top-K baselines (section IV).
 
-The AP sends K N_T of its whitened complex symbols per data point (which ones: the subclass's
-:meth:`BaselineStrategy.select`), precoded with the power-constrained F of eq. (19) computed
-over all active users' SVD-MMSE equalized channels (identity scaled to P_T without CSI). Users
-fit their alignment Q_l (eq. 20) on the precoded pilots and acknowledge.
+The AP selects 2 K N_T real features of each data point in its NATIVE latent (which ones: the
+subclass's :meth:`BaselineStrategy.select`), packs them into K N_T complex symbols, whitens them
+with a mean and factor fitted on the pilots' selected symbols, and precodes them with the
+power-constrained F of eq. (19) computed over all active users' SVD-MMSE equalized channels
+(identity scaled to P_T without CSI). The pilot transmission carries the whitening (so users
+can undo it), the precoder (so users can undo the end-to-end map M_l H_l F, as the authors'
+receiver undoes F's power normalization) and the indices; users fit their alignment Q_l
+(eq. 20) and acknowledge.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 import numpy as np
 from semalign.common import admm, baselines
 from semalign.common.channel import block_channel
-from semalign.common.config import AlignmentConfig
+from semalign.common.config import AlignmentConfig, GeometryError
+from semalign.common.errors import ProtocolError
+from semalign.common.whitening import Whitener
 from semalign.common.wire import to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
@@ -38,19 +44,43 @@ class BaselineStrategy(ApStrategy):
         super().__init__(config, cdim)
         self.index_cost = IndexCost(0, 0)
         self.precoder: np.ndarray | None = None
+        self.selection_whitener: Whitener | None = None
 
     @abstractmethod
-    def select(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The K N_T symbols sent of whitened latents x (c, n): (values, indices), both
-        (K N_T, n)."""
+    def select(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 2 K N_T real features sent of native latents (d, n): (values, indices), both
+        (2 K N_T, n)."""
+
+    @property
+    def features_sent(self) -> int:
+        """2 K N_T: real features sent per data point (K N_T complex symbols)."""
+        return 2 * self.ap.symbols
 
     def start(self, ap: ApContext) -> None:
+        """Fit the whitening of the selected pilot symbols (K N_T, n)."""
         super().start(ap)
         self.precoder = None
+        if self.features_sent > ap.latent_dim:
+            raise GeometryError(
+                f"{self.config.strategy} sends 2 K N_T = {self.features_sent} real features of "
+                f"the AP's d={ap.latent_dim}: lower K or N_T"
+            )
+        values, _ = self.select(ap.pilot_latents.T)
+        packed = ap.representation.features(values.T)
+        self.selection_whitener = ap.representation.fit_whitener(packed)
+
+    def symbols_of(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whitened packed symbols (K N_T, n) and indices (2 K N_T, n) of native latents
+        (n, d)."""
+        if self.selection_whitener is None:
+            raise ProtocolError("baseline used before start()")
+        values, indices = self.select(np.asarray(latents, dtype=np.float64).T)
+        packed = self.ap.representation.features(values.T)
+        return self.selection_whitener.whiten(packed), indices
 
     def _precoder(self, selected: np.ndarray) -> np.ndarray:
-        """Power-constrained precoder (K N_T, K N_T) of eq. (19) for the ``selected`` pilots
-        (K N_T, n) over all active users (sqrt(P_T / K N_T) I without CSI)."""
+        """Power-constrained precoder (K N_T, K N_T) of eq. (19) for the whitened ``selected``
+        pilots (K N_T, n) over all active users (sqrt(P_T / K N_T) I without CSI)."""
         ap, cfg = self.ap, self.config
         if not cfg.csi:
             return np.sqrt(cfg.power / ap.symbols) * np.eye(ap.symbols, dtype=np.complex128)
@@ -65,39 +95,57 @@ class BaselineStrategy(ApStrategy):
         return baselines.power_constrained_precoder(a, gram, m_sum @ gram.matrix, cfg.power)
 
     def final_messages(self) -> dict[str, bytes]:
-        """PilotTransmission bytes (precoded pilots, their indices, and the AP's full
-        reference pilots X for ``baseline_fit="full"``), the same for every active user."""
+        """PilotTransmission bytes, the same for every active user: the precoded pilots, their
+        indices, the whitening of the selected symbols (mean, factor), the precoder F, and the
+        AP's full native pilots for ``baseline_fit="full"``."""
         ap = self.ap
-        selected, indices = self.select(ap.x)
+        selected, indices = self.symbols_of(ap.pilot_latents)
         self.precoder = self._precoder(selected)
+        whitener = self.selection_whitener
         msg = pb.PilotTransmission(
             session_id=ap.session_id,
             symbols=to_matrix(self.precoder @ selected, WIRE_DTYPE),
             indices=to_matrix(indices, "uint16"),
+            whitening_mean=to_matrix(whitener.mean[:, None], "complex128"),
+            whitening_factor=to_matrix(whitener.factor, "complex128"),
+            precoder=to_matrix(self.precoder, "complex128"),
         )
         if self.config.baseline_fit == "full":
-            msg.reference.CopyFrom(to_matrix(ap.x, WIRE_DTYPE))
+            msg.reference.CopyFrom(to_matrix(np.asarray(ap.pilot_latents).T, "float32"))
         data = pb.ApMessage(pilots=msg).SerializeToString()
         for state in ap.active_users:
             state.terms = None
         return {u.user_id: data for u in ap.active_users}
 
+    def transmit(
+        self, latents: np.ndarray, state: UserState | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Precoded selected symbols (K N_T, n) of native latents (n, d), and the indices."""
+        if self.precoder is None:
+            raise ProtocolError("baseline evaluation before the pilot transmission")
+        symbols, indices = self.symbols_of(latents)
+        return self.precoder @ symbols, indices
+
     def encode(
         self, x: np.ndarray, state: UserState | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Precoded selected symbols (K N_T, n) of whitened latents x (c, n), and indices."""
-        selected, indices = self.select(x)
-        return self.precoder @ selected, indices
+        """Not used: the baselines select in the native latent (:meth:`transmit`)."""
+        raise ProtocolError("the baselines transmit native latents, not whitened features")
 
     def result_info(self) -> dict[str, Any]:
         """How the result was produced (honest accounting of the baselines)."""
         cfg = self.config
+        whitener = self.selection_whitener
         return {
             "baseline": {
+                "selection": "native",
                 "fit": cfg.baseline_fit,
                 "data_channel_uses": self.data_channel_uses,
+                "features_sent": self.features_sent,
                 "index_bits_per_sample": self.index_cost.bits_per_sample,
                 "index_channel_uses": self.index_cost.channel_uses,
                 "index_cost_charged": cfg.topk_index_cost == "channel-uses",
+                "whitening_condition": whitener.condition if whitener else None,
+                "whitening_shrinkage": whitener.shrinkage if whitener else None,
             }
         }

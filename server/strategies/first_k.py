@@ -1,4 +1,4 @@
-"""``first-k``: the first K N_T whitened complex symbols of each latent (section IV)."""
+"""``first-k``: the first 2 K N_T real features of each native AP latent (section IV)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from semalign.server.strategies.baseline import BaselineStrategy
 
 
 class FirstK(BaselineStrategy):
-    """Sends x[:K N_T]; the indices are implicit but sent along for a uniform user side."""
+    """Sends latents[:2 K N_T]; the indices are implicit but sent along for a uniform user
+    side."""
 
     name = "first-k"
 
-    def select(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        count = self.ap.symbols
-        return baselines.first_k_select(x, count), baselines.first_k_indices(count, x.shape[1])
+    def select(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return baselines.first_k_select(latents, self.features_sent)

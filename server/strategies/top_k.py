@@ -1,4 +1,5 @@
-"""``top-k``: the K N_T largest-magnitude whitened symbols of each latent and their indices.
+"""``top-k``: the 2 K N_T largest-magnitude real features of each native AP latent, and their
+indices (side information: ceil(log2 C(d, 2 K N_T)) bits per sample on the native dimension d).
 
 With ``topk_index_cost="channel-uses"`` the index side information is charged: it takes
 channel uses at Shannon capacity, so fewer of the K uses carry data symbols. The indices go to
@@ -24,7 +25,7 @@ def index_snr_db(config: AlignmentConfig) -> float:
 
 
 class TopK(BaselineStrategy):
-    """Sends the largest |x| per column; users scatter them back by index."""
+    """Sends the largest |latent| per column; users scatter them back by index."""
 
     name = "top-k"
 
@@ -40,8 +41,9 @@ class TopK(BaselineStrategy):
             )
 
     def _index_cost(self) -> IndexCost:
-        cfg, cdim = self.config, self.cdim
-        bits = baselines.top_k_index_bits(cdim, min(cfg.symbols, cdim))
+        cfg = self.config
+        dim = 2 * self.cdim  # the native real dimension d (d + 1 for odd d: one bit at most)
+        bits = baselines.top_k_index_bits(dim, min(2 * cfg.symbols, dim))
         uses = (
             baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
             if cfg.topk_index_cost == "channel-uses"
@@ -50,11 +52,11 @@ class TopK(BaselineStrategy):
         if uses:
             # Fewer data symbols need fewer index bits: shrink until data + index fit in K.
             for data_uses in range(cfg.channel_uses - 1, 0, -1):
-                bits = baselines.top_k_index_bits(cdim, data_uses * cfg.antennas_tx)
+                bits = baselines.top_k_index_bits(dim, 2 * data_uses * cfg.antennas_tx)
                 uses = baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
                 if data_uses + uses <= cfg.channel_uses:
                     break
         return IndexCost(bits, uses)
 
-    def select(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return baselines.top_k_select(x, self.ap.symbols)
+    def select(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return baselines.top_k_select(latents, self.features_sent)
