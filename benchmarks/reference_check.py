@@ -278,13 +278,17 @@ def paper_baseline(
     fits: tuple[tuple[str, bool], ...],
     rng: np.random.Generator,
     order: str = "magnitude",
-    unmix: bool = False,
+    unmix: str = "none",
 ) -> tuple[dict[tuple[str, bool], list[float]], dict[str, float]]:
     """The paper's First-K/Top-K (``cfg.strategy``), plain numpy: per (fit, intercept) in
     ``fits`` each user's test MSE; and ``selection_condition`` (of the selected pilots'
     covariance) and ``mixing`` (the largest over users of ||offdiag(A_l F)|| / ||diag(A_l F)||:
     what one shared precoder leaves of the other symbols in each symbol a user receives).
-    ``unmix``: the user also inverts A_l F before de-whitening (beyond the paper's receiver).
+    ``unmix``: what the user does with the equalized symbols before de-whitening: ``none``
+    (the paper's text: M_l alone), ``zf`` (inverts A_l F = M_l H_l F) or ``lmmse`` (the linear
+    MMSE estimate of the whitened symbols, W = E^H (E E^H + sigma^2 M M^H)^-1 with E = A_l F:
+    undoes the shrink of a binding power budget and the mixing of a shared precoder, bounded
+    where E is ill-conditioned; semalign's receiver).
 
     AP: select 2 K N_T real features of its native latent, pack them into K N_T complex symbols
     (first half real part), whiten (mu and L fitted on the pilots), precode with eq. (19) for
@@ -314,7 +318,12 @@ def paper_baseline(
                 rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
             )
             z = g @ (h @ f @ w + noise)
-            z = factor @ (np.linalg.solve(g @ h @ f, z) if unmix else z) + mu
+            e = g @ h @ f
+            if unmix == "zf":
+                z = np.linalg.solve(e, z)
+            elif unmix == "lmmse":
+                z = e.conj().T @ np.linalg.solve(e @ e.conj().T + var * (g @ g.conj().T), z)
+            z = factor @ z + mu
             full = np.zeros((w.shape[1], d))
             np.put_along_axis(full, idx, np.concatenate([z.real, z.imag]).T, axis=1)
             filled.append(full)
@@ -649,8 +658,9 @@ def baseline_records(ref: Reference, lat: Latents, seed: int, k: int, args) -> l
         paper, info = paper_baseline(lat, hbars, cfg, PAPER_FITS, rng)
         for (fit, intercept), values in paper.items():
             found[f"paper order, Q {fit}{' + intercept' if intercept else ''}"] = values
-        unmixed, _ = paper_baseline(lat, hbars, cfg, PAPER_FITS[:1], rng, unmix=True)
-        found["paper order + user inverts A_l F"] = unmixed[PAPER_FITS[0]]
+        for unmix, label in (("zf", "inverts A_l F"), ("lmmse", "LMMSE of the symbols")):
+            unmixed, _ = paper_baseline(lat, hbars, cfg, PAPER_FITS[:1], rng, unmix=unmix)
+            found[f"paper order + user {label}"] = unmixed[PAPER_FITS[0]]
         if strategy == "top-k":  # the same with the selected values packed by position
             by_index, _ = paper_baseline(lat, hbars, cfg, PAPER_FITS[:1], rng, order="index")
             found["paper order, Top-K packed by index"] = by_index[PAPER_FITS[0]]

@@ -59,6 +59,28 @@ def svd_mmse_equalizer(hbar: np.ndarray, snr_db: float, channel_uses: int) -> np
     return np.kron(np.eye(channel_uses), m)
 
 
+def unmixing(end_to_end: np.ndarray, equalizer: np.ndarray, noise_var: float) -> np.ndarray:
+    """Linear MMSE estimate of the whitened symbols z from the equalized r = M (H F z + n).
+
+    With E[z z^H] = I (whitened) and n ~ CN(0, sigma^2 I):
+    W = E^H (E E^H + sigma^2 M M^H)^-1, E = M H F. It undoes the shrink of a binding power
+    budget and the mixing a shared precoder leaves between symbols (several users, or a
+    channel-unaware AP whose symbols arrive rotated by V^H), and tends to E^-1 at high SNR, yet
+    stays bounded where E is ill-conditioned (a plain inverse amplifies the noise there).
+
+    Args:
+        end_to_end: E = M H F (K N_T, K N_T), on the user's CSI estimate.
+        equalizer: M (K N_T, K N_R).
+        noise_var: sigma^2 per receive antenna per channel use.
+
+    Returns:
+        W (K N_T, K N_T).
+    """
+    e, m = end_to_end, equalizer
+    cov = e @ e.conj().T + noise_var * (m @ m.conj().T)
+    return np.linalg.solve(cov, e).conj().T
+
+
 def power_constrained_precoder(
     a: np.ndarray, gram: GramFactor, c: np.ndarray, power: float, *, tol: float = 1e-10
 ) -> np.ndarray:

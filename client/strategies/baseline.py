@@ -1,15 +1,20 @@
 """The user half of the First-K and Top-K baselines (section IV).
 
-The user receives the precoded pilots, equalizes them with its SVD-MMSE equalizer M_l, undoes
-the end-to-end map E_l = M_l H_l F (F is sent with the pilots; E_l is built on the user's CSI
-estimate: without it the power-constrained precoder leaves the symbols shrunk and, for several
-users or a channel-unaware AP, mixed, which Top-K's per-sample scatter cannot absorb; the
-authors' receiver likewise multiplies its equalizer by F's power normalizer), undoes the AP's
-whitening of the selected symbols (factor and mean sent with the pilots), unpacks the
-K N_T complex symbols into the 2 K N_T real features, zero-fills them into the AP's d native
-positions by their indices, and fits its least-squares alignment Q_l (eq. 20, with intercept)
-on them (``baseline_fit="received"``) or on the AP's full native pilots (``"full"``). Both
-baselines look the same to a user, so both use this class.
+The user receives the precoded pilots and, in order:
+
+1. equalizes them with its SVD-MMSE equalizer M_l;
+2. undoes the end-to-end map E_l = M_l H_l F with the linear MMSE estimate of the whitened
+   symbols (:func:`~semalign.common.baselines.unmixing`; F comes with the pilots, E_l is built
+   on the user's CSI estimate). Without it a binding power budget leaves the symbols shrunk,
+   and several users or a channel-unaware AP leave them mixed, which Top-K's per-sample
+   scatter cannot absorb; the authors' receiver likewise rescales by F's power normalizer;
+3. undoes the AP's whitening of the selected symbols (factor and mean come with the pilots);
+4. unpacks the K N_T complex symbols into 2 K N_T real features and zero-fills them into the
+   AP's d native positions by their indices;
+5. fits its least-squares alignment Q_l (eq. 20, with intercept) on them
+   (``baseline_fit="received"``) or on the AP's full native pilots (``"full"``).
+
+Both baselines look the same to a user, so both use this class.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class BaselineUser(UserStrategy):
         super().__init__(user, name)
         self.alignment: np.ndarray | None = None
         self.whitening: Whitener | None = None
-        self.end_to_end: np.ndarray | None = None  # E_l = M_l Hhat_l F (K N_T, K N_T)
+        self.unmix: np.ndarray | None = None  # LMMSE of the whitened symbols (K N_T, K N_T)
 
     @property
     def _sent(self) -> tuple[int, int]:
@@ -68,8 +73,9 @@ class BaselineUser(UserStrategy):
             raise ProtocolError("whitening factor is too badly conditioned")
         return Whitener(mean=mean, factor=factor, condition=float("nan"), shrinkage=0.0)
 
-    def _end_to_end(self, msg: pb.PilotTransmission) -> np.ndarray:
-        """E_l = M_l Hhat_l F (K N_T, K N_T) for the precoder F the AP sent (finite, square)."""
+    def _end_to_end(self, msg: pb.PilotTransmission) -> tuple[np.ndarray, np.ndarray]:
+        """E_l = M_l Hhat_l F (K N_T, K N_T) for the precoder F the AP sent (finite, square),
+        and M_l (K N_T, K N_R)."""
         user = self.user
         acc = user.accept
         count = self._sent[0]
@@ -77,19 +83,18 @@ class BaselineUser(UserStrategy):
             raise ProtocolError("pilot transmission without the AP's precoder")
         precoder = check_matrix(msg.precoder, "precoder", (count, count))
         equalizer = baselines.svd_mmse_equalizer(user.hbar_estimate, user.snr_db, acc.channel_uses)
-        return equalizer @ user.design_channel(precoder, noiseless=True)
+        return equalizer @ user.design_channel(precoder, noiseless=True), equalizer
 
     def _received(self, symbols: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Receive, SVD-MMSE equalize, de-whiten, unpack and zero-fill: (K N_T, n) sent ->
         (d, n) real estimate of the AP's native features."""
         user = self.user
         acc = user.accept
-        if self.whitening is None or self.end_to_end is None:
+        if self.whitening is None or self.unmix is None:
             raise ProtocolError("no equalizer yet: evaluation before alignment")
         # designed on the CSI estimate, applied to what the true channel delivers
         equalizer = baselines.svd_mmse_equalizer(user.hbar_estimate, user.snr_db, acc.channel_uses)
-        estimate = np.linalg.lstsq(self.end_to_end, equalizer @ user.channel(symbols), rcond=1e-10)
-        packed = self.whitening.dewhiten(estimate[0])
+        packed = self.whitening.dewhiten(self.unmix @ equalizer @ user.channel(symbols))
         values = user.representation.latents(packed, self._sent[1]).T
         return baselines.scatter(values, indices, acc.ap_latent_dim)
 
@@ -104,7 +109,8 @@ class BaselineUser(UserStrategy):
         symbols = check_matrix(msg.symbols, "pilot symbols", (self._sent[0], n))
         indices = self.read_indices(msg.indices, n)
         self.whitening = self._whitening(msg)
-        self.end_to_end = self._end_to_end(msg)
+        end_to_end, equalizer = self._end_to_end(msg)
+        self.unmix = baselines.unmixing(end_to_end, equalizer, user.channel.noise_var)
         source = self._received(symbols, indices)
         target = _real_view(user.y)
         if acc.baseline_fit == pb.FULL:
