@@ -620,3 +620,24 @@ def test_ray_table_equals_the_local_table(latents, tmp_path):
     # resumable as the local executor: nothing left to do, Ray not even started
     again = run_sweep(plan, ray_table, workers=2, executor="ray")
     assert (again.done, again.already_done) == (0, 6)
+
+
+def test_runs_keyed_on_fields_their_strategy_ignores_are_rekeyed_not_rerun(latents, tmp_path):
+    """A table written before cell keys left out the fields a strategy does not read (fed cells
+    of a sweep with --baseline-fit full hashed it) resumes: its runs are re-keyed, none re-run."""
+    plan = tiny_plan(latents, strategies=("fed",), baseline_fit="full")
+    previous = {r.key: sweep_plan.previous_run_key(r) for r in plan.runs}
+    assert all(previous.values()) and all(k != v for k, v in previous.items())
+    table = tmp_path / "t.csv"
+    run_sweep(plan, table)
+    rows = read_table(table).rows
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            old = previous[row["run_key"]]
+            row = {**row, "run_key": old, "cell_key": old.rpartition("-")[0]}
+            writer.writerow(["" if row[c] is None else str(row[c]) for c in COLUMNS])
+    summary = run_sweep(plan, table)
+    assert (summary.rekeyed, summary.done, summary.already_done) == (2, 0, 2)
+    assert read_table(table).complete == {r.key for r in plan.runs}

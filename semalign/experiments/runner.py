@@ -33,7 +33,15 @@ from typing import Any
 
 from semalign.common.errors import SweepError
 from semalign.common.io import SpawnPool
-from semalign.experiments.plan import Plan, Run, ScenarioSpec, describe, legacy_run_key, zeta
+from semalign.experiments.plan import (
+    Plan,
+    Run,
+    ScenarioSpec,
+    describe,
+    legacy_run_key,
+    previous_run_key,
+    zeta,
+)
 from semalign.experiments.provenance import PROVENANCE_KEYS, provenance_block
 from semalign.experiments.table import ResultsTable, rows_from_seed
 
@@ -202,12 +210,18 @@ def tracked_run(run: Run, rows: list[dict[str, Any]], block: dict[str, Any]) -> 
 
 
 def _legacy_renames(plan: Plan, table: ResultsTable) -> dict[str, tuple[str, str]]:
-    """Schema-1 run keys (with every latent folder the table names) -> the plan's keys."""
+    """Older run keys -> the plan's keys: a schema-2 key that hashed fields the run's strategy
+    does not read (:func:`previous_run_key`), or a schema-1 key (with every latent folder the
+    table names)."""
     renames: dict[str, tuple[str, str]] = {}
     if not table.complete:
         return renames
     for run in plan.runs:
         if run.key in table.complete:
+            continue
+        previous = previous_run_key(run)
+        if previous is not None and previous in table.complete:
+            renames[previous] = (run.key, run.cell_key)
             continue
         for folder in sorted(table.latents_dirs):
             old = legacy_run_key(run, folder)
