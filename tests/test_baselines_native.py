@@ -152,3 +152,32 @@ def test_more_features_than_the_native_latent_is_a_geometry_error():
     ap_lat = rng.standard_normal((N + N_TEST, 3))  # d = 3 < 2 K N_T = 4
     with pytest.raises(GeometryError, match="2 K N_T"):
         _session("first-k", ap_lat, lambda x: x)
+
+
+def test_charged_top_k_pays_for_the_data_uses_it_sends():
+    """Charged, the index bits are those of the data uses actually sent, and data + index = K:
+    1x1, d = 12, SNR 100 dB (33.2 bits a use), K = 3: 2 data uses send 4 of 12 features
+    (ceil(log2 495) = 9 bits, one use); 3 would leave no use for the index."""
+    rng = np.random.default_rng(7)
+    config = AlignmentConfig(
+        strategy="top-k",
+        antennas_tx=1,
+        antennas_rx=1,
+        channel_uses=3,
+        snr_db=100.0,
+        topk_index_cost="channel-uses",
+    )
+    pilots = _scaled_latents(rng)[:N]
+    ap = AccessPoint(config=config, pilot_latents=pilots, pilot_ids=np.arange(N))
+    info = ap.result_info()["baseline"]
+    assert (info["data_channel_uses"], info["index_channel_uses"]) == (2, 1)
+    assert info["index_bits_per_sample"] == 9 and info["features_sent"] == 4
+    # at SNR 15 (4 bits a use), K = 4: 3 data uses need ceil(log2 C(12, 6)) = 10 bits (3
+    # uses), 2 need 9 (3 uses): too many; 1 data use needs ceil(log2 C(12, 2)) = 7 bits (2
+    # uses): 1 data use, and the index has the other 3 (sending 2 data uses with the bits of
+    # 1, K minus the index's 2 uses, would undercharge the index)
+    low = config.model_copy(update={"snr_db": 10 * np.log10(15.0), "channel_uses": 4})
+    ap = AccessPoint(config=low, pilot_latents=pilots, pilot_ids=np.arange(N))
+    info = ap.result_info()["baseline"]
+    assert (info["data_channel_uses"], info["index_channel_uses"]) == (1, 3)
+    assert info["index_bits_per_sample"] == 7

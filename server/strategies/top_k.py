@@ -31,8 +31,7 @@ class TopK(BaselineStrategy):
 
     def __init__(self, config: AlignmentConfig, cdim: int) -> None:
         super().__init__(config, cdim)
-        self.index_cost = self._index_cost()
-        self.data_channel_uses = config.channel_uses - self.index_cost.channel_uses
+        self.index_cost, self.data_channel_uses = self._split()
         if self.data_channel_uses < 1:
             raise GeometryError(
                 f"Top-K index side information ({self.index_cost.bits_per_sample} bits per "
@@ -40,23 +39,28 @@ class TopK(BaselineStrategy):
                 f"K={config.channel_uses}: increase --channel-uses or use --topk-index-cost none"
             )
 
-    def _index_cost(self) -> IndexCost:
+    def _cost(self, data_uses: int) -> tuple[int, int]:
+        """(index bits per sample, channel uses they take) when ``data_uses`` uses carry data."""
         cfg = self.config
         dim = 2 * self.cdim  # the native real dimension d (d + 1 for odd d: one bit at most)
-        bits = baselines.top_k_index_bits(dim, min(2 * cfg.symbols, dim))
-        uses = (
-            baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
-            if cfg.topk_index_cost == "channel-uses"
-            else 0
-        )
-        if uses:
-            # Fewer data symbols need fewer index bits: shrink until data + index fit in K.
-            for data_uses in range(cfg.channel_uses - 1, 0, -1):
-                bits = baselines.top_k_index_bits(dim, 2 * data_uses * cfg.antennas_tx)
-                uses = baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
-                if data_uses + uses <= cfg.channel_uses:
-                    break
-        return IndexCost(bits, uses)
+        bits = baselines.top_k_index_bits(dim, min(2 * data_uses * cfg.antennas_tx, dim))
+        if cfg.topk_index_cost != "channel-uses":
+            return bits, 0
+        return bits, baselines.index_channel_uses(bits, cfg.antennas_tx, index_snr_db(cfg))
+
+    def _split(self) -> tuple[IndexCost, int]:
+        """How the K uses split: (the index cost, data uses). Charged, the most data uses whose
+        own index bits fit in the uses left; the index then has the rest of the K uses (data +
+        index = K; any slack stays with the index). Free: all K carry data."""
+        k = self.config.channel_uses
+        bits, uses = self._cost(k)
+        if not uses:
+            return IndexCost(bits, 0), k
+        for data_uses in range(k - 1, 0, -1):
+            bits, uses = self._cost(data_uses)
+            if data_uses + uses <= k:
+                return IndexCost(bits, k - data_uses), data_uses
+        return IndexCost(bits, uses), 0
 
     def select(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return baselines.top_k_select(latents, self.features_sent)
