@@ -11,12 +11,13 @@ matrices (semalign's per-user Hbar_l for a seed, handed to the reference's class
 * **First-K / Top-K**: semalign's strategies through the same engine; an independent numpy
   implementation of the paper's baseline order (:func:`paper_baseline`: selection in the AP's
   native real latent, packing, whitening, the power-constrained precoder of eq. 19, SVD-MMSE per
-  channel use, de-whitening, zero-filling, a least-squares Q_l of eq. 20 fitted on the received
-  pilot estimates or on the AP's full native pilots); and the authors'
-  ``BaseStationBaseline``/``AgentBaseline`` as they are and with one fix at a time and
-  cumulatively (:data:`FIXES`, applied in this module around their objects, never by editing
-  them), for all users together and for each user alone. The "output the user's mean" floor is
-  the per-feature variance of the user's test latents.
+  channel use, optionally the linear MMSE estimate of the whitened symbols (semalign's receiver)
+  or a plain inverse of E_l = M_l H_l F, de-whitening, zero-filling, a least-squares Q_l of
+  eq. 20 fitted on the received pilot estimates or on the AP's full native pilots); and the
+  authors' ``BaseStationBaseline``/``AgentBaseline`` as they are and with one fix at a time
+  and cumulatively (:data:`FIXES`, applied in this module around their objects, never by
+  editing them), for all users together and for each user alone. The "output the user's
+  mean" floor is the per-feature variance of the user's test latents.
 
     .venv/bin/python benchmarks/reference_check.py --reference /work/reference \\
         --latents cache/digits --ap efficientvit_m5 --users resnet18,rexnet_100 --json out.json
@@ -281,9 +282,12 @@ def paper_baseline(
     unmix: str = "none",
 ) -> tuple[dict[tuple[str, bool], list[float]], dict[str, float]]:
     """The paper's First-K/Top-K (``cfg.strategy``), plain numpy: per (fit, intercept) in
-    ``fits`` each user's test MSE; and ``selection_condition`` (of the selected pilots'
-    covariance) and ``mixing`` (the largest over users of ||offdiag(A_l F)|| / ||diag(A_l F)||:
-    what one shared precoder leaves of the other symbols in each symbol a user receives).
+    ``fits`` each user's test MSE; and checks: ``selection_condition`` (of the selected pilots'
+    covariance), ``mixing`` (the largest over users of ||offdiag(A_l F)|| / ||diag(A_l F)||:
+    what one shared precoder leaves of the other symbols in each symbol a user receives),
+    ``power_used`` (tr(F F^H) / P_T: 1 where the budget binds), ``gain`` (the largest over users
+    of the mean |diag(A_l F)|: the amplitude at which a symbol reaches the user) and
+    ``e_condition`` (the largest condition number of A_l F over users).
     ``unmix``: what the user does with the equalized symbols before de-whitening: ``none``
     (the paper's text: M_l alone), ``zf`` (inverts A_l F = M_l H_l F) or ``lmmse`` (the linear
     MMSE estimate of the whitened symbols, W = E^H (E E^H + sigma^2 M M^H)^-1 with E = A_l F:
@@ -293,9 +297,9 @@ def paper_baseline(
     AP: select 2 K N_T real features of its native latent, pack them into K N_T complex symbols
     (first half real part), whiten (mu and L fitted on the pilots), precode with eq. (19) for
     all users. User l: channel I_K (x) Hbar_l plus CN(0, sigma^2) with sigma^2 = (P_T/K)/SNR,
-    SVD-MMSE per channel use, de-whiten (L z + mu), unpack, zero-fill into the native positions,
-    then Q_l fitted on its received pilot estimates ("received") or on the AP's full native
-    pilots ("full"), with or without an intercept.
+    SVD-MMSE per channel use (then ``unmix``), de-whiten (L z + mu), unpack, zero-fill into the
+    native positions, then Q_l fitted on its received pilot estimates ("received") or on the
+    AP's full native pilots ("full"), with or without an intercept.
     """
     k, nt, d = cfg.channel_uses, cfg.antennas_tx, lat.ap_train.shape[1]
     count = 2 * k * nt
@@ -307,7 +311,14 @@ def paper_baseline(
     chans = [np.kron(np.eye(k), h) for h in hbars]
     effective = [g @ h for g, h in zip(eqs, chans, strict=True)]
     f = eq19_precoder(effective, white[0], cfg.power)
-    mixing = max(_off_diagonal(m @ f) for m in effective)
+    ends = [m @ f for m in effective]
+    info = {
+        "selection_condition": cond,
+        "mixing": max(_off_diagonal(e) for e in ends),
+        "power_used": float(np.real(np.vdot(f, f))) / cfg.power,
+        "gain": max(float(np.mean(np.abs(np.diag(e)))) for e in ends),
+        "e_condition": max(float(np.linalg.cond(e)) for e in ends),
+    }
     var = (cfg.power / k) / 10 ** (cfg.snr_db / 10)
     out: dict[tuple[str, bool], list[float]] = defaultdict(list)
     for g, h, y_train, y_test in zip(eqs, chans, lat.user_train, lat.user_test, strict=True):
@@ -331,7 +342,7 @@ def paper_baseline(
             source = filled[0] if fit == "received" else np.asarray(lat.ap_train, np.float64)
             q = least_squares(source, y_train, intercept)
             out[(fit, intercept)].append(mse(apply_q(q, filled[1]), y_test))
-    return dict(out), {"selection_condition": cond, "mixing": mixing}
+    return dict(out), info
 
 
 def _off_diagonal(m: np.ndarray) -> float:
@@ -650,20 +661,20 @@ def baseline_records(ref: Reference, lat: Latents, seed: int, k: int, args) -> l
         cfg = config(strategy, k, args.snr_db, seed, args.antennas)
         hbars = channels(lat, cfg)
         found = {"floor: output the user's mean": [mean_floor(y) for y in lat.user_test]}
-        for fit in ("received", "full"):
-            found[f"semalign, Q {fit}"] = semalign_mse(
+        for fit in ("received", "full"):  # semalign's Q is always affine
+            found[f"semalign (M_l, LMMSE), Q {fit} + intercept"] = semalign_mse(
                 lat, cfg.model_copy(update={"baseline_fit": fit})
             )
         rng = np.random.default_rng((seed, k, 23))
         paper, info = paper_baseline(lat, hbars, cfg, PAPER_FITS, rng)
         for (fit, intercept), values in paper.items():
-            found[f"paper order, Q {fit}{' + intercept' if intercept else ''}"] = values
-        for unmix, label in (("zf", "inverts A_l F"), ("lmmse", "LMMSE of the symbols")):
+            found[f"paper order (M_l only), Q {fit}{' + intercept' if intercept else ''}"] = values
+        for unmix, label in (("zf", "M_l, E_l^-1"), ("lmmse", "M_l, LMMSE")):
             unmixed, _ = paper_baseline(lat, hbars, cfg, PAPER_FITS[:1], rng, unmix=unmix)
-            found[f"paper order + user {label}"] = unmixed[PAPER_FITS[0]]
+            found[f"paper order ({label}), Q received + intercept"] = unmixed[PAPER_FITS[0]]
         if strategy == "top-k":  # the same with the selected values packed by position
             by_index, _ = paper_baseline(lat, hbars, cfg, PAPER_FITS[:1], rng, order="index")
-            found["paper order, Top-K packed by index"] = by_index[PAPER_FITS[0]]
+            found["paper order (M_l only), Top-K packed by index"] = by_index[PAPER_FITS[0]]
         theirs, checks = reference_baselines(ref, lat, hbars, cfg)
         found.update({f"ref {n}": v for n, v in theirs.items()})
         checks.update(info)
@@ -748,6 +759,9 @@ def baseline_table(
 CHECKS = (
     "selection_condition",
     "mixing",
+    "power_used",
+    "gain",
+    "e_condition",
     "cholesky_error",
     "full_fit_condition",
     "their_q_norm",
@@ -755,14 +769,17 @@ CHECKS = (
 )
 
 
-def checks_table(records: list[dict]) -> dict[str, dict[str, float]]:
-    """Column -> the largest value over seeds and groups of each check."""
-    out: dict[str, dict[str, float]] = defaultdict(dict)
+def checks_table(records: list[dict], full_group: int) -> dict[str, dict[str, list[float]]]:
+    """Column ("first-k K=1, together", ...) -> the smallest and the largest value over seeds
+    (and, alone, over users) of each check."""
+    out: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for r in records:
         if r["row"] == "checks":
-            col = out[f"{r['strategy']} K={r['k']}"]
+            users = "together" if r["group"] == full_group else "alone"
+            col = out[f"{r['strategy']} K={r['k']}, {users}"]
             for key in CHECKS:
-                col[key] = max(col.get(key, 0.0), float(r[key]))
+                lo, hi = col.get(key, [math.inf, -math.inf])
+                col[key] = [min(lo, float(r[key])), max(hi, float(r[key]))]
     return dict(out)
 
 
@@ -791,24 +808,47 @@ def print_report(summary: dict) -> None:
             f"{enc} {v['cholesky_info']} ({v['min_eig_rel']:.1e})" for enc, v in checks.items()
         )
         print(f"  {name}: {line}")
+    print(RECEIVERS)
     for title, table in summary["baselines"].items():
         cols = sorted({c for row in table.values() for c in row})
         print(
             f"\nFirst-K / Top-K, {title}: test MSE per feature, mean / median over users and seeds"
         )
-        print(f"{'':40}" + "".join(f"{c:>18}" for c in cols))
+        print(f"{'':{LABEL}}" + "".join(f"{c:>18}" for c in cols))
         for row, values in table.items():
             cells = [values.get(c, {"mean": math.nan, "median": math.nan}) for c in cols]
-            print(f"{row[:40]:40}" + "".join(_cell(c["mean"], c["median"]) for c in cells))
-    print(
-        "\nchecks, largest over seeds and groups: selection_condition (covariance of the selected,"
-    )
-    print("packed pilots), mixing (paper order: largest ||offdiag(A_l F)|| / ||diag(A_l F)||),")
-    print("cholesky_error (of the reference's factor of it), full_fit_condition")
-    print("([X 1] of the AP's native pilots), their_q_norm (||Q||_F of their full fit),")
-    print("wrapper_vs_decode (test MSE: this module's unfixed pipeline against their decode)")
+            print(f"{row[:LABEL]:{LABEL}}" + "".join(_cell(c["mean"], c["median"]) for c in cells))
+    print(CHECKS_LEGEND)
     for col, values in summary["checks"].items():
-        print(f"  {col}: " + ", ".join(f"{k} {v:.3g}" for k, v in values.items()))
+        print(f"  {col}: " + ", ".join(f"{k} {_range(*v)}" for k, v in values.items()))
+
+
+#: the legend of the checks
+CHECKS_LEGEND = """
+checks, smallest..largest over seeds (and users, alone): selection_condition (covariance of the
+selected, packed pilots); paper order, eq. 19 precoder F: mixing (largest over users of
+||offdiag(E_l)|| / ||diag(E_l)||, E_l = A_l F = M_l H_l F), power_used (tr(F F^H) / P_T),
+gain (largest over users of the mean |diag(E_l)|), e_condition (largest cond(E_l));
+cholesky_error (of the reference's factor of the selected pilots' covariance);
+full_fit_condition ([X 1] of the AP's native pilots); their_q_norm (||Q||_F of their full fit);
+wrapper_vs_decode (test MSE: this module's unfixed pipeline against their decode)"""
+
+
+def _range(lo: float, hi: float) -> str:
+    return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}..{hi:.3g}"
+
+
+#: width of the row labels of the baseline tables
+LABEL = 50
+#: the legend of the baseline tables' row labels
+RECEIVERS = """
+First-K / Top-K receivers, after the user's channel: "M_l only" = the paper's text, the SVD-MMSE
+equalizer M_l alone; "M_l, LMMSE" = then the linear MMSE estimate of the whitened symbols,
+W = E^H (E E^H + s2 M M^H)^-1 with E_l = M_l H_l F (semalign's default receiver); "M_l, E_l^-1"
+= then a plain inverse of E_l. All three de-whiten (L z + mu), unpack and zero-fill before Q.
+"ref" = the authors' receiver (their equalizer times F's power normalizer, no de-whitening, Q
+fitted on the AP's full native pilots) unless a fix says otherwise. The Top-K packed-by-index
+row fits Q on the received pilots, with intercept."""
 
 
 def _cell(mean: float, median: float) -> str:
@@ -849,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
             f"all {len(users)} users together": baseline_table(records, len(users), False),
             "each user alone": baseline_table(records, len(users), True),
         },
-        "checks": checks_table(records),
+        "checks": checks_table(records, len(users)),
         "whitening": {
             "native": whitening_checks(ref, lat),
             "well-conditioned": whitening_checks(ref, conditioned(lat)),
