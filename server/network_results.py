@@ -16,7 +16,7 @@ def percentile(values: list[float], q: float) -> float | None:
 #: Which results figures come from what users say about themselves, which the AP measured.
 #: The AP checks the users' figures for range only (accuracies in [0, 1], finite MSEs >= 0,
 #: the number of test points): it cannot verify them.
-PROVENANCE = {
+MEASURED_BY = {
     "self_reported": [
         "users[].accuracy, native_accuracy, mse, mse_whitened (and their _std)",
         "mean_accuracy, mean_native_accuracy, mean_mse (and std_*)",
@@ -33,9 +33,10 @@ PROVENANCE = {
 
 
 def label_self_reported(results: dict[str, Any], reported: list[dict[str, dict]]) -> dict:
-    """Add ``provenance`` and, per seed and user, a ``self_reported`` block (the user's own
-    evaluation report, or None without one). Existing keys keep their names and values."""
-    results["provenance"] = PROVENANCE
+    """Add ``measured_by`` (which figures the users reported, which the AP measured) and, per
+    seed and user, a ``self_reported`` block (the user's own evaluation report, or None without
+    one). Existing keys keep their names and values."""
+    results["measured_by"] = MEASURED_BY
     for block, reports in zip(results["seeds"], reported, strict=True):
         for user in block["users"]:
             report = reports.get(user["name"])
