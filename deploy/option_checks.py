@@ -40,8 +40,14 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def check_file(option: str, value: str | None) -> None:
-    if value is not None and not Path(value).is_file():
-        raise UsageError(f"{option} {value}: no such file")
+    if value is None or Path(value).is_file():
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{option} {value}: is a directory, not a file")
+    if path.exists():
+        raise UsageError(f"{option} {value}: not a regular file")
+    raise UsageError(f"{option} {value}: no such file")
 
 
 INSECURE_WARNING = (

@@ -401,6 +401,23 @@ def prepare_latents(args: argparse.Namespace, encoders: list[str]) -> Path:
         raise UsageError(str(exc)) from None
 
 
+def check_latents(latents_dir: str | Path, ap: str, users: list[str]) -> None:
+    """Load the AP's and every user's latents as ``simulate`` does (:func:`load_scenario`:
+    each split file read and checked finite, rows aligned across encoders: same counts, same
+    labels); UsageError with one line naming the encoder or its file and the problem.
+
+    ``run`` calls it before it starts any process, so a misspelled encoder or a damaged or
+    misaligned user cache is refused up front instead of starting the session without that
+    user."""
+    from semalign.common.errors import LatentsError
+    from semalign.engine.scenario import load_scenario
+
+    try:
+        load_scenario(latents_dir, ap, list(users))
+    except LatentsError as exc:
+        raise UsageError("; ".join(str(exc).splitlines())) from None
+
+
 def resolve_latents(args: argparse.Namespace) -> tuple[Path, str, list[str]]:
     """``--latents``/``--ap``/``--users`` -> (latent folder, AP encoder, user encoders)."""
     from semalign.encoders import registry
