@@ -24,7 +24,7 @@ from semalign.common.errors import UsageError
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes
-from semalign.deploy.reliability_options import wait_policy
+from semalign.deploy.reliability_options import start_afresh, wait_policy
 from semalign.deploy.serving import (
     finish,
     load_plan,
@@ -111,6 +111,7 @@ def command(args: argparse.Namespace) -> int:
     # The users' latents are on their hosts: the AP's entry is all this process uses. (Each
     # user's SNR is its own: a user may override the offered one, so none is recorded here.)
     origin = provenance_block(started, latents_id=latents_id(cache, [ap]))
+    start_afresh(args)
     plan = load_plan(
         cache,
         ap,

@@ -232,6 +232,12 @@ def register_run(subparsers) -> None:
         "made for this run in the workdir: TLS everywhere, mutual on the alignment service)",
     )
     add_output_arguments(run, "results/run.json")
+    run.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the workdir at the end (its secrets: CA key, certificates, AP secret); "
+        "without it a temporary workdir is removed and a --workdir loses its secrets",
+    )
     one_line_errors(run)
     run.set_defaults(func=entry("semalign.deploy.run", validate_run))
 
@@ -300,6 +306,7 @@ def register_user(subparsers) -> None:
         description="A user process: its own encoder and private latents. With --superlink it "
         "runs a Flower SuperNode whose ClientApp joins the AP named in Flower's invitation; "
         "with --ap it connects to the AP's alignment service directly.",
+        epilog=reliability_options.USER_EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     where = user.add_mutually_exclusive_group(required=True)

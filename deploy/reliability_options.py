@@ -3,7 +3,10 @@ exit codes of the networked commands.
 
 * ``--checkpoint PATH`` (AP side; default ``<--out>.checkpoint``): the run is saved there
   atomically after every handshake, round and seed (:mod:`semalign.server.checkpoint`);
-  ``--resume`` continues the run saved there after the AP process died.
+  ``--resume`` continues the run saved there after the AP process died; a checkpoint already
+  there is never overwritten silently: without ``--resume`` the command is refused unless
+  ``--fresh`` (start over, replacing it). ``semalign run`` removes its checkpoint once its
+  results are written (a failed run keeps it for ``--resume``).
 * ``--rejoin-grace S``: on the AP, how long a user whose stream broke may take to come back;
   on a user, how long it keeps trying to come back (the AP restarting included).
 * ``--round-deadline S`` and ``--stragglers drop|wait``: what the AP does with a user whose
@@ -26,7 +29,15 @@ EXIT_EPILOG = (
     "which seed and why); 1 failure (no results); 2 bad usage (one line on stderr). "
     "Crashes: with --checkpoint (default OUT.checkpoint) the AP saves the run after every "
     "round; after the AP process died, the same command with --resume finishes it with the "
-    "same results, users coming back within their --rejoin-grace."
+    "same results, users coming back within their --rejoin-grace. A checkpoint already there "
+    "is refused (exit 2) unless --resume or --fresh (start over, replacing it)."
+)
+#: Exit codes of ``semalign user`` (direct, ``--ap``).
+USER_EXIT_EPILOG = (
+    "exit codes: 0 every session ended ok; 1 this user lost a session (dropped by the AP, a "
+    "session went on without it, or its stream broke and it did not come back within "
+    "--rejoin-grace; one line on stderr); 2 bad usage, or refused or unreachable before its "
+    "first session (one line on stderr)."
 )
 DEFAULT_REJOIN_GRACE = 60.0
 
@@ -45,6 +56,12 @@ def add_ap_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run saved in --checkpoint (same options; refused if the file is "
         "damaged or belongs to another run)",
+    )
+    group.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over even though --checkpoint holds a saved run, replacing it (without "
+        "--resume or --fresh, a checkpoint already there is refused)",
     )
     group.add_argument(
         "--rejoin-grace",
@@ -104,9 +121,36 @@ def check_ap(args: argparse.Namespace) -> None:
         )
     args.checkpoint = args.checkpoint or f"{args.out}.checkpoint"
     path = Path(args.checkpoint)
+    if args.resume and args.fresh:
+        raise UsageError("--resume and --fresh exclude each other")
     if args.resume and not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}")
+    if not (args.resume or args.fresh) and (path.exists() or path.is_symlink()):
+        raise UsageError(
+            f"checkpoint {path} holds a saved run: --resume to continue it, --fresh to start "
+            "over and replace it"
+        )
     check_output(path, "--checkpoint")
+
+
+def start_afresh(args: argparse.Namespace) -> None:
+    """``--fresh``: remove the old checkpoint now, so that a run that fails before its first
+    save leaves none of the old run to ``--resume`` by mistake."""
+    if args.fresh:
+        try:
+            Path(args.checkpoint).unlink(missing_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--fresh: cannot remove the checkpoint {args.checkpoint}: {exc.strerror}"
+            ) from None
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Once the results are written the checkpoint is spent (``semalign run``)."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        Path(path).unlink(missing_ok=True)
 
 
 def wait_policy(args: argparse.Namespace):

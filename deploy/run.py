@@ -8,7 +8,11 @@ ClientApp joins the AP's service, without (``--no-flower``) a plain ``semalign u
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from semalign.deploy.certs import ApSecrets, make_secrets
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes, child_env, free_port
-from semalign.deploy.reliability_options import wait_policy
+from semalign.deploy.reliability_options import remove_checkpoint, start_afresh, wait_policy
 from semalign.deploy.serving import (
     Plan,
     finish,
@@ -67,6 +71,7 @@ def command(args: argparse.Namespace) -> int:
     # process that cannot load its data would otherwise only fail in its own log.
     check_latents(cache, ap, encoders)
     origin = provenance_block(started, latents_id=latents_id(cache, [ap, *encoders]))
+    start_afresh(args)
     plan = load_plan(
         cache,
         ap,
@@ -85,52 +90,85 @@ def command(args: argparse.Namespace) -> int:
 
     # A fresh secret per run; each user process gets only its own token.
     secret = new_secret()
-    workdir = make_workdir(args.workdir, "semalign-run-")
-    keys = None if args.insecure else run_secrets(workdir, ids)
-    tls = TlsFiles(str(keys.cert), str(keys.key), str(keys.ca)) if keys else None
-    service, server = start_service(
-        secret,
-        args.listen,
-        plan,
-        tls,
-        first_message_timeout=args.first_message_timeout,
-        max_streams_per_address=grpc_workers(len(ids)),  # every user is on this host
-    )
-    display = Display(config, seeds, len(ids), args.quiet)
-    procs = Processes(workdir / "logs")
-    deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
-    deployment.update(users=len(ids), workdir=str(workdir))
-    deployment.update(tls="off" if keys is None else "mutual", supernode_auth=keys is not None)
-    display.print(
-        f"AP {ap} + {len(ids)} users ({'Flower SuperNodes' if args.flower else 'direct'}), "
-        f"alignment service on {server.address}, logs in {procs.log_dir}"
-    )
-
-    def start_users() -> FlowerRun | None:
-        address = server.address
-        if not args.flower:
-            for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
-                mine = user_secrets(workdir, uid) if keys else None
-                argv = user_argv(uid, ordinal, enc, ap=address, latents=str(cache), secrets=mine)
-                token = user_token(secret, uid)
-                procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
-            return None
-        secret_file = workdir / SECRET_FILE  # for the ServerApp, which derives each token
-        secret_file.unlink(missing_ok=True)
-        write_secret_file(secret_file, secret)
-        flower = start_local_flower(
-            procs, workdir, plan, encoders, address, secret_file, tls=tls, keys=keys
+    with run_workdir(args) as workdir:
+        keys = None if args.insecure else run_secrets(workdir, ids)
+        tls = TlsFiles(str(keys.cert), str(keys.key), str(keys.ca)) if keys else None
+        service, server = start_service(
+            secret,
+            args.listen,
+            plan,
+            tls,
+            first_message_timeout=args.first_message_timeout,
+            max_streams_per_address=grpc_workers(len(ids)),  # every user is on this host
         )
-        deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
-        return flower
+        display = Display(config, seeds, len(ids), args.quiet)
+        procs = Processes(workdir / "logs")
+        deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
+        deployment.update(users=len(ids), workdir=str(workdir))
+        deployment.update(tls="off" if keys is None else "mutual", supernode_auth=keys is not None)
+        display.print(
+            f"AP {ap} + {len(ids)} users ({'Flower SuperNodes' if args.flower else 'direct'}), "
+            f"alignment service on {server.address}, logs in {procs.log_dir}"
+        )
 
-    results, reports = serve_with_children(service, server, procs, plan, display, start_users)
-    stamp_results(record_user_snrs(results, snrs), origin)
-    deployment["prepare_s"] = t_ready - t_start
-    deployment["startup_s"] = (display.first_joined_at or t_ready) - t_ready
-    if args.flower:
-        deployment["flower_reports"] = reports
-    return finish(results, deployment, t_start, display, args.out)
+        def start_users() -> FlowerRun | None:
+            address = server.address
+            if not args.flower:
+                for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
+                    mine = user_secrets(workdir, uid) if keys else None
+                    argv = user_argv(
+                        uid, ordinal, enc, ap=address, latents=str(cache), secrets=mine
+                    )
+                    token = user_token(secret, uid)
+                    procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
+                return None
+            secret_file = workdir / SECRET_FILE  # for the ServerApp, which derives each token
+            secret_file.unlink(missing_ok=True)
+            write_secret_file(secret_file, secret)
+            flower = start_local_flower(
+                procs, workdir, plan, encoders, address, secret_file, tls=tls, keys=keys
+            )
+            deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
+            return flower
+
+        results, reports = serve_with_children(service, server, procs, plan, display, start_users)
+        stamp_results(record_user_snrs(results, snrs), origin)
+        deployment["prepare_s"] = t_ready - t_start
+        deployment["startup_s"] = (display.first_joined_at or t_ready) - t_ready
+        if args.flower:
+            deployment["flower_reports"] = reports
+        code = finish(results, deployment, t_start, display, args.out)
+    remove_checkpoint(plan.checkpoint)  # the results are written: it is spent
+    return code
+
+
+@contextlib.contextmanager
+def run_workdir(args: argparse.Namespace) -> Iterator[Path]:
+    """The run's workdir (``--workdir``, else a new temporary folder), cleaned up at the end.
+
+    Its secrets (``secrets/``: the CA key, certificates and SuperNode keys; ``ap-secret``) are
+    removed however the run ends; a temporary workdir is removed whole after a run that wrote
+    its results (a failed run keeps its logs, which its error line names). ``--keep-workdir``
+    keeps everything and says where."""
+    workdir = make_workdir(args.workdir, "semalign-run-")
+    finished = False
+    try:
+        yield workdir
+        finished = True
+    finally:
+        if args.keep_workdir:
+            print(
+                f"semalign run: workdir kept at {workdir} (it holds this run's secrets: CA key, "
+                "certificates, AP secret)",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif finished and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            shutil.rmtree(workdir / "secrets", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (workdir / SECRET_FILE).unlink(missing_ok=True)
 
 
 def run_secrets(workdir: Path, ids: list[str]) -> ApSecrets:

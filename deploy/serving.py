@@ -239,7 +239,7 @@ def serve_with_children(
     except (NoUsersError, LaunchError) as exc:
         raise UsageError(f"{exc} (logs in {procs.log_dir})") from None
     except CheckpointError as exc:
-        raise UsageError(f"{exc}; start without --resume to run afresh") from None
+        raise UsageError(f"{exc}; --fresh starts over (replacing it)") from None
     finally:
         procs.stop()
         server.stop()

@@ -212,19 +212,30 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
         antennas_rx=args.antennas_rx,
         snr_db=args.snr_db,
     )
+    offers = []  # the sessions this user joined (a session lost is exit 1, not 2)
+
+    def joining(offer):
+        offers.append(offer)
+        return factory(offer)
+
     try:
         with sigterm_as_interrupt():
             reports = run_user(
                 args.ap,
                 token,
-                factory,
+                joining,
                 tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
                 connect_timeout=args.connect_timeout,
                 user_id=args.user_id,
                 on_session=None if args.quiet else print_session,
                 rejoin_grace=args.rejoin_grace,
             )
-    except (TransportError, LatentsError) as exc:  # unreachable AP, or this user's own data
+    except TransportError as exc:
+        if not offers:  # refused at the door, or no AP to reach: before any session
+            raise UsageError(str(exc)) from None
+        # in a session: the stream broke for longer than --rejoin-grace, or a refusal
+        return session_lost(args.user_id, offers[-1], exc)
+    except LatentsError as exc:  # this user's own data
         raise UsageError(str(exc)) from None
     failed = [r for r in reports if r.status != "ok"]
     if failed:  # e.g. dropped for a message the AP refused: the AP's reason, one line
@@ -237,6 +248,18 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
         )
         return 1
     return 0
+
+
+def session_lost(user_id: str, offer, exc: Exception) -> int:
+    """A session this user joined and lost without a word from the AP: one line, exit 1
+    (like a drop; ``reliability_options.USER_EXIT_EPILOG``)."""
+    print(
+        f"semalign user: {user_id} lost session {offer.index + 1} (seed {offer.config.seed}): "
+        f"{exc}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 def print_session(report) -> None:
