@@ -3,7 +3,7 @@
 
 Reads a sweep table of ``top-k`` run with ``--topk-index-cost channel-uses`` (both baseline
 fits, the three targets) and the targets sweep with free indices (its table, or its per-cell
-means such as ``docs/data/research-targets-cells.csv``), and prints, as Markdown:
+means such as ``docs/data/research-targets-mlp-cells.csv``), and prints, as Markdown:
 
 1. how the K channel uses split into data and index uses (and the index bits per sample);
 2. per MIMO, group and fitting variant, Top-K's best target, free -> charged, per K;
