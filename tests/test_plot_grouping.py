@@ -233,3 +233,21 @@ def test_previous_keys_of_runs_whose_key_left_out_a_field(latents):
             assert old is None
         else:  # the key a baseline run had when keys hashed iterations=2
             assert old is not None and old != run.key and old.endswith(f"-{run.config.seed}")
+
+
+def test_a_field_that_differs_only_between_figures_labels_no_line(tmp_path, capsys):
+    """Two groups with their own latents (different latents_id) go to two fig2 files; within
+    each file the latents are one, so no line says latents_id."""
+    table = _table(
+        tmp_path / "t.csv",
+        [
+            {"strategy": s, "group": g, "latents_id": lid, "baseline_fit": f}
+            for g, lid in (("homogeneous", "aaaa"), ("heterogeneous", "bbbb"))
+            for s, f in (("fed", ""), ("first-k", "received"))
+        ],
+    )
+    code, lines, err = _plot(capsys, table, tmp_path / "out", "--figures", "fig2")
+    assert code == 0, err
+    assert any("homogeneous" in line for line in lines)
+    assert any("heterogeneous" in line for line in lines)
+    assert not any("latents_id" in line for line in lines), lines

@@ -320,6 +320,13 @@ def _split_fields(points: list[Point], drawn_by: Sequence[str]) -> tuple[str, ..
     return tuple(f for f in varying_fields(points) if f not in drawn_by)
 
 
+def _in_figure(fields: Sequence[str], points: list[Point]) -> tuple[str, ...]:
+    """Those of ``fields`` that differ among one figure's ``points``: a field that differs only
+    between figures (e.g. the latents of two groups drawn in two files) labels no line."""
+    varying = set(varying_fields(points))
+    return tuple(f for f in fields if f in varying)
+
+
 def _several_fits(points: list[Point]) -> bool:
     """Whether ``points`` hold baselines of both fitting variants (lines then say which)."""
     return len({p.params["baseline_fit"] for p in points} - {""}) > 1
@@ -384,7 +391,9 @@ def figure_fig2(
         series = []
         for ax, ant in zip(axes[0], antennas, strict=True):
             panel = [p for p in pts if p.params["antennas"] == ant]
-            labels = _strategy_lines(ax, panel, "zeta", style, _several_fits(pts), fields)
+            labels = _strategy_lines(
+                ax, panel, "zeta", style, _several_fits(pts), _in_figure(fields, pts)
+            )
             series += [(ant, label) for label in labels]
             ax.set_title(f"{ant} MIMO")
             _zeta_axis(ax, style)
@@ -414,7 +423,8 @@ def figure_fig3(
     for ctx, pts in contexts.items():
         groups = sorted({p.params["group"] for p in pts})
         fractions = sorted({p.params["pilot_fraction"] for p in pts}, reverse=True)
-        variants = sorted({qualifiers(p, fields) for p in pts}, key=str)
+        here = _in_figure(fields, pts)
+        variants = sorted({qualifiers(p, here) for p in pts}, key=str)
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
         ax_mse, ax_test, ax_acc = axes
         panels = (
@@ -424,7 +434,7 @@ def figure_fig3(
         )
         lines: dict[tuple, list[Point]] = {}
         for p in pts:
-            key = (p.params["group"], p.params["pilot_fraction"], qualifiers(p, fields))
+            key = (p.params["group"], p.params["pilot_fraction"], qualifiers(p, here))
             lines.setdefault(key, []).append(p)
         series = []
         for group, frac, quals in sorted(lines, key=lambda k: (k[0], -k[1], str(k[2]))):
@@ -488,7 +498,9 @@ def figure_snr(
         series = []
         for ax, k in zip(axes[0], ks, strict=True):
             panel = [p for p in pts if p.params["channel_uses"] == k]
-            labels = _strategy_lines(ax, panel, "snr_db", style, _several_fits(pts), fields)
+            labels = _strategy_lines(
+                ax, panel, "snr_db", style, _several_fits(pts), _in_figure(fields, pts)
+            )
             series += [(f"K={k}", label) for label in labels]
             ax.set_title(f"K = {k} (ζ = {_x(panel[0], 'zeta'):.3g} %)")
             ax.set_xlabel("SNR per receive antenna (dB)")
