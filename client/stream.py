@@ -251,15 +251,25 @@ class _Peer:
         for a later session, when the AP had moved on while this user came back)."""
         report = UserSessionReport(user_id=self.user_id)
         start = time.perf_counter()
+        comeback_until: float | None = None  # coming back: by when (one grace per break)
         try:
             while True:
                 user = self._start(session, offer, report)
+                heard = report.messages_down
                 try:
                     _pump(session, user, report)
                     return report, offer.last, None
                 except grpc.RpcError as exc:
                     code, details = exc.code(), _short(exc.details())
-                    if not self._broken(code, details, report, offer):
+                    if report.messages_down > heard:  # this stream worked: a new break
+                        comeback_until = None
+                    retry = comeback_until is not None and _still_live(code, details)
+                    if retry:
+                        # the AP has not seen our old stream go yet: try again in the grace
+                        if time.monotonic() >= comeback_until:
+                            raise TransportError(f"{_FATAL[code]}: {details}") from None
+                        time.sleep(_BACKOFF[0] * (1 + 0.5 * random.random()))
+                    elif not self._broken(code, details, report, offer):
                         return report, offer.last, None
                     if rejoin_grace <= 0:
                         raise TransportError(
@@ -267,8 +277,11 @@ class _Peer:
                         ) from None
                     log.warning("%s: the stream broke (%s); coming back", self.user_id, details)
                     session.close()
+                    if comeback_until is None:
+                        comeback_until = time.monotonic() + rejoin_grace
                     try:
-                        session, later = self.connect(rejoin_grace, grace=True)
+                        left = max(comeback_until - time.monotonic(), 0.001)
+                        session, later = self.connect(left, grace=True)
                     except _Dropped as dropped:
                         report.status, report.detail = "dropped", str(dropped)
                         return report, offer.last, None
@@ -276,7 +289,7 @@ class _Peer:
                         report.status = "interrupted"
                         report.detail = f"the stream broke ({details}); the AP moved on"
                         return report, offer.last, (session, later)
-                    report.rejoins += 1
+                    report.rejoins += 0 if retry else 1
                     offer = later
                 except BaseException:
                     session.cancel()
@@ -300,6 +313,12 @@ class _Peer:
             log.warning("%s: missed session %d: %s", self.user_id, offer.index, details)
             return False
         return True
+
+
+def _still_live(code, details: str) -> bool:
+    """The AP refused a comeback because it still sees this user's previous stream alive
+    (it has not noticed yet that the stream broke)."""
+    return code == grpc.StatusCode.ALREADY_EXISTS and "has a live stream" in details
 
 
 class _Dropped(Exception):

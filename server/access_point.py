@@ -169,13 +169,14 @@ class AccessPoint:
         )
         return req.user_id, self._accept(state, req)
 
-    def rejoin(self, data: bytes) -> tuple[str, bytes]:
-        """Take back a registered, not dropped user on a fresh handshake (its stream broke, or
-        the AP restarted from a checkpoint); returns (user_id, its HandshakeAccept again).
+    def check_rejoin(self, data: bytes) -> tuple[UserState, pb.HandshakeRequest]:
+        """Whether ``data`` is a rejoin the AP would take back, without taking it: (the user's
+        state, the request), or ProtocolError naming the difference. Changes nothing, so the
+        gRPC service may ask it (from its own thread) before it touches the user's live stream.
 
         The request must describe the user as registered (encoder, latent dim, N_R, SNR, CSI,
         the AP's pilots): a user process rebuilds its state machine from (seed, ordinal), so
-        an honest rejoin is identical. ProtocolError otherwise (the driver drops it).
+        an honest rejoin is identical.
         """
         msg = parse_user_message(data)
         if msg.WhichOneof("body") != "handshake":
@@ -203,6 +204,13 @@ class AccessPoint:
             )
         if len(np.setdiff1d(self.pilot_ids, np.asarray(req.pilot_ids, dtype=np.int64))):
             raise ProtocolError(f"rejoin of {req.user_id} without the session's pilots")
+        return state, req
+
+    def rejoin(self, data: bytes) -> tuple[str, bytes]:
+        """Take back a registered, not dropped user on a fresh handshake (its stream broke, or
+        the AP restarted from a checkpoint); returns (user_id, its HandshakeAccept again).
+        ProtocolError if :meth:`check_rejoin` refuses it."""
+        state, req = self.check_rejoin(data)
         state.rejoins += 1
         log.info("rejoin: %s at round %d", req.user_id, self.round)
         return req.user_id, self._accept(state, req)

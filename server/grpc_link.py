@@ -8,6 +8,18 @@ calls :meth:`GrpcLink.rebind`: the next ``receive`` raises
 taken the user back (:meth:`GrpcLink.accept_rejoin`) everything it sends goes to the new stream.
 Messages of an older stream that arrive later are discarded.
 
+A second stream never evicts a live one (:meth:`GrpcLink.rebind`): a comeback must pass the
+AP's rejoin check (the same encoder, dimensions, SNR, CSI and pilots as the first handshake)
+before anything changes, and is refused while the user's stream (or one already waiting to
+replace it) is alive; only a stream the transport reports gone is replaced.
+
+A message over the AP's receive limit ends its stream inside gRPC: the server's handler only
+sees the stream end, like a user that vanished. The one sign is that gRPC's receive operation
+failed (a stream cut by the network, or cancelled by the user, ends with a successful empty
+receive), which :func:`watch_receive_failures` records on the call; such a stream ends its
+link for good (``receive`` raises ``LinkError``: the driver drops the user at once, with no
+rejoin grace).
+
 Bytes are counted where they cross the gRPC boundary, over all of a link's streams.
 """
 
@@ -17,11 +29,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
-from semalign.common.errors import LinkClosed, LinkRejoined, LinkTimeout
+from semalign.common.errors import LinkClosed, LinkError, LinkRejoined, LinkTimeout, ProtocolError
 
 _CLOSED = object()  # outbox sentinel: the stream is gone
 _FINISH = object()  # outbox sentinel: end the stream with status OK
@@ -48,6 +60,19 @@ class Binding:
         self.peer = peer
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.closed_reason: str | None = None
+        #: the stream ended in a way that ends the user (a message over the receive limit)
+        self.final = False
+        #: the stream's gRPC context, once it is served (asked whether the stream is alive)
+        self.context: grpc.ServicerContext | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Neither ended (its reader or the stream's callback saw it) nor, per the transport,
+        gone (``is_active``: cancelled, reset, or finished with a status)."""
+        if self.closed_reason is not None:
+            return False
+        context = self.context
+        return context is None or context.is_active()
 
 
 class GrpcLink:
@@ -71,6 +96,9 @@ class GrpcLink:
         self.messages_down = 0
         self.joined_at = time.time()
         self.closed_at: float | None = None
+        #: the AP's check of a comeback's handshake (set by the driver once the user is
+        #: registered): raises ProtocolError, changes nothing
+        self.rejoin_check: Callable[[bytes], object] | None = None
         self._incoming(self._binding, handshake)
 
     @property
@@ -110,6 +138,8 @@ class GrpcLink:
                 if self._pending is not None:
                     raise LinkRejoined(self._pending[1])
                 if self._binding.closed_reason is not None:
+                    if self._binding.final:  # no coming back from this one
+                        raise LinkError(self._binding.closed_reason)
                     raise LinkClosed(self._binding.closed_reason)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -121,6 +151,20 @@ class GrpcLink:
         with self._cond:
             self._cond.wait_for(lambda: self._pending is not None or self.ended, timeout)
             return self._pending[1] if self._pending is not None else None
+
+    def check_rejoins_with(self, check: Callable[[bytes], object]) -> None:
+        """From now on, a comeback's handshake must pass ``check`` (the AP's
+        :meth:`~semalign.server.access_point.AccessPoint.check_rejoin`) before :meth:`rebind`
+        changes anything."""
+        self.rejoin_check = check
+
+    def refuse_rejoin(self, reason: str) -> None:
+        """End the stream waiting to replace the current one (the driver refused its
+        handshake); the current stream, alive or not, stays the link's."""
+        with self._cond:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].outbox.put(Abort(grpc.StatusCode.INVALID_ARGUMENT, reason))
 
     def accept_rejoin(self) -> None:
         """Send on the new stream from now on (the old one, if still open, is ended)."""
@@ -154,16 +198,38 @@ class GrpcLink:
             return self.bytes_down, self.bytes_up
 
     # ---------------------------------------------------------------- gRPC side
-    def rebind(self, handshake: bytes, peer: str) -> Binding | None:
-        """A new stream of this user with its handshake; ``None`` if the AP has ended the
-        link (finished, or dropped the user). A stream that was waiting to replace the
-        current one is ended: the newest wins."""
+    def rebind(self, handshake: bytes, peer: str) -> Binding | Abort:
+        """A new stream of this user with its handshake, or why it is refused (the link and
+        its streams are then untouched):
+
+        * ABORTED: the AP has ended the link (finished, or dropped the user);
+        * INVALID_ARGUMENT: the handshake fails the AP's rejoin check (another encoder,
+          dimensions, SNR, CSI, or without the session's pilots);
+        * ALREADY_EXISTS: the user's stream is alive (or one that is waiting to replace it):
+          a second stream never evicts a live one.
+
+        A stream that was waiting to replace the current one and is gone itself is replaced.
+        """
+        ended = Abort(grpc.StatusCode.ABORTED, "the AP has ended this user's session")
+        if self.ended:
+            return ended
+        check = self.rejoin_check
+        if check is not None:
+            try:
+                check(handshake)
+            except ProtocolError as exc:
+                return Abort(grpc.StatusCode.INVALID_ARGUMENT, f"rejoin refused: {exc}")
         with self._cond:
             if self.ended:
-                return None
-            newest = self._binding.generation
-            if self._pending is not None:
-                newest = self._pending[0].generation
+                return ended
+            live = self._pending[0] if self._pending is not None else self._binding
+            if live.alive:
+                return Abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"rejoin refused: {self.user_id} has a live stream (from {live.peer}); a "
+                    "second stream is refused while it lasts",
+                )
+            newest = live.generation
             binding = Binding(newest + 1, peer)
             replaced, self._pending = self._pending, (binding, handshake)
             self.bytes_up += len(handshake)
@@ -182,11 +248,13 @@ class GrpcLink:
             self._cond.notify_all()
             return sum(g == binding.generation for g, _ in self._items)
 
-    def _closed(self, binding: Binding, reason: str) -> None:
+    def _closed(self, binding: Binding, reason: str, *, final: bool = False) -> None:
+        """``binding``'s stream ended; ``final``: in a way that ends the user (no comeback)."""
         with self._cond:
             if binding.closed_reason is not None:
                 return
             binding.closed_reason = reason
+            binding.final = final
             if binding is self._binding:
                 self.closed_at = time.time()
             self._cond.notify_all()
@@ -202,8 +270,11 @@ class GrpcLink:
             yield item
 
 
-def read_stream(request_iterator, link: GrpcLink, binding: Binding) -> None:
-    """Feed one stream's messages into its link until the stream ends (a reader thread)."""
+def read_stream(
+    request_iterator, link: GrpcLink, binding: Binding, too_large: str | None = None
+) -> None:
+    """Feed one stream's messages into its link until the stream ends (a reader thread).
+    ``too_large``: the reason to end the user with if gRPC failed to receive a message."""
     reason = "the stream broke"
     try:
         for data in request_iterator:
@@ -218,4 +289,53 @@ def read_stream(request_iterator, link: GrpcLink, binding: Binding) -> None:
         text = details() if callable(details) else str(exc)
         reason = f"the stream broke ({type(exc).__name__}{': ' + text if text else ''})"
     finally:
+        if too_large is not None and receive_failed(binding.context):
+            link._closed(binding, too_large, final=True)
         link._closed(binding, reason)
+
+
+def watch_receive_failures() -> bool:
+    """Record on each server call whether gRPC failed to receive one of its messages.
+
+    grpcio's server hands a message that its core refused (over
+    ``grpc.max_receive_message_length``: the core ends the stream with RESOURCE_EXHAUSTED,
+    "Received message larger than max") to the handler as the end of the request stream, the
+    same as a user that vanished; only the receive operation's ``success`` tells them apart.
+    This wraps grpcio's private ``grpc._server._receive_message`` once per process to keep
+    that flag (read by :func:`receive_failed`). False, and nothing changed, if this grpcio
+    lacks it: such a stream then waits out the rejoin grace as before
+    (``tests/test_network_oversize.py`` pins the behaviour).
+    """
+    try:
+        from grpc import _server
+    except ImportError:
+        return False
+    original = getattr(_server, "_receive_message", None)
+    if original is None:
+        return False
+    if getattr(original, "_semalign_watch", False):
+        return True
+
+    def receive_message(state, call, deserializer):
+        callback = original(state, call, deserializer)
+
+        def watched(event):
+            if not getattr(event, "success", True):
+                try:
+                    state.semalign_receive_failed = True
+                except AttributeError:  # a state without a __dict__: cannot say
+                    pass
+            return callback(event)
+
+        return watched
+
+    receive_message._semalign_watch = True  # type: ignore[attr-defined]
+    _server._receive_message = receive_message
+    return True
+
+
+def receive_failed(context: grpc.ServicerContext | None) -> bool:
+    """Whether gRPC failed to receive a message of ``context``'s stream (see
+    :func:`watch_receive_failures`)."""
+    state = getattr(context, "_state", None)
+    return bool(getattr(state, "semalign_receive_failed", False))

@@ -20,11 +20,16 @@ reason):
 4. the link joins the lobby (PERMISSION_DENIED: not invited, ALREADY_EXISTS, RESOURCE_EXHAUSTED:
    full); a reader thread feeds the user's messages into the link, the handler's generator hands
    the driver's messages to gRPC. Once the session runs, an admitted user whose link the AP
-   has not ended (its stream broke) may come back: its new stream, checked the same way, is
-   bound to its link (:meth:`GrpcLink.rebind`) and the driver takes it back;
+   has not ended may come back: its new stream, checked the same way, must pass the AP's
+   rejoin check (INVALID_ARGUMENT: another encoder, dimensions, SNR, CSI or pilots than its
+   first handshake) and is refused while the user's stream is alive (ALREADY_EXISTS: a second
+   stream never evicts a live one); only then is it bound to its link
+   (:meth:`GrpcLink.rebind`) and the driver takes it back;
 5. after SessionEnd the AP finishes the stream with status OK; a user the driver drops (timeout,
    disconnect, a message that breaks the protocol) gets status ABORTED with the reason at once
-   (INVALID_ARGUMENT if the AP refused its handshake).
+   (INVALID_ARGUMENT if the AP refused its handshake). A message over the receive limit ends
+   the stream inside gRPC (RESOURCE_EXHAUSTED to the user); the driver drops that user at once
+   with "message too large", without waiting for a comeback.
 
 Bytes are counted per link where they cross the gRPC boundary: both sides register the method
 without protobuf (de)serializers, so the byte strings a link hands to gRPC (counted when the driver
@@ -59,7 +64,14 @@ from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_secret, token
 from semalign.common.errors import ProtocolError, UsageError
 from semalign.common.validation import check_handshake, one_line
 from semalign.common.wire import parse_user_message
-from semalign.server.grpc_link import Binding, GrpcLink, read_stream
+from semalign.server.grpc_link import (
+    Abort,
+    Binding,
+    GrpcLink,
+    read_stream,
+    receive_failed,
+    watch_receive_failures,
+)
 from semalign.server.lobby import Lobby
 
 __all__ = ["AlignmentService", "GrpcLink", "Lobby", "RunningServer", "start_server"]
@@ -104,6 +116,8 @@ class AlignmentService:
         self._cond = threading.Condition()
         self._lobby: Lobby | None = None
         self._closing = False
+        #: the server's receive limit (bytes), named in the reason of a user that exceeds it
+        self.max_receive_bytes: int | None = None
 
     # ---------------------------------------------------------------- AP side
     def open_lobby(
@@ -271,24 +285,34 @@ class AlignmentService:
                 context.abort(refused.code, refused.reason)
         else:  # a user of the running session, back on a new stream
             link = lobby.links[user_id]
-            binding = link.rebind(first, context.peer())
-            if binding is None:
-                context.abort(grpc.StatusCode.ABORTED, "the AP has ended this user's session")
+            rebound = link.rebind(first, context.peer())
+            if isinstance(rebound, Abort):
+                log.warning("refused %r from %s: %s", user_id, context.peer(), rebound.reason)
+                self._refuse(context, rebound.code, rebound.reason)
+            binding = rebound
             log.info("%s is back on a new stream from %s", user_id, context.peer())
         yield from self._serve_stream(context, request_iterator, link, binding)
 
-    @staticmethod
-    def _serve_stream(context, request_iterator, link: GrpcLink, binding: Binding):
+    def _too_large(self) -> str:
+        limit = self.max_receive_bytes
+        where = f" of {limit:,} bytes" if limit else ""
+        return f"message too large: over the AP's receive limit{where}"
+
+    def _serve_stream(self, context, request_iterator, link: GrpcLink, binding: Binding):
         """Feed the stream into its link (a reader thread); hand the driver's messages out."""
+        binding.context = context
+        too_large = self._too_large()
 
         def closed() -> None:
+            if receive_failed(context):  # gRPC refused a message: the user is not coming back
+                link._closed(binding, too_large, final=True)
             link._closed(binding, "the stream ended (user gone)")
 
         if not context.add_callback(closed):
             closed()
         threading.Thread(
             target=read_stream,
-            args=(request_iterator, link, binding),
+            args=(request_iterator, link, binding, too_large),
             name=f"read-{link.user_id}",
             daemon=True,
         ).start()
@@ -352,8 +376,11 @@ def start_server(
     """Serve ``service`` on ``address`` (port 0: an ephemeral port). One worker per stream;
     at most ``max_workers`` streams at once (more get RESOURCE_EXHAUSTED, which users retry).
     Messages from users larger than ``max_receive_bytes`` end their stream
-    (:func:`~semalign.common.contract.receive_limit` of the session)."""
+    (:func:`~semalign.common.contract.receive_limit` of the session) and their user: dropped
+    at once with "message too large", no rejoin grace."""
     host, _ = check_address(address, what="listen address")
+    watch_receive_failures()  # a message over max_receive_bytes: drop its user at once
+    service.max_receive_bytes = max_receive_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="alignment"),
         options=server_options(max_message_bytes, max_receive_bytes),

@@ -46,7 +46,9 @@ class UserLink(Protocol):
     A link that can be rebound to a new stream (gRPC) also has ``wait_rejoin(timeout) ->
     bytes | None`` (the new stream's handshake, once the user came back) and
     ``accept_rejoin()`` (from now on, send on the new stream); its ``receive`` raises
-    :class:`LinkRejoined` when the user came back.
+    :class:`LinkRejoined` when the user came back. Optionally ``check_rejoins_with(check)``
+    (the driver hands it :meth:`AccessPoint.check_rejoin`, so a comeback is checked before it
+    touches the live stream) and ``refuse_rejoin(reason)`` (end the new stream only).
     """
 
     def send(self, data: bytes) -> None:
@@ -209,7 +211,10 @@ class SessionDriver:
             try:
                 data = link.receive(timeout)
             except LinkRejoined as back:  # it came back on a new stream before we noticed
-                if not self._rejoin(user_id, back.handshake, phase):
+                taken = self._rejoin(user_id, back.handshake, phase)
+                if taken is None:  # its handshake was refused; the user's link is as it was
+                    continue
+                if not taken:
                     return None
                 sent_at = time.monotonic()
                 continue
@@ -241,11 +246,14 @@ class SessionDriver:
                     grace = f"; it did not come back within {policy.rejoin_grace:g} s"
                     self._drop(user_id, f"{phase}: {exc}{grace if policy.rejoin_grace else ''}")
                     return None
-                if not self._rejoin(user_id, handshake, phase):
+                taken = self._rejoin(user_id, handshake, phase)
+                if taken is None:
+                    continue
+                if not taken:
                     return None
                 sent_at = time.monotonic()
                 continue
-            except LinkError as exc:
+            except LinkError as exc:  # also a stream that ended its user (message too large)
                 self._drop(user_id, f"{phase}: {exc}")
                 return None
             self.unanswered[user_id] = None
@@ -257,18 +265,31 @@ class SessionDriver:
             return None
         return wait(self.policy.rejoin_grace)
 
-    def _rejoin(self, user_id: str, handshake: bytes, phase: str) -> bool:
+    def _rejoin(self, user_id: str, handshake: bytes, phase: str) -> bool | None:
         """Take the user back on its new stream: its accept again, the state-building messages
         it answered before (their replies checked and discarded), then its unanswered message.
-        False if it was dropped instead (another user, a refused handshake, a broken replay)."""
+
+        The handshake is checked before anything changes: if the AP refuses it and the link
+        can refuse the new stream alone, only that stream ends and ``None`` is returned (the
+        user's link goes on as it was). False if the user was dropped instead (a refused
+        handshake on a link that cannot refuse it, a broken replay)."""
         link = self.links[user_id]
-        accept_rejoin = getattr(link, "accept_rejoin", None)
-        if accept_rejoin is not None:
-            accept_rejoin()
         try:
             registered, accept = self.ap.rejoin(handshake)
             if registered != user_id:
                 raise ProtocolError(f"a handshake of {registered!r} on {user_id}'s link")
+        except ProtocolError as exc:
+            refuse_rejoin = getattr(link, "refuse_rejoin", None)
+            if refuse_rejoin is None:
+                self._drop(user_id, f"{phase}: rejoin failed: {exc}")
+                return False
+            log.warning("%s: refused a comeback at round %d: %s", user_id, self.ap.round, exc)
+            refuse_rejoin(f"rejoin refused: {exc}")
+            return None
+        accept_rejoin = getattr(link, "accept_rejoin", None)
+        if accept_rejoin is not None:
+            accept_rejoin()
+        try:
             link.send(accept)
             for message in self.prelude.get(user_id, []):
                 link.send(message)
@@ -313,6 +334,9 @@ class SessionDriver:
                     self.ap.drop(user_id, f"handshake: {exc}")
                 continue
             self.links[user_id] = link
+            check_rejoins_with = getattr(link, "check_rejoins_with", None)
+            if check_rejoins_with is not None:
+                check_rejoins_with(self.ap.check_rejoin)
             down, up = down + len(accept), up + len(request)
         if self.resumed:  # the traffic of the first handshake stays the session's
             for user_id in self.ap.users:
