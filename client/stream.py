@@ -49,6 +49,7 @@ _FATAL = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: "the AP refused this user (session full) or a message",
     grpc.StatusCode.INVALID_ARGUMENT: "the AP refused the handshake",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the AP gave up waiting for the handshake",
+    grpc.StatusCode.FAILED_PRECONDITION: "the AP refused this user",  # its session has started
 }
 #: Status codes before the offer that mean "not now": the AP is not up yet, between sessions,
 #: or busy (every worker taken, e.g. by a flood of streams): try again until the join timeout.
@@ -211,6 +212,11 @@ class _Peer:
                 time.sleep(min(left, delay * (1 + 0.5 * random.random())))
                 delay = min(2 * delay, _BACKOFF[1])
                 continue
+            if code == grpc.StatusCode.UNAVAILABLE and not grace and _nobody_listens(details):
+                raise TransportError(
+                    f"no AP listening at {self.address}: the session may have ended or not "
+                    f"started (tried for {timeout:g} s: {_short(details)})"
+                )
             if code == grpc.StatusCode.UNAVAILABLE:
                 what = "come back to" if grace else "reach"
                 raise TransportError(
@@ -313,6 +319,12 @@ class _Peer:
             log.warning("%s: missed session %d: %s", self.user_id, offer.index, details)
             return False
         return True
+
+
+def _nobody_listens(details: str | None) -> bool:
+    """gRPC's UNAVAILABLE because the connection was refused: no process listens there."""
+    text = (details or "").lower()
+    return "connection refused" in text
 
 
 def _still_live(code, details: str) -> bool:

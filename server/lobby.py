@@ -43,6 +43,8 @@ class Lobby:
     rejected: list[str] = field(default_factory=list)
     #: users known lost before joining (their process died, their SuperNode vanished), and why
     lost: dict[str, str] = field(default_factory=dict)
+    #: the running session's round (the driver's AP), named when a late user is refused
+    progress: Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -82,6 +84,16 @@ class Lobby:
         with self._cond:
             link = self.links.get(user_id)
             return not self.is_open and self.running and link is not None and not link.ended
+
+    def is_running(self) -> bool:
+        """Whether the session has started and not ended (joining is closed)."""
+        with self._cond:
+            return not self.is_open and self.running
+
+    def late_reason(self) -> str:
+        """Why a user that is not part of the running session cannot join it."""
+        at = f" (round {self.progress()})" if self.progress is not None else ""
+        return f"the session has started{at}; joining is closed"
 
     def give_up(self, user_id: str, reason: str) -> None:
         """Stop waiting for ``user_id``: it is known lost (``reason``) before joining. A user

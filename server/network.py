@@ -206,6 +206,7 @@ def serve_session(
     driver = MeasuredDriver(
         ap, links, policy=policy, on_round=on_round, checkpoint=checkpoint, restored=restored
     )
+    lobby.progress = lambda: ap.round
     start = time.perf_counter()
     try:
         result = driver.run(test_latents, test_ids)

@@ -19,7 +19,9 @@ reason):
    (INVALID_ARGUMENT, :func:`~semalign.common.validation.check_handshake`);
 4. the link joins the lobby (PERMISSION_DENIED: not invited, ALREADY_EXISTS, RESOURCE_EXHAUSTED:
    full); a reader thread feeds the user's messages into the link, the handler's generator hands
-   the driver's messages to gRPC. Once the session runs, an admitted user whose link the AP
+   the driver's messages to gRPC. Once the AP's last session runs, a user that is not part of
+   it is refused at once (FAILED_PRECONDITION ``the session has started (round R); joining is
+   closed``). Once the session runs, an admitted user whose link the AP
    has not ended may come back: its new stream, checked the same way, must pass the AP's
    rejoin check (INVALID_ARGUMENT: another encoder, dimensions, SNR, CSI or pilots than its
    first handshake) and is refused while the user's stream is alive (ALREADY_EXISTS: a second
@@ -139,13 +141,24 @@ class AlignmentService:
 
     # ---------------------------------------------------------------- gRPC side
     def _wait_lobby(self, context: grpc.ServicerContext, user_id: str) -> Lobby | None:
-        """An open lobby, or the running session's if ``user_id`` may come back to it."""
+        """An open lobby, or the running session's if ``user_id`` may come back to it. A user
+        that is not part of the AP's last session, once it runs, is refused at once
+        (FAILED_PRECONDITION: nothing is left to join); before an earlier session's end it
+        waits for the next lobby."""
         deadline = time.monotonic() + self.lobby_wait
         with self._cond:
             while not self._closing and context.is_active():
                 lobby = self._lobby
                 if lobby is not None and (lobby.is_open or lobby.can_rejoin(user_id)):
                     return lobby
+                if lobby is not None and lobby.offer.last and lobby.is_running():
+                    reason = lobby.late_reason()
+                    self._log_refusal(context.peer(), f"{reason} ({user_id!r})")
+                    self._cond.release()  # _refuse raises; never abort holding the lock
+                    try:
+                        self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, reason)
+                    finally:
+                        self._cond.acquire()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -55,4 +55,4 @@ def test_a_user_refused_before_any_session_exits_2(latents, tmp_path, capsys):
     argv += ["--encoder", encoders[0], "--latents", str(root), "--insecure"]
     assert main([*argv, "--connect-timeout", "0.5", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the --insecure warning
-    assert err.startswith("semalign user: error: cannot reach the AP"), err
+    assert err.startswith(f"semalign user: error: no AP listening at 127.0.0.1:{port}"), err
