@@ -23,6 +23,7 @@ from typing import Any
 from semalign.common.contract import TlsFiles
 from semalign.common.errors import LaunchError
 from semalign.deploy.launcher import Processes, child_env, tool, wait_for_port
+from semalign.deploy.superlink import is_loopback
 
 #: The Flower App folder (its pyproject.toml names the components in semalign.deploy.flwr_app).
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
@@ -69,6 +70,13 @@ def superlink_argv(
     else:
         argv.append("--insecure")
     return argv
+
+
+def control_host(host: str) -> str:
+    """Where the AP's own ``flwr`` calls reach a SuperLink listening on ``host``: loopback
+    always (the guard serves the Control API to loopback only; on a specific non-loopback
+    address the SuperLink listens on 127.0.0.1 too, :mod:`semalign.deploy.superlink`)."""
+    return host if is_loopback(host) else "127.0.0.1"
 
 
 def supernode_argv(
@@ -242,9 +250,10 @@ def start_flower(
     auth = supernode_keys is not None
     argv = superlink_argv(host, port, tls=tls, supernode_auth=auth)
     procs.start("superlink", argv, child_env(flwr / "superlink"))
-    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    local = control_host(host)
     secure = tls is not None and tls.enabled
-    write_cli_config(flwr / "cli", f"{local}:{port}", root_ca=tls.ca if secure else None)
+    address = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
+    write_cli_config(flwr / "cli", address, root_ca=tls.ca if secure else None)
     if not auth:  # they keep trying until the SuperLink listens
         for name, argv in supernodes:
             procs.start(name, argv, child_env(flwr / name, single_thread=True))

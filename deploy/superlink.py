@@ -11,11 +11,17 @@ runs and read the ServerApp's messages.
 is not on loopback may only reach the Fleet API (``/v1/fleet/``); anything else (Control,
 Runtime, docs) gets 403. The AP's own ``flwr`` CLI and SuperExec run on the AP host and connect
 over 127.0.0.1. uvicorn's proxy headers are off, so no client can pose as loopback.
+
+With ``--host`` a specific address that is not loopback (``--superlink-listen 10.0.0.5:9092``)
+the SuperLink also listens on ``127.0.0.1`` on the same port, and its SuperExec connects there:
+a connection to the public address comes from that address, not loopback, even from the AP
+host itself, so the guard would refuse the AP's own Control and Runtime calls.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,33 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def needs_loopback_listener(host: str | None) -> bool:
+    """Whether a SuperLink on ``host`` needs a second listener on 127.0.0.1 for the AP's own
+    calls: a specific address that is not loopback (a wildcard already covers loopback)."""
+    host = (host or "").strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return not ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a name: loopback if it resolves to loopback
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            return True
+        return not any(is_loopback(str(info[4][0])) for info in infos)
+
+
+def _loopback_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"semalign: cannot listen on 127.0.0.1:{port} as well: {exc}") from None
+    return sock
 
 
 class FleetOnlyFromNetwork:
@@ -61,8 +94,11 @@ class FleetOnlyFromNetwork:
 
 
 def install_guard() -> None:
-    """Put :class:`FleetOnlyFromNetwork` outermost in the SuperLink's app; no proxy headers."""
+    """Put :class:`FleetOnlyFromNetwork` outermost in the SuperLink's app; no proxy headers.
+    On a specific non-loopback host, also listen on 127.0.0.1 (same port) and point the
+    SuperExec there (:func:`needs_loopback_listener`)."""
     import functools
+    import importlib
 
     import uvicorn
     from flwr.superlink import main as superlink_main
@@ -78,6 +114,25 @@ def install_guard() -> None:
     middleware._semalign_guard = True  # type: ignore[attr-defined]
     superlink_main._get_middleware = middleware
     uvicorn.run = functools.partial(uvicorn.run, proxy_headers=False)
+
+    uvicorn_main = importlib.import_module("uvicorn.main")  # uvicorn.main is the CLI
+
+    class Server(uvicorn_main.Server):
+        def run(self, sockets: list[socket.socket] | None = None) -> None:
+            if sockets is None and needs_loopback_listener(self.config.host):
+                public = self.config.bind_socket()
+                sockets = [public, _loopback_socket(public.getsockname()[1])]
+            super().run(sockets=sockets)
+
+    uvicorn_main.Server = Server
+    flower_superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    resolve = flower_superlink.resolve_bind_address
+
+    def runtime_address(address: str) -> str:  # the SuperExec's connection to the SuperLink
+        host, _, port = resolve(address).rpartition(":")
+        return f"127.0.0.1:{port}" if needs_loopback_listener(host) else f"{host}:{port}"
+
+    flower_superlink.resolve_bind_address = runtime_address
 
 
 def main(argv: list[str] | None = None) -> None:
