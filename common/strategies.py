@@ -122,6 +122,13 @@ def strategy_help() -> str:
     return "; ".join(f"{'/'.join(names)}: {text}" for text, names in groups.items())
 
 
+def strategy_family(name: str) -> str | None:
+    """The family (``admm``, ``baseline``) of a registered strategy, None for an unknown name
+    (e.g. a table row of a strategy this version does not have)."""
+    spec = _REGISTRY.get(name)
+    return None if spec is None else spec.family
+
+
 def admm_strategy_names() -> tuple[str, ...]:
     """The names of the ADMM family (strategies with rounds)."""
     return tuple(name for name, spec in _REGISTRY.items() if spec.family == "admm")

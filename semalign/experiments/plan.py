@@ -38,7 +38,7 @@ from semalign.common.baselines import SELECTION
 from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
-from semalign.common.strategies import UnknownStrategy, get_strategy
+from semalign.common.strategies import strategy_family
 from semalign.experiments.grid import (
     LEGACY_RESEARCH_VALUES,
     RESEARCH_DEFAULTS,
@@ -81,9 +81,8 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
 def unused_fields(strategy: str) -> tuple[str, ...]:
     """The config fields ``strategy`` does not read (the other families' :data:`FAMILY_FIELDS`),
     asked of the strategy registry; none for a name it does not know."""
-    try:
-        family = get_strategy(strategy).family
-    except UnknownStrategy:
+    family = strategy_family(strategy)
+    if family is None:
         return ()
     return tuple(f for fam, names in FAMILY_FIELDS.items() if fam != family for f in names)
 
@@ -203,10 +202,7 @@ def cell_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
 def _selection(config: AlignmentConfig) -> dict[str, str]:
     """A baseline's selection order (``baseline_selection``), hashed into its cell key: cells of
     the whitened-symbol selection of older versions are other cells, never reused."""
-    try:
-        baseline = get_strategy(config.strategy).family == "baseline"
-    except UnknownStrategy:
-        baseline = False
+    baseline = strategy_family(config.strategy) == "baseline"
     return {"baseline_selection": SELECTION} if baseline else {}
 
 

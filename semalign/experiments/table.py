@@ -33,7 +33,7 @@ from semalign.common.baselines import LEGACY_SELECTION
 from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
-from semalign.common.strategies import UnknownStrategy, get_strategy
+from semalign.common.strategies import strategy_family
 from semalign.experiments.grid import LEGACY_RESEARCH_VALUES, antennas_label
 from semalign.experiments.plan import Run, zeta
 from semalign.experiments.provenance import PROVENANCE_KEYS
@@ -249,20 +249,15 @@ def _parse(column: str, text: str) -> Any:
 _OLDER_DEFAULTS: dict[str, Any] = {"channel": "rayleigh", **LEGACY_RESEARCH_VALUES}
 
 
-def _is_baseline(raw: dict[str, str | None]) -> bool:
-    try:
-        return get_strategy(raw.get("strategy") or "").family == "baseline"
-    except UnknownStrategy:
-        return False
-
-
 def _parse_row(raw: dict[str, str | None]) -> dict[str, Any]:
     """A row of any schema as a row of this one (columns it lacks are empty)."""
     if None in raw or any(v is None for v in raw.values()):
         raise ValueError("wrong number of fields")
     older = {c: v for c, v in _OLDER_DEFAULTS.items() if c not in raw}
     if "baseline_selection" not in raw:
-        older["baseline_selection"] = LEGACY_SELECTION if _is_baseline(raw) else ""
+        older["baseline_selection"] = (
+            LEGACY_SELECTION if strategy_family(raw.get("strategy") or "") == "baseline" else ""
+        )
     row = {c: _parse(c, raw.get(c, "")) for c in COLUMNS if c not in older}
     return {**row, **older}
 
