@@ -45,7 +45,8 @@ class BaselineUser(UserStrategy):
         super().__init__(user, name)
         self.alignment: np.ndarray | None = None
         self.whitening: Whitener | None = None
-        self.unmix: np.ndarray | None = None  # LMMSE of the whitened symbols (K N_T, K N_T)
+        #: W_l M_l (K N_T, K N_R): the SVD-MMSE equalizer, then the LMMSE of the whitened symbols
+        self.receiver: np.ndarray | None = None
 
     @property
     def _sent(self) -> tuple[int, int]:
@@ -73,9 +74,10 @@ class BaselineUser(UserStrategy):
             raise ProtocolError("whitening factor is too badly conditioned")
         return Whitener(mean=mean, factor=factor, condition=float("nan"), shrinkage=0.0)
 
-    def _end_to_end(self, msg: pb.PilotTransmission) -> tuple[np.ndarray, np.ndarray]:
-        """E_l = M_l Hhat_l F (K N_T, K N_T) for the precoder F the AP sent (finite, square),
-        and M_l (K N_T, K N_R)."""
+    def _receiver(self, msg: pb.PilotTransmission) -> np.ndarray:
+        """W_l M_l (K N_T, K N_R) for the precoder F the AP sent (finite, square): M_l the
+        SVD-MMSE equalizer, W_l the LMMSE of the whitened symbols given E_l = M_l Hhat_l F, both
+        designed on the CSI estimate."""
         user = self.user
         acc = user.accept
         count = self._sent[0]
@@ -83,18 +85,18 @@ class BaselineUser(UserStrategy):
             raise ProtocolError("pilot transmission without the AP's precoder")
         precoder = check_matrix(msg.precoder, "precoder", (count, count))
         equalizer = baselines.svd_mmse_equalizer(user.hbar_estimate, user.snr_db, acc.channel_uses)
-        return equalizer @ user.design_channel(precoder, noiseless=True), equalizer
+        end_to_end = equalizer @ user.design_channel(precoder, noiseless=True)
+        return baselines.unmixing(end_to_end, equalizer, user.channel.noise_var) @ equalizer
 
     def _received(self, symbols: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Receive, SVD-MMSE equalize, de-whiten, unpack and zero-fill: (K N_T, n) sent ->
         (d, n) real estimate of the AP's native features."""
         user = self.user
         acc = user.accept
-        if self.whitening is None or self.unmix is None:
+        if self.whitening is None or self.receiver is None:
             raise ProtocolError("no equalizer yet: evaluation before alignment")
         # designed on the CSI estimate, applied to what the true channel delivers
-        equalizer = baselines.svd_mmse_equalizer(user.hbar_estimate, user.snr_db, acc.channel_uses)
-        packed = self.whitening.dewhiten(self.unmix @ equalizer @ user.channel(symbols))
+        packed = self.whitening.dewhiten(self.receiver @ user.channel(symbols))
         values = user.representation.latents(packed, self._sent[1]).T
         return baselines.scatter(values, indices, acc.ap_latent_dim)
 
@@ -109,8 +111,7 @@ class BaselineUser(UserStrategy):
         symbols = check_matrix(msg.symbols, "pilot symbols", (self._sent[0], n))
         indices = self.read_indices(msg.indices, n)
         self.whitening = self._whitening(msg)
-        end_to_end, equalizer = self._end_to_end(msg)
-        self.unmix = baselines.unmixing(end_to_end, equalizer, user.channel.noise_var)
+        self.receiver = self._receiver(msg)
         source = self._received(symbols, indices)
         target = _real_view(user.y)
         if acc.baseline_fit == pb.FULL:

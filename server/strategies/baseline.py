@@ -45,6 +45,8 @@ class BaselineStrategy(ApStrategy):
         self.index_cost = IndexCost(0, 0)
         self.precoder: np.ndarray | None = None
         self.selection_whitener: Whitener | None = None
+        #: the pilots' whitened selected symbols (K N_T, n) and indices (2 K N_T, n)
+        self.pilots: tuple[np.ndarray, np.ndarray] | None = None
 
     @abstractmethod
     def select(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +59,7 @@ class BaselineStrategy(ApStrategy):
         return 2 * self.ap.symbols
 
     def start(self, ap: ApContext) -> None:
-        """Fit the whitening of the selected pilot symbols (K N_T, n)."""
+        """Select the pilots' features and fit the whitening of their symbols (K N_T, n)."""
         super().start(ap)
         self.precoder = None
         if self.features_sent > ap.latent_dim:
@@ -65,9 +67,10 @@ class BaselineStrategy(ApStrategy):
                 f"{self.config.strategy} sends 2 K N_T = {self.features_sent} real features of "
                 f"the AP's d={ap.latent_dim}: lower K or N_T"
             )
-        values, _ = self.select(ap.pilot_latents.T)
+        values, indices = self.select(ap.pilot_latents.T)
         packed = ap.representation.features(values.T)
         self.selection_whitener = ap.representation.fit_whitener(packed)
+        self.pilots = (self.selection_whitener.whiten(packed), indices)
 
     def symbols_of(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whitened packed symbols (K N_T, n) and indices (2 K N_T, n) of native latents
@@ -99,7 +102,9 @@ class BaselineStrategy(ApStrategy):
         indices, the whitening of the selected symbols (mean, factor), the precoder F, and the
         AP's full native pilots for ``baseline_fit="full"``."""
         ap = self.ap
-        selected, indices = self.symbols_of(ap.pilot_latents)
+        if self.pilots is None:
+            raise ProtocolError("baseline used before start()")
+        selected, indices = self.pilots
         self.precoder = self._precoder(selected)
         whitener = self.selection_whitener
         msg = pb.PilotTransmission(
