@@ -1,6 +1,7 @@
 """`semalign user` exit codes (`semalign user --help`, docs/reliability.md): 1 when it lost a
 session, here the AP killed (kill -9) in round 1 and never back within the user's
---rejoin-grace; 2 for bad usage or a refusal before any session (one line each)."""
+--rejoin-grace; 2 for bad usage or a refusal before any session (one line each: the
+refusals at the door are in tests/test_late_user.py, a late user and no AP listening)."""
 
 from __future__ import annotations
 
@@ -44,15 +45,3 @@ def test_a_user_whose_session_is_lost_exits_1(latents, tmp_path):
     assert code == 1, log[-3000:]
     assert "semalign user: user1 lost session 1 (seed 7): " in log, log[-3000:]
     assert "cannot come back to the AP" in log, log[-3000:]
-
-
-def test_a_user_refused_before_any_session_exits_2(latents, tmp_path, capsys):
-    from semalign.cli import main
-
-    root, _, encoders = latents
-    port = free_port()  # nothing listens there
-    argv = ["user", "--ap", f"127.0.0.1:{port}", "--user-id", "user1", "--token", "t"]
-    argv += ["--encoder", encoders[0], "--latents", str(root), "--insecure"]
-    assert main([*argv, "--connect-timeout", "0.5", "-q"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the --insecure warning
-    assert err.startswith(f"semalign user: error: no AP listening at 127.0.0.1:{port}"), err
