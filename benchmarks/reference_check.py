@@ -1,4 +1,4 @@
-"""Cross-implementation check against the authors' code (issue 23, item 2).
+"""Cross-implementation check against the authors' code.
 
 On the same latents (pilots: the train split; evaluation: the test split) and the same channel
 matrices (semalign's per-user Hbar_l for a seed, handed to the reference's classes), this runs:

@@ -1,5 +1,5 @@
 """Chaos with real processes: a fault kind x a protocol phase, each cell one networked session
-of ``semalign ap`` and two ``semalign user`` processes on 127.0.0.1 (issue 10, part 5).
+of ``semalign ap`` and two ``semalign user`` processes on 127.0.0.1.
 
 The fault is a failpoint (``common/failpoints.py``) in the process's environment, so it
 strikes at exactly the same protocol step every run: user2 kills itself (``exit``, like kill

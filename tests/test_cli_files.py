@@ -1,6 +1,6 @@
 """Files and options of ``simulate``, ``sweep``, ``plot``, ``encode``, ``certs``, ``run`` and
 ``ap``: every output path is checked before any work, damaged input files are one clear line
-(or are rebuilt), and bad option values are one line with exit code 2 (issue 10, part 4).
+(or are rebuilt), and bad option values are one line with exit code 2.
 
 Every case runs the command in-process with the commands' work entry points replaced by a
 trap: a case passes only if the command refused *before* starting any work."""

@@ -1,5 +1,5 @@
 """A user that starts after the AP's (last) session began is refused at once with a clear line
-and exits 2 (issue 24): ``the session has started (round R); joining is closed``, never a
+and exits 2 ``the session has started (round R); joining is closed``, never a
 "connection refused" a minute later. A user with no AP listening says so."""
 
 from __future__ import annotations

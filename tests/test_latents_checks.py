@@ -1,6 +1,6 @@
 """Every command that loads latents refuses, before it starts anything, latents whose rows are
 not the same data points, a misspelled encoder and a damaged or non-finite file: one line
-naming the encoder (or its file) and the problem, exit code 2 (issue 24).
+naming the encoder (or its file) and the problem, exit code 2.
 
 ``run`` used to load only the AP's latents: a user whose labels were permuted scored at chance
 and the session exited 0, and a misspelled or damaged user encoder started the session without

@@ -1,4 +1,4 @@
-"""An upload over the AP's receive limit drops its sender at once (issue 24).
+"""An upload over the AP's receive limit drops its sender at once.
 
 gRPC ends such a stream inside its core (RESOURCE_EXHAUSTED to the sender); the AP's handler
 used to see only the end of the stream, took the user for gone and waited its whole rejoin

@@ -1,4 +1,4 @@
-"""A second stream under a user's own token never evicts the live one (issue 24).
+"""A second stream under a user's own token never evicts the live one.
 
 The real gRPC service with users in threads (the level of ``tests/test_resume.py``'s rejoin
 tests): mid-session, a second ``run_user`` with user2's id and token connects while user2's

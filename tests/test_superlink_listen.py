@@ -1,7 +1,7 @@
 """`semalign ap --flower --superlink-listen ADDRESS` on a specific address that is not
 loopback: the AP's own `flwr` calls (key registration, `flwr run`) and the SuperLink's SuperExec
 go over 127.0.0.1 (a second listener), while a peer on the network still gets 403 from the
-guard for anything but the Fleet API (issue 24)."""
+guard for anything but the Fleet API."""
 
 from __future__ import annotations
 

@@ -317,7 +317,7 @@ def test_table_matches_the_reference(tmp_path):
     with open(REFERENCE, newline="") as fh:
         want = list(csv.DictReader(fh))
     assert len(got) == len(want) == 128
-    # the baselines' rows: since they select in the native latent (issue 23) their values are
+    # the baselines' rows: since they select in the native latent their values are
     # those of BASELINES_REFERENCE (same columns, the same sweep); the ADMM rows are unchanged
     with open(BASELINES_REFERENCE, newline="") as fh:
         baselines = iter(list(csv.DictReader(fh)))

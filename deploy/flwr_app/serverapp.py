@@ -4,7 +4,7 @@ Flower supervises the user processes (one SuperNode per user) and carries three 
 user per run: an identity query (which user id does this SuperNode run?), an invitation (the
 AP's alignment service address and that user's own token) and, when the user's ClientApp has
 finished every session over its gRPC stream, that user's final report. The protocol itself
-never goes through Flower (DESIGN.md, "Transport").
+never goes through Flower (docs/architecture.md, "One protocol, three transports").
 
 Tokens: the ServerApp reads the AP's secret from ``secret-file`` (on the AP's host; the secret
 is never in the run config) and gives each SuperNode only ``user_token(secret, user_id)`` of

@@ -1,4 +1,4 @@
-"""Datasets, timm encoders and the latent cache (issue 3).
+"""Datasets, timm encoders and the latent cache.
 
 Public API (importing this package is cheap; torch and timm load only when encoding):
 
