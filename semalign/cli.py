@@ -30,19 +30,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semalign",
         description="Federated latent-space alignment for multi-user semantic communications.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"semalign {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
-    # argparse errors (unknown option, bad value) as one line, like every other bad input
-    parser.error = lambda message: parser.exit(  # type: ignore[method-assign]
-        2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n"
-    )
+    one_line_errors(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for command in subparsers.choices.values():
+        # no prefix matching (``--seed 5`` is not ``--seeds 5``), and one-line errors
+        command.allow_abbrev = False
+        one_line_errors(command)
     return parser
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Argparse's own errors (unknown option, bad value or choice, a missing option) as one
+    line and exit code 2, like every other bad input, instead of the usage text."""
+    parser.error = lambda message: parser.exit(  # type: ignore[method-assign]
+        2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for note in dict.fromkeys(getattr(args, "deprecated_options", None) or ()):
+        logging.getLogger("semalign.cli").warning(note)  # once each
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
