@@ -1,7 +1,9 @@
 """The tracking backends: MLflow, TensorBoard and Weights & Biases, each imported only when used.
 
-Each logs a :class:`~semalign.tracking.TrackedRun` as one run of its own: the params, the tags,
-one step per ADMM round and the final metrics at the last round's step.
+Each logs a run as one run of its own: the params, the tags, one step per ADMM round and the
+final metrics at the last round's step. :meth:`start` opens a live run that logs each round as it
+is given (``simulate``, ``run``, ``ap``); :meth:`log` logs a whole
+:class:`~semalign.tracking.runs.TrackedRun` through it (a sweep's finished run).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from semalign.tracking import TrackedRun, TrackerUnavailable, TrackingError
+from semalign.tracking.runs import TrackedRun, TrackerUnavailable, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,30 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _final_step(run: TrackedRun) -> int:
-    return max(len(run.rounds) - 1, 0)
-
-
 class _Backend:
-    """Context-manager behaviour shared by the backends."""
+    """What the backends share: a whole run logged through a live one, the context manager."""
 
     name = ""
+
+    def start(
+        self,
+        name: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        group: str | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    def log(self, run: TrackedRun) -> None:
+        """Log a finished run: its rounds (step = round), then its final metrics."""
+        live = self.start(run.name, run.params, run.tags, run.group)
+        try:
+            for step, values in enumerate(run.rounds):
+                live.round(step, values)
+        except BaseException:
+            live.finish({}, failed=True)
+            raise
+        live.finish(run.final)
 
     def close(self) -> None:
         pass
@@ -128,33 +146,62 @@ class MlflowTracker(_Backend):
         except Exception as exc:
             raise TrackingError(f"MLflow at {uri}: {exc}") from None
 
-    def log(self, run: TrackedRun) -> None:
-        from mlflow.entities import Metric, Param
+    def start(
+        self,
+        name: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        group: str | None = None,
+    ) -> _MlflowRun:
+        from mlflow.entities import Param
 
-        tags = {**run.tags, "semalign.group": run.group or ""}
+        tags = {**(tags or {}), "semalign.group": group or ""}
         try:
-            created = self.client.create_run(self.experiment_id, run_name=run.name, tags=tags)
+            created = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         except Exception as exc:
             raise TrackingError(f"MLflow at {self.uri}: {exc}") from None
-        run_id = created.info.run_id
-        stamp = int(time.time() * 1000)
-        metrics = [
-            Metric(key, value, stamp, step)
-            for step, values in enumerate(run.rounds)
-            for key, value in values.items()
-        ]
-        last = _final_step(run)
-        metrics += [Metric(key, value, stamp, last) for key, value in run.final.items()]
-        params = [Param(key, _text(value)) for key, value in run.params.items()]
+        live = _MlflowRun(self.client, created.info.run_id, name)
+        values = [Param(key, _text(value)) for key, value in params.items()]
+        live.batch(params=values)
+        return live
+
+
+class _MlflowRun:
+    """One MLflow run being logged: each round's metrics as they come (one ``log_batch``)."""
+
+    _MAX_METRICS, _MAX_PARAMS = MlflowTracker._MAX_METRICS, MlflowTracker._MAX_PARAMS
+
+    def __init__(self, client: Any, run_id: str, name: str) -> None:
+        self.client, self.run_id, self.name = client, run_id, name
+        self.last_step = 0
+
+    def batch(self, metrics: list | None = None, params: list | None = None) -> None:
+        metrics, params = metrics or [], params or []
         try:
             for i in range(0, len(params), self._MAX_PARAMS):
-                self.client.log_batch(run_id, params=params[i : i + self._MAX_PARAMS])
+                self.client.log_batch(self.run_id, params=params[i : i + self._MAX_PARAMS])
             for i in range(0, len(metrics), self._MAX_METRICS):
-                self.client.log_batch(run_id, metrics=metrics[i : i + self._MAX_METRICS])
-            self.client.set_terminated(run_id, "FINISHED")
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + self._MAX_METRICS])
         except Exception as exc:
-            self.client.set_terminated(run_id, "FAILED")
-            raise TrackingError(f"MLflow run {run.name!r}: {exc}") from None
+            self.client.set_terminated(self.run_id, "FAILED")
+            raise TrackingError(f"MLflow run {self.name!r}: {exc}") from None
+
+    def round(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.last_step = max(self.last_step, step)
+        self.batch(metrics=[Metric(key, value, stamp, step) for key, value in metrics.items()])
+
+    def finish(self, final: dict[str, float], failed: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.batch(metrics=[Metric(k, v, stamp, self.last_step) for k, v in final.items()])
+        try:
+            self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        except Exception as exc:
+            raise TrackingError(f"MLflow run {self.name!r}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- TensorBoard
@@ -190,40 +237,63 @@ class TensorBoardTracker(_Backend):
             n += 1
         return folder
 
-    def log(self, run: TrackedRun) -> None:
-        folder = self._folder(run.name)
+    def start(
+        self,
+        name: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        group: str | None = None,
+    ) -> _TensorBoardRun:
+        folder = self._folder(name)
         try:
             writer = self._writer_class(log_dir=str(folder))
         except Exception as exc:
             raise TrackingError(f"TensorBoard log folder {folder}: {exc}") from None
-        try:
-            for step, values in enumerate(run.rounds):
-                for key, value in values.items():
-                    writer.add_scalar(f"round/{key}", value, step)
-            last = _final_step(run)
-            for key, value in run.final.items():
-                writer.add_scalar(f"final/{key}", value, last)
-            writer.add_text("params", _markdown(run.params))
-            writer.add_text("tags", _markdown({**run.tags, "group": run.group or ""}))
-            self._hparams(writer, run)
-        except Exception as exc:
-            raise TrackingError(f"TensorBoard run {run.name!r}: {exc}") from None
-        finally:
-            writer.close()
+        return _TensorBoardRun(writer, name, dict(params), {**(tags or {}), "group": group or ""})
 
-    @staticmethod
-    def _hparams(writer: Any, run: TrackedRun) -> None:
+
+class _TensorBoardRun:
+    """One event folder being written: ``round/<metric>`` scalars as they come; at the end
+    ``final/<metric>`` at the last round's step, the params and tags as text, and the HParams
+    dashboard's records."""
+
+    def __init__(self, writer: Any, name: str, params: dict[str, Any], tags: dict[str, str]):
+        self.writer, self.name, self.params, self.tags = writer, name, params, tags
+        self.last_step = 0
+
+    def round(self, step: int, metrics: dict[str, float]) -> None:
+        self.last_step = max(self.last_step, step)
+        try:
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"round/{key}", value, step)
+        except Exception as exc:
+            self.writer.close()
+            raise TrackingError(f"TensorBoard run {self.name!r}: {exc}") from None
+
+    def finish(self, final: dict[str, float], failed: bool = False) -> None:
+        try:
+            for key, value in final.items():
+                self.writer.add_scalar(f"final/{key}", value, self.last_step)
+            self.writer.add_text("params", _markdown(self.params))
+            self.writer.add_text("tags", _markdown({**self.tags, "failed": str(failed)}))
+            self._hparams(final)
+        except Exception as exc:
+            raise TrackingError(f"TensorBoard run {self.name!r}: {exc}") from None
+        finally:
+            self.writer.close()
+
+    def _hparams(self, final: dict[str, float]) -> None:
         """The HParams dashboard's records (what ``add_hparams`` writes, without its extra
         scalars and sub-folder)."""
         try:
             from torch.utils.tensorboard.summary import hparams
         except ImportError:  # tensorboardX
             from tensorboardX.summary import hparams
-        shown = {f"final/{k}": run.final[k] for k in ("accuracy", "network_mse") if k in run.final}
+        shown = {f"final/{k}": final[k] for k in ("accuracy", "network_mse") if k in final}
         if not shown:
             return
-        params = {key: _hparam(value) for key, value in run.params.items()}
-        file_writer = writer._get_file_writer()
+        params = {key: _hparam(value) for key, value in self.params.items()}
+        file_writer = self.writer._get_file_writer()
         for summary in hparams(params, shown):
             file_writer.add_summary(summary)
 
@@ -252,14 +322,20 @@ class WandbTracker(_Backend):
             self.folder.mkdir(parents=True, exist_ok=True)
         self.project = experiment
 
-    def log(self, run: TrackedRun) -> None:
+    def start(
+        self,
+        name: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        group: str | None = None,
+    ) -> _WandbRun:
         wandb = self.wandb
-        config = {**run.params, **{f"provenance.{k}": v for k, v in run.tags.items()}}
+        config = {**params, **{f"provenance.{k}": v for k, v in (tags or {}).items()}}
         try:
             active = wandb.init(
                 project=self.project,
-                name=run.name,
-                group=run.group,
+                name=name,
+                group=group,
                 config=config,
                 dir=str(self.folder) if self.folder else None,
                 reinit="create_new",
@@ -269,14 +345,7 @@ class WandbTracker(_Backend):
             raise TrackingError(
                 f"wandb: {exc} (log in with `wandb login`, or set WANDB_MODE=offline)"
             ) from None
-        try:
-            for step, values in enumerate(run.rounds):
-                active.log({f"round/{k}": v for k, v in values.items()}, step=step)
-            active.summary.update({f"final/{k}": v for k, v in run.final.items()})
-        except Exception as exc:
-            active.finish(exit_code=1)
-            raise TrackingError(f"wandb run {run.name!r}: {exc}") from None
-        active.finish()
+        return _WandbRun(active, name)
 
     def close(self) -> None:
         """Shut W&B's service down: its files are complete only then (``finish`` returns before
@@ -284,3 +353,25 @@ class WandbTracker(_Backend):
         teardown = getattr(self.wandb, "teardown", None)
         if teardown is not None:
             teardown()
+
+
+class _WandbRun:
+    """One W&B run: each round to its history as it comes, the final metrics to its summary."""
+
+    def __init__(self, active: Any, name: str) -> None:
+        self.active, self.name = active, name
+
+    def round(self, step: int, metrics: dict[str, float]) -> None:
+        try:
+            self.active.log({f"round/{k}": v for k, v in metrics.items()}, step=step)
+        except Exception as exc:
+            self.active.finish(exit_code=1)
+            raise TrackingError(f"wandb run {self.name!r}: {exc}") from None
+
+    def finish(self, final: dict[str, float], failed: bool = False) -> None:
+        try:
+            self.active.summary.update({f"final/{k}": v for k, v in final.items()})
+        except Exception as exc:
+            self.active.finish(exit_code=1)
+            raise TrackingError(f"wandb run {self.name!r}: {exc}") from None
+        self.active.finish(exit_code=1 if failed else 0)
