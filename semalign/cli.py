@@ -13,6 +13,7 @@ import logging
 import sys
 
 from semalign import __version__
+from semalign.commands.log_format import LOG_FORMATS, configure_logging
 from semalign.common import failpoints
 from semalign.common.errors import UsageError
 
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"semalign {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines on stderr: text, or json (one object per line, for log shippers)",
     )
     one_line_errors(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(level, args.log_format)
     for note in dict.fromkeys(getattr(args, "deprecated_options", None) or ()):
         logging.getLogger("semalign.cli").warning(note)  # once each
     if not getattr(args, "func", None):
