@@ -38,6 +38,9 @@ Precision = Literal["double", "single"]
 #: F and G strictly linear on the packed complex latents (the paper) or widely linear
 #: (``semalign.common.representation``)
 Equalizer = Literal["linear", "widely-linear"]
+#: how the AP learns the users' local pre-equalizers: each one (plain) or only their sum
+#: (secure aggregation, ``semalign.common.secure_aggregation``)
+Aggregation = Literal["plain", "secure"]
 
 
 class GeometryError(UsageError, ValueError):
@@ -112,6 +115,13 @@ class AlignmentConfig(BaseModel):
         "(the paper) or widely linear (any real-linear map, the real-composite system)",
     )
 
+    aggregation: Aggregation = Field(
+        "plain",
+        description="plain (the AP runs every user's F-step) or secure (each user runs its own "
+        "F-step and the AP learns only the sum of the F_l, masked pairwise; needs strategy fed "
+        "and protocol compact)",
+    )
+
     @field_validator("strategy", mode="plain")
     @classmethod
     def _registered(cls, value: object) -> str:
@@ -136,12 +146,26 @@ class AlignmentConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _secure_needs_shared_compact(self) -> AlignmentConfig:
+        if self.aggregation == "secure" and (
+            self.strategy != "fed" or self.protocol != "compact" or self.user_groups != 1
+        ):
+            raise ValueError(
+                "aggregation secure needs strategy fed (one shared F), protocol compact (each "
+                "user holds X X^H for its own F-step) and user_groups 1; got strategy "
+                f"{self.strategy}, protocol {self.protocol}, user_groups {self.user_groups}"
+            )
+        return self
+
     def params(self) -> dict[str, Any]:
         """``model_dump()`` without ``channel`` when it is the default channel: what identifies
         a session in result files and sweep cell keys, unchanged for default channels."""
         data = self.model_dump()
         if self.channel.is_default:
             data.pop("channel")
+        if self.aggregation == "plain":  # as before the field existed
+            data.pop("aggregation")
         return data
 
     @property

@@ -28,6 +28,7 @@ _TO_NUMPY = {
     pb.INT64: np.dtype("<i8"),
     pb.INT32: np.dtype("<i4"),
     pb.UINT16: np.dtype("<u2"),
+    pb.UINT64: np.dtype("<u8"),
 }
 _FROM_NUMPY = {dtype: code for code, dtype in _TO_NUMPY.items()}
 

@@ -17,6 +17,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INT64: _ClassVar[DType]
     INT32: _ClassVar[DType]
     UINT16: _ClassVar[DType]
+    UINT64: _ClassVar[DType]
 
 class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,12 @@ class RoundProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAPER: _ClassVar[RoundProtocol]
     COMPACT: _ClassVar[RoundProtocol]
 
+class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_UNSPECIFIED: _ClassVar[Aggregation]
+    PLAIN: _ClassVar[Aggregation]
+    SECURE: _ClassVar[Aggregation]
+
 class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRECISION_UNSPECIFIED: _ClassVar[Precision]
@@ -51,6 +58,7 @@ FLOAT64: DType
 INT64: DType
 INT32: DType
 UINT16: DType
+UINT64: DType
 STRATEGY_UNSPECIFIED: Strategy
 FED: Strategy
 MULTI_LINK: Strategy
@@ -62,6 +70,9 @@ FULL: BaselineFit
 ROUND_PROTOCOL_UNSPECIFIED: RoundProtocol
 PAPER: RoundProtocol
 COMPACT: RoundProtocol
+AGGREGATION_UNSPECIFIED: Aggregation
+PLAIN: Aggregation
+SECURE: Aggregation
 PRECISION_UNSPECIFIED: Precision
 DOUBLE: Precision
 SINGLE: Precision
@@ -77,7 +88,7 @@ class Matrix(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("protocol_version", "user_id", "encoder", "latent_dim", "antennas_rx", "snr_db", "pilot_ids", "csi", "token", "round_protocols")
+    __slots__ = ("protocol_version", "user_id", "encoder", "latent_dim", "antennas_rx", "snr_db", "pilot_ids", "csi", "token", "round_protocols", "encryption_key", "masking_key")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +99,8 @@ class HandshakeRequest(_message.Message):
     CSI_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ROUND_PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     user_id: str
     encoder: str
@@ -98,10 +111,12 @@ class HandshakeRequest(_message.Message):
     csi: Matrix
     token: str
     round_protocols: _containers.RepeatedScalarFieldContainer[RoundProtocol]
-    def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ..., round_protocols: _Optional[_Iterable[_Union[RoundProtocol, str]]] = ...) -> None: ...
+    encryption_key: bytes
+    masking_key: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ..., round_protocols: _Optional[_Iterable[_Union[RoundProtocol, str]]] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeAccept(_message.Message):
-    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear")
+    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_INDEX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +136,7 @@ class HandshakeAccept(_message.Message):
     PILOT_GRAM_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     WIDELY_LINEAR_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_index: int
     strategy: Strategy
@@ -140,7 +156,8 @@ class HandshakeAccept(_message.Message):
     pilot_gram: Matrix
     precision: Precision
     widely_linear: bool
-    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ...) -> None: ...
+    aggregation: Aggregation
+    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ...) -> None: ...
 
 class RoundBroadcast(_message.Message):
     __slots__ = ("session_id", "round", "symbols", "final")
@@ -171,16 +188,104 @@ class RoundUpload(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., a: _Optional[_Union[Matrix, _Mapping]] = ..., p: _Optional[_Union[Matrix, _Mapping]] = ..., squared_error: _Optional[float] = ..., noise_term: _Optional[float] = ...) -> None: ...
 
 class CompactBroadcast(_message.Message):
-    __slots__ = ("session_id", "round", "pre_equalizer", "final")
+    __slots__ = ("session_id", "round", "pre_equalizer", "final", "consensus_offset", "participants")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PRE_EQUALIZER_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    CONSENSUS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     pre_equalizer: Matrix
     final: bool
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., pre_equalizer: _Optional[_Union[Matrix, _Mapping]] = ..., final: _Optional[bool] = ...) -> None: ...
+    consensus_offset: Matrix
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., pre_equalizer: _Optional[_Union[Matrix, _Mapping]] = ..., final: _Optional[bool] = ..., consensus_offset: _Optional[_Union[Matrix, _Mapping]] = ..., participants: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecureParticipant(_message.Message):
+    __slots__ = ("index", "encryption_key", "masking_key")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    encryption_key: bytes
+    masking_key: bytes
+    def __init__(self, index: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
+
+class SecureSetup(_message.Message):
+    __slots__ = ("session_id", "threshold", "participants")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    threshold: int
+    participants: _containers.RepeatedCompositeFieldContainer[SecureParticipant]
+    def __init__(self, session_id: _Optional[str] = ..., threshold: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[SecureParticipant, _Mapping]]] = ...) -> None: ...
+
+class SealedShare(_message.Message):
+    __slots__ = ("sender", "recipient", "ciphertext")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    recipient: int
+    ciphertext: bytes
+    def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SecureShares(_message.Message):
+    __slots__ = ("session_id", "shares")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+
+class ShareDelivery(_message.Message):
+    __slots__ = ("session_id", "shares")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+
+class SecureUpload(_message.Message):
+    __slots__ = ("session_id", "round", "masked")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    masked: Matrix
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., masked: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("session_id", "round", "dropped")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("owner", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: int
+    share: bytes
+    def __init__(self, owner: _Optional[int] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskShares(_message.Message):
+    __slots__ = ("session_id", "round", "shares")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
 
 class CompactUpload(_message.Message):
     __slots__ = ("session_id", "round", "a", "cross", "squared_error", "noise_term")
@@ -271,23 +376,29 @@ class ProtocolError(_message.Message):
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class UserMessage(_message.Message):
-    __slots__ = ("handshake", "upload", "ack", "report", "error", "compact_upload")
+    __slots__ = ("handshake", "upload", "ack", "report", "error", "compact_upload", "secure_shares", "secure_upload", "unmask_shares")
     HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     COMPACT_UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    SECURE_SHARES_FIELD_NUMBER: _ClassVar[int]
+    SECURE_UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     handshake: HandshakeRequest
     upload: RoundUpload
     ack: Ack
     report: EvaluationReport
     error: ProtocolError
     compact_upload: CompactUpload
-    def __init__(self, handshake: _Optional[_Union[HandshakeRequest, _Mapping]] = ..., upload: _Optional[_Union[RoundUpload, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_upload: _Optional[_Union[CompactUpload, _Mapping]] = ...) -> None: ...
+    secure_shares: SecureShares
+    secure_upload: SecureUpload
+    unmask_shares: UnmaskShares
+    def __init__(self, handshake: _Optional[_Union[HandshakeRequest, _Mapping]] = ..., upload: _Optional[_Union[RoundUpload, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_upload: _Optional[_Union[CompactUpload, _Mapping]] = ..., secure_shares: _Optional[_Union[SecureShares, _Mapping]] = ..., secure_upload: _Optional[_Union[SecureUpload, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ...) -> None: ...
 
 class ApMessage(_message.Message):
-    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error", "compact_broadcast")
+    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error", "compact_broadcast", "secure_setup", "share_delivery", "unmask_request")
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     BROADCAST_FIELD_NUMBER: _ClassVar[int]
     PILOTS_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +406,9 @@ class ApMessage(_message.Message):
     END_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     COMPACT_BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    SECURE_SETUP_FIELD_NUMBER: _ClassVar[int]
+    SHARE_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     accept: HandshakeAccept
     broadcast: RoundBroadcast
     pilots: PilotTransmission
@@ -302,4 +416,7 @@ class ApMessage(_message.Message):
     end: SessionEnd
     error: ProtocolError
     compact_broadcast: CompactBroadcast
-    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_broadcast: _Optional[_Union[CompactBroadcast, _Mapping]] = ...) -> None: ...
+    secure_setup: SecureSetup
+    share_delivery: ShareDelivery
+    unmask_request: UnmaskRequest
+    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_broadcast: _Optional[_Union[CompactBroadcast, _Mapping]] = ..., secure_setup: _Optional[_Union[SecureSetup, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...

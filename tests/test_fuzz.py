@@ -301,6 +301,8 @@ def mutate_fields(draw, msg, depth=0) -> None:
     repeated = field.is_repeated
     if kind == "TYPE_MESSAGE":
         child = getattr(msg, field.name)
+        if repeated:  # a list of messages (secure aggregation's keys and shares): one more
+            child = child.add()
         if field.message_type.name == "Matrix":
             _matrix(draw, child)
         elif draw(st.integers(0, 5)) == 0:
