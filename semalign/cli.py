@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "semalign.commands.sweep",
     "semalign.commands.plot",
     "semalign.commands.encode",
+    "semalign.commands.audit",
 )
 
 

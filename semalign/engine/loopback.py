@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from semalign.client.user import User
 from semalign.common.errors import LinkError
 
+#: Called with (user id, bytes) for every message the AP takes from a link.
+Tap = Callable[[str, bytes], None]
+
 
 class LoopbackLink:
-    """In-process link: delivering a message calls the user's state machine directly."""
+    """In-process link: delivering a message calls the user's state machine directly.
 
-    def __init__(self, user: User) -> None:
+    ``tap`` (optional) sees every message the AP receives on this link, as the bytes the AP
+    gets, at the moment it gets them: a record of the AP's side of the wire (``semalign
+    audit``), independent of what the user keeps in memory afterwards.
+    """
+
+    def __init__(self, user: User, tap: Tap | None = None) -> None:
         self.user = user
+        self.tap = tap
         self._replies: deque[bytes] = deque([user.handshake_request()])
 
     def send(self, data: bytes) -> None:
@@ -23,4 +33,7 @@ class LoopbackLink:
     def receive(self, timeout: float | None) -> bytes:
         if not self._replies:
             raise LinkError(f"user {self.user.user_id} has nothing to send")
-        return self._replies.popleft()
+        data = self._replies.popleft()
+        if self.tap is not None:
+            self.tap(self.user.user_id, data)
+        return data

@@ -1,0 +1,185 @@
+"""``semalign audit``: what an honest-but-curious AP learns of each user's pilots.
+
+Runs the session ``simulate`` would run (same options) once per round protocol, target and
+seed, records every message the AP receives, and attacks each user's uploads
+(:mod:`semalign.engine.audit`): a table, ``--json`` with per-user figures and ``--figure``
+(leakage vs rounds per protocol). ``docs/privacy.md`` explains the threat model and the attacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from typing import Any, get_args
+
+from semalign.commands.options import (
+    HelpFormatter,
+    add_alignment_arguments,
+    add_data_arguments,
+    add_users_argument,
+    add_verbosity_arguments,
+    check_channel_users,
+    check_output,
+    config_from_args,
+    parse_seeds,
+    resolve_latents,
+)
+from semalign.common.config import AlignmentConfig, RoundProtocol, Target
+from semalign.common.errors import LatentsError, UsageError
+from semalign.common.io import write_json
+from semalign.engine.audit import UserLeakage, audit_seed, summarize
+from semalign.engine.scenario import build_session, load_scenario
+from semalign.experiments.provenance import latents_id, provenance_block
+
+#: table columns: (title, JSON keys shown as a/b/c)
+COLUMNS = (
+    ("R2 bound", ("reconstruction_r2",)),
+    ("R2 attack", ("procrustes_r2",)),
+    ("chance", ("chance_r2",)),
+    ("probe rec/Y/X", ("probe_accuracy", "probe_truth_accuracy", "probe_ap_accuracy")),
+    ("CKA rec/Y", ("cka", "cka_truth")),
+)
+
+
+def parse_list(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated list of ``allowed`` values, in order, without repeats (UsageError)."""
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values:
+        raise UsageError(f"{option} is empty")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise UsageError(f"{option}: unknown {bad[0]!r} (choose from {', '.join(allowed)})")
+    return values
+
+
+def audit_configs(args: argparse.Namespace) -> list[AlignmentConfig]:
+    """One validated config per (target, protocol) of ``--targets`` x ``--protocols``."""
+    base = config_from_args(args)
+    protocols = parse_list(args.protocols, "--protocols", get_args(RoundProtocol))
+    targets = parse_list(args.targets, "--targets", get_args(Target))
+    if base.user_groups > 1:
+        raise UsageError("--user-groups: audit runs one session per seed (1 group)")
+    configs = []
+    for target in targets:
+        for protocol in protocols:
+            data = base.model_dump() | {"protocol": protocol, "target": target}
+            try:
+                configs.append(AlignmentConfig(**data))
+            except ValueError as exc:
+                raise UsageError(f"--protocols {protocol} --targets {target}: {exc}") from None
+    return configs
+
+
+def print_table(records: list[UserLeakage], console) -> None:
+    """One table per protocol and target: per user, the means over seeds of :data:`COLUMNS`."""
+    from rich.table import Table
+
+    rows = summarize(records, by_user=True)
+    for protocol, target in dict.fromkeys((r["protocol"], r["target"]) for r in rows):
+        table = Table(title=f"{protocol} rounds, target {target}: what the AP reconstructs")
+        for title in ("user", "encoder", "rank/m", *(c[0] for c in COLUMNS)):
+            table.add_column(title, justify="left" if title in ("user", "encoder") else "right")
+        for row in rows:
+            if (row["protocol"], row["target"]) != (protocol, target):
+                continue
+            cells = ["/".join(_fmt(row[key]) for key in keys) for _, keys in COLUMNS]
+            table.add_row(row["user"], row["encoder"], f"{row['rank']:.0f}/{row['m']}", *cells)
+        console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    started = datetime.now(timezone.utc)
+    configs = audit_configs(args)
+    seeds = parse_seeds(args.seeds)
+    check_output(args.json, "--json")
+    check_output(args.figure, "--figure")
+    # the table is wide: a file or pipe gets 140 columns instead of rich's 80
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    try:
+        latents_dir, ap, users = resolve_latents(args)
+        check_channel_users(configs[0], len(users))
+        scenario = load_scenario(latents_dir, ap, users)
+        for config in configs:  # the geometry of every session, before any work
+            build_session(scenario, config)
+    except (LatentsError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    records: list[UserLeakage] = []
+    for config in configs:
+        for seed in seeds:
+            if not args.quiet:
+                console.print(
+                    f"audit: {config.protocol} rounds, target {config.target}, seed {seed}"
+                )
+            records += audit_seed(scenario, config.model_copy(update={"seed": seed}))
+    if not args.quiet:
+        print_table(records, console)
+    origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))
+    if args.json:
+        payload = audit_json(configs[0], seeds, records, origin, latents_dir, ap)
+        console.print(f"audit written to {write_json(args.json, payload)}")
+    if args.figure:
+        from semalign.experiments.leakage_figure import draw_leakage
+
+        console.print(f"figure written to {draw_leakage(records, args.figure)}")
+    return 0
+
+
+def audit_json(
+    config: AlignmentConfig,
+    seeds: list[int],
+    records: list[UserLeakage],
+    origin: dict[str, Any],
+    latents_dir,
+    ap: str,
+) -> dict[str, Any]:
+    """The ``--json`` document: the session config (its protocol and target vary), the
+    per-user records and their means per protocol and target."""
+    params = config.params()
+    for varied in ("protocol", "target", "seed"):
+        params.pop(varied, None)
+    return {
+        "config": params,
+        "seeds": seeds,
+        "latents": str(latents_dir),
+        "ap": ap,
+        "users": [r.to_dict() for r in records],
+        "summary": summarize(records, by_user=False),
+        "provenance": origin,
+    }
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="measure what an honest-but-curious AP learns of each user's pilots",
+        description="Run the simulate session once per round protocol and target, record every "
+        "message the AP receives, and reconstruct each user's whitened pilot latents from its "
+        "uploads (R^2, a probe of the user's task, CKA). See docs/privacy.md.",
+        formatter_class=HelpFormatter,
+    )
+    add_data_arguments(parser)
+    parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
+    add_users_argument(parser)
+    add_alignment_arguments(parser)
+    parser.add_argument(
+        "--protocols",
+        default="paper,compact",
+        help="round protocols to audit, comma-separated (replaces --protocol)",
+    )
+    parser.add_argument(
+        "--targets",
+        default="latents,logits",
+        help="what users align, comma-separated: latents, logits, task-subspace "
+        "(replaces --target)",
+    )
+    parser.add_argument("--json", help="write per-user figures here (checked before any work)")
+    parser.add_argument("--figure", help="draw leakage vs rounds per protocol here (.png, .pdf)")
+    add_verbosity_arguments(parser)
+    parser.set_defaults(func=run_audit)

@@ -1,0 +1,294 @@
+"""``semalign audit``'s engine: a session whose AP side of the wire is recorded, then attacked.
+
+An honest-but-curious AP runs the protocol as it should and keeps everything it receives.
+:func:`audit_seed` runs one in-process session (the same state machines and serialized
+messages as ``simulate``) with a tap on every link (:class:`ApRecorder`), then decodes the
+recorded bytes as the AP decodes them and mounts the attacks of
+:mod:`semalign.common.privacy_audit` on each user's uploads. The users' memory is read only for
+the truth an attack is scored against (Y_l, native pilots, the user's own classifier).
+
+Generic over what the AP receives: every matrix of every message after the handshake is an
+upload term, except the equalizer Grams A_l (field ``a``: they carry no pilots); a term with n
+columns is in the pilot domain, one with c (the AP's feature count) in the feature domain
+(:func:`~semalign.common.privacy_audit.pilot_domain`); anything else is listed as ignored. A
+protocol that sends masked contributions is audited the same way, and the per-round sum over
+users (``aggregate_r2``) shows what the AP learns from what the masks leave.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from semalign.common import privacy_audit as pa
+from semalign.common.config import AlignmentConfig
+from semalign.common.errors import UsageError
+from semalign.common.stats import nan_mean
+from semalign.common.wire import from_matrix, parse_user_message
+from semalign.engine.loopback import LoopbackLink
+from semalign.engine.scenario import Scenario, build_session
+from semalign.proto import semalign_pb2 as pb
+from semalign.server.access_point import AccessPoint
+from semalign.server.session import SessionDriver
+
+log = logging.getLogger(__name__)
+
+#: upload fields that carry no pilots: A_l = (G_l H_l)^H (G_l H_l)
+GRAM_FIELDS = ("a",)
+#: message kinds that carry no upload (the handshake's CSI is the channel, not the pilots)
+NOT_UPLOADS = ("handshake", "ack", "report", "error")
+
+
+class ApRecorder:
+    """Every message the AP took from each user, as bytes, in the order it took them."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, list[bytes]] = defaultdict(list)
+
+    def __call__(self, user_id: str, data: bytes) -> None:
+        self.messages[user_id].append(data)
+
+
+def message_matrices(message: Any, prefix: str = "") -> list[tuple[str, np.ndarray]]:
+    """Every Matrix set in a proto message, depth first: (dotted field path, decoded array)."""
+    out = []
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        path = f"{prefix}{descriptor.name}"
+        values = value if descriptor.is_repeated else [value]
+        for item in values:
+            if isinstance(item, pb.Matrix):
+                out.append((path, from_matrix(item)))
+            else:
+                out.extend(message_matrices(item, path + "."))
+    return out
+
+
+@dataclass
+class Uploads:
+    """One user's uploads as the AP decoded them: per message, its pilot-domain terms.
+
+    Attributes:
+        rounds: per upload message, its terms stacked in the pilot domain (rows, n).
+        fields: the fields used (``upload.p``, ``compact_upload.cross``, ...).
+        ignored: fields whose shape is neither (., n) nor (., c).
+    """
+
+    rounds: list[np.ndarray] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
+    """The upload terms in ``messages`` (one user's recorded bytes), in the pilot domain."""
+    out = Uploads()
+    gram = ap.x @ ap.x.conj().T
+    for data in messages:
+        message = parse_user_message(data)
+        kind = message.WhichOneof("body")
+        if kind in NOT_UPLOADS:
+            continue
+        terms = []
+        for path, array in message_matrices(getattr(message, kind), kind + "."):
+            if path.rsplit(".", 1)[-1] in GRAM_FIELDS or array.ndim != 2:
+                continue
+            columns = array.shape[1]
+            if columns == ap.n:
+                terms.append(array.astype(np.complex128))
+            elif columns == ap.cdim:
+                terms.append(pa.pilot_domain(array.astype(np.complex128), ap.x, gram))
+            else:
+                if path not in out.ignored:
+                    out.ignored.append(path)
+                continue
+            if path not in out.fields:
+                out.fields.append(path)
+        if terms:
+            out.rounds.append(np.vstack(terms))
+    return out
+
+
+@dataclass
+class UserLeakage:
+    """What the AP's uploads of one user give an attacker (one protocol, target, seed).
+
+    R^2 figures are of the user's whitened pilots Y (``m`` rows, ``n`` pilots); ``rank`` is the
+    dimension of the leaked row space (at most m); ``r2_by_round[t]`` uses rounds 0..t.
+    Probes predict the user's own classifier's labels on its pilots (test rows: the last 30%)
+    from: the attacker's reconstruction (``probe_accuracy``), the true Y
+    (``probe_truth_accuracy``), the AP's own pilots X (``probe_ap_accuracy``); the majority
+    label's share is ``probe_majority``. CKA is with the user's native pilot latents.
+    """
+
+    user: str
+    encoder: str
+    protocol: str
+    target: str
+    seed: int
+    m: int
+    n: int
+    c: int
+    upload_rows: int
+    fields: list[str]
+    rank: int
+    reconstruction_r2: float
+    procrustes_r2: float
+    chance_r2: float
+    aggregate_r2: float | None
+    r2_by_round: list[float]
+    rank_by_round: list[int]
+    probe_accuracy: float
+    probe_truth_accuracy: float
+    probe_ap_accuracy: float
+    probe_majority: float
+    cka: float
+    cka_truth: float
+    cka_ap: float
+    aligned_accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UserTruth:
+    """What an attack is scored against: Y (m, n), the native pilots (n, d) in the AP's pilot
+    order, and the user's own classifier's labels (n,) on them."""
+
+    y: np.ndarray
+    native: np.ndarray
+    labels: np.ndarray
+
+
+def user_truth(user: Any, ap: AccessPoint) -> UserTruth:
+    """The truth of a finished session's ``user`` (its memory: scoring only)."""
+    position = {int(i): k for k, i in enumerate(user.data.pilot_ids)}
+    rows = [position[int(i)] for i in ap.pilot_ids]
+    native = np.asarray(user.data.pilot_latents, dtype=np.float64)[rows]
+    return UserTruth(y=user.y, native=native, labels=user.data.classifier.predict(native))
+
+
+def attack_user(
+    truth: UserTruth, uploads: Uploads, ap: AccessPoint, aggregate: np.ndarray | None
+) -> dict[str, Any]:
+    """The attacks' figures for one user (the :class:`UserLeakage` fields they set)."""
+    y, n = truth.y, truth.y.shape[1]
+    variance = ap.representation.whitened_variance
+    stack = np.vstack(uploads.rounds) if uploads.rounds else np.zeros((0, n), complex)
+    basis = pa.leaked_basis(stack, y.shape[0])
+    estimate = pa.whitened_estimate(basis, n, variance)
+    by_round = pa.r2_by_rounds(y, uploads.rounds)
+    guess = pa.real_samples(estimate)
+    agg = None
+    if aggregate is not None:
+        agg = pa.subspace_r2(y, pa.leaked_basis(aggregate, y.shape[0]))
+    return {
+        "m": y.shape[0],
+        "n": n,
+        "c": ap.cdim,
+        "upload_rows": int(stack.shape[0]),
+        "fields": list(uploads.fields),
+        "rank": int(basis.shape[0]),
+        "reconstruction_r2": pa.subspace_r2(y, basis),
+        "procrustes_r2": pa.r2(y, pa.procrustes_align(estimate, y)),
+        "chance_r2": pa.chance_r2(basis.shape[0], n),
+        "aggregate_r2": agg,
+        "r2_by_round": [r for _, r in by_round],
+        "rank_by_round": [k for k, _ in by_round],
+        "probe_accuracy": pa.probe_accuracy(guess, truth.labels),
+        "probe_truth_accuracy": pa.probe_accuracy(pa.real_samples(y), truth.labels),
+        "probe_ap_accuracy": pa.probe_accuracy(pa.real_samples(ap.x), truth.labels),
+        "probe_majority": pa.majority_share(truth.labels[pa.split_rows(n)[1]]),
+        "cka": pa.linear_cka(guess, truth.native),
+        "cka_truth": pa.linear_cka(pa.real_samples(y), truth.native),
+        "cka_ap": pa.linear_cka(pa.real_samples(ap.x), truth.native),
+    }
+
+
+def aggregate_rounds(uploads: list[Uploads]) -> np.ndarray | None:
+    """The per-round sums over users of their pilot-domain terms, stacked ((rows, n)), or
+    ``None`` when users' terms differ in shape or count (then no sum is formed)."""
+    shapes = {tuple(r.shape for r in u.rounds) for u in uploads}
+    if len(shapes) != 1 or not uploads or not uploads[0].rounds:
+        return None
+    return np.vstack([sum(rounds) for rounds in zip(*(u.rounds for u in uploads), strict=True)])
+
+
+def audit_seed(scenario: Scenario, config: AlignmentConfig) -> list[UserLeakage]:
+    """Run one recorded in-process session for ``config`` and attack every user's uploads."""
+    if config.user_groups > 1:
+        raise UsageError("audit: --user-groups > 1 runs several sessions; audit one at a time")
+    ap, users = build_session(scenario, config)
+    recorder = ApRecorder()
+    driver = SessionDriver(ap, [LoopbackLink(u, tap=recorder) for u in users])
+    test_ids = np.arange(len(scenario.ap_test), dtype=np.int64)
+    result = driver.run(scenario.ap_test, test_ids)
+    uploads = {u.user_id: decode_uploads(recorder.messages[u.user_id], ap) for u in users}
+    for user_id, up in uploads.items():
+        if up.ignored:
+            log.warning("%s: ignored fields %s (neither (., n) nor (., c))", user_id, up.ignored)
+    aggregate = aggregate_rounds(list(uploads.values()))
+    out = []
+    for user in users:
+        figures = attack_user(user_truth(user, ap), uploads[user.user_id], ap, aggregate)
+        report = result.reports.get(user.user_id, {})
+        out.append(
+            UserLeakage(
+                user=user.user_id,
+                encoder=user.encoder,
+                protocol=config.protocol,
+                target=config.target,
+                seed=config.seed,
+                aligned_accuracy=report.get("accuracy"),
+                **figures,
+            )
+        )
+    return out
+
+
+#: :class:`UserLeakage` figures averaged by :func:`summarize`
+MEAN_FIELDS = (
+    "rank",
+    "reconstruction_r2",
+    "procrustes_r2",
+    "chance_r2",
+    "aggregate_r2",
+    "probe_accuracy",
+    "probe_truth_accuracy",
+    "probe_ap_accuracy",
+    "probe_majority",
+    "cka",
+    "cka_truth",
+    "cka_ap",
+    "aligned_accuracy",
+)
+
+
+def summarize(records: list[UserLeakage], *, by_user: bool) -> list[dict[str, Any]]:
+    """Means over seeds (``by_user``) or over seeds and users, per protocol and target, in
+    first-seen order: :data:`MEAN_FIELDS` (NaN-aware), ``m`` (the largest), ``r2_by_round``
+    (per round, over the records that have that round) and ``users`` (records averaged)."""
+    groups: dict[tuple, list[UserLeakage]] = defaultdict(list)
+    for r in records:
+        key = (r.protocol, r.target) + ((r.user, r.encoder) if by_user else ())
+        groups[key].append(r)
+    out = []
+    for key, group in groups.items():
+        row: dict[str, Any] = {"protocol": key[0], "target": key[1]}
+        if by_user:
+            row |= {"user": key[2], "encoder": key[3]}
+        row["m"] = max(r.m for r in group)
+        row |= {name: nan_mean(getattr(r, name) for r in group) for name in MEAN_FIELDS}
+        rounds = max((len(r.r2_by_round) for r in group), default=0)
+        row["r2_by_round"] = [
+            nan_mean(r.r2_by_round[t] for r in group if t < len(r.r2_by_round))
+            for t in range(rounds)
+        ]
+        row["records"] = len(group)
+        out.append(row)
+    return out
