@@ -140,10 +140,14 @@ def command(args: argparse.Namespace) -> int:
         tls,
         first_message_timeout=args.first_message_timeout,
         max_streams_per_address=args.max_streams_per_address,
+        metrics_listen=args.metrics_listen,
+        health_listen=args.health_listen,
     )
     advertise = advertised(args.listen, args.advertise, server.port)
     display = Display(config, seeds, plan.users, args.quiet)
     display.console.print(f"alignment service on {server.address}, advertised as {advertise}")
+    for name, where in plan.endpoints.items():
+        display.console.print(f"{name} on {where}")
     if source in ("new", "reused"):
         display.console.print(
             f"AP secret {'written to' if source == 'new' else 'reused from'} {secret_file}; "

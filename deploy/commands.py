@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 
 from semalign.common.errors import UsageError
-from semalign.deploy import reliability_options
+from semalign.deploy import observability_options, reliability_options
 from semalign.deploy.option_checks import (
     check_data,
     check_file,
@@ -57,6 +57,7 @@ def check_ap_side(args: argparse.Namespace) -> None:
     check_seconds("--first-message-timeout", args.first_message_timeout)
     check_host_port("--listen address", args.listen)
     reliability_options.check_ap(args)
+    observability_options.check_metrics(args)
 
 
 def validate_run(args: argparse.Namespace) -> None:
@@ -72,6 +73,7 @@ def validate_ap(args: argparse.Namespace) -> None:
     check_ap_side(args)
     check_host_port("--advertise address", args.advertise)
     check_host_port("--superlink-listen address", args.superlink_listen)
+    observability_options.check_health(args)
     expected = expected_users(args.users)
     if not isinstance(expected, int):
         check_user_ids("--users", expected)
@@ -193,6 +195,7 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds an authenticated stream has to send its handshake",
     )
     reliability_options.add_ap_arguments(parser)
+    observability_options.add_metrics_argument(parser)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -264,6 +267,7 @@ def register_ap(subparsers) -> None:
         help="the service address as users reach it (default: --listen, with this host's name "
         "for 0.0.0.0)",
     )
+    observability_options.add_health_argument(ap)
     creds = ap.add_argument_group("credentials and limits")
     creds.add_argument(
         "--secret-file",
@@ -422,3 +426,6 @@ def register(subparsers) -> None:
     register_ap(subparsers)
     register_user(subparsers)
     register_token(subparsers)
+    from semalign.deploy import healthcheck
+
+    healthcheck.register(subparsers)

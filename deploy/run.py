@@ -100,6 +100,7 @@ def command(args: argparse.Namespace) -> int:
             tls,
             first_message_timeout=args.first_message_timeout,
             max_streams_per_address=grpc_workers(len(ids)),  # every user is on this host
+            metrics_listen=args.metrics_listen,
         )
         display = Display(config, seeds, len(ids), args.quiet)
         procs = Processes(workdir / "logs")
@@ -110,6 +111,8 @@ def command(args: argparse.Namespace) -> int:
             f"AP {ap} + {len(ids)} users ({'Flower SuperNodes' if args.flower else 'direct'}), "
             f"alignment service on {server.address}, logs in {procs.log_dir}"
         )
+        for name, where in plan.endpoints.items():
+            display.print(f"{name} on {where}")
 
         def start_users() -> FlowerRun | None:
             address = server.address

@@ -69,6 +69,10 @@ class Plan:
     resume: bool = False
     #: where to write the session's progress for monitors (``None``: nowhere)
     progress_file: str | None = None
+    #: the Prometheus metrics the sessions feed (``--metrics-listen``; ``None``: none)
+    metrics: Any = None
+    #: the operator endpoints started with the service: "metrics" (URL), "health" (HOST:PORT)
+    endpoints: dict[str, str] = field(default_factory=dict)
 
     @property
     def users(self) -> int:
@@ -127,13 +131,16 @@ def start_service(
     *,
     first_message_timeout: float | None = None,
     max_streams_per_address: int | None = None,
+    metrics_listen: str | None = None,
+    health_listen: str | None = None,
 ):
     """The alignment service on ``listen``: (service, running server); UsageError if not.
 
     Users authenticate with ``user_token(secret, user_id)``; the server accepts messages up to
     :func:`~semalign.common.contract.receive_limit` of the plan's session and at most
     :func:`grpc_workers` streams; one address may hold ``max_streams_per_address`` of them
-    (default: 8).
+    (default: 8). ``metrics_listen`` and ``health_listen`` start the operator endpoints too
+    (:func:`start_endpoints`).
     """
     from semalign.common.contract import FIRST_MESSAGE_TIMEOUT, receive_limit
     from semalign.common.latents import pilot_count
@@ -155,7 +162,35 @@ def start_service(
         )
     except TransportError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        start_endpoints(server, plan, metrics_listen, health_listen)
+    except BaseException:
+        server.stop(None)
+        raise
     return service, server
+
+
+def start_endpoints(server, plan: Plan, metrics_listen: str | None, health_listen: str | None):
+    """Prometheus metrics on ``metrics_listen`` (``plan.metrics``, fed by every session) and
+    the gRPC health service alone on ``health_listen``; both stop with ``server``. Their
+    addresses go to ``plan.endpoints``; UsageError with one line if one cannot listen."""
+    from semalign.deploy.observability_options import listen_address
+    from semalign.server.health import start_health_server
+
+    if health_listen:
+        try:
+            health, address = start_health_server(server.service.health, health_listen)
+        except TransportError as exc:
+            raise UsageError(f"--health-listen: {exc}") from None
+        server.companions.append(lambda: health.stop(None).wait())
+        plan.endpoints["health"] = address
+    if metrics_listen:
+        from semalign.server.metrics import ApMetrics
+
+        plan.metrics = ApMetrics()
+        endpoint = plan.metrics.serve(*listen_address("--metrics-listen", metrics_listen))
+        server.companions.append(endpoint.stop)
+        plan.endpoints["metrics"] = endpoint.url
 
 
 def serve(
@@ -194,6 +229,7 @@ def serve(
             policy=plan.policy,
             checkpoint_path=plan.checkpoint,
             resume=plan.resume,
+            metrics=plan.metrics,
         )
 
 
@@ -235,6 +271,7 @@ def serve_with_children(
             flower = start_children()
             check = flower.check if flower else lambda: _lost_processes(procs, users)
             results = serve(service, plan, display, check)
+            service.close()  # health: NOT_SERVING while the children stop
             reports = flower.final_reports() if flower else None
     except (NoUsersError, LaunchError) as exc:
         raise UsageError(f"{exc} (logs in {procs.log_dir})") from None

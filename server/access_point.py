@@ -166,6 +166,7 @@ class AccessPoint:
             req.latent_dim,
             req.antennas_rx,
             state.index,
+            extra=self._where(req.user_id),
         )
         return req.user_id, self._accept(state, req)
 
@@ -247,7 +248,17 @@ class AccessPoint:
         state = self.users[user_id]
         if state.dropped is None:
             state.dropped = f"round {self.round}: {reason}"
-            log.warning("dropped user %s at round %d: %s", user_id, self.round, reason)
+            log.warning(
+                "dropped user %s at round %d: %s",
+                user_id,
+                self.round,
+                reason,
+                extra=self._where(user_id),
+            )
+
+    def _where(self, user_id: str) -> dict:
+        """A log event's structured fields (``--log-format json``): session, user, round."""
+        return {"session_id": self.session_id, "user_id": user_id, "round": self.round}
 
     # ------------------------------------------------------------------ alignment
     @property

@@ -27,6 +27,7 @@ from semalign.common.errors import NoUsersError
 from semalign.common.records import RoundRecord, SeedResult
 from semalign.server import checkpoint as checkpoints
 from semalign.server.access_point import AccessPoint
+from semalign.server.metrics import NoMetrics
 from semalign.server.network_results import (
     label_self_reported,
     lost_users,
@@ -98,6 +99,7 @@ class MeasuredDriver(SessionDriver):
         on_round: Callable[[RoundRecord, WireRound], None] | None = None,
         checkpoint: Callable[[SessionDriver], None] | None = None,
         restored: dict[str, Any] | None = None,
+        metrics: NoMetrics | None = None,
     ) -> None:
         super().__init__(
             ap,
@@ -107,6 +109,7 @@ class MeasuredDriver(SessionDriver):
             checkpoint=checkpoint,
             resumed=restored is not None,
             restored=restored,
+            metrics=metrics,
         )
         self.grpc_links = {link.user_id: link for link in links}
         self.wire_rounds: list[WireRound] = [
@@ -177,6 +180,7 @@ def serve_session(
     required: set[str] | None = None,
     checkpoint: Callable[[SessionDriver], None] | None = None,
     restored: dict[str, Any] | None = None,
+    metrics: NoMetrics | None = None,
 ) -> tuple[SessionResult, dict[str, Any]]:
     """Gather the users of one session and run it; returns the result and its wire block.
 
@@ -204,7 +208,13 @@ def serve_session(
             + lost
         )
     driver = MeasuredDriver(
-        ap, links, policy=policy, on_round=on_round, checkpoint=checkpoint, restored=restored
+        ap,
+        links,
+        policy=policy,
+        on_round=on_round,
+        checkpoint=checkpoint,
+        restored=restored,
+        metrics=metrics,
     )
     lobby.progress = lambda: ap.round
     start = time.perf_counter()
@@ -272,6 +282,7 @@ def serve_sessions(
     policy: WaitPolicy | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
+    metrics: NoMetrics | None = None,
 ) -> dict[str, Any]:
     """One session per seed, then the simulator's aggregate plus a ``network`` summary and
     the users that were ``lost``.
@@ -284,7 +295,8 @@ def serve_sessions(
     ``policy`` (default: ``reply_timeout`` alone) says how long the driver waits
     (:class:`~semalign.server.session.WaitPolicy`). With ``checkpoint_path`` the run is saved
     after every handshake, round and seed; ``resume`` continues the run saved there
-    (CheckpointError if it cannot be trusted or belongs to another run).
+    (CheckpointError if it cannot be trusted or belongs to another run). ``metrics`` is told
+    every session's events (:mod:`semalign.server.metrics`).
     """
     policy = policy or WaitPolicy(reply_timeout=reply_timeout)
     test_ids = np.arange(len(test_latents), dtype=np.int64)
@@ -331,6 +343,7 @@ def serve_sessions(
             required=required,
             checkpoint=save_point if checkpoint_path else None,
             restored=restored,
+            metrics=metrics,
         )
         # The next session waits for those who finished this one; a dropped user is welcome
         # back if it joins in time, but nobody waits for it.

@@ -33,6 +33,9 @@ reason):
    the stream inside gRPC (RESOURCE_EXHAUSTED to the user); the driver drops that user at once
    with "message too large", without waiting for a comeback.
 
+The server also answers the standard gRPC health checking protocol
+(:mod:`semalign.server.health`): SERVING from the first lobby until the service closes.
+
 Bytes are counted per link where they cross the gRPC boundary: both sides register the method
 without protobuf (de)serializers, so the byte strings a link hands to gRPC (counted when the driver
 sends them, so each lands in its own round) and receives from it are the gRPC message payloads.
@@ -44,9 +47,9 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from semalign.common.contract import (
@@ -74,6 +77,7 @@ from semalign.server.grpc_link import (
     receive_failed,
     watch_receive_failures,
 )
+from semalign.server.health import ApHealth
 from semalign.server.lobby import Lobby
 
 __all__ = ["AlignmentService", "GrpcLink", "Lobby", "RunningServer", "start_server"]
@@ -120,6 +124,7 @@ class AlignmentService:
         self._closing = False
         #: the server's receive limit (bytes), named in the reason of a user that exceeds it
         self.max_receive_bytes: int | None = None
+        self.health = ApHealth()  # SERVING once a lobby opened, until close()
 
     # ---------------------------------------------------------------- AP side
     def open_lobby(
@@ -131,13 +136,16 @@ class AlignmentService:
         with self._cond:
             self._lobby = Lobby(offer, expected, required=required)
             self._cond.notify_all()
-            return self._lobby
+        self.health.serving()
+        return self._lobby
 
     def close(self) -> None:
-        """Refuse new streams (users waiting for a lobby get UNAVAILABLE)."""
+        """Refuse new streams (users waiting for a lobby get UNAVAILABLE); health:
+        NOT_SERVING from now on."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        self.health.stopped()
 
     # ---------------------------------------------------------------- gRPC side
     def _wait_lobby(self, context: grpc.ServicerContext, user_id: str) -> Lobby | None:
@@ -371,10 +379,14 @@ class RunningServer:
     service: AlignmentService
     port: int
     address: str
+    #: stopped with the server: the health and metrics endpoints on their own addresses
+    companions: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.service.close()
         self.server.stop(grace).wait()
+        for stop in self.companions:
+            stop()
 
 
 def start_server(
@@ -400,6 +412,7 @@ def start_server(
         maximum_concurrent_rpcs=max_workers,
     )
     server.add_generic_rpc_handlers((service.handler(),))
+    service.health.add_to(server)
     try:
         if tls is not None and tls.enabled:
             port = server.add_secure_port(address, tls.server_credentials())

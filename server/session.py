@@ -36,6 +36,7 @@ from semalign.common.failpoints import failpoint
 from semalign.common.records import RoundRecord
 from semalign.common.wire import parse_user_message
 from semalign.server.access_point import AccessPoint, RoundStats
+from semalign.server.metrics import NO_METRICS, NoMetrics
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class SessionDriver:
         resumed: the AP was restored from a checkpoint: users come back through
             :meth:`AccessPoint.rejoin` and ``restored`` holds the rounds, traffic and user
             order recorded before.
+        metrics: told every join, drop, rejoin, straggler, round and phase's traffic, with
+            the numbers the results hold (:mod:`semalign.server.metrics`; default: none).
     """
 
     def __init__(
@@ -139,8 +142,10 @@ class SessionDriver:
         checkpoint: Callable[[SessionDriver], None] | None = None,
         resumed: bool = False,
         restored: dict | None = None,
+        metrics: NoMetrics | None = None,
     ) -> None:
         self.ap = ap
+        self.metrics = metrics or NO_METRICS
         self.pending = list(links)
         self.links: dict[str, UserLink] = {}
         self.policy = policy or WaitPolicy(reply_timeout=timeout)
@@ -160,8 +165,15 @@ class SessionDriver:
 
     # -------------------------------------------------------------- plumbing
     def _drop(self, user_id: str, reason: str) -> None:
-        self.ap.drop(user_id, reason)
+        self._lose(user_id, reason)
         self.links.pop(user_id, None)
+
+    def _lose(self, user_id: str, reason: str) -> None:
+        """Drop ``user_id`` at the AP; the metrics count it once."""
+        state = self.ap.users.get(user_id)
+        if state is not None and state.dropped is None:
+            self.metrics.user_lost(user_id)
+        self.ap.drop(user_id, reason)
 
     def _exchange(self, phase: str, messages: dict[str, bytes]) -> dict[str, bytes]:
         """Send each user its message, then collect one reply each; counts bytes both ways
@@ -230,6 +242,7 @@ class SessionDriver:
                         "deadline_s": policy.round_deadline,
                     }
                 )
+                self.metrics.straggler(user_id)
                 if policy.stragglers == "drop":
                     self._drop(
                         user_id,
@@ -301,7 +314,9 @@ class SessionDriver:
             self._drop(user_id, f"{phase}: rejoin failed: {text}")
             return False
         self.rejoins.append({"user": user_id, "round": self.ap.round, "phase": phase})
-        log.info("%s rejoined at round %d (%s)", user_id, self.ap.round, phase)
+        self.metrics.rejoined(user_id)
+        where = {"session_id": self.ap.session_id, "user_id": user_id, "round": self.ap.round}
+        log.info("%s rejoined at round %d (%s)", user_id, self.ap.round, phase, extra=where)
         if self.unanswered.get(user_id) is not None:
             link.send(self.unanswered[user_id])
         return True
@@ -331,9 +346,10 @@ class SessionDriver:
             except (LinkError, ProtocolError) as exc:
                 log.warning("handshake failed: %s", exc)
                 if user_id is not None:  # registered, but the accept never arrived
-                    self.ap.drop(user_id, f"handshake: {exc}")
+                    self._lose(user_id, f"handshake: {exc}")
                 continue
             self.links[user_id] = link
+            self.metrics.user_joined(user_id)
             check_rejoins_with = getattr(link, "check_rejoins_with", None)
             if check_rejoins_with is not None:
                 check_rejoins_with(self.ap.check_rejoin)
@@ -341,7 +357,7 @@ class SessionDriver:
         if self.resumed:  # the traffic of the first handshake stays the session's
             for user_id in self.ap.users:
                 if user_id not in self.links:
-                    self.ap.drop(user_id, "did not come back after the AP restarted")
+                    self._lose(user_id, "did not come back after the AP restarted")
         else:
             self.phases["handshake"] = {"bytes_down": down, "bytes_up": up}
             self.user_order = list(self.links)
@@ -371,6 +387,9 @@ class SessionDriver:
             bytes_up_per_user=traffic["bytes_up_per_user"],
         )
         self.records.append(record)
+        self.metrics.round_finished(record)
+        where = {"session_id": self.ap.session_id, "round": record.round}
+        log.info("round %d finished: %.3f s", record.round, record.seconds, extra=where)
         if self.on_round:
             self.on_round(record)
         if self.checkpoint:
@@ -393,6 +412,7 @@ class SessionDriver:
             final = self.ap.final_stats()
             self.phases["final"] = self.phases.pop(phase)
             self.phases["final"].update(mse=final.mse, objective=final.objective)
+            self.metrics.phase_traffic("final", self.phases["final"])
         except ProtocolError as exc:
             log.warning("%s", exc)
         failpoint("ap.final")
@@ -405,6 +425,7 @@ class SessionDriver:
         rounds = self.align()
         replies = self._exchange("evaluation", self.ap.evaluation_requests(test_latents, test_ids))
         reports = self._deliver("evaluation", self.ap.receive_report, replies)
+        self.metrics.phase_traffic("evaluation", self.phases["evaluation"])
         failpoint("ap.evaluation")
         end = self.ap.end_message()
         for user_id, link in list(self.links.items()):
@@ -425,10 +446,5 @@ class SessionDriver:
 
 
 def _report_dict(report) -> dict:
-    return {
-        "accuracy": report.accuracy,
-        "native_accuracy": report.native_accuracy,
-        "mse": report.mse,
-        "mse_whitened": report.mse_whitened,
-        "samples": report.samples,
-    }
+    keys = ("accuracy", "native_accuracy", "mse", "mse_whitened", "samples")
+    return {key: getattr(report, key) for key in keys}

@@ -59,7 +59,9 @@ def test_ap_and_ten_users_from_one_image_on_one_network(compose):
     for name, svc in services.items():
         test = svc["healthcheck"]["test"]
         assert test[0] == "CMD", name
-        if name != "encode":
+        if name == "ap":  # the gRPC health service (tests/test_observability.py)
+            assert test[1:4] == ["python", "-m", "semalign.deploy.healthcheck"], name
+        elif name != "encode":
             assert "create_connection" in " ".join(test), name
         env = svc["environment"]
         assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
