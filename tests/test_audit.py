@@ -1,0 +1,237 @@
+"""``semalign audit``: the attacks on what the AP receives (common/privacy_audit.py), the
+recording of the AP's side of the wire (semalign/engine/audit.py) and the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from semalign.client.strategies.admm import AdmmUser
+from semalign.common import privacy_audit as pa
+from semalign.common.config import AlignmentConfig
+from semalign.server.session import SessionDriver
+from synthetic import make_latents
+
+from semalign.cli import main
+from semalign.engine import audit
+from semalign.engine.loopback import LoopbackLink
+from semalign.engine.scenario import build_session, load_scenario
+
+
+def whitened(m: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Complex Y (m, n) with zero row means and Y Y^H = n I (what a user's whitener gives)."""
+    z = rng.standard_normal((m, n)) + 1j * rng.standard_normal((m, n))
+    z -= z.mean(axis=1, keepdims=True)
+    q, _ = np.linalg.qr(z.conj().T)  # (n, m) orthonormal columns, still orthogonal to ones
+    return np.sqrt(n) * q.conj().T
+
+
+def paper_uploads(y: np.ndarray, rounds: int, s: int, rng: np.random.Generator) -> list:
+    """``rounds`` uploads P_t = M_t^H Y (s, n), M_t (m, s) random."""
+    m = y.shape[0]
+    return [
+        (rng.standard_normal((m, s)) + 1j * rng.standard_normal((m, s))).conj().T @ y
+        for _ in range(rounds)
+    ]
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_uploads_that_span_y_give_it_back(rounds):
+    """T s >= m: the uploads span Y's row space; both the bound and the attacker's own
+    estimate (aligned by Procrustes) recover Y."""
+    rng = np.random.default_rng(1)
+    y = whitened(6, 200, rng)
+    stack = np.vstack(paper_uploads(y, rounds, 2, rng))
+    basis = pa.leaked_basis(stack, y.shape[0])
+    assert basis.shape[0] == 6
+    assert pa.subspace_r2(y, basis) > 0.999999
+    aligned = pa.procrustes_align(pa.whitened_estimate(basis, 200), y)
+    assert pa.r2(y, aligned) > 0.999999
+
+
+def test_uploads_that_do_not_span_y_give_part_of_it():
+    """T s < m: a whitened Y has the same energy in every direction, so r dimensions of m give
+    R^2 = r / m, for the bound and the attack alike; prefixes grow by s a round."""
+    rng = np.random.default_rng(2)
+    y = whitened(10, 300, rng)
+    uploads = paper_uploads(y, 2, 2, rng)  # rank 4 of 10
+    basis = pa.leaked_basis(np.vstack(uploads), y.shape[0])
+    assert basis.shape[0] == 4
+    assert pa.subspace_r2(y, basis) == pytest.approx(0.4, abs=1e-9)
+    estimate = pa.procrustes_align(pa.whitened_estimate(basis, 300), y)
+    assert pa.r2(y, estimate) == pytest.approx(0.4, abs=1e-9)
+    assert [rank for rank, _ in pa.r2_by_rounds(y, uploads)] == [2, 4]
+    assert [r for _, r in pa.r2_by_rounds(y, uploads)] == pytest.approx([0.2, 0.4], abs=1e-9)
+
+
+def test_uploads_unrelated_to_y_explain_only_chance():
+    """Rows that are not combinations of Y's rows explain about rank / n of it."""
+    rng = np.random.default_rng(3)
+    y = whitened(5, 400, rng)
+    noise = rng.standard_normal((5, 400)) + 1j * rng.standard_normal((5, 400))
+    basis = pa.leaked_basis(noise, 5)
+    assert pa.chance_r2(basis.shape[0], 400) == pytest.approx(5 / 400)
+    assert pa.subspace_r2(y, basis) < 0.1
+
+
+def test_compact_uploads_show_only_the_part_of_y_linear_in_x():
+    """Feature-domain uploads M^H Y X^H, mapped with the AP's X, explain exactly what a
+    regression of Y on X explains (here X has fewer rows than Y: strictly less than 1)."""
+    rng = np.random.default_rng(4)
+    n = 300
+    x = whitened(4, n, rng)
+    y = whitened(6, n, rng) * 0.5 + (rng.standard_normal((6, 4)) @ x) * 0.5
+    y = np.sqrt(n) * np.linalg.qr((y - y.mean(1, keepdims=True)).conj().T)[0].conj().T
+    gram = x @ x.conj().T
+    terms = [upload @ x.conj().T for upload in paper_uploads(y, 4, 2, rng)]
+    mapped = np.vstack([pa.pilot_domain(t, x, gram) for t in terms])
+    basis = pa.leaked_basis(mapped, 6)
+    regression = np.linalg.lstsq(x.T, y.T, rcond=None)[0].T @ x  # Y Pi_X
+    expected = pa.r2(y, regression)
+    assert basis.shape[0] == 4
+    assert pa.subspace_r2(y, basis) == pytest.approx(expected, abs=1e-9)
+    assert expected < 0.9
+
+
+def test_no_uploads_leak_nothing():
+    """Baselines send no uploads: an empty stack, rank 0, R^2 0, the probe at its majority."""
+    rng = np.random.default_rng(5)
+    y = whitened(3, 50, rng)
+    basis = pa.leaked_basis(np.zeros((0, 50)), 3)
+    assert basis.shape == (0, 50)
+    assert pa.subspace_r2(y, basis) == pytest.approx(0.0, abs=1e-12)
+    labels = np.array([0, 1] * 25)
+    features = pa.real_samples(basis)
+    assert pa.probe_accuracy(features, labels) == pytest.approx(
+        np.mean(labels[35:] == 0), abs=1e-12
+    )
+
+
+def test_cka_is_invariant_to_rotation_and_sees_unrelated_data():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((200, 5))
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    assert pa.linear_cka(a, 3 * a @ q) == pytest.approx(1.0)
+    assert pa.linear_cka(a, rng.standard_normal((200, 5))) < 0.2
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    root, ap, users = make_latents(
+        tmp_path_factory.mktemp("audit"), ap_dim=16, user_dims=(12, 40), n_train=200
+    )
+    return load_scenario(root, ap, users)
+
+
+CONFIG = {
+    "iterations": 6,
+    "channel_uses": 1,
+    "antennas_tx": 2,
+    "antennas_rx": 2,
+    "task_model": "logistic",
+}
+
+
+def test_the_audit_reads_the_wire_not_the_users_memory(scenario, monkeypatch):
+    """The recorded uploads are the bytes the AP decoded (equal to the AP's own copy), they
+    stay the same when a user changes its memory afterwards, and a user that uploads zeros
+    while computing real statistics leaks nothing."""
+    config = AlignmentConfig(**CONFIG)
+    ap, users = build_session(scenario, config)
+    seen: dict[str, list[np.ndarray]] = {u.user_id: [] for u in users}
+    receive = ap.strategy.receive_upload
+
+    def keep(state, upload):
+        receive(state, upload)
+        seen[state.user_id].append(np.array(state.upload[1], dtype=np.complex128))
+
+    ap.strategy.receive_upload = keep
+    real_upload = AdmmUser._upload
+
+    def lie(self, kind, round_, a, term, sq, noise):  # user2 uploads zeros
+        zeros = 0 * term if self.user.user_id == users[1].user_id else term
+        return real_upload(self, kind, round_, a, zeros, sq, noise)
+
+    monkeypatch.setattr(AdmmUser, "_upload", lie)
+    recorder = audit.ApRecorder()
+    SessionDriver(ap, [LoopbackLink(u, tap=recorder) for u in users]).run(
+        scenario.ap_test, np.arange(len(scenario.ap_test))
+    )
+    honest = users[0].user_id
+    decoded = audit.decode_uploads(recorder.messages[honest], ap)
+    assert decoded.fields == ["upload.p"]
+    assert len(decoded.rounds) == len(seen[honest]) == 6
+    for mine, aps in zip(decoded.rounds, seen[honest], strict=True):
+        np.testing.assert_array_equal(mine, aps)
+    users[0].strategy.g[:] = 0  # the user's memory changes after the session
+    again = audit.decode_uploads(recorder.messages[honest], ap)
+    np.testing.assert_array_equal(np.vstack(again.rounds), np.vstack(decoded.rounds))
+    figures = {
+        u.user_id: audit.attack_user(
+            audit.user_truth(u, ap),
+            audit.decode_uploads(recorder.messages[u.user_id], ap),
+            ap,
+            None,
+        )
+        for u in users
+    }
+    assert figures[honest]["reconstruction_r2"] > 0.99  # m = 6 <= c = 8, 6 rounds of 2 rows
+    assert figures[users[1].user_id]["rank"] == 0
+    assert figures[users[1].user_id]["reconstruction_r2"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_paper_leakage_is_capped_by_the_ap_features(scenario):
+    """A user with more features than the AP (m = 20 > c = 8) leaks at most c / m."""
+    records = audit.audit_seed(scenario, AlignmentConfig(**CONFIG))
+    wide = next(r for r in records if r.m == 20)
+    assert wide.c == 8 and wide.rank <= 8
+    assert wide.reconstruction_r2 <= 8 / 20 + 1e-6
+    assert wide.reconstruction_r2 == pytest.approx(wide.procrustes_r2, abs=1e-3)
+    assert wide.r2_by_round == sorted(wide.r2_by_round)  # more rounds never leak less
+
+
+LATENTS = ["--ap", "ap_enc", "--user-encoders", "user_enc0,user_enc1"]
+RUN = ["--iterations", "4", "--channel-uses", "1", "--antennas-tx", "2", "--antennas-rx", "2"]
+RUN += ["--task-model", "logistic", "--seeds", "3", "-q"]
+
+
+def test_cli_writes_reconstruction_r2_per_user_for_both_protocols(scenario, tmp_path):
+    out, figure = tmp_path / "audit.json", tmp_path / "leak.png"
+    argv = ["audit", "--latents", str(scenario.latents_dir), *LATENTS, *RUN]
+    argv += ["--targets", "latents", "--json", str(out), "--figure", str(figure)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    by_protocol = {}
+    for row in data["users"]:
+        by_protocol.setdefault(row["protocol"], {})[row["user"]] = row
+    assert set(by_protocol) == {"paper", "compact"}
+    for rows in by_protocol.values():
+        assert set(rows) == {"user1", "user2"}
+        for row in rows.values():
+            assert -1e-9 <= row["reconstruction_r2"] <= 1 + 1e-9
+            assert len(row["r2_by_round"]) == 4
+    assert by_protocol["paper"]["user1"]["reconstruction_r2"] > 0.99  # 4 rounds x 2 >= m = 6
+    assert {(s["protocol"], s["target"]) for s in data["summary"]} == {
+        ("paper", "latents"),
+        ("compact", "latents"),
+    }
+    assert figure.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "extra, text",
+    [
+        (["--protocols", "paper,bogus"], "--protocols: unknown 'bogus'"),
+        (["--targets", ""], "--targets is empty"),
+        (["--user-groups", "2"], "--user-groups"),
+        (["--json", "{d}"], "--json {d}: cannot write there"),
+        (["--seeds", "x"], "--seeds"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(scenario, tmp_path, capsys, extra, text):
+    argv = ["audit", "--latents", str(scenario.latents_dir), *LATENTS, *RUN]
+    argv += [e.replace("{d}", str(tmp_path)) for e in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and text.replace("{d}", str(tmp_path)) in err[0]
