@@ -26,7 +26,9 @@ eigendecompositions, the projection) stays complex128.
 The compact round protocol needs none of the O(n) products per round: with R = Y X^H
 (m, c) precomputed once and B = X X^H, the user's G-step takes Y S^H = R F^H H^H and
 S S^H = H F B F^H H^H (:func:`compact_products`), and the AP's F-step takes
-P_l X^H = (G_l H_l)^H R directly (:func:`f_step_from_cross`).
+P_l X^H = (G_l H_l)^H R directly (:func:`f_step_from_cross`). With W = R^H R also formed once,
+:func:`compact_step` gives the user's whole round from (K N_R, c) and (c, c) matrices, never
+forming G_l: O(K N_R c^2) per round instead of O(m c K N_R).
 """
 
 from __future__ import annotations
@@ -147,6 +149,78 @@ def compact_products(
     hf_h = hf.conj().T
     ss = hf @ gram @ hf_h
     return PilotProducts(ys=r @ hf_h, ss=(ss + ss.conj().T) / 2, y_norm2=y_norm2, n=n)
+
+
+@dataclass(frozen=True)
+class CompactStep:
+    """One compact-protocol user round (eqs. 4, 7, 11) computed without forming G_l.
+
+    With R = Y X^H (m, c), W = R^H R (c, c), S = H F X and M = S S^H + n sigma^2 I (K N_R,
+    K N_R), the G-step gives G = R (H F)^H M^-1 (eq. 7), so with U = M^-1 H F (K N_R, c):
+    G^H R = U W and G^H G = U W U^H. Every per-round output then costs O(K N_R c^2), whatever m.
+
+    Attributes:
+        a: (K N_T, K N_T) A_l = H^H G^H G H (eq. 11), Hermitian.
+        cross: (K N_T, c) P_l X^H = H^H G^H R (eq. 13's pilot term).
+        squared_error: ||Y - G S||_F^2.  noise_term: n sigma^2 ||G||_F^2 (eq. 4).
+        solved: (K N_R, c) U = M^-1 H F, from which :meth:`equalizer` forms G on demand.
+    """
+
+    a: np.ndarray
+    cross: np.ndarray
+    squared_error: float
+    noise_term: float
+    solved: np.ndarray
+
+    def equalizer(self, r: np.ndarray) -> np.ndarray:
+        """G (m, K N_R) = R U^H for R = Y X^H (m, c): the G-step's equalizer (M is Hermitian)."""
+        return r @ self.solved.conj().T
+
+
+def compact_step(
+    hf: np.ndarray,
+    h: np.ndarray,
+    gram: np.ndarray,
+    cross_gram: np.ndarray,
+    y_norm2: float,
+    n: int,
+    noise_var: float,
+) -> CompactStep | None:
+    """The user's compact round from small matrices only (see :class:`CompactStep`).
+
+    Args:
+        hf: (K N_R, c) H F on the user's channel estimate.  h: (K N_R, K N_T) block channel.
+        gram: (c, c) B = X X^H.  cross_gram: (c, c) W = R^H R with R = Y X^H, once per session.
+        y_norm2: ||Y||_F^2.  n: pilots.  noise_var: sigma^2 per row of the received block.
+
+    Returns:
+        The round's outputs, equal to :func:`compact_products` + :func:`g_step` +
+        :func:`local_objective_terms` + :func:`uplink_statistics` up to rounding; ``None`` when
+        M is not positive definite (noiseless and rank deficient): the caller then takes that
+        explicit path, whose least-squares fallback handles it.
+    """
+    ss = hf @ gram @ hf.conj().T
+    ss = (ss + ss.conj().T) / 2
+    m = ss + n * noise_var * np.eye(ss.shape[0])
+    try:
+        factor = scipy.linalg.cho_factor(m, check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        return None
+    solved = scipy.linalg.cho_solve(factor, hf, check_finite=False)  # U = M^-1 H F
+    v = solved @ cross_gram  # G^H R = U W (K N_R, c)
+    gg = v @ solved.conj().T  # G^H G = U W U^H (K N_R, K N_R)
+    gg = (gg + gg.conj().T) / 2
+    h_h = h.conj().T
+    a = h_h @ gg @ h
+    fit_cross = float(np.real(np.vdot(hf, v)))  # tr(G^H Y S^H) = tr(U W (H F)^H)
+    fit = float(np.real(np.vdot(gg, ss)))  # tr(G^H G S S^H), both Hermitian
+    return CompactStep(
+        a=(a + a.conj().T) / 2,
+        cross=h_h @ v,
+        squared_error=max(y_norm2 - 2 * fit_cross + fit, 0.0),
+        noise_term=float(n * noise_var * np.real(np.trace(gg))),
+        solved=solved,
+    )
 
 
 def apply_block_channel(hbar: np.ndarray, symbols: np.ndarray) -> np.ndarray:

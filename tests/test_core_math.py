@@ -275,3 +275,28 @@ def test_unmixing_is_the_lmmse_of_the_whitened_symbols():
     lmmse = np.mean(np.abs(baselines.unmixing(e, m, 0.09) @ r - z) ** 2)
     inverse = np.mean(np.abs(np.linalg.solve(e, r) - z) ** 2)
     assert lmmse < inverse
+
+
+def test_compact_step_equals_the_explicit_g_step_and_uplink():
+    """The m-free compact round (G never formed) gives the explicit path's A_l, P_l X^H, loss
+    terms and G to rounding; a singular M (noiseless, K N_R > c) is handed back (None)."""
+    rng = np.random.default_rng(7)
+    m, c, n, k_nr, k_nt = 40, 10, 150, 8, 8
+    y, x = crandn(rng, m, n), crandn(rng, c, n)
+    hbar, f = crandn(rng, k_nr, k_nt), crandn(rng, k_nt, c)
+    r, b, hf = y @ x.conj().T, x @ x.conj().T, hbar @ f
+    y_norm2 = float(np.real(np.vdot(y, y)))
+    for sigma2 in (0.3, 1e-4):
+        pp = admm.compact_products(r, hf, b, y_norm2, n)
+        g = admm.g_step(y, None, sigma2, pp)
+        sq, noise = admm.local_objective_terms(y, g, None, sigma2, pp)
+        a, cross = admm.uplink_statistics(g, hbar, r)
+        step = admm.compact_step(hf, hbar, b, r.conj().T @ r, y_norm2, n, sigma2)
+        assert step is not None
+        np.testing.assert_allclose(step.a, a, rtol=1e-9, atol=1e-9 * np.abs(a).max())
+        np.testing.assert_allclose(step.cross, cross, rtol=1e-9, atol=1e-9 * np.abs(cross).max())
+        np.testing.assert_allclose(step.equalizer(r), g, rtol=1e-9, atol=1e-9 * np.abs(g).max())
+        assert step.squared_error == pytest.approx(sq, rel=1e-9)
+        assert step.noise_term == pytest.approx(noise, rel=1e-9)
+    thin = crandn(rng, k_nr, 3) @ crandn(rng, 3, c)  # H F of rank 3 < K N_R, no noise
+    assert admm.compact_step(thin, hbar, b, r.conj().T @ r, y_norm2, n, 0.0) is None

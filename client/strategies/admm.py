@@ -13,6 +13,8 @@ Round protocols (the AP says which in the HandshakeAccept):
 * ``compact``: the accept carries the whitened AP pilots X and B = X X^H; the user computes
   R = Y X^H (m, c) once and drops X. Each round the AP sends F: Y S^H = R (H F)^H,
   S S^H = H F B F^H H^H, and the upload is P_l X^H = (G_l H_l)^H R: no O(n) work a round.
+  With W = R^H R (c, c), also once, :func:`~semalign.common.admm.compact_step` gives the
+  round's A_l, P_l X^H and loss terms without forming G_l (m, K N_R): no O(m) work either.
 
 Arrays derived from the user's pilots alone (Y in complex64, R for one X) are kept on its
 :class:`~semalign.client.user.UserData`, so users that share an encoder's data in one process
@@ -42,10 +44,22 @@ class AdmmUser(UserStrategy):
 
     def __init__(self, user: UserContext, name: str) -> None:
         super().__init__(user, name)
-        self.g: np.ndarray | None = None
+        self._g: np.ndarray | None = None
+        self._step: admm.CompactStep | None = None  # compact: G formed only when asked for
         self.y_work: np.ndarray | None = None  # Y in the precision of the O(n) products
         self.cross: np.ndarray | None = None  # compact: R = Y X^H (m, c)
         self.pilot_gram: np.ndarray | None = None  # compact: B = X X^H (c, c)
+
+    @property
+    def g(self) -> np.ndarray | None:
+        """G_l (m/2, K N_R) of the last round (in compact rounds formed on first use)."""
+        if self._g is None and self._step is not None:
+            self._g = self._step.equalizer(self.cross)
+        return self._g
+
+    @g.setter
+    def g(self, value: np.ndarray | None) -> None:
+        self._g, self._step = value, None
 
     def on_accept(self, acc: pb.HandshakeAccept) -> None:
         user = self.user
@@ -96,6 +110,7 @@ class AdmmUser(UserStrategy):
 
         key = ("cross", self._rows, _digest(x))
         self.cross = self._derived(key, cross)
+        self._cross_key = key
         self.pilot_gram = gram
 
     # ------------------------------------------------------------------ paper rounds
@@ -137,14 +152,32 @@ class AdmmUser(UserStrategy):
         with single_thread():
             hf = rep.apply_block_channel(user.hbar_estimate, f)  # H F on the estimate (K N_R, c)
             n = len(acc.pilot_ids)
-            products = admm.compact_products(self.cross, hf, self.pilot_gram, user.y_norm2, n)
-            self.g = admm.g_step(user.y, None, self.noise_var, products)
-            sq, noise = admm.local_objective_terms(user.y, self.g, None, self.noise_var, products)
+            step = admm.compact_step(
+                hf, self.h, self.pilot_gram, self._cross_gram(), user.y_norm2, n, self.noise_var
+            )
+            if step is None:  # M singular (noiseless): the explicit path and its fallback
+                products = admm.compact_products(self.cross, hf, self.pilot_gram, user.y_norm2, n)
+                self.g = admm.g_step(user.y, None, self.noise_var, products)
+                sq, noise = admm.local_objective_terms(
+                    user.y, self.g, None, self.noise_var, products
+                )
+                a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
+            else:
+                self.g, self._step = None, step
+                a, cross, sq, noise = step.a, step.cross, step.squared_error, step.noise_term
             user.received_rounds.append(msg.round)
             if msg.final:
                 return self._ack(msg.round, sq, noise)
-            a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
             return self._upload("compact_upload", msg.round, a, cross, sq, noise)
+
+    def _cross_gram(self) -> np.ndarray:
+        """W = R^H R (c, c) for the compact rounds, once per pilots and X (shared like R)."""
+
+        def cross_gram() -> np.ndarray:
+            w = self.cross.conj().T @ self.cross
+            return (w + w.conj().T) / 2
+
+        return self._derived(("cross_gram", *self._cross_key[1:]), cross_gram)
 
     def _upload(
         self, kind: str, round_: int, a: np.ndarray, term: np.ndarray, sq: float, noise: float
