@@ -235,3 +235,34 @@ def test_bad_options_are_one_line_and_exit_2(scenario, tmp_path, capsys, extra, 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and text.replace("{d}", str(tmp_path)) in err[0]
+
+
+def test_masked_uploads_leave_only_their_sum(scenario):
+    """Secure aggregation: per user, a masked uint64 vector leaves no term to attack; the sum
+    over users (masks cancel modulo 2^64) is decoded to sum_l F_l, as the AP decodes it."""
+    from semalign.common import secure_aggregation as sa
+    from semalign.common.wire import to_matrix
+    from semalign.proto import semalign_pb2 as pb
+
+    ap, _ = build_session(scenario, AlignmentConfig(**CONFIG))
+    rng = np.random.default_rng(7)
+    shape = (ap.symbols, ap.cdim)
+    recorded: dict[str, list[bytes]] = {"u1": [], "u2": []}
+    sums = []
+    for round_ in range(3):
+        fs = [rng.standard_normal(shape) + 1j * rng.standard_normal(shape) for _ in range(2)]
+        mask = rng.integers(0, 2**63, size=sa.contribution_size(shape, 2, real=False))
+        mask = mask.astype(np.uint64) * np.uint64(2)
+        for (user, f), sign in zip(zip(recorded, fs, strict=True), (1, -1), strict=True):
+            q = sa.quantize(sa.pack_contribution(f, [1.0, 2.0], real=False), 2)
+            masked = q + mask if sign > 0 else q - mask
+            upload = pb.SecureUpload(session_id="s", round=round_, masked=to_matrix(masked))
+            recorded[user].append(pb.UserMessage(secure_upload=upload).SerializeToString())
+        sums.append(fs[0] + fs[1])
+    uploads = [audit.decode_uploads(recorded[u], ap) for u in recorded]
+    for up in uploads:
+        assert up.rounds == [] and up.masked_fields == ["secure_upload.masked"]
+    aggregate = audit.aggregate_rounds(uploads, ap)
+    gram = ap.x @ ap.x.conj().T
+    expected = np.vstack([pa.pilot_domain(f, ap.x, gram) for f in sums])
+    np.testing.assert_allclose(aggregate, expected, atol=1e-6 * np.abs(expected).max())

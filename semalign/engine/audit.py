@@ -11,8 +11,10 @@ Generic over what the AP receives: every matrix of every message after the hands
 upload term, except the equalizer Grams A_l (field ``a``: they carry no pilots); a term with n
 columns is in the pilot domain, one with c (the AP's feature count) in the feature domain
 (:func:`~semalign.common.privacy_audit.pilot_domain`); anything else is listed as ignored. A
-protocol that sends masked contributions is audited the same way, and the per-round sum over
-users (``aggregate_r2``) shows what the AP learns from what the masks leave.
+protocol that sends masked contributions (secure aggregation: a uint64 vector per round, uniform
+in Z / 2^64 whatever the user's data) leaves no per-user term; the per-round sum over users
+(``aggregate_r2``: of the masked vectors, decoded as the AP decodes them, or of the plain terms)
+shows what the AP learns from what the masks leave.
 """
 
 from __future__ import annotations
@@ -77,11 +79,15 @@ class Uploads:
         rounds: per upload message, its terms stacked in the pilot domain (rows, n).
         fields: the fields used (``upload.p``, ``compact_upload.cross``, ...).
         ignored: fields whose shape is neither (., n) nor (., c).
+        masked: per message with masked vectors (uint64, 1-D), their concatenation.
+        masked_fields: the fields they came from (``secure_upload.masked``).
     """
 
     rounds: list[np.ndarray] = field(default_factory=list)
     fields: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    masked: list[np.ndarray] = field(default_factory=list)
+    masked_fields: list[str] = field(default_factory=list)
 
 
 def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
@@ -93,8 +99,12 @@ def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
         kind = message.WhichOneof("body")
         if kind in NOT_UPLOADS:
             continue
-        terms = []
+        terms, masked = [], []
         for path, array in message_matrices(getattr(message, kind), kind + "."):
+            if array.dtype == np.uint64 and array.ndim == 1:
+                masked.append(array)
+                _add(out.masked_fields, path)
+                continue
             if path.rsplit(".", 1)[-1] in GRAM_FIELDS or array.ndim != 2:
                 continue
             columns = array.shape[1]
@@ -103,14 +113,19 @@ def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
             elif columns == ap.cdim:
                 terms.append(pa.pilot_domain(array.astype(np.complex128), ap.x, gram))
             else:
-                if path not in out.ignored:
-                    out.ignored.append(path)
+                _add(out.ignored, path)
                 continue
-            if path not in out.fields:
-                out.fields.append(path)
+            _add(out.fields, path)
         if terms:
             out.rounds.append(np.vstack(terms))
+        if masked:
+            out.masked.append(np.concatenate(masked))
     return out
+
+
+def _add(names: list[str], name: str) -> None:
+    if name not in names:
+        names.append(name)
 
 
 @dataclass
@@ -122,7 +137,9 @@ class UserLeakage:
     Probes predict the user's own classifier's labels on its pilots (test rows: the last 30%)
     from: the attacker's reconstruction (``probe_accuracy``), the true Y
     (``probe_truth_accuracy``), the AP's own pilots X (``probe_ap_accuracy``); the majority
-    label's share is ``probe_majority``. CKA is with the user's native pilot latents.
+    label's share is ``probe_majority``. CKA is with the user's native pilot latents (its
+    target-space pilots for ``target`` logits). ``aggregate_r2``: the bound from the per-round
+    sums over users (:func:`aggregate_rounds`); ``masked_fields``: uploads that were masked.
     """
 
     user: str
@@ -135,6 +152,7 @@ class UserLeakage:
     c: int
     upload_rows: int
     fields: list[str]
+    masked_fields: list[str]
     rank: int
     reconstruction_r2: float
     procrustes_r2: float
@@ -193,6 +211,7 @@ def attack_user(
         "c": ap.cdim,
         "upload_rows": int(stack.shape[0]),
         "fields": list(uploads.fields),
+        "masked_fields": list(uploads.masked_fields),
         "rank": int(basis.shape[0]),
         "reconstruction_r2": pa.subspace_r2(y, basis),
         "procrustes_r2": pa.r2(y, pa.procrustes_align(estimate, y)),
@@ -210,9 +229,29 @@ def attack_user(
     }
 
 
-def aggregate_rounds(uploads: list[Uploads]) -> np.ndarray | None:
-    """The per-round sums over users of their pilot-domain terms, stacked ((rows, n)), or
-    ``None`` when users' terms differ in shape or count (then no sum is formed)."""
+def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> np.ndarray | None:
+    """What the per-round sums over users show, in the pilot domain (rows, n), stacked over
+    rounds; ``None`` when the users' uploads differ in shape or count (no sum is formed).
+
+    Masked vectors (secure aggregation) are summed modulo 2^64, where the masks cancel, and
+    decoded as the AP decodes them: the sum of the users' F_l (K N_T, c), in the feature
+    domain. Otherwise the users' pilot-domain terms are summed.
+    """
+    if uploads and all(u.masked for u in uploads):
+        sizes = {tuple(len(v) for v in u.masked) for u in uploads}
+        if len(sizes) != 1:
+            return None
+        from semalign.common import secure_aggregation as sa  # only for masked sessions
+
+        real, shape = ap.representation.widely_linear, (ap.symbols, ap.cdim)
+        terms = len(uploads[0].masked[0]) - sa.contribution_size(shape, 0, real=real)
+        gram = ap.x @ ap.x.conj().T
+        sums = []
+        for vectors in zip(*(u.masked for u in uploads), strict=True):
+            total = sa.decode_sum(sa.ring_sum(list(vectors)))
+            f_sum, _ = sa.unpack_contribution(total, shape, terms, real=real)
+            sums.append(pa.pilot_domain(f_sum, ap.x, gram))
+        return np.vstack(sums)
     shapes = {tuple(r.shape for r in u.rounds) for u in uploads}
     if len(shapes) != 1 or not uploads or not uploads[0].rounds:
         return None
@@ -232,7 +271,7 @@ def audit_seed(scenario: Scenario, config: AlignmentConfig) -> list[UserLeakage]
     for user_id, up in uploads.items():
         if up.ignored:
             log.warning("%s: ignored fields %s (neither (., n) nor (., c))", user_id, up.ignored)
-    aggregate = aggregate_rounds(list(uploads.values()))
+    aggregate = aggregate_rounds(list(uploads.values()), ap)
     out = []
     for user in users:
         figures = attack_user(user_truth(user, ap), uploads[user.user_id], ap, aggregate)
