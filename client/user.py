@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from semalign.client.strategies import UserStrategy, make_user_strategy
+from semalign.client.strategies.secure_admm import SecureAdmmUser
 from semalign.common.channel import RayleighChannel
 from semalign.common.channels import ChannelModel
 from semalign.common.classifier import ScoreClassifier
@@ -26,6 +27,7 @@ from semalign.common.errors import ProtocolError, SemalignError
 from semalign.common.failpoints import failpoint
 from semalign.common.packing import complex_dim
 from semalign.common.representation import LINEAR, Representation
+from semalign.common.secure_aggregation import UserKeys
 from semalign.common.strategies import get_strategy, strategy_for_code
 from semalign.common.validation import check_accept, check_ids, one_line
 from semalign.common.whitening import Whitener
@@ -35,6 +37,12 @@ from semalign.proto import semalign_pb2 as pb
 log = logging.getLogger(__name__)
 
 _ROUND_PROTOCOLS = {"paper": pb.PAPER, "compact": pb.COMPACT}
+#: secure aggregation's messages besides the rounds -> the secure strategy's handler
+_SECURE_MESSAGES = {
+    "secure_setup": "on_setup",
+    "share_delivery": "on_delivery",
+    "unmask_request": "on_unmask",
+}
 
 
 @dataclass
@@ -106,6 +114,8 @@ class User:
             user designs with and reports to the AP (``design_channel``, the handshake CSI).
         round_protocols: round protocols offered besides ``paper`` (``("compact",)``); the
             AP picks one in its HandshakeAccept.
+        secure: take part only in secure aggregation (``--aggregation secure``): fresh key
+            pairs go into the handshake, and an AP that runs plain aggregation is refused.
     """
 
     user_id: str
@@ -121,6 +131,7 @@ class User:
     strategy_name: str | None = None
     link: ChannelModel | None = None
     round_protocols: tuple[str, ...] = ()
+    secure: bool = False
 
     def __post_init__(self) -> None:
         self.latent_dim = self.data.pilot_latents.shape[1]
@@ -140,6 +151,8 @@ class User:
         self.strategy: UserStrategy | None = None  # the strategy's user half, after the accept
         self.final_seen = False
         self.ended = False
+        #: secure aggregation's key pairs (fresh per state machine; private keys never leave)
+        self.secure_keys: UserKeys | None = UserKeys.generate() if self.secure else None
 
     # ------------------------------------------------------------------ handshake
     def handshake_request(self) -> bytes:
@@ -157,6 +170,8 @@ class User:
             req.csi.CopyFrom(to_matrix(self.hbar_estimate, "complex128"))
         for name in self.round_protocols:
             req.round_protocols.append(_ROUND_PROTOCOLS[name])
+        if self.secure_keys is not None:
+            req.encryption_key, req.masking_key = self.secure_keys.public
         return pb.UserMessage(handshake=req).SerializeToString()
 
     def _strategy_of(self, acc: pb.HandshakeAccept) -> str:
@@ -191,7 +206,17 @@ class User:
             if self.hbar_estimate is self.hbar
             else RayleighChannel(self.hbar_estimate, acc.channel_uses, acc.noise_var)
         )
-        self.strategy = make_user_strategy(strategy, self)
+        if (acc.aggregation == pb.SECURE) != self.secure:
+            raise ProtocolError(
+                "the AP runs secure aggregation and this user has no keys"
+                if self.secure_keys is None
+                else "this user takes part only in secure aggregation; the AP runs plain"
+            )
+        if self.secure and strategy != "fed":
+            raise ProtocolError(f"secure aggregation with strategy {strategy} (fed only)")
+        self.strategy = (
+            SecureAdmmUser(self, strategy) if self.secure else make_user_strategy(strategy, self)
+        )
         self.accept = acc
         self.strategy.on_accept(acc)
         if self.whitener.shrinkage:
@@ -230,6 +255,10 @@ class User:
             if self.accept is None:
                 raise ProtocolError(f"got {kind} before the handshake was accepted")
             self._check_session(msg, kind)
+            if kind in _SECURE_MESSAGES:
+                if not isinstance(self.strategy, SecureAdmmUser):
+                    raise ProtocolError(f"got {kind} without secure aggregation")
+                return getattr(self.strategy, _SECURE_MESSAGES[kind])(getattr(msg, kind))
             failpoint(*_phase(msg, kind))  # chaos tests only (common/failpoints.py)
             if kind == "broadcast":
                 self._check_round(msg.broadcast)
@@ -374,4 +403,5 @@ def build_user(
         strategy_name=config.strategy,
         link=link,
         round_protocols=("compact",) if config.protocol == "compact" else (),
+        secure=config.aggregation == "secure",
     )

@@ -92,9 +92,7 @@ class UserKeys:
 
 def public_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
     """The compressed X9.62 encoding of a public key (33 bytes)."""
-    return key.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
-    )
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
 
 
 def load_public(data: bytes, what: str) -> ec.EllipticCurvePublicKey:
@@ -227,7 +225,12 @@ def combine_key(shares: Sequence[bytes]) -> ec.EllipticCurvePrivateKey:
 
 
 def _share_header(session_id: str, sender: int, recipient: int) -> bytes:
-    return b"|".join((_SHARE_HEADER, session_id.encode(), str(sender).encode(), str(recipient).encode())) + b"|"
+    return (
+        b"|".join(
+            (_SHARE_HEADER, session_id.encode(), str(sender).encode(), str(recipient).encode())
+        )
+        + b"|"
+    )
 
 
 def seal_share(secret: bytes, session_id: str, sender: int, recipient: int, share: bytes) -> bytes:

@@ -36,6 +36,7 @@ from semalign.common.wire import PROTOCOL_VERSION, parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies import make_ap_strategy
 from semalign.server.strategies.base import UserState
+from semalign.server.strategies.secure_admm import SecureSharedAdmm, check_secure_request
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,11 @@ class AccessPoint:
         self.representation = Representation.of(cfg.equalizer)
         rep = self.representation
         self.cdim = rep.feature_dim(self.latent_dim)
-        self.strategy = make_ap_strategy(cfg, self.cdim)
+        #: the users' F_l reach the AP only as a masked sum (``--aggregation secure``)
+        self.secure = cfg.aggregation == "secure"
+        self.strategy = (
+            SecureSharedAdmm(cfg, self.cdim) if self.secure else make_ap_strategy(cfg, self.cdim)
+        )
         self.data_channel_uses = self.strategy.data_channel_uses
         complex_symbols = self.data_channel_uses * cfg.antennas_tx
         self.symbols = rep.symbol_rows(complex_symbols)
@@ -123,6 +128,8 @@ class AccessPoint:
         shape and values), then those of this session.
         """
         hbar = check_handshake(req, self.config)
+        if self.secure:
+            check_secure_request(req)
         if req.user_id in self.users:
             raise ProtocolError(f"user id {req.user_id!r} is already registered")
         if self.round > 0:
@@ -205,6 +212,8 @@ class AccessPoint:
             )
         if len(np.setdiff1d(self.pilot_ids, np.asarray(req.pilot_ids, dtype=np.int64))):
             raise ProtocolError(f"rejoin of {req.user_id} without the session's pilots")
+        if self.secure:
+            self.strategy.check_keys(state, req)
         return state, req
 
     def rejoin(self, data: bytes) -> tuple[str, bytes]:
@@ -296,7 +305,8 @@ class AccessPoint:
             raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
         if self.expecting not in ("upload", "ack"):
             raise ProtocolError(f"unexpected {kind} from {user_id}: nothing was sent to answer")
-        expected = ("upload", "compact_upload") if self.expecting == "upload" else ("ack",)
+        uploads = ("secure_upload",) if self.secure else ("upload", "compact_upload")
+        expected = uploads if self.expecting == "upload" else ("ack",)
         if kind not in expected:
             raise ProtocolError(f"expected an {self.expecting} from {user_id}, got {kind}")
         if kind == "ack":
@@ -309,8 +319,27 @@ class AccessPoint:
             state.terms = check_terms(ack.squared_error, ack.noise_term, f"ack from {user_id}")
             return
         upload = getattr(msg, kind)
-        check_terms(upload.squared_error, upload.noise_term, f"upload from {user_id}")
+        if kind != "secure_upload":  # its loss terms are inside the masked vector
+            check_terms(upload.squared_error, upload.noise_term, f"upload from {user_id}")
         self.strategy.receive_upload(state, upload)
+
+    def extra_messages(self) -> dict[str, bytes]:
+        """ApMessage bytes per user of the strategy's next exchange besides the protocol's
+        phases, or none: secure aggregation's key setup after the handshake, and the recovery of
+        a round in which a participant did not upload. The driver asks until there is none."""
+        if not self.secure:
+            return {}
+        return self.strategy.extra_messages()
+
+    def receive_extra(self, user_id: str, data: bytes) -> None:
+        """A user's reply to an :meth:`extra_messages` message (ProtocolError if out of place)."""
+        state = self.users.get(user_id)
+        if state is None or state.dropped or not self.secure:
+            raise ProtocolError(f"unexpected message from {one_line(user_id, 80)!r}")
+        msg = parse_user_message(data)
+        if msg.WhichOneof("body") == "error":
+            raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
+        self.strategy.receive_extra(state, msg)
 
     def step(self) -> RoundStats:
         """The strategy's update from this round's uploads (ADMM: eqs. 8-18); next round."""
@@ -318,7 +347,11 @@ class AccessPoint:
         if not users:
             raise ProtocolError(f"round {self.round}: no uploads to step on")
         primal, dual = self.strategy.step(users)
-        stats = self._round_stats(users, primal, dual)
+        if self.secure:  # only the means over the uploads reach the AP
+            mse, objective = self.strategy.loss_totals()
+            stats = RoundStats(self.round, mse, objective, primal, dual, len(users))
+        else:
+            stats = self._round_stats(users, primal, dual)
         self.round += 1
         return stats
 

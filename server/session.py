@@ -363,16 +363,31 @@ class SessionDriver:
             self.user_order = list(self.links)
         if not self.links:
             raise ProtocolError("no user completed the handshake")
+        setup = self._extra_exchanges("setup")
+        if setup["bytes_down"]:  # secure aggregation's key setup
+            self.phases["setup"] = setup
         if self.checkpoint:
             self.checkpoint(self)
+
+    def _extra_exchanges(self, phase: str) -> dict:
+        """The AP's exchanges besides the protocol's phases (:meth:`AccessPoint.extra_messages`:
+        secure aggregation's key setup, a round's mask recovery) until it has none; their
+        traffic summed, as :meth:`_exchange` counts it."""
+        total: dict = {"bytes_down": 0, "bytes_up": 0}
+        while messages := self.ap.extra_messages():
+            replies = self._exchange(phase, messages)
+            self._deliver(phase, self.ap.receive_extra, replies)
+            _add_traffic(total, self.phases.pop(phase))
+        return total
 
     def admm_round(self) -> RoundRecord:
         start = time.perf_counter()
         replies = self._exchange("round", self.ap.round_messages())
         self._deliver("round", self.ap.receive, replies)
+        recovery = self._extra_exchanges("recovery")
         stats: RoundStats = self.ap.step()
         failpoint("ap.round", at=stats.round)
-        traffic = self.phases.pop("round")
+        traffic = _add_traffic(self.phases.pop("round"), recovery)
         record = RoundRecord(
             round=stats.round,
             mse=stats.mse,
@@ -443,6 +458,18 @@ class SessionDriver:
             rejoins=self.rejoins,
             stragglers=self.stragglers,
         )
+
+
+def _add_traffic(total: dict, more: dict) -> dict:
+    """``total`` with the bytes (and per-user bytes) of ``more`` added; returns it."""
+    for key in ("bytes_down", "bytes_up"):
+        total[key] = total.get(key, 0) + more.get(key, 0)
+        per_user = more.get(f"{key}_per_user", {})
+        if per_user:
+            merged = total.setdefault(f"{key}_per_user", {})
+            for user_id, count in per_user.items():
+                merged[user_id] = merged.get(user_id, 0) + count
+    return total
 
 
 def _report_dict(report) -> dict:

@@ -136,6 +136,7 @@ class AdmmStrategy(ApStrategy):
                 msg = message.compact_broadcast
                 msg.session_id, msg.round, msg.final = ap.session_id, ap.round, final
                 fill_matrix(msg.pre_equalizer, rep.to_wire(f), wire)
+                self.complete_broadcast(msg, variables)
                 out[state.user_id] = message.SerializeToString()
                 continue
             key = id(f)
@@ -156,6 +157,9 @@ class AdmmStrategy(ApStrategy):
             if not self.config.csi:
                 shared[key] = out[state.user_id]
         return out
+
+    def complete_broadcast(self, msg: pb.CompactBroadcast, variables: AdmmVariables) -> None:
+        """Add a variant's entries to a compact broadcast (secure aggregation: Z - U)."""
 
     def receive_upload(self, state: UserState, upload: pb.RoundUpload | pb.CompactUpload) -> None:
         """Keep A_l (K N_T, K N_T) and P_l (K N_T, n) (paper) or P_l X^H (K N_T, c) (compact)
@@ -197,6 +201,18 @@ class AdmmStrategy(ApStrategy):
     def local_steps(self, users: list[UserState]) -> list[np.ndarray]:
         """Every user's local F_l (K N_T, c) from its upload (eqs. 11-15), in order: the paper
         users' P_l X^H as one stacked product, then the small Sylvester solves."""
+        uploads, duals = self._f_step_inputs(users)
+        with single_thread():
+            return admm.f_steps(uploads, duals, self.gram, self.config.rho)
+
+    def local_mean(self, users: list[UserState]) -> np.ndarray:
+        """(1/L) sum_l F_l (eq. 8) over ``users``' local F-steps, the F_l never formed."""
+        uploads, duals = self._f_step_inputs(users)
+        with single_thread():
+            return admm.f_mean(uploads, duals, self.gram, self.config.rho)
+
+    def _f_step_inputs(self, users: list[UserState]) -> tuple[list, list]:
+        """((A_l, P_l X^H), (Z, U)) for every user, in order."""
         paper = [u for u in users if u.round_protocol != "compact"]
         crosses = dict(
             zip(
@@ -212,8 +228,7 @@ class AdmmStrategy(ApStrategy):
             uploads.append((a, term.astype(np.complex128) if cross is None else cross))
             v = self.variables(state)
             duals.append((v.z, v.u))
-        with single_thread():
-            return admm.f_steps(uploads, duals, self.gram, self.config.rho)
+        return uploads, duals
 
     def result_info(self) -> dict[str, Any]:
         """``round_protocol`` (compact sessions only): users per protocol and the bytes of the

@@ -1,0 +1,157 @@
+"""The user half of ``fed`` with ``--aggregation secure``: its own F-step, uploaded masked.
+
+Compact rounds as :class:`~.admm.AdmmUser` (G-step, A_l, P_l X^H and the loss terms), then,
+instead of uploading A_l and P_l X^H, the user solves its F-step (eqs. 13-14) with the broadcast
+Z - U and uploads F_l in fixed point plus its pairwise masks
+(:mod:`semalign.common.secure_aggregation`). A_l and P_l X^H are first rounded to the wire
+precision the plain protocol sends them in, so that both compute the same F_l.
+
+Key setup: on SecureSetup the user checks the participants (itself among them, the threshold a
+majority), derives its pair secrets and answers with its masking key's Shamir shares, each
+sealed for its recipient; on ShareDelivery it opens and keeps the shares sealed for it. On an
+UnmaskRequest it reveals its shares of the listed users' keys, and from then on refuses a round
+that lists one of them as a participant (its masks would no longer hide anything).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from semalign.client.strategies.admm import AdmmUser
+from semalign.common import admm
+from semalign.common import secure_aggregation as sa
+from semalign.common.errors import ProtocolError
+from semalign.common.packing import complex_dim
+from semalign.common.threads import single_thread
+from semalign.common.wire import check_matrix, to_matrix
+from semalign.proto import semalign_pb2 as pb
+
+#: the loss scalars after F_l in every contribution (as the AP's secure strategy reads them)
+LOSS_TERMS = 2
+
+
+class SecureAdmmUser(AdmmUser):
+    """Compact rounds with a local F-step and masked uploads."""
+
+    def on_accept(self, acc: pb.HandshakeAccept) -> None:
+        if acc.round_protocol != pb.COMPACT:
+            raise ProtocolError("secure aggregation without the compact round protocol")
+        keys = getattr(self.user, "secure_keys", None)
+        if keys is None:
+            raise ProtocolError("the AP runs secure aggregation; this user has no keys")
+        self.keys: sa.UserKeys = keys
+        super().on_accept(acc)
+        eigvals, eigvecs = np.linalg.eigh((self.pilot_gram + self.pilot_gram.conj().T) / 2)
+        n = len(acc.pilot_ids)
+        self.gram_factor = admm.GramFactor(np.clip(eigvals, 0.0, None), eigvecs, n)
+        self.index = acc.user_index
+        self.peers: dict[int, tuple[bytes, bytes]] = {}  # index -> (encryption, masking) keys
+        self.mask_secrets: dict[int, bytes] = {}
+        self.held: dict[int, bytes] = {}  # sender index -> its share for this user
+        self.revealed: set[int] = set()
+        self.offset: np.ndarray | None = None
+        self.participants: list[int] = []
+
+    # ------------------------------------------------------------------ setup
+    def on_setup(self, msg: pb.SecureSetup) -> bytes:
+        """Check the participants, derive the pair secrets, send the sealed shares."""
+        if self.peers:
+            raise ProtocolError("a second secure-aggregation setup")
+        listed = {
+            p.index: (bytes(p.encryption_key), bytes(p.masking_key)) for p in msg.participants
+        }
+        if len(listed) != len(msg.participants) or listed.get(self.index) != self.keys.public:
+            raise ProtocolError("secure setup: participants repeated, or this user's keys wrong")
+        if msg.threshold != sa.threshold_for(len(listed)):
+            raise ProtocolError(
+                f"secure setup: threshold {msg.threshold} for {len(listed)} participants, "
+                f"expected {sa.threshold_for(len(listed))}"
+            )
+        order = sorted(listed)
+        shares = sa.split_key(self.keys.masking, msg.threshold, len(order))
+        reply = pb.SecureShares(session_id=self.user.accept.session_id)
+        for position, peer in enumerate(order):
+            if peer == self.index:
+                continue
+            encryption = sa.load_public(listed[peer][0], f"encryption key of user {peer}")
+            masking = sa.load_public(listed[peer][1], f"masking key of user {peer}")
+            self.peers[peer] = listed[peer]
+            self.mask_secrets[peer] = sa.pair_secret(self.keys.masking, masking)
+            sealed = sa.seal_share(
+                sa.pair_secret(self.keys.encryption, encryption),
+                self.user.accept.session_id,
+                self.index,
+                peer,
+                shares[position],
+            )
+            reply.shares.add(sender=self.index, recipient=peer, ciphertext=sealed)
+        return pb.UserMessage(secure_shares=reply).SerializeToString()
+
+    def on_delivery(self, msg: pb.ShareDelivery) -> bytes:
+        """Open and keep the shares sealed for this user; acknowledge."""
+        session = self.user.accept.session_id
+        for share in msg.shares:
+            sender = share.sender
+            if share.recipient != self.index or sender not in self.peers or sender in self.held:
+                raise ProtocolError(f"share delivery: a share from {sender} out of place")
+            encryption = sa.load_public(self.peers[sender][0], "encryption key")
+            secret = sa.pair_secret(self.keys.encryption, encryption)
+            self.held[sender] = sa.open_share(secret, session, sender, self.index, share.ciphertext)
+        ack = pb.Ack(session_id=session, round=0)
+        return pb.UserMessage(ack=ack).SerializeToString()
+
+    def on_unmask(self, msg: pb.UnmaskRequest) -> bytes:
+        """Reveal this user's shares of the dropped participants' masking keys."""
+        reply = pb.UnmaskShares(session_id=self.user.accept.session_id, round=msg.round)
+        for owner in dict.fromkeys(msg.dropped):
+            if owner not in self.held or owner not in self.participants:
+                raise ProtocolError(f"unmask request for user {owner}, not a peer of this round")
+            self.revealed.add(owner)
+            reply.shares.add(owner=owner, share=self.held[owner])
+        return pb.UserMessage(unmask_shares=reply).SerializeToString()
+
+    # ------------------------------------------------------------------ rounds
+    def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
+        """Take Z - U and the participants, then the compact round (which ends in
+        :meth:`_upload`)."""
+        if not msg.final:
+            participants = list(msg.participants)
+            known = set(self.peers) | {self.index}
+            if self.index not in participants or not set(participants) <= known:
+                raise ProtocolError("secure round: participants this user has no keys for")
+            if self.revealed & set(participants):
+                raise ProtocolError("secure round: a participant whose masking key was revealed")
+            if len(set(participants)) < sa.threshold_for(len(known)):
+                raise ProtocolError("secure round: fewer participants than the threshold")
+            self.participants = sorted(set(participants))
+            rep = self.representation
+            shape = (rep.symbol_rows(self.user.accept.channel_uses * self.user.accept.antennas_tx),)
+            shape += (self.pilot_gram.shape[0],)
+            offset = check_matrix(msg.consensus_offset, "Z - U", shape, rep.wire_codes)
+            self.offset = offset.astype(np.complex128)
+        return super().on_compact_broadcast(msg)
+
+    def _upload(
+        self, kind: str, round_: int, a: np.ndarray, term: np.ndarray, sq: float, noise: float
+    ) -> bytes:
+        """The masked contribution: F_l (eqs. 13-14) and the loss scalars, in fixed point, plus
+        the pairwise masks of this round."""
+        if kind != "compact_upload" or self.offset is None:
+            raise ProtocolError("secure aggregation: a round without Z - U")
+        rep, acc = self.representation, self.user.accept
+        wire = rep.wire_dtype()
+        a = rep.to_wire(a).astype(wire).astype(np.complex128)  # as the plain AP reads them
+        cross = rep.to_wire(term).astype(wire).astype(np.complex128)
+        zero = np.zeros_like(self.offset)
+        with single_thread():
+            f = admm.f_step_from_cross(a, cross, self.gram_factor, self.offset, zero, acc.rho)
+        n = self.gram_factor.n
+        losses = (sq / (n * complex_dim(self.user.latent_dim)), (sq + noise) / n)
+        values = sa.pack_contribution(f, losses, real=rep.widely_linear)
+        peers = {p: self.mask_secrets[p] for p in self.participants if p != self.index}
+        masked = sa.quantize(values, len(self.participants)) + sa.mask_sum(
+            self.index, peers, acc.session_id, round_, len(values)
+        )
+        self.offset = None
+        upload = pb.SecureUpload(session_id=acc.session_id, round=round_)
+        upload.masked.CopyFrom(to_matrix(masked, "uint64"))
+        return pb.UserMessage(secure_upload=upload).SerializeToString()

@@ -1,0 +1,290 @@
+"""``fed`` with ``--aggregation secure``: the AP learns only the sum of the users' local F_l.
+
+Each user runs its own F-step (eqs. 13-14) from A_l, P_l X^H (compact protocol: it holds
+R = Y_l X^H and B = X X^H) and the broadcast Z - U, and uploads F_l in fixed point plus
+pairwise masks (:mod:`semalign.common.secure_aggregation`). The masks cancel in the sum, from
+which the AP takes F = (1/|S|) sum_l F_l (eq. 8) over the users S that uploaded, then Z and U
+as in :class:`~.shared_admm.SharedAdmm`.
+
+Exchanges besides the rounds (:meth:`SecureSharedAdmm.extra_messages`, which the session
+driver runs after the handshake and after each round's uploads):
+
+1. setup: every user gets the participants' public keys and the threshold t
+   (:func:`~semalign.common.secure_aggregation.threshold_for`) and answers with its masking
+   key's Shamir shares, one sealed for each other participant;
+2. delivery: each user gets the shares sealed for it (the AP cannot open them) and acks;
+3. recovery, only in a round where a participant did not upload: the users who did upload
+   send their shares of the missing users' masking keys; from t of them the AP rebuilds each
+   key (checked against its public key) and removes that user's masks from the sum.
+
+A user whose key was rebuilt is dropped for good (users refuse to mask with it again); the AP
+refuses to decode a sum of fewer than t uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from semalign.common import secure_aggregation as sa
+from semalign.common.errors import ProtocolError
+from semalign.common.threads import single_thread
+from semalign.common.wire import check_matrix, fill_matrix
+from semalign.proto import semalign_pb2 as pb
+from semalign.server.strategies.admm import AdmmVariables
+from semalign.server.strategies.base import ApContext, UserState
+from semalign.server.strategies.shared_admm import SharedAdmm
+
+log = logging.getLogger(__name__)
+
+#: loss scalars at the end of every contribution: the user's pilot MSE per complex feature
+#: ||Y - G S||^2 / (n m/2) and its objective terms (||Y - G S||^2 + n sigma^2 ||G||^2) / n
+LOSS_TERMS = 2
+
+
+def check_secure_request(req: pb.HandshakeRequest) -> tuple[bytes, bytes]:
+    """The (encryption, masking) public keys of a handshake for a secure session; ProtocolError
+    if they are missing or invalid, or the user does not speak the compact round protocol."""
+    if pb.COMPACT not in req.round_protocols:
+        raise ProtocolError(
+            "secure aggregation needs the compact round protocol, which this user does not offer"
+        )
+    sa.load_public(req.encryption_key, "encryption key")
+    sa.load_public(req.masking_key, "masking key")
+    return bytes(req.encryption_key), bytes(req.masking_key)
+
+
+class SecureSharedAdmm(SharedAdmm):
+    """Federated ADMM on masked sums: one F, Z, U for everyone, as ``fed``."""
+
+    def start(self, ap: ApContext) -> None:
+        super().start(ap)
+        self.keys: dict[str, tuple[bytes, bytes]] = {}  # user id -> public keys
+        self.stage = "keys"  # -> "shares" -> "ready" -> "done"
+        self.by_index: dict[int, str] = {}  # setup participants: index -> user id
+        self.threshold = 0
+        self.sealed: dict[int, list[pb.SealedShare]] = {}  # recipient -> shares for it
+        self.rebuilt: dict[int, Any] = {}  # index -> masking key of a dropped user
+        self.recoveries: list[dict] = []
+        self._new_round([])
+
+    def _new_round(self, participants: list[int]) -> None:
+        self.participants = participants
+        self.masked: dict[int, np.ndarray] = {}  # index -> this round's masked upload
+        self.revealed: dict[int, list[bytes]] = {}  # dropped index -> shares of its key
+        self.unmask_asked = False
+        self.losses: tuple[float, float] | None = None
+
+    @property
+    def size(self) -> int:
+        """Entries of a contribution (F's real, or real and imaginary, parts and the losses)."""
+        shape = self.shared.f.shape
+        return sa.contribution_size(shape, LOSS_TERMS, real=self.representation.widely_linear)
+
+    # ------------------------------------------------------------------ handshake
+    def complete_accept(
+        self, state: UserState, request: pb.HandshakeRequest, accept: pb.HandshakeAccept
+    ) -> None:
+        super().complete_accept(state, request, accept)
+        accept.aggregation = pb.SECURE
+        self.keys.setdefault(state.user_id, check_secure_request(request))
+
+    def check_keys(self, state: UserState, request: pb.HandshakeRequest) -> None:
+        """A rejoin must bring the keys of the first handshake (the others' masks and shares
+        were built on them)."""
+        if self.keys.get(state.user_id) != (request.encryption_key, request.masking_key):
+            raise ProtocolError(
+                f"rejoin of {state.user_id} with other secure-aggregation keys than its first "
+                "handshake (a user built afresh cannot take part again)"
+            )
+
+    # ------------------------------------------------------------------ extra exchanges
+    def extra_messages(self) -> dict[str, bytes]:
+        """ApMessage bytes per user of the next exchange besides the rounds (setup, delivery,
+        or this round's recovery), or none."""
+        if self.stage == "keys":
+            self.stage = "shares"
+            return self._setup_messages()
+        if self.stage == "shares":
+            self.stage = "ready"
+            return self._deliveries()
+        if self.stage == "ready":
+            self.stage = "done"
+            return {}
+        missing = self._missing()
+        if self.ap.expecting != "upload" or not missing or self.unmask_asked:
+            return {}
+        self.unmask_asked = True
+        request = pb.UnmaskRequest(session_id=self.ap.session_id, round=self.ap.round)
+        request.dropped.extend(missing)
+        data = pb.ApMessage(unmask_request=request).SerializeToString()
+        survivors = [self.by_index[i] for i in self.masked]
+        return {u.user_id: data for u in self.ap.active_users if u.user_id in survivors}
+
+    def _setup_messages(self) -> dict[str, bytes]:
+        users = self.ap.active_users
+        self.by_index = {u.index: u.user_id for u in users}
+        self.threshold = sa.threshold_for(len(users))
+        if len(users) < 2:
+            raise ProtocolError("secure aggregation needs at least 2 users")
+        setup = pb.SecureSetup(session_id=self.ap.session_id, threshold=self.threshold)
+        for state in users:
+            encryption, masking = self.keys[state.user_id]
+            setup.participants.add(
+                index=state.index, encryption_key=encryption, masking_key=masking
+            )
+        data = pb.ApMessage(secure_setup=setup).SerializeToString()
+        return {u.user_id: data for u in users}
+
+    def _deliveries(self) -> dict[str, bytes]:
+        out = {}
+        for state in self.ap.active_users:
+            delivery = pb.ShareDelivery(session_id=self.ap.session_id)
+            delivery.shares.extend(self.sealed.get(state.index, []))
+            out[state.user_id] = pb.ApMessage(share_delivery=delivery).SerializeToString()
+        return out
+
+    def receive_extra(self, state: UserState, msg: pb.UserMessage) -> None:
+        """A reply of an extra exchange: the user's sealed shares, its Ack of the delivery, or
+        its shares of dropped users' keys."""
+        kind = msg.WhichOneof("body")
+        body = getattr(msg, kind) if kind else None
+        if body is None or body.session_id != self.ap.session_id:
+            raise ProtocolError(f"secure aggregation: {kind} from {state.user_id} out of place")
+        if kind == "secure_shares" and self.stage == "shares":
+            self._take_shares(state, body)
+        elif kind == "ack" and self.stage == "ready":
+            return
+        elif kind == "unmask_shares" and self.unmask_asked and body.round == self.ap.round:
+            self._take_revealed(state, body)
+        else:
+            raise ProtocolError(f"secure aggregation: {kind} from {state.user_id} out of place")
+
+    def _take_shares(self, state: UserState, body: pb.SecureShares) -> None:
+        recipients = sorted(i for i in self.by_index if i != state.index)
+        got = sorted(s.recipient for s in body.shares)
+        if got != recipients or any(s.sender != state.index for s in body.shares):
+            raise ProtocolError(
+                f"secure aggregation: {state.user_id} sent shares for {got}, expected one for "
+                f"each of {recipients}"
+            )
+        for share in body.shares:
+            if len(share.ciphertext) > 4096:
+                raise ProtocolError(f"secure aggregation: an oversized share from {state.user_id}")
+            self.sealed.setdefault(share.recipient, []).append(share)
+
+    def _take_revealed(self, state: UserState, body: pb.UnmaskShares) -> None:
+        missing = set(self._missing())
+        owners = [s.owner for s in body.shares]
+        if sorted(owners) != sorted(missing):
+            raise ProtocolError(
+                f"secure aggregation: {state.user_id} revealed shares of {owners}, "
+                f"asked for {sorted(missing)}"
+            )
+        for share in body.shares:
+            self.revealed.setdefault(share.owner, []).append(bytes(share.share))
+
+    # ------------------------------------------------------------------ rounds
+    def round_messages(self) -> dict[str, bytes]:
+        if self.stage != "done":
+            raise ProtocolError("secure aggregation: rounds before the key setup")
+        active = sorted(u.index for u in self.ap.active_users)
+        if len(active) < self.threshold:
+            raise ProtocolError(
+                f"secure aggregation: {len(active)} users left, fewer than the threshold "
+                f"{self.threshold}; the AP will not decode a sum of so few"
+            )
+        self._new_round(active)
+        return super().round_messages()
+
+    def complete_broadcast(self, msg: pb.CompactBroadcast, variables: AdmmVariables) -> None:
+        """A round's broadcast also carries Z - U (double precision) and the participants."""
+        if msg.final:
+            return
+        rep = self.representation
+        offset = rep.to_wire(variables.z - variables.u)
+        fill_matrix(msg.consensus_offset, offset, rep.wire_dtype(double=True))
+        msg.participants.extend(self.participants)
+
+    def receive_upload(self, state: UserState, upload) -> None:
+        """Keep a SecureUpload's masked vector (size,) uint64 of this round."""
+        ap = self.ap
+        if not isinstance(upload, pb.SecureUpload):
+            raise ProtocolError(f"secure aggregation: a plain upload from {state.user_id}")
+        if upload.session_id != ap.session_id or upload.round != ap.round:
+            raise ProtocolError(
+                f"upload from {state.user_id} for round {upload.round}, expected {ap.round}"
+            )
+        if state.index not in self.participants:
+            raise ProtocolError(f"upload from {state.user_id}, not a participant of the round")
+        what = f"secure upload from {state.user_id}"
+        self.masked[state.index] = check_matrix(upload.masked, what, (self.size,), (pb.UINT64,))
+        state.upload = (self.masked[state.index], self.masked[state.index])
+
+    def _missing(self) -> list[int]:
+        return [i for i in self.participants if i not in self.masked]
+
+    def step(self, users: list[UserState]) -> tuple[float, float]:
+        """F = the decoded average of the uploads (eq. 8), then Z and U (eqs. 17-18)."""
+        count = len(self.masked)
+        if count < self.threshold:
+            raise ProtocolError(
+                f"secure aggregation: round {self.ap.round} has {count} uploads, fewer than "
+                f"the threshold {self.threshold}"
+            )
+        total = sa.ring_sum(list(self.masked.values()))
+        missing = self._missing()
+        for index in missing:
+            total = self._unmask(total, index)
+        if missing:
+            self.recoveries.append({"round": self.ap.round, "users": missing})
+        rep = self.representation
+        values = sa.decode_sum(total) / count
+        f, losses = sa.unpack_contribution(
+            values, self.shared.f.shape, LOSS_TERMS, real=rep.widely_linear
+        )
+        self.losses = (float(losses[0]), float(losses[1]))
+        with single_thread():
+            return self.shared.consensus(f, self.power_budget, self.config.rho)
+
+    def _unmask(self, total: np.ndarray, dropped: int) -> np.ndarray:
+        """``total`` without the masks that the uploads carry for ``dropped``, whose masking key
+        is rebuilt from the survivors' shares."""
+        key = self.rebuilt.get(dropped)
+        if key is None:
+            shares = self.revealed.get(dropped, [])
+            if len(shares) < self.threshold:
+                raise ProtocolError(
+                    f"secure aggregation: {len(shares)} shares of user {dropped}'s masking key, "
+                    f"{self.threshold} needed to remove its masks"
+                )
+            key = sa.combine_key(shares)
+            registered = self.keys[self.by_index[dropped]][1]
+            if sa.public_bytes(key.public_key()) != registered:
+                raise ProtocolError(f"secure aggregation: shares do not rebuild user {dropped}")
+            self.rebuilt[dropped] = key
+        for index in self.masked:
+            public = sa.load_public(self.keys[self.by_index[index]][1], "masking key")
+            mask = sa.pair_mask(
+                sa.pair_secret(key, public), self.ap.session_id, self.ap.round, self.size
+            )
+            total = total - mask if index < dropped else total + mask
+        return total
+
+    def loss_totals(self) -> tuple[float, float]:
+        """(pilot MSE, objective) of the round: means over the uploads, decoded from the sum."""
+        if self.losses is None:
+            raise ProtocolError("secure aggregation: no decoded round")
+        return self.losses
+
+    def result_info(self) -> dict[str, Any]:
+        """Besides the round protocol: ``aggregation`` (threshold, participants, recoveries)."""
+        info = super().result_info()
+        info["aggregation"] = {
+            "mode": "secure",
+            "threshold": self.threshold,
+            "participants": len(self.by_index),
+            "recoveries": self.recoveries,
+        }
+        return info

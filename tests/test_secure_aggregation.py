@@ -1,0 +1,313 @@
+"""Secure aggregation (``--aggregation secure``): the AP learns only the sum of the users' F_l.
+
+* in-process: every round's F, Z, U and every G_l equal plain aggregation (compact protocol)
+  to 1e-6 relative, and ``semalign simulate`` gives the same test MSE and accuracy;
+* a masked upload alone looks nothing like its F_l (correlation ~ 0) while the sum decodes;
+* a user dropped mid-round: the others finish, its masks are removed (the iterates equal a
+  plain session that lost the same user at the same moment), and the AP refuses to decode
+  with fewer uploads than the threshold;
+* fixed point: values beyond the documented limit are refused, not wrapped;
+* networked: real ``semalign ap`` and ``semalign user`` processes, one user killed mid-round;
+* configurations secure aggregation cannot run are refused with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from semalign.client.user import User
+from semalign.common import secure_aggregation as sa
+from semalign.common.config import AlignmentConfig
+from semalign.common.credentials import user_token
+from semalign.common.errors import LinkClosed, ProtocolError
+from semalign.common.wire import parse_ap_message, parse_user_message, view_matrix
+from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.proto import semalign_pb2 as pb
+from semalign.server.access_point import AccessPoint
+from semalign.server.session import SessionDriver
+from synthetic import make_latents
+from test_core_protocol import _users_data
+
+from semalign.cli import main
+from semalign.engine.loopback import LoopbackLink
+
+BASE = {"antennas_tx": 2, "antennas_rx": 2, "channel_uses": 2, "iterations": 5}
+PLAIN = AlignmentConfig(**BASE, protocol="compact")
+SECURE = PLAIN.model_copy(update={"aggregation": "secure"})
+
+
+class DyingLink:
+    """A loopback link whose user dies when the broadcast of round ``dies_at`` reaches it: it
+    never answers, and the AP sees its stream closed."""
+
+    def __init__(self, link: LoopbackLink, dies_at: int) -> None:
+        self.link, self.dies_at, self.dead = link, dies_at, False
+        self.user = link.user
+
+    def send(self, data: bytes) -> None:
+        if self.dead:
+            raise LinkClosed("the user is gone")
+        msg = parse_ap_message(data)
+        if msg.WhichOneof("body") == "compact_broadcast":
+            body = msg.compact_broadcast
+            if body.round == self.dies_at and not body.final:
+                self.dead = True
+                return
+        self.link.send(data)
+
+    def receive(self, timeout: float | None) -> bytes:
+        if self.dead:
+            raise LinkClosed("the user is gone")
+        return self.link.receive(timeout)
+
+
+class TapLink(LoopbackLink):
+    """A loopback link that keeps every message its user sends."""
+
+    def __init__(self, user: User) -> None:
+        super().__init__(user)
+        self.sent: list[bytes] = []
+
+    def receive(self, timeout: float | None) -> bytes:
+        data = super().receive(timeout)
+        self.sent.append(data)
+        return data
+
+
+def _session(config: AlignmentConfig, *, dims=(10, 14, 12), d=16, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    ap_lat = rng.standard_normal((n + 50, d))
+    ap = AccessPoint(config=config, pilot_latents=ap_lat[:n], pilot_ids=np.arange(n))
+    users = [
+        User(
+            user_id=f"user{i + 1}",
+            encoder=f"enc{i}",
+            data=data,
+            antennas_rx=config.antennas_rx,
+            antennas_tx=config.antennas_tx,
+            snr_db=config.snr_db,
+            channel_seed=(config.seed, i),
+            share_csi=config.csi,
+            round_protocols=("compact",),
+            secure=config.aggregation == "secure",
+        )
+        for i, data in enumerate(_users_data(rng, ap_lat, dims, n, 50))
+    ]
+    return ap, users, ap_lat[n:]
+
+
+def _run(config: AlignmentConfig, *, dies: dict[int, int] | None = None, **kwargs):
+    """Round by round: the AP's F, Z, U and each live user's G_l; then the evaluation."""
+    ap, users, test = _session(config, **kwargs)
+    dies = dies or {}
+    links = [TapLink(u) for u in users]
+    wrapped = [DyingLink(lk, dies[i]) if i in dies else lk for i, lk in enumerate(links)]
+    driver = SessionDriver(ap, wrapped)
+    driver.handshake()
+    iterates = []
+    for _ in range(config.iterations):
+        record = driver.admm_round()
+        v = ap.strategy.shared
+        live = [u for u, w in zip(users, wrapped, strict=True) if not getattr(w, "dead", False)]
+        gs = {u.user_id: u.strategy.g.copy() for u in live}
+        iterates.append((record, v.f.copy(), v.z.copy(), v.u.copy(), gs))
+    driver.align()
+    requests = ap.evaluation_requests(test, np.arange(len(test)))
+    replies = driver._exchange("evaluation", requests)
+    reports = driver._deliver("evaluation", ap.receive_report, replies)
+    return iterates, reports, ap, links
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def _assert_same(got, want, tol=1e-6) -> None:
+    assert len(got) == len(want)
+    for (rec, f, z, u, gs), (wrec, wf, wz, wu, wgs) in zip(got, want, strict=True):
+        assert _rel(f, wf) < tol and _rel(z, wz) < tol
+        assert np.linalg.norm(u - wu) / max(np.linalg.norm(wu), np.linalg.norm(wf)) < tol
+        assert gs.keys() == wgs.keys()
+        for uid, g in wgs.items():
+            assert _rel(gs[uid], g) < tol
+        assert rec.mse == pytest.approx(wrec.mse, rel=tol)
+        assert rec.objective == pytest.approx(wrec.objective, rel=tol)
+        assert rec.users == wrec.users
+
+
+@pytest.mark.parametrize(
+    "case", [{}, {"csi": False}, {"equalizer": "widely-linear"}, {"snr_db": 5.0}]
+)
+def test_secure_iterates_equal_plain(case):
+    plain, plain_reports, _, _ = _run(PLAIN.model_copy(update=case))
+    secure, secure_reports, ap, _ = _run(SECURE.model_copy(update=case))
+    _assert_same(secure, plain)
+    for uid, report in plain_reports.items():
+        assert secure_reports[uid].mse == pytest.approx(report.mse, rel=1e-6)
+    info = ap.result_info()["aggregation"]
+    assert info == {"mode": "secure", "threshold": 2, "participants": 3, "recoveries": []}
+
+
+def test_masked_uploads_look_random_but_sum_to_the_average():
+    iterates, _, ap, links = _run(SECURE)
+    size = ap.strategy.size
+    uploads = []  # round 0's masked vectors
+    for link in links:
+        for data in link.sent:
+            msg = parse_user_message(data)
+            if msg.WhichOneof("body") == "secure_upload" and msg.secure_upload.round == 0:
+                uploads.append(np.array(view_matrix(msg.secure_upload.masked)))
+    assert len(uploads) == 3 and all(u.shape == (size,) for u in uploads)
+    average = sa.decode_sum(sa.ring_sum(uploads)) / 3
+    f0 = iterates[0][1]
+    f_part, _ = sa.unpack_contribution(average, f0.shape, 2, real=False)
+    assert _rel(f_part, f0) < 1e-9  # the sum decodes to the F the AP stepped with
+    for upload in uploads:  # alone, an upload is uniform noise on Z / 2^64
+        alone = sa.decode_sum(upload)
+        corr = np.corrcoef(alone, average)[0, 1]
+        assert abs(corr) < 0.3, corr
+        assert np.median(np.abs(alone)) > 1e6 * np.max(np.abs(average))
+
+
+def test_a_user_dropped_mid_round_is_survived_and_its_masks_removed():
+    four = {"dims": (10, 14, 12, 11)}
+    plain, plain_reports, _, _ = _run(PLAIN, dies={1: 2}, **four)
+    secure, secure_reports, ap, _ = _run(SECURE, dies={1: 2}, **four)
+    _assert_same(secure, plain)  # the masks of user2 are gone from round 2's sum
+    assert [r.users for r, *_ in secure] == [4, 4, 3, 3, 3]
+    assert sorted(secure_reports) == ["user1", "user3", "user4"]
+    info = ap.result_info()["aggregation"]
+    assert info["threshold"] == 3 and info["recoveries"] == [{"round": 2, "users": [1]}]
+    assert "user2" in [u.user_id for u in ap.users.values() if u.dropped]
+    for uid, report in plain_reports.items():
+        assert secure_reports[uid].mse == pytest.approx(report.mse, rel=1e-6)
+
+
+def test_fewer_uploads_than_the_threshold_are_not_decoded():
+    with pytest.raises(ProtocolError, match="threshold"):
+        _run(SECURE, dies={0: 1, 1: 1})  # 1 of 3 left; t = 2
+
+
+def test_a_user_refuses_to_mask_with_a_peer_whose_key_was_revealed():
+    config = SECURE.model_copy(update={"iterations": 3})
+    _, _, ap, links = _run(config, dies={2: 1}, dims=(10, 14, 12, 11))
+    user = links[0].user
+    assert user.strategy.revealed == {2}  # it gave its share of user3's key in round 1
+    stale = [*ap.strategy.participants, 2]
+    broadcast = pb.CompactBroadcast(session_id=ap.session_id, round=3, participants=stale)
+    with pytest.raises(ProtocolError, match="revealed"):
+        user.strategy.on_compact_broadcast(broadcast)
+
+
+def test_fixed_point_refuses_values_beyond_its_limit():
+    limit = sa.value_limit(4)
+    assert limit == 2.0**30 / 4
+    ok = np.array([limit * 0.99, -limit * 0.99, 1e-3])
+    assert np.allclose(sa.decode_sum(sa.quantize(ok, 4)), ok, rtol=0, atol=2.0**-32)
+    with pytest.raises(sa.QuantizationError, match="limit"):
+        sa.quantize(np.array([0.0, limit]), 4)
+    with pytest.raises(sa.QuantizationError, match="NaN"):
+        sa.quantize(np.array([np.nan]), 4)
+    # four values at the limit's edge sum without wrapping
+    total = sa.ring_sum([sa.quantize(-ok, 4)] * 4)
+    assert np.allclose(sa.decode_sum(total), -4 * ok, rtol=1e-12)
+
+
+def test_shares_rebuild_a_key_only_from_the_threshold():
+    keys = sa.UserKeys.generate()
+    shares = sa.split_key(keys.masking, 3, 5)
+    rebuilt = sa.combine_key(shares[1:4])
+    assert sa.private_bytes(rebuilt) == sa.private_bytes(keys.masking)
+    try:  # two shares of a threshold-3 secret give another key, or none
+        wrong = sa.private_bytes(sa.combine_key(shares[:2]))
+    except ProtocolError:
+        wrong = None
+    assert wrong != sa.private_bytes(keys.masking)
+
+
+# ---------------------------------------------------------------------------- CLI and network
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return make_latents(tmp_path_factory.mktemp("lat"), user_dims=(12, 20, 14), n_train=200)
+
+
+ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2", "--iterations", "4"]
+
+
+def test_simulate_secure_gives_the_test_mse_of_plain(latents, tmp_path):
+    root, ap, users = latents
+    argv = ["simulate", "--latents", str(root), "--ap", ap, "--users", ",".join(users)]
+    argv += [*ALIGN, "--protocol", "compact", "--seeds", "3", "-q"]
+    out = {}
+    for mode in ("plain", "secure"):
+        path = tmp_path / f"{mode}.json"
+        assert main([*argv, "--aggregation", mode, "--out", str(path)]) == 0
+        out[mode] = json.loads(path.read_text())
+    assert out["secure"]["mean_mse"] == pytest.approx(out["plain"]["mean_mse"], rel=1e-6)
+    for got, want in zip(out["secure"]["users"], out["plain"]["users"], strict=True):
+        assert got["mse"] == pytest.approx(want["mse"], rel=1e-6)
+        assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--strategy", "multi-link", "--protocol", "compact"],
+        ["--protocol", "paper"],
+        ["--strategy", "first-k", "--protocol", "compact"],
+    ],
+)
+def test_configurations_secure_aggregation_cannot_run_exit_2(latents, extra, capsys):
+    root, ap, users = latents
+    argv = ["simulate", "--latents", str(root), "--ap", ap, "--users", ",".join(users)]
+    assert main([*argv, *ALIGN, "--aggregation", "secure", *extra, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "secure" in err
+
+
+SECRET = "secure-aggregation-test-secret"
+
+
+def test_networked_user_killed_mid_round_the_others_finish(latents, tmp_path):
+    """Real processes: user2 kills itself (SIGKILL) when round 1's broadcast arrives."""
+    root, ap_enc, encoders = latents
+    port = free_port()
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    out = tmp_path / "ap.json"
+    semalign = semalign_command()
+    names = [f"user{i}" for i in range(1, len(encoders) + 1)]
+    ap_argv = [*semalign, "ap", "--users", ",".join(names), "--listen", f"127.0.0.1:{port}"]
+    ap_argv += ["--latents", str(root), "--ap", ap_enc, *ALIGN, "-q", "--insecure"]
+    ap_argv += ["--protocol", "compact", "--aggregation", "secure", "--seeds", "5"]
+    ap_argv += ["--out", str(out), "--workdir", str(tmp_path / "work")]
+    ap_argv += ["--secret-file", str(tmp_path / "secret"), "--reply-timeout", "60"]
+    with Processes(tmp_path / "logs") as procs:
+        users = {}
+        for name, encoder in zip(names, encoders, strict=True):
+            argv = [*semalign, "user", "--ap", f"127.0.0.1:{port}", "--user-id", name]
+            argv += ["--encoder", encoder, "--latents", str(root), "--insecure"]
+            argv += ["--connect-timeout", "60"]
+            env = child_env(single_thread=True, SEMALIGN_TOKEN=user_token(SECRET, name))
+            if name == "user2":
+                env["SEMALIGN_FAILPOINTS"] = "user.round=1:exit"
+            users[name] = procs.start(name, argv, env)
+        ap = procs.start("ap", ap_argv, child_env(single_thread=True))
+        try:
+            code = ap.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            code = None
+        logs = "\n".join(f"--- {c.name}\n{c.log_path.read_text()[-2000:]}" for c in procs.children)
+        user_codes = {name: child.proc.wait(60) for name, child in users.items()}
+    assert code == 3, logs  # finished, with a user lost
+    results = json.loads(out.read_text())
+    block = results["seeds"][0]
+    assert set(block["dropped"]) == {"user2"}, logs
+    reported = {u["name"]: u for u in block["users"]}
+    assert reported["user2"]["accuracy"] is None
+    assert reported["user1"]["accuracy"] is not None and reported["user3"]["accuracy"] is not None
+    assert block["aggregation"]["recoveries"] == [{"round": 1, "users": [1]}], block
+    assert [r["users"] for r in block["rounds"]] == [3, 2, 2, 2]
+    assert user_codes["user1"] == 0 and user_codes["user3"] == 0 and user_codes["user2"] != 0
