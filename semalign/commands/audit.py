@@ -111,13 +111,14 @@ def run_audit(args: argparse.Namespace) -> int:
     except (LatentsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     records: list[UserLeakage] = []
+    memo: dict = {}  # figures that do not depend on the protocol or seed
     for config in configs:
         for seed in seeds:
             if not args.quiet:
                 console.print(
                     f"audit: {config.protocol} rounds, target {config.target}, seed {seed}"
                 )
-            records += audit_seed(scenario, config.model_copy(update={"seed": seed}))
+            records += audit_seed(scenario, config.model_copy(update={"seed": seed}), memo)
     if not args.quiet:
         print_table(records, console)
     origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))

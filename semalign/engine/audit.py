@@ -19,6 +19,7 @@ shows what the AP learns from what the masks leave.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -191,10 +192,41 @@ def user_truth(user: Any, ap: AccessPoint) -> UserTruth:
     return UserTruth(y=user.y, native=native, labels=user.data.classifier.predict(native))
 
 
+def control_figures(truth: UserTruth, ap: AccessPoint) -> dict[str, float]:
+    """What needs no upload: probes and CKA on the true Y and on the AP's own pilots X, and
+    the majority label's share of the probes' test rows."""
+    n = truth.y.shape[1]
+    own = pa.real_samples(ap.x)
+    return {
+        "probe_truth_accuracy": pa.probe_accuracy(pa.real_samples(truth.y), truth.labels),
+        "probe_ap_accuracy": pa.probe_accuracy(own, truth.labels),
+        "probe_majority": pa.majority_share(truth.labels[pa.split_rows(n)[1]]),
+        "cka_truth": pa.linear_cka(pa.real_samples(truth.y), truth.native),
+        "cka_ap": pa.linear_cka(own, truth.native),
+    }
+
+
+def _controls(truth: UserTruth, ap: AccessPoint, memo: dict[str, dict[str, float]]) -> dict:
+    """:func:`control_figures`, computed once per content of Y, X, labels and native pilots
+    (protocols and seeds that share them reuse the figures)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (truth.y, ap.x, truth.labels, truth.native):
+        digest.update(np.ascontiguousarray(array).view(np.uint8))
+    key = digest.hexdigest()
+    if key not in memo:
+        memo[key] = control_figures(truth, ap)
+    return memo[key]
+
+
 def attack_user(
-    truth: UserTruth, uploads: Uploads, ap: AccessPoint, aggregate: np.ndarray | None
+    truth: UserTruth,
+    uploads: Uploads,
+    ap: AccessPoint,
+    aggregate: np.ndarray | None,
+    memo: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The attacks' figures for one user (the :class:`UserLeakage` fields they set)."""
+    """The attacks' figures for one user (the :class:`UserLeakage` fields they set);
+    ``memo`` keeps :func:`control_figures` between calls."""
     y, n = truth.y, truth.y.shape[1]
     variance = ap.representation.whitened_variance
     stack = np.vstack(uploads.rounds) if uploads.rounds else np.zeros((0, n), complex)
@@ -220,12 +252,8 @@ def attack_user(
         "r2_by_round": [r for _, r in by_round],
         "rank_by_round": [k for k, _ in by_round],
         "probe_accuracy": pa.probe_accuracy(guess, truth.labels),
-        "probe_truth_accuracy": pa.probe_accuracy(pa.real_samples(y), truth.labels),
-        "probe_ap_accuracy": pa.probe_accuracy(pa.real_samples(ap.x), truth.labels),
-        "probe_majority": pa.majority_share(truth.labels[pa.split_rows(n)[1]]),
         "cka": pa.linear_cka(guess, truth.native),
-        "cka_truth": pa.linear_cka(pa.real_samples(y), truth.native),
-        "cka_ap": pa.linear_cka(pa.real_samples(ap.x), truth.native),
+        **_controls(truth, ap, {} if memo is None else memo),
     }
 
 
@@ -258,8 +286,11 @@ def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> np.ndarray | No
     return np.vstack([sum(rounds) for rounds in zip(*(u.rounds for u in uploads), strict=True)])
 
 
-def audit_seed(scenario: Scenario, config: AlignmentConfig) -> list[UserLeakage]:
-    """Run one recorded in-process session for ``config`` and attack every user's uploads."""
+def audit_seed(
+    scenario: Scenario, config: AlignmentConfig, memo: dict | None = None
+) -> list[UserLeakage]:
+    """Run one recorded in-process session for ``config`` and attack every user's uploads
+    (``memo``: control figures kept between sessions, :func:`attack_user`)."""
     if config.user_groups > 1:
         raise UsageError("audit: --user-groups > 1 runs several sessions; audit one at a time")
     ap, users = build_session(scenario, config)
@@ -274,7 +305,8 @@ def audit_seed(scenario: Scenario, config: AlignmentConfig) -> list[UserLeakage]
     aggregate = aggregate_rounds(list(uploads.values()), ap)
     out = []
     for user in users:
-        figures = attack_user(user_truth(user, ap), uploads[user.user_id], ap, aggregate)
+        truth = user_truth(user, ap)
+        figures = attack_user(truth, uploads[user.user_id], ap, aggregate, memo)
         report = result.reports.get(user.user_id, {})
         out.append(
             UserLeakage(
