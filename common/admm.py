@@ -302,6 +302,35 @@ def f_steps(
     The same arithmetic as one :func:`solve_sylvester` per user, with the two products by the
     (c, c) V_B and V_B^H stacked over users: two BLAS calls instead of 2 L.
     """
+    scaled = _rotated_f_steps(uploads, duals, gram, rho)
+    if not scaled:
+        return []
+    out = np.concatenate(scaled) @ gram.eigvecs_h
+    return list(np.split(out, np.cumsum([len(s) for s in scaled])[:-1]))
+
+
+def f_mean(
+    uploads: Sequence[tuple[np.ndarray, np.ndarray]],
+    duals: Sequence[tuple[np.ndarray, np.ndarray]],
+    gram: GramFactor,
+    rho: float,
+) -> np.ndarray:
+    """F = (1/L) sum_l F_l (eqs. 8, 13-14) without the F_l: :func:`f_steps` then
+    :func:`average`, with V_B^H applied once to the mean instead of to each F_l (L times fewer
+    (K N_T, c) x (c, c) products). Returns F (K N_T, c)."""
+    scaled = _rotated_f_steps(uploads, duals, gram, rho)
+    if not scaled:
+        raise ShapeError("cannot average zero local pre-equalizers")
+    return (sum(scaled) / len(scaled)) @ gram.eigvecs_h
+
+
+def _rotated_f_steps(
+    uploads: Sequence[tuple[np.ndarray, np.ndarray]],
+    duals: Sequence[tuple[np.ndarray, np.ndarray]],
+    gram: GramFactor,
+    rho: float,
+) -> list[np.ndarray]:
+    """F_l V_B (K N_T, c) for every user: eq. (14)'s solution before the final V_B^H."""
     n = gram.n
     shift = n * rho
     bases, eigs, lefts = [], [], []
@@ -319,8 +348,7 @@ def f_steps(
         block = rotated[row : row + len(eig_a)]
         scaled.append(vec_a @ (block / (np.outer(eig_a, gram.eigvals) + shift)))
         row += len(eig_a)
-    out = np.concatenate(scaled) @ gram.eigvecs_h
-    return list(np.split(out, np.cumsum([len(e) for e in eigs])[:-1]))
+    return scaled
 
 
 def f_step(

@@ -300,3 +300,19 @@ def test_compact_step_equals_the_explicit_g_step_and_uplink():
         assert step.noise_term == pytest.approx(noise, rel=1e-9)
     thin = crandn(rng, k_nr, 3) @ crandn(rng, 3, c)  # H F of rank 3 < K N_R, no noise
     assert admm.compact_step(thin, hbar, b, r.conj().T @ r, y_norm2, n, 0.0) is None
+
+
+def test_f_mean_is_the_average_of_the_local_f_steps():
+    """F = mean of f_steps' F_l (eq. 8), the final V_B^H applied once to the mean."""
+    rng = np.random.default_rng(3)
+    c, n, k_nt = 9, 60, 4
+    gram = admm.factor_gram(crandn(rng, c, n))
+    uploads, duals = [], []
+    for _ in range(3):
+        g_h = crandn(rng, 7, k_nt)
+        uploads.append((g_h.conj().T @ g_h, crandn(rng, k_nt, c)))
+        duals.append((crandn(rng, k_nt, c), crandn(rng, k_nt, c)))
+    mean = admm.average(admm.f_steps(uploads, duals, gram, 0.7))
+    np.testing.assert_allclose(admm.f_mean(uploads, duals, gram, 0.7), mean, rtol=1e-12)
+    with pytest.raises(admm.ShapeError):
+        admm.f_mean([], [], gram, 0.7)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from semalign.common import admm
 from semalign.common.threads import single_thread
 from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
 from semalign.server.strategies.base import UserState
@@ -17,6 +16,6 @@ class SharedAdmm(AdmmStrategy):
         return self.shared
 
     def step(self, users: list[UserState]) -> tuple[float, float]:
-        local = self.local_steps(users)
+        f = self.local_mean(users)
         with single_thread():
-            return self.shared.consensus(admm.average(local), self.power_budget, self.config.rho)
+            return self.shared.consensus(f, self.power_budget, self.config.rho)
