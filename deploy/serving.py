@@ -175,15 +175,13 @@ def start_endpoints(server, plan: Plan, metrics_listen: str | None, health_liste
     the gRPC health service alone on ``health_listen``; both stop with ``server``. Their
     addresses go to ``plan.endpoints``; UsageError with one line if one cannot listen."""
     from semalign.deploy.observability_options import listen_address
-    from semalign.server.health import start_health_server
+    from semalign.server.service import start_health_server
 
     if health_listen:
         try:
-            health, address = start_health_server(server.service.health, health_listen)
+            plan.endpoints["health"] = start_health_server(server, health_listen)
         except TransportError as exc:
             raise UsageError(f"--health-listen: {exc}") from None
-        server.companions.append(lambda: health.stop(None).wait())
-        plan.endpoints["health"] = address
     if metrics_listen:
         from semalign.server.metrics import ApMetrics
 

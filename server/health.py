@@ -4,20 +4,19 @@ Two names are answered: ``""`` (the server) and ``semalign.v1.Alignment`` (the a
 service). Both are NOT_SERVING until the AP opens its first session's lobby, SERVING from then
 on, and NOT_SERVING for good once the service closes (its sessions are over, or the AP shuts
 down). The health service needs no credentials and tells nothing but that status. It is added
-to the alignment service's own server; :func:`start_health_server` also serves it alone on
-another address in plaintext (a container's own probe, when the alignment service wants client
-certificates, which the AP's container does not hold).
+to the alignment service's own server;
+:func:`~semalign.server.service.start_health_server` also serves it alone on another address
+in plaintext (a container's own probe, when the alignment service wants client certificates,
+which the AP's container does not hold).
 """
 
 from __future__ import annotations
 
-from concurrent import futures
-
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from semalign.common.contract import SERVICE, TransportError, check_address
+from semalign.common.contract import SERVICE
 
-__all__ = ["ApHealth", "start_health_server"]
+__all__ = ["ApHealth"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -44,20 +43,3 @@ class ApHealth:
 
     def add_to(self, server: grpc.Server) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
-
-
-def start_health_server(ap_health: ApHealth, address: str) -> tuple[grpc.Server, str]:
-    """Serve ``ap_health`` alone on ``address`` in plaintext (two worker threads); returns the
-    started server and its bound ``host:port``. TransportError with one line if it cannot
-    listen there."""
-    host, _ = check_address(address, what="health listen address")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
-    ap_health.add_to(server)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise TransportError(f"cannot listen on {address}: {exc}") from None
-    if not port:
-        raise TransportError(f"cannot listen on {address} (in use or not a local address)")
-    server.start()
-    return server, f"{f'[{host}]' if ':' in host else host}:{port}"

@@ -34,7 +34,8 @@ reason):
    with "message too large", without waiting for a comeback.
 
 The server also answers the standard gRPC health checking protocol
-(:mod:`semalign.server.health`): SERVING from the first lobby until the service closes.
+(:mod:`semalign.server.health`): SERVING from the first lobby until the service closes;
+:func:`start_health_server` serves it alone on another address.
 
 Bytes are counted per link where they cross the gRPC boundary: both sides register the method
 without protobuf (de)serializers, so the byte strings a link hands to gRPC (counted when the driver
@@ -413,6 +414,25 @@ def start_server(
     )
     server.add_generic_rpc_handlers((service.handler(),))
     service.health.add_to(server)
+    port = _listen(server, address, tls)
+    server.start()
+    return RunningServer(server, service, port, _shown(host, port))
+
+
+def start_health_server(running: RunningServer, address: str) -> str:
+    """Serve ``running``'s health service alone, in plaintext, on ``address`` (for loopback: a
+    container's healthcheck), stopped with ``running``; the bound ``host:port``."""
+    host, _ = check_address(address, what="health listen address")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    running.service.health.add_to(server)
+    port = _listen(server, address, None)
+    server.start()
+    running.companions.append(lambda: server.stop(None).wait())
+    return _shown(host, port)
+
+
+def _listen(server: grpc.Server, address: str, tls: TlsFiles | None) -> int:
+    """Add ``address`` (TLS with ``tls``) to ``server``: its port, or TransportError."""
     try:
         if tls is not None and tls.enabled:
             port = server.add_secure_port(address, tls.server_credentials())
@@ -422,6 +442,8 @@ def start_server(
         raise TransportError(f"cannot listen on {address}: {exc}") from None
     if not port:
         raise TransportError(f"cannot listen on {address} (in use or not a local address)")
-    server.start()
-    shown = f"[{host}]" if ":" in host else host
-    return RunningServer(server, service, port, f"{shown}:{port}")
+    return port
+
+
+def _shown(host: str, port: int) -> str:
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
