@@ -14,7 +14,8 @@ metric (``semalign_`` prefix)           fed from (results file)
                                         (``seeds[].wire.stragglers``)
 ``bytes_down_total{user,phase}``        payload bytes the AP sent the user: ``phase="round"``
 ``bytes_up_total{user,phase}``          from ``seeds[].rounds[].bytes_{down,up}_per_user``,
-                                        ``final``/``evaluation`` from ``seeds[].phases``
+                                        ``final``/``evaluation`` (and ``setup``, secure
+                                        aggregation's key setup) from ``seeds[].phases``
 ``current_round``                       the last ADMM round finished (``seeds[].rounds[].round``)
 ``round_latency_seconds``               histogram of ``seeds[].rounds[].seconds``
 ======================================  ======================================================

@@ -366,6 +366,7 @@ class SessionDriver:
         setup = self._extra_exchanges("setup")
         if setup["bytes_down"]:  # secure aggregation's key setup
             self.phases["setup"] = setup
+            self.metrics.phase_traffic("setup", setup)
         if self.checkpoint:
             self.checkpoint(self)
 

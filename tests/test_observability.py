@@ -341,3 +341,39 @@ def test_metrics_port_in_use_is_one_line(latents, tmp_path):
             start_service(SECRET, "127.0.0.1:0", plan, metrics_listen=taken)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("aggregation", ["plain", "secure"])
+def test_in_process_driver_feeds_the_metrics_with_its_results(aggregation):
+    """The driver alone (loopback links), user2 gone at round 2: every counter equals the
+    SessionResult, the secure aggregation's key setup included."""
+    import numpy as np
+    from semalign.server.metrics import ApMetrics
+    from semalign.server.session import SessionDriver
+    from test_secure_aggregation import PLAIN, DyingLink, _session
+
+    from semalign.engine.loopback import LoopbackLink
+
+    config = PLAIN.model_copy(update={"aggregation": aggregation})
+    ap, users, test = _session(config)
+    links = [LoopbackLink(u) for u in users]
+    links[1] = DyingLink(links[1], dies_at=2)
+    metrics = ApMetrics()
+    result = SessionDriver(ap, links, metrics=metrics).run(test, np.arange(len(test)))
+
+    def sample(name: str, **labels) -> float:
+        return metrics.registry.get_sample_value(f"semalign_{name}", labels) or 0.0
+
+    assert sample("users_joined_total") == len(result.user_order) == 3
+    assert sample("users_lost_total") == len(result.dropped) == 1
+    assert sample("round_latency_seconds_count") == len(result.rounds) == config.iterations
+    phases = ["final", "evaluation"] + (["setup"] if aggregation == "secure" else [])
+    assert ("setup" in result.phases) == (aggregation == "secure")
+    for direction in ("down", "up"):
+        key = f"bytes_{direction}_per_user"
+        rounds = [r.to_dict() for r in result.rounds]
+        blocks = {"round": rounds, **{p: [result.phases[p]] for p in phases}}
+        for phase, rows in blocks.items():
+            want = per_user(rows, key)
+            got = {u: sample(f"bytes_{direction}_total", user=u, phase=phase) for u in want}
+            assert want and got == want, (direction, phase)
