@@ -30,9 +30,13 @@ from semalign.deploy.option_checks import (
     warn_insecure,
 )
 
+from semalign.commands.config_files import apply_config_file
 from semalign.commands.options import (
+    GivenStore,
     HelpFormatter,
     add_alignment_arguments,
+    add_ap_encoder_argument,
+    add_config_argument,
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
@@ -46,12 +50,18 @@ DEFAULT_SUPERLINK_PORT = 9092
 DEFAULT_RUNTIME_PORT = 9094
 
 
-def check_ap_side(args: argparse.Namespace) -> None:
-    """Options shared by ``run`` and ``ap``."""
+#: The ``--config`` keys besides the config fields, of ``run`` and of ``ap``.
+RUN_SCENARIO = ("seeds", "ap_encoder", "user_encoders", "num_users", "latents", "dataset")
+AP_SCENARIO = ("seeds", "ap_encoder", "num_users", "user_ids", "latents", "dataset")
+
+
+def check_ap_side(args: argparse.Namespace, scenario: tuple[str, ...]) -> None:
+    """Options shared by ``run`` and ``ap`` (a ``--config`` file read first)."""
     from semalign.commands.options import config_from_args
 
+    apply_config_file(args, scenario)
     config_from_args(args)  # the alignment options, before anything else
-    check_data(args, "--ap")
+    check_data(args, "--ap-encoder", "ap")
     check_seconds("--join-timeout", args.join_timeout)
     check_seconds("--reply-timeout", args.reply_timeout)
     check_seconds("--first-message-timeout", args.first_message_timeout)
@@ -61,7 +71,7 @@ def check_ap_side(args: argparse.Namespace) -> None:
 
 
 def validate_run(args: argparse.Namespace) -> None:
-    check_ap_side(args)
+    check_ap_side(args, RUN_SCENARIO)
     check_folder("--workdir", args.workdir)
     if args.insecure:
         warn_insecure()
@@ -70,13 +80,18 @@ def validate_run(args: argparse.Namespace) -> None:
 def validate_ap(args: argparse.Namespace) -> None:
     from semalign.deploy.ap import expected_users
 
-    check_ap_side(args)
+    check_ap_side(args, AP_SCENARIO)
     check_host_port("--advertise address", args.advertise)
     check_host_port("--superlink-listen address", args.superlink_listen)
     observability_options.check_health(args)
+    if args.users is None:
+        raise UsageError(
+            "the users to wait for are required: --users, now spelled --num-users N or "
+            "--user-ids IDS"
+        )
     expected = expected_users(args.users)
     if not isinstance(expected, int):
-        check_user_ids("--users", expected)
+        check_user_ids("--user-ids", expected)
     check_positive("--max-streams-per-address", args.max_streams_per_address)
     check_folder("--workdir", args.workdir)
     check_file("--secret-file", args.secret_file)
@@ -165,8 +180,10 @@ def add_tls_arguments(parser: argparse.ArgumentParser, side: str) -> None:
 
 
 def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options ``run`` and ``ap`` share: data, AP encoder, alignment, timeouts."""
-    parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
+    """The options ``run`` and ``ap`` share: a config file, data, AP encoder, alignment,
+    timeouts."""
+    add_config_argument(parser)
+    add_ap_encoder_argument(parser)
     add_data_arguments(parser)
     add_alignment_arguments(parser.add_argument_group("alignment"))  # type: ignore[arg-type]
     parser.add_argument(
@@ -204,6 +221,33 @@ def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
         "--out", default=out, help="write the results JSON here (checked before any work)"
     )
     add_verbosity_arguments(parser)
+
+
+def _user_ids(text: str) -> str:
+    """``--user-ids``: ids, not a count (that is ``--num-users``)."""
+    if text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is a count: use --num-users {text.strip()}")
+    return text
+
+
+def _count(text: str) -> str:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return text.strip()
+
+
+def add_expected_users_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ap``: ``--num-users N`` or ``--user-ids IDS`` (one of them, in ``args.users``), and
+    the deprecated ``--users`` that took either."""
+    group = parser.add_mutually_exclusive_group()
+    add = group.add_argument
+    add("--num-users", dest="users", action=GivenStore, type=_count, metavar="N",
+        help="how many users to wait for (ids user1..userN)")  # fmt: skip
+    add("--user-ids", dest="users", action=GivenStore, type=_user_ids, metavar="IDS",
+        help="the comma-separated ids of the users to wait for")  # fmt: skip
+    add("--users", dest="users", action=GivenStore,
+        deprecated={"--users": "--num-users N or --user-ids IDS"},
+        help="deprecated: --num-users N or --user-ids IDS")  # fmt: skip
 
 
 def register_run(subparsers) -> None:
@@ -254,11 +298,7 @@ def register_ap(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(ap)
-    ap.add_argument(
-        "--users",
-        required=True,
-        help="how many users to wait for (N), or their comma-separated user ids",
-    )
+    add_expected_users_arguments(ap)
     ap.add_argument(
         "--listen", default=f"0.0.0.0:{DEFAULT_PORT}", help="alignment service listen address"
     )

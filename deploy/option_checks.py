@@ -206,15 +206,16 @@ def check_positive(option: str, value: int | None) -> None:
         raise UsageError(f"{option} must be at least 1, got {value}")
 
 
-def check_data(args: argparse.Namespace, encoder_option: str) -> None:
+def check_data(args: argparse.Namespace, encoder_option: str, dest: str | None = None) -> None:
     """``--latents`` (an existing folder) or ``--cache-dir`` (a folder we can write) and, to
-    encode into it, a registered encoder in ``encoder_option`` (if given)."""
+    encode into it, a registered encoder in ``encoder_option`` (if given; stored in ``dest``,
+    by default the option's name)."""
     if args.latents is not None:
         if not Path(args.latents).is_dir():
             raise UsageError(f"--latents {args.latents}: no such folder")
         return
     check_folder("--cache-dir", args.cache_dir)
-    name = getattr(args, encoder_option[2:].replace("-", "_"))
+    name = getattr(args, dest or encoder_option[2:].replace("-", "_"))
     if name:
         from semalign.encoders import registry
 

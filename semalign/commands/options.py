@@ -1,20 +1,35 @@
 """Options shared by the subcommands, and the help formatter they all use.
 
-Alignment options are generated from :class:`~semalign.common.config.AlignmentConfig`, so
-the config model is the one place a field, its bounds, its default and its help are written.
+Session options are generated from :class:`~semalign.common.config.AlignmentConfig` and
+:class:`~semalign.common.channels.ChannelConfig` (:mod:`semalign.commands.config_options`,
+re-exported here), so the config models are the one place a field, its bounds, its default and
+its help are written; ``--config FILE`` is :mod:`semalign.commands.config_files`.
+
+Names mean one thing everywhere: ``--ap-encoder`` is the AP's encoder, ``--user-encoders`` the
+users' encoders, ``--num-users`` how many users, ``--user-ids`` which users (``ap``), and
+``semalign user --ap`` the AP's address. The older ``--ap`` (an encoder) and ``--users`` (an
+encoder list, a count or ids) stay accepted for one release and log a deprecation warning.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
-from typing import Literal, get_args, get_origin
 
-from pydantic import ValidationError
-
-from semalign.common.channels import ChannelConfig
-from semalign.common.config import AlignmentConfig
+from semalign.commands.config_options import (  # noqa: F401 (re-exported)
+    CHANNEL_OPTIONS,
+    CLI_FIELDS,
+    DEFAULT_SEEDS,
+    GivenStore,
+    add_alignment_arguments,
+    add_channel_arguments,
+    channel_from_args,
+    check_channel_users,
+    config_from_args,
+    given,
+    option_of,
+    parse_seeds,
+)
 from semalign.common.errors import UsageError
 
 
@@ -28,174 +43,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or "default" in text:
             return text
         return super()._get_help_string(action)
-
-
-#: AlignmentConfig fields that are per-session CLI options (the seed comes from --seeds; the
-#: nested ``channel`` has flat options of its own, ``CHANNEL_OPTIONS``).
-CLI_FIELDS: tuple[str, ...] = tuple(
-    f for f in AlignmentConfig.model_fields if f not in ("seed", "channel")
-)
-
-#: ChannelConfig field -> its flat option of ``simulate`` / ``run`` / ``ap``.
-CHANNEL_OPTIONS: dict[str, str] = {
-    "model": "--channel-model",
-    "rho_tx": "--rho-tx",
-    "rho_rx": "--rho-rx",
-    "k_factor": "--k-factor",
-    "aod_deg": "--aod-deg",
-    "aoa_deg": "--aoa-deg",
-    "csi_error_variance": "--csi-error",
-    "user_snr_db": "--user-snr-db",
-    "distances": "--distances",
-    "snr_ref_db": "--snr-ref-db",
-    "reference_distance": "--reference-distance",
-    "path_loss_exponent": "--path-loss-exponent",
-}
-
-#: What each channel option defaults to, for its help.
-_CHANNEL_DEFAULTS: dict[str, str] = {
-    "model": "rayleigh",
-    "rho_tx": "0 when only --rho-rx is given",
-    "rho_rx": "0 when only --rho-tx is given",
-    "k_factor": "required by rician",
-    "aod_deg": "uniform per user",
-    "aoa_deg": "uniform per user",
-    "csi_error_variance": "0, perfect CSI",
-    "user_snr_db": "--snr-db for every user",
-    "distances": "none",
-    "snr_ref_db": "--snr-db",
-    "reference_distance": "1",
-    "path_loss_exponent": "3",
-}
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-
-
-#: Help texts clearer on a command line than the field descriptions.
-_CHANNEL_HELP: dict[str, str] = {
-    "csi_error_variance": "CSI error variance sigma_e^2 (linear, per entry, channel power 1): "
-    "users and the AP design with Hhat = Hbar + E, symbols go through Hbar",
-    "snr_ref_db": "path loss: SNR at --reference-distance, dB",
-    "reference_distance": "path loss: reference distance d_ref, metres",
-    "path_loss_exponent": "path loss: exponent n, SNR_l = SNR_ref - 10 n log10(d_l / d_ref)",
-}
-
-
-def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flat options for :class:`ChannelConfig` (``config_from_args`` nests them as ``channel``)."""
-    for name, option in CHANNEL_OPTIONS.items():
-        info = ChannelConfig.model_fields[name]
-        text = _CHANNEL_HELP.get(name, info.description)
-        help_text = f"{text} (default: {_CHANNEL_DEFAULTS[name]})"
-        dest = f"channel_{name}"
-        if name == "model":
-            parser.add_argument(
-                option, dest=dest, choices=get_args(info.annotation), help=help_text
-            )
-        elif name in ("user_snr_db", "distances"):
-            help_text += "; comma-separated, one per user in --users order"
-            if name == "user_snr_db":
-                help_text += " (negative values need '=': --user-snr-db=-5,10)"
-            parser.add_argument(option, dest=dest, type=_float_list, metavar="LIST", help=help_text)
-        else:
-            metavar = {"rho_tx": "RHO", "rho_rx": "RHO", "k_factor": "K", "aod_deg": "DEG"}
-            metavar |= {"aoa_deg": "DEG", "csi_error_variance": "VAR", "snr_ref_db": "DB"}
-            metavar |= {"reference_distance": "M", "path_loss_exponent": "N"}
-            parser.add_argument(
-                option, dest=dest, type=float, metavar=metavar[name], help=help_text
-            )
-
-
-def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
-    """The alignment options shared by ``simulate`` and ``run`` (names of the reference code).
-
-    Generated from :class:`AlignmentConfig`: option ``--channel-uses`` for field
-    ``channel_uses``, its description as help, its default, its Literal values as choices.
-    """
-    for name in CLI_FIELDS:
-        info = AlignmentConfig.model_fields[name]
-        option = "--" + name.replace("_", "-")
-        help_text = f"{info.description} (default: %(default)s)"
-        if info.annotation is bool:
-            parser.add_argument(
-                option, action=argparse.BooleanOptionalAction, default=info.default, help=help_text
-            )
-        elif get_origin(info.annotation) is Literal:
-            parser.add_argument(
-                option, choices=get_args(info.annotation), default=info.default, help=help_text
-            )
-        else:
-            parser.add_argument(option, type=info.annotation, default=info.default, help=help_text)
-    add_channel_arguments(parser)
-    parser.add_argument(
-        "--seeds", default="27,42", help="comma-separated seeds (default: %(default)s)"
-    )
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``--seeds``: comma-separated integers in 0..2^32-1 (numpy's seed range)."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise UsageError("--seeds is empty")
-    bad = [s for s in seeds if not 0 <= s < 2**32]
-    if bad:
-        raise UsageError(f"--seeds must be in 0..{2**32 - 1}, got {bad[0]}")
-    return seeds
-
-
-def channel_from_args(args: argparse.Namespace) -> ChannelConfig:
-    """The ChannelConfig of the flat channel options (UsageError with one line, naming the
-    option, on bad values)."""
-    given = {
-        name: getattr(args, f"channel_{name}")
-        for name in CHANNEL_OPTIONS
-        if getattr(args, f"channel_{name}", None) is not None
-    }
-    try:
-        return ChannelConfig(**given)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["loc"]:
-            option = CHANNEL_OPTIONS[str(err["loc"][0])]
-            raise UsageError(f"{option}: {msg} (got {err.get('input')!r})") from None
-        for name, option in CHANNEL_OPTIONS.items():
-            if name != "model":
-                msg = re.sub(rf"\b{name}\b", option, msg)
-        raise UsageError(f"channel options: {msg}") from None
-
-
-def config_from_args(args: argparse.Namespace) -> AlignmentConfig:
-    """Validated AlignmentConfig from CLI arguments (UsageError with one line on bad values)."""
-
-    channel = channel_from_args(args)
-    try:
-        return AlignmentConfig(**{f: getattr(args, f) for f in CLI_FIELDS}, channel=channel)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
-        raise UsageError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
-
-
-def check_channel_users(config: AlignmentConfig, users: int) -> None:
-    """A per-user SNR list (``--user-snr-db``, ``--distances``) must have one entry per user."""
-    try:
-        config.channel.user_snrs(users, config.snr_db)
-    except ValueError as exc:
-        msg = str(exc)
-        for name in ("user_snr_db", "distances"):
-            msg = msg.replace(name, CHANNEL_OPTIONS[name])
-        raise UsageError(msg) from None
 
 
 #: The user group when ``--users`` is not given.
@@ -226,6 +73,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, latents: bool = True)
     group.add_argument(
         "--dataset",
         default="digits",
+        action=GivenStore,
         choices=list(DATASETS),
         help="dataset the encoders encode when their latents are not cached yet",
     )
@@ -236,6 +84,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, latents: bool = True)
     if latents:
         group.add_argument(
             "--latents",
+            action=GivenStore,
             help="use this latent folder <dir>/<encoder>/{train,val,test}.npz as it is "
             "(default: <cache-dir>/<dataset>, encoded on first use)",
         )
@@ -265,12 +114,74 @@ def parse_weights(items: list[str]) -> dict[str, Path]:
     return out
 
 
+def _encoder_names(text: str) -> str:
+    """``--user-encoders``: names (or a group), never a bare count (that is ``--num-users``)."""
+    if text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is a count: use --num-users {text.strip()}")
+    return text
+
+
+def _count(text: str) -> str:
+    """``--num-users``: a positive integer (kept as text: the users' spec)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return text.strip()
+
+
 def add_users_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--users",
+    """``--user-encoders`` or ``--num-users`` (``simulate``, ``run``; both store the users'
+    spec in ``args.users``), and the deprecated ``--users`` that took either."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--user-encoders",
+        dest="users",
         default=DEFAULT_USERS,
-        help="user encoders: a count N (the first N of the paper-users group, or of --latents), "
-        "a group name, or comma-separated encoder names (default: %(default)s)",
+        action=GivenStore,
+        type=_encoder_names,
+        metavar="ENCODERS",
+        help="the users' encoders, one user each: a group name (paper-users, homogeneous, "
+        "heterogeneous) or comma-separated encoder names (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-users",
+        dest="users",
+        action=GivenStore,
+        type=_count,
+        metavar="N",
+        help="N users: the first N encoders of the paper-users group, or of --latents "
+        "(repeated if N is larger)",
+    )
+    group.add_argument(
+        "--users",
+        dest="users",
+        action=GivenStore,
+        deprecated={"--users": "--user-encoders or --num-users"},
+        help="deprecated: --user-encoders ENCODERS or --num-users N",
+    )
+
+
+def add_ap_encoder_argument(parser: argparse.ArgumentParser) -> None:
+    """``--ap-encoder`` (``args.ap``), and its deprecated spelling ``--ap``."""
+    parser.add_argument(
+        "--ap-encoder",
+        "--ap",
+        dest="ap",
+        action=GivenStore,
+        deprecated={"--ap": "--ap-encoder"},
+        metavar="ENCODER",
+        help="the AP's encoder (default: the registry's default AP; formerly --ap, deprecated)",
+    )
+
+
+def add_config_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """``--config FILE``: options from a TOML, YAML or results JSON file; flags override it."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from FILE: TOML or YAML (keys: the config fields, e.g. snr_db, "
+        "admm_penalty or rho, channel.rho_tx or a [channel] table, seeds, ap_encoder, "
+        "user_encoders, latents" + what + ") or a results JSON (its `config` block: the "
+        "same run again); options given on the command line override it",
     )
 
 
@@ -341,7 +252,8 @@ def check_cache_dir(args: argparse.Namespace) -> None:
 
 
 def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
-    """``--users``: a count N, a group name, or comma-separated encoder names.
+    """The users' spec (``--num-users`` N, or ``--user-encoders``: a group name or
+    comma-separated encoder names) -> the user encoders.
 
     N takes the first N encoders of the default group (``paper-users``), or with ``--latents``
     the first N encoders of that cache other than the AP's, repeating them if N is larger.
@@ -352,11 +264,11 @@ def resolve_users(spec: str, latents: Path | None, ap: str) -> list[str]:
 
     spec = spec.strip()
     if not spec.strip(", "):
-        raise UsageError("--users is empty")
+        raise UsageError("--user-encoders/--users is empty")
     if spec.isdigit():
         count = int(spec)
         if count < 1:
-            raise UsageError("--users must be at least 1")
+            raise UsageError("--num-users must be at least 1")
         if latents is not None:
             pool = [e for e in available_encoders(latents) if e != ap]
             if not pool:
@@ -419,7 +331,8 @@ def check_latents(latents_dir: str | Path, ap: str, users: list[str]) -> None:
 
 
 def resolve_latents(args: argparse.Namespace) -> tuple[Path, str, list[str]]:
-    """``--latents``/``--ap``/``--users`` -> (latent folder, AP encoder, user encoders)."""
+    """``--latents``/``--ap-encoder``/``--user-encoders`` or ``--num-users`` -> (latent
+    folder, AP encoder, user encoders)."""
     from semalign.encoders import registry
 
     ap = args.ap or registry.DEFAULT_AP

@@ -1,13 +1,26 @@
-"""``semalign simulate``: the AP and all users in one process (in-memory transport)."""
+"""``semalign simulate``: the AP and all users in one process (in-memory transport).
+
+Progress goes to stderr: a live bar in a terminal; otherwise plain lines, one per 10 % of a
+seed's rounds and one per finished seed (none with ``--quiet``). ``--track`` logs each seed as a
+tracked run, each round as it ends. ``--config FILE`` reads the options from a file (a results
+JSON runs the same sessions again).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
+from semalign.commands.config_files import apply_config_file
 from semalign.commands.options import (
     HelpFormatter,
     add_alignment_arguments,
+    add_ap_encoder_argument,
+    add_config_argument,
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
@@ -17,6 +30,12 @@ from semalign.commands.options import (
     parse_seeds,
     resolve_latents,
 )
+from semalign.commands.tracking_options import (
+    add_tracking_arguments,
+    check_tracking,
+    open_tracker_from_args,
+)
+from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError, UsageError
 from semalign.common.io import write_json
 from semalign.common.records import RoundRecord, SeedResult
@@ -26,15 +45,36 @@ from semalign.engine.simulate import record_user_snrs, simulate, user_snrs
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 from semalign.summary import print_summary
 
+#: The ``--config`` keys besides the config fields.
+SCENARIO = ("seeds", "ap_encoder", "user_encoders", "num_users", "latents", "dataset")
+
+
+def round_text(seed: int, r: RoundRecord, iterations: int) -> str:
+    """One round's figures: pilot MSE, residuals, bytes."""
+    return (
+        f"seed {seed} round {r.round + 1}/{iterations} "
+        f"pilot MSE (whitened) {r.mse:.4f} primal res {r.primal_residual:.2e} "
+        f"dual res {r.dual_residual:.2e} "
+        f"down {r.bytes_down / 1e6:.2f} MB up {r.bytes_up / 1e6:.2f} MB"
+    )
+
+
+def reported_round(r: RoundRecord, iterations: int) -> bool:
+    """Whether a plain (not terminal) display prints round ``r``: one per 10 % of the rounds,
+    and the last."""
+    every = max(1, math.ceil(iterations / 10))
+    return (r.round + 1) % every == 0 or r.round + 1 == iterations
+
 
 def run_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     started = datetime.now(timezone.utc)
+    apply_config_file(args, SCENARIO)
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.out)
+    check_tracking(args)
     console = Console(stderr=True)
     try:
         latents_dir, ap, users = resolve_latents(args)
@@ -46,44 +86,107 @@ def run_simulate(args: argparse.Namespace) -> int:
     except (LatentsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))
+    tracker = open_tracker_from_args(args, "simulate")
+    runs = None
+    if tracker is not None:
+        from semalign.tracking.live import SeedRuns
+
+        params = {**config.params(), "ap_encoder": ap, "latents": str(latents_dir)}
+        params.pop("seed", None)
+        names = dict(zip(user_names(users), users, strict=True))
+        runs = SeedRuns(tracker, f"simulate {config.strategy}", params, origin, names)
+    try:
+        run = _run_with_progress(console, args, scenario, config, seeds, runs)
+    finally:
+        if tracker is not None:
+            tracker.close()
+    results = stamp_results(record_user_snrs(run.to_dict(), snrs), origin)
+    if not args.quiet:
+        print_summary(results, console)
+    if runs is not None:
+        console.print(f"tracked: {runs.finished} seed run(s) in {args.track}", highlight=False)
+        if runs.error:
+            console.print(f"[yellow]tracking stopped after a failure: {runs.error}[/yellow]")
+    if args.out:
+        console.print(f"results written to {write_json(args.out, results)}")
+    return 0
+
+
+def _run_with_progress(
+    console: Any,
+    args: argparse.Namespace,
+    scenario: Any,
+    config: AlignmentConfig,
+    seeds: list[int],
+    runs: Any,
+) -> Any:
+    """Every seed, with the live display in a terminal or plain lines otherwise."""
+    if args.quiet or not console.is_terminal:
+        on_round, on_seed = _plain_callbacks(config, seeds, quiet=args.quiet)
+        return simulate(
+            scenario, config, seeds, on_round=_also(on_round, runs), on_seed=_also(on_seed, runs)
+        )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     steps = config.iterations if get_strategy(config.strategy).has_rounds else 1
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-        disable=args.quiet,
-    ) as progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task(f"{config.strategy}", total=steps * len(seeds), info="")
 
         def on_round(seed: int, r: RoundRecord) -> None:
-            progress.update(
-                task,
-                advance=1,
-                info=(
-                    f"seed {seed} round {r.round + 1}/{config.iterations} "
-                    f"pilot MSE (whitened) {r.mse:.4f} primal res {r.primal_residual:.2e} "
-                    f"dual res {r.dual_residual:.2e} "
-                    f"down {r.bytes_down / 1e6:.2f} MB up {r.bytes_up / 1e6:.2f} MB"
-                ),
-            )
+            progress.update(task, advance=1, info=round_text(seed, r, config.iterations))
 
         def on_seed(block: SeedResult) -> None:
             if steps == 1:
                 progress.update(task, advance=1)
-            progress.update(
-                task, info=f"seed {block.seed}: mean accuracy {block.mean_accuracy:.3f}"
+            info = f"seed {block.seed}: mean accuracy {block.mean_accuracy:.3f}"
+            progress.update(task, info=info)
+
+        return simulate(
+            scenario, config, seeds, on_round=_also(on_round, runs), on_seed=_also(on_seed, runs)
+        )
+
+
+def say(line: str) -> None:
+    """One plain progress line on stderr, flushed (a pipe or a log file sees it now)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _plain_callbacks(
+    config: AlignmentConfig, seeds: list[int], *, quiet: bool
+) -> tuple[Callable, Callable]:
+    """Plain progress lines on stderr (nothing when ``quiet``)."""
+    done = [0]
+
+    def on_round(seed: int, r: RoundRecord) -> None:
+        if not quiet and reported_round(r, config.iterations):
+            say(round_text(seed, r, config.iterations))
+
+    def on_seed(block: SeedResult) -> None:
+        done[0] += 1
+        if not quiet:
+            took = f", {block.seconds:.1f} s" if block.seconds is not None else ""
+            say(
+                f"seed {block.seed} done ({done[0]}/{len(seeds)}): mean accuracy "
+                f"{block.mean_accuracy:.3f}{took}"
             )
 
-        run = simulate(scenario, config, seeds, on_round=on_round, on_seed=on_seed)
-    results = stamp_results(record_user_snrs(run.to_dict(), snrs), origin)
-    if not args.quiet:
-        print_summary(results, console)
-    if args.out:
-        console.print(f"results written to {write_json(args.out, results)}")
-    return 0
+    return on_round, on_seed
+
+
+def _also(callback: Callable, runs: Any) -> Callable:
+    """``callback``, then the tracker's (``on_round(seed, record)`` or ``on_seed(block)``)."""
+    if runs is None:
+        return callback
+
+    def both(*values: Any) -> None:
+        callback(*values)
+        if len(values) == 2:
+            runs.on_round(*values)
+        else:
+            runs.on_seed(*values)
+
+    return both
 
 
 def register(subparsers) -> None:
@@ -91,13 +194,17 @@ def register(subparsers) -> None:
         "simulate",
         help="run AP and users in one process (in-memory transport)",
         description="Federated latent-space alignment with the AP and all users in one "
-        "process, exchanging the same serialized messages as the networked system.",
+        "process, exchanging the same serialized messages as the networked system. Options "
+        "can come from --config FILE (TOML, YAML, or a results JSON to run the same sessions "
+        "again); options on the command line override it.",
         formatter_class=HelpFormatter,
     )
+    add_config_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
+    add_ap_encoder_argument(parser)
     add_users_argument(parser)
     add_alignment_arguments(parser)
     parser.add_argument("--out", help="write the results JSON here (checked before any work)")
+    add_tracking_arguments(parser, "each seed (its rounds as they end)", "simulate")
     add_verbosity_arguments(parser)
     parser.set_defaults(func=run_simulate)

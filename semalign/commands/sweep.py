@@ -1,14 +1,16 @@
 """``semalign sweep``: the experiment grid of the paper's section IV, resumable, in parallel.
 
-Argparse and console only: the grid is :mod:`semalign.experiments.grid`, the plan
-:mod:`semalign.experiments.plan`, the table :mod:`semalign.experiments.table` and the runs
-:mod:`semalign.experiments.runner`.
+Progress goes to stderr: a live bar in a terminal, otherwise one plain line per finished run
+(none with ``--quiet``). Argparse and console only: the grid is
+:mod:`semalign.experiments.grid`, the plan :mod:`semalign.experiments.plan`, the table
+:mod:`semalign.experiments.table` and the runs :mod:`semalign.experiments.runner`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from semalign.commands.sweep_options import (
     add_grid_arguments,
     grid_from_args,
 )
+from semalign.commands.tracking_options import check_tracking, open_tracker_from_args
 from semalign.common.errors import LatentsError, SweepError, UsageError
 from semalign.common.packing import complex_dim
 from semalign.common.stats import nan_mean
@@ -96,38 +99,25 @@ def _uncached(
 def _check_execution(args: argparse.Namespace) -> None:
     """``--executor``, ``--ray-address`` and ``--track*`` checked before any work: a backend
     that is not installed is one line and exit 2."""
-    from semalign.tracking import missing_backend
-
     if args.ray_address and args.executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
-    for option, value in (
-        ("--track-uri", args.track_uri),
-        ("--track-experiment", args.track_experiment),
-    ):
-        if value and not args.track:
-            raise UsageError(f"{option} needs --track")
+    if args.track_uri and not args.track:
+        raise UsageError("--track-uri needs --track")  # before the executor, as ever
     try:
         check_executor(args.executor)
     except SweepError as exc:
         raise UsageError(f"--executor {args.executor}: {exc}") from None
-    if args.track:
-        reason = missing_backend(args.track)
-        if reason:
-            raise UsageError(f"--track {args.track}: {reason}")
+    check_tracking(args)
 
 
-def _open_tracker(args: argparse.Namespace, table_path: Path) -> Any:
-    """The tracker of ``--track`` (None without it); its experiment defaults to the table's
-    name (``sweep-fig2`` for ``results/sweep-fig2.csv``)."""
-    from semalign.tracking import TrackingError, open_tracker
-
-    if not args.track:
-        return None
-    experiment = args.track_experiment or table_path.stem
-    try:
-        return open_tracker(args.track, args.track_uri, experiment)
-    except TrackingError as exc:
-        raise UsageError(f"--track {args.track}: {exc}") from None
+def describe_run(run: Run, axes: tuple[str, ...]) -> str:
+    """A run's cell in words, with the value of every ``--set`` axis (``iterations=5``)."""
+    text = describe(run.group, run.config)
+    for key in axes:
+        channel = key.startswith("channel.")
+        value = getattr(run.config.channel, key[8:]) if channel else getattr(run.config, key)
+        text += f" {key}={value}"
+    return text
 
 
 # ---------------------------------------------------------------------------- command
@@ -154,7 +144,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         _print_plan(console, args, plan, table_path)
     if args.dry_run:
         return 0
-    tracker = _open_tracker(args, table_path)
+    # the experiment defaults to the table's name (sweep-fig2 for results/sweep-fig2.csv)
+    tracker = open_tracker_from_args(args, table_path.stem)
     try:
         summary = _run_with_progress(console, plan, table_path, args, workers, tracker)
     finally:
@@ -299,24 +290,30 @@ def _run_with_progress(
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, console=console, disable=args.quiet) as progress:
+    plain = not args.quiet and not console.is_terminal
+    count = [0]
+    with Progress(*columns, console=console, disable=args.quiet or plain) as progress:
         task = progress.add_task("sweep", total=len(plan.runs), info="")
 
         def on_start(summary: SweepSummary) -> None:
             progress.update(task, completed=summary.already_done)
+            count[0] = summary.already_done
             if summary.already_done:
                 progress.console.print(
                     f"resuming: {summary.already_done} run(s) already in {table_path}"
                 )
 
         def on_run(run: Run, rows: list[dict[str, Any]] | None, error: str | None) -> None:
-            cell = describe(run.group, run.config)
+            cell = describe_run(run, plan.grid.axes_keys)
+            count[0] += 1
             if rows is not None:
                 mean = nan_mean(r["accuracy"] for r in rows)
                 info = f"{cell} seed {run.config.seed}: acc {mean:.3f}"
             else:
-                info = f"[red]{cell} failed[/red]"
-            progress.update(task, advance=1, info=info)
+                info = f"{cell} seed {run.config.seed} failed: {error}"
+            if plain:  # a pipe or a log file: one flushed line per finished run
+                print(f"run {count[0]}/{len(plan.runs)} {info}", file=sys.stderr, flush=True)
+            progress.update(task, advance=1, info=info if rows is not None else f"[red]{info}")
 
         try:
             return run_sweep(

@@ -1,13 +1,28 @@
 """``semalign sweep``'s grid and execution options: their arguments and their parsing into a
-:class:`~semalign.experiments.grid.SweepGrid` (a preset's fields overridden by the options)."""
+:class:`~semalign.experiments.grid.SweepGrid` (a preset's fields, then a ``--config`` file's,
+overridden by the options).
+
+``--set KEY=V1,V2`` (repeatable) sweeps any config key that the results table has a column
+for (:func:`settable_keys`): the cartesian product over every ``--set`` and the grid's axes.
+The grid's own options are shorthands: ``--set strategy=fed,top-k`` is ``--strategies
+fed,top-k`` (:data:`SHORTHANDS`); other keys become :attr:`SweepGrid.axes`. Values are parsed
+by the field's type (``--set csi=on,off``, ``--set channel.rho_tx=0,0.5``).
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
-from semalign.common.config import STRATEGIES
+from pydantic import TypeAdapter, ValidationError
+
+from semalign.commands.config_files import KEY_ALIASES, read_mapping
+from semalign.commands.config_options import GivenStore, given
+from semalign.commands.options import add_ap_encoder_argument, add_config_argument
+from semalign.commands.tracking_options import add_tracking_arguments
+from semalign.common.channels import ChannelConfig
+from semalign.common.config import STRATEGIES, AlignmentConfig
 from semalign.common.errors import SweepError, UsageError
 from semalign.experiments.grid import PRESETS, SweepGrid, grid_from_options
 from semalign.experiments.plan import (
@@ -15,7 +30,6 @@ from semalign.experiments.plan import (
     resolve_groups,
 )
 from semalign.experiments.runner import EXECUTORS
-from semalign.tracking import TRACKERS
 
 
 # ---------------------------------------------------------------------------- options
@@ -81,12 +95,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def grid_from_args(args: argparse.Namespace) -> tuple[SweepGrid, dict[str, list[str]], list[str]]:
     """The validated grid, its groups (label -> user encoders) and every encoder it needs, the
-    AP first."""
+    AP first (a ``--config`` file read into ``args`` first)."""
     from semalign.encoders import registry
 
+    apply_sweep_config(args)
+    overrides = _overrides(args)
+    overrides["axes"] = _set_axes(parse_set(args.set or []), overrides)
     latents_given = bool(args.latents)
     try:
-        grid = grid_from_options(args.preset, _overrides(args))
+        grid = grid_from_options(args.preset, overrides)
         groups, users = resolve_groups(grid.groups, latents_given)
         ap = default_ap(grid)
         if not latents_given:
@@ -96,9 +113,185 @@ def grid_from_args(args: argparse.Namespace) -> tuple[SweepGrid, dict[str, list[
     return grid, groups, list(dict.fromkeys([ap, *users]))
 
 
+# ---------------------------------------------------------------------------- --set
+#: Config keys that a grid option sweeps: key -> (grid field, the option).
+SHORTHANDS: dict[str, str] = {
+    "strategy": "strategies",
+    "channel_uses": "channel_uses",
+    "snr_db": "snr_db",
+    "seed": "seeds",
+    "pilot_fraction": "pilot_fractions",
+    "csi": "csi",
+    "task_model": "task_models",
+    "target": "targets",
+    "pilot_selection": "pilot_selections",
+    "user_groups": "user_groups",
+    "equalizer": "equalizers",
+    "channel.model": "channel_models",
+    "channel.k_factor": "k_factors",
+    "channel.csi_error_variance": "csi_errors",
+}
+
+
+def settable_keys() -> list[str]:
+    """The config keys ``--set`` sweeps: those the results table has a column for (every
+    channel field goes to its ``channel`` column), bar the per-user lists."""
+    from semalign.experiments.table import COLUMNS
+
+    keys = [
+        k for k in AlignmentConfig.model_fields if k in COLUMNS and k not in ("seed", "channel")
+    ]
+    keys += [f"channel.{k}" for k in ChannelConfig.model_fields]
+    return [k for k in keys if k not in ("channel.user_snr_db", "channel.distances")]
+
+
+def set_key(text: str) -> str:
+    """A ``--set`` key as its config key: dashes as underscores, renamed options' names
+    (``admm_penalty``, ``tx_correlation``) and bare channel fields (``rho_tx``) accepted."""
+    key = text.strip().replace("-", "_")
+    key = KEY_ALIASES.get(key, key)
+    if key.startswith("channel.") and key[8:] in KEY_ALIASES:  # channel.csi_error
+        key = KEY_ALIASES[key[8:]]
+    if key == "seeds":
+        key = "seed"
+    if key in ChannelConfig.model_fields and key not in AlignmentConfig.model_fields:
+        key = f"channel.{key}"
+    if key != "seed" and key not in settable_keys():
+        raise UsageError(
+            f"--set {text}: not a config key with a column in the sweep table; keys: "
+            + ", ".join(settable_keys())
+        )
+    return key
+
+
+def _field_type(key: str) -> Any:
+    if key == "seed":
+        return int
+    if key.startswith("channel."):
+        return ChannelConfig.model_fields[key.removeprefix("channel.")].annotation
+    return AlignmentConfig.model_fields[key].annotation
+
+
+def parse_set(items: list[str]) -> dict[str, tuple[Any, ...]]:
+    """``KEY=V1,V2`` items -> {config key: values}, each value parsed by the field's type."""
+    axes: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise UsageError(f"--set expects KEY=V1,V2,..., got {item!r}")
+        key = set_key(name)
+        if key in axes:
+            raise UsageError(f"--set {name.strip()} is given twice")
+        adapter = TypeAdapter(_field_type(key))
+        values = []
+        for part in _split(text):
+            try:
+                values.append(adapter.validate_python(part))
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"]
+                raise UsageError(f"--set {name.strip()}: {part!r}: {msg}") from None
+        axes[key] = tuple(dict.fromkeys(values))
+    return axes
+
+
+def _set_axes(axes: dict[str, tuple[Any, ...]], overrides: dict[str, Any]) -> tuple:
+    """Put ``--set`` keys with a grid option into ``overrides`` (a conflict with the option
+    itself is an error); the others are the grid's :attr:`~SweepGrid.axes`."""
+    from semalign.experiments.grid import OPTION_NAMES
+
+    rest = []
+    for key, values in axes.items():
+        field_ = SHORTHANDS.get(key)
+        if field_ is None:
+            scalar = key if key in ("iterations", "rho", "power") else None
+            if scalar is not None and overrides.get(scalar) is not None:
+                raise UsageError(f"--set {key} and {OPTION_NAMES[scalar]} both given")
+            rest.append((key, values))
+            continue
+        if overrides.get(field_) is not None:
+            raise UsageError(f"--set {key} and {OPTION_NAMES[field_]} both given")
+        overrides[field_] = values
+    return tuple(rest)
+
+
+# ---------------------------------------------------------------------------- --config
+#: The sweep's own options a config file may set (keys as their ``args`` attributes).
+_SWEEP_KEYS = (
+    "preset", "strategies", "channel_uses", "antennas", "snr_db", "seeds", "groups",
+    "pilot_fractions", "csi_modes", "iterations", "power", "baseline_fit", "topk_index_cost",
+    "channel_models", "correlations", "k_factors", "csi_errors", "task_models", "targets",
+    "pilot_selections", "user_groups", "equalizers", "latents", "dataset", "table",
+)  # fmt: skip
+
+
+def apply_sweep_config(args: argparse.Namespace) -> None:
+    """Fill ``args`` from ``--config`` where the command line did not: the sweep's options
+    (lists or comma-separated text), ``ap_encoder``, a ``[set]`` table, and any other config
+    key as a ``--set`` axis (one value or a list). A results JSON is one cell: its config."""
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    data = read_mapping(path)
+    data.pop("from_results", None)
+    given_keys = {set_key(item.partition("=")[0]) for item in args.set or []}
+    extra = dict(data.pop("set", None) or {})
+    if "user_encoders" in data:  # a results JSON's users: one group
+        data["groups"] = "+".join(_listed(data.pop("user_encoders")))
+    for key, value in data.items():
+        key = KEY_ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        if key == "ap_encoder":
+            if not given(args, "ap"):
+                args.ap = value
+        elif key in _SWEEP_KEYS and not _an_axis(key, value):
+            if getattr(args, key, None) is None or key in ("dataset",) and not given(args, key):
+                setattr(args, key, _text(value))
+        else:
+            extra[key] = value
+    for key, value in extra.items():
+        if key == "channel" and isinstance(value, dict):
+            for sub, sub_value in value.items():
+                _add_set(args, f"channel.{sub}", sub_value, given_keys)
+        else:
+            _add_set(args, key, value, given_keys)
+
+
+def _an_axis(key: str, value: Any) -> bool:
+    """A value a sweep option cannot take: a table, or several values of a one-value
+    option (``iterations = [5, 10]``: a ``--set`` axis instead)."""
+    several = isinstance(value, (list, tuple)) and key in ("iterations", "power")
+    return isinstance(value, dict) or several
+
+
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else _split(str(value))
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _add_set(args: argparse.Namespace, key: str, value: Any, given_keys: set[str]) -> None:
+    """A config file's key as a ``--set`` item, unless the command line sets it; a value the
+    grid cannot cross (None, a per-user list) is left out only when it is the default."""
+    if value is None or isinstance(value, dict):
+        return  # an unset channel field (a results JSON's channel block)
+    name = set_key(key)
+    option = {"csi": "csi_modes"}.get(SHORTHANDS.get(name, name), SHORTHANDS.get(name, name))
+    if name in given_keys or getattr(args, option, None) is not None:
+        return  # the command line sets it
+    args.set = [*(args.set or []), f"{key}={_text(value)}"]
+
+
 # ---------------------------------------------------------------------------- parser
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
+    add_config_argument(
+        parser,
+        ", preset, the grid options (strategies, channel_uses, antennas...; lists or "
+        "comma-separated), a [set] table, any other config key as a --set axis",
+    )
     add("--preset", choices=tuple(PRESETS), help="the paper's grids: " + ", ".join(PRESETS))
     add("--strategies", help="comma-separated: " + ",".join(STRATEGIES) + " (default: all)")
     add("--channel-uses", help="K values, e.g. 1,2,4,6,8,10,20 (default: those)")
@@ -123,12 +316,26 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-csi", dest="csi_modes", action="store_const", const=(False,), help="no CSI only"
     )
     csi.add_argument("--csi-modes", dest="csi_modes", help="e.g. on,off")
-    add("--iterations", type=int, help="ADMM rounds T (default: 30)")
-    add("--rho", type=float, help="ADMM penalty (default: 1)")
-    add("--power", type=float, help="transmit power budget P_T (default: 1)")
-    add("--baseline-fit", choices=("received", "full"), help="see `simulate --help`")
-    add("--topk-index-cost", choices=("none", "channel-uses"), help="see `simulate --help`")
-    add("--ap", help="AP encoder (default: the registry's default AP)")
+    fields = AlignmentConfig.model_fields
+    for name, kind in (("iterations", int), ("power", float)):
+        add(f"--{name}", type=kind, help=f"{fields[name].description} (default: "
+            f"{fields[name].default:g})")  # fmt: skip
+    add("--admm-penalty", "--rho", dest="rho", type=float, metavar="RHO", action=GivenStore,
+        deprecated={"--rho": "--admm-penalty"},
+        help=f"{fields['rho'].description} (default: {fields['rho'].default:g}; formerly "
+        "--rho, deprecated)")  # fmt: skip
+    for name in ("baseline_fit", "topk_index_cost"):
+        option = "--" + name.replace("_", "-")
+        add(option, choices=get_args(fields[name].annotation), help="see `simulate --help`")
+    add_ap_encoder_argument(parser)
+    add(
+        "--set",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="sweep a config key over these values (repeatable; the cartesian product of all), "
+        "e.g. --set iterations=5,10 --set admm_penalty=0.5,1; keys with a column in the "
+        "table: the config fields and channel.<field> (the grid options are shorthands)",
+    )
     add(
         "--channel-models",
         help="fading models, e.g. rayleigh,kronecker,rician (default: rayleigh)",
@@ -181,22 +388,9 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
         help="Ray cluster to run on (ray.init(address=...), e.g. auto or ray://head:10001); "
         "its nodes need semalign and the latents at the same path (default: a local instance)",
     )
-    track = parser.add_argument_group("experiment tracking")
-    track.add_argument(
-        "--track",
-        choices=tuple(TRACKERS),
-        help="log every run (config, per-round pilot MSE, objective, residuals, bytes, round "
-        "seconds, final per-user metrics) to MLflow, TensorBoard or W&B "
-        "(pip install 'semalign[mlflow]', [tensorboard] or [wandb])",
-    )
-    track.add_argument(
-        "--track-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else file:./mlruns), "
-        "TensorBoard log folder (default: runs) or W&B folder (default: here; WANDB_MODE=offline "
-        "for no account)",
-    )
-    track.add_argument(
-        "--track-experiment",
-        help="MLflow experiment, TensorBoard sub-folder or W&B project (default: the table's "
-        "name, e.g. sweep-fig2)",
+    add_tracking_arguments(
+        parser,
+        "every run after it finishes (config, per-round pilot MSE, objective, residuals, "
+        "bytes, round seconds, final per-user metrics)",
+        "the table's name, e.g. sweep-fig2",
     )

@@ -117,11 +117,12 @@ OPTION_NAMES: dict[str, str] = {
     "pilot_fractions": "--pilot-fractions",
     "csi": "--csi-modes",
     "iterations": "--iterations",
-    "rho": "--rho",
+    "rho": "--admm-penalty",
     "power": "--power",
     "baseline_fit": "--baseline-fit",
     "topk_index_cost": "--topk-index-cost",
-    "ap": "--ap",
+    "ap": "--ap-encoder",
+    "axes": "--set",
     "channel_models": "--channel-models",
     "correlations": "--correlations",
     "k_factors": "--k-factors",
@@ -214,6 +215,11 @@ class SweepGrid(BaseModel):
     equalizers: tuple[str, ...] = Field(
         ("linear",), description="ADMM: linear or widely-linear F and G (baselines: linear only)"
     )
+    axes: tuple[tuple[str, tuple[Any, ...]], ...] = Field(
+        (),
+        description="more axes (``sweep --set``): (config key, its values), crossed with the "
+        "others; a ChannelConfig field as ``channel.<field>``; they override the fields above",
+    )
 
     @field_validator("antennas", mode="before")
     @classmethod
@@ -252,6 +258,12 @@ class SweepGrid(BaseModel):
         for name in ("iterations", "rho", "power", "baseline_fit", "topk_index_cost"):
             _probe(name, {name: getattr(self, name)})
         self.channels()  # every channel is valid
+        for key, values in self.axes:
+            if not values:
+                raise ValueError(f"--set {key}: no values")
+        if self.axes:
+            for _ in self.configs():  # every crossing of the axes is a valid config
+                pass
         if "fed" not in self.strategies and all(g > 1 for g in self.user_groups):
             raise ValueError(f"{OPTION_NAMES['user_groups']} above 1 needs strategy fed")
         if set(self.equalizers) != {"linear"} and not set(self.strategies) & set(ADMM_STRATEGIES):
@@ -307,7 +319,19 @@ class SweepGrid(BaseModel):
 
         A user-group count above 1 is crossed with ``fed`` only (grouping shares one F per
         group; no other strategy has an F to share), a widely-linear equalizer with the ADMM
-        strategies only (the baselines select complex features)."""
+        strategies only (the baselines select complex features). The :attr:`axes` are crossed
+        with every other field last."""
+        for group, config in self._base_configs():
+            for values in itertools.product(*(values for _, values in self.axes)):
+                yield group, with_values(config, dict(zip(self.axes_keys, values, strict=True)))
+
+    @property
+    def axes_keys(self) -> tuple[str, ...]:
+        """The config keys of :attr:`axes`, in order."""
+        return tuple(key for key, _ in self.axes)
+
+    def _base_configs(self) -> Iterator[tuple[str, AlignmentConfig]]:
+        """:meth:`configs` before the :attr:`axes` are crossed in."""
         research = [
             dict(zip(RESEARCH_AXES.values(), values, strict=True))
             for values in itertools.product(*(getattr(self, n) for n in RESEARCH_AXES))
@@ -347,6 +371,30 @@ class SweepGrid(BaseModel):
                     **options,
                 ),
             )
+
+
+def with_values(config: AlignmentConfig, values: dict[str, Any]) -> AlignmentConfig:
+    """``config`` with config keys set (``channel.<field>`` in its channel), validated.
+
+    Raises:
+        ValueError: the result is not a valid config (one line naming ``--set`` and the key).
+    """
+    if not values:
+        return config
+    data = config.model_dump()
+    for key, value in values.items():
+        if key.startswith("channel."):
+            data["channel"][key.removeprefix("channel.")] = value
+        else:
+            data[key] = value
+    try:
+        return AlignmentConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise ValueError(f"--set {loc or 'values'}: {msg} (with {shown})") from None
 
 
 def _probe(grid_field: str, values: dict[str, Any]) -> None:

@@ -1,0 +1,78 @@
+"""Session runs tracked as they happen: each seed one tracked run, each round logged when it
+ends (``simulate``, and the AP of ``run`` and ``ap``).
+
+A tracking failure never stops the session: the first one is kept in :attr:`SeedRuns.error`
+(and logged), and nothing more is sent to the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from semalign.tracking.runs import Tracker, from_seed_block, round_metric_values
+
+log = logging.getLogger(__name__)
+
+
+class SeedRuns:
+    """One tracked run per seed of a session run, logged round by round.
+
+    Args:
+        tracker: an open backend (:func:`semalign.tracking.open_tracker`).
+        name: the runs' name; `` seed <seed>`` is appended.
+        params: the run's parameters (the config, the encoders); ``seed`` is added per seed.
+        tags: the provenance (strings).
+        user_encoders: user id -> encoder, logged as the parameters ``<user>/encoder``.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        name: str,
+        params: dict[str, Any],
+        tags: dict[str, Any] | None = None,
+        user_encoders: dict[str, str] | None = None,
+    ) -> None:
+        self.tracker, self.name = tracker, name
+        self.params = {**params, **{f"{u}/encoder": e for u, e in (user_encoders or {}).items()}}
+        self.tags = {k: "" if v is None else str(v) for k, v in (tags or {}).items()}
+        self.live: dict[int, Any] = {}
+        self.finished = 0
+        self.error: str | None = None
+
+    def _run(self, seed: int) -> Any:
+        if seed not in self.live:
+            self.live[seed] = self.tracker.start(
+                f"{self.name} seed {seed}", {**self.params, "seed": seed}, self.tags, self.name
+            )
+        return self.live[seed]
+
+    def _guard(self, action, *args: Any) -> None:  # noqa: ANN001
+        if self.error is not None:
+            return
+        try:
+            action(*args)
+        except Exception as exc:  # a backend's failure must not stop the session
+            self.error = str(exc) or type(exc).__name__
+            log.warning("tracking stopped after a failure: %s", self.error)
+
+    def on_round(self, seed: int, record: Any) -> None:
+        """Log one round (a :class:`~semalign.common.records.RoundRecord` or its dict)."""
+        self._guard(lambda: self._run(seed).round(_step(record), round_metric_values(record)))
+
+    def on_seed(self, block: Any) -> None:
+        """Finish the seed's run with its final metrics (a seed's results block or record)."""
+
+        def finish() -> None:
+            data = block.to_dict() if hasattr(block, "to_dict") else block
+            final = from_seed_block(self.name, {}, data).final
+            self._run(int(data["seed"])).finish(final)
+            self.finished += 1
+
+        self._guard(finish)
+
+
+def _step(record: Any) -> int:
+    data = record.to_dict() if hasattr(record, "to_dict") else record
+    return int(data.get("round", 0))
