@@ -27,9 +27,10 @@ then the user's two loss scalars). It is sent as q = round(v 2^:data:`FRACTION_B
 ring Z / 2^64 (numpy ``uint64``, whose addition wraps modulo 2^64), plus the masks. The sum
 over P participants is decoded as a signed 64-bit integer, which is exact when every |q| is
 below 2^62 / P: :func:`quantize` refuses (:class:`QuantizationError`) any entry with
-|v| >= 2^(62 - FRACTION_BITS) / P = 2^30 / P (about 1.07e9 / P) instead of wrapping. The
-rounding error is at most 2^-33 (1.2e-10) per entry and user, so the decoded average is within
-1.2e-10 of the exact one in every entry.
+|v| >= 2^(62 - FRACTION_BITS) / P = 2^26 / P (about 6.7e7 / P) instead of wrapping. Honest
+values are far smaller: entries of F_l are O(1) and the loss scalars at most about m/2. The
+rounding error is at most 2^-37 (7.3e-12) per entry and user, so the decoded average is within
+7.3e-12 of the exact one in every entry.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
 )
 from semalign.common.errors import ProtocolError, SemalignError
 
-#: fractional bits of the fixed-point encoding (quantization step 2^-32 = 2.3e-10)
-FRACTION_BITS = 32
+#: fractional bits of the fixed-point encoding (quantization step 2^-36 = 1.5e-11)
+FRACTION_BITS = 36
 #: the sum of P contributions stays below 2^HEADROOM_BITS in magnitude (< 2^63: no wrap)
 HEADROOM_BITS = 62
 #: the curve of both key pairs
