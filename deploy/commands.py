@@ -41,6 +41,8 @@ from semalign.commands.options import (
     add_users_argument,
     add_verbosity_arguments,
     check_folder,
+    names_not_count,
+    user_count,
 )
 
 #: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
@@ -223,27 +225,14 @@ def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     add_verbosity_arguments(parser)
 
 
-def _user_ids(text: str) -> str:
-    """``--user-ids``: ids, not a count (that is ``--num-users``)."""
-    if text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is a count: use --num-users {text.strip()}")
-    return text
-
-
-def _count(text: str) -> str:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return text.strip()
-
-
 def add_expected_users_arguments(parser: argparse.ArgumentParser) -> None:
     """``ap``: ``--num-users N`` or ``--user-ids IDS`` (one of them, in ``args.users``), and
     the deprecated ``--users`` that took either."""
     group = parser.add_mutually_exclusive_group()
     add = group.add_argument
-    add("--num-users", dest="users", action=GivenStore, type=_count, metavar="N",
+    add("--num-users", dest="users", action=GivenStore, type=user_count, metavar="N",
         help="how many users to wait for (ids user1..userN)")  # fmt: skip
-    add("--user-ids", dest="users", action=GivenStore, type=_user_ids, metavar="IDS",
+    add("--user-ids", dest="users", action=GivenStore, type=names_not_count, metavar="IDS",
         help="the comma-separated ids of the users to wait for")  # fmt: skip
     add("--users", dest="users", action=GivenStore,
         deprecated={"--users": "--num-users N or --user-ids IDS"},

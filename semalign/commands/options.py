@@ -114,14 +114,14 @@ def parse_weights(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def _encoder_names(text: str) -> str:
-    """``--user-encoders``: names (or a group), never a bare count (that is ``--num-users``)."""
+def names_not_count(text: str) -> str:
+    """``--user-encoders``, ``--user-ids``: names, never a bare count (``--num-users``)."""
     if text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is a count: use --num-users {text.strip()}")
     return text
 
 
-def _count(text: str) -> str:
+def user_count(text: str) -> str:
     """``--num-users``: a positive integer (kept as text: the users' spec)."""
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -137,7 +137,7 @@ def add_users_argument(parser: argparse.ArgumentParser) -> None:
         dest="users",
         default=DEFAULT_USERS,
         action=GivenStore,
-        type=_encoder_names,
+        type=names_not_count,
         metavar="ENCODERS",
         help="the users' encoders, one user each: a group name (paper-users, homogeneous, "
         "heterogeneous) or comma-separated encoder names (default: %(default)s)",
@@ -146,7 +146,7 @@ def add_users_argument(parser: argparse.ArgumentParser) -> None:
         "--num-users",
         dest="users",
         action=GivenStore,
-        type=_count,
+        type=user_count,
         metavar="N",
         help="N users: the first N encoders of the paper-users group, or of --latents "
         "(repeated if N is larger)",

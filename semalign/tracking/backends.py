@@ -68,22 +68,18 @@ def _text(value: Any) -> str:
 
 
 class _Backend:
-    """What the backends share: a whole run logged through a live one, the context manager."""
+    """What the backends share: a whole run logged through a live one (:meth:`start` takes the
+    run's name, params, tags and group; its rounds and final metrics come to the live run), the
+    context manager."""
 
     name = ""
 
-    def start(
-        self,
-        name: str,
-        params: dict[str, Any],
-        tags: dict[str, str] | None = None,
-        group: str | None = None,
-    ) -> Any:
+    def start(self, run: TrackedRun) -> Any:
         raise NotImplementedError
 
     def log(self, run: TrackedRun) -> None:
         """Log a finished run: its rounds (step = round), then its final metrics."""
-        live = self.start(run.name, run.params, run.tags, run.group)
+        live = self.start(run)
         try:
             for step, values in enumerate(run.rounds):
                 live.round(step, values)
@@ -146,22 +142,16 @@ class MlflowTracker(_Backend):
         except Exception as exc:
             raise TrackingError(f"MLflow at {uri}: {exc}") from None
 
-    def start(
-        self,
-        name: str,
-        params: dict[str, Any],
-        tags: dict[str, str] | None = None,
-        group: str | None = None,
-    ) -> _MlflowRun:
+    def start(self, run: TrackedRun) -> _MlflowRun:
         from mlflow.entities import Param
 
-        tags = {**(tags or {}), "semalign.group": group or ""}
+        tags = {**run.tags, "semalign.group": run.group or ""}
         try:
-            created = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            created = self.client.create_run(self.experiment_id, run_name=run.name, tags=tags)
         except Exception as exc:
             raise TrackingError(f"MLflow at {self.uri}: {exc}") from None
-        live = _MlflowRun(self.client, created.info.run_id, name)
-        values = [Param(key, _text(value)) for key, value in params.items()]
+        live = _MlflowRun(self.client, created.info.run_id, run.name)
+        values = [Param(key, _text(value)) for key, value in run.params.items()]
         live.batch(params=values)
         return live
 
@@ -237,19 +227,14 @@ class TensorBoardTracker(_Backend):
             n += 1
         return folder
 
-    def start(
-        self,
-        name: str,
-        params: dict[str, Any],
-        tags: dict[str, str] | None = None,
-        group: str | None = None,
-    ) -> _TensorBoardRun:
-        folder = self._folder(name)
+    def start(self, run: TrackedRun) -> _TensorBoardRun:
+        folder = self._folder(run.name)
         try:
             writer = self._writer_class(log_dir=str(folder))
         except Exception as exc:
             raise TrackingError(f"TensorBoard log folder {folder}: {exc}") from None
-        return _TensorBoardRun(writer, name, dict(params), {**(tags or {}), "group": group or ""})
+        tags = {**run.tags, "group": run.group or ""}
+        return _TensorBoardRun(writer, run.name, dict(run.params), tags)
 
 
 class _TensorBoardRun:
@@ -322,20 +307,14 @@ class WandbTracker(_Backend):
             self.folder.mkdir(parents=True, exist_ok=True)
         self.project = experiment
 
-    def start(
-        self,
-        name: str,
-        params: dict[str, Any],
-        tags: dict[str, str] | None = None,
-        group: str | None = None,
-    ) -> _WandbRun:
+    def start(self, run: TrackedRun) -> _WandbRun:
         wandb = self.wandb
-        config = {**params, **{f"provenance.{k}": v for k, v in (tags or {}).items()}}
+        config = {**run.params, **{f"provenance.{k}": v for k, v in run.tags.items()}}
         try:
             active = wandb.init(
                 project=self.project,
-                name=name,
-                group=group,
+                name=run.name,
+                group=run.group,
                 config=config,
                 dir=str(self.folder) if self.folder else None,
                 reinit="create_new",
@@ -345,7 +324,7 @@ class WandbTracker(_Backend):
             raise TrackingError(
                 f"wandb: {exc} (log in with `wandb login`, or set WANDB_MODE=offline)"
             ) from None
-        return _WandbRun(active, name)
+        return _WandbRun(active, run.name)
 
     def close(self) -> None:
         """Shut W&B's service down: its files are complete only then (``finish`` returns before

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from semalign.tracking.runs import Tracker, from_seed_block, round_metric_values
+from semalign.tracking.runs import TrackedRun, Tracker, from_seed_block, round_metric_values
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class SeedRuns:
 
     def _run(self, seed: int) -> Any:
         if seed not in self.live:
-            self.live[seed] = self.tracker.start(
-                f"{self.name} seed {seed}", {**self.params, "seed": seed}, self.tags, self.name
-            )
+            params = {**self.params, "seed": seed}
+            run = TrackedRun(f"{self.name} seed {seed}", params, self.tags, group=self.name)
+            self.live[seed] = self.tracker.start(run)
         return self.live[seed]
 
     def _guard(self, action, *args: Any) -> None:  # noqa: ANN001

@@ -73,13 +73,10 @@ class Tracker(Protocol):
 
     def log(self, run: TrackedRun) -> None: ...
 
-    def start(
-        self,
-        name: str,
-        params: dict[str, Any],
-        tags: dict[str, str] | None = None,
-        group: str | None = None,
-    ) -> LiveRun: ...
+    def start(self, run: TrackedRun) -> LiveRun:
+        """Open ``run`` (its name, params, tags, group; its rounds and final metrics are what
+        the live run is then given)."""
+        ...
 
     def close(self) -> None: ...
 
