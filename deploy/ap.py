@@ -40,6 +40,7 @@ from semalign.commands.options import (
     parse_seeds,
     prepare_latents,
 )
+from semalign.commands.tracking_options import end_session_tracking, track_session
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
@@ -177,7 +178,13 @@ def command(args: argparse.Namespace) -> int:
             supernode_keys=supernode_keys,
         )
 
-    results, reports = serve_with_children(service, server, procs, plan, display, start_superlink)
+    plan.tracked = track_session(args, "ap", config, ap, {}, origin)  # users name their own
+    try:
+        results, reports = serve_with_children(
+            service, server, procs, plan, display, start_superlink
+        )
+    finally:
+        end_session_tracking(plan.tracked, args, display.console.print)
     stamp_results(results, origin)
     if args.flower:
         deployment["flower_reports"] = reports

@@ -44,6 +44,7 @@ from semalign.commands.options import (
     names_not_count,
     user_count,
 )
+from semalign.commands.tracking_options import add_tracking_arguments, check_tracking
 
 #: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
 DEFAULT_PORT = 50051
@@ -63,6 +64,7 @@ def check_ap_side(args: argparse.Namespace, scenario: tuple[str, ...]) -> None:
 
     apply_config_file(args, scenario)
     config_from_args(args)  # the alignment options, before anything else
+    check_tracking(args)
     check_data(args, "--ap-encoder", "ap")
     check_seconds("--join-timeout", args.join_timeout)
     check_seconds("--reply-timeout", args.reply_timeout)
@@ -214,6 +216,7 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds an authenticated stream has to send its handshake",
     )
     reliability_options.add_ap_arguments(parser)
+    add_tracking_arguments(parser, "each seed (its rounds as they end)", "the command: run or ap")
     observability_options.add_metrics_argument(parser)
 
 

@@ -44,6 +44,7 @@ from semalign.commands.options import (
     prepare_latents,
     resolve_users,
 )
+from semalign.commands.tracking_options import end_session_tracking, track_session
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
@@ -86,6 +87,9 @@ def command(args: argparse.Namespace) -> int:
         extra={"users": encoders},
     )
     plan.progress_file = args.progress_file
+    plan.tracked = track_session(
+        args, "run", config, ap, dict(zip(ids, encoders, strict=True)), origin
+    )
     t_ready = time.perf_counter()
 
     # A fresh secret per run; each user process gets only its own token.
@@ -134,7 +138,12 @@ def command(args: argparse.Namespace) -> int:
             deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
             return flower
 
-        results, reports = serve_with_children(service, server, procs, plan, display, start_users)
+        try:
+            results, reports = serve_with_children(
+                service, server, procs, plan, display, start_users
+            )
+        finally:
+            end_session_tracking(plan.tracked, args, display.print)
         stamp_results(record_user_snrs(results, snrs), origin)
         deployment["prepare_s"] = t_ready - t_start
         deployment["startup_s"] = (display.first_joined_at or t_ready) - t_ready

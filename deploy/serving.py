@@ -73,6 +73,8 @@ class Plan:
     metrics: Any = None
     #: the operator endpoints started with the service: "metrics" (URL), "health" (HOST:PORT)
     endpoints: dict[str, str] = field(default_factory=dict)
+    #: each seed tracked round by round (``--track``: a ``SeedRuns``; ``None``: not tracked)
+    tracked: Any = None
 
     @property
     def users(self) -> int:
@@ -208,6 +210,13 @@ def serve(
     def on_round(seed: int, record, wire) -> None:
         display.on_round(seed, record, wire)
         progress.round(seed, record.round, sorted(wire.bytes_up))
+        if plan.tracked is not None:
+            plan.tracked.on_round(seed, record)
+
+    def on_seed(block: dict) -> None:
+        display.on_seed(block)
+        if plan.tracked is not None:
+            plan.tracked.on_seed(block)
 
     with display.progress:
         return serve_sessions(
@@ -220,7 +229,7 @@ def serve(
             join_timeout=plan.join_timeout,
             reply_timeout=plan.reply_timeout,
             on_round=on_round,
-            on_seed=display.on_seed,
+            on_seed=on_seed,
             on_joined=display.on_joined,
             poll=poll,
             extra=plan.extra,

@@ -234,3 +234,31 @@ def test_simulate_piped_prints_seeds_and_tenths_of_rounds(latents, tmp_path, cap
     rounds = [line for line in err if line.startswith("seed 1 round")]
     assert [line.split()[3] for line in rounds] == [f"{r}/20" for r in range(2, 21, 2)]
     assert sum(line.startswith("seed ") and " done (" in line for line in err) == 2
+
+
+def test_run_with_config_and_track_logs_every_round(latents, tmp_path, capsys):
+    """``semalign run`` (the AP and two user processes): options from a config file, each
+    round tracked as it ends, the same figures as the results file."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    root, ap, users = latents
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'latents = "{root}"\nap_encoder = "{ap}"\nuser_encoders = {json.dumps(users)}\n'
+        "iterations = 3\nchannel_uses = 1\nantennas_tx = 2\nantennas_rx = 2\nseeds = [6]\n"
+    )
+    uri, out = (tmp_path / "mlruns").as_uri(), tmp_path / "run.json"
+    argv = ["run", "--config", str(config), "--no-flower", "--insecure", "--out", str(out)]
+    argv += ["--workdir", str(tmp_path / "work"), "--track", "mlflow", "--track-uri", uri]
+    assert main(argv) == 0
+    assert "tracked: 1 seed run(s) in mlflow" in capsys.readouterr().err
+    results = json.loads(out.read_text())
+    assert results["config"]["iterations"] == 3 and results["config"]["users"] == users
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "pilot_mse_whitened")
+    assert [m.value for m in history] == pytest.approx(
+        [r["mse"] for r in results["seeds"][0]["rounds"]]
+    )
+    assert run.data.params["user2/encoder"] == users[1] and run.info.status == "FINISHED"

@@ -33,7 +33,8 @@ from semalign.commands.options import (
 from semalign.commands.tracking_options import (
     add_tracking_arguments,
     check_tracking,
-    open_tracker_from_args,
+    end_session_tracking,
+    track_session,
 )
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError, UsageError
@@ -86,27 +87,15 @@ def run_simulate(args: argparse.Namespace) -> int:
     except (LatentsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))
-    tracker = open_tracker_from_args(args, "simulate")
-    runs = None
-    if tracker is not None:
-        from semalign.tracking.live import SeedRuns
-
-        params = {**config.params(), "ap_encoder": ap, "latents": str(latents_dir)}
-        params.pop("seed", None)
-        names = dict(zip(user_names(users), users, strict=True))
-        runs = SeedRuns(tracker, f"simulate {config.strategy}", params, origin, names)
+    names = dict(zip(user_names(users), users, strict=True))
+    runs = track_session(args, "simulate", config, ap, names, origin)
     try:
         run = _run_with_progress(console, args, scenario, config, seeds, runs)
     finally:
-        if tracker is not None:
-            tracker.close()
+        end_session_tracking(runs, args, say)
     results = stamp_results(record_user_snrs(run.to_dict(), snrs), origin)
     if not args.quiet:
         print_summary(results, console)
-    if runs is not None:
-        console.print(f"tracked: {runs.finished} seed run(s) in {args.track}", highlight=False)
-        if runs.error:
-            console.print(f"[yellow]tracking stopped after a failure: {runs.error}[/yellow]")
     if args.out:
         console.print(f"results written to {write_json(args.out, results)}")
     return 0

@@ -59,3 +59,36 @@ def open_tracker_from_args(args: argparse.Namespace, experiment: str) -> Any:
         return open_tracker(args.track, args.track_uri, args.track_experiment or experiment)
     except TrackingError as exc:
         raise UsageError(f"--track {args.track}: {exc}") from None
+
+
+def track_session(
+    args: argparse.Namespace,
+    command: str,
+    config: Any,
+    ap_encoder: str,
+    user_encoders: dict[str, str],
+    tags: dict[str, Any],
+) -> Any:
+    """The :class:`~semalign.tracking.live.SeedRuns` of ``--track`` for a session run
+    (``simulate``, ``run``, ``ap``; None without ``--track``): one tracked run per seed named
+    ``<command> <strategy> seed <seed>`` in experiment ``command``, the config, the AP's and
+    each user id's encoder as params (``<user>/encoder``), ``tags`` (the provenance) as tags."""
+    from semalign.tracking.live import SeedRuns
+
+    tracker = open_tracker_from_args(args, command)
+    if tracker is None:
+        return None
+    params = {**config.params(), "ap_encoder": ap_encoder}
+    params.pop("seed", None)
+    return SeedRuns(tracker, f"{command} {config.strategy}", params, tags, user_encoders)
+
+
+def end_session_tracking(runs: Any, args: argparse.Namespace, say: Any) -> None:
+    """Close the tracker of :func:`track_session` and say what it logged (``say``: prints
+    one line)."""
+    if runs is None:
+        return
+    runs.tracker.close()
+    say(f"tracked: {runs.finished} seed run(s) in {args.track}")
+    if runs.error:
+        say(f"tracking stopped after a failure (the results have every seed): {runs.error}")
