@@ -18,7 +18,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from semalign.client.user import User
+from semalign.client.user import User, build_user
 from semalign.common import secure_aggregation as sa
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
@@ -83,18 +83,7 @@ def _session(config: AlignmentConfig, *, dims=(10, 14, 12), d=16, n=300, seed=0)
     ap_lat = rng.standard_normal((n + 50, d))
     ap = AccessPoint(config=config, pilot_latents=ap_lat[:n], pilot_ids=np.arange(n))
     users = [
-        User(
-            user_id=f"user{i + 1}",
-            encoder=f"enc{i}",
-            data=data,
-            antennas_rx=config.antennas_rx,
-            antennas_tx=config.antennas_tx,
-            snr_db=config.snr_db,
-            channel_seed=(config.seed, i),
-            share_csi=config.csi,
-            round_protocols=("compact",),
-            secure=config.aggregation == "secure",
-        )
+        build_user(f"user{i + 1}", f"enc{i}", data, config, i)
         for i, data in enumerate(_users_data(rng, ap_lat, dims, n, 50))
     ]
     return ap, users, ap_lat[n:]
