@@ -4,7 +4,10 @@ the arithmetic floor, on the same synthetic latents, in one process.
 One iteration = every user's G-step and upload plus the AP's step (and, for ours, the
 serialization of every message). For each K*N_T the modes run in turn, repetition after
 repetition (interleaved), and the median is kept, so that a loaded machine slows all of them
-alike; only the RATIOS printed at the end are meant to be compared between runs.
+alike; only the RATIOS printed at the end are meant to be compared between runs. Every mode
+runs once untimed first (warm-up); then blocks of ``--reps`` repetitions are timed until every
+mode's block medians agree within ``--spread`` (5 %), at most ``--blocks`` blocks, and a mode
+that did not settle is flagged. The load average before and after each K*N_T is printed.
 
 * ``paper``: the paper protocol (section III-B) in double precision, the default path;
 * ``paper-single``: the same with ``--precision single`` (complex64 O(n) products);
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -177,14 +181,52 @@ class Floor:
         return 0, 0
 
 
-def interleaved(modes: dict[str, Callable[[], tuple[int, int]]], reps: int) -> dict[str, dict]:
+def settled(
+    modes: dict[str, Callable[[], tuple[int, int]]], reps: int, spread: float, blocks: int
+) -> dict[str, dict]:
+    """:func:`interleaved` blocks of ``reps`` warm repetitions until every mode's block medians
+    agree within ``spread`` (max - min over their median), at most ``blocks`` blocks; the
+    result is the median over all blocks' repetitions, with ``spread`` and ``settled``."""
+    runs: list[dict[str, dict]] = []
+    for _ in range(max(blocks, 1)):
+        runs.append(interleaved(modes, reps, warm_up=not runs))
+        widths = {name: _spread([r[name]["seconds"] for r in runs]) for name in modes}
+        if len(runs) > 1 and max(widths.values()) <= spread:
+            break
+    out = {}
+    for name in modes:
+        walls = [t for r in runs for t in r[name]["all_seconds"]]
+        cpus = [t for r in runs for t in r[name]["all_cpu_seconds"]]
+        out[name] = {
+            **runs[-1][name],
+            "seconds": statistics.median(walls),
+            "all_seconds": walls,
+            "cpu_seconds": statistics.median(cpus),
+            "block_medians": [r[name]["seconds"] for r in runs],
+            "spread": widths[name],
+            "settled": len(runs) > 1 and widths[name] <= spread,
+        }
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    """(max - min) / median of block medians; 0 for one block."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+
+def interleaved(
+    modes: dict[str, Callable[[], tuple[int, int]]], reps: int, warm_up: bool = True
+) -> dict[str, dict]:
     """Median wall and CPU seconds per call (CPU: this process, all threads), modes taking
-    turns; plus the bytes of the last call."""
+    turns; plus the bytes of the last call. With ``warm_up`` every mode first runs once
+    untimed (caches, first touch, BLAS and torch thread pools): no first repetition is in a
+    median (the reference's first is several times slower than its next)."""
     times: dict[str, list[float]] = {name: [] for name in modes}
     cpu: dict[str, list[float]] = {name: [] for name in modes}
     traffic = {}
-    for name, fn in modes.items():  # warm-up (caches, first-touch, BLAS threads)
-        traffic[name] = fn()
+    for name, fn in modes.items():
+        if warm_up:
+            traffic[name] = fn()
     for _ in range(reps):
         for name, fn in modes.items():
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -196,6 +238,7 @@ def interleaved(modes: dict[str, Callable[[], tuple[int, int]]], reps: int) -> d
             "seconds": statistics.median(ts),
             "all_seconds": ts,
             "cpu_seconds": statistics.median(cpu[name]),
+            "all_cpu_seconds": cpu[name],
             "bytes_down": traffic[name][0],
             "bytes_up": traffic[name][1],
         }
@@ -236,7 +279,14 @@ def main() -> None:
     parser.add_argument("--ap-dim", type=int, default=384, help="AP latent dim d (real)")
     parser.add_argument("--user-dims", default="384,1280", help="min,max user latent dim")
     parser.add_argument("--symbols", default="4,16,80", help="K*N_T values (N_T = N_R = 4)")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per mode")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per block")
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.05,
+        help="repeat blocks until every mode's block medians agree within this fraction",
+    )
+    parser.add_argument("--blocks", type=int, default=4, help="at most this many blocks")
     parser.add_argument("--reference", help="checkout of the reference repository")
     parser.add_argument("--no-single", action="store_true", help="skip paper-single")
     parser.add_argument("--json", help="write all measurements here")
@@ -282,25 +332,34 @@ def main() -> None:
             modes["floor-single"] = Floor(drivers["paper-single"], single=True)
         handshake = drivers["compact"].phases["handshake"]["bytes_down"]
         setup = time.perf_counter() - start
-        print(f"K*N_T={symbols}: setup {setup:.0f} s, timing {args.reps} reps...", flush=True)
-        res = interleaved(modes, args.reps)
+        load = os.getloadavg()[0]
+        print(
+            f"K*N_T={symbols}: setup {setup:.0f} s, timing blocks of {args.reps} warm reps "
+            f"(load average {load:.2f})...",
+            flush=True,
+        )
+        res = settled(modes, args.reps, args.spread, args.blocks)
+        res["loadavg"] = {"start": load, "end": os.getloadavg()[0]}
         res["compact"]["handshake_bytes_down"] = handshake
         res["agreement"] = agreement(drivers)
         results[symbols] = res
         print(
-            f"  iterates after {args.reps + 1} rounds, largest relative difference from paper: "
+            "  iterates after the same rounds, largest relative difference from paper: "
             + ", ".join(f"{k} {v:.1e}" for k, v in res["agreement"].items()),
             flush=True,
         )
+        unsettled = f" (NOT within {args.spread:.0%})"
         for name, r in res.items():
-            if name == "agreement":
+            if name in ("agreement", "loadavg"):
                 continue
             print(
                 f"  {name:13s} {r['seconds']:8.3f} s/iter {r['cpu_seconds']:8.3f} cpu-s   "
                 f"{(r['bytes_down'] + r['bytes_up']) / 1e6:9.3f} MB/round   "
-                f"reps {[round(t, 3) for t in r['all_seconds']]}",
+                f"block medians {[round(t, 3) for t in r['block_medians']]} spread "
+                f"{r['spread']:.1%}{'' if r['settled'] else unsettled}",
                 flush=True,
             )
+        print(f"  load average {load:.2f} before, {res['loadavg']['end']:.2f} after", flush=True)
         del modes, drivers
         gc.collect()
     print_ratios(results)
