@@ -32,17 +32,15 @@ from semalign.deploy.option_checks import (
 
 from semalign.commands.config_files import apply_config_file
 from semalign.commands.options import (
-    GivenStore,
     HelpFormatter,
     add_alignment_arguments,
     add_ap_encoder_argument,
     add_config_argument,
     add_data_arguments,
+    add_expected_users_arguments,
     add_users_argument,
     add_verbosity_arguments,
     check_folder,
-    names_not_count,
-    user_count,
 )
 from semalign.commands.tracking_options import add_tracking_arguments, check_tracking
 
@@ -226,20 +224,6 @@ def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
         "--out", default=out, help="write the results JSON here (checked before any work)"
     )
     add_verbosity_arguments(parser)
-
-
-def add_expected_users_arguments(parser: argparse.ArgumentParser) -> None:
-    """``ap``: ``--num-users N`` or ``--user-ids IDS`` (one of them, in ``args.users``), and
-    the deprecated ``--users`` that took either."""
-    group = parser.add_mutually_exclusive_group()
-    add = group.add_argument
-    add("--num-users", dest="users", action=GivenStore, type=user_count, metavar="N",
-        help="how many users to wait for (ids user1..userN)")  # fmt: skip
-    add("--user-ids", dest="users", action=GivenStore, type=names_not_count, metavar="IDS",
-        help="the comma-separated ids of the users to wait for")  # fmt: skip
-    add("--users", dest="users", action=GivenStore,
-        deprecated={"--users": "--num-users N or --user-ids IDS"},
-        help="deprecated: --num-users N or --user-ids IDS")  # fmt: skip
 
 
 def register_run(subparsers) -> None:

@@ -160,6 +160,20 @@ def add_users_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_expected_users_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ap``: ``--num-users N`` or ``--user-ids IDS`` (one of them, in ``args.users``), and
+    the deprecated ``--users`` that took either."""
+    group = parser.add_mutually_exclusive_group()
+    add = group.add_argument
+    add("--num-users", dest="users", action=GivenStore, type=user_count, metavar="N",
+        help="how many users to wait for (ids user1..userN)")  # fmt: skip
+    add("--user-ids", dest="users", action=GivenStore, type=names_not_count, metavar="IDS",
+        help="the comma-separated ids of the users to wait for")  # fmt: skip
+    add("--users", dest="users", action=GivenStore,
+        deprecated={"--users": "--num-users N or --user-ids IDS"},
+        help="deprecated: --num-users N or --user-ids IDS")  # fmt: skip
+
+
 def add_ap_encoder_argument(parser: argparse.ArgumentParser) -> None:
     """``--ap-encoder`` (``args.ap``), and its deprecated spelling ``--ap``."""
     parser.add_argument(

@@ -316,18 +316,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-csi", dest="csi_modes", action="store_const", const=(False,), help="no CSI only"
     )
     csi.add_argument("--csi-modes", dest="csi_modes", help="e.g. on,off")
-    fields = AlignmentConfig.model_fields
-    for name, kind in (("iterations", int), ("power", float)):
-        add(f"--{name}", type=kind, help=f"{fields[name].description} (default: "
-            f"{fields[name].default:g})")  # fmt: skip
-    add("--admm-penalty", "--rho", dest="rho", type=float, metavar="RHO", action=GivenStore,
-        deprecated={"--rho": "--admm-penalty"},
-        help=f"{fields['rho'].description} (default: {fields['rho'].default:g}; formerly "
-        "--rho, deprecated)")  # fmt: skip
-    for name in ("baseline_fit", "topk_index_cost"):
-        option = "--" + name.replace("_", "-")
-        add(option, choices=get_args(fields[name].annotation), help="see `simulate --help`")
-    add_ap_encoder_argument(parser)
+    _add_session_arguments(parser)
     add(
         "--set",
         action="append",
@@ -346,6 +335,27 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--k-factors", help="rician: K-factors (linear), e.g. 1,10")
     add("--csi-errors", help="CSI error variances (linear), e.g. 0,0.1,0.3 (default: 0)")
+    _add_research_arguments(parser)
+
+
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """The one-value session options (their help from AlignmentConfig) and the AP encoder."""
+    add = parser.add_argument
+    fields = AlignmentConfig.model_fields
+    for name, kind in (("iterations", int), ("power", float)):
+        add(f"--{name}", type=kind, help=f"{fields[name].description} (default: "
+            f"{fields[name].default:g})")  # fmt: skip
+    add("--admm-penalty", "--rho", dest="rho", type=float, metavar="RHO", action=GivenStore,
+        deprecated={"--rho": "--admm-penalty"},
+        help=f"{fields['rho'].description} (default: {fields['rho'].default:g}; formerly "
+        "--rho, deprecated)")  # fmt: skip
+    for name in ("baseline_fit", "topk_index_cost"):
+        option = "--" + name.replace("_", "-")
+        add(option, choices=get_args(fields[name].annotation), help="see `simulate --help`")
+    add_ap_encoder_argument(parser)
+
+
+def _add_research_arguments(parser: argparse.ArgumentParser) -> None:
     research = parser.add_argument_group("research options (docs/research.md; defaults: the paper)")
     research.add_argument(
         "--task-models", "--task-model", help="users' task models: mlp,logistic (default: mlp)"

@@ -173,6 +173,13 @@ def antennas_label(nt: int, nr: int) -> str:
     return f"{nt}x{nr}"
 
 
+#: AlignmentConfig's defaults: a grid's one-value axes default to them (not a copy of them).
+_DEFAULTS: dict[str, Any] = {
+    name: info.get_default(call_default_factory=True)
+    for name, info in AlignmentConfig.model_fields.items()
+}
+
+
 class SweepGrid(BaseModel):
     """The experiment grid: every list field is one axis of the cartesian product.
 
@@ -185,18 +192,20 @@ class SweepGrid(BaseModel):
     strategies: tuple[str, ...] = Field(STRATEGIES, description="fed, multi-link, first-k, top-k")
     channel_uses: tuple[int, ...] = Field(PAPER_CHANNEL_USES, description="K values")
     antennas: tuple[tuple[int, int], ...] = Field(((4, 4),), description="(N_T, N_R) pairs")
-    snr_db: tuple[float, ...] = Field((20.0,), description="SNR per receive antenna, dB")
+    snr_db: tuple[float, ...] = Field((_DEFAULTS["snr_db"],), description="SNR per antenna, dB")
     seeds: tuple[int, ...] = Field((27, 42), description="seeds (runs per cell)")
     groups: tuple[str, ...] = Field(
         ("paper-users",), description="user groups: registry group names or enc1+enc2+..."
     )
-    pilot_fractions: tuple[float, ...] = Field((1.0,), description="fractions of train as pilots")
-    csi: tuple[bool, ...] = Field((True,), description="channel-aware AP or not")
-    iterations: int = 30
-    rho: float = 1.0
-    power: float = 1.0
-    baseline_fit: str = "received"
-    topk_index_cost: str = "none"
+    pilot_fractions: tuple[float, ...] = Field(
+        (_DEFAULTS["pilot_fraction"],), description="fractions of train as pilots"
+    )
+    csi: tuple[bool, ...] = Field((_DEFAULTS["csi"],), description="channel-aware AP or not")
+    iterations: int = _DEFAULTS["iterations"]
+    rho: float = _DEFAULTS["rho"]
+    power: float = _DEFAULTS["power"]
+    baseline_fit: str = _DEFAULTS["baseline_fit"]
+    topk_index_cost: str = _DEFAULTS["topk_index_cost"]
     ap: str | None = Field(None, description="AP encoder (None: the registry's default AP)")
     channel_models: tuple[str, ...] = Field(
         ("rayleigh",), description="fading models: " + ", ".join(FADING_MODELS)
@@ -206,14 +215,20 @@ class SweepGrid(BaseModel):
     )
     k_factors: tuple[float, ...] = Field((), description="rician: K-factors (linear)")
     csi_errors: tuple[float, ...] = Field((0.0,), description="CSI error variances (linear)")
-    task_models: tuple[str, ...] = Field(("mlp",), description="users' task models")
-    targets: tuple[str, ...] = Field(("latents",), description="what users align")
-    pilot_selections: tuple[str, ...] = Field(("first",), description="which points are pilots")
+    task_models: tuple[str, ...] = Field(
+        (_DEFAULTS["task_model"],), description="users' task models"
+    )
+    targets: tuple[str, ...] = Field((_DEFAULTS["target"],), description="what users align")
+    pilot_selections: tuple[str, ...] = Field(
+        (_DEFAULTS["pilot_selection"],), description="which points are pilots"
+    )
     user_groups: tuple[int, ...] = Field(
-        (1,), description="fed: groups of users with one F each (above 1: fed cells only)"
+        (_DEFAULTS["user_groups"],),
+        description="fed: groups of users with one F each (above 1: fed cells only)",
     )
     equalizers: tuple[str, ...] = Field(
-        ("linear",), description="ADMM: linear or widely-linear F and G (baselines: linear only)"
+        (_DEFAULTS["equalizer"],),
+        description="ADMM: linear or widely-linear F and G (baselines: linear only)",
     )
     axes: tuple[tuple[str, tuple[Any, ...]], ...] = Field(
         (),
