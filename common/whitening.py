@@ -86,6 +86,25 @@ def fit_whitener(
     centered = x - mean[:, None]
     cov = centered @ centered.conj().T / n
     cov = (cov + cov.conj().T) / 2
+    factor, condition, eps = _shrunk_cholesky(cov, shrinkage, max_shrinkage)
+    if not 0 < variance < np.inf:
+        raise WhiteningError(f"whitened variance must be positive and finite, got {variance}")
+    if variance != 1.0:
+        factor = factor / np.sqrt(variance)
+    return Whitener(mean=mean, factor=factor, condition=condition, shrinkage=eps)
+
+
+def _shrunk_cholesky(
+    cov: np.ndarray, shrinkage: float, max_shrinkage: float
+) -> tuple[np.ndarray, float, float]:
+    """Cholesky factor L (c, c) of ``cov`` + eps I, with eps = 0 first, then ``shrinkage`` *
+    tr(cov)/c growing tenfold up to ``max_shrinkage`` * tr(cov)/c, until the condition number is
+    at most :data:`MAX_CONDITION` and the factor is finite. Returns (L, condition, eps).
+
+    Raises:
+        WhiteningError: cov is zero, or still cannot be factored at ``max_shrinkage``.
+    """
+    c = cov.shape[0]
     scale = float(np.real(np.trace(cov))) / c
     if not scale > 0:
         raise WhiteningError("pilot covariance is zero: all pilots are identical")
@@ -115,8 +134,4 @@ def fit_whitener(
             relative,
             condition,
         )
-    if not 0 < variance < np.inf:
-        raise WhiteningError(f"whitened variance must be positive and finite, got {variance}")
-    if variance != 1.0:
-        factor = factor / np.sqrt(variance)
-    return Whitener(mean=mean, factor=factor, condition=condition, shrinkage=eps)
+    return factor, condition, eps
