@@ -191,31 +191,35 @@ def test_paper_leakage_is_capped_by_the_ap_features(scenario):
     assert wide.r2_by_round == sorted(wide.r2_by_round)  # more rounds never leak less
 
 
-LATENTS = ["--ap", "ap_enc", "--user-encoders", "user_enc0,user_enc1"]
+LATENTS = ["--ap-encoder", "ap_enc", "--user-encoders", "user_enc0,user_enc1"]
 RUN = ["--iterations", "4", "--channel-uses", "1", "--antennas-tx", "2", "--antennas-rx", "2"]
 RUN += ["--task-model", "logistic", "--seeds", "3", "-q"]
 
 
-def test_cli_writes_reconstruction_r2_per_user_for_both_protocols(scenario, tmp_path):
+def test_cli_writes_reconstruction_r2_per_user_for_every_protocol(scenario, tmp_path):
+    """Paper, compact and compact with secure aggregation (the default --aggregations runs it
+    where the session allows: fed and compact): per-user R^2 for each; secure leaves none
+    per user, only what the sum shows."""
     out, figure = tmp_path / "audit.json", tmp_path / "leak.png"
     argv = ["audit", "--latents", str(scenario.latents_dir), *LATENTS, *RUN]
     argv += ["--targets", "latents", "--json", str(out), "--figure", str(figure)]
     assert main(argv) == 0
     data = json.loads(out.read_text())
-    by_protocol = {}
+    sessions: dict[tuple, dict] = {}
     for row in data["users"]:
-        by_protocol.setdefault(row["protocol"], {})[row["user"]] = row
-    assert set(by_protocol) == {"paper", "compact"}
-    for rows in by_protocol.values():
+        sessions.setdefault((row["protocol"], row["aggregation"]), {})[row["user"]] = row
+    assert set(sessions) == {("paper", "plain"), ("compact", "plain"), ("compact", "secure")}
+    for rows in sessions.values():
         assert set(rows) == {"user1", "user2"}
         for row in rows.values():
             assert -1e-9 <= row["reconstruction_r2"] <= 1 + 1e-9
             assert len(row["r2_by_round"]) == 4
-    assert by_protocol["paper"]["user1"]["reconstruction_r2"] > 0.99  # 4 rounds x 2 >= m = 6
-    assert {(s["protocol"], s["target"]) for s in data["summary"]} == {
-        ("paper", "latents"),
-        ("compact", "latents"),
-    }
+    assert sessions["paper", "plain"]["user1"]["reconstruction_r2"] > 0.99  # 4 x 2 rows >= m = 6
+    for row in sessions["compact", "secure"].values():
+        assert row["rank"] == 0 and row["masked_fields"] == ["secure_upload.masked"]
+        assert row["reconstruction_r2"] == pytest.approx(0.0, abs=1e-9)
+        assert 0 < row["aggregate_r2"] <= 1
+    assert len(data["summary"]) == 3
     assert figure.stat().st_size > 0
 
 
@@ -227,6 +231,7 @@ def test_cli_writes_reconstruction_r2_per_user_for_both_protocols(scenario, tmp_
         (["--user-groups", "2"], "--user-groups"),
         (["--json", "{d}"], "--json {d}: cannot write there"),
         (["--seeds", "x"], "--seeds"),
+        (["--protocols", "paper", "--aggregations", "secure"], "no session to audit"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(scenario, tmp_path, capsys, extra, text):
@@ -261,8 +266,9 @@ def test_masked_uploads_leave_only_their_sum(scenario):
         sums.append(fs[0] + fs[1])
     uploads = [audit.decode_uploads(recorded[u], ap) for u in recorded]
     for up in uploads:
-        assert up.rounds == [] and up.masked_fields == ["secure_upload.masked"]
-    aggregate = audit.aggregate_rounds(uploads, ap)
+        assert [r.shape[0] for r in up.rounds] == [0, 0, 0]  # three rounds, no term
+        assert up.masked_fields == ["secure_upload.masked"]
+    aggregate = np.vstack(audit.aggregate_rounds(uploads, ap))
     gram = ap.x @ ap.x.conj().T
     expected = np.vstack([pa.pilot_domain(f, ap.x, gram) for f in sums])
     np.testing.assert_allclose(aggregate, expected, atol=1e-6 * np.abs(expected).max())

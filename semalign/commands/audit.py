@@ -13,9 +13,12 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, get_args
 
+from semalign.commands.config_files import apply_config_file
 from semalign.commands.options import (
     HelpFormatter,
     add_alignment_arguments,
+    add_ap_encoder_argument,
+    add_config_argument,
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
@@ -25,7 +28,8 @@ from semalign.commands.options import (
     parse_seeds,
     resolve_latents,
 )
-from semalign.common.config import AlignmentConfig, RoundProtocol, Target
+from semalign.commands.simulate import SCENARIO
+from semalign.common.config import Aggregation, AlignmentConfig, RoundProtocol, Target
 from semalign.common.errors import LatentsError, UsageError
 from semalign.common.io import write_json
 from semalign.engine.audit import UserLeakage, audit_seed, summarize
@@ -54,21 +58,34 @@ def parse_list(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def audit_configs(args: argparse.Namespace) -> list[AlignmentConfig]:
-    """One validated config per (target, protocol) of ``--targets`` x ``--protocols``."""
+    """One validated config per target, protocol and aggregation of ``--targets`` x
+    ``--protocols`` x ``--aggregations`` that the session accepts (secure aggregation needs
+    compact rounds and fed: other pairs are left out); UsageError if none is left."""
     base = config_from_args(args)
     protocols = parse_list(args.protocols, "--protocols", get_args(RoundProtocol))
     targets = parse_list(args.targets, "--targets", get_args(Target))
+    aggregations = parse_list(args.aggregations, "--aggregations", get_args(Aggregation))
     if base.user_groups > 1:
         raise UsageError("--user-groups: audit runs one session per seed (1 group)")
-    configs = []
+    configs, refused = [], []
     for target in targets:
         for protocol in protocols:
-            data = base.model_dump() | {"protocol": protocol, "target": target}
-            try:
-                configs.append(AlignmentConfig(**data))
-            except ValueError as exc:
-                raise UsageError(f"--protocols {protocol} --targets {target}: {exc}") from None
+            for aggregation in aggregations:
+                change = {"protocol": protocol, "target": target, "aggregation": aggregation}
+                try:
+                    configs.append(AlignmentConfig(**(base.model_dump() | change)))
+                except ValueError as exc:
+                    refused.append(f"{protocol}/{aggregation}: {_first_error(exc)}")
+    if not configs:
+        raise UsageError(f"no session to audit ({'; '.join(dict.fromkeys(refused))})")
     return configs
+
+
+def _first_error(exc: ValueError) -> str:
+    """The first line of a validation error's message (pydantic's or a plain one)."""
+    errors = getattr(exc, "errors", None)
+    text = str(errors()[0]["msg"]) if callable(errors) else str(exc)
+    return text.removeprefix("Value error, ").splitlines()[0]
 
 
 def print_table(records: list[UserLeakage], console) -> None:
@@ -76,12 +93,14 @@ def print_table(records: list[UserLeakage], console) -> None:
     from rich.table import Table
 
     rows = summarize(records, by_user=True)
-    for protocol, target in dict.fromkeys((r["protocol"], r["target"]) for r in rows):
-        table = Table(title=f"{protocol} rounds, target {target}: what the AP reconstructs")
+    for session in dict.fromkeys((r["protocol"], r["aggregation"], r["target"]) for r in rows):
+        protocol, aggregation, target = session
+        title = f"{protocol} rounds, {aggregation} aggregation, target {target}"
+        table = Table(title=f"{title}: what the AP reconstructs")
         for title in ("user", "encoder", "rank/m", *(c[0] for c in COLUMNS)):
             table.add_column(title, justify="left" if title in ("user", "encoder") else "right")
         for row in rows:
-            if (row["protocol"], row["target"]) != (protocol, target):
+            if (row["protocol"], row["aggregation"], row["target"]) != session:
                 continue
             cells = ["/".join(_fmt(row[key]) for key in keys) for _, keys in COLUMNS]
             table.add_row(row["user"], row["encoder"], f"{row['rank']:.0f}/{row['m']}", *cells)
@@ -96,6 +115,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     started = datetime.now(timezone.utc)
+    apply_config_file(args, SCENARIO)
     configs = audit_configs(args)
     seeds = parse_seeds(args.seeds)
     check_output(args.json, "--json")
@@ -143,7 +163,7 @@ def audit_json(
     """The ``--json`` document: the session config (its protocol and target vary), the
     per-user records and their means per protocol and target."""
     params = config.params()
-    for varied in ("protocol", "target", "seed"):
+    for varied in ("protocol", "target", "aggregation", "seed"):
         params.pop(varied, None)
     return {
         "config": params,
@@ -165,8 +185,9 @@ def register(subparsers) -> None:
         "uploads (R^2, a probe of the user's task, CKA). See docs/privacy.md.",
         formatter_class=HelpFormatter,
     )
+    add_config_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--ap", help="AP encoder (default: the registry's default AP)")
+    add_ap_encoder_argument(parser)
     add_users_argument(parser)
     add_alignment_arguments(parser)
     parser.add_argument(
@@ -179,6 +200,12 @@ def register(subparsers) -> None:
         default="latents,logits",
         help="what users align, comma-separated: latents, logits, task-subspace "
         "(replaces --target)",
+    )
+    parser.add_argument(
+        "--aggregations",
+        default="plain,secure",
+        help="aggregations to audit, comma-separated (replaces --aggregation; secure runs only "
+        "with compact rounds and fed)",
     )
     parser.add_argument("--json", help="write per-user figures here (checked before any work)")
     parser.add_argument("--figure", help="draw leakage vs rounds per protocol here (.png, .pdf)")

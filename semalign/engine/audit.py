@@ -117,8 +117,8 @@ def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
                 _add(out.ignored, path)
                 continue
             _add(out.fields, path)
-        if terms:
-            out.rounds.append(np.vstack(terms))
+        if terms or masked:  # a masked upload is a round with no term
+            out.rounds.append(np.vstack(terms) if terms else np.zeros((0, ap.n), complex))
         if masked:
             out.masked.append(np.concatenate(masked))
     return out
@@ -139,13 +139,15 @@ class UserLeakage:
     from: the attacker's reconstruction (``probe_accuracy``), the true Y
     (``probe_truth_accuracy``), the AP's own pilots X (``probe_ap_accuracy``); the majority
     label's share is ``probe_majority``. CKA is with the user's native pilot latents (its
-    target-space pilots for ``target`` logits). ``aggregate_r2``: the bound from the per-round
-    sums over users (:func:`aggregate_rounds`); ``masked_fields``: uploads that were masked.
+    target-space pilots for ``target`` logits). ``aggregate_r2`` (and per round): the bound
+    from the per-round sums over users (:func:`aggregate_rounds`); ``masked_fields``: uploads
+    that were masked.
     """
 
     user: str
     encoder: str
     protocol: str
+    aggregation: str
     target: str
     seed: int
     m: int
@@ -159,6 +161,7 @@ class UserLeakage:
     procrustes_r2: float
     chance_r2: float
     aggregate_r2: float | None
+    aggregate_r2_by_round: list[float]
     r2_by_round: list[float]
     rank_by_round: list[int]
     probe_accuracy: float
@@ -222,7 +225,7 @@ def attack_user(
     truth: UserTruth,
     uploads: Uploads,
     ap: AccessPoint,
-    aggregate: np.ndarray | None,
+    aggregate: list[np.ndarray] | None,
     memo: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The attacks' figures for one user (the :class:`UserLeakage` fields they set);
@@ -234,9 +237,7 @@ def attack_user(
     estimate = pa.whitened_estimate(basis, n, variance)
     by_round = pa.r2_by_rounds(y, uploads.rounds)
     guess = pa.real_samples(estimate)
-    agg = None
-    if aggregate is not None:
-        agg = pa.subspace_r2(y, pa.leaked_basis(aggregate, y.shape[0]))
+    agg = pa.r2_by_rounds(y, aggregate) if aggregate else []
     return {
         "m": y.shape[0],
         "n": n,
@@ -248,7 +249,8 @@ def attack_user(
         "reconstruction_r2": pa.subspace_r2(y, basis),
         "procrustes_r2": pa.r2(y, pa.procrustes_align(estimate, y)),
         "chance_r2": pa.chance_r2(basis.shape[0], n),
-        "aggregate_r2": agg,
+        "aggregate_r2": agg[-1][1] if agg else None,
+        "aggregate_r2_by_round": [r for _, r in agg],
         "r2_by_round": [r for _, r in by_round],
         "rank_by_round": [k for k, _ in by_round],
         "probe_accuracy": pa.probe_accuracy(guess, truth.labels),
@@ -257,9 +259,9 @@ def attack_user(
     }
 
 
-def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> np.ndarray | None:
-    """What the per-round sums over users show, in the pilot domain (rows, n), stacked over
-    rounds; ``None`` when the users' uploads differ in shape or count (no sum is formed).
+def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> list[np.ndarray] | None:
+    """What the per-round sums over users show, in the pilot domain: one (rows, n) block per
+    round; ``None`` when the users' uploads differ in shape or count (no sum is formed).
 
     Masked vectors (secure aggregation) are summed modulo 2^64, where the masks cancel, and
     decoded as the AP decodes them: the sum of the users' F_l (K N_T, c), in the feature
@@ -279,11 +281,11 @@ def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> np.ndarray | No
             total = sa.decode_sum(sa.ring_sum(list(vectors)))
             f_sum, _ = sa.unpack_contribution(total, shape, terms, real=real)
             sums.append(pa.pilot_domain(f_sum, ap.x, gram))
-        return np.vstack(sums)
+        return sums
     shapes = {tuple(r.shape for r in u.rounds) for u in uploads}
     if len(shapes) != 1 or not uploads or not uploads[0].rounds:
         return None
-    return np.vstack([sum(rounds) for rounds in zip(*(u.rounds for u in uploads), strict=True)])
+    return [sum(rounds) for rounds in zip(*(u.rounds for u in uploads), strict=True)]
 
 
 def audit_seed(
@@ -313,6 +315,7 @@ def audit_seed(
                 user=user.user_id,
                 encoder=user.encoder,
                 protocol=config.protocol,
+                aggregation=config.aggregation,
                 target=config.target,
                 seed=config.seed,
                 aligned_accuracy=report.get("accuracy"),
@@ -341,18 +344,19 @@ MEAN_FIELDS = (
 
 
 def summarize(records: list[UserLeakage], *, by_user: bool) -> list[dict[str, Any]]:
-    """Means over seeds (``by_user``) or over seeds and users, per protocol and target, in
+    """Means over seeds (``by_user``) or over seeds and users, per protocol, aggregation and
+    target, in
     first-seen order: :data:`MEAN_FIELDS` (NaN-aware), ``m`` (the largest), ``r2_by_round``
     (per round, over the records that have that round) and ``users`` (records averaged)."""
     groups: dict[tuple, list[UserLeakage]] = defaultdict(list)
     for r in records:
-        key = (r.protocol, r.target) + ((r.user, r.encoder) if by_user else ())
+        key = (r.protocol, r.aggregation, r.target) + ((r.user, r.encoder) if by_user else ())
         groups[key].append(r)
     out = []
     for key, group in groups.items():
-        row: dict[str, Any] = {"protocol": key[0], "target": key[1]}
+        row: dict[str, Any] = {"protocol": key[0], "aggregation": key[1], "target": key[2]}
         if by_user:
-            row |= {"user": key[2], "encoder": key[3]}
+            row |= {"user": key[3], "encoder": key[4]}
         row["m"] = max(r.m for r in group)
         row |= {name: nan_mean(getattr(r, name) for r in group) for name in MEAN_FIELDS}
         rounds = max((len(r.r2_by_round) for r in group), default=0)

@@ -1,5 +1,6 @@
 """``semalign audit --figure``: reconstruction R^2 vs rounds, one panel per target, one line per
-round protocol (mean over users and seeds, band: the users' range), with the chance level."""
+round protocol and aggregation (mean over users and seeds, band: the users' range), with the
+chance level."""
 
 from __future__ import annotations
 
@@ -11,15 +12,24 @@ import numpy as np
 from semalign.common.io import atomic_write_bytes
 from semalign.engine.audit import UserLeakage
 
-#: line colors per round protocol (others cycle through matplotlib's defaults)
-COLORS = {"paper": "tab:red", "compact": "tab:blue"}
+#: line colors per session kind (others cycle through matplotlib's defaults)
+COLORS = {"paper": "tab:red", "compact": "tab:blue", "compact, secure": "tab:green"}
 
 
-def curves(records: list[UserLeakage]) -> dict[str, dict[str, np.ndarray]]:
-    """target -> protocol -> (users x seeds, rounds) R^2 after each round (NaN-padded)."""
+def session_label(record: UserLeakage) -> str:
+    """``paper``, ``compact``, or ``compact, secure`` (the aggregation when not plain)."""
+    plain = record.aggregation == "plain"
+    return record.protocol if plain else f"{record.protocol}, {record.aggregation}"
+
+
+def curves(
+    records: list[UserLeakage], field: str = "r2_by_round"
+) -> dict[str, dict[str, np.ndarray]]:
+    """target -> session label -> (users x seeds, rounds) R^2 after each round (NaN-padded;
+    a session without uploads has no rounds: R^2 0 after each)."""
     grouped: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        grouped[r.target][r.protocol].append(r.r2_by_round)
+        grouped[r.target][session_label(r)].append(getattr(r, field))
     out: dict[str, dict[str, np.ndarray]] = {}
     for target, by_protocol in grouped.items():
         out[target] = {}
@@ -41,7 +51,7 @@ def draw_leakage(records: list[UserLeakage], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = curves(records)
+    data, sums = curves(records), curves(records, "aggregate_r2_by_round")
     fig, axes = plt.subplots(1, max(len(data), 1), figsize=(5 * max(len(data), 1), 3.6))
     axes = np.atleast_1d(axes)
     for ax, (target, by_protocol) in zip(axes, data.items(), strict=False):
@@ -54,6 +64,17 @@ def draw_leakage(records: list[UserLeakage], path: str | Path) -> Path:
             ax.fill_between(
                 rounds, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=color, alpha=0.15
             )
+        for label, table in sums.get(target, {}).items():
+            if "secure" in label and table.shape[1]:  # what the sum over users shows
+                rounds = np.arange(1, table.shape[1] + 1)
+                ax.plot(
+                    rounds,
+                    np.nanmean(table, axis=0),
+                    color=COLORS.get(label),
+                    ls="--",
+                    lw=1.4,
+                    label=f"{label}: sum over users",
+                )
         chance = [r.chance_r2 for r in records if r.target == target]
         if chance:
             ax.axhline(max(chance), color="grey", ls=":", lw=1, label="chance (largest)")
