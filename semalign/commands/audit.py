@@ -41,6 +41,7 @@ COLUMNS = (
     ("R2 bound", ("reconstruction_r2",)),
     ("R2 attack", ("procrustes_r2",)),
     ("chance", ("chance_r2",)),
+    ("R2 sum", ("aggregate_r2",)),
     ("probe rec/Y/X", ("probe_accuracy", "probe_truth_accuracy", "probe_ap_accuracy")),
     ("CKA rec/Y", ("cka", "cka_truth")),
 )
@@ -108,7 +109,7 @@ def print_table(records: list[UserLeakage], console) -> None:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.2f}"
+    return "-" if value is None or value != value else f"{round(value, 2) + 0.0:.2f}"
 
 
 def run_audit(args: argparse.Namespace) -> int:
