@@ -262,3 +262,20 @@ def test_run_with_config_and_track_logs_every_round(latents, tmp_path, capsys):
         [r["mse"] for r in results["seeds"][0]["rounds"]]
     )
     assert run.data.params["user2/encoder"] == users[1] and run.info.status == "FINISHED"
+
+
+def test_results_json_as_sweep_config_is_that_one_cell(latents, tmp_path):
+    first = tmp_path / "first.json"
+    extra = ["--iterations", "2", "--seeds", "3", "--channel-model", "kronecker"]
+    assert main(simulate_argv(latents, first, *extra, "--tx-correlation", "0.3")) == 0
+    table = tmp_path / "t.csv"
+    argv = ["sweep", "--config", str(first), "--table", str(table), "--workers", "1", "-q"]
+    assert main(argv) == 0
+    rows = read_table(table).rows
+    results = json.loads(first.read_text())
+    assert {r["cell_key"] for r in rows} == {rows[0]["cell_key"]} and len(rows) == 2
+    assert rows[0]["channel"] == "kronecker(rho_tx=0.3)" and rows[0]["iterations"] == 2
+    by_user = {r["user"]: r for r in rows}
+    for user in results["seeds"][0]["users"]:  # the same session: the same numbers
+        assert by_user[user["name"]]["mse"] == user["mse"]
+        assert by_user[user["name"]]["accuracy"] == user["accuracy"]

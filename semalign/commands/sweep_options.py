@@ -127,8 +127,6 @@ SHORTHANDS: dict[str, str] = {
     "pilot_selection": "pilot_selections",
     "user_groups": "user_groups",
     "equalizer": "equalizers",
-    "channel.model": "channel_models",
-    "channel.k_factor": "k_factors",
     "channel.csi_error_variance": "csi_errors",
 }
 
@@ -267,17 +265,25 @@ def _listed(value: Any) -> list[Any]:
 
 
 def _text(value: Any) -> Any:
+    """A file's value as the option's text (a list comma-separated)."""
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
-    return value
+    return value if value is None else str(value)
 
 
 def _add_set(args: argparse.Namespace, key: str, value: Any, given_keys: set[str]) -> None:
-    """A config file's key as a ``--set`` item, unless the command line sets it; a value the
-    grid cannot cross (None, a per-user list) is left out only when it is the default."""
+    """A config file's key as a ``--set`` item, unless the command line sets it. Left out: an
+    unset (None) channel field, and a field the table has no column for at its default (a
+    results JSON names every field)."""
     if value is None or isinstance(value, dict):
         return  # an unset channel field (a results JSON's channel block)
-    name = set_key(key)
+    try:
+        name = set_key(key)
+    except UsageError:
+        field_ = AlignmentConfig.model_fields.get(key.replace("-", "_"))
+        if field_ is not None and field_.default == value:
+            return  # no column, but the default value: what the sweep runs anyway
+        raise
     option = {"csi": "csi_modes"}.get(SHORTHANDS.get(name, name), SHORTHANDS.get(name, name))
     if name in given_keys or getattr(args, option, None) is not None:
         return  # the command line sets it
