@@ -215,6 +215,8 @@ def test_cli_writes_reconstruction_r2_per_user_for_every_protocol(scenario, tmp_
             assert -1e-9 <= row["reconstruction_r2"] <= 1 + 1e-9
             assert len(row["r2_by_round"]) == 4
     assert sessions["paper", "plain"]["user1"]["reconstruction_r2"] > 0.99  # 4 x 2 rows >= m = 6
+    for row in sessions["compact", "plain"].values():  # feature-domain: at most Y Pi_X
+        assert row["reconstruction_r2"] <= row["own_r2"] + 1e-6
     for row in sessions["compact", "secure"].values():
         assert row["rank"] == 0 and row["masked_fields"] == ["secure_upload.masked"]
         assert row["reconstruction_r2"] == pytest.approx(0.0, abs=1e-9)

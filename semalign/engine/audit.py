@@ -160,6 +160,7 @@ class UserLeakage:
     reconstruction_r2: float
     procrustes_r2: float
     chance_r2: float
+    own_r2: float
     aggregate_r2: float | None
     aggregate_r2_by_round: list[float]
     r2_by_round: list[float]
@@ -196,11 +197,13 @@ def user_truth(user: Any, ap: AccessPoint) -> UserTruth:
 
 
 def control_figures(truth: UserTruth, ap: AccessPoint) -> dict[str, float]:
-    """What needs no upload: probes and CKA on the true Y and on the AP's own pilots X, and
-    the majority label's share of the probes' test rows."""
+    """What needs no upload: ``own_r2``, the bound from the AP's own pilots (Y Pi_X: X's row
+    space with a map fitted on the truth, the most any feature-domain upload can show), probes
+    and CKA on the true Y and on X, and the majority label's share of the probes' test rows."""
     n = truth.y.shape[1]
     own = pa.real_samples(ap.x)
     return {
+        "own_r2": pa.subspace_r2(truth.y, pa.leaked_basis(ap.x, ap.x.shape[0])),
         "probe_truth_accuracy": pa.probe_accuracy(pa.real_samples(truth.y), truth.labels),
         "probe_ap_accuracy": pa.probe_accuracy(own, truth.labels),
         "probe_majority": pa.majority_share(truth.labels[pa.split_rows(n)[1]]),
@@ -331,6 +334,7 @@ MEAN_FIELDS = (
     "reconstruction_r2",
     "procrustes_r2",
     "chance_r2",
+    "own_r2",
     "aggregate_r2",
     "probe_accuracy",
     "probe_truth_accuracy",
