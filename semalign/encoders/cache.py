@@ -98,33 +98,14 @@ def encode(
     check_limit(limit)
     if workers is not None:
         worker_count(1, workers)  # a bad count fails before any work
-    weights = dict(weights or {})
+    common = {"seed": seed, "image_size": image_size, "pretrained": pretrained, "limit": limit}
+    common |= {"epochs": epochs, "data_dir": data_dir, "device": device}
     root = Path(cache_dir) / dataset
-    results: dict[str, EncoderResult] = {}
-    todo: list[BuildJob] = []
-    for name in names:
-        job = _job(
-            Path(cache_dir),
-            dataset,
-            name,
-            seed=seed,
-            image_size=image_size,
-            pretrained=pretrained,
-            weights_file=weights.get(name),
-            limit=limit,
-            epochs=epochs,
-            data_dir=data_dir,
-            device=device,
-        )
-        started = time.perf_counter()
-        with entry_lock(job.folder):
-            reason = check_entry(job.folder, job.key)
-            if not reason:
-                results[name] = cached_result(job.folder, name, started)
-        if reason:
-            todo.append(dataclasses.replace(job, reason=reason))
-        elif on_result is not None:
-            on_result(results[name])
+    jobs = [
+        _job(Path(cache_dir), dataset, name, weights_file=(weights or {}).get(name), **common)
+        for name in names
+    ]
+    results, todo = _cached_or_todo(jobs, names, on_result)
     if pretrained and todo:  # weights that cannot be had fail here, before any build starts
         from semalign.encoders.train import check_pretrained_available
 
@@ -136,6 +117,28 @@ def encode(
     for name, accuracy in _ensure_task_models(root, names).items():
         results[name].task_model_accuracy = accuracy
     return [results[name] for name in names]
+
+
+def _cached_or_todo(
+    jobs: list[BuildJob],
+    names: list[str],
+    on_result: Callable[[EncoderResult], None] | None,
+) -> tuple[dict[str, EncoderResult], list[BuildJob]]:
+    """The valid entries' results (each reported to ``on_result`` at once) and the jobs of the
+    missing, stale or damaged ones, each with the reason it must be built."""
+    results: dict[str, EncoderResult] = {}
+    todo: list[BuildJob] = []
+    for name, job in zip(names, jobs, strict=True):
+        started = time.perf_counter()
+        with entry_lock(job.folder):
+            reason = check_entry(job.folder, job.key)
+            if not reason:
+                results[name] = cached_result(job.folder, name, started)
+        if reason:
+            todo.append(dataclasses.replace(job, reason=reason))
+        elif on_result is not None:
+            on_result(results[name])
+    return results, todo
 
 
 def _ensure_task_models(root: Path, names: list[str]) -> dict[str, float]:
