@@ -298,11 +298,9 @@ def _train(
 ):
     """:func:`train_scratch` on ``device``, with the process's torch threads as they are."""
     import torch
-    import torch.nn.functional as F
 
     recipe = recipe or spec.recipe
     model = build_scratch_model(spec, image_size, num_classes, seed).to(device)
-    device_type = torch.device(device).type
     use_bf16 = recipe.bf16 and bf16_supported(device)
     model.training_precision = "bf16" if use_bf16 else "fp32"  # recorded in the cache meta
     inputs = scratch_input(image_size)
@@ -328,17 +326,9 @@ def _train(
             if recipe.augment != "none":
                 x = augment(x, recipe.augment, generator, flip)
             x = ((x - mean) / std).to(device)
+            lr = _lr_at(step, total, warmup, recipe)
             y = labels[idx].to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, recipe)
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{spec.name}: training loss became {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = _sgd_step(model, optimizer, x, y, lr, recipe, use_bf16, spec.name)
             step += 1
             if tick is not None:
                 tick(step, total)
@@ -352,6 +342,25 @@ def _train(
     recalibrate_batchnorm(model, base, mean, std, batch, device)
     model.eval()
     return model
+
+
+def _sgd_step(model, optimizer, x, y, lr: float, recipe: Recipe, use_bf16: bool, name: str):
+    """One optimizer step at learning rate ``lr`` on the normalized batch x (b, 3, s, s) with
+    labels y (b,); returns the loss. FloatingPointError when the loss is not finite."""
+    import torch
+    import torch.nn.functional as F
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name}: training loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
 
 
 def recalibrate_batchnorm(model, images, mean, std, batch: int, device: str) -> None:
