@@ -453,20 +453,23 @@ def figure_fig3(
                     marker=MARKERS[variants.index(quals) % len(MARKERS)],
                 )
                 series.append((panel, label))
-        ax_mse.set_ylabel(MSE_LABEL, fontsize=8)
-        ax_test.set_ylabel(TEST_MSE_LABEL, fontsize=8)
-        ax_acc.set_ylabel(ACC_LABEL, fontsize=8)
-        for ax in axes:
-            _zeta_axis(ax, style)
-            ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
-        ax_mse.set_title("network MSE (pilots, training)")
-        ax_test.set_title("latent MSE (test, held out)")
-        ax_acc.set_title("accuracy (test)")
+        _label_fig3_panels(axes, style)
         title, slug = _fmt_context(context_keys, ctx)
         title = f"Homogeneous vs heterogeneous users ({title}; {_seeds_note(pts, style)})"
         name = "fig3-mse-accuracy-vs-zeta" + ("" if len(contexts) == 1 else f"-{slug}")
         out.append((_finish(fig, axes, title, out_dir, name, style, formats), series))
     return out
+
+
+def _label_fig3_panels(axes, style: FigureStyle) -> None:
+    """Axis labels, zeta axes, grids and titles of fig. 3's three panels (MSE, test, acc)."""
+    labels = (MSE_LABEL, TEST_MSE_LABEL, ACC_LABEL)
+    titles = ("network MSE (pilots, training)", "latent MSE (test, held out)", "accuracy (test)")
+    for ax, label, title in zip(axes, labels, titles, strict=True):
+        ax.set_ylabel(label, fontsize=8)
+        _zeta_axis(ax, style)
+        ax.grid(alpha=0.3, which="both" if style.x_scale == "log" else "major")
+        ax.set_title(title)
 
 
 def figure_snr(
