@@ -237,17 +237,23 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
         return session_lost(args.user_id, offers[-1], exc)
     except LatentsError as exc:  # this user's own data
         raise UsageError(str(exc)) from None
+    return exit_code(reports)
+
+
+def exit_code(reports: list) -> int:
+    """0 if every session ended ok; else 1, with the first failure's reason (e.g. the AP
+    dropped this user for a message it refused) as one line on stderr."""
     failed = [r for r in reports if r.status != "ok"]
-    if failed:  # e.g. dropped for a message the AP refused: the AP's reason, one line
-        first = failed[0]
-        print(
-            f"semalign user: {first.user_id} {first.status} in session {first.index + 1} "
-            f"(seed {first.seed}): {first.detail}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    return 0
+    if not failed:
+        return 0
+    first = failed[0]
+    print(
+        f"semalign user: {first.user_id} {first.status} in session {first.index + 1} "
+        f"(seed {first.seed}): {first.detail}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 def session_lost(user_id: str, offer, exc: Exception) -> int:
