@@ -127,6 +127,49 @@ def procrustes_align(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (w @ zh) @ estimate
 
 
+def equalizer_map(
+    hf: np.ndarray, h: np.ndarray, gram: np.ndarray, n: int, noise_var: float
+) -> np.ndarray:
+    """J_t (c, s) with M_t = G_t H = R J_t, from what a channel-aware AP knows.
+
+    The G-step is G_t = R (H F_t)^H (H F_t B (H F_t)^H + n sigma^2 I)^-1 with R = Y X^H, so
+    J_t = (H F_t)^H (H F_t B (H F_t)^H + n sigma^2 I)^-1 H.
+
+    Args:
+        hf: (K N_R, c) H F_t on the user's channel estimate (the handshake's CSI).
+        h: (K N_R, s) the block channel H.  gram: (c, c) B = X X^H.  n: pilots.
+        noise_var: sigma^2 per row of the received block.
+    """
+    ss = hf @ gram @ hf.conj().T
+    system = (ss + ss.conj().T) / 2 + n * noise_var * np.eye(ss.shape[0])
+    return np.linalg.solve(system, hf).conj().T @ h  # (M^-1 H F)^H H, M Hermitian
+
+
+def cross_gram_estimate(maps: Sequence[np.ndarray], terms: Sequence[np.ndarray]) -> np.ndarray:
+    """W = R^H R (c, c) by least squares from compact uploads T_t = P_t X^H = J_t^H W (s, c)
+    and the maps J_t (c, s) of :func:`equalizer_map`: exact once the stacked J_t^H have rank c
+    (T K N_T >= c rounds); the minimum-norm fit before. Returned Hermitian."""
+    lhs = np.vstack([j.conj().T for j in maps])
+    w = np.linalg.lstsq(lhs, np.vstack(terms), rcond=None)[0]
+    return (w + w.conj().T) / 2
+
+
+def regression_estimate(
+    w: np.ndarray, x: np.ndarray, gram: np.ndarray, rows: int, rtol: float = RANK_RTOL
+) -> np.ndarray:
+    """The AP's estimate (r, n) of Y Pi_X = R B^-1 X up to a semi-unitary, from W = R^H R.
+
+    With R = U S V^H, W = V S^2 V^H, so R B^-1 X = U (S V^H B^-1 X): the rows S V^H B^-1 X
+    for the ``rows`` (m) largest eigenvalues of W above ``rtol`` of the largest; U stays unknown
+    (:func:`procrustes_align` removes it). x (c, n), gram (c, c) B.
+    """
+    eigvals, eigvecs = np.linalg.eigh(w)
+    order = np.argsort(eigvals)[::-1][:rows]
+    keep = order[eigvals[order] > rtol * max(eigvals.max(initial=0.0), 0.0)]
+    coordinates = np.sqrt(eigvals[keep])[:, None] * eigvecs[:, keep].conj().T  # S V^H (r, c)
+    return np.linalg.lstsq(gram, coordinates.conj().T, rcond=None)[0].conj().T @ x
+
+
 def chance_r2(rank: int, n: int) -> float:
     """Expected :func:`subspace_r2` of a uniformly random ``rank``-dimensional subspace of the
     n pilots for a centered Y: rank / n (what that many uploads of noise would 'explain')."""

@@ -94,6 +94,38 @@ def test_compact_uploads_show_only_the_part_of_y_linear_in_x():
     assert expected < 0.9
 
 
+def test_a_channel_aware_ap_solves_compact_uploads_for_r_h_r():
+    """Compact uploads P_t X^H produced by the user's own G-step (common/admm.py) are
+    J_t^H R^H R with J_t computable from F_t, the CSI and the SNR: the AP recovers W = R^H R
+    and, up to a semi-unitary, Y Pi_X: the known-map estimate explains exactly what X's row
+    space explains of Y, more than the whitened-subspace attack on the same uploads."""
+    from semalign.common import admm
+
+    rng = np.random.default_rng(8)
+    n, c, m, s, n_r = 300, 6, 4, 2, 3
+    x = whitened(c, n, rng)
+    y = whitened(m, n, rng) * 0.6 + (rng.standard_normal((m, c)) @ x) * 0.4
+    y = np.sqrt(n) * np.linalg.qr((y - y.mean(1, keepdims=True)).conj().T)[0].conj().T
+    gram, r = x @ x.conj().T, y @ x.conj().T
+    hbar = rng.standard_normal((n_r, s)) + 1j * rng.standard_normal((n_r, s))
+    sigma2, maps, terms = 0.01, [], []
+    for _ in range(4):  # 4 rounds x s = 8 >= c rows: the maps span
+        f = rng.standard_normal((s, c)) + 1j * rng.standard_normal((s, c))
+        hf = admm.apply_block_channel(hbar, f)
+        products = admm.compact_products(r, hf, gram, float(np.vdot(y, y).real), n)
+        g = admm.g_step(y, None, sigma2, products)
+        terms.append(admm.uplink_statistics(g, hbar, r)[1])  # P_t X^H (s, c)
+        maps.append(pa.equalizer_map(hf, hbar, gram, n, sigma2))
+    w = pa.cross_gram_estimate(maps, terms)
+    np.testing.assert_allclose(w, r.conj().T @ r, atol=1e-8 * np.abs(w).max())
+    estimate = pa.regression_estimate(w, x, gram, m)
+    own = pa.subspace_r2(y, pa.leaked_basis(x, c))
+    assert pa.r2(y, pa.procrustes_align(estimate, y)) == pytest.approx(own, abs=1e-8)
+    mapped = np.vstack([pa.pilot_domain(t, x, gram) for t in terms])
+    subspace = pa.whitened_estimate(pa.leaked_basis(mapped, m), n)
+    assert pa.r2(y, pa.procrustes_align(subspace, y)) < own - 0.05
+
+
 def test_no_uploads_leak_nothing():
     """Baselines send no uploads: an empty stack, rank 0, R^2 0, the probe at its majority."""
     rng = np.random.default_rng(5)
@@ -217,6 +249,7 @@ def test_cli_writes_reconstruction_r2_per_user_for_every_protocol(scenario, tmp_
     assert sessions["paper", "plain"]["user1"]["reconstruction_r2"] > 0.99  # 4 x 2 rows >= m = 6
     for row in sessions["compact", "plain"].values():  # feature-domain: at most Y Pi_X
         assert row["reconstruction_r2"] <= row["own_r2"] + 1e-6
+        assert row["known_map_r2"] is not None and row["probe_estimate"] == "known-map"
     for row in sessions["compact", "secure"].values():
         assert row["rank"] == 0 and row["masked_fields"] == ["secure_upload.masked"]
         assert row["reconstruction_r2"] == pytest.approx(0.0, abs=1e-9)

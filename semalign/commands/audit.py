@@ -38,10 +38,11 @@ from semalign.experiments.provenance import latents_id, provenance_block
 
 #: table columns: (title, JSON keys shown as a/b/c)
 COLUMNS = (
-    ("R2 bound", ("reconstruction_r2",)),
-    ("R2 attack", ("procrustes_r2",)),
+    ("R2", ("reconstruction_r2",)),
+    ("linear/subsp./map", ("linear_r2", "procrustes_r2", "known_map_r2")),
     ("chance", ("chance_r2",)),
-    ("R2 sum", ("aggregate_r2",)),
+    ("own", ("own_r2",)),
+    ("sum", ("aggregate_r2",)),
     ("probe rec/Y/X", ("probe_accuracy", "probe_truth_accuracy", "probe_ap_accuracy")),
     ("CKA rec/Y", ("cka", "cka_truth")),
 )

@@ -47,13 +47,15 @@ NOT_UPLOADS = ("handshake", "ack", "report", "error")
 
 
 class ApRecorder:
-    """Every message the AP took from each user, as bytes, in the order it took them."""
+    """Every message the AP took from each user (``messages``) and sent to it (``sent``), as
+    bytes, in order (a :data:`~semalign.engine.loopback.Tap`)."""
 
     def __init__(self) -> None:
         self.messages: dict[str, list[bytes]] = defaultdict(list)
+        self.sent: dict[str, list[bytes]] = defaultdict(list)
 
-    def __call__(self, user_id: str, data: bytes) -> None:
-        self.messages[user_id].append(data)
+    def __call__(self, user_id: str, direction: str, data: bytes) -> None:
+        (self.messages if direction == "up" else self.sent)[user_id].append(data)
 
 
 def message_matrices(message: Any, prefix: str = "") -> list[tuple[str, np.ndarray]]:
@@ -81,6 +83,7 @@ class Uploads:
         fields: the fields used (``upload.p``, ``compact_upload.cross``, ...).
         ignored: fields whose shape is neither (., n) nor (., c).
         masked: per message with masked vectors (uint64, 1-D), their concatenation.
+        features: per message with feature-domain terms, those terms as sent (rows, c).
         masked_fields: the fields they came from (``secure_upload.masked``).
     """
 
@@ -89,6 +92,7 @@ class Uploads:
     ignored: list[str] = field(default_factory=list)
     masked: list[np.ndarray] = field(default_factory=list)
     masked_fields: list[str] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
 
 
 def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
@@ -100,7 +104,7 @@ def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
         kind = message.WhichOneof("body")
         if kind in NOT_UPLOADS:
             continue
-        terms, masked = [], []
+        terms, masked, features = [], [], []
         for path, array in message_matrices(getattr(message, kind), kind + "."):
             if array.dtype == np.uint64 and array.ndim == 1:
                 masked.append(array)
@@ -112,7 +116,8 @@ def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
             if columns == ap.n:
                 terms.append(array.astype(np.complex128))
             elif columns == ap.cdim:
-                terms.append(pa.pilot_domain(array.astype(np.complex128), ap.x, gram))
+                features.append(array.astype(np.complex128))
+                terms.append(pa.pilot_domain(features[-1], ap.x, gram))
             else:
                 _add(out.ignored, path)
                 continue
@@ -121,6 +126,8 @@ def decode_uploads(messages: list[bytes], ap: AccessPoint) -> Uploads:
             out.rounds.append(np.vstack(terms) if terms else np.zeros((0, ap.n), complex))
         if masked:
             out.masked.append(np.concatenate(masked))
+        if features:
+            out.features.append(np.vstack(features))
     return out
 
 
@@ -133,8 +140,12 @@ def _add(names: list[str], name: str) -> None:
 class UserLeakage:
     """What the AP's uploads of one user give an attacker (one protocol, target, seed).
 
-    R^2 figures are of the user's whitened pilots Y (``m`` rows, ``n`` pilots); ``rank`` is the
-    dimension of the leaked row space (at most m); ``r2_by_round[t]`` uses rounds 0..t.
+    R^2 figures are of the user's whitened pilots Y (``m`` rows, ``n`` pilots), each after the
+    ambiguity no attacker can resolve is removed on the truth: ``linear_r2`` the best linear
+    map of the uploads (fitted on the truth), ``procrustes_r2`` the AP's own whitened-subspace
+    estimate, ``known_map_r2`` the channel-aware AP's estimate from compact uploads (``None``
+    elsewhere), ``reconstruction_r2`` the best of these; ``*_by_round[t]`` use rounds 0..t.
+    ``rank`` is the dimension of the leaked row space (at most m).
     Probes predict the user's own classifier's labels on its pilots (test rows: the last 30%)
     from: the attacker's reconstruction (``probe_accuracy``), the true Y
     (``probe_truth_accuracy``), the AP's own pilots X (``probe_ap_accuracy``); the majority
@@ -158,12 +169,17 @@ class UserLeakage:
     masked_fields: list[str]
     rank: int
     reconstruction_r2: float
+    linear_r2: float
     procrustes_r2: float
+    known_map_r2: float | None
+    probe_estimate: str
     chance_r2: float
     own_r2: float
     aggregate_r2: float | None
     aggregate_r2_by_round: list[float]
     r2_by_round: list[float]
+    linear_r2_by_round: list[float]
+    known_map_r2_by_round: list[float]
     rank_by_round: list[int]
     probe_accuracy: float
     probe_truth_accuracy: float
@@ -230,16 +246,23 @@ def attack_user(
     ap: AccessPoint,
     aggregate: list[np.ndarray] | None,
     memo: dict[str, dict[str, float]] | None = None,
+    known_estimates: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The attacks' figures for one user (the :class:`UserLeakage` fields they set);
-    ``memo`` keeps :func:`control_figures` between calls."""
+    """The attacks' figures for one user (the :class:`UserLeakage` fields they set).
+
+    ``reconstruction_r2`` (and ``r2_by_round``) is the best of the linear bound and the
+    known-map attack (``known_estimates``: :func:`known_map_estimates`, compact rounds with
+    CSI); the probe and CKA use the known-map estimate where there is one. ``memo`` keeps
+    :func:`control_figures` between calls."""
     y, n = truth.y, truth.y.shape[1]
     variance = ap.representation.whitened_variance
     stack = np.vstack(uploads.rounds) if uploads.rounds else np.zeros((0, n), complex)
     basis = pa.leaked_basis(stack, y.shape[0])
     estimate = pa.whitened_estimate(basis, n, variance)
     by_round = pa.r2_by_rounds(y, uploads.rounds)
-    guess = pa.real_samples(estimate)
+    known = [pa.r2(y, pa.procrustes_align(e, y)) for e in known_estimates or []]
+    best = [max([r, *known[t : t + 1]]) for t, (_, r) in enumerate(by_round)]
+    guess = pa.real_samples(known_estimates[-1] if known else estimate)
     agg = pa.r2_by_rounds(y, aggregate) if aggregate else []
     return {
         "m": y.shape[0],
@@ -249,17 +272,66 @@ def attack_user(
         "fields": list(uploads.fields),
         "masked_fields": list(uploads.masked_fields),
         "rank": int(basis.shape[0]),
-        "reconstruction_r2": pa.subspace_r2(y, basis),
+        "reconstruction_r2": best[-1] if best else pa.subspace_r2(y, basis),
+        "linear_r2": pa.subspace_r2(y, basis),
         "procrustes_r2": pa.r2(y, pa.procrustes_align(estimate, y)),
+        "known_map_r2": known[-1] if known else None,
+        "probe_estimate": "known-map" if known else "whitened-subspace",
         "chance_r2": pa.chance_r2(basis.shape[0], n),
         "aggregate_r2": agg[-1][1] if agg else None,
         "aggregate_r2_by_round": [r for _, r in agg],
-        "r2_by_round": [r for _, r in by_round],
+        "r2_by_round": best,
+        "linear_r2_by_round": [r for _, r in by_round],
+        "known_map_r2_by_round": known,
         "rank_by_round": [k for k, _ in by_round],
         "probe_accuracy": pa.probe_accuracy(guess, truth.labels),
         "cka": pa.linear_cka(guess, truth.native),
         **_controls(truth, ap, {} if memo is None else memo),
     }
+
+
+def sent_pre_equalizers(messages: list[bytes]) -> list[np.ndarray]:
+    """The F_t (rows, c) of the compact round broadcasts in ``messages`` (what the AP sent one
+    user), in order, the final broadcast left out."""
+    out = []
+    for data in messages:
+        message = pb.ApMessage.FromString(data)
+        if (
+            message.WhichOneof("body") == "compact_broadcast"
+            and not message.compact_broadcast.final
+        ):
+            out.append(from_matrix(message.compact_broadcast.pre_equalizer).astype(np.complex128))
+    return out
+
+
+def known_map_estimates(
+    uploads: Uploads, sent: list[bytes], user_id: str, ap: AccessPoint, rows: int
+) -> list[np.ndarray] | None:
+    """The channel-aware AP's own estimates of Y Pi_X (at most ``rows`` rows, n) from compact
+    uploads, after each prefix of rounds: it computes each round's J_t from the F_t it sent and
+    the CSI and SNR of the handshake (:func:`~semalign.common.privacy_audit.equalizer_map`),
+    solves for W = R^H R by least squares and forms R B^-1 X up to a semi-unitary. ``None``
+    without CSI or without feature-domain uploads, or when uploads and broadcasts do not pair
+    up."""
+    from semalign.common.channel import noise_variance
+
+    state, config, rep = ap.users[user_id], ap.config, ap.representation
+    pre_equalizers = sent_pre_equalizers(sent)
+    if state.hbar is None or not uploads.features or len(pre_equalizers) != len(uploads.features):
+        return None
+    gram = ap.x @ ap.x.conj().T
+    h = rep.channel_matrix(np.kron(np.eye(ap.data_channel_uses), state.hbar))
+    sigma2 = rep.noise_var(noise_variance(state.snr_db, config.power, config.channel_uses))
+    maps = [
+        pa.equalizer_map(rep.apply_block_channel(state.hbar, f), h, gram, ap.n, sigma2)
+        for f in pre_equalizers
+    ]
+    return [
+        pa.regression_estimate(
+            pa.cross_gram_estimate(maps[:t], uploads.features[:t]), ap.x, gram, rows
+        )
+        for t in range(1, len(maps) + 1)
+    ]
 
 
 def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> list[np.ndarray] | None:
@@ -311,7 +383,9 @@ def audit_seed(
     out = []
     for user in users:
         truth = user_truth(user, ap)
-        figures = attack_user(truth, uploads[user.user_id], ap, aggregate, memo)
+        mine, sent = uploads[user.user_id], recorder.sent[user.user_id]
+        known = known_map_estimates(mine, sent, user.user_id, ap, truth.y.shape[0])
+        figures = attack_user(truth, mine, ap, aggregate, memo, known)
         report = result.reports.get(user.user_id, {})
         out.append(
             UserLeakage(
@@ -332,7 +406,9 @@ def audit_seed(
 MEAN_FIELDS = (
     "rank",
     "reconstruction_r2",
+    "linear_r2",
     "procrustes_r2",
+    "known_map_r2",
     "chance_r2",
     "own_r2",
     "aggregate_r2",

@@ -8,16 +8,17 @@ from collections.abc import Callable
 from semalign.client.user import User
 from semalign.common.errors import LinkError
 
-#: Called with (user id, bytes) for every message the AP takes from a link.
-Tap = Callable[[str, bytes], None]
+#: Called with (user id, "up" or "down", bytes) for every message the AP takes from a link
+#: ("up") or hands to it ("down").
+Tap = Callable[[str, str, bytes], None]
 
 
 class LoopbackLink:
     """In-process link: delivering a message calls the user's state machine directly.
 
-    ``tap`` (optional) sees every message the AP receives on this link, as the bytes the AP
-    gets, at the moment it gets them: a record of the AP's side of the wire (``semalign
-    audit``), independent of what the user keeps in memory afterwards.
+    ``tap`` (optional) sees every message the AP receives on this link ("up") or sends on it
+    ("down"), as bytes, at the moment they pass: a record of the AP's side of the wire
+    (``semalign audit``), independent of what the user keeps in memory afterwards.
     """
 
     def __init__(self, user: User, tap: Tap | None = None) -> None:
@@ -26,6 +27,8 @@ class LoopbackLink:
         self._replies: deque[bytes] = deque([user.handshake_request()])
 
     def send(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap(self.user.user_id, "down", data)
         reply = self.user.handle(data)
         if reply is not None:
             self._replies.append(reply)
@@ -35,5 +38,5 @@ class LoopbackLink:
             raise LinkError(f"user {self.user.user_id} has nothing to send")
         data = self._replies.popleft()
         if self.tap is not None:
-            self.tap(self.user.user_id, data)
+            self.tap(self.user.user_id, "up", data)
         return data
