@@ -14,7 +14,7 @@ from semalign.server.session import SessionDriver
 from synthetic import make_latents
 
 from semalign.cli import main
-from semalign.engine import audit
+from semalign.engine import ap_record, audit
 from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import build_session, load_scenario
 
@@ -186,23 +186,23 @@ def test_the_audit_reads_the_wire_not_the_users_memory(scenario, monkeypatch):
         return real_upload(self, kind, round_, a, zeros, sq, noise)
 
     monkeypatch.setattr(AdmmUser, "_upload", lie)
-    recorder = audit.ApRecorder()
+    recorder = ap_record.ApRecorder()
     SessionDriver(ap, [LoopbackLink(u, tap=recorder) for u in users]).run(
         scenario.ap_test, np.arange(len(scenario.ap_test))
     )
     honest = users[0].user_id
-    decoded = audit.decode_uploads(recorder.messages[honest], ap)
+    decoded = ap_record.decode_uploads(recorder.messages[honest], ap)
     assert decoded.fields == ["upload.p"]
     assert len(decoded.rounds) == len(seen[honest]) == 6
     for mine, aps in zip(decoded.rounds, seen[honest], strict=True):
         np.testing.assert_array_equal(mine, aps)
     users[0].strategy.g[:] = 0  # the user's memory changes after the session
-    again = audit.decode_uploads(recorder.messages[honest], ap)
+    again = ap_record.decode_uploads(recorder.messages[honest], ap)
     np.testing.assert_array_equal(np.vstack(again.rounds), np.vstack(decoded.rounds))
     figures = {
         u.user_id: audit.attack_user(
             audit.user_truth(u, ap),
-            audit.decode_uploads(recorder.messages[u.user_id], ap),
+            ap_record.decode_uploads(recorder.messages[u.user_id], ap),
             ap,
             None,
         )
@@ -299,7 +299,7 @@ def test_masked_uploads_leave_only_their_sum(scenario):
             upload = pb.SecureUpload(session_id="s", round=round_, masked=to_matrix(masked))
             recorded[user].append(pb.UserMessage(secure_upload=upload).SerializeToString())
         sums.append(fs[0] + fs[1])
-    uploads = [audit.decode_uploads(recorded[u], ap) for u in recorded]
+    uploads = [ap_record.decode_uploads(recorded[u], ap) for u in recorded]
     for up in uploads:
         assert [r.shape[0] for r in up.rounds] == [0, 0, 0]  # three rounds, no term
         assert up.masked_fields == ["secure_upload.masked"]
