@@ -121,6 +121,19 @@ class AlignmentConfig(BaseModel):
         "F-step and the AP learns only the sum of the F_l, masked pairwise; needs strategy fed "
         "and protocol compact)",
     )
+    dp_noise_multiplier: float = Field(
+        0.0,
+        ge=0.0,
+        le=1e6,
+        description="differential privacy (needs aggregation secure): Gaussian noise on each "
+        "round's sum, z times its sensitivity 2 dp_clip; 0: off",
+    )
+    dp_clip: float = Field(
+        1.0, gt=0.0, le=1e6, description="differential privacy: Frobenius norm bound of each F_l"
+    )
+    dp_delta: float = Field(
+        1e-5, gt=0.0, lt=1.0, description="differential privacy: the delta epsilon is reported at"
+    )
 
     @field_validator("strategy", mode="plain")
     @classmethod
@@ -129,7 +142,7 @@ class AlignmentConfig(BaseModel):
             raise ValueError(f"strategy must be a name, got {value!r}")
         return get_strategy(value).name
 
-    @field_validator("snr_db", "rho", "power", "pilot_fraction")
+    @field_validator("snr_db", "rho", "power", "pilot_fraction", "dp_clip", "dp_delta")
     @classmethod
     def _finite(cls, value: float) -> float:
         if value != value or value in (float("inf"), float("-inf")):
@@ -156,6 +169,8 @@ class AlignmentConfig(BaseModel):
                 "user holds X X^H for its own F-step) and user_groups 1; got strategy "
                 f"{self.strategy}, protocol {self.protocol}, user_groups {self.user_groups}"
             )
+        if self.dp_noise_multiplier > 0 and self.aggregation != "secure":
+            raise ValueError("dp_noise_multiplier > 0 needs aggregation secure")
         return self
 
     def params(self) -> dict[str, Any]:
@@ -166,6 +181,9 @@ class AlignmentConfig(BaseModel):
             data.pop("channel")
         if self.aggregation == "plain":  # as before the field existed
             data.pop("aggregation")
+        if self.dp_noise_multiplier == 0:  # no differential privacy: as before the fields
+            for key in ("dp_noise_multiplier", "dp_clip", "dp_delta"):
+                data.pop(key)
         return data
 
     @property

@@ -116,7 +116,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ..., round_protocols: _Optional[_Iterable[_Union[RoundProtocol, str]]] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeAccept(_message.Message):
-    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation")
+    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation", "dp_noise_multiplier", "dp_clip")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_INDEX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class HandshakeAccept(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     WIDELY_LINEAR_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIP_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_index: int
     strategy: Strategy
@@ -157,7 +159,9 @@ class HandshakeAccept(_message.Message):
     precision: Precision
     widely_linear: bool
     aggregation: Aggregation
-    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ...) -> None: ...
+    dp_noise_multiplier: float
+    dp_clip: float
+    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_clip: _Optional[float] = ...) -> None: ...
 
 class RoundBroadcast(_message.Message):
     __slots__ = ("session_id", "round", "symbols", "final")

@@ -19,6 +19,7 @@ import subprocess
 import numpy as np
 import pytest
 from semalign.client.user import User, build_user
+from semalign.common import differential_privacy as dp
 from semalign.common import secure_aggregation as sa
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
@@ -316,3 +317,60 @@ def _in_process(latents, config: AlignmentConfig, user2_dies_at: int):
     links[1] = DyingLink(links[1], user2_dies_at)
     test_ids = np.arange(len(scenario.ap_test), dtype=np.int64)
     return SessionDriver(ap, links).run(scenario.ap_test, test_ids)
+
+
+# ---------------------------------------------------------------------------- differential privacy
+@pytest.fixture
+def accountant():
+    """The Renyi-DP accountant (Opacus, the ``dp`` extra and part of ``dev``)."""
+    pytest.importorskip("opacus")
+
+
+def _round0_f(config: AlignmentConfig) -> tuple[np.ndarray, AccessPoint]:
+    ap, users, _ = _session(config)
+    driver = SessionDriver(ap, [LoopbackLink(u) for u in users])
+    driver.handshake()
+    driver.admm_round()
+    return ap.strategy.shared.f.copy(), ap
+
+
+def test_dp_noise_has_the_documented_spread(accountant):
+    """Round 0's F under DP minus without: the average of the users' noise shares, each
+    N(0, (z 2 C / sqrt(t))^2) per real coordinate (no clipping at this C)."""
+    z, clip = 0.05, 100.0
+    exact, _ = _round0_f(SECURE)
+    noisy, ap = _round0_f(SECURE.model_copy(update={"dp_noise_multiplier": z, "dp_clip": clip}))
+    noise = (noisy - exact).view(np.float64)
+    users, threshold = 3, ap.strategy.threshold
+    want = dp.user_noise_std(z, clip, threshold) * np.sqrt(users) / users
+    assert want == pytest.approx(z * 2 * clip / np.sqrt(threshold) / np.sqrt(users))
+    # the sample spread of N normals is within 4 of its standard errors 1 / sqrt(2 N)
+    assert np.std(noise) == pytest.approx(want, rel=4 / np.sqrt(2 * noise.size))
+    assert abs(np.mean(noise)) < 4 * want / np.sqrt(noise.size)
+    info = ap.result_info()["differential_privacy"]
+    assert info["epsilon"] == pytest.approx(dp.epsilon(z, SECURE.iterations, 1e-5))
+
+
+def test_dp_clips_every_contribution(accountant):
+    clip = 1e-3
+    f, _ = _round0_f(SECURE.model_copy(update={"dp_noise_multiplier": 1e-9, "dp_clip": clip}))
+    exact, _ = _round0_f(SECURE)
+    assert np.linalg.norm(f) <= clip * (1 + 1e-6) < np.linalg.norm(exact)
+
+
+def test_dp_epsilon_falls_with_noise_and_grows_with_rounds(accountant):
+    eps = [dp.epsilon(z, 30, 1e-5) for z in (0.5, 1.0, 2.0, 4.0)]
+    assert all(a > b > 0 for a, b in zip(eps, eps[1:], strict=False))
+    assert dp.epsilon(1.0, 10, 1e-5) < eps[1] < dp.epsilon(1.0, 100, 1e-5)
+    # within the classic RDP conversion of T Gaussian mechanisms: T a / (2 z^2) + log(1/d)/(a-1)
+    classic = min(30 * a / 2 + np.log(1e5) / (a - 1) for a in dp.RDP_ORDERS)
+    assert eps[1] <= classic + 1e-9
+
+
+def test_dp_without_secure_aggregation_exits_2(latents, capsys):
+    root, ap, users = latents
+    argv = ["simulate", "--latents", str(root), "--ap", ap, "--users", ",".join(users)]
+    argv += [*ALIGN, "--protocol", "compact", "--dp-noise-multiplier", "1", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "aggregation secure" in err

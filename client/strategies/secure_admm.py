@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from semalign.client.strategies.admm import AdmmUser
 from semalign.common import admm
+from semalign.common import differential_privacy as dp
 from semalign.common import secure_aggregation as sa
 from semalign.common.errors import ProtocolError
 from semalign.common.packing import complex_dim
@@ -50,6 +51,9 @@ class SecureAdmmUser(AdmmUser):
         self.revealed: set[int] = set()
         self.offset: np.ndarray | None = None
         self.participants: list[int] = []
+        self.threshold = 0
+        #: differential privacy's noise, from the operating system's entropy (unpredictable)
+        self.noise_rng = np.random.default_rng()
 
     # ------------------------------------------------------------------ setup
     def on_setup(self, msg: pb.SecureSetup) -> bytes:
@@ -67,6 +71,7 @@ class SecureAdmmUser(AdmmUser):
                 f"expected {sa.threshold_for(len(listed))}"
             )
         order = sorted(listed)
+        self.threshold = msg.threshold
         shares = sa.split_key(self.keys.masking, msg.threshold, len(order))
         reply = pb.SecureShares(session_id=self.user.accept.session_id)
         for position, peer in enumerate(order):
@@ -146,6 +151,10 @@ class SecureAdmmUser(AdmmUser):
             f = admm.f_step_from_cross(a, cross, self.gram_factor, self.offset, zero, acc.rho)
         n = self.gram_factor.n
         losses = (sq / (n * complex_dim(self.user.latent_dim)), (sq + noise) / n)
+        if acc.dp_noise_multiplier > 0:  # the Gaussian mechanism; no loss scalars leave
+            std = dp.user_noise_std(acc.dp_noise_multiplier, acc.dp_clip, self.threshold)
+            f = dp.add_noise(dp.clip(f, acc.dp_clip), std, self.noise_rng)
+            losses = (0.0, 0.0)
         values = sa.pack_contribution(f, losses, real=rep.widely_linear)
         peers = {p: self.mask_secrets[p] for p in self.participants if p != self.index}
         masked = sa.quantize(values, len(self.participants)) + sa.mask_sum(

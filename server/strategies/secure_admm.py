@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from semalign.common import differential_privacy as dp
 from semalign.common import secure_aggregation as sa
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
@@ -67,6 +68,14 @@ class SecureSharedAdmm(SharedAdmm):
         self.sealed: dict[int, list[pb.SealedShare]] = {}  # recipient -> shares for it
         self.rebuilt: dict[int, Any] = {}  # index -> masking key of a dropped user
         self.recoveries: list[dict] = []
+        cfg = self.config
+        #: (epsilon, delta) of the T rounds under differential privacy (None: off); computed
+        #: now, so that a missing accountant stops the session before it starts
+        self.privacy = (
+            (dp.epsilon(cfg.dp_noise_multiplier, cfg.iterations, cfg.dp_delta), cfg.dp_delta)
+            if cfg.dp_noise_multiplier > 0
+            else None
+        )
         self._new_round([])
 
     def _new_round(self, participants: list[int]) -> None:
@@ -88,6 +97,9 @@ class SecureSharedAdmm(SharedAdmm):
     ) -> None:
         super().complete_accept(state, request, accept)
         accept.aggregation = pb.SECURE
+        if self.privacy is not None:
+            accept.dp_noise_multiplier = self.config.dp_noise_multiplier
+            accept.dp_clip = self.config.dp_clip
         self.keys.setdefault(state.user_id, check_secure_request(request))
 
     def check_keys(self, state: UserState, request: pb.HandshakeRequest) -> None:
@@ -244,7 +256,10 @@ class SecureSharedAdmm(SharedAdmm):
         f, losses = sa.unpack_contribution(
             values, self.shared.f.shape, LOSS_TERMS, real=rep.widely_linear
         )
-        self.losses = (float(losses[0]), float(losses[1]))
+        # under differential privacy the users send no loss scalars: unknown here
+        self.losses = (
+            (float(losses[0]), float(losses[1])) if self.privacy is None else (np.nan,) * 2
+        )
         with single_thread():
             return self.shared.consensus(f, self.power_budget, self.config.rho)
 
@@ -287,4 +302,13 @@ class SecureSharedAdmm(SharedAdmm):
             "participants": len(self.by_index),
             "recoveries": self.recoveries,
         }
+        if self.privacy is not None:
+            cfg = self.config
+            info["differential_privacy"] = {
+                "noise_multiplier": cfg.dp_noise_multiplier,
+                "clip": cfg.dp_clip,
+                "epsilon": self.privacy[0],
+                "delta": self.privacy[1],
+                "rounds": cfg.iterations,
+            }
         return info
