@@ -173,8 +173,8 @@ def command_check(root: Path, users: int, rounds: int, reps: int, workdir: Path)
     for rep in range(reps):
         for mode in ("--flower", "--no-flower"):
             target = workdir / f"{mode}-{rep}.json"
-            argv = [*semalign_command(), "run", "--latents", str(root), "--ap", "ap"]
-            argv += ["--users", str(users), "--iterations", str(rounds), "--seeds", str(rep)]
+            argv = [*semalign_command(), "run", "--latents", str(root), "--ap-encoder", "ap"]
+            argv += ["--num-users", str(users), "--iterations", str(rounds), "--seeds", str(rep)]
             argv += [mode, "--out", str(target), "--workdir", str(workdir / f"{mode}-{rep}"), "-q"]
             subprocess.run(argv, check=True, timeout=1800, stdin=subprocess.DEVNULL)
             res = json.loads(target.read_text())

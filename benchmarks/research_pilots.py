@@ -50,7 +50,7 @@ def run(latents: str, out: Path, users: str, seeds: str, k: int, protocol: str =
             if path.exists():
                 continue
             cmd = [sys.executable, "-m", "semalign", "simulate", "--latents", latents]
-            cmd += ["--users", users, "--seeds", seeds, "--channel-uses", str(k), "--quiet"]
+            cmd += ["--user-encoders", users, "--seeds", seeds, "--channel-uses", str(k), "--quiet"]
             cmd += ["--pilot-fraction", str(budget), "--pilot-selection", method]
             cmd += ["--protocol", protocol]
             subprocess.run([*cmd, "--out", str(path)], check=True)
