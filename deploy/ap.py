@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import socket
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,23 +25,21 @@ from semalign.common.errors import UsageError
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes
-from semalign.deploy.reliability_options import start_afresh, wait_policy
+from semalign.deploy.option_checks import serve_settings
+from semalign.deploy.reliability_options import start_afresh
 from semalign.deploy.serving import (
+    Plan,
     finish,
     load_plan,
     make_workdir,
-    serve_with_children,
+    print_endpoints,
+    serve_tracked,
     start_service,
 )
+from semalign.server.serve_settings import ServeSettings
 
-from semalign.commands.options import (
-    check_channel_users,
-    check_output,
-    config_from_args,
-    parse_seeds,
-    prepare_latents,
-)
-from semalign.commands.tracking_options import end_session_tracking, track_session
+from semalign.commands.options import check_channel_users, parse_seeds, prepare_latents
+from semalign.commands.tracking_options import track_session
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
@@ -100,92 +99,91 @@ def command(args: argparse.Namespace) -> int:
     from semalign.encoders import registry
 
     t_start, started = time.perf_counter(), datetime.now(timezone.utc)
-    config = config_from_args(args)
-    seeds = parse_seeds(args.seeds)
-    check_output(args.out)
-    if args.progress_file:
-        check_output(args.progress_file)
-    expected = expected_users(args.users)
-    check_channel_users(config, expected if isinstance(expected, int) else len(expected))
+    config, seeds = args.alignment_config, parse_seeds(args.seeds)
+    settings = serve_settings(args, expected_users(args.users))
+    check_channel_users(config, settings.users)
     ap = args.ap or registry.DEFAULT_AP
     cache = prepare_latents(args, [ap])
     # The users' latents are on their hosts: the AP's entry is all this process uses. (Each
     # user's SNR is its own: a user may override the offered one, so none is recorded here.)
     origin = provenance_block(started, latents_id=latents_id(cache, [ap]))
     start_afresh(args)
-    plan = load_plan(
-        cache,
-        ap,
-        config,
-        seeds,
-        expected,
-        join_timeout=args.join_timeout,
-        reply_timeout=args.reply_timeout,
-        policy=wait_policy(args),
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-    )
-    plan.progress_file = args.progress_file
-    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
-    supernode_keys = None
-    if args.flower and not args.insecure:
-        from pathlib import Path
-
-        supernode_keys = sorted(Path(args.supernode_keys).glob("*.pub"))
+    plan = load_plan(cache, ap, config, seeds, settings)
+    keys = supernode_keys(args)
     workdir = make_workdir(args.workdir, "semalign-ap-")
     secret, secret_file, source = ap_secret(args, workdir)
-    service, server = start_service(
-        secret,
-        args.listen,
-        plan,
-        tls,
-        first_message_timeout=args.first_message_timeout,
-        max_streams_per_address=args.max_streams_per_address,
-        metrics_listen=args.metrics_listen,
-        health_listen=args.health_listen,
-    )
+    service, server = start_service(secret, plan)
     advertise = advertised(args.listen, args.advertise, server.port)
     display = Display(config, seeds, plan.users, args.quiet)
-    display.console.print(f"alignment service on {server.address}, advertised as {advertise}")
-    for name, where in plan.endpoints.items():
-        display.console.print(f"{name} on {where}")
+    say = display.console.print
+    say(f"alignment service on {server.address}, advertised as {advertise}")
+    print_endpoints(plan, say)
     if source in ("new", "reused"):
-        display.console.print(
+        say(
             f"AP secret {'written to' if source == 'new' else 'reused from'} {secret_file}; "
             f"a user's token: semalign token USER_ID --secret-file {secret_file}"
         )
     procs = Processes(workdir / "logs")
-    deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
-    deployment["users"] = plan.users
-    deployment["tls"] = "mutual" if tls.ca and tls.cert else ("server" if tls.cert else "off")
-    deployment["supernode_auth"] = supernode_keys is not None
-
-    def start_superlink() -> FlowerRun | None:
-        if not args.flower:
-            return None
-        host, port = check_address(args.superlink_listen, what="--superlink-listen")
-        return start_flower(
-            procs,
-            workdir,
-            host=host,
-            port=port,
-            service_address=advertise,
-            secret_file=secret_file,
-            invited=None if isinstance(expected, int) else expected,
-            users=plan.users,
-            node_wait_s=plan.join_timeout,
-            tls=tls,
-            supernode_keys=supernode_keys,
-        )
-
+    deployment = ap_deployment(args, settings, keys)
+    superlink = Superlink(args, procs, workdir, plan, advertise, secret_file, keys)
     plan.tracked = track_session(args, "ap", config, ap, {}, origin)  # users name their own
-    try:
-        results, reports = serve_with_children(
-            service, server, procs, plan, display, start_superlink
-        )
-    finally:
-        end_session_tracking(plan.tracked, args, display.console.print)
+    results, reports = serve_tracked(
+        args, service, server, procs, plan, display, superlink.start, say
+    )
     stamp_results(results, origin)
     if args.flower:
         deployment["flower_reports"] = reports
     return finish(results, deployment, t_start, display, args.out)
+
+
+def supernode_keys(args: argparse.Namespace) -> list[Path] | None:
+    """The users' SuperNode public keys (``--supernode-keys``: its ``*.pub``), with Flower and
+    TLS; ``None``: no SuperNode authentication."""
+    if args.flower and not args.insecure:
+        return sorted(Path(args.supernode_keys).glob("*.pub"))
+    return None
+
+
+def ap_deployment(
+    args: argparse.Namespace, settings: ServeSettings, keys: list[Path] | None
+) -> dict[str, Any]:
+    """The results' ``deployment`` block as far as it is known before the users join."""
+    tls = settings.tls or TlsFiles()
+    deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
+    deployment["users"] = settings.users
+    deployment["tls"] = "mutual" if tls.ca and tls.cert else ("server" if tls.cert else "off")
+    deployment["supernode_auth"] = keys is not None
+    return deployment
+
+
+@dataclass(frozen=True)
+class Superlink:
+    """With ``--flower``, the SuperLink on ``--superlink-listen`` and the Flower run whose
+    ServerApp invites the users' SuperNodes to the service ``advertise``d."""
+
+    args: argparse.Namespace
+    procs: Processes
+    workdir: Path
+    plan: Plan
+    advertise: str
+    secret_file: Path | None
+    keys: list[Path] | None
+
+    def start(self) -> FlowerRun | None:
+        if not self.args.flower:
+            return None
+        host, port = check_address(self.args.superlink_listen, what="--superlink-listen")
+        settings = self.plan.settings
+        return start_flower(
+            self.procs,
+            self.workdir,
+            host=host,
+            port=port,
+            service_address=self.advertise,
+            secret_file=self.secret_file,
+            invited=None if isinstance(settings.invitees, int) else list(settings.invitees),
+            users=settings.users,
+            node_wait_s=settings.join_timeout,
+            tls=settings.tls,
+            supernode_keys=self.keys,
+        )

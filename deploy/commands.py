@@ -58,10 +58,11 @@ AP_SCENARIO = ("seeds", "ap_encoder", "num_users", "user_ids", "latents", "datas
 
 def check_ap_side(args: argparse.Namespace, scenario: tuple[str, ...]) -> None:
     """Options shared by ``run`` and ``ap`` (a ``--config`` file read first)."""
-    from semalign.commands.options import config_from_args
+    from semalign.commands.options import check_output, config_from_args
 
     apply_config_file(args, scenario)
-    config_from_args(args)  # the alignment options, before anything else
+    # the alignment options, before anything else; the command uses this config
+    args.alignment_config = config_from_args(args)
     check_tracking(args)
     check_data(args, "--ap-encoder", "ap")
     check_seconds("--join-timeout", args.join_timeout)
@@ -69,6 +70,8 @@ def check_ap_side(args: argparse.Namespace, scenario: tuple[str, ...]) -> None:
     check_seconds("--first-message-timeout", args.first_message_timeout)
     check_host_port("--listen address", args.listen)
     reliability_options.check_ap(args)
+    if args.progress_file:
+        check_output(args.progress_file)
     observability_options.check_metrics(args)
 
 

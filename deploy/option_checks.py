@@ -223,3 +223,33 @@ def check_data(args: argparse.Namespace, encoder_option: str, dest: str | None =
             registry.get_spec(name)
         except ValueError as exc:
             raise UsageError(f"{encoder_option}: {exc}") from None
+
+
+def serve_settings(args: argparse.Namespace, invitees: int | list[str], **overrides):
+    """The AP's :class:`~semalign.server.serve_settings.ServeSettings` from the options of
+    ``run`` or ``ap`` (the one place either command builds it; the record validates itself).
+
+    ``invitees``: how many users, or their ids; ``overrides``: what the command itself decides
+    (``run``: the per-address stream limit for users all on this host, later its own TLS)."""
+    from semalign.common.contract import TlsFiles
+    from semalign.deploy.reliability_options import wait_policy
+    from semalign.server.serve_settings import ServeSettings
+
+    tls = None
+    if hasattr(args, "tls_cert"):  # ``ap``; ``run`` makes its own once its workdir exists
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    fields = {
+        "invitees": invitees if isinstance(invitees, int) else tuple(invitees),
+        "join_timeout": args.join_timeout,
+        "policy": wait_policy(args),
+        "checkpoint": args.checkpoint,
+        "resume": args.resume,
+        "progress_file": args.progress_file,
+        "listen": args.listen,
+        "tls": tls,
+        "first_message_timeout": args.first_message_timeout,
+        "max_streams_per_address": getattr(args, "max_streams_per_address", None),
+        "metrics_listen": args.metrics_listen,
+        "health_listen": getattr(args, "health_listen", None),
+    }
+    return ServeSettings(**{**fields, **overrides})

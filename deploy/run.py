@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,135 +24,179 @@ from semalign.deploy.certs import ApSecrets, make_secrets
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes, child_env, free_port
-from semalign.deploy.reliability_options import remove_checkpoint, start_afresh, wait_policy
+from semalign.deploy.option_checks import serve_settings
+from semalign.deploy.reliability_options import remove_checkpoint, start_afresh
 from semalign.deploy.serving import (
     Plan,
     finish,
     grpc_workers,
     load_plan,
     make_workdir,
-    serve_with_children,
+    print_endpoints,
+    serve_tracked,
     start_service,
 )
 from semalign.deploy.user import user_argv
+from semalign.server.serve_settings import ServeSettings
 
 from semalign.commands.options import (
     check_channel_users,
     check_latents,
-    check_output,
-    config_from_args,
     parse_seeds,
     prepare_latents,
     resolve_users,
 )
-from semalign.commands.tracking_options import end_session_tracking, track_session
+from semalign.commands.tracking_options import track_session
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
+@dataclass(frozen=True)
+class LocalUsers:
+    """The users ``semalign run`` launches on this machine, and the latents they share.
+
+    Attributes:
+        ap: the AP's encoder; ``encoders``: user i's encoder; ``ids``: user i's id.
+        snrs: each user's SNR (dB), recorded in the results.
+        cache: the latents folder every process loads (encoded once, before they start).
+        origin: the provenance block stamped on the results.
+    """
+
+    ap: str
+    encoders: list[str]
+    ids: list[str]
+    snrs: dict[str, float]
+    cache: Path
+    origin: dict[str, Any]
+
+
 def command(args: argparse.Namespace) -> int:
-    from semalign.encoders import registry
-    from semalign.engine.scenario import user_names
-    from semalign.engine.simulate import record_user_snrs, user_snrs
+    from semalign.engine.simulate import record_user_snrs
 
     t_start, started = time.perf_counter(), datetime.now(timezone.utc)
-    config = config_from_args(args)
-    seeds = parse_seeds(args.seeds)
-    check_output(args.out)
-    if args.progress_file:
-        check_output(args.progress_file)
-    ap = args.ap or registry.DEFAULT_AP
-    encoders = resolve_users(args.users, Path(args.latents) if args.latents else None, ap)
-    check_channel_users(config, len(encoders))
-    ids = user_names(encoders)
-    snrs = user_snrs(config, ids)  # user i has ordinal i (user_argv below)
-    # Encode once, one encoder after another, before the user processes start: ten users
-    # training at once on a small machine would only thrash. Each user process then loads its
-    # own encoder's latents from this cache (--latents), without re-validating it.
-    cache = prepare_latents(args, [ap, *encoders])
-    # Every user's encoder name and latents, checked here as simulate checks them: a user
-    # process that cannot load its data would otherwise only fail in its own log.
-    check_latents(cache, ap, encoders)
-    origin = provenance_block(started, latents_id=latents_id(cache, [ap, *encoders]))
+    config, seeds = args.alignment_config, parse_seeds(args.seeds)
+    local, settings = local_users(args, config, started)
     start_afresh(args)
     plan = load_plan(
-        cache,
-        ap,
-        config,
-        seeds,
-        ids,
-        join_timeout=args.join_timeout,
-        reply_timeout=args.reply_timeout,
-        policy=wait_policy(args),
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        extra={"users": encoders},
+        local.cache, local.ap, config, seeds, settings, extra={"users": local.encoders}
     )
-    plan.progress_file = args.progress_file
-    plan.tracked = track_session(
-        args, "run", config, ap, dict(zip(ids, encoders, strict=True)), origin
-    )
+    named = dict(zip(local.ids, local.encoders, strict=True))
+    plan.tracked = track_session(args, "run", config, local.ap, named, local.origin)
     t_ready = time.perf_counter()
-
-    # A fresh secret per run; each user process gets only its own token.
-    secret = new_secret()
+    secret = new_secret()  # a fresh secret per run; each user process gets only its own token
     with run_workdir(args) as workdir:
-        keys = None if args.insecure else run_secrets(workdir, ids)
+        keys = None if args.insecure else run_secrets(workdir, local.ids)
         tls = TlsFiles(str(keys.cert), str(keys.key), str(keys.ca)) if keys else None
-        service, server = start_service(
-            secret,
-            args.listen,
-            plan,
-            tls,
-            first_message_timeout=args.first_message_timeout,
-            max_streams_per_address=grpc_workers(len(ids)),  # every user is on this host
-            metrics_listen=args.metrics_listen,
-        )
-        display = Display(config, seeds, len(ids), args.quiet)
+        plan.settings = replace(plan.settings, tls=tls)
+        service, server = start_service(secret, plan)
+        display = Display(config, seeds, len(local.ids), args.quiet)
         procs = Processes(workdir / "logs")
-        deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
-        deployment.update(users=len(ids), workdir=str(workdir))
-        deployment.update(tls="off" if keys is None else "mutual", supernode_auth=keys is not None)
+        deployment = run_deployment(args, local, workdir, keys)
         display.print(
-            f"AP {ap} + {len(ids)} users ({'Flower SuperNodes' if args.flower else 'direct'}), "
+            f"AP {local.ap} + {len(local.ids)} users "
+            f"({'Flower SuperNodes' if args.flower else 'direct'}), "
             f"alignment service on {server.address}, logs in {procs.log_dir}"
         )
-        for name, where in plan.endpoints.items():
-            display.print(f"{name} on {where}")
-
-        def start_users() -> FlowerRun | None:
-            address = server.address
-            if not args.flower:
-                for ordinal, (uid, enc) in enumerate(zip(ids, encoders, strict=True)):
-                    mine = user_secrets(workdir, uid) if keys else None
-                    argv = user_argv(
-                        uid, ordinal, enc, ap=address, latents=str(cache), secrets=mine
-                    )
-                    token = user_token(secret, uid)
-                    procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
-                return None
-            secret_file = workdir / SECRET_FILE  # for the ServerApp, which derives each token
-            secret_file.unlink(missing_ok=True)
-            write_secret_file(secret_file, secret)
-            flower = start_local_flower(
-                procs, workdir, plan, encoders, address, secret_file, tls=tls, keys=keys
-            )
-            deployment["flower_run_submitted_s"] = time.perf_counter() - t_start
-            return flower
-
-        try:
-            results, reports = serve_with_children(
-                service, server, procs, plan, display, start_users
-            )
-        finally:
-            end_session_tracking(plan.tracked, args, display.print)
-        stamp_results(record_user_snrs(results, snrs), origin)
+        print_endpoints(plan, display.print)
+        start = LocalStart(args, plan, local, procs, workdir, secret, keys, server.address)
+        results, reports = serve_tracked(
+            args, service, server, procs, plan, display, start.children, display.print
+        )
+        stamp_results(record_user_snrs(results, local.snrs), local.origin)
+        if start.submitted_at is not None:
+            deployment["flower_run_submitted_s"] = start.submitted_at - t_start
         deployment["prepare_s"] = t_ready - t_start
         deployment["startup_s"] = (display.first_joined_at or t_ready) - t_ready
         if args.flower:
             deployment["flower_reports"] = reports
         code = finish(results, deployment, t_start, display, args.out)
-    remove_checkpoint(plan.checkpoint)  # the results are written: it is spent
+    remove_checkpoint(settings.checkpoint)  # the results are written: it is spent
     return code
+
+
+def local_users(
+    args: argparse.Namespace, config, started: datetime
+) -> tuple[LocalUsers, ServeSettings]:
+    """The users to launch, their latents (encoded and checked now) and the AP's settings.
+
+    Encode once, one encoder after another, before the user processes start: ten users training
+    at once on a small machine would only thrash. Each user process then loads its own
+    encoder's latents from this cache (``--latents``), without re-validating it; every user's
+    encoder name and latents are checked here as simulate checks them (a user process that
+    cannot load its data would otherwise only fail in its own log)."""
+    from semalign.encoders import registry
+    from semalign.engine.scenario import user_names
+    from semalign.engine.simulate import user_snrs
+
+    ap = args.ap or registry.DEFAULT_AP
+    encoders = resolve_users(args.users, Path(args.latents) if args.latents else None, ap)
+    check_channel_users(config, len(encoders))
+    ids = user_names(encoders)
+    settings = serve_settings(args, ids, max_streams_per_address=grpc_workers(len(ids)))
+    snrs = user_snrs(config, ids)  # user i has ordinal i (user_argv below)
+    cache = prepare_latents(args, [ap, *encoders])
+    check_latents(cache, ap, encoders)
+    origin = provenance_block(started, latents_id=latents_id(cache, [ap, *encoders]))
+    return LocalUsers(ap, encoders, ids, snrs, cache, origin), settings
+
+
+def run_deployment(
+    args: argparse.Namespace, local: LocalUsers, workdir: Path, keys: ApSecrets | None
+) -> dict[str, Any]:
+    """The results' ``deployment`` block as far as it is known before the users start."""
+    deployment: dict[str, Any] = {"mode": "flower" if args.flower else "direct"}
+    deployment.update(users=len(local.ids), workdir=str(workdir))
+    deployment.update(tls="off" if keys is None else "mutual", supernode_auth=keys is not None)
+    return deployment
+
+
+@dataclass
+class LocalStart:
+    """Starts the users of ``semalign run`` once the service listens at ``address``: plain
+    ``semalign user --ap`` processes, or (``--flower``) a SuperLink, SuperNodes and the run;
+    ``submitted_at``: when the Flower run was submitted (``perf_counter``)."""
+
+    args: argparse.Namespace
+    plan: Plan
+    local: LocalUsers
+    procs: Processes
+    workdir: Path
+    secret: str
+    keys: ApSecrets | None
+    address: str
+    submitted_at: float | None = None
+
+    def children(self) -> FlowerRun | None:
+        if not self.args.flower:
+            self.direct_users()
+            return None
+        secret_file = self.workdir / SECRET_FILE  # for the ServerApp, which derives each token
+        secret_file.unlink(missing_ok=True)
+        write_secret_file(secret_file, self.secret)
+        tls = self.plan.settings.tls
+        encoders = self.local.encoders
+        flower = start_local_flower(
+            self.procs,
+            self.workdir,
+            self.plan,
+            encoders,
+            self.address,
+            secret_file,
+            tls=tls,
+            keys=self.keys,
+        )
+        self.submitted_at = time.perf_counter()
+        return flower
+
+    def direct_users(self) -> None:
+        """One ``semalign user --ap`` process per user, each with its own token only."""
+        users = zip(self.local.ids, self.local.encoders, strict=True)
+        for ordinal, (uid, enc) in enumerate(users):
+            mine = user_secrets(self.workdir, uid) if self.keys else None
+            argv = user_argv(
+                uid, ordinal, enc, ap=self.address, latents=str(self.local.cache), secrets=mine
+            )
+            token = user_token(self.secret, uid)
+            self.procs.start(uid, argv, child_env(single_thread=True, SEMALIGN_TOKEN=token))
 
 
 @contextlib.contextmanager
@@ -232,7 +277,7 @@ def start_local_flower(
         secret_file=secret_file,
         invited=list(plan.expected),
         users=plan.users,
-        node_wait_s=plan.join_timeout,
+        node_wait_s=plan.settings.join_timeout,
         tls=tls,
         supernode_keys=keys.supernode_keys if keys else None,
         supernodes=supernodes,

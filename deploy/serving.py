@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from semalign.common.config import AlignmentConfig
-from semalign.common.contract import TlsFiles
 from semalign.common.errors import (
     CheckpointError,
     LatentsError,
@@ -29,6 +28,7 @@ from semalign.common.errors import (
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun
 from semalign.deploy.launcher import Processes, sigterm_as_interrupt
+from semalign.server.serve_settings import ServeSettings
 
 
 def grpc_workers(users: int) -> int:
@@ -50,7 +50,9 @@ def make_workdir(path: str | None, prefix: str) -> Path:
 
 @dataclass
 class Plan:
-    """What the AP serves: its latents, the alignment config, the seeds and who to wait for."""
+    """What the AP serves: its latents, the alignment config, the seeds, and how
+    (:class:`~semalign.server.serve_settings.ServeSettings`: who to wait for, how long, where
+    to save, the listeners)."""
 
     ap: str
     latents: Path
@@ -58,17 +60,8 @@ class Plan:
     ap_test: np.ndarray
     config: AlignmentConfig
     seeds: list[int]
-    expected: int | list[str]
-    join_timeout: float
-    reply_timeout: float
+    settings: ServeSettings
     extra: dict[str, Any] = field(default_factory=dict)
-    #: how long the driver waits (reply timeout, round deadline, stragglers, rejoin grace)
-    policy: Any = None
-    #: where the run is saved after every round (``None``: not saved), and whether to resume it
-    checkpoint: str | None = None
-    resume: bool = False
-    #: where to write the session's progress for monitors (``None``: nowhere)
-    progress_file: str | None = None
     #: the Prometheus metrics the sessions feed (``--metrics-listen``; ``None``: none)
     metrics: Any = None
     #: the operator endpoints started with the service: "metrics" (URL), "health" (HOST:PORT)
@@ -77,8 +70,12 @@ class Plan:
     tracked: Any = None
 
     @property
+    def expected(self) -> int | list[str]:
+        return self.settings.expected
+
+    @property
     def users(self) -> int:
-        return self.expected if isinstance(self.expected, int) else len(self.expected)
+        return self.settings.users
 
 
 def load_plan(
@@ -86,14 +83,9 @@ def load_plan(
     ap: str,
     config: AlignmentConfig,
     seeds: list[int],
-    expected: int | list[str],
+    settings: ServeSettings,
     *,
-    join_timeout: float,
-    reply_timeout: float,
     extra: dict[str, Any] | None = None,
-    policy: Any = None,
-    checkpoint: str | None = None,
-    resume: bool = False,
 ) -> Plan:
     """The AP's train/test latents and a geometry check (UsageError with one line)."""
     from semalign.common.latents import load_encoder_splits
@@ -103,21 +95,9 @@ def load_plan(
         splits = load_encoder_splits(latents, ap)
     except LatentsError as exc:
         raise UsageError(str(exc)) from None
-    plan = Plan(
-        ap,
-        latents,
-        splits["train"].latents,
-        splits["test"].latents,
-        config,
-        seeds,
-        expected,
-        join_timeout,
-        reply_timeout,
-        {"latents": str(latents), "ap": ap, **(extra or {})},
-        policy,
-        checkpoint,
-        resume,
-    )
+    info = {"latents": str(latents), "ap": ap, **(extra or {})}
+    train, test = splits["train"].latents, splits["test"].latents
+    plan = Plan(ap, latents, train, test, config, seeds, settings, info)
     try:  # the AP state machine on a few pilots: fails now on a bad geometry
         build_access_point(plan.ap_train[: max(2, min(len(plan.ap_train), 64))], config, plan.users)
     except ValueError as exc:
@@ -125,47 +105,39 @@ def load_plan(
     return plan
 
 
-def start_service(
-    secret: str,
-    listen: str,
-    plan: Plan,
-    tls: TlsFiles | None = None,
-    *,
-    first_message_timeout: float | None = None,
-    max_streams_per_address: int | None = None,
-    metrics_listen: str | None = None,
-    health_listen: str | None = None,
-):
-    """The alignment service on ``listen``: (service, running server); UsageError if not.
+def start_service(secret: str, plan: Plan):
+    """The alignment service on ``plan.settings.listen``: (service, running server);
+    UsageError if not.
 
     Users authenticate with ``user_token(secret, user_id)``; the server accepts messages up to
     :func:`~semalign.common.contract.receive_limit` of the plan's session and at most
     :func:`grpc_workers` streams; one address may hold ``max_streams_per_address`` of them
-    (default: 8). ``metrics_listen`` and ``health_listen`` start the operator endpoints too
+    (default: 8). The settings' metrics and health listeners start the operator endpoints too
     (:func:`start_endpoints`).
     """
     from semalign.common.contract import FIRST_MESSAGE_TIMEOUT, receive_limit
     from semalign.common.latents import pilot_count
     from semalign.server.service import AlignmentService, start_server
 
+    settings = plan.settings
     service = AlignmentService(
         secret,
-        first_message_timeout=first_message_timeout or FIRST_MESSAGE_TIMEOUT,
-        max_streams_per_address=max_streams_per_address or 8,
+        first_message_timeout=settings.first_message_timeout or FIRST_MESSAGE_TIMEOUT,
+        max_streams_per_address=settings.max_streams_per_address or 8,
     )
     n_pilots = pilot_count(len(plan.ap_train), plan.config.pilot_fraction)
     try:
         server = start_server(
             service,
-            listen,
-            tls=tls,
+            settings.listen,
+            tls=settings.tls,
             max_workers=grpc_workers(plan.users),
             max_receive_bytes=receive_limit(plan.config, n_pilots),
         )
     except TransportError as exc:
         raise UsageError(str(exc)) from None
     try:
-        start_endpoints(server, plan, metrics_listen, health_listen)
+        start_endpoints(server, plan, settings.metrics_listen, settings.health_listen)
     except BaseException:
         server.stop(None)
         raise
@@ -199,13 +171,13 @@ def serve(
     """Every session of ``plan``; ``check`` runs while the first session waits for users and
     returns the users known lost meanwhile (``{user_id: reason}``; nobody waits for them)."""
     from semalign.server.access_point import build_access_point
-    from semalign.server.network import serve_sessions
+    from semalign.server.network import SessionHooks, SessionsPlan, serve_sessions
 
     def poll(ids: list[str]) -> dict[str, str]:
         display.joined(ids)
         return check()
 
-    progress = Progress(plan.progress_file)
+    progress = Progress(plan.settings.progress_file)
 
     def on_round(seed: int, record, wire) -> None:
         display.on_round(seed, record, wire)
@@ -218,26 +190,16 @@ def serve(
         if plan.tracked is not None:
             plan.tracked.on_seed(block)
 
+    sessions = SessionsPlan(
+        lambda cfg: build_access_point(plan.ap_train, cfg, plan.users),
+        plan.config,
+        plan.seeds,
+        plan.ap_test,
+        plan.extra,
+    )
+    hooks = SessionHooks(on_round, on_seed, display.on_joined, poll, plan.metrics)
     with display.progress:
-        return serve_sessions(
-            service,
-            lambda cfg: build_access_point(plan.ap_train, cfg, plan.users),
-            plan.config,
-            plan.seeds,
-            plan.expected,
-            plan.ap_test,
-            join_timeout=plan.join_timeout,
-            reply_timeout=plan.reply_timeout,
-            on_round=on_round,
-            on_seed=on_seed,
-            on_joined=display.on_joined,
-            poll=poll,
-            extra=plan.extra,
-            policy=plan.policy,
-            checkpoint_path=plan.checkpoint,
-            resume=plan.resume,
-            metrics=plan.metrics,
-        )
+        return serve_sessions(service, sessions, plan.settings, hooks)
 
 
 class Progress:
@@ -288,6 +250,32 @@ def serve_with_children(
         procs.stop()
         server.stop()
     return results, reports
+
+
+def print_endpoints(plan: Plan, say: Callable[[str], None]) -> None:
+    """One line per operator endpoint started with the service (metrics URL, health)."""
+    for name, where in plan.endpoints.items():
+        say(f"{name} on {where}")
+
+
+def serve_tracked(
+    args,
+    service,
+    server,
+    procs: Processes,
+    plan: Plan,
+    display: Display,
+    start_children: Callable[[], FlowerRun | None],
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], dict | None]:
+    """The serve path of ``run`` and ``ap``: :func:`serve_with_children`, then the tracked
+    seeds' end (``--track``; its lines through ``say``) however it ended."""
+    from semalign.commands.tracking_options import end_session_tracking
+
+    try:
+        return serve_with_children(service, server, procs, plan, display, start_children)
+    finally:
+        end_session_tracking(plan.tracked, args, say)
 
 
 def _lost_processes(procs: Processes, users: tuple[str, ...]) -> dict[str, str]:

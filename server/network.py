@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,6 +34,7 @@ from semalign.server.network_results import (
     percentile,
 )
 from semalign.server.results import run_result, seed_result
+from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, GrpcLink
 from semalign.server.session import SessionDriver, SessionResult, WaitPolicy
 
@@ -198,15 +198,7 @@ def serve_session(
         on_joined([link.user_id for link in links])
     if not links:
         lobby.end()
-        lost = "".join(f"; {uid}: {reason}" for uid, reason in lobby.lost.items())
-        raise NoUsersError(
-            (
-                f"no user joined session {offer.session_id} within {join_timeout:g} s"
-                if join_timeout is not None
-                else f"no user joined session {offer.session_id}"
-            )
-            + lost
-        )
+        raise _no_users(offer, join_timeout, lobby.lost)
     driver = MeasuredDriver(
         ap,
         links,
@@ -221,10 +213,7 @@ def serve_session(
     try:
         result = driver.run(test_latents, test_ids)
     finally:
-        lobby.end()
-        for link in links:
-            if not end_if_not_served(ap, link):
-                link.finish()
+        _end_streams(ap, lobby, links)
     wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
     wire["rejoins"], wire["stragglers"] = result.rejoins, result.stragglers
     wire["refused"] = {
@@ -233,6 +222,24 @@ def serve_session(
     for uid, reason in lobby.missing_reasons.items():
         log.warning("%s did not join session %s: %s", uid, offer.session_id, reason)
     return result, wire
+
+
+def _end_streams(ap: AccessPoint, lobby, links: list[GrpcLink]) -> None:
+    """Close the lobby and end every stream: with the AP's reason for a user it dropped or
+    refused, normally for the others."""
+    lobby.end()
+    for link in links:
+        if not end_if_not_served(ap, link):
+            link.finish()
+
+
+def _no_users(
+    offer: SessionOffer, join_timeout: float | None, lost: dict[str, str]
+) -> NoUsersError:
+    """The error of a session nobody joined, with the users known lost and why."""
+    within = f" within {join_timeout:g} s" if join_timeout is not None else ""
+    reasons = "".join(f"; {uid}: {reason}" for uid, reason in lost.items())
+    return NoUsersError(f"no user joined session {offer.session_id}{within}{reasons}")
 
 
 def _wire_block(
@@ -264,110 +271,150 @@ def _wire_block(
     }
 
 
+@dataclass(frozen=True)
+class SessionsPlan:
+    """What the AP aligns: one session per seed of ``config``.
+
+    Attributes:
+        make_ap: a fresh :class:`AccessPoint` for a seed's config (its training latents).
+        config: the alignment config (each session's seed replaces ``config.seed``).
+        seeds: one session per seed, in order.
+        test_latents: the AP's test latents, (n_test, d_ap).
+        extra: entries added to the results' ``run`` block.
+    """
+
+    make_ap: Callable[[AlignmentConfig], AccessPoint]
+    config: AlignmentConfig
+    seeds: list[int]
+    test_latents: np.ndarray
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SessionHooks:
+    """Who is told what while the sessions run (each ``None``: nobody).
+
+    Attributes:
+        on_round: ``(seed, record, wire)`` after each round.
+        on_seed: each seed's ``SeedResult.to_dict()``.
+        on_joined: ``(seed, user_ids)`` once a session's users have joined.
+        poll: ``(joined_ids) -> {user_id: reason}`` while the first session waits for its
+            users (progress, fail-fast checks of child processes; the users known lost).
+        metrics: told every session's events (:mod:`semalign.server.metrics`).
+    """
+
+    on_round: Callable[[int, RoundRecord, WireRound], None] | None = None
+    on_seed: Callable[[dict[str, Any]], None] | None = None
+    on_joined: Callable[[int, list[str]], None] | None = None
+    poll: Callable[[list[str]], dict[str, str] | None] | None = None
+    metrics: NoMetrics | None = None
+
+
 def serve_sessions(
     service: AlignmentService,
-    make_ap: Callable[[AlignmentConfig], AccessPoint],
-    config: AlignmentConfig,
-    seeds: list[int],
-    expected: Sequence[str] | int,
-    test_latents: np.ndarray,
-    *,
-    join_timeout: float | None,
-    reply_timeout: float | None,
-    on_round: Callable[[int, RoundRecord, WireRound], None] | None = None,
-    on_seed: Callable[[dict[str, Any]], None] | None = None,
-    on_joined: Callable[[int, list[str]], None] | None = None,
-    poll: Callable[[list[str]], dict[str, str] | None] | None = None,
-    extra: dict[str, Any] | None = None,
-    policy: WaitPolicy | None = None,
-    checkpoint_path: str | Path | None = None,
-    resume: bool = False,
-    metrics: NoMetrics | None = None,
+    plan: SessionsPlan,
+    settings: ServeSettings,
+    hooks: SessionHooks | None = None,
 ) -> dict[str, Any]:
     """One session per seed, then the simulator's aggregate plus a ``network`` summary and
     the users that were ``lost``.
 
-    Returns the results JSON as a dict (``RunResult.to_dict()`` with ``network``); ``on_seed``
-    gets each seed's ``SeedResult.to_dict()``.
-
-    ``poll`` (progress, fail-fast checks of child processes) runs while the first session waits
-    for its users; later sessions wait only for the users that finished the one before.
-    ``policy`` (default: ``reply_timeout`` alone) says how long the driver waits
-    (:class:`~semalign.server.session.WaitPolicy`). With ``checkpoint_path`` the run is saved
-    after every handshake, round and seed; ``resume`` continues the run saved there
-    (CheckpointError if it cannot be trusted or belongs to another run). ``metrics`` is told
-    every session's events (:mod:`semalign.server.metrics`).
+    Returns the results JSON as a dict (``RunResult.to_dict()`` with ``network``). The first
+    session waits for every invitee (``settings.join_timeout``; ``hooks.poll`` meanwhile);
+    later sessions wait only for the users that finished the one before. With
+    ``settings.checkpoint`` the run is saved after every handshake, round and seed;
+    ``settings.resume`` continues the run saved there (CheckpointError if it cannot be trusted
+    or belongs to another run).
     """
-    policy = policy or WaitPolicy(reply_timeout=reply_timeout)
-    test_ids = np.arange(len(test_latents), dtype=np.int64)
-    key = checkpoints.run_key(
-        config, list(seeds), expected if isinstance(expected, int) else list(expected)
-    )
-    saved = checkpoints.Checkpoint(key, json.loads(config.model_dump_json()), list(seeds))
-    if resume:
-        saved = checkpoints.load(checkpoint_path, key)
-        log.info("resuming: %d of %d seeds done", len(saved.finished), len(seeds))
+    hooks = hooks or SessionHooks()
+    saved = _start_or_resume(plan, settings)
     blocks = [SeedResult.from_dict(block) for block in saved.finished]
     reported: list[dict[str, dict]] = list(saved.reported)  # per seed: each user's own report
     required: set[str] | None = None  # first session: everyone expected
-    for index in range(len(blocks), len(seeds)):
-        seed = seeds[index]
-        cfg = config.model_copy(update={"seed": seed})
-        start = time.perf_counter()
-        ap = make_ap(cfg)
-        restored = None
-        if saved.current is not None and saved.current.index == index:
-            restored = checkpoints.restore(ap, saved.current)
-            restored["wire_rounds"] = saved.current.extra.get("wire_rounds", [])
-            required = {u["user_id"] for u in saved.current.users if not u["dropped"]}
-
-        def save_point(driver: MeasuredDriver, ap=ap, index=index) -> None:
-            wire_rounds = [w.record() for w in driver.wire_rounds]
-            saved.current = checkpoints.capture(ap, driver, index, {"wire_rounds": wire_rounds})
-            checkpoints.save(checkpoint_path, saved)
-
-        users = expected if isinstance(expected, int) else len(expected)
-        offer = SessionOffer(ap.session_id, index, len(seeds), cfg, users)
-        result, wire = serve_session(
-            service,
-            ap,
-            offer,
-            expected,
-            test_latents,
-            test_ids,
-            join_timeout=join_timeout,
-            policy=policy,
-            on_round=(lambda r, w, s=seed: on_round(s, r, w)) if on_round else None,
-            on_joined=(lambda ids, s=seed: on_joined(s, ids)) if on_joined else None,
-            poll=poll if index == 0 else None,  # fail-fast checks only while starting up
-            required=required,
-            checkpoint=save_point if checkpoint_path else None,
-            restored=restored,
-            metrics=metrics,
-        )
+    for index in range(len(blocks), len(plan.seeds)):
+        result, block = _serve_seed(service, plan, settings, hooks, saved, index, required)
         # The next session waits for those who finished this one; a dropped user is welcome
         # back if it joins in time, but nobody waits for it.
         required = {uid for uid in result.user_order if uid not in result.dropped}
         reported.append(result.reports)
-        blocks.append(
-            seed_result(
-                result,
-                seed,
-                seconds=time.perf_counter() - start,
-                whitening_condition=ap.whitener.condition,
-                strategy_info=ap.result_info(),
-                wire=wire,
-            )
-        )
-        if checkpoint_path:
-            saved.finished.append(blocks[-1].to_dict())
+        blocks.append(block)
+        if settings.checkpoint:
+            saved.finished.append(block.to_dict())
             saved.reported.append(result.reports)
             saved.current = None
-            checkpoints.save(checkpoint_path, saved)
-        if on_seed:
-            on_seed(blocks[-1].to_dict())
-    run = run_result(config, blocks, extra)
+            checkpoints.save(settings.checkpoint, saved)
+        if hooks.on_seed:
+            hooks.on_seed(block.to_dict())
+    run = run_result(plan.config, blocks, plan.extra)
     run.network = network_summary(blocks)
     results = label_self_reported(run.to_dict(), reported)
     results["lost"] = lost_users(blocks)
     return results
+
+
+def _start_or_resume(plan: SessionsPlan, settings: ServeSettings) -> checkpoints.Checkpoint:
+    """A new checkpoint record for this run, or the one saved at ``settings.checkpoint``
+    (``settings.resume``; CheckpointError if it is not this run's)."""
+    key = checkpoints.run_key(plan.config, list(plan.seeds), settings.expected)
+    if not settings.resume:
+        config = json.loads(plan.config.model_dump_json())
+        return checkpoints.Checkpoint(key, config, list(plan.seeds))
+    saved = checkpoints.load(settings.checkpoint, key)
+    log.info("resuming: %d of %d seeds done", len(saved.finished), len(plan.seeds))
+    return saved
+
+
+def _serve_seed(
+    service: AlignmentService,
+    plan: SessionsPlan,
+    settings: ServeSettings,
+    hooks: SessionHooks,
+    saved: checkpoints.Checkpoint,
+    index: int,
+    required: set[str] | None,
+) -> tuple[SessionResult, SeedResult]:
+    """Session ``index`` (continued from ``saved`` if it was cut there): its result and its
+    seed's results block."""
+    seed = plan.seeds[index]
+    cfg = plan.config.model_copy(update={"seed": seed})
+    start = time.perf_counter()
+    ap = plan.make_ap(cfg)
+    restored = None
+    if saved.current is not None and saved.current.index == index:
+        restored = checkpoints.restore(ap, saved.current)
+        restored["wire_rounds"] = saved.current.extra.get("wire_rounds", [])
+        required = {u["user_id"] for u in saved.current.users if not u["dropped"]}
+
+    def save_point(driver: MeasuredDriver) -> None:
+        wire_rounds = [w.record() for w in driver.wire_rounds]
+        saved.current = checkpoints.capture(ap, driver, index, {"wire_rounds": wire_rounds})
+        checkpoints.save(settings.checkpoint, saved)
+
+    on_round, on_joined = hooks.on_round, hooks.on_joined
+    offer = SessionOffer(ap.session_id, index, len(plan.seeds), cfg, settings.users)
+    result, wire = serve_session(
+        service,
+        ap,
+        offer,
+        settings.expected,
+        plan.test_latents,
+        np.arange(len(plan.test_latents), dtype=np.int64),
+        join_timeout=settings.join_timeout,
+        policy=settings.policy,
+        on_round=(lambda r, w: on_round(seed, r, w)) if on_round else None,
+        on_joined=(lambda ids: on_joined(seed, ids)) if on_joined else None,
+        poll=hooks.poll if index == 0 else None,  # fail-fast checks only while starting up
+        required=required,
+        checkpoint=save_point if settings.checkpoint else None,
+        restored=restored,
+        metrics=hooks.metrics,
+    )
+    block = seed_result(
+        result,
+        seed,
+        seconds=time.perf_counter() - start,
+        whitening_condition=ap.whitener.condition,
+        strategy_info=ap.result_info(),
+        wire=wire,
+    )
+    return result, block

@@ -35,8 +35,10 @@ from semalign.common.records import measured_by_of
 from semalign.common.wire import parse_user_message, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import build_access_point
-from semalign.server.network import serve_sessions
+from semalign.server.network import SessionsPlan, serve_sessions
+from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, start_server
+from semalign.server.session import WaitPolicy
 from synthetic import make_latents
 
 from semalign.engine.scenario import load_scenario
@@ -72,21 +74,18 @@ def _server(**service_kwargs):
     return service, start_server(service, "127.0.0.1:0", max_workers=64, max_receive_bytes=limit)
 
 
-def _run_ap(service, latents, expected, **kwargs):
+def _run_ap(service, latents, expected, join_timeout=30, reply_timeout=20, policy=None):
     root, ap_enc, _ = latents
     splits = load_encoder_splits(root, ap_enc)
     n = expected if isinstance(expected, int) else len(expected)
-    return serve_sessions(
-        service,
+    plan = SessionsPlan(
         lambda cfg: build_access_point(splits["train"].latents, cfg, n),
         CONFIG,
         [SEED],
-        expected,
         splits["test"].latents,
-        join_timeout=kwargs.pop("join_timeout", 30),
-        reply_timeout=kwargs.pop("reply_timeout", 20),
-        **kwargs,
     )
+    policy = policy or WaitPolicy(reply_timeout=reply_timeout)
+    return serve_sessions(service, plan, ServeSettings(expected, join_timeout, policy))
 
 
 class Peer(threading.Thread):
@@ -689,13 +688,8 @@ def test_dropped_user_command_prints_the_reason_and_exits_non_zero(latents):
         peer.start()
         results = serve_sessions(
             service,
-            make_ap,
-            CONFIG,
-            [SEED],
-            ["user1", "user2"],
-            splits["test"].latents,
-            join_timeout=60,
-            reply_timeout=30,
+            SessionsPlan(make_ap, CONFIG, [SEED], splits["test"].latents),
+            ServeSettings(["user1", "user2"], 60, WaitPolicy(reply_timeout=30)),
         )
         _, err = proc.communicate(timeout=60)
         peer.join(30)

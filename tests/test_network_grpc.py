@@ -19,8 +19,10 @@ from semalign.common.latents import load_encoder_splits
 from semalign.common.wire import from_matrix, parse_user_message
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import build_access_point
-from semalign.server.network import serve_sessions
+from semalign.server.network import SessionsPlan, serve_sessions
+from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, start_server
+from semalign.server.session import WaitPolicy
 from synthetic import make_latents
 
 from semalign.engine.scenario import load_scenario
@@ -87,19 +89,22 @@ def start_users(address, root, encoders, *, token=None, make=None, errors=None, 
     return reports, threads, errors
 
 
-def run_ap(service, root, ap_enc, n_users, config=CONFIG, seeds=SEEDS, **kwargs):
+def run_ap(
+    service, root, ap_enc, n_users, config=CONFIG, seeds=SEEDS, join_timeout=20, reply_timeout=20
+):
     ap_splits = load_encoder_splits(root, ap_enc)
-    return serve_sessions(
-        service,
+    plan = SessionsPlan(
         lambda cfg: build_access_point(ap_splits["train"].latents, cfg, n_users),
         config,
         seeds,
-        [f"user{i + 1}" for i in range(n_users)],
         ap_splits["test"].latents,
-        join_timeout=kwargs.pop("join_timeout", 20),
-        reply_timeout=kwargs.pop("reply_timeout", 20),
-        **kwargs,
     )
+    settings = ServeSettings(
+        [f"user{i + 1}" for i in range(n_users)],
+        join_timeout=join_timeout,
+        policy=WaitPolicy(reply_timeout=reply_timeout),
+    )
+    return serve_sessions(service, plan, settings)
 
 
 def test_grpc_session_matches_simulator_and_measures_bytes(latents):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.request
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import replace
 
 import pytest
 from semalign.client.stream import user_factory
@@ -26,6 +27,7 @@ from semalign.deploy.display import Display
 from semalign.deploy.launcher import free_port
 from semalign.deploy.serving import load_plan, start_service
 from semalign.proto import semalign_pb2 as pb
+from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, start_server
 from semalign.server.session import WaitPolicy
 from synthetic import make_latents
@@ -115,16 +117,15 @@ def run_observed_session(latents, tmp_path):
     root, ap_enc, encoders = latents
     ids = [f"user{i + 1}" for i in range(len(encoders))]
     policy = WaitPolicy(reply_timeout=20, round_deadline=1e-4, stragglers="wait")
-    plan = load_plan(
-        root, ap_enc, CONFIG, SEEDS, ids, join_timeout=30, reply_timeout=20, policy=policy
-    )
-    service, server = start_service(
-        SECRET,
-        "127.0.0.1:0",
-        plan,
+    settings = ServeSettings(
+        ids,
+        join_timeout=30,
+        policy=policy,
         metrics_listen=f"127.0.0.1:{free_port()}",
         health_listen=f"127.0.0.1:{free_port()}",
     )
+    plan = load_plan(root, ap_enc, CONFIG, SEEDS, settings)
+    service, server = start_service(SECRET, plan)
     url, health = plan.endpoints["metrics"], plan.endpoints["health"]
     seen: dict = {"before": probe("--address", health, "--insecure")}
     round_finished = plan.metrics.round_finished
@@ -333,12 +334,14 @@ def test_metrics_port_in_use_is_one_line(latents, tmp_path):
     from semalign.common.errors import UsageError
 
     root, ap_enc, _ = latents
-    plan = load_plan(root, ap_enc, CONFIG, [1], 1, join_timeout=5, reply_timeout=5)
-    service, server = start_service(SECRET, "127.0.0.1:0", plan)
+    settings = ServeSettings(1, join_timeout=5, policy=WaitPolicy(reply_timeout=5))
+    plan = load_plan(root, ap_enc, CONFIG, [1], settings)
+    service, server = start_service(SECRET, plan)
     try:
         taken = f"127.0.0.1:{server.port}"  # the gRPC server holds it
+        plan.settings = replace(settings, metrics_listen=taken)
         with pytest.raises(UsageError, match="cannot listen"):
-            start_service(SECRET, "127.0.0.1:0", plan, metrics_listen=taken)
+            start_service(SECRET, plan)
     finally:
         server.stop()
 

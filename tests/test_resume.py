@@ -22,8 +22,9 @@ from semalign.common.errors import CheckpointError, LinkClosed, LinkTimeout
 from semalign.server.access_point import build_access_point
 from semalign.server.checkpoint import Checkpoint, capture, load, restore, run_key, save
 from semalign.server.grpc_link import Abort
-from semalign.server.network import serve_sessions
+from semalign.server.network import SessionHooks, SessionsPlan, serve_sessions
 from semalign.server.results import seed_result
+from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, start_server
 from semalign.server.session import SessionDriver, WaitPolicy
 from synthetic import make_latents
@@ -223,19 +224,20 @@ def _grpc_run(
         threads[-1].start()
     expected = expected or [f"user{i + 1}" for i in range(len(scenario.user_encoders))]
     try:
-        results = serve_sessions(
-            service,
+        plan = SessionsPlan(
             lambda cfg: build_access_point(scenario.ap_train, cfg, len(scenario.user_encoders)),
             config,
             seeds,
-            expected,
             scenario.ap_test,
+        )
+        settings = ServeSettings(
+            expected,
             join_timeout=options.pop("join_timeout", 20),
-            reply_timeout=20,
             policy=WaitPolicy(reply_timeout=20, rejoin_grace=grace),
-            on_round=(lambda s, r, w: cut(service, s, r)) if cut else None,
             **options,
         )
+        hooks = SessionHooks(on_round=(lambda s, r, w: cut(service, s, r)) if cut else None)
+        results = serve_sessions(service, plan, settings, hooks)
         for thread in threads:
             thread.join(30)
     finally:
