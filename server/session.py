@@ -234,23 +234,8 @@ class SessionDriver:
                 if not at_deadline:
                     self._drop(user_id, f"{phase}: no reply within {policy.reply_timeout:g} s")
                     return None
-                self.stragglers.append(
-                    {
-                        "user": user_id,
-                        "round": self.ap.round,
-                        "phase": phase,
-                        "deadline_s": policy.round_deadline,
-                    }
-                )
-                self.metrics.straggler(user_id)
-                if policy.stragglers == "drop":
-                    self._drop(
-                        user_id,
-                        f"straggler: no reply within {policy.round_deadline:g} s at round "
-                        f"{self.ap.round}",
-                    )
+                if not self._straggler(user_id, phase):
                     return None
-                log.warning("%s: straggler at round %d (%s)", user_id, self.ap.round, phase)
                 straggled = True
                 continue
             except LinkClosed as exc:
@@ -271,6 +256,22 @@ class SessionDriver:
                 return None
             self.unanswered[user_id] = None
             return data
+
+    def _straggler(self, user_id: str, phase: str) -> bool:
+        """Record the user's reply as past the round deadline; False if the policy drops it
+        for that (``stragglers="drop"``), True if the driver waits on."""
+        policy = self.policy
+        straggler = {"user": user_id, "round": self.ap.round, "phase": phase}
+        self.stragglers.append({**straggler, "deadline_s": policy.round_deadline})
+        self.metrics.straggler(user_id)
+        if policy.stragglers == "drop":
+            self._drop(
+                user_id,
+                f"straggler: no reply within {policy.round_deadline:g} s at round {self.ap.round}",
+            )
+            return False
+        log.warning("%s: straggler at round %d (%s)", user_id, self.ap.round, phase)
+        return True
 
     def _wait_rejoin(self, link: UserLink) -> bytes | None:
         wait = getattr(link, "wait_rejoin", None)
