@@ -255,13 +255,11 @@ def start_flower(
     address = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
     write_cli_config(flwr / "cli", address, root_ca=tls.ca if secure else None)
     if not auth:  # they keep trying until the SuperLink listens
-        for name, argv in supernodes:
-            procs.start(name, argv, child_env(flwr / name, single_thread=True))
+        _start_supernodes(procs, flwr, supernodes)
     wait_for_port(local, port, SUPERLINK_START_S, procs)
     if auth:  # keys first: a SuperNode whose key is unknown exits (users retry, see user.py)
         register_supernodes(flwr / "cli", list(supernode_keys or ()))
-        for name, argv in supernodes:
-            procs.start(name, argv, child_env(flwr / name, single_thread=True))
+        _start_supernodes(procs, flwr, supernodes)
     run = FlowerRun(workdir / "flower-reports.json", procs, tuple(n for n, _ in supernodes))
     submit_run(
         flwr / "cli",
@@ -277,3 +275,12 @@ def start_flower(
         },
     )
     return run
+
+
+def _start_supernodes(
+    procs: Processes, flwr: Path, supernodes: Sequence[tuple[str, list[str]]]
+) -> None:
+    """Start each SuperNode (name, ``semalign user`` argv): one BLAS thread, its own
+    FLWR_HOME under ``flwr``."""
+    for name, argv in supernodes:
+        procs.start(name, argv, child_env(flwr / name, single_thread=True))

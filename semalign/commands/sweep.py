@@ -264,24 +264,17 @@ def _print_plan(console: Any, args: argparse.Namespace, plan: Plan, table_path: 
     _print_skipped(console, plan.skipped)
 
 
-def _run_with_progress(
-    console: Any,
-    plan: Plan,
-    table_path: Path,
-    args: argparse.Namespace,
-    workers: int,
-    tracker: Any = None,
-) -> SweepSummary:
+def _progress_columns() -> tuple:
+    """The sweep's progress bar: description, bar, done/total, elapsed, eta, last run."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    columns = (
+    return (
         TextColumn("{task.description}"),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
@@ -290,9 +283,21 @@ def _run_with_progress(
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
+
+
+def _run_with_progress(
+    console: Any,
+    plan: Plan,
+    table_path: Path,
+    args: argparse.Namespace,
+    workers: int,
+    tracker: Any = None,
+) -> SweepSummary:
+    from rich.progress import Progress
+
     plain = not args.quiet and not console.is_terminal
     count = [0]
-    with Progress(*columns, console=console, disable=args.quiet or plain) as progress:
+    with Progress(*_progress_columns(), console=console, disable=args.quiet or plain) as progress:
         task = progress.add_task("sweep", total=len(plan.runs), info="")
 
         def on_start(summary: SweepSummary) -> None:

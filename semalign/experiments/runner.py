@@ -288,16 +288,29 @@ def run_sweep(
             if on_run:
                 on_run(run, rows, error)
 
-        if executor == "ray":
-            _run_ray(todo, workers, blas_threads, finish, ray_address)
-        elif workers <= 1 or len(todo) <= 1:
-            with _limit_blas(blas_threads):
-                for run in todo:
-                    finish(run, _worker_execute(run))
-        else:
-            _run_pool(todo, workers, blas_threads, finish)
+        _execute(todo, executor, workers, blas_threads, finish, ray_address)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _execute(
+    todo: list[Run],
+    executor: str,
+    workers: int,
+    blas_threads: int,
+    finish: Callable[[Run, Outcome], None],
+    ray_address: str | None,
+) -> None:
+    """Run ``todo`` on the executor (Ray, this process, or a process pool), ``finish`` told of
+    each run as it ends."""
+    if executor == "ray":
+        _run_ray(todo, workers, blas_threads, finish, ray_address)
+    elif workers <= 1 or len(todo) <= 1:
+        with _limit_blas(blas_threads):
+            for run in todo:
+                finish(run, _worker_execute(run))
+    else:
+        _run_pool(todo, workers, blas_threads, finish)
 
 
 def _track(
