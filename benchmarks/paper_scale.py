@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from semalign.client.user import User, UserData
 from semalign.common import admm
-from semalign.common.channel import rayleigh_matrix
+from semalign.common.channels import rayleigh_matrix
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
 from semalign.common.threads import blas_threads

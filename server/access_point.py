@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from semalign.common.channel import noise_variance
+from semalign.common.channels import noise_variance
 from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.common.errors import ProtocolError
 from semalign.common.packing import ShapeError, complex_dim

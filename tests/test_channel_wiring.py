@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from semalign.client.stream import user_factory
 from semalign.client.user import user_data_from_cache
-from semalign.common.channel import noise_variance
-from semalign.common.channels import ChannelConfig, path_loss_snr_db
+from semalign.common.channels import ChannelConfig, noise_variance, path_loss_snr_db
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.errors import SweepError
@@ -88,9 +87,10 @@ def test_simulate_runs_with_each_channel_model(latents, tmp_path, options, chann
 
 def test_bad_channel_options_fail_with_one_line(latents, tmp_path, capsys):
     for bad, message in (
-        (["--rho-tx", "0.5"], "--rho-tx applies to model 'kronecker' only"),
-        (["--channel-model", "kronecker"], "needs --rho-tx and/or --rho-rx"),
-        (["--channel-model", "kronecker", "--rho-tx", "1.5"], "--rho-tx:"),
+        (["--tx-correlation", "0.5"], "--tx-correlation applies to model 'kronecker' only"),
+        (["--rho-tx", "0.5"], "--tx-correlation applies to model 'kronecker' only"),  # old name
+        (["--channel-model", "kronecker"], "needs --tx-correlation and/or --rx-correlation"),
+        (["--channel-model", "kronecker", "--tx-correlation", "1.5"], "--tx-correlation"),
         (["--user-snr-db", "10"], "--user-snr-db has 1 entries for 2 users"),
         (["--csi-error", "-1"], "--csi-error:"),
         (["--user-snr-db", "5,25", "--distances", "1,2"], "not both"),

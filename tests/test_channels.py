@@ -29,7 +29,7 @@ DRAWS = 20_000
 
 
 def todays_rayleigh(nr: int, nt: int, rng: np.random.Generator) -> np.ndarray:
-    """The pre-interface draw (common/channel.py ``rayleigh_matrix``), written out."""
+    """The pre-interface draw (``rayleigh_matrix``), written out."""
     shape = (nr, nt)
     return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2)
 

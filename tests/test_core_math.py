@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from semalign.common import admm, baselines
-from semalign.common.channel import RayleighChannel, block_channel, noise_variance, rayleigh_matrix
+from semalign.common.channels import BlockFadingLink, block_channel, noise_variance, rayleigh_matrix
 from semalign.common.packing import complex_dim, complex_to_real, real_to_complex
 from semalign.common.whitening import WhiteningError, fit_whitener
 
@@ -75,7 +75,7 @@ def test_channel_shapes_noise_and_snr_definition():
     assert np.all(h[0:3, 2:4] == 0)
     sigma2 = noise_variance(10.0, 2.0, k)
     assert sigma2 == pytest.approx((2.0 / k) / 10.0)
-    ch = RayleighChannel(hbar, k, sigma2, np.random.default_rng(4))
+    ch = BlockFadingLink(hbar, k, sigma2, np.random.default_rng(4))
     x = crandn(rng, 8, 50_000)
     np.testing.assert_allclose(ch(x, noiseless=True), h @ x, atol=1e-12)
     noise = ch(x) - h @ x

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from semalign.client.user import User
 from semalign.common import admm, wire
-from semalign.common.channel import block_channel, rayleigh_matrix
+from semalign.common.channels import block_channel, rayleigh_matrix
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
 from semalign.common.wire import parse_ap_message, parse_user_message, to_matrix, view_matrix

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from semalign.common import admm
-from semalign.common.channel import block_channel, rayleigh_matrix
+from semalign.common.channels import block_channel, rayleigh_matrix
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
 from semalign.common.representation import LINEAR, Representation

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 import numpy as np
-from semalign.common.channel import RayleighChannel
+from semalign.common.channels import BlockFadingLink
 from semalign.common.errors import ProtocolError
 from semalign.common.representation import Representation
 from semalign.proto import semalign_pb2 as pb
@@ -36,8 +36,8 @@ class UserContext(Protocol):
     hbar: np.ndarray  # (N_R, N_T) this user's true channel matrix (acts on the symbols)
     hbar_estimate: np.ndarray  # (N_R, N_T) its CSI estimate (what the user designs with)
     accept: pb.HandshakeAccept
-    channel: RayleighChannel  # K uses of the true Hbar with this user's noise
-    design_channel: RayleighChannel  # K uses of the estimate (noiseless use only)
+    channel: BlockFadingLink  # K uses of the true Hbar with this user's noise
+    design_channel: BlockFadingLink  # K uses of the estimate (noiseless use only)
     y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user); (m, n) reals
     # (as complex128) when widely linear
     representation: Representation  # the paper's complex packing or the real-composite view

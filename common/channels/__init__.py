@@ -6,6 +6,8 @@ One concept per module:
   :class:`Fading` interface; conventions (shapes, units, SNR per receive antenna).
 * :mod:`.rayleigh`, :mod:`.kronecker`, :mod:`.rician`: fading laws of Hbar (unit entry power).
 * :mod:`.csi`: imperfect CSI, Hhat = Hbar + E.
+* :mod:`.link`: one realized link: H = I_K (x) Hbar, the noise variance of an SNR, and
+  :class:`BlockFadingLink` applying both to transmitted symbols.
 * :mod:`.snr`: per-user SNR (explicit or log-distance path loss).
 * :mod:`.model`: :class:`ChannelModel` = fading + CSI + SNR, ``draw(N_R, N_T, rng)``.
 * :mod:`.registry`: models by name, :func:`channel_from_config`.
@@ -25,13 +27,15 @@ from .base import ChannelRealization, Fading, complex_normal
 from .config import ChannelConfig
 from .csi import PERFECT_CSI, CsiError
 from .kronecker import Kronecker, exponential_correlation
+from .link import BlockFadingLink, block_channel, complex_noise, noise_variance
 from .model import ChannelModel
-from .rayleigh import Rayleigh
+from .rayleigh import Rayleigh, rayleigh_matrix
 from .registry import FADING_MODELS, channel_from_config, fading_from_config
 from .rician import Rician, k_factor_from_db, ula_steering
 from .snr import path_loss_snr_db, user_snrs_db
 
 __all__ = [
+    "BlockFadingLink",
     "FADING_MODELS",
     "PERFECT_CSI",
     "ChannelConfig",
@@ -41,6 +45,10 @@ __all__ = [
     "Fading",
     "Kronecker",
     "Rayleigh",
+    "block_channel",
+    "complex_noise",
+    "noise_variance",
+    "rayleigh_matrix",
     "Rician",
     "channel_from_config",
     "complex_normal",

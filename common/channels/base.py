@@ -1,6 +1,6 @@
 """The channel interface: what one user's link looks like once drawn, and what a fading law is.
 
-Conventions (shared by every model in this package, and by ``semalign.common.channel``):
+Conventions (shared by every model in this package and by :mod:`.link`):
 
 * ``hbar`` is the narrowband MIMO matrix Hbar_l of user l, shape (N_R, N_T), complex128,
   normalized so that E|[Hbar]_{ij}|^2 = 1 for every entry and every model here: the path loss is

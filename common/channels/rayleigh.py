@@ -30,3 +30,8 @@ class Rayleigh(Fading):
         pre-interface ``rayleigh_matrix`` for ``size=()`` and the same generator state)."""
         check_antennas(antennas_rx, antennas_tx)
         return complex_normal((*size, antennas_rx, antennas_tx), rng)
+
+
+def rayleigh_matrix(antennas_rx: int, antennas_tx: int, rng: np.random.Generator) -> np.ndarray:
+    """One Hbar (N_R, N_T) with i.i.d. CN(0, 1) entries: :class:`Rayleigh` drawn once."""
+    return complex_normal((antennas_rx, antennas_tx), rng)

@@ -200,7 +200,7 @@ def known_map_estimates(
     solves for W = R^H R by least squares and forms R B^-1 X up to a semi-unitary. ``None``
     without CSI or without feature-domain uploads, or when uploads and broadcasts do not pair
     up."""
-    from semalign.common.channel import noise_variance
+    from semalign.common.channels import noise_variance
 
     state, config, rep = ap.users[user_id], ap.config, ap.representation
     pre_equalizers = sent_pre_equalizers(sent)

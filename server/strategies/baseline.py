@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from semalign.common import admm, baselines
-from semalign.common.channel import block_channel
+from semalign.common.channels import block_channel
 from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.common.errors import ProtocolError
 from semalign.common.whitening import Whitener
