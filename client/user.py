@@ -196,7 +196,7 @@ class User:
         except KeyError as exc:
             raise ProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
         self.representation = Representation(widely_linear=acc.widely_linear)
-        if acc.widely_linear and get_strategy(strategy).family != "admm":
+        if acc.widely_linear and not get_strategy(strategy).has_rounds:
             raise ProtocolError(f"widely-linear equalizers with strategy {strategy}")
         # Y_l: whitened pilots, never leave the user
         self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows, self.representation)
@@ -212,8 +212,8 @@ class User:
                 if self.secure_keys is None
                 else "this user takes part only in secure aggregation; the AP runs plain"
             )
-        if self.secure and strategy != "fed":
-            raise ProtocolError(f"secure aggregation with strategy {strategy} (fed only)")
+        if self.secure and not get_strategy(strategy).secure_aggregation:
+            raise ProtocolError(f"secure aggregation with strategy {strategy}, which has none")
         self.strategy = (
             SecureAdmmUser(self, strategy) if self.secure else make_user_strategy(strategy, self)
         )

@@ -13,6 +13,7 @@ from semalign.common.errors import UsageError
 from semalign.common.strategies import (
     admm_strategy_names,
     get_strategy,
+    strategies_with,
     strategy_help,
     strategy_names,
 )
@@ -151,7 +152,7 @@ class AlignmentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _equalizer_needs_admm(self) -> AlignmentConfig:
-        if self.equalizer != "linear" and get_strategy(self.strategy).family != "admm":
+        if self.equalizer != "linear" and not get_strategy(self.strategy).has_rounds:
             raise ValueError(
                 f"equalizer {self.equalizer} needs an ADMM strategy "
                 f"({', '.join(admm_strategy_names())}); {self.strategy} selects complex "
@@ -162,11 +163,14 @@ class AlignmentConfig(BaseModel):
     @model_validator(mode="after")
     def _secure_needs_shared_compact(self) -> AlignmentConfig:
         if self.aggregation == "secure" and (
-            self.strategy != "fed" or self.protocol != "compact" or self.user_groups != 1
+            not get_strategy(self.strategy).secure_aggregation
+            or self.protocol != "compact"
+            or self.user_groups != 1
         ):
+            secure = ", ".join(strategies_with("secure_aggregation"))
             raise ValueError(
-                "aggregation secure needs strategy fed (one shared F), protocol compact (each "
-                "user holds X X^H for its own F-step) and user_groups 1; got strategy "
+                f"aggregation secure needs strategy {secure} (one shared F), protocol compact "
+                "(each user holds X X^H for its own F-step) and user_groups 1; got strategy "
                 f"{self.strategy}, protocol {self.protocol}, user_groups {self.user_groups}"
             )
         if self.dp_noise_multiplier > 0 and self.aggregation != "secure":

@@ -2,10 +2,15 @@
 
 Every strategy has one :class:`StrategySpec`: its name (the ``--strategy`` value), its family
 (``"admm"``: iterative rounds of section III-B; ``"baseline"``: one pilot transmission, section
-IV), its code on the wire (the proto ``Strategy`` enum, if it has one), and how plots and help
-texts show it. The config's choices, the handshake's strategy code and the plot styles are all
-read from here; the AP's and the user's halves of a strategy (``semalign.server.strategies`` and
-``semalign.client.strategies``) are registered under the same names.
+IV), its capabilities (one F shared by all users, secure aggregation, index side information),
+its code on the wire (the proto ``Strategy`` enum, if it has one), and how plots and help texts
+show it. The config's choices and checks, the handshake's strategy code, the sweep grid, user
+grouping, the live display and the plot styles all read the spec, never a strategy's name.
+
+The AP's and the user's halves of a strategy register themselves under the same name, each in
+its own module, with the decorator of their side's :class:`Implementations`
+(``semalign.server.strategies.registry.register_ap_strategy``,
+``semalign.client.strategies.registry.register_user_strategy``).
 
 Adding a strategy: one :func:`register_strategy` call below, one AP module, one user module.
 """
@@ -13,9 +18,9 @@ Adding a strategy: one :func:`register_strategy` call below, one AP module, one 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from semalign.common.errors import ProtocolError, UsageError
 from semalign.proto import semalign_pb2 as pb
@@ -45,8 +50,16 @@ class StrategySpec:
         proto_code: the ``semalign.v1.Strategy`` enum value in the HandshakeAccept, or ``None``
             (the AP then announces STRATEGY_UNSPECIFIED and users take the name from the
             session's configuration).
+        shared_pre_equalizer: one F for all users (eq. 8), so users can be grouped
+            (``user_groups`` > 1: one shared F per group); ADMM family only.
+        secure_aggregation: has a secure-aggregation variant (``aggregation="secure"``: the AP
+            learns only the sum of the users' local F_l); needs ``shared_pre_equalizer``.
+        index_bits: sends the selected features' indices as side information, whose bits
+            ``topk_index_cost`` charges in channel uses or leaves free; baseline family only.
         color: matplotlib colour of its plot lines.
         marker: matplotlib marker of its plot lines.
+        linestyle: matplotlib line style of its first line in a panel (further lines of the
+            same strategy, e.g. other baseline fits, take the other styles in turn).
     """
 
     name: str
@@ -54,8 +67,22 @@ class StrategySpec:
     label: str
     description: str
     proto_code: int | None = None
+    shared_pre_equalizer: bool = False
+    secure_aggregation: bool = False
+    index_bits: bool = False
     color: str | None = None
     marker: str | None = None
+    linestyle: str = "-"
+
+    def __post_init__(self) -> None:
+        if not self.name or self.family not in ("admm", "baseline"):
+            raise StrategyError(f"strategy {self.name!r}: a name and a family admm or baseline")
+        if self.shared_pre_equalizer and self.family != "admm":
+            raise StrategyError(f"strategy {self.name!r}: a shared F needs ADMM rounds")
+        if self.secure_aggregation and not self.shared_pre_equalizer:
+            raise StrategyError(f"strategy {self.name!r}: secure aggregation needs a shared F")
+        if self.index_bits and self.family != "baseline":
+            raise StrategyError(f"strategy {self.name!r}: index side information is a baseline's")
 
     @property
     def has_rounds(self) -> bool:
@@ -90,15 +117,53 @@ def get_strategy(name: str) -> StrategySpec:
     return spec
 
 
-def implementation(registry: Mapping[str, T], name: str, side: str) -> T:
-    """``registry[name]`` for a registered ``name``: the AP's or the user's half of a strategy.
+class Implementations(Generic[T]):
+    """One side's halves of the strategies (the AP's or the users' classes), by spec name.
 
-    Raises UnknownStrategy for an unregistered name, StrategyError if ``side`` lacks it.
+    Each class registers itself with the :meth:`register` decorator in its own module; a name
+    must have a spec (:func:`register_strategy`) first, and one class may serve several names.
     """
-    spec = get_strategy(name)
-    if spec.name not in registry:
-        raise StrategyError(f"strategy {spec.name!r} has no {side} implementation")
-    return registry[spec.name]
+
+    def __init__(self, side: str, base: type[T]) -> None:
+        self.side, self.base = side, base
+        self._classes: dict[str, type[T]] = {}
+
+    def register(self, *names: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator: ``cls`` is this side's half of every strategy in ``names``.
+
+        Raises UnknownStrategy for a name without a spec, StrategyError for a name this side
+        already has or a class that does not derive from the side's base class.
+        """
+
+        def add(cls: type[T]) -> type[T]:
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise StrategyError(f"{cls!r} is not a {self.base.__name__}")
+            for name in names:
+                spec = get_strategy(name)
+                if spec.name in self._classes:
+                    raise StrategyError(f"strategy {name!r} has a {self.side} half already")
+                self._classes[spec.name] = cls
+            return cls
+
+        if not names:
+            raise StrategyError(f"register a {self.side} half under at least one name")
+        return add
+
+    def get(self, name: str) -> type[T]:
+        """The class registered as ``name``: UnknownStrategy for an unregistered name,
+        StrategyError if this side lacks it."""
+        spec = get_strategy(name)
+        if spec.name not in self._classes:
+            raise StrategyError(f"strategy {spec.name!r} has no {self.side} implementation")
+        return self._classes[spec.name]
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name``'s class (tests that register a strategy from outside clean up)."""
+        self._classes.pop(name, None)
+
+    def names(self) -> tuple[str, ...]:
+        """The strategy names this side implements, in registration order."""
+        return tuple(self._classes)
 
 
 def strategy_for_code(code: int) -> StrategySpec:
@@ -131,7 +196,19 @@ def strategy_family(name: str) -> str | None:
 
 def admm_strategy_names() -> tuple[str, ...]:
     """The names of the ADMM family (strategies with rounds)."""
-    return tuple(name for name, spec in _REGISTRY.items() if spec.family == "admm")
+    return strategies_with("has_rounds")
+
+
+def strategies_with(capability: str) -> tuple[str, ...]:
+    """The registered names whose spec has ``capability`` (a boolean attribute of
+    :class:`StrategySpec`: ``has_rounds``, ``shared_pre_equalizer``, ``secure_aggregation``,
+    ``index_bits``), in registration order."""
+    return tuple(name for name, spec in _REGISTRY.items() if getattr(spec, capability))
+
+
+def unregister_strategy(name: str) -> None:
+    """Remove ``name``'s spec (tests that register a strategy from outside clean up)."""
+    _REGISTRY.pop(name, None)
 
 
 register_strategy(
@@ -141,6 +218,8 @@ register_strategy(
         label="Federated (shared F)",
         description="shared F by federated ADMM",
         proto_code=pb.FED,
+        shared_pre_equalizer=True,
+        secure_aggregation=True,
         color="tab:blue",
         marker="o",
     )
@@ -174,6 +253,7 @@ register_strategy(
         label="Top-K",
         description="the baselines of section IV",
         proto_code=pb.TOP_K,
+        index_bits=True,
         color="tab:red",
         marker="v",
     )

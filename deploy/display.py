@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from semalign.common.strategies import get_strategy
+
 
 def fmt_bytes(n: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -26,7 +28,7 @@ class Display:
 
         self.console = Console(stderr=True)
         self.config, self.quiet, self.users = config, quiet, users
-        self.steps = config.iterations if config.strategy in ("fed", "multi-link") else 1
+        self.steps = config.iterations if get_strategy(config.strategy).has_rounds else 1
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

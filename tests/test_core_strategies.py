@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from semalign.client.strategies import USER_STRATEGIES, UserStrategy
+from semalign.client.strategies import USER_STRATEGIES, UserStrategy, register_user_strategy
 from semalign.client.user import User
-from semalign.common import strategies
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.errors import ProtocolError, UsageError
@@ -22,18 +21,26 @@ from semalign.common.strategies import (
     admm_strategy_names,
     get_strategy,
     register_strategy,
+    strategies_with,
     strategy_for_code,
     strategy_help,
     strategy_names,
+    unregister_strategy,
 )
 from semalign.common.wire import parse_user_message
+from semalign.deploy.display import Display
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.session import SessionDriver
-from semalign.server.strategies import AP_STRATEGIES, ApStrategy
+from semalign.server.strategies import AP_STRATEGIES, ApStrategy, register_ap_strategy
+from semalign.server.strategies.shared_admm import SharedAdmm
 from test_core_protocol import _session
 from test_core_regression import ADDED_CONFIG, REFERENCE
 
+from semalign.cli import build_parser
+from semalign.engine.grouping import check_groupable
 from semalign.engine.loopback import LoopbackLink
+from semalign.experiments.figures import strategy_style
+from semalign.experiments.grid import SweepGrid
 
 
 def test_registry_lists_the_paper_strategies_in_order():
@@ -56,7 +63,47 @@ def test_registry_lists_the_paper_strategies_in_order():
 
 
 def test_every_strategy_has_an_ap_half_and_a_user_half():
-    assert set(AP_STRATEGIES) == set(strategy_names()) == set(USER_STRATEGIES)
+    assert set(AP_STRATEGIES.names()) == set(strategy_names()) == set(USER_STRATEGIES.names())
+    assert AP_STRATEGIES.get("fed") is SharedAdmm and SharedAdmm.name == "fed"
+    assert USER_STRATEGIES.get("fed") is USER_STRATEGIES.get("multi-link")
+    with pytest.raises(UnknownStrategy):
+        AP_STRATEGIES.get("nope")
+
+
+def test_capabilities_of_the_paper_strategies():
+    assert strategies_with("has_rounds") == admm_strategy_names() == ("fed", "multi-link")
+    assert strategies_with("shared_pre_equalizer") == ("fed",)
+    assert strategies_with("secure_aggregation") == ("fed",)
+    assert strategies_with("index_bits") == ("top-k",)
+    styles = [strategy_style(name) for name in strategy_names()]
+    assert len({(s["color"], s["marker"]) for s in styles}) == len(styles)
+    assert strategy_style("fed", variant=1)["linestyle"] != strategy_style("fed")["linestyle"]
+    assert strategy_style("gone")["label"] == "gone"  # an older table's strategy
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"shared_pre_equalizer": True}, "shared F needs ADMM rounds"),
+        ({"index_bits": True, "family": "admm"}, "index side information"),
+        ({"secure_aggregation": True, "family": "admm"}, "secure aggregation needs a shared F"),
+        ({"family": "other"}, "family admm or baseline"),
+    ],
+)
+def test_specs_refuse_inconsistent_capabilities(fields, message):
+    args = {"name": "x", "family": "baseline", "label": "X", "description": "x", **fields}
+    with pytest.raises(StrategyError, match=message):
+        StrategySpec(**args)
+
+
+def test_a_half_registers_once_for_a_known_name_and_its_side():
+    with pytest.raises(StrategyError, match="access-point half already"):
+        register_ap_strategy("fed")(SharedAdmm)
+    with pytest.raises(UnknownStrategy):
+        register_user_strategy("nope")(UserStrategy)
+    with pytest.raises(StrategyError, match="is not a UserStrategy"):
+        register_user_strategy("fed")(SharedAdmm)
+    assert USER_STRATEGIES.names() == ("fed", "multi-link", "first-k", "top-k")
 
 
 def test_unknown_names_suggest_close_ones():
@@ -114,25 +161,50 @@ def test_records_read_back_the_results_json_unchanged():
 
 
 # ------------------------------------------------------------------ a strategy added from outside
-class _NoOp(ApStrategy):
-    """No alignment: the AP sends zeros."""
+def _register_outside(name: str, family: str, **capabilities) -> None:
+    """What a module outside the package does: a spec, then one decorated class per side."""
+    register_strategy(
+        StrategySpec(
+            name,
+            family,
+            label=f"Outside {name}",
+            description="from outside",
+            color="tab:pink",
+            marker="X",
+            linestyle=":",
+            **capabilities,
+        )
+    )
 
-    def encode(self, x, state):
-        return np.zeros((self.ap.symbols, x.shape[1]), dtype=np.complex128), None
+    @register_ap_strategy(name)
+    class _NoOp(ApStrategy):
+        """No alignment: the AP sends zeros."""
+
+        def encode(self, x, state):
+            return np.zeros((self.ap.symbols, x.shape[1]), dtype=np.complex128), None
+
+    @register_user_strategy(name)
+    class _NoOpUser(UserStrategy):
+        """Estimates zeros: decodes to the user's pilot mean."""
+
+        def estimate(self, symbols, indices):
+            return np.zeros((self.user.y.shape[0], symbols.shape[1]), dtype=np.complex128)
 
 
-class _NoOpUser(UserStrategy):
-    """Estimates zeros: decodes to the user's pilot mean."""
+@pytest.fixture
+def outside():
+    """Strategies registered from outside the package: ``noop`` (a baseline) and ``shared``
+    (declares ADMM rounds and a shared F; never run); removed again afterwards."""
+    _register_outside("noop", "baseline")
+    _register_outside("shared", "admm", shared_pre_equalizer=True)
+    yield
+    for name in ("noop", "shared"):
+        AP_STRATEGIES.unregister(name)
+        USER_STRATEGIES.unregister(name)
+        unregister_strategy(name)
 
-    def estimate(self, symbols, indices):
-        return np.zeros((self.user.y.shape[0], symbols.shape[1]), dtype=np.complex128)
 
-
-def test_a_strategy_is_one_spec_one_ap_class_and_one_user_class(monkeypatch):
-    spec = StrategySpec("noop", "baseline", label="No alignment", description="no alignment")
-    monkeypatch.setitem(strategies._REGISTRY, "noop", spec)
-    monkeypatch.setitem(AP_STRATEGIES, "noop", _NoOp)
-    monkeypatch.setitem(USER_STRATEGIES, "noop", _NoOpUser)
+def test_a_strategy_is_one_spec_one_ap_class_and_one_user_class(outside):
     ap, users, test = _session("noop", channel_uses=1, antennas_tx=2)
     users = [
         User(u.user_id, u.encoder, u.data, 2, 2, 20.0, u.channel_seed, strategy_name="noop")
@@ -140,5 +212,38 @@ def test_a_strategy_is_one_spec_one_ap_class_and_one_user_class(monkeypatch):
     ]
     result = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(len(test)))
     assert result.rounds == [] and set(result.reports) == {"user1", "user2"}
-    assert all(isinstance(u.strategy, _NoOpUser) for u in users)
+    assert all(type(u.strategy) is USER_STRATEGIES.get("noop") for u in users)
     assert result.reports["user1"]["mse_whitened"] == pytest.approx(1.0, rel=0.5)
+
+
+def _choices(parser, command: str, dest: str):
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if a.dest == dest)
+
+
+def test_a_strategy_from_outside_reaches_the_cli_sweep_figures_and_display(outside):
+    parser = build_parser()
+    for command in ("simulate", "run", "ap"):
+        assert {"noop", "shared"} <= set(_choices(parser, command, "strategy").choices)
+    assert "noop" in _choices(parser, "sweep", "strategies").help
+    grid = SweepGrid(channel_uses=(1,), user_groups=(1, 2), equalizers=("linear", "widely-linear"))
+    assert {"noop", "shared"} <= set(grid.strategies)
+    cells = {(c.strategy, c.user_groups, c.equalizer) for _, c in grid.configs()}
+    assert ("shared", 2, "widely-linear") in cells and ("fed", 2, "linear") in cells
+    assert {c for c in cells if c[0] == "noop"} == {("noop", 1, "linear")}
+    assert strategy_style("noop", variant=1) == {
+        "label": "Outside noop",
+        "color": "tab:pink",
+        "marker": "X",
+        "linestyle": "-",
+    }
+    assert strategy_style("noop")["linestyle"] == ":"
+    seeds = [27, 42]
+    shared = Display(AlignmentConfig(strategy="shared", iterations=7), seeds, 2, quiet=True)
+    noop = Display(AlignmentConfig(strategy="noop", iterations=7), seeds, 2, quiet=True)
+    assert (shared.steps, noop.steps) == (7, 1)
+    check_groupable("shared")
+    with pytest.raises(UsageError, match="needs strategy fed, shared"):
+        check_groupable("noop")
+    with pytest.raises(ValidationError, match="needs an ADMM strategy"):
+        AlignmentConfig(strategy="noop", equalizer="widely-linear")

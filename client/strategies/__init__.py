@@ -1,28 +1,26 @@
 """The user halves of the strategies, by the names of :mod:`semalign.common.strategies`.
 
-Adding a strategy: its spec in ``common/strategies.py``, its user half here (a subclass of
-:class:`~semalign.client.strategies.base.UserStrategy`), its AP half in
-``semalign.server.strategies``.
+Every module of this package is imported here, so each user half registers itself
+(:data:`~semalign.client.strategies.registry.register_user_strategy` in its own module); adding
+a strategy: its spec in ``common/strategies.py``, one module here (a subclass of
+:class:`~semalign.client.strategies.base.UserStrategy`), one in ``semalign.server.strategies``.
 """
 
 from __future__ import annotations
 
-from semalign.client.strategies.admm import AdmmUser
-from semalign.client.strategies.base import UserContext, UserStrategy
-from semalign.client.strategies.baseline import BaselineUser
-from semalign.common.strategies import implementation
+import importlib
+import pkgutil
 
-USER_STRATEGIES: dict[str, type[UserStrategy]] = {
-    "fed": AdmmUser,
-    "multi-link": AdmmUser,
-    "first-k": BaselineUser,
-    "top-k": BaselineUser,
-}
+from semalign.client.strategies.base import UserContext, UserStrategy
+from semalign.client.strategies.registry import USER_STRATEGIES, register_user_strategy
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def make_user_strategy(name: str, user: UserContext) -> UserStrategy:
     """The user half of strategy ``name`` for ``user`` (StrategyError, a ValueError, if none)."""
-    return implementation(USER_STRATEGIES, name, "user")(user, name)
+    return USER_STRATEGIES.get(name)(user, name)
 
 
-__all__ = ["USER_STRATEGIES", "UserStrategy", "make_user_strategy"]
+__all__ = ["USER_STRATEGIES", "UserStrategy", "make_user_strategy", "register_user_strategy"]

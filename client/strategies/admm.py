@@ -27,6 +27,7 @@ import hashlib
 
 import numpy as np
 from semalign.client.strategies.base import UserContext, UserStrategy
+from semalign.client.strategies.registry import register_user_strategy
 from semalign.common import admm
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
@@ -39,6 +40,7 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8), digest_size=16).hexdigest()
 
 
+@register_user_strategy("fed", "multi-link")
 class AdmmUser(UserStrategy):
     """G_l (m/2, K N_R), refreshed at every broadcast."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 from semalign.client.strategies.base import UserContext, UserStrategy
+from semalign.client.strategies.registry import register_user_strategy
 from semalign.common import baselines
 from semalign.common.errors import ProtocolError
 from semalign.common.validation import check_indices
@@ -37,6 +38,7 @@ def _real_view(y: np.ndarray) -> np.ndarray:
     return np.vstack([y.real, y.imag])
 
 
+@register_user_strategy("first-k", "top-k")
 class BaselineUser(UserStrategy):
     """Q_l (m, d + 1) real (the real view of the user's whitened m/2 complex features),
     fitted once on the pilot transmission."""

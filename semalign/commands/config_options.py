@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -25,6 +26,13 @@ from pydantic import ValidationError
 from semalign.common.channels import ChannelConfig
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
+from semalign.common.strategies import strategy_help, strategy_names
+
+#: Fields whose choices and help are read from a registry when a parser is built (so a
+#: strategy registered after the config module was imported is offered too).
+LIVE_CHOICES: dict[str, tuple[Callable[[], tuple[str, ...]], Callable[[], str]]] = {
+    "strategy": (strategy_names, strategy_help),
+}
 
 #: The namespace attributes the recording actions fill.
 GIVEN, DEPRECATED = "given_options", "deprecated_options"
@@ -192,7 +200,11 @@ def add_alignment_arguments(parser: Any) -> None:
         kwargs: dict[str, Any] = {"dest": name, "default": info.default, "help": help_text}
         if name == "rho":
             kwargs["metavar"] = "RHO"
-        if info.annotation is bool:
+        if name in LIVE_CHOICES:
+            choices, text = LIVE_CHOICES[name]
+            kwargs["help"] = f"{text()} (default: %(default)s)"
+            add_option(parser, name, choices=choices(), **kwargs)
+        elif info.annotation is bool:
             add_option(parser, name, action=GivenFlag, **kwargs)
         elif get_origin(info.annotation) is Literal:
             add_option(parser, name, choices=get_args(info.annotation), **kwargs)

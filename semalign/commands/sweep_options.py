@@ -22,8 +22,9 @@ from semalign.commands.config_options import GivenStore, given
 from semalign.commands.options import add_ap_encoder_argument, add_config_argument
 from semalign.commands.tracking_options import add_tracking_arguments
 from semalign.common.channels import ChannelConfig
-from semalign.common.config import STRATEGIES, AlignmentConfig
+from semalign.common.config import AlignmentConfig
 from semalign.common.errors import SweepError, UsageError
+from semalign.common.strategies import strategy_names
 from semalign.experiments.grid import PRESETS, SweepGrid, grid_from_options
 from semalign.experiments.plan import (
     default_ap,
@@ -299,7 +300,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "comma-separated), a [set] table, any other config key as a --set axis",
     )
     add("--preset", choices=tuple(PRESETS), help="the paper's grids: " + ", ".join(PRESETS))
-    add("--strategies", help="comma-separated: " + ",".join(STRATEGIES) + " (default: all)")
+    add("--strategies", help="comma-separated: " + ",".join(strategy_names()) + " (default: all)")
     add("--channel-uses", help="K values, e.g. 1,2,4,6,8,10,20 (default: those)")
     add("--antennas", help="N_TxN_R configurations, e.g. 1x1,2x2,4x4 or 2x4 (default: 4x4)")
     add("--snr-db", help="SNRs in dB (default: 20)")

@@ -25,6 +25,7 @@ from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
 from semalign.common.records import SeedResult
 from semalign.common.stats import nan_mean
+from semalign.common.strategies import get_strategy, strategies_with
 from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import Scenario, build_session, user_names
 from semalign.server.access_point import build_access_point
@@ -34,9 +35,18 @@ from semalign.server.session import SessionDriver
 GROUP_PROBE_ROUNDS = 5
 
 
+def check_groupable(strategy: str) -> None:
+    """UsageError unless ``strategy`` shares one F among its users (what a group gets)."""
+    if not get_strategy(strategy).shared_pre_equalizer:
+        shared = ", ".join(strategies_with("shared_pre_equalizer"))
+        raise UsageError(f"user_groups needs strategy {shared} (one shared F), not {strategy}")
+
+
 def probe_uploads(scenario: Scenario, config: AlignmentConfig) -> list[np.ndarray]:
-    """Each user's P_l (K N_T, n) after a short federated probe session (users in order)."""
-    probe = config.model_copy(update={"strategy": "fed", "user_groups": 1})
+    """Each user's P_l (K N_T, n) after a short federated probe session (users in order):
+    ``config``'s strategy, which must share one F (:func:`check_groupable`)."""
+    check_groupable(config.strategy)
+    probe = config.model_copy(update={"user_groups": 1})
     ap, users = build_session(scenario, probe)
     driver = SessionDriver(ap, [LoopbackLink(u) for u in users])
     driver.handshake()
@@ -111,8 +121,7 @@ def _group_seed(scenario, config, members, channel_uses) -> SeedResult:
 
 def simulate_grouped_seed(scenario: Scenario, config: AlignmentConfig) -> SeedResult:
     """Probe, cluster, one session per group; the groups' users merged into one seed result."""
-    if config.strategy != "fed":
-        raise UsageError(f"user_groups needs strategy fed, not {config.strategy}")
+    check_groupable(config.strategy)
     start = time.perf_counter()
     similarity = cka_matrix(probe_uploads(scenario, config))
     groups = cluster(similarity, config.user_groups)

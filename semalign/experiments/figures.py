@@ -52,7 +52,7 @@ import numpy as np
 
 from semalign.common.errors import UsageError
 from semalign.common.stats import nan_mean
-from semalign.common.strategies import get_strategy, strategy_names
+from semalign.common.strategies import UnknownStrategy, get_strategy
 from semalign.experiments.cells import (  # noqa: F401 - re-exported for plot and docs
     _PAPER_VALUES,
     _VARIANT_KEYS,
@@ -107,11 +107,6 @@ class Series:
     label: str
 
 
-STRATEGY_STYLE: dict[str, dict[str, Any]] = {
-    name: {"label": spec.label, "color": spec.color, "marker": spec.marker}
-    for name, spec in ((n, get_strategy(n)) for n in strategy_names())
-}
-STRATEGY_ORDER = tuple(STRATEGY_STYLE)
 #: Baseline fitting variants in legend order: the fair one (solid) first.
 FIT_ORDER = {"": 0, "received": 1, "full": 2}
 GROUP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:gray")
@@ -121,6 +116,21 @@ ZETA_LABEL = r"compression factor $\zeta = K/(d/2)$ (%)"
 ACC_LABEL = "accuracy (mean over users, fraction)"
 MSE_LABEL = "network MSE on pilots (whitened, per complex feature)"
 TEST_MSE_LABEL = "latent MSE on test data (user's native space, per feature)"
+
+
+def strategy_style(name: str, variant: int = 0) -> dict[str, Any]:
+    """The look of a strategy's ``variant``-th line in a panel, from its registered spec: label,
+    colour, marker, and its line style (the spec's first, then the other :data:`LINESTYLES` in
+    turn). A name this version does not register (an older table's) gets its name as label
+    and matplotlib's defaults."""
+    try:
+        spec = get_strategy(name)
+        look = {"label": spec.label, "color": spec.color, "marker": spec.marker}
+        first = spec.linestyle
+    except UnknownStrategy:
+        look, first = {"label": name, "color": None, "marker": None}, LINESTYLES[0]
+    styles = (first, *(s for s in LINESTYLES if s != first))
+    return {**look, "linestyle": styles[variant % len(styles)]}
 
 
 def _antenna_sort(label: str) -> tuple[int, int]:
@@ -153,7 +163,7 @@ def _fmt_context(names: Sequence[str], values: Sequence[Any]) -> tuple[str, str]
             parts.append(f"{value} MIMO")
             slug.append(str(value))
         elif name == "strategy":
-            parts.append(STRATEGY_STYLE.get(value, {}).get("label", value))
+            parts.append(strategy_style(str(value))["label"])
             slug.append(str(value))
         else:
             parts.append(str(value))
@@ -295,8 +305,8 @@ def _strategy_lines(
     )
     labels = []
     for strategy, fit, quals in order:
-        look = STRATEGY_STYLE.get(strategy, {"label": strategy, "color": None})
         variant = [k for k in order if k[0] == strategy].index((strategy, fit, quals))
+        look = strategy_style(strategy, variant)
         label = f"{look['label']}, {fit} fit" if fits and fit else look["label"]
         label = f"{label}, {qualifier_text(quals)}" if quals else label
         _points_line(
@@ -306,8 +316,8 @@ def _strategy_lines(
             style,
             label=label,
             color=look["color"],
-            marker=look.get("marker"),
-            linestyle=LINESTYLES[variant % len(LINESTYLES)],
+            marker=look["marker"],
+            linestyle=look["linestyle"],
         )
         labels.append(label)
     return labels + _native_line(ax, panel, fields)

@@ -4,8 +4,9 @@ A :class:`SweepGrid` is the cartesian product of strategies, channel uses K, ant
 configurations N_T x N_R, SNRs, user groups, pilot fractions, CSI modes, channels (fading
 models with their correlations / K-factors, times CSI errors: :meth:`SweepGrid.channels`) and the
 research options (task models, targets, pilot selections, user-group counts, equalizers:
-:data:`RESEARCH_AXES`), run for every seed. A user-group count above 1 applies to ``fed`` only,
-a widely-linear equalizer to the ADMM strategies only: other strategies get no such cell
+:data:`RESEARCH_AXES`), run for every seed. A user-group count above 1 applies to the strategies
+that share one F (``fed``), a widely-linear equalizer to those with ADMM rounds: the specs'
+capabilities (:mod:`semalign.common.strategies`) say which; other strategies get no such cell
 (:meth:`SweepGrid.configs`).
 Presets reproduce the paper's figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``). Every value
 is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so a bad value
@@ -22,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from semalign.common.channels import FADING_MODELS, ChannelConfig
 from semalign.common.config import (
-    ADMM_STRATEGIES,
     LEGACY_TASK_MODEL,
     STRATEGIES,
     AlignmentConfig,
 )
 from semalign.common.errors import SweepError
+from semalign.common.strategies import get_strategy, strategies_with, strategy_names
 
 #: The paper's seeds (section IV).
 PAPER_SEEDS: tuple[int, ...] = (27, 42, 100, 123, 144, 200)
@@ -189,7 +190,9 @@ class SweepGrid(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategies: tuple[str, ...] = Field(STRATEGIES, description="fed, multi-link, first-k, top-k")
+    strategies: tuple[str, ...] = Field(
+        default_factory=strategy_names, description="every registered strategy"
+    )
     channel_uses: tuple[int, ...] = Field(PAPER_CHANNEL_USES, description="K values")
     antennas: tuple[tuple[int, int], ...] = Field(((4, 4),), description="(N_T, N_R) pairs")
     snr_db: tuple[float, ...] = Field((_DEFAULTS["snr_db"],), description="SNR per antenna, dB")
@@ -279,12 +282,13 @@ class SweepGrid(BaseModel):
         if self.axes:
             for _ in self.configs():  # every crossing of the axes is a valid config
                 pass
-        if "fed" not in self.strategies and all(g > 1 for g in self.user_groups):
-            raise ValueError(f"{OPTION_NAMES['user_groups']} above 1 needs strategy fed")
-        if set(self.equalizers) != {"linear"} and not set(self.strategies) & set(ADMM_STRATEGIES):
+        if all(g > 1 for g in self.user_groups) and not _any_applies(self.strategies, GROUPED):
+            shared = ", ".join(strategies_with("shared_pre_equalizer"))
+            raise ValueError(f"{OPTION_NAMES['user_groups']} above 1 needs strategy {shared}")
+        if set(self.equalizers) != {"linear"} and not _any_applies(self.strategies, WIDELY):
             raise ValueError(
                 f"{OPTION_NAMES['equalizers']} widely-linear needs an ADMM strategy "
-                f"({', '.join(ADMM_STRATEGIES)})"
+                f"({', '.join(strategies_with('has_rounds'))})"
             )
         return self
 
@@ -362,9 +366,7 @@ class SweepGrid(BaseModel):
             self.channels(),
             research,
         ):
-            if options["user_groups"] > 1 and strategy != "fed":
-                continue
-            if options["equalizer"] != "linear" and strategy not in ADMM_STRATEGIES:
+            if not _applies(strategy, options):
                 continue
             yield (
                 group,
@@ -448,3 +450,23 @@ def _validation_message(exc: ValidationError) -> str:
         return msg
     option = OPTION_NAMES.get(str(loc[0]), str(loc[0])) if loc else "grid"
     return f"{option}: {msg} (got {err.get('input')!r})"
+
+
+def _applies(strategy: str, options: dict[str, Any]) -> bool:
+    """Whether the research ``options`` (one value per :data:`RESEARCH_AXES` field) make a cell
+    for ``strategy``: user groups above 1 need a shared F, a widely-linear equalizer ADMM
+    rounds (the strategy's capabilities)."""
+    spec = get_strategy(strategy)
+    if options["user_groups"] > 1 and not spec.shared_pre_equalizer:
+        return False
+    return options["equalizer"] == "linear" or spec.has_rounds
+
+
+#: research options that only some strategies take (:func:`_applies`)
+GROUPED: dict[str, Any] = {"user_groups": 2, "equalizer": "linear"}
+WIDELY: dict[str, Any] = {"user_groups": 1, "equalizer": "widely-linear"}
+
+
+def _any_applies(strategies: tuple[str, ...], options: dict[str, Any]) -> bool:
+    """Whether ``options`` make a cell for any of ``strategies``."""
+    return any(_applies(s, options) for s in strategies)

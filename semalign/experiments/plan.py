@@ -35,10 +35,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from semalign.common.baselines import SELECTION
-from semalign.common.config import ADMM_STRATEGIES, AlignmentConfig
+from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.packing import complex_dim
-from semalign.common.strategies import strategy_family
+from semalign.common.strategies import get_strategy, strategy_family
 from semalign.experiments.grid import (
     LEGACY_RESEARCH_VALUES,
     RESEARCH_DEFAULTS,
@@ -129,7 +129,7 @@ class Run:
         """Rough relative cost, for longest-first scheduling."""
         cfg = self.config
         per = cfg.channel_uses * max(cfg.antennas_rx, cfg.antennas_tx) + 8
-        rounds = cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 2
+        rounds = cfg.iterations if get_strategy(cfg.strategy).has_rounds else 2
         return rounds * per * len(self.spec.users) * cfg.pilot_fraction
 
 

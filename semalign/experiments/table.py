@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from semalign.common.baselines import LEGACY_SELECTION
-from semalign.common.config import ADMM_STRATEGIES
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
-from semalign.common.strategies import strategy_family
+from semalign.common.strategies import get_strategy, strategy_family
 from semalign.experiments.grid import LEGACY_RESEARCH_VALUES, antennas_label
 from semalign.experiments.plan import Run, zeta
 from semalign.experiments.provenance import PROVENANCE_KEYS
@@ -181,6 +180,7 @@ def rows_from_seed(
     """The table rows of one run's results block (one per user), with the run's provenance
     (:func:`~semalign.experiments.provenance.run_provenance`; empty columns without it)."""
     cfg = run.config
+    spec = get_strategy(cfg.strategy)
     seed = read_seed(block)
     base = seed["baseline"]
     common = {
@@ -198,11 +198,11 @@ def rows_from_seed(
         "csi": cfg.csi,
         "channel": cfg.channel.describe(),
         **{name: getattr(cfg, name) for name in RESEARCH_COLUMNS},
-        "iterations": cfg.iterations if cfg.strategy in ADMM_STRATEGIES else 0,
+        "iterations": cfg.iterations if spec.has_rounds else 0,
         "rho": cfg.rho,
         "power": cfg.power,
         "baseline_fit": cfg.baseline_fit if base else "",
-        "topk_index_cost": cfg.topk_index_cost if cfg.strategy == "top-k" else "",
+        "topk_index_cost": cfg.topk_index_cost if spec.index_bits else "",
         "baseline_selection": base.get("selection", "") if base else "",
         "ap_encoder": run.spec.ap,
         "latents": run.spec.latents_dir,

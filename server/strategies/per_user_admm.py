@@ -7,12 +7,13 @@ from semalign.common.errors import UsageError
 from semalign.common.threads import single_thread
 from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
 from semalign.server.strategies.base import ApContext, UserState
+from semalign.server.strategies.registry import register_ap_strategy
 
 
+@register_ap_strategy("multi-link")
 class PerUserAdmm(AdmmStrategy):
     """Independent ADMM per link; residuals are the root sum of squares over users."""
 
-    name = "multi-link"
     per_user_encoding = True
 
     def start(self, ap: ApContext) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from semalign.common.threads import single_thread
 from semalign.server.strategies.admm import AdmmStrategy, AdmmVariables
 from semalign.server.strategies.base import UserState
+from semalign.server.strategies.registry import register_ap_strategy
 
 
+@register_ap_strategy("fed")
 class SharedAdmm(AdmmStrategy):
     """Federated ADMM: F = (1/L) sum_l F_l, then one Z and U for everyone."""
-
-    name = "fed"
 
     def variables(self, state: UserState | None) -> AdmmVariables:
         return self.shared

@@ -12,6 +12,7 @@ import numpy as np
 from semalign.common import baselines
 from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.server.strategies.baseline import BaselineStrategy, IndexCost
+from semalign.server.strategies.registry import register_ap_strategy
 
 
 def index_snr_db(config: AlignmentConfig) -> float:
@@ -24,10 +25,9 @@ def index_snr_db(config: AlignmentConfig) -> float:
     return min(channel.user_snrs(len(listed), config.snr_db))
 
 
+@register_ap_strategy("top-k")
 class TopK(BaselineStrategy):
     """Sends the largest |latent| per column; users scatter them back by index."""
-
-    name = "top-k"
 
     def __init__(self, config: AlignmentConfig, cdim: int) -> None:
         super().__init__(config, cdim)
