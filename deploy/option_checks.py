@@ -4,7 +4,6 @@ bad value is one line through :class:`~semalign.common.errors.UsageError` (exit 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from semalign.common.errors import TransportError, UsageError
@@ -13,8 +12,10 @@ from semalign.commands.options import check_folder
 
 
 def check_seconds(option: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{option} must be a positive number of seconds, got {value:g}")
+    """``None`` or a positive, finite number of seconds: the settings record's own check."""
+    from semalign.server.serve_settings import check_seconds as positive_seconds
+
+    positive_seconds(option, value)
 
 
 def check_host_port(option: str, value: str | None) -> None:

@@ -16,7 +16,6 @@ exit codes of the networked commands.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from semalign.common.errors import UsageError
@@ -97,28 +96,22 @@ def add_user_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_grace(value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"--rejoin-grace must be 0 or a positive number of seconds, got {value:g}")
-
-
 def check_user(args: argparse.Namespace) -> None:
-    _check_grace(args.rejoin_grace)
+    from semalign.server.serve_settings import check_grace
+
+    check_grace(args.rejoin_grace)
 
 
 def check_ap(args: argparse.Namespace) -> None:
     """The AP side's options; fills ``args.checkpoint`` with its default. ``--out`` is checked
     first: the default checkpoint lies beside it, and a bad ``--out`` is the error to report."""
+    from semalign.server.serve_settings import check_grace, check_seconds
+
     from semalign.commands.options import check_output
 
     check_output(args.out)
-    _check_grace(args.rejoin_grace)
-    if args.round_deadline is not None and not (
-        math.isfinite(args.round_deadline) and args.round_deadline > 0
-    ):
-        raise UsageError(
-            f"--round-deadline must be a positive number of seconds, got {args.round_deadline:g}"
-        )
+    check_grace(args.rejoin_grace)
+    check_seconds("--round-deadline", args.round_deadline)
     args.checkpoint = args.checkpoint or f"{args.out}.checkpoint"
     path = Path(args.checkpoint)
     if args.resume and args.fresh:
