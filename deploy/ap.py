@@ -33,13 +33,13 @@ from semalign.deploy.serving import (
     load_plan,
     make_workdir,
     print_endpoints,
-    serve_tracked,
+    serve_with_children,
     start_service,
 )
 from semalign.server.serve_settings import ServeSettings
 
 from semalign.commands.options import check_channel_users, parse_seeds, prepare_latents
-from semalign.commands.tracking_options import track_session
+from semalign.commands.tracking_options import end_session_tracking, track_session
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
@@ -127,9 +127,12 @@ def command(args: argparse.Namespace) -> int:
     deployment = ap_deployment(args, settings, keys)
     superlink = Superlink(args, procs, workdir, plan, advertise, secret_file, keys)
     plan.tracked = track_session(args, "ap", config, ap, {}, origin)  # users name their own
-    results, reports = serve_tracked(
-        args, service, server, procs, plan, display, superlink.start, say
-    )
+    try:
+        results, reports = serve_with_children(
+            service, server, procs, plan, display, superlink.start
+        )
+    finally:
+        end_session_tracking(plan.tracked, args, say)
     stamp_results(results, origin)
     if args.flower:
         deployment["flower_reports"] = reports

@@ -33,7 +33,7 @@ from semalign.deploy.serving import (
     load_plan,
     make_workdir,
     print_endpoints,
-    serve_tracked,
+    serve_with_children,
     start_service,
 )
 from semalign.deploy.user import user_argv
@@ -46,7 +46,7 @@ from semalign.commands.options import (
     prepare_latents,
     resolve_users,
 )
-from semalign.commands.tracking_options import track_session
+from semalign.commands.tracking_options import end_session_tracking, track_session
 from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
 
 
@@ -98,9 +98,12 @@ def command(args: argparse.Namespace) -> int:
         )
         print_endpoints(plan, display.print)
         start = LocalStart(args, plan, local, procs, workdir, secret, keys, server.address)
-        results, reports = serve_tracked(
-            args, service, server, procs, plan, display, start.children, display.print
-        )
+        try:
+            results, reports = serve_with_children(
+                service, server, procs, plan, display, start.children
+            )
+        finally:
+            end_session_tracking(plan.tracked, args, display.print)
         stamp_results(record_user_snrs(results, local.snrs), local.origin)
         if start.submitted_at is not None:
             deployment["flower_run_submitted_s"] = start.submitted_at - t_start

@@ -258,26 +258,6 @@ def print_endpoints(plan: Plan, say: Callable[[str], None]) -> None:
         say(f"{name} on {where}")
 
 
-def serve_tracked(
-    args,
-    service,
-    server,
-    procs: Processes,
-    plan: Plan,
-    display: Display,
-    start_children: Callable[[], FlowerRun | None],
-    say: Callable[[str], None],
-) -> tuple[dict[str, Any], dict | None]:
-    """The serve path of ``run`` and ``ap``: :func:`serve_with_children`, then the tracked
-    seeds' end (``--track``; its lines through ``say``) however it ended."""
-    from semalign.commands.tracking_options import end_session_tracking
-
-    try:
-        return serve_with_children(service, server, procs, plan, display, start_children)
-    finally:
-        end_session_tracking(plan.tracked, args, say)
-
-
 def _lost_processes(procs: Processes, users: tuple[str, ...]) -> dict[str, str]:
     """The user processes that exited (LaunchError if any other child did)."""
     return {uid: f"its process {why}" for uid, why in procs.check(expendable=users).items()}
