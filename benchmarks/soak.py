@@ -82,18 +82,21 @@ def draw_plans(args: argparse.Namespace) -> list[Plan]:
 
 # ---------------------------------------------------------------------------- twins
 class _LostLink:
-    """A loopback link whose user is gone from its ``lost_at``-th reply on (0: the handshake)."""
+    """A loopback link whose user is gone from its ``lost_at``-th reply on (0: the handshake),
+    as the AP sees a killed process: what it sends still goes out (gRPC buffers it), the
+    reply never comes, and nothing is delivered after that."""
 
     def __init__(self, link: LoopbackLink, lost_at: int) -> None:
-        self.link, self.lost_at, self.replies = link, lost_at, 0
+        self.link, self.lost_at, self.replies, self.lost = link, lost_at, 0, False
 
     def send(self, data: bytes) -> None:
-        if self.replies >= self.lost_at:
+        if self.lost:
             raise LinkError("lost")
         self.link.send(data)
 
     def receive(self, timeout: float | None) -> bytes:
-        if self.replies >= self.lost_at:
+        self.lost = self.lost or self.replies >= self.lost_at
+        if self.lost:
             raise LinkError("lost")
         self.replies += 1
         return self.link.receive(timeout)
@@ -117,7 +120,8 @@ class Twins:
             ap, machines = build_session(self.scenario, config)
             links = [LoopbackLink(u) for u in machines]
             if lost_at is not None:
-                links[USERS.index(VICTIM)] = _LostLink(links[1], lost_at)
+                victim = USERS.index(VICTIM)
+                links[victim] = _LostLink(links[victim], lost_at)
             ids = np.arange(len(self.scenario.ap_test), dtype=np.int64)
             result = SessionDriver(ap, links).run(self.scenario.ap_test, ids)
             rounds = [
@@ -177,7 +181,13 @@ def judge(plan: Plan, raw: dict, twins: Twins) -> dict:
     """Outcome ("recovered", "dropped", "failed"), survived, equal, and why not."""
     results = raw["results"]
     if results is None or raw["ap_exit"] not in (0, 3):
-        return {"outcome": "failed", "survived": False, "equal": False, "error": "no results"}
+        return {
+            "outcome": "failed",
+            "survived": False,
+            "equal": False,
+            "error": "no results",
+            "mismatches": [],
+        }
     (block,) = results["seeds"]
     injected = raw["injection"].get("injected", False)
     if not results["lost"] and not block["dropped"]:
@@ -201,9 +211,9 @@ def judge(plan: Plan, raw: dict, twins: Twins) -> dict:
     if plan.fault == "garbage-peer" and injected:
         survived = survived and raw["injection"]["all_refused"]
     error = None
-    if not survived:
-        error = f"expected {expected}, got {outcome}; exit codes AP {raw['ap_exit']}, users "
-        error += f"{raw['user_exit']}; lost {results['lost']}"
+    if not survived:  # None: still running after its limit (then stopped)
+        error = f"outcome {outcome}, expected {expected}; exit codes AP {raw['ap_exit']}, "
+        error += f"users {raw['user_exit']}; lost {results['lost']}"
     return {
         "outcome": outcome,
         "survived": survived,
@@ -262,6 +272,8 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
     """Run the sessions (until ``--time-limit``); the results document."""
     latents = make_latents(workdir / "latents", user_dims=(12, 20), n_train=200)
     twins, plans = Twins(latents, args.rounds), draw_plans(args)
+    if args.only:  # a failure again: the same plans (the timing is the machine's)
+        plans = [plan for plan in plans if plan.index in args.only]
     load_start, started, records = os.getloadavg(), time.monotonic(), []
     print(f"soak: {len(plans)} sessions, seed {args.seed}, load average {_load(load_start)}")
     stopped = None
@@ -273,9 +285,12 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
             raw = run_session(plan, latents, args.rounds, workdir / f"s{plan.index:04d}")
             entry = record(plan, raw, judge(plan, raw, twins))
             records.append(entry)
-            print(progress_line(plan, entry, len(plans)), flush=True)
-            if entry["survived"] and entry["equal"] and not args.keep:
-                shutil.rmtree(workdir / f"s{plan.index:04d}", ignore_errors=True)
+            print(progress_line(plan, entry, args.sessions), flush=True)
+            folder = workdir / f"s{plan.index:04d}"
+            if not (entry["survived"] and entry["equal"]):  # its logs: next to --out
+                entry["kept"] = str(shutil.move(folder, _failed_dir(args.out) / folder.name))
+            elif not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
     except KeyboardInterrupt:
         stopped = "interrupted"
     load_end = os.getloadavg()
@@ -292,6 +307,13 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
         "summary": summary,
         "sessions": records,
     }
+
+
+def _failed_dir(out: Path) -> Path:
+    """Where the folders (logs, results) of sessions that failed are kept: OUT.failed/."""
+    folder = out.with_name(out.name + ".failed")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _load(load: tuple[float, float, float]) -> str:
@@ -328,6 +350,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=100, help="ADMM rounds per session")
     parser.add_argument(
         "--configs", type=int, default=4, help="distinct alignment seeds (each one twin)"
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: {int(i) - 1 for i in text.split(",")},
+        help="run only these sessions of the plan (1-based numbers as printed: 23,116)",
     )
     parser.add_argument("--keep", action="store_true", help="keep every session's folder")
     parser.add_argument("--workdir", type=Path, help="keep sessions here (default: a temp dir)")

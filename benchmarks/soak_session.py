@@ -112,8 +112,9 @@ class Session:
 
     def ap_argv(self) -> list[str]:
         root, ap_enc, _ = self.latents
-        argv = [*SEMALIGN, "ap", "--users", ",".join(USERS), "--listen", f"127.0.0.1:{self.port}"]
-        argv += ["--latents", str(root), "--ap", ap_enc, "-q", "--insecure"]
+        argv = [*SEMALIGN, "ap", "--user-ids", ",".join(USERS)]
+        argv += ["--listen", f"127.0.0.1:{self.port}", "-q", "--insecure"]
+        argv += ["--latents", str(root), "--ap-encoder", ap_enc]
         argv += ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2"]
         argv += ["--iterations", str(self.rounds), "--seeds", str(self.plan.seed)]
         argv += ["--out", str(self.out), "--workdir", str(self.folder / "work")]
@@ -128,9 +129,10 @@ class Session:
         return argv + ["--connect-timeout", "60", "--rejoin-grace", "60"]
 
     def start(self, name: str, argv: list[str], **env: str) -> None:
-        self.children[name] = self.procs.start(
-            f"{name}-{len(self.procs.children)}", argv, child_env(single_thread=True, **env)
-        )
+        """Start ``argv`` as ``name``; faulthandler on, so SIGABRT dumps every thread's stack
+        into its log (:func:`_wait` does that to a process that hangs)."""
+        env = child_env(single_thread=True, PYTHONFAULTHANDLER="1", **env)
+        self.children[name] = self.procs.start(f"{name}-{len(self.procs.children)}", argv, env)
 
     def start_user(self, uid: str) -> None:
         self.start(uid, self.user_argv(uid), SEMALIGN_TOKEN=user_token(SECRET, uid))
@@ -338,8 +340,13 @@ def run_session(plan: Plan, latents, rounds: int, folder: Path) -> dict:
 
 
 def _wait(proc: subprocess.Popen, limit: float) -> int | None:
-    """The exit code; None if still running after ``limit`` seconds (a limit only)."""
+    """The exit code; None if still running after ``limit`` seconds (a limit only): then it
+    gets SIGABRT, and faulthandler writes its threads' stacks into its log."""
     try:
         return proc.wait(limit)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
         return None
