@@ -2,7 +2,9 @@
 
 The user owns its encoder's latents (pilots and test data), its classifier and its channel.
 Only whitened statistics leave it: A_l = (G_l H_l)^H (G_l H_l) and P_l = (G_l H_l)^H Y_l with
-Y_l whitened (section III-B iii), scalar loss terms and evaluation metrics.
+Y_l whitened (section III-B iii), scalar loss terms and evaluation metrics. With secure
+aggregation (``secure``) the rounds upload instead the user's own F_l under pairwise masks
+(:mod:`semalign.client.strategies.secure_admm`), plus its public keys and sealed key shares.
 
 :meth:`User.handshake_request` opens the session; :meth:`User.handle` answers every AP message
 (bytes in, bytes out, ``None`` when nothing is to be sent back). The alignment messages
