@@ -9,11 +9,15 @@ session of section III-B through serialized proto messages:
   :meth:`receive` (each user's RoundUpload A_l, P_l) and :meth:`step` (eqs. 7-18);
 * :meth:`final_messages` (ADMM: the final broadcast; baselines: the precoded pilots), whose Acks
   give :meth:`final_stats`;
-* :meth:`evaluation_requests` encodes test data into transmitted symbols.
+* :meth:`evaluation_requests` encodes test data into transmitted symbols;
+* with secure aggregation, :meth:`extra_messages` and :meth:`receive_extra`: the key setup
+  after the handshake and a round's mask recovery (:mod:`.strategies.secure_admm`).
 
 What differs between strategies is delegated to the strategy object
 (:mod:`semalign.server.strategies`). Nothing here knows how bytes travel: the in-process
 simulator, the gRPC service and the Flower deployment all call these same methods.
+
+(Over 450 lines: the AP's whole protocol, every phase's checks included, is one state machine.)
 """
 
 from __future__ import annotations
@@ -299,10 +303,7 @@ class AccessPoint:
         state = self.users.get(user_id)
         if state is None or state.dropped:
             raise ProtocolError(f"upload from unknown or dropped user {user_id!r}")
-        msg = parse_user_message(data)
-        kind = msg.WhichOneof("body")
-        if kind == "error":
-            raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
+        msg, kind = _reply(user_id, data)
         if self.expecting not in ("upload", "ack"):
             raise ProtocolError(f"unexpected {kind} from {user_id}: nothing was sent to answer")
         uploads = ("secure_upload",) if self.secure else ("upload", "compact_upload")
@@ -324,22 +325,17 @@ class AccessPoint:
         self.strategy.receive_upload(state, upload)
 
     def extra_messages(self) -> dict[str, bytes]:
-        """ApMessage bytes per user of the strategy's next exchange besides the protocol's
-        phases, or none: secure aggregation's key setup after the handshake, and the recovery of
-        a round in which a participant did not upload. The driver asks until there is none."""
-        if not self.secure:
-            return {}
-        return self.strategy.extra_messages()
+        """ApMessage bytes per user of the next exchange besides the protocol's phases (secure
+        aggregation: key setup after the handshake, a round's mask recovery), or none; the
+        driver asks until there is none."""
+        return self.strategy.extra_messages() if self.secure else {}
 
     def receive_extra(self, user_id: str, data: bytes) -> None:
         """A user's reply to an :meth:`extra_messages` message (ProtocolError if out of place)."""
         state = self.users.get(user_id)
         if state is None or state.dropped or not self.secure:
             raise ProtocolError(f"unexpected message from {one_line(user_id, 80)!r}")
-        msg = parse_user_message(data)
-        if msg.WhichOneof("body") == "error":
-            raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
-        self.strategy.receive_extra(state, msg)
+        self.strategy.receive_extra(state, _reply(user_id, data)[0])
 
     def step(self) -> RoundStats:
         """The strategy's update from this round's uploads (ADMM: eqs. 8-18); next round."""
@@ -423,10 +419,7 @@ class AccessPoint:
         """A user's EvaluationReport, checked: this session, the number of test points sent,
         accuracies in [0, 1], finite MSEs >= 0. The figures are the user's own (self-reported):
         the AP cannot check them against anything."""
-        msg = parse_user_message(data)
-        kind = msg.WhichOneof("body")
-        if kind == "error":
-            raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
+        msg, kind = _reply(user_id, data)
         if self.expecting != "report" or kind != "report":
             raise ProtocolError(f"expected an evaluation report from {user_id}, got {kind}")
         return check_report(msg.report, self.session_id, self._eval_samples, user_id)
@@ -435,6 +428,16 @@ class AccessPoint:
         return pb.ApMessage(
             end=pb.SessionEnd(session_id=self.session_id, reason=reason)
         ).SerializeToString()
+
+
+def _reply(user_id: str, data: bytes) -> tuple[pb.UserMessage, str | None]:
+    """A user's reply parsed, and its kind; ProtocolError with the user's text if it is an
+    error message."""
+    msg = parse_user_message(data)
+    kind = msg.WhichOneof("body")
+    if kind == "error":
+        raise ProtocolError(f"user {user_id} reported: {one_line(msg.error.message)}")
+    return msg, kind
 
 
 def build_access_point(
