@@ -232,6 +232,7 @@ class SecureSharedAdmm(SharedAdmm):
             raise ProtocolError(f"upload from {state.user_id}, not a participant of the round")
         what = f"secure upload from {state.user_id}"
         self.masked[state.index] = check_matrix(upload.masked, what, (self.size,), (pb.UINT64,))
+        # marks the upload as in for AccessPoint.step; the sum is taken from self.masked
         state.upload = (self.masked[state.index], self.masked[state.index])
 
     def _missing(self) -> list[int]:
