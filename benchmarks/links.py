@@ -68,13 +68,19 @@ def ap_argv(cache: Path, users: int, protocol: str, args, out: Path, workdir: Pa
 def simulate(cache: Path, protocol: str, args, out: Path) -> dict:
     """One in-process session (``semalign simulate``, one round) on ``cache``: its seed block
     (bytes per phase and user; the messages are those a networked session sends)."""
+    return simulate_results(cache, protocol, args, out, iterations=1)["seeds"][0]
+
+
+def simulate_results(cache: Path, protocol: str, args, out: Path, iterations: int) -> dict:
+    """The results JSON of one in-process session of ``iterations`` ADMM rounds on ``cache``
+    (the sizes and seed of the networked sessions)."""
     argv = [*semalign_command(), "simulate", "--latents", str(cache), "--ap", "ap"]
-    argv += ["--users", str(args.users), "--protocol", protocol, "--iterations", "1"]
+    argv += ["--users", str(args.users), "--protocol", protocol, "--iterations", str(iterations)]
     argv += ["--channel-uses", str(args.channel_uses), "--antennas-tx", "4", "--antennas-rx", "4"]
     argv += ["--seeds", "0", "--out", str(out), "-q"]
     env = child_env(single_thread=True)
     subprocess.run(argv, check=True, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())["seeds"][0]
+    return json.loads(out.read_text())
 
 
 def run_session(
@@ -199,6 +205,8 @@ def summarize(results: dict, small_seed: dict, link: dict, protocol: str, tcp: d
         "join_s": wire["join_s"],
         "round_p50_s": wire["latency_p50_s"],
         "round_latencies_s": [r["latency_s"] for r in wire["rounds"]],
+        "handshake_s": wire.get("handshake_s"),
+        "round_mse": [r["mse"] for r in seed["rounds"]],
         "bytes_down": down,
         "bytes_up": up,
         "tcp_bytes_down": tcp["bytes_down"],
@@ -214,6 +222,79 @@ def summarize(results: dict, small_seed: dict, link: dict, protocol: str, tcp: d
         "projected_serial_bound_s": p_serial,
         "mean_accuracy": results.get("mean_accuracy"),
     }
+
+
+def budget_accuracies(cache: Path, protocol: str, args, tmp: Path) -> dict[int, float]:
+    """Mean test accuracy of a session of T rounds for each T of ``--budgets``: one in-process
+    session per T (results carry the accuracy of the last round only; in-process and networked
+    sessions run the same iterates, so the networked one reaches the same accuracy)."""
+    return {
+        budget: simulate_results(cache, protocol, args, tmp / f"budget-{protocol}-{budget}.json",
+                                 budget)["mean_accuracy"]
+        for budget in budgets(args)
+    }  # fmt: skip
+
+
+def budgets(args) -> list[int]:
+    """The round budgets T of the time-to-accuracy curve (``--budgets``, at most T)."""
+    return sorted({min(int(b), args.iterations) for b in args.budgets.split(",")})
+
+
+def session_seconds(row: dict, budget: int) -> float:
+    """Seconds a ``budget``-round session takes over the row's link, from all users joined to
+    the end of its evaluation: the handshake, the networked session's first ``budget`` rounds,
+    then what followed its last round (final broadcast and evaluation, measured once)."""
+    latencies = row["round_latencies_s"]
+    after = row["session_s"] - row["handshake_s"] - sum(latencies)
+    return row["handshake_s"] + sum(latencies[:budget]) + after
+
+
+def report_time_to_accuracy(rows: list[dict]) -> None:
+    """Per (link, protocol): the accuracy of each round budget and when it is reached."""
+    print("\ntime to accuracy (accuracy of a T-round session; seconds over the link)")
+    for r in rows:
+        points = ", ".join(
+            f"T={t}: {acc:.3f} @ {session_seconds(r, t):.1f} s"
+            for t, acc in r["budget_accuracy"].items()
+        )
+        print(f"  {r['rate']}, {r['delay']}, {r['duplex']}, {r['protocol']}: {points}")
+        print(
+            f"    networked T={r['iterations']} accuracy {r['mean_accuracy']:.4f} "
+            f"(in process {r['budget_accuracy'].get(r['iterations'], float('nan')):.4f})"
+        )
+
+
+def plot_time_to_accuracy(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per link: the mean test accuracy of a T-round session against the seconds it
+    takes over the link (:func:`session_seconds`), one line per protocol, a marker per T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    links = list(dict.fromkeys(r["link"] for r in rows))
+    fig, axes = plt.subplots(1, len(links), figsize=(5.5 * len(links), 4.5), squeeze=False)
+    for ax, link in zip(axes[0], links, strict=True):
+        for r in (r for r in rows if r["link"] == link):
+            acc = r["budget_accuracy"]
+            seconds = [session_seconds(r, t) for t in acc]
+            marker = "o" if r["protocol"] == "paper" else "s"
+            ax.plot(seconds, list(acc.values()), marker=marker, label=r["protocol"])
+            offset = (-22, 4) if r["protocol"] == "paper" else (4, -10)
+            for t, x, y in zip(acc, seconds, acc.values(), strict=True):
+                ax.annotate(f"T={t}", (x, y), fontsize=7, xytext=offset,
+                            textcoords="offset points")  # fmt: skip
+        ax.set_title(f"{r['rate']}, {r['delay']} one way, {r['duplex']} duplex", fontsize=10)
+        ax.set_xlabel("seconds from all users joined to the end of the evaluation")
+        ax.set_ylabel("mean test accuracy of a T-round session")
+        ax.set_xlim(left=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"figure written to {path}")
 
 
 def report(rows: list[dict], args) -> None:
@@ -266,6 +347,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per session")
     parser.add_argument("--cache", help="synthetic latent cache (written if absent)")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--time-to-accuracy",
+        metavar="PNG",
+        help="also run in-process sessions of each --budgets round count and draw accuracy "
+        "against seconds over each link here",
+    )
+    parser.add_argument("--budgets", default="1,2,3,5,10,20,30", help="round budgets T")
     args = parser.parse_args()
     if reason := require_testbed():
         print(f"links: {reason}", file=sys.stderr)
@@ -285,7 +373,17 @@ def main() -> int:
         print("links: interrupted; namespaces and processes removed", file=sys.stderr)
         return 130
     report(rows, args)
-    print(f"# load average {os.getloadavg()[0]:.1f} at the end")
+    load = os.getloadavg()[0]
+    print(f"# load average {load:.1f} at the end")
+    if args.time_to_accuracy:
+        report_time_to_accuracy(rows)
+        title = (
+            f"n={args.pilots:,} pilots, L={args.users}, K={args.channel_uses}, N_T=N_R=4; "
+            f"seconds from the networked session (T={args.iterations}),\naccuracy from "
+            f"in-process sessions of T rounds; load average "
+            f"{rows[0]['load_before']:.0f} at start, {load:.0f} at the end"
+        )
+        plot_time_to_accuracy(rows, Path(args.time_to_accuracy), title)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -303,6 +401,10 @@ def measure(links: list[dict], args) -> list[dict]:
         small = {p: simulate(half, p, args, Path(tmp) / f"half-{p}.json") for p in protocols}
         # the same session in process (no link): what one round costs in compute, under this load
         local = {p: simulate(cache, p, args, Path(tmp) / f"local-{p}.json") for p in protocols}
+        accuracy = {  # time to accuracy: the accuracy of each round budget, in process
+            p: budget_accuracies(cache, p, args, Path(tmp)) if args.time_to_accuracy else {}
+            for p in protocols
+        }
         hosts = ["ap"] + [f"u{i + 1}" for i in range(args.users)]
         print(
             f"# n={args.pilots:,}, K={args.channel_uses}, N_T=N_R=4, T={args.iterations}, "
@@ -312,8 +414,11 @@ def measure(links: list[dict], args) -> list[dict]:
         with Testbed(hosts) as tb:
             for link in links:
                 for protocol in protocols:
+                    load = os.getloadavg()[0]
                     row = run_session(tb, cache, small, link, protocol, args, Path(tmp))
                     row["inprocess_round_s"] = local[protocol]["rounds"][0]["seconds"]
+                    row["budget_accuracy"] = accuracy[protocol]
+                    row["load_before"], row["load_after"] = load, os.getloadavg()[0]
                     rows.append(row)
                     print(
                         f"{link['name']}, {protocol}: session "

@@ -109,10 +109,13 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
         cpu = json.loads(cpu_log.read_text())
     seed = results["seeds"][0]
     rounds = seed["rounds"]
+    warm = rounds[1:] or rounds  # the first round pays the compact users' R = Y X^H
     return {
         "users": users,
         "protocol": protocol,
         "round_seconds": statistics.median(r["seconds"] for r in rounds),
+        "warm_round_seconds": statistics.median(r["seconds"] for r in warm),
+        "warm_round_cpu_seconds": statistics.median(cpu[1:] or cpu),
         "round_seconds_all": [r["seconds"] for r in rounds],
         "round_cpu_seconds": statistics.median(cpu),
         "round_cpu_seconds_all": cpu,
@@ -121,6 +124,7 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
         "handshake_bytes_down": seed["phases"]["handshake"]["bytes_down"],
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # ru_maxrss is in KiB on Linux
         "wall_seconds": wall,
+        "load_average": os.getloadavg()[0],
         "mean_accuracy": results["mean_accuracy"],
         "command": " ".join(["semalign", *cmd[4:]]),
     }
@@ -145,6 +149,12 @@ def child(cpu_log: str, argv: list[str]) -> int:
     code = semalign_main(argv)
     Path(cpu_log).write_text(json.dumps(cpu))
     return code
+
+
+def load_text(rows: list[dict]) -> str:
+    """The load averages seen at the end of the runs: 'lo-hi'."""
+    loads = [r["load_average"] for r in rows]
+    return f"{min(loads):.1f}-{max(loads):.1f}"
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -176,6 +186,54 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     print(f"figure written to {path}")
 
 
+def plot_scale(rows: list[dict], path: Path, title: str) -> None:
+    """Warm round time (median, first round excluded) and the child's peak RSS against L, both
+    on log-log axes, one line per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for protocol, marker in (("paper", "o"), ("compact", "s")):
+        sel = [r for r in rows if r["protocol"] == protocol]
+        if not sel:
+            continue
+        users = [r["users"] for r in sel]
+        ax_t.plot(users, [r["warm_round_seconds"] for r in sel], marker=marker, label=protocol)
+        ax_m.plot(users, [r["peak_rss_gib"] for r in sel], marker=marker, label=protocol)
+    labels = ("seconds per ADMM round (median, warm)", "peak RSS of the process (GiB)")
+    for ax, label in zip((ax_t, ax_m), labels, strict=True):
+        ax.set_xlabel("users L")
+        ax.set_ylabel(label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"figure written to {path}")
+
+
+HEADER = (
+    f"{'L':>5} {'protocol':>8} {'s/round':>9} {'warm s':>8} {'cpu-s':>7} {'MB down':>9} "
+    f"{'MB up':>9} {'handshake MB':>12} {'peak RSS GiB':>12} {'wall s':>7} {'load':>5}"
+)
+
+
+def row_line(r: dict) -> str:
+    """One printed row of the table (HEADER's columns)."""
+    return (
+        f"{r['users']:>5} {r['protocol']:>8} {r['round_seconds']:>9.3f} "
+        f"{r['warm_round_seconds']:>8.3f} {r['round_cpu_seconds']:>7.3f} "
+        f"{r['bytes_down'] / 1e6:>9.3f} {r['bytes_up'] / 1e6:>9.3f} "
+        f"{r['handshake_bytes_down'] / 1e6:>12.1f} {r['peak_rss_gib']:>12.2f} "
+        f"{r['wall_seconds']:>7.0f} {r['load_average']:>5.1f}"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         sys.exit(child(sys.argv[2], sys.argv[3:]))
@@ -191,6 +249,9 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=16, help="K*N_T (N_T = N_R = 4)")
     parser.add_argument("--iterations", type=int, default=3, help="ADMM rounds per run")
     parser.add_argument("--figure", help="write the figure here (PNG)")
+    parser.add_argument(
+        "--scale-figure", help="write warm round time and peak RSS vs L (log-log) here (PNG)"
+    )
     parser.add_argument("--json", help="write all measurements here")
     args = parser.parse_args()
     lo, hi = (int(v) for v in args.user_dims.split(","))
@@ -199,23 +260,11 @@ def main() -> None:
     write_cache(cache, encoders=args.encoders, n=args.pilots, ap_dim=args.ap_dim, dims=(lo, hi))
     print(f"cache {cache} ready ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = []
-    print(
-        f"{'L':>4} {'protocol':>8} {'s/round':>9} {'cpu-s':>7} {'MB down':>9} {'MB up':>9} "
-        f"{'handshake MB':>12} {'peak RSS GiB':>12} {'wall s':>7}",
-        flush=True,
-    )
+    print(f"{HEADER}\n# load average {os.getloadavg()[0]:.1f} at start", flush=True)
     for users in (int(u) for u in args.users.split(",")):
         for protocol in args.protocols.split(","):
-            r = run_simulate(cache, users, protocol, args)
-            rows.append(r)
-            print(
-                f"{users:>4} {protocol:>8} {r['round_seconds']:>9.3f} "
-                f"{r['round_cpu_seconds']:>7.3f} "
-                f"{r['bytes_down'] / 1e6:>9.3f} {r['bytes_up'] / 1e6:>9.3f} "
-                f"{r['handshake_bytes_down'] / 1e6:>12.1f} {r['peak_rss_gib']:>12.2f} "
-                f"{r['wall_seconds']:>7.0f}",
-                flush=True,
-            )
+            rows.append(run_simulate(cache, users, protocol, args))
+            print(row_line(rows[-1]), flush=True)
     by = {(r["users"], r["protocol"]): r for r in rows}
     print("\nratios paper/compact (same L)")
     for users in sorted({r["users"] for r in rows}):
@@ -233,6 +282,8 @@ def main() -> None:
     )
     if args.figure:
         plot(rows, Path(args.figure), title)
+    if args.scale_figure:
+        plot_scale(rows, Path(args.scale_figure), f"{title}; load average {load_text(rows)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
