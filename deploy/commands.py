@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 from collections.abc import Callable
 
 from semalign.common.errors import UsageError
@@ -222,7 +223,11 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
-    parser.add_argument("--workdir", help="logs and Flower homes (default: a new temp dir)")
+    parser.add_argument(
+        "--workdir",
+        type=os.path.abspath,  # Flower's homes under it are read from other working folders
+        help="logs and Flower homes (default: a new temp dir)",
+    )
     parser.add_argument(
         "--out", default=out, help="write the results JSON here (checked before any work)"
     )
