@@ -173,7 +173,7 @@ class User:
         for name in self.round_protocols:
             req.round_protocols.append(_ROUND_PROTOCOLS[name])
         if self.secure_keys is not None:
-            req.encryption_key, req.masking_key = self.secure_keys.public
+            req.encryption_key = self.secure_keys.public
         return pb.UserMessage(handshake=req).SerializeToString()
 
     def _strategy_of(self, acc: pb.HandshakeAccept) -> str:

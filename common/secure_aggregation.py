@@ -3,8 +3,13 @@
 With ``--aggregation secure`` each user runs its own F-step (eqs. 13-14) and the AP learns only
 the sum of the F_l (eq. 8 needs nothing else). Every user masks its contribution with pairwise
 masks that cancel in the sum; a user that drops mid-round leaves its masks in the others'
-uploads, and the AP removes them after reconstructing that user's masking key from Shamir shares
-held by the survivors.
+uploads, and the AP removes them after reconstructing that user's masking key *of that round*
+from Shamir shares held by the survivors.
+
+One masking key per round. At the setup every user makes T masking key pairs (T rounds, known
+from the handshake), publishes the T public keys and Shamir-shares each private key. Round r's
+pair masks come from the round-r keys only, so a key rebuilt after a drop at round r opens
+that round's masks and nothing of rounds 0..r-1 (whose uploads the AP holds) nor later ones.
 
 Primitives (none written here; all from maintained libraries):
 
@@ -18,9 +23,13 @@ Primitives (none written here; all from maintained libraries):
   key HKDF(pair key, "semalign secagg mask" | session | round). Flower's own
   ``pseudo_rand_gen`` seeds numpy's Mersenne twister with 32 bits: not a cryptographic PRG.
 
-Each user holds two key pairs, as in the paper: an *encryption* pair (shares in transit) and a
-*masking* pair (pairwise masks). Only the masking key is Shamir-shared, so a reconstructed key
-of a dropped user opens none of the shares in transit.
+Each user holds an *encryption* key pair (shares in transit) and T *masking* key pairs (pairwise
+masks, one per round). Only the masking keys are Shamir-shared, so a reconstructed key of a
+dropped user opens none of the shares in transit.
+
+Not implemented: Bonawitz's double masking (a self-mask whose seed is also shared). Without it,
+an upload for round r that reaches the AP after that round's key was rebuilt (a straggler the AP
+declared dropped) is readable by the AP.
 
 Fixed point. A contribution is a real vector v (the real and imaginary parts of F_l, row-major,
 then the user's two loss scalars). It is sent as q = round(v 2^:data:`FRACTION_BITS`) in the
@@ -36,6 +45,7 @@ rounding error is at most 2^-37 (7.3e-12) per entry and user, so the decoded ave
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +75,11 @@ CURVE = ec.SECP256R1()
 PUBLIC_KEY_BYTES = 33
 PRIVATE_KEY_BYTES = 32
 _MASK_INFO = b"semalign secagg mask"
+#: bytes of one Shamir share of a private scalar (4-byte index, three 16-byte chunks of the
+#: PKCS#7-padded 32-byte scalar)
+SHARE_BYTES = 4 + 48
+#: t-subsets of the revealed shares tried before a key counts as unrecoverable
+MAX_SUBSETS = 256
 _SHARE_HEADER = b"semalign secagg share"
 
 
@@ -74,21 +89,27 @@ class QuantizationError(SemalignError):
 
 @dataclass(frozen=True)
 class UserKeys:
-    """A user's two private keys: ``encryption`` (its shares in transit) and ``masking``
-    (pairwise masks; Shamir-shared with the other users)."""
+    """A user's long-lived private key: ``encryption`` (its shares in transit). Its masking
+    keys are made at the setup, one per round (:func:`round_keys`)."""
 
     encryption: ec.EllipticCurvePrivateKey
-    masking: ec.EllipticCurvePrivateKey
 
     @classmethod
     def generate(cls) -> UserKeys:
-        """Two fresh key pairs from the operating system's randomness."""
-        return cls(ec.generate_private_key(CURVE), ec.generate_private_key(CURVE))
+        """A fresh key pair from the operating system's randomness."""
+        return cls(ec.generate_private_key(CURVE))
 
     @property
-    def public(self) -> tuple[bytes, bytes]:
-        """(encryption, masking) public keys, compressed points of 33 bytes each."""
-        return public_bytes(self.encryption.public_key()), public_bytes(self.masking.public_key())
+    def public(self) -> bytes:
+        """The encryption public key, a compressed point of 33 bytes (the handshake's)."""
+        return public_bytes(self.encryption.public_key())
+
+
+def round_keys(rounds: int) -> list[ec.EllipticCurvePrivateKey]:
+    """``rounds`` fresh masking key pairs, round r's at position r."""
+    if rounds < 1:
+        raise ProtocolError(f"secure aggregation: {rounds} rounds of masking keys")
+    return [ec.generate_private_key(CURVE) for _ in range(rounds)]
 
 
 def public_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -166,6 +187,22 @@ def mask_sum(
     return total
 
 
+def unmask_dropped(
+    total: np.ndarray,
+    key: ec.EllipticCurvePrivateKey,
+    dropped: int,
+    peers: Mapping[int, ec.EllipticCurvePublicKey],
+    session_id: str,
+    round_: int,
+) -> np.ndarray:
+    """``total`` (size,) uint64, the sum of the uploads of ``peers`` (index -> their masking
+    public key of ``round_``), without the masks they share with ``dropped``, whose masking
+    private key of ``round_`` is ``key``. Those masks sum to minus ``dropped``'s own
+    :func:`mask_sum`, which is added back."""
+    secrets = {index: pair_secret(key, public) for index, public in peers.items()}
+    return total + mask_sum(dropped, secrets, session_id, round_, len(total))
+
+
 # ---------------------------------------------------------------------- fixed point
 def value_limit(participants: int) -> float:
     """Largest |value| a contribution may hold for a sum of ``participants`` to decode."""
@@ -173,7 +210,8 @@ def value_limit(participants: int) -> float:
 
 
 def quantize(values: np.ndarray, participants: int) -> np.ndarray:
-    """Fixed-point (size,) uint64 of real ``values`` (size,): round(v 2^32) mod 2^64.
+    """Fixed-point (size,) uint64 of real ``values`` (size,): round(v 2^36) mod 2^64
+    (2^:data:`FRACTION_BITS`).
 
     Raises QuantizationError for a non-finite value or one with |v| >= :func:`value_limit`
     (the sum of ``participants`` such values could wrap)."""
@@ -223,6 +261,74 @@ def combine_key(shares: Sequence[bytes]) -> ec.EllipticCurvePrivateKey:
         return load_private(combine_shares([bytes(s) for s in shares]))
     except ValueError as exc:
         raise ProtocolError(f"secure aggregation: cannot combine shares: {exc}") from None
+
+
+def split_round_keys(
+    keys: Sequence[ec.EllipticCurvePrivateKey], threshold: int, count: int
+) -> list[bytes]:
+    """Per share holder (position 0..count-1), its shares of every round's key concatenated
+    (len(keys) * :data:`SHARE_BYTES` bytes; round r's at offset r * SHARE_BYTES)."""
+    per_round = [split_key(key, threshold, count) for key in keys]
+    return [b"".join(shares[position] for shares in per_round) for position in range(count)]
+
+
+def round_share(bundle: bytes, round_: int, rounds: int) -> bytes:
+    """Round ``round_``'s share out of a :func:`split_round_keys` bundle of ``rounds``
+    shares; ProtocolError if the bundle has another length."""
+    if len(bundle) != rounds * SHARE_BYTES or not 0 <= round_ < rounds:
+        raise ProtocolError(
+            f"secure aggregation: a share bundle of {len(bundle)} bytes for round {round_} of "
+            f"{rounds} (expected {rounds * SHARE_BYTES})"
+        )
+    return bundle[round_ * SHARE_BYTES : (round_ + 1) * SHARE_BYTES]
+
+
+def share_index(share: bytes) -> int:
+    """The Shamir x-coordinate of a share (its holder's position + 1)."""
+    return int.from_bytes(share[:4], "little")
+
+
+def _matches(shares: Sequence[bytes], public: bytes) -> ec.EllipticCurvePrivateKey | None:
+    """The key the ``shares`` combine to if its public key is ``public``, else None."""
+    try:
+        key = combine_key(shares)
+    except ProtocolError:
+        return None
+    return key if public_bytes(key.public_key()) == public else None
+
+
+def rebuild_key(
+    shares: Mapping[int, bytes], threshold: int, public: bytes
+) -> tuple[ec.EllipticCurvePrivateKey, list[int]]:
+    """(the private key of ``public``, the senders whose shares are not on its polynomial)
+    from ``shares`` (sender -> share; each x-coordinate once, checked by the caller).
+
+    All shares are combined first; if that fails the public-key check, t-subsets are tried
+    (at most :data:`MAX_SUBSETS`) until one does, then every other share is checked with t - 1
+    shares of that subset. ProtocolError if no subset rebuilds the key."""
+    senders = sorted(shares)
+    if len(senders) < threshold:
+        raise ProtocolError(
+            f"secure aggregation: {len(senders)} shares of a masking key, {threshold} needed"
+        )
+    key = _matches([shares[s] for s in senders], public)
+    if key is not None:
+        return key, []
+    for subset in itertools.islice(itertools.combinations(senders, threshold), MAX_SUBSETS):
+        key = _matches([shares[s] for s in subset], public)
+        if key is not None:
+            base = [shares[s] for s in subset[:-1]]
+            bad = [
+                s
+                for s in senders
+                if s not in subset and _matches([*base, shares[s]], public) is None
+            ]
+            return key, bad
+    raise ProtocolError(
+        f"secure aggregation: no {threshold} of the {len(senders)} revealed shares rebuild the "
+        "masking key (tried the first "
+        f"{min(MAX_SUBSETS, math.comb(len(senders), threshold))} subsets)"
+    )
 
 
 def _share_header(session_id: str, sender: int, recipient: int) -> bytes:

@@ -208,14 +208,16 @@ class CompactBroadcast(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., pre_equalizer: _Optional[_Union[Matrix, _Mapping]] = ..., final: _Optional[bool] = ..., consensus_offset: _Optional[_Union[Matrix, _Mapping]] = ..., participants: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SecureParticipant(_message.Message):
-    __slots__ = ("index", "encryption_key", "masking_key")
+    __slots__ = ("index", "encryption_key", "masking_key", "round_masking_keys")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
+    ROUND_MASKING_KEYS_FIELD_NUMBER: _ClassVar[int]
     index: int
     encryption_key: bytes
     masking_key: bytes
-    def __init__(self, index: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
+    round_masking_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, index: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., round_masking_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SecureSetup(_message.Message):
     __slots__ = ("session_id", "threshold", "participants")
@@ -238,20 +240,24 @@ class SealedShare(_message.Message):
     def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class SecureShares(_message.Message):
-    __slots__ = ("session_id", "shares")
+    __slots__ = ("session_id", "shares", "round_masking_keys")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    ROUND_MASKING_KEYS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
-    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+    round_masking_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., round_masking_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ShareDelivery(_message.Message):
-    __slots__ = ("session_id", "shares")
+    __slots__ = ("session_id", "shares", "participants")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
-    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+    participants: _containers.RepeatedCompositeFieldContainer[SecureParticipant]
+    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., participants: _Optional[_Iterable[_Union[SecureParticipant, _Mapping]]] = ...) -> None: ...
 
 class SecureUpload(_message.Message):
     __slots__ = ("session_id", "round", "masked")

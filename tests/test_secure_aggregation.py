@@ -177,6 +177,49 @@ def test_a_user_dropped_mid_round_is_survived_and_its_masks_removed():
         assert secure_reports[uid].mse == pytest.approx(report.mse, rel=1e-6)
 
 
+def _uploads(link: TapLink, round_: int) -> list[np.ndarray]:
+    """The masked vectors a user sent for ``round_`` (as the AP received them)."""
+    out = []
+    for data in link.sent:
+        msg = parse_user_message(data)
+        if msg.WhichOneof("body") == "secure_upload" and msg.secure_upload.round == round_:
+            out.append(np.array(view_matrix(msg.secure_upload.masked)))
+    return out
+
+
+def _strip(upload: np.ndarray, key, owner: int, peers: dict, session: str, round_: int):
+    """``upload`` of user ``owner`` minus the pair masks ``key`` makes with ``peers`` (index ->
+    masking public key of ``round_``): the attack on a dropped user's upload, decoded."""
+    secrets = {i: sa.pair_secret(key, pub) for i, pub in peers.items()}
+    return sa.decode_sum(upload - sa.mask_sum(owner, secrets, session, round_, len(upload)))
+
+
+def test_a_dropped_users_earlier_uploads_stay_masked():
+    """user2 dies at round 2: its round-2 key is rebuilt, and with it the AP removes round 2's
+    masks; but its round-0 upload, which the AP holds, does not open with any key the AP has."""
+    _, _, ap, links = _run(SECURE, dies={1: 2}, dims=(10, 14, 12, 11))
+    strategy, session = ap.strategy, ap.session_id
+    assert sorted(strategy.rebuilt) == [(1, 2)]
+    (upload,) = _uploads(links[1], 0)
+    peers0 = {i: sa.load_public(strategy.round_keys[i][0], "key") for i in (0, 2, 3)}
+    # the truth, opened with user2's own round-0 private key (which never left it)
+    truth = _strip(upload, links[1].user.strategy.masking[0], 1, peers0, session, 0)
+    assert np.median(np.abs(truth)) < 1e3  # F_l and loss scalars: O(1)
+    for key in strategy.rebuilt.values():  # everything the AP can build
+        attack = _strip(upload, key, 1, peers0, session, 0)
+        assert _rel(attack, truth) > 0.5
+        assert np.median(np.abs(attack)) > 1e6 * np.max(np.abs(truth))  # uniform on the ring
+    # round 2: the survivors' sum without user2's masks decodes to the F the AP stepped with
+    survivors = [_uploads(links[i], 2)[0] for i in (0, 2, 3)]
+    peers2 = {i: sa.load_public(strategy.round_keys[i][2], "key") for i in (0, 2, 3)}
+    total = sa.unmask_dropped(
+        sa.ring_sum(survivors), strategy.rebuilt[(1, 2)], 1, peers2, session, 2
+    )
+    f2, _ = sa.unpack_contribution(sa.decode_sum(total) / 3, strategy.shared.f.shape, 2, real=False)
+    f_round2 = _run(PLAIN, dies={1: 2}, dims=(10, 14, 12, 11))[0][2][1]
+    assert _rel(f2, f_round2) < 1e-6
+
+
 def test_fewer_uploads_than_the_threshold_are_not_decoded():
     with pytest.raises(ProtocolError, match="threshold"):
         _run(SECURE, dies={0: 1, 1: 1})  # 1 of 3 left; t = 2
@@ -208,15 +251,15 @@ def test_fixed_point_refuses_values_beyond_its_limit():
 
 
 def test_shares_rebuild_a_key_only_from_the_threshold():
-    keys = sa.UserKeys.generate()
-    shares = sa.split_key(keys.masking, 3, 5)
+    (key,) = sa.round_keys(1)
+    shares = sa.split_key(key, 3, 5)
     rebuilt = sa.combine_key(shares[1:4])
-    assert sa.private_bytes(rebuilt) == sa.private_bytes(keys.masking)
+    assert sa.private_bytes(rebuilt) == sa.private_bytes(key)
     try:  # two shares of a threshold-3 secret give another key, or none
         wrong = sa.private_bytes(sa.combine_key(shares[:2]))
     except ProtocolError:
         wrong = None
-    assert wrong != sa.private_bytes(keys.masking)
+    assert wrong != sa.private_bytes(key)
 
 
 # ---------------------------------------------------------------------------- CLI and network

@@ -7,10 +7,12 @@ Z - U and uploads F_l in fixed point plus its pairwise masks
 precision the plain protocol sends them in, so that both compute the same F_l.
 
 Key setup: on SecureSetup the user checks the participants (itself among them, the threshold a
-majority), derives its pair secrets and answers with its masking key's Shamir shares, each
-sealed for its recipient; on ShareDelivery it opens and keeps the shares sealed for it. On an
-UnmaskRequest it reveals its shares of the listed users' keys, and from then on refuses a round
-that lists one of them as a participant (its masks would no longer hide anything).
+majority), makes one masking key pair per round (T) and answers with their public keys and
+their Shamir shares, one bundle sealed for each recipient; on ShareDelivery it opens and keeps
+the bundles sealed for it and takes every participant's round keys. Round r masks with the
+round-r keys only. On an UnmaskRequest for the round it just uploaded in (never another: a
+past round's key would open an upload the AP holds) it reveals its shares of the listed users'
+round keys, and from then on refuses a round that lists one of them as a participant.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ class SecureAdmmUser(AdmmUser):
         n = len(acc.pilot_ids)
         self.gram_factor = admm.GramFactor(np.clip(eigvals, 0.0, None), eigvecs, n)
         self.index = acc.user_index
-        self.peers: dict[int, tuple[bytes, bytes]] = {}  # index -> (encryption, masking) keys
-        self.mask_secrets: dict[int, bytes] = {}
-        self.held: dict[int, bytes] = {}  # sender index -> its share for this user
+        self.peers: dict[int, bytes] = {}  # index -> encryption public key
+        self.rounds = int(acc.iterations)
+        self.masking: list = []  # this user's masking private key of each round
+        self.peer_masking: dict[int, list] = {}  # index -> masking public key of each round
+        self.held: dict[int, bytes] = {}  # sender index -> its share bundle for this user
+        self.round: int | None = None  # the round of the last upload
         self.revealed: set[int] = set()
         self.offset: np.ndarray | None = None
         self.participants: list[int] = []
@@ -57,12 +62,11 @@ class SecureAdmmUser(AdmmUser):
 
     # ------------------------------------------------------------------ setup
     def on_setup(self, msg: pb.SecureSetup) -> bytes:
-        """Check the participants, derive the pair secrets, send the sealed shares."""
+        """Check the participants, make the round masking keys, send their public keys and
+        the sealed share bundles."""
         if self.peers:
             raise ProtocolError("a second secure-aggregation setup")
-        listed = {
-            p.index: (bytes(p.encryption_key), bytes(p.masking_key)) for p in msg.participants
-        }
+        listed = {p.index: bytes(p.encryption_key) for p in msg.participants}
         if len(listed) != len(msg.participants) or listed.get(self.index) != self.keys.public:
             raise ProtocolError("secure setup: participants repeated, or this user's keys wrong")
         if msg.threshold != sa.threshold_for(len(listed)):
@@ -72,46 +76,71 @@ class SecureAdmmUser(AdmmUser):
             )
         order = sorted(listed)
         self.threshold = msg.threshold
-        shares = sa.split_key(self.keys.masking, msg.threshold, len(order))
+        self.masking = sa.round_keys(self.rounds)
+        bundles = sa.split_round_keys(self.masking, msg.threshold, len(order))
         reply = pb.SecureShares(session_id=self.user.accept.session_id)
+        reply.round_masking_keys.extend(sa.public_bytes(k.public_key()) for k in self.masking)
         for position, peer in enumerate(order):
             if peer == self.index:
                 continue
-            encryption = sa.load_public(listed[peer][0], f"encryption key of user {peer}")
-            masking = sa.load_public(listed[peer][1], f"masking key of user {peer}")
+            encryption = sa.load_public(listed[peer], f"encryption key of user {peer}")
             self.peers[peer] = listed[peer]
-            self.mask_secrets[peer] = sa.pair_secret(self.keys.masking, masking)
             sealed = sa.seal_share(
                 sa.pair_secret(self.keys.encryption, encryption),
                 self.user.accept.session_id,
                 self.index,
                 peer,
-                shares[position],
+                bundles[position],
             )
             reply.shares.add(sender=self.index, recipient=peer, ciphertext=sealed)
         return pb.UserMessage(secure_shares=reply).SerializeToString()
 
     def on_delivery(self, msg: pb.ShareDelivery) -> bytes:
-        """Open and keep the shares sealed for this user; acknowledge."""
+        """Take every participant's round masking keys; open and keep the share bundles
+        sealed for this user; acknowledge."""
         session = self.user.accept.session_id
+        self._take_round_keys(msg.participants)
         for share in msg.shares:
             sender = share.sender
             if share.recipient != self.index or sender not in self.peers or sender in self.held:
                 raise ProtocolError(f"share delivery: a share from {sender} out of place")
-            encryption = sa.load_public(self.peers[sender][0], "encryption key")
+            encryption = sa.load_public(self.peers[sender], "encryption key")
             secret = sa.pair_secret(self.keys.encryption, encryption)
-            self.held[sender] = sa.open_share(secret, session, sender, self.index, share.ciphertext)
+            bundle = sa.open_share(secret, session, sender, self.index, share.ciphertext)
+            sa.round_share(bundle, 0, self.rounds)  # its length: one share per round
+            self.held[sender] = bundle
         ack = pb.Ack(session_id=session, round=0)
         return pb.UserMessage(ack=ack).SerializeToString()
 
+    def _take_round_keys(self, participants) -> None:
+        """Every peer's T masking public keys (and this user's own, as it sent them)."""
+        listed = {p.index: list(p.round_masking_keys) for p in participants}
+        own = [sa.public_bytes(k.public_key()) for k in self.masking]
+        if set(listed) != {*self.peers, self.index} or listed[self.index] != own:
+            raise ProtocolError("share delivery: round keys of other participants than the setup's")
+        for peer in self.peers:
+            if len(listed[peer]) != self.rounds:
+                raise ProtocolError(f"share delivery: user {peer} has not {self.rounds} round keys")
+            self.peer_masking[peer] = [
+                sa.load_public(key, f"round {r} masking key of user {peer}")
+                for r, key in enumerate(listed[peer])
+            ]
+
     def on_unmask(self, msg: pb.UnmaskRequest) -> bytes:
-        """Reveal this user's shares of the dropped participants' masking keys."""
+        """Reveal this user's shares of the dropped participants' masking keys of the round it
+        just uploaded in (any other round is refused)."""
+        if msg.round != self.round:
+            raise ProtocolError(
+                f"unmask request for round {msg.round}; this user's last upload was round "
+                f"{self.round}"
+            )
         reply = pb.UnmaskShares(session_id=self.user.accept.session_id, round=msg.round)
         for owner in dict.fromkeys(msg.dropped):
             if owner not in self.held or owner not in self.participants:
                 raise ProtocolError(f"unmask request for user {owner}, not a peer of this round")
             self.revealed.add(owner)
-            reply.shares.add(owner=owner, share=self.held[owner])
+            share = sa.round_share(self.held[owner], msg.round, self.rounds)
+            reply.shares.add(owner=owner, share=share)
         return pb.UserMessage(unmask_shares=reply).SerializeToString()
 
     # ------------------------------------------------------------------ rounds
@@ -156,11 +185,19 @@ class SecureAdmmUser(AdmmUser):
             f = dp.add_noise(dp.clip(f, acc.dp_clip), std, self.noise_rng)
             losses = (0.0, 0.0)
         values = sa.pack_contribution(f, losses, real=rep.widely_linear)
-        peers = {p: self.mask_secrets[p] for p in self.participants if p != self.index}
+        if not 0 <= round_ < self.rounds:
+            raise ProtocolError(f"secure aggregation: round {round_} has no masking key")
+        key = self.masking[round_]
+        peers = {
+            p: sa.pair_secret(key, self.peer_masking[p][round_])
+            for p in self.participants
+            if p != self.index
+        }
         masked = sa.quantize(values, len(self.participants)) + sa.mask_sum(
             self.index, peers, acc.session_id, round_, len(values)
         )
         self.offset = None
+        self.round = round_
         upload = pb.SecureUpload(session_id=acc.session_id, round=round_)
         upload.masked.CopyFrom(to_matrix(masked, "uint64"))
         return pb.UserMessage(secure_upload=upload).SerializeToString()

@@ -63,7 +63,7 @@ class UserState:
 
 
 class ApContext(Protocol):
-    """The AP as a strategy sees it (read-only)."""
+    """The AP as a strategy sees it (read-only, but for :meth:`drop`)."""
 
     config: AlignmentConfig
     session_id: str
@@ -79,6 +79,10 @@ class ApContext(Protocol):
 
     @property
     def active_users(self) -> list[UserState]: ...
+
+    def drop(self, user_id: str, reason: str) -> None:
+        """Stop serving a user that misbehaved (secure aggregation: a bad key share)."""
+        ...
 
     def whiten(self, latents: np.ndarray) -> np.ndarray:
         """Whitened features (c, n) of native real latents (n, d)."""

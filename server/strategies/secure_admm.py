@@ -9,13 +9,17 @@ as in :class:`~.shared_admm.SharedAdmm`.
 Exchanges besides the rounds (:meth:`SecureSharedAdmm.extra_messages`, which the session
 driver runs after the handshake and after each round's uploads):
 
-1. setup: every user gets the participants' public keys and the threshold t
-   (:func:`~semalign.common.secure_aggregation.threshold_for`) and answers with its masking
-   key's Shamir shares, one sealed for each other participant;
-2. delivery: each user gets the shares sealed for it (the AP cannot open them) and acks;
-3. recovery, only in a round where a participant did not upload: the users who did upload
-   send their shares of the missing users' masking keys; from t of them the AP rebuilds each
-   key (checked against its public key) and removes that user's masks from the sum.
+1. setup: every user gets the participants' encryption keys and the threshold t
+   (:func:`~semalign.common.secure_aggregation.threshold_for`) and answers with the public
+   keys of its T masking keys (one per round) and its shares of them, one bundle sealed for
+   each other participant;
+2. delivery: each user gets the bundles sealed for it (the AP cannot open them) and every
+   participant's round keys, and acks;
+3. recovery, only in a round r where a participant did not upload: the users who did upload
+   send their shares of the missing users' round-r masking keys; the AP rebuilds each key
+   (checked against its round-r public key; :func:`~semalign.common.secure_aggregation.
+   rebuild_key` tries t-subsets if a share is bad, and the sender of a bad share is dropped)
+   and removes that user's masks from the sum. The rebuilt key opens round r's masks only.
 
 A user whose key was rebuilt is dropped for good (users refuse to mask with it again); the AP
 refuses to decode a sum of fewer than t uploads.
@@ -44,16 +48,16 @@ log = logging.getLogger(__name__)
 LOSS_TERMS = 2
 
 
-def check_secure_request(req: pb.HandshakeRequest) -> tuple[bytes, bytes]:
-    """The (encryption, masking) public keys of a handshake for a secure session; ProtocolError
-    if they are missing or invalid, or the user does not speak the compact round protocol."""
+def check_secure_request(req: pb.HandshakeRequest) -> bytes:
+    """The encryption public key of a handshake for a secure session; ProtocolError if it is
+    missing or invalid, or the user does not speak the compact round protocol. (Its masking
+    keys, one per round, come with its shares at the setup.)"""
     if pb.COMPACT not in req.round_protocols:
         raise ProtocolError(
             "secure aggregation needs the compact round protocol, which this user does not offer"
         )
     sa.load_public(req.encryption_key, "encryption key")
-    sa.load_public(req.masking_key, "masking key")
-    return bytes(req.encryption_key), bytes(req.masking_key)
+    return bytes(req.encryption_key)
 
 
 class SecureSharedAdmm(SharedAdmm):
@@ -61,12 +65,13 @@ class SecureSharedAdmm(SharedAdmm):
 
     def start(self, ap: ApContext) -> None:
         super().start(ap)
-        self.keys: dict[str, tuple[bytes, bytes]] = {}  # user id -> public keys
+        self.keys: dict[str, bytes] = {}  # user id -> encryption public key
+        self.round_keys: dict[int, list[bytes]] = {}  # index -> masking public key per round
         self.stage = "keys"  # -> "shares" -> "ready" -> "done"
         self.by_index: dict[int, str] = {}  # setup participants: index -> user id
         self.threshold = 0
         self.sealed: dict[int, list[pb.SealedShare]] = {}  # recipient -> shares for it
-        self.rebuilt: dict[int, Any] = {}  # index -> masking key of a dropped user
+        self.rebuilt: dict[tuple[int, int], Any] = {}  # (index, round) -> its masking key
         self.recoveries: list[dict] = []
         cfg = self.config
         #: (epsilon, delta) of the T rounds under differential privacy (None: off); computed
@@ -81,7 +86,7 @@ class SecureSharedAdmm(SharedAdmm):
     def _new_round(self, participants: list[int]) -> None:
         self.participants = participants
         self.masked: dict[int, np.ndarray] = {}  # index -> this round's masked upload
-        self.revealed: dict[int, list[bytes]] = {}  # dropped index -> shares of its key
+        self.revealed: dict[int, dict[int, bytes]] = {}  # dropped -> sender -> share
         self.unmask_asked = False
         self.losses: tuple[float, float] | None = None
 
@@ -105,7 +110,7 @@ class SecureSharedAdmm(SharedAdmm):
     def check_keys(self, state: UserState, request: pb.HandshakeRequest) -> None:
         """A rejoin must bring the keys of the first handshake (the others' masks and shares
         were built on them)."""
-        if self.keys.get(state.user_id) != (request.encryption_key, request.masking_key):
+        if self.keys.get(state.user_id) != request.encryption_key:
             raise ProtocolError(
                 f"rejoin of {state.user_id} with other secure-aggregation keys than its first "
                 "handshake (a user built afresh cannot take part again)"
@@ -142,10 +147,7 @@ class SecureSharedAdmm(SharedAdmm):
             raise ProtocolError("secure aggregation needs at least 2 users")
         setup = pb.SecureSetup(session_id=self.ap.session_id, threshold=self.threshold)
         for state in users:
-            encryption, masking = self.keys[state.user_id]
-            setup.participants.add(
-                index=state.index, encryption_key=encryption, masking_key=masking
-            )
+            setup.participants.add(index=state.index, encryption_key=self.keys[state.user_id])
         data = pb.ApMessage(secure_setup=setup).SerializeToString()
         return {u.user_id: data for u in users}
 
@@ -154,6 +156,8 @@ class SecureSharedAdmm(SharedAdmm):
         for state in self.ap.active_users:
             delivery = pb.ShareDelivery(session_id=self.ap.session_id)
             delivery.shares.extend(self.sealed.get(state.index, []))
+            for index in sorted(self.round_keys):
+                delivery.participants.add(index=index, round_masking_keys=self.round_keys[index])
             out[state.user_id] = pb.ApMessage(share_delivery=delivery).SerializeToString()
         return out
 
@@ -181,10 +185,20 @@ class SecureSharedAdmm(SharedAdmm):
                 f"secure aggregation: {state.user_id} sent shares for {got}, expected one for "
                 f"each of {recipients}"
             )
+        rounds = self.config.iterations
+        if len(body.round_masking_keys) != rounds:
+            raise ProtocolError(
+                f"secure aggregation: {state.user_id} sent {len(body.round_masking_keys)} "
+                f"masking keys for {rounds} rounds"
+            )
+        for r, key in enumerate(body.round_masking_keys):
+            sa.load_public(key, f"round {r} masking key of {state.user_id}")
+        limit = 1024 + 2 * rounds * sa.SHARE_BYTES  # Fernet: base64 of IV, bundle, HMAC
         for share in body.shares:
-            if len(share.ciphertext) > 4096:
+            if len(share.ciphertext) > limit:
                 raise ProtocolError(f"secure aggregation: an oversized share from {state.user_id}")
             self.sealed.setdefault(share.recipient, []).append(share)
+        self.round_keys[state.index] = [bytes(k) for k in body.round_masking_keys]
 
     def _take_revealed(self, state: UserState, body: pb.UnmaskShares) -> None:
         missing = set(self._missing())
@@ -195,7 +209,7 @@ class SecureSharedAdmm(SharedAdmm):
                 f"asked for {sorted(missing)}"
             )
         for share in body.shares:
-            self.revealed.setdefault(share.owner, []).append(bytes(share.share))
+            self.revealed.setdefault(share.owner, {})[state.index] = bytes(share.share)
 
     # ------------------------------------------------------------------ rounds
     def round_messages(self) -> dict[str, bytes]:
@@ -265,28 +279,40 @@ class SecureSharedAdmm(SharedAdmm):
             return self.shared.consensus(f, self.power_budget, self.config.rho)
 
     def _unmask(self, total: np.ndarray, dropped: int) -> np.ndarray:
-        """``total`` without the masks that the uploads carry for ``dropped``, whose masking key
-        is rebuilt from the survivors' shares."""
-        key = self.rebuilt.get(dropped)
+        """``total`` without the masks that the uploads carry for ``dropped``, whose masking
+        key of this round is rebuilt from the survivors' shares (senders of bad shares are
+        dropped)."""
+        round_ = self.ap.round
+        key = self.rebuilt.get((dropped, round_))
         if key is None:
-            shares = self.revealed.get(dropped, [])
-            if len(shares) < self.threshold:
-                raise ProtocolError(
-                    f"secure aggregation: {len(shares)} shares of user {dropped}'s masking key, "
-                    f"{self.threshold} needed to remove its masks"
-                )
-            key = sa.combine_key(shares)
-            registered = self.keys[self.by_index[dropped]][1]
-            if sa.public_bytes(key.public_key()) != registered:
-                raise ProtocolError(f"secure aggregation: shares do not rebuild user {dropped}")
-            self.rebuilt[dropped] = key
-        for index in self.masked:
-            public = sa.load_public(self.keys[self.by_index[index]][1], "masking key")
-            mask = sa.pair_mask(
-                sa.pair_secret(key, public), self.ap.session_id, self.ap.round, self.size
+            key = self._rebuild(dropped, round_)
+        peers = {
+            index: sa.load_public(self.round_keys[index][round_], f"masking key of user {index}")
+            for index in self.masked
+        }
+        return sa.unmask_dropped(total, key, dropped, peers, self.ap.session_id, round_)
+
+    def _rebuild(self, dropped: int, round_: int) -> Any:
+        """User ``dropped``'s round masking key from the revealed shares; a sender whose share
+        is not at its own position or not on the key's polynomial is dropped."""
+        shares = dict(self.revealed.get(dropped, {}))
+        order = sorted(self.by_index)
+        bad = [s for s, share in shares.items() if sa.share_index(share) != order.index(s) + 1]
+        for sender in bad:
+            del shares[sender]
+        registered = self.round_keys[dropped][round_]
+        try:
+            key, off = sa.rebuild_key(shares, self.threshold, registered)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc} (user {dropped}, round {round_})") from None
+        for sender in sorted({*bad, *off}):
+            self.ap.drop(
+                self.by_index[sender],
+                f"secure aggregation: its share of user {dropped}'s round {round_} masking key "
+                "is not a share of that key",
             )
-            total = total - mask if index < dropped else total + mask
-        return total
+        self.rebuilt[(dropped, round_)] = key
+        return key
 
     def loss_totals(self) -> tuple[float, float]:
         """(pilot MSE, objective) of the round: means over the uploads, decoded from the sum."""
