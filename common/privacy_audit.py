@@ -180,11 +180,28 @@ def r2_by_rounds(
     y: np.ndarray, rounds: Sequence[np.ndarray], rtol: float = RANK_RTOL
 ) -> list[tuple[int, float]]:
     """(rank, :func:`subspace_r2`) after each prefix of ``rounds`` (pilot-domain terms, each
-    (s_t, n)): entry t uses rounds 0..t. Y (m, n)."""
-    out = []
-    for t in range(1, len(rounds) + 1):
-        basis = leaked_basis(np.vstack(rounds[:t]), y.shape[0], rtol)
-        out.append((basis.shape[0], subspace_r2(y, basis)))
+    (s_t, n)): entry t uses rounds 0..t. Y (m, n).
+
+    Computed from the Gram matrix G = Q Q^H (k x k) of the stack Q (k, n) and C = Y Q^H, once:
+    a prefix of k_t rows has the singular values sqrt(eig(G_t)) and, for its top eigenpairs
+    (U, L) (at most m, eigenvalues above rtol^2 of the largest), orthonormal rows
+    V = L^(-1/2) U^H Q_t, so ||Y V^H||^2 = ||C_t U L^(-1/2)||^2 and, V being orthonormal,
+    R^2 = 1 - (||Y||^2 - ||Y V^H||^2) / ||Y - mean||^2.
+    """
+    if not rounds:
+        return []
+    stack = np.vstack(rounds).astype(np.complex128)
+    gram, cross = stack @ stack.conj().T, y @ stack.conj().T
+    energy, total = centered_energy(y), float(np.sum(np.abs(y) ** 2))
+    out, rows = [], 0
+    for block in rounds:
+        rows += block.shape[0]
+        eigvals, eigvecs = np.linalg.eigh(gram[:rows, :rows])
+        order = np.argsort(eigvals)[::-1][: y.shape[0]]
+        top = eigvals.max(initial=0.0)
+        keep = order[eigvals[order] > rtol**2 * top] if top > 0 else order[:0]
+        captured = cross[:, :rows] @ (eigvecs[:, keep] / np.sqrt(eigvals[keep]))
+        out.append((len(keep), 1.0 - (total - float(np.sum(np.abs(captured) ** 2))) / energy))
     return out
 
 

@@ -28,6 +28,7 @@ from semalign.common import privacy_audit as pa
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
 from semalign.common.stats import nan_mean
+from semalign.common.threads import single_thread
 from semalign.engine.ap_record import ApRecorder, Uploads, decode_uploads, sent_pre_equalizers
 from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import Scenario, build_session
@@ -271,8 +272,9 @@ def audit_seed(
     for user in users:
         truth = user_truth(user, ap)
         mine, sent = uploads[user.user_id], recorder.sent[user.user_id]
-        known = known_map_estimates(mine, sent, user.user_id, ap, truth.y.shape[0])
-        figures = attack_user(truth, mine, ap, aggregate, memo, known)
+        with single_thread():  # matrices of a few hundred rows (common/threads.py)
+            known = known_map_estimates(mine, sent, user.user_id, ap, truth.y.shape[0])
+            figures = attack_user(truth, mine, ap, aggregate, memo, known)
         report = result.reports.get(user.user_id, {})
         out.append(
             UserLeakage(
