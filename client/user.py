@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from semalign.client.strategies import UserStrategy, make_user_strategy
 from semalign.client.strategies.secure_admm import SecureAdmmUser
-from semalign.common.channel import RayleighChannel
-from semalign.common.channels import ChannelModel
+from semalign.common.channels import BlockFadingLink, ChannelModel
 from semalign.common.classifier import ScoreClassifier
 from semalign.common.config import PAPER_TASK_MODEL, AlignmentConfig
 from semalign.common.errors import ProtocolError, SemalignError
@@ -148,8 +147,8 @@ class User:
         self.representation: Representation = LINEAR  # the accept's (widely linear or not)
         self.whitener: Whitener | None = None
         self.y: np.ndarray | None = None
-        self.channel: RayleighChannel | None = None  # the truth: what symbols go through
-        self.design_channel: RayleighChannel | None = None  # the estimate: what G_l is built on
+        self.channel: BlockFadingLink | None = None  # the truth: what symbols go through
+        self.design_channel: BlockFadingLink | None = None  # the estimate: what G_l is built on
         self.strategy: UserStrategy | None = None  # the strategy's user half, after the accept
         self.final_seen = False
         self.ended = False
@@ -202,11 +201,11 @@ class User:
             raise ProtocolError(f"widely-linear equalizers with strategy {strategy}")
         # Y_l: whitened pilots, never leave the user
         self.whitener, self.y, self.y_norm2 = self.data.whitened_pilots(rows, self.representation)
-        self.channel = RayleighChannel(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
+        self.channel = BlockFadingLink(self.hbar, acc.channel_uses, acc.noise_var, self.noise_rng)
         self.design_channel = (
             self.channel
             if self.hbar_estimate is self.hbar
-            else RayleighChannel(self.hbar_estimate, acc.channel_uses, acc.noise_var)
+            else BlockFadingLink(self.hbar_estimate, acc.channel_uses, acc.noise_var)
         )
         if (acc.aggregation == pb.SECURE) != self.secure:
             raise ProtocolError(
