@@ -133,8 +133,8 @@ def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp
     out = tmp_path / "results" / "run.json"
     ap = services["ap"]["command"]
     for name, value in (
-        ("--users", "2"),
-        ("--ap", ap_enc),
+        ("--num-users", "2"),
+        ("--ap-encoder", ap_enc),
         ("--listen", f"127.0.0.1:{port}"),
         ("--advertise", f"127.0.0.1:{port}"),
         ("--superlink-listen", f"127.0.0.1:{superlink}"),
