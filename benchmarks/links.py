@@ -74,8 +74,9 @@ def simulate(cache: Path, protocol: str, args, out: Path) -> dict:
 def simulate_results(cache: Path, protocol: str, args, out: Path, iterations: int) -> dict:
     """The results JSON of one in-process session of ``iterations`` ADMM rounds on ``cache``
     (the sizes and seed of the networked sessions)."""
-    argv = [*semalign_command(), "simulate", "--latents", str(cache), "--ap", "ap"]
-    argv += ["--users", str(args.users), "--protocol", protocol, "--iterations", str(iterations)]
+    argv = [*semalign_command(), "simulate", "--latents", str(cache), "--ap-encoder", "ap"]
+    argv += ["--num-users", str(args.users), "--protocol", protocol]
+    argv += ["--iterations", str(iterations)]
     argv += ["--channel-uses", str(args.channel_uses), "--antennas-tx", "4", "--antennas-rx", "4"]
     argv += ["--seeds", "0", "--out", str(out), "-q"]
     env = child_env(single_thread=True)

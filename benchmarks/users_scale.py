@@ -5,12 +5,12 @@ Writes a synthetic latent cache (an AP encoder and ``--encoders`` user encoders,
 dims spread over ``--user-dims``; users' latents are noisy linear maps of the AP's), then runs
 the real command line, one process per (L, protocol):
 
-    semalign simulate --latents CACHE --ap ap --users L --protocol P --seeds 42 ...
+    semalign simulate --latents CACHE --ap-encoder ap --num-users L --protocol P --seeds 42 ...
 
 (through ``semalign.cli.main`` in a child process that also records each round's CPU time:
 on a shared machine the wall time of a round depends on the other jobs, its CPU time less).
 
-``--users L`` cycles through the cache's encoders, so several users share an encoder's latents
+``--num-users L`` cycles through the cache's encoders, so several users share an encoder's latents
 (held once per encoder, whitened once) and each has its own channel. Per run: the median
 seconds of an ADMM round (from the results JSON), bytes per round down and up, handshake bytes,
 the CPU seconds of a round (the process, all threads), the process's peak RSS (``ru_maxrss``
@@ -36,9 +36,11 @@ from pathlib import Path
 import numpy as np
 
 
-def write_cache(root: Path, *, encoders: int, n: int, ap_dim: int, dims: tuple[int, int]) -> None:
-    """``<root>/<encoder>/{train,val,test}.npz`` and a classifier per encoder (skipped if the
-    cache is complete)."""
+def write_cache(
+    root: Path, *, encoders: int, n: int, ap_dim: int, dims: tuple[int, int], test: int = 1000
+) -> None:
+    """``<root>/<encoder>/{train,val,test}.npz`` (n, 200 and ``test`` rows) and a classifier per
+    encoder (skipped if the cache is complete)."""
     from semalign.common.classifier import train_classifier
     from semalign.common.latents import CLASSIFIER_FILE
 
@@ -46,7 +48,7 @@ def write_cache(root: Path, *, encoders: int, n: int, ap_dim: int, dims: tuple[i
     if all((root / name / CLASSIFIER_FILE).exists() for name in names):
         return
     rng = np.random.default_rng(0)
-    classes, sizes = 10, {"train": n, "val": 200, "test": 1000}
+    classes, sizes = 10, {"train": n, "val": 200, "test": test}
     centers = rng.standard_normal((classes, ap_dim)).astype(np.float32)
     splits = {}
     for split, size in sizes.items():
@@ -81,9 +83,9 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
             "simulate",
             "--latents",
             str(cache),
-            "--ap",
+            "--ap-encoder",
             "ap",
-            "--users",
+            "--num-users",
             str(users),
             "--protocol",
             protocol,
@@ -99,6 +101,8 @@ def run_simulate(cache: Path, users: int, protocol: str, args: argparse.Namespac
             str(out),
             "-q",
         ]
+        if args.task_model:  # else simulate's default (the MLP: torch in the process)
+            cmd += ["--task-model", args.task_model]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -240,6 +244,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None, help="synthetic latent cache (written if absent)")
     parser.add_argument("--pilots", type=int, default=42_500)
+    parser.add_argument(
+        "--test-rows", type=int, default=1000, help="test points each user evaluates"
+    )
     parser.add_argument("--encoders", type=int, default=10, help="distinct user encoders")
     parser.add_argument("--ap-dim", type=int, default=384)
     parser.add_argument("--user-dims", default="384,1280", help="min,max user latent dim")
@@ -248,6 +255,9 @@ def main() -> None:
     parser.add_argument("--precision", default="double", choices=["double", "single"])
     parser.add_argument("--symbols", type=int, default=16, help="K*N_T (N_T = N_R = 4)")
     parser.add_argument("--iterations", type=int, default=3, help="ADMM rounds per run")
+    parser.add_argument(
+        "--task-model", choices=["logistic", "mlp"], help="default: simulate's (mlp)"
+    )
     parser.add_argument("--figure", help="write the figure here (PNG)")
     parser.add_argument(
         "--scale-figure", help="write warm round time and peak RSS vs L (log-log) here (PNG)"
@@ -255,9 +265,19 @@ def main() -> None:
     parser.add_argument("--json", help="write all measurements here")
     args = parser.parse_args()
     lo, hi = (int(v) for v in args.user_dims.split(","))
-    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"semalign-scale-{args.pilots}")
+    name = f"semalign-scale-{args.pilots}" + (
+        f"-t{args.test_rows}" if args.test_rows != 1000 else ""
+    )
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / name)
     start = time.perf_counter()
-    write_cache(cache, encoders=args.encoders, n=args.pilots, ap_dim=args.ap_dim, dims=(lo, hi))
+    write_cache(
+        cache,
+        encoders=args.encoders,
+        n=args.pilots,
+        ap_dim=args.ap_dim,
+        dims=(lo, hi),
+        test=args.test_rows,
+    )
     print(f"cache {cache} ready ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = []
     print(f"{HEADER}\n# load average {os.getloadavg()[0]:.1f} at start", flush=True)
