@@ -50,6 +50,7 @@ from semalign.deploy.user import user_argv
 from semalign.server.access_point import build_access_point
 from semalign.server.network import serve_session
 from semalign.server.service import AlignmentService, start_server
+from semalign.server.session import WaitPolicy
 
 from semalign.engine.scenario import load_scenario, user_names
 from semalign.engine.simulate import simulate_seed
@@ -147,7 +148,7 @@ def tcp_check(root: Path, encoders: list[str], config: AlignmentConfig, workdir:
             ap_test,
             np.arange(len(ap_test), dtype=np.int64),
             join_timeout=600,
-            reply_timeout=600,
+            policy=WaitPolicy(reply_timeout=600),
         )
         time.sleep(0.5)  # let the streams close
     server.stop()
@@ -223,7 +224,7 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
                 ap_test,
                 test_ids,
                 join_timeout=600,
-                reply_timeout=600,
+                policy=WaitPolicy(reply_timeout=600),
                 poll=lambda _ids: procs.check(),
             )
             assert not result.dropped, result.dropped
