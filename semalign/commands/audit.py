@@ -137,9 +137,8 @@ def run_audit(args: argparse.Namespace) -> int:
     for config in configs:
         for seed in seeds:
             if not args.quiet:
-                console.print(
-                    f"audit: {config.protocol} rounds, target {config.target}, seed {seed}"
-                )
+                what = f"{config.protocol} rounds, {config.aggregation} aggregation"
+                console.print(f"audit: {what}, target {config.target}, seed {seed}")
             records += audit_seed(scenario, config.model_copy(update={"seed": seed}), memo)
     if not args.quiet:
         print_table(records, console)
