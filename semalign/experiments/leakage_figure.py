@@ -83,7 +83,7 @@ def draw_leakage(records: list[UserLeakage], path: str | Path) -> Path:
         ax.set_ylabel("reconstruction R$^2$ of Y (bound)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     suffix = Path(path).suffix.lstrip(".") or "png"
