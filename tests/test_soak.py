@@ -57,7 +57,11 @@ def test_a_small_soak_injects_its_faults_and_every_result_equals_its_twin(tmp_pa
     for r in records:
         assert r["killed_exit"] == -signal.SIGKILL  # the victim was alive and got kill -9
         assert r["mismatches"] == [] and r["error"] is None
-        if r["fault"] == "user-kill":  # lost, and the AP says where: the twin lost it there too
+        if r["fault"] == "user-kill" and r["outcome"] == "recovered":
+            # the kill landed after user2's last message (rare on a loaded machine): nothing to
+            # lose, as the soak's own judge accepts; the results still equal the twin's
+            assert r["ap_exit"] == 0 and r["lost"] == [] and r["user_exit"]["user1"] == 0
+        elif r["fault"] == "user-kill":  # lost, and the AP says where: the twin lost it there
             assert r["outcome"] == "dropped" and r["ap_exit"] == 3
             assert r["user_exit"] == {"user1": 0, "user2": -signal.SIGKILL}
             (lost,) = r["lost"]
