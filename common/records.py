@@ -7,16 +7,20 @@ means over seeds and one :class:`SeedResult` per seed, which holds each user's
 order; ``from_dict()`` reads it back. NaN stays NaN here; :func:`semalign.common.io.write_json`
 writes it as ``null``, which ``from_dict`` keeps as ``None``.
 
-Measurements that are transport specific (the ``wire`` block of a networked seed, the
-``network`` summary of a networked run) and the traffic ``phases`` stay plain dicts.
+A networked run's own blocks (``wire``, ``network``, ``measured_by``, ``lost``) are the records
+of :mod:`semalign.common.network_records`. Records are frozen: a later step (the SNRs the
+command resolved, the networked AP's labels, the deployment figures, the provenance) returns a
+new record, and the JSON is written once, from :meth:`RunResult.to_dict`. Only the strategy's
+extra entries (``strategy_info``) and the deployment figures stay free-form dicts.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from semalign.common.config import LEGACY_TASK_MODEL, AlignmentConfig
+from semalign.common.network_records import LostUser, MeasuredBy, NetworkSummary, WireBlock
 
 #: Per-user metrics reported at evaluation.
 USER_METRICS = ("accuracy", "native_accuracy", "mse", "mse_whitened")
@@ -33,11 +37,7 @@ ROUND_FIELDS = (
 
 
 class _Record:
-    """``to_dict``/``from_dict`` for flat dataclasses whose JSON keys are their fields.
-
-    Also a transitional read-only dict view (``record["key"]``, ``record.get("key")``) of
-    ``to_dict()`` for callers written against the old results dicts.
-    """
+    """``to_dict``/``from_dict`` for flat dataclasses whose JSON keys are their fields."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
@@ -53,7 +53,7 @@ class _Record:
         return self.to_dict().get(key, default)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundRecord(_Record):
     """One ADMM round of one seed: AP-side figures, traffic and wall time.
 
@@ -82,7 +82,7 @@ class RoundRecord(_Record):
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundSummary(_Record):
     """One round averaged over seeds (:data:`ROUND_FIELDS`)."""
 
@@ -96,7 +96,7 @@ class RoundSummary(_Record):
     seconds: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class UserResult(_Record):
     """One user in one seed; the metrics are ``None`` if the user has no report (dropped)."""
 
@@ -109,7 +109,7 @@ class UserResult(_Record):
     dropped: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class UserSummary(_Record):
     """One user's metrics over seeds: NaN-aware mean and population std of each."""
 
@@ -134,19 +134,101 @@ class UserSummary(_Record):
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
+class UserReport(_Record):
+    """A user's evaluation report as it sent it: accuracies in [0, 1], MSEs per complex
+    feature, the number of test points it evaluated."""
+
+    accuracy: float | None
+    native_accuracy: float | None
+    mse: float | None
+    mse_whitened: float | None
+    samples: int | None
+
+
+@dataclass(frozen=True)
+class FinalFigures(_Record):
+    """The pilot ``mse`` and ``objective`` after the final transmission (the ``final`` phase)."""
+
+    mse: float | None
+    objective: float | None
+
+
+@dataclass(frozen=True)
+class PhaseTraffic:
+    """Bytes of one phase's messages, down (AP -> users) and up, in total and per user.
+
+    ``*_per_user`` is None where the phase does not count it (the handshake); ``final`` holds
+    the final phase's figures (None for the other phases).
+    """
+
+    bytes_down: int
+    bytes_up: int
+    bytes_down_per_user: dict[str, int] | None = None
+    bytes_up_per_user: dict[str, int] | None = None
+    final: FinalFigures | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bytes_down": self.bytes_down, "bytes_up": self.bytes_up}
+        for key in ("bytes_down_per_user", "bytes_up_per_user"):
+            if getattr(self, key) is not None:
+                out[key] = dict(getattr(self, key))
+        if self.final is not None:
+            out.update(self.final.to_dict())
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhaseTraffic:
+        final = None
+        if "mse" in data or "objective" in data:
+            final = FinalFigures(data.get("mse"), data.get("objective"))
+        return cls(
+            bytes_down=data["bytes_down"],
+            bytes_up=data["bytes_up"],
+            bytes_down_per_user=data.get("bytes_down_per_user"),
+            bytes_up_per_user=data.get("bytes_up_per_user"),
+            final=final,
+        )
+
+
+def phases_from_dict(data: dict[str, dict[str, Any]]) -> dict[str, PhaseTraffic]:
+    """A seed's ``phases`` (phase name -> its traffic), in the JSON's order."""
+    return {name: PhaseTraffic.from_dict(block) for name, block in data.items()}
+
+
+@dataclass(frozen=True)
+class Provenance(_Record):
+    """Where and with what a run was made (the JSON's ``provenance``; built by
+    :func:`semalign.experiments.provenance.provenance_block`). ``git_commit``/``git_dirty``
+    are None outside a git checkout; ``libraries``: name -> version (None: not installed)."""
+
+    semalign_version: str
+    git_commit: str | None
+    git_dirty: bool | None
+    started_at: str
+    host: str
+    command_line: list[str]
+    latents_id: str | None
+    python: str
+    libraries: dict[str, str | None]
+
+
+@dataclass(frozen=True)
 class SeedResult(_Record):
     """One session (one seed).
 
     Attributes:
         mean_accuracy, mean_native_accuracy, mean_mse: means over the users with a report.
-        phases: traffic per phase (``handshake``, ``final`` with the pilot ``mse`` and
-            ``objective``, ``evaluation``), bytes down/up in total and per user.
+        phases: traffic per phase (``handshake``, ``setup`` with secure aggregation, ``final``
+            with the pilot ``mse`` and ``objective``, ``evaluation``).
         dropped: user id -> why and when it was dropped.
         seconds: wall time of the session (``None``: not measured).
         ap_whitening_condition: condition number of the AP's pilot covariance.
         strategy_info: the strategy's extra entries (e.g. ``baseline`` for First-K/Top-K).
         wire: the gRPC-boundary measurements of a networked session.
+        self_reported: user id -> its evaluation report as it sent it (None: it sent none);
+            set by the networked AP's labels (``users[].self_reported`` in the JSON), None
+            (and not in the JSON) otherwise.
     """
 
     seed: int
@@ -155,35 +237,45 @@ class SeedResult(_Record):
     mean_native_accuracy: float
     mean_mse: float
     rounds: list[RoundRecord]
-    phases: dict[str, dict[str, Any]]
+    phases: dict[str, PhaseTraffic]
     dropped: dict[str, str]
     seconds: float | None = None
     ap_whitening_condition: float | None = None
     strategy_info: dict[str, Any] = field(default_factory=dict)
-    wire: dict[str, Any] | None = None
+    wire: WireBlock | None = None
+    self_reported: dict[str, UserReport | None] | None = None
 
     _OPTIONAL = ("seconds", "ap_whitening_condition")
+
+    def _user_dicts(self) -> list[dict[str, Any]]:
+        users = [u.to_dict() for u in self.users]
+        if self.self_reported is not None:
+            for user in users:
+                report = self.self_reported.get(user["name"])
+                user["self_reported"] = report.to_dict() if report is not None else None
+        return users
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "seed": self.seed,
-            "users": [u.to_dict() for u in self.users],
+            "users": self._user_dicts(),
             "mean_accuracy": self.mean_accuracy,
             "mean_native_accuracy": self.mean_native_accuracy,
             "mean_mse": self.mean_mse,
             "rounds": [r.to_dict() for r in self.rounds],
-            "phases": self.phases,
-            "dropped": self.dropped,
+            "phases": {name: p.to_dict() for name, p in self.phases.items()},
+            "dropped": dict(self.dropped),
         }
         out.update({k: getattr(self, k) for k in self._OPTIONAL if getattr(self, k) is not None})
         out.update(self.strategy_info)
         if self.wire is not None:
-            out["wire"] = self.wire
+            out["wire"] = self.wire.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeedResult:
-        known = {f.name for f in fields(cls)} - {"strategy_info"}
+        known = {f.name for f in fields(cls)} - {"strategy_info", "self_reported"}
+        wire = data.get("wire")
         return cls(
             seed=data["seed"],
             users=[UserResult.from_dict(u) for u in data["users"]],
@@ -191,16 +283,27 @@ class SeedResult(_Record):
             mean_native_accuracy=data["mean_native_accuracy"],
             mean_mse=data["mean_mse"],
             rounds=[RoundRecord.from_dict(r) for r in data["rounds"]],
-            phases=data["phases"],
-            dropped=data["dropped"],
+            phases=phases_from_dict(data["phases"]),
+            dropped=dict(data["dropped"]),
             seconds=data.get("seconds"),
             ap_whitening_condition=data.get("ap_whitening_condition"),
             strategy_info={k: v for k, v in data.items() if k not in known},
-            wire=data.get("wire"),
+            wire=WireBlock.from_dict(wire) if wire is not None else None,
+            self_reported=_self_reported_of(data["users"]),
         )
 
 
-@dataclass
+def _self_reported_of(users: list[dict[str, Any]]) -> dict[str, UserReport | None] | None:
+    """The users' own reports of a seed's JSON users (None: the seed is not labelled)."""
+    if not any("self_reported" in u for u in users):
+        return None
+    return {
+        u["name"]: UserReport.from_dict(u["self_reported"]) if u.get("self_reported") else None
+        for u in users
+    }
+
+
+@dataclass(frozen=True)
 class RunResult(_Record):
     """A configuration run over several seeds: the results JSON.
 
@@ -210,11 +313,12 @@ class RunResult(_Record):
         mean_*/std_*: mean and std over seeds of the seeds' means over users.
         seeds: one result per seed.
         extra_config: entries added to the JSON's ``config`` (latents folder, encoders).
-        network: the networked run's summary (latency, bytes per round, drops).
-        provenance: where and with what the run was made
-            (:func:`semalign.experiments.provenance.provenance_block`); None (and not in the
-            JSON) when not recorded. An older networked file's ``provenance`` (which figures
-            the users reported, now ``measured_by``) is not read as one.
+        network: the networked run's summary (latency, bytes per round, drops, deployment).
+        measured_by: which figures the users reported (a networked run; else None).
+        lost: the invited users that did not finish a seed (a networked run; else None).
+        provenance: where and with what the run was made; None (and not in the JSON) when
+            not recorded. An older networked file's ``provenance`` (which figures the users
+            reported, now ``measured_by``) is read as ``measured_by``.
     """
 
     config: AlignmentConfig
@@ -228,8 +332,10 @@ class RunResult(_Record):
     std_mse: float
     seeds: list[SeedResult]
     extra_config: dict[str, Any] = field(default_factory=dict)
-    network: dict[str, Any] | None = None
-    provenance: dict[str, Any] | None = None
+    network: NetworkSummary | None = None
+    measured_by: MeasuredBy | None = None
+    lost: list[LostUser] | None = None
+    provenance: Provenance | None = None
 
     _MEANS = (
         "mean_accuracy",
@@ -262,18 +368,25 @@ class RunResult(_Record):
         out.update({k: getattr(self, k) for k in self._MEANS})
         out["seeds"] = [s.to_dict() for s in self.seeds]
         if self.network is not None:
-            out["network"] = self.network
+            out["network"] = self.network.to_dict()
+        if self.measured_by is not None:
+            out["measured_by"] = self.measured_by.to_dict()
+        if self.lost is not None:
+            out["lost"] = [lost.to_dict() for lost in self.lost]
         if self.provenance is not None:
-            out["provenance"] = self.provenance
+            out["provenance"] = self.provenance.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """Read a results JSON of any version (the boundary: readers of files call this once)."""
         cfg = dict(data["config"])
         cfg.pop("seeds", None)
         cfg.setdefault("task_model", LEGACY_TASK_MODEL)  # a file older than the field
         fields_ = AlignmentConfig.model_fields
         config = AlignmentConfig(**{k: v for k, v in cfg.items() if k in fields_})
+        network, labels, block = data.get("network"), measured_by_of(data), provenance_of(data)
+        lost = data.get("lost")
         return cls(
             config=config,
             users=[UserSummary.from_dict(u) for u in data["users"]],
@@ -281,9 +394,26 @@ class RunResult(_Record):
             **{k: data[k] for k in cls._MEANS},
             seeds=[SeedResult.from_dict(s) for s in data["seeds"]],
             extra_config={k: v for k, v in cfg.items() if k not in fields_},
-            network=data.get("network"),
-            provenance=provenance_of(data),
+            network=NetworkSummary.from_dict(network) if network is not None else None,
+            measured_by=MeasuredBy.from_dict(labels) if labels is not None else None,
+            lost=[LostUser.from_dict(x) for x in lost] if lost is not None else None,
+            provenance=Provenance.from_dict(block) if block is not None else None,
         )
+
+    # ------------------------------------------------- later steps, each a new record
+    def with_user_snrs(self, snrs: dict[str, float]) -> RunResult:
+        """Each user that ``snrs`` names with its resolved SNR (dB)."""
+        users = [replace(u, snr_db=snrs[u.name]) if u.name in snrs else u for u in self.users]
+        return replace(self, users=users)
+
+    def with_provenance(self, block: Provenance) -> RunResult:
+        return replace(self, provenance=block)
+
+    def with_deployment(self, deployment: dict[str, Any]) -> RunResult:
+        """The networked run's ``network`` with the command's deployment figures."""
+        if self.network is None:
+            raise ValueError("only a networked run has deployment figures")
+        return replace(self, network=replace(self.network, deployment=dict(deployment)))
 
 
 def provenance_of(results: dict[str, Any]) -> dict[str, Any] | None:

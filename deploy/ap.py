@@ -22,6 +22,7 @@ from typing import Any
 from semalign.common.contract import TlsFiles, check_address
 from semalign.common.credentials import SECRET_FILE, new_secret, write_secret_file
 from semalign.common.errors import UsageError
+from semalign.common.records import Provenance
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
 from semalign.deploy.launcher import Processes
@@ -40,7 +41,7 @@ from semalign.server.serve_settings import ServeSettings
 
 from semalign.commands.options import check_channel_users, parse_seeds, prepare_latents
 from semalign.commands.tracking_options import end_session_tracking, track_session
-from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
+from semalign.experiments.provenance import latents_id, provenance_block
 
 
 def expected_users(spec: str) -> int | list[str]:
@@ -133,7 +134,7 @@ def command(args: argparse.Namespace) -> int:
         )
     finally:
         end_session_tracking(plan.tracked, args, say)
-    stamp_results(results, origin)
+    results = results.with_provenance(Provenance.from_dict(origin))
     if args.flower:
         deployment["flower_reports"] = reports
     return finish(results, deployment, t_start, display, args.out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from semalign.common.records import RunResult, SeedResult
 from semalign.common.strategies import get_strategy
 
 
@@ -70,31 +71,33 @@ class Display:
             ),
         )
 
-    def on_seed(self, block: dict) -> None:
+    def on_seed(self, block: SeedResult) -> None:
         if self.steps == 1:
             self.progress.update(self.task, advance=1)
-        self.status(f"seed {block['seed']}: mean accuracy {block['mean_accuracy']:.3f}")
+        self.status(f"seed {block.seed}: mean accuracy {block.mean_accuracy:.3f}")
 
-    def summary(self, results: dict[str, Any]) -> None:
+    def summary(self, results: RunResult) -> None:
         """The simulator's tables, the wire table and the deployment line."""
         from rich.table import Table
 
         from semalign.summary import print_summary
 
         print_summary(results, self.console)
-        net = results["network"]
+        net = results.network
+        if net is None:  # not a networked run: the simulator's tables only
+            return
         table = Table(title="wire (gRPC boundary)")
         for col in ("rounds", "latency p50", "latency p95", "down/round", "up/round"):
             table.add_column(col, justify="right")
         table.add_row(
-            str(net["rounds"]),
-            _ms(net["latency_p50_s"]),
-            _ms(net["latency_p95_s"]),
-            fmt_bytes(net["bytes_down_per_round"] or 0),
-            fmt_bytes(net["bytes_up_per_round"] or 0),
+            str(net.rounds),
+            _ms(net.latency_p50_s),
+            _ms(net.latency_p95_s),
+            fmt_bytes(net.bytes_down_per_round or 0),
+            fmt_bytes(net.bytes_up_per_round or 0),
         )
         self.console.print(table)
-        dep = net.get("deployment", {})
+        dep = net.deployment
         if dep:
             self.console.print(deployment_line(dep))
 

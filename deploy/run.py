@@ -20,6 +20,7 @@ from typing import Any
 
 from semalign.common.contract import TlsFiles
 from semalign.common.credentials import SECRET_FILE, new_secret, user_token, write_secret_file
+from semalign.common.records import Provenance
 from semalign.deploy.certs import ApSecrets, make_secrets
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun, start_flower
@@ -47,7 +48,7 @@ from semalign.commands.options import (
     resolve_users,
 )
 from semalign.commands.tracking_options import end_session_tracking, track_session
-from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
+from semalign.experiments.provenance import latents_id, provenance_block
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,6 @@ class LocalUsers:
 
 
 def command(args: argparse.Namespace) -> int:
-    from semalign.engine.simulate import record_user_snrs
-
     t_start, started = time.perf_counter(), datetime.now(timezone.utc)
     config, seeds = args.alignment_config, parse_seeds(args.seeds)
     local, settings = local_users(args, config, started)
@@ -104,7 +103,8 @@ def command(args: argparse.Namespace) -> int:
             )
         finally:
             end_session_tracking(plan.tracked, args, display.print)
-        stamp_results(record_user_snrs(results, local.snrs), local.origin)
+        results = results.with_user_snrs(local.snrs)
+        results = results.with_provenance(Provenance.from_dict(local.origin))
         if start.submitted_at is not None:
             deployment["flower_run_submitted_s"] = start.submitted_at - t_start
         deployment["prepare_s"] = t_ready - t_start

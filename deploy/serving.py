@@ -25,6 +25,7 @@ from semalign.common.errors import (
     TransportError,
     UsageError,
 )
+from semalign.common.records import RunResult, SeedResult
 from semalign.deploy.display import Display
 from semalign.deploy.flower import FlowerRun
 from semalign.deploy.launcher import Processes, sigterm_as_interrupt
@@ -165,9 +166,7 @@ def start_endpoints(server, plan: Plan, metrics_listen: str | None, health_liste
         plan.endpoints["metrics"] = endpoint.url
 
 
-def serve(
-    service, plan: Plan, display: Display, check: Callable[[], dict[str, str]]
-) -> dict[str, Any]:
+def serve(service, plan: Plan, display: Display, check: Callable[[], dict[str, str]]) -> RunResult:
     """Every session of ``plan``; ``check`` runs while the first session waits for users and
     returns the users known lost meanwhile (``{user_id: reason}``; nobody waits for them)."""
     from semalign.server.access_point import build_access_point
@@ -185,7 +184,7 @@ def serve(
         if plan.tracked is not None:
             plan.tracked.on_round(seed, record)
 
-    def on_seed(block: dict) -> None:
+    def on_seed(block: SeedResult) -> None:
         display.on_seed(block)
         if plan.tracked is not None:
             plan.tracked.on_seed(block)
@@ -226,7 +225,7 @@ def serve_with_children(
     plan: Plan,
     display: Display,
     start_children: Callable[[], FlowerRun | None],
-) -> tuple[dict[str, Any], dict | None]:
+) -> tuple[RunResult, dict | None]:
     """Start the children, serve every session, stop children and service however it ends.
 
     Returns the results and, with Flower, the ServerApp's final reports. A user whose process
@@ -264,24 +263,23 @@ def _lost_processes(procs: Processes, users: tuple[str, ...]) -> dict[str, str]:
 
 
 def finish(
-    results: dict[str, Any],
+    results: RunResult,
     deployment: dict[str, Any],
     t_start: float,
     display: Display,
     out: str,
 ) -> int:
-    """Attach the deployment figures, show the tables, write the results JSON; the exit
+    """Attach the deployment figures, show the tables, write the results JSON (once); the exit
     code: 0, or 3 when users were lost (:mod:`semalign.deploy.reliability_options`)."""
     from semalign.common.io import write_json
-    from semalign.deploy.reliability_options import exit_code
+    from semalign.deploy.reliability_options import EXIT_OK, EXIT_USERS_LOST
 
     deployment["total_s"] = time.perf_counter() - t_start
-    results["network"]["deployment"] = deployment
+    results = results.with_deployment(deployment)
     if not display.quiet:
         display.summary(results)
-    path = write_json(out, results)
+    path = write_json(out, results.to_dict())
     display.print(f"results written to {path}")
-    code = exit_code(results)
-    for lost in results.get("lost", []):
-        display.print(f"lost: {lost['user']} in seed {lost['seed']}: {lost['reason']}")
-    return code
+    for lost in results.lost or []:
+        display.print(f"lost: {lost.user} in seed {lost.seed}: {lost.reason}")
+    return EXIT_USERS_LOST if results.lost else EXIT_OK

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from semalign.common.records import RunResult
+from semalign.common.records import Provenance, RunResult
 
 
 def _fmt(v: float | None, std: float | None = None, digits: int = 3) -> str:
@@ -14,16 +13,13 @@ def _fmt(v: float | None, std: float | None = None, digits: int = 3) -> str:
     return f"{v:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
 
 
-def print_summary(results: RunResult | dict[str, Any], console) -> None:
+def print_summary(run: RunResult, console) -> None:
     """Per-user (with its SNR where recorded) and mean accuracy/MSE over seeds, any dropped
-    users, then where the run was made (its provenance, where recorded).
-
-    ``results``: a :class:`RunResult` or its results-JSON dict (the networked AP's; a file of
-    any version: an older one has no SNRs and no provenance).
+    users, then where the run was made (its provenance, where recorded; a file of any version
+    read with :meth:`RunResult.from_dict`: an older one has no SNRs and no provenance).
     """
     from rich.table import Table
 
-    run = results if isinstance(results, RunResult) else RunResult.from_dict(results)
     snr = any(u.snr_db is not None for u in run.users)
     table = Table(title=f"strategy {run.strategy} - mean over {len(run.seeds)} seed(s)")
     columns = ("user", "encoder", *(("SNR dB",) if snr else ()), "native acc", "aligned acc")
@@ -55,16 +51,16 @@ def print_summary(results: RunResult | dict[str, Any], console) -> None:
         console.print(provenance_line(run.provenance), highlight=False, markup=False)
 
 
-def provenance_line(block: dict[str, Any]) -> str:
+def provenance_line(block: Provenance) -> str:
     """One line of a provenance block: version, commit (``+dirty``), host, start, latents."""
-    commit = block.get("git_commit")
-    where = f"commit {commit[:12]}{'+dirty' if block.get('git_dirty') else ''}" if commit else ""
+    commit = block.git_commit
+    where = f"commit {commit[:12]}{'+dirty' if block.git_dirty else ''}" if commit else ""
     parts = [
-        f"semalign {block.get('semalign_version')}",
+        f"semalign {block.semalign_version}",
         where or "not a git checkout",
-        f"on {block.get('host')}",
-        f"started {block.get('started_at')}",
+        f"on {block.host}",
+        f"started {block.started_at}",
     ]
-    if block.get("latents_id"):
-        parts.append(f"latents {block['latents_id']}")
+    if block.latents_id:
+        parts.append(f"latents {block.latents_id}")
     return ", ".join(parts)

@@ -35,7 +35,7 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import CheckpointError
 from semalign.common.io import atomic_write_bytes
-from semalign.common.records import RoundRecord
+from semalign.common.records import RoundRecord, SeedResult, UserReport
 from semalign.server.access_point import AccessPoint, UserState
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,18 @@ class SessionState:
 
 @dataclass
 class Checkpoint:
-    """A run's progress: finished seeds and the seed in progress (``None``: between seeds)."""
+    """A run's progress: finished seeds and the seed in progress (``None``: between seeds).
+
+    ``finished`` holds each finished seed's results and ``reported``, per finished seed, each
+    user's own evaluation report: the same records a session that was never cut produces
+    (written as their JSON, read back with ``from_dict``).
+    """
 
     key: str
     config: dict[str, Any]
     seeds: list[int]
-    finished: list[dict[str, Any]] = field(default_factory=list)
-    reported: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[SeedResult] = field(default_factory=list)
+    reported: list[dict[str, UserReport]] = field(default_factory=list)
     current: SessionState | None = None
 
 
@@ -144,8 +149,11 @@ def save(path: str | Path, checkpoint: Checkpoint) -> Path:
         "key": checkpoint.key,
         "config": checkpoint.config,
         "seeds": checkpoint.seeds,
-        "finished": checkpoint.finished,
-        "reported": checkpoint.reported,
+        "finished": [block.to_dict() for block in checkpoint.finished],
+        "reported": [
+            {uid: report.to_dict() for uid, report in reports.items()}
+            for reports in checkpoint.reported
+        ],
         "current": current.meta() if current else None,
     }
     buffer = io.BytesIO()
@@ -194,7 +202,10 @@ def load(path: str | Path, key: str) -> Checkpoint:
         key=key,
         config=meta["config"],
         seeds=meta["seeds"],
-        finished=meta["finished"],
-        reported=meta["reported"],
+        finished=[SeedResult.from_dict(block) for block in meta["finished"]],
+        reported=[
+            {uid: UserReport.from_dict(report) for uid, report in reports.items()}
+            for reports in meta["reported"]
+        ],
         current=SessionState(**current, arrays=arrays) if current else None,
     )

@@ -6,7 +6,8 @@ the same :class:`~semalign.server.session.SessionDriver` the simulator runs (ove
 round, the bytes each user's stream carried across the gRPC boundary and the round latency. The
 results are the simulator's (:func:`~semalign.server.results.seed_result` /
 :func:`~semalign.server.results.run_result`) plus a ``wire`` block per seed and a top-level
-``network`` summary.
+``network`` summary, ``measured_by`` and ``lost``: one typed :class:`RunResult`, the same
+whether the run went through or continued from a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -23,7 +24,8 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.errors import NoUsersError
-from semalign.common.records import RoundRecord, SeedResult
+from semalign.common.network_records import WireBlock, WireRound, WireUser
+from semalign.common.records import RoundRecord, RunResult, SeedResult, UserReport
 from semalign.server import checkpoint as checkpoints
 from semalign.server.access_point import AccessPoint
 from semalign.server.metrics import NoMetrics
@@ -39,30 +41,6 @@ from semalign.server.service import AlignmentService, GrpcLink
 from semalign.server.session import SessionDriver, SessionResult, WaitPolicy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WireRound:
-    """One ADMM round as seen at the gRPC boundary."""
-
-    round: int
-    latency_s: float
-    bytes_down: dict[str, int]
-    bytes_up: dict[str, int]
-
-    def record(self) -> dict[str, Any]:
-        """What a checkpoint keeps of it."""
-        return {k: getattr(self, k) for k in ("round", "latency_s", "bytes_down", "bytes_up")}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "latency_s": self.latency_s,
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-            "bytes_down_total": sum(self.bytes_down.values()),
-            "bytes_up_total": sum(self.bytes_up.values()),
-        }
 
 
 def refusal(ap: AccessPoint, user_id: str) -> str:
@@ -113,7 +91,7 @@ class MeasuredDriver(SessionDriver):
         )
         self.grpc_links = {link.user_id: link for link in links}
         self.wire_rounds: list[WireRound] = [
-            WireRound(**w) for w in (restored or {}).get("wire_rounds", [])
+            WireRound.from_dict(w) for w in (restored or {}).get("wire_rounds", [])
         ]
         self.drop_times: dict[str, float] = {}
         self.timings: dict[str, float] = {}
@@ -181,7 +159,7 @@ def serve_session(
     checkpoint: Callable[[SessionDriver], None] | None = None,
     restored: dict[str, Any] | None = None,
     metrics: NoMetrics | None = None,
-) -> tuple[SessionResult, dict[str, Any]]:
+) -> tuple[SessionResult, WireBlock]:
     """Gather the users of one session and run it; returns the result and its wire block.
 
     ``poll(joined_ids)`` is called while waiting for users (progress, child checks; it may
@@ -214,11 +192,11 @@ def serve_session(
         result = driver.run(test_latents, test_ids)
     finally:
         _end_streams(ap, lobby, links)
-    wire = _wire_block(driver, lobby, links, join_s, time.perf_counter() - start)
-    wire["rejoins"], wire["stragglers"] = result.rejoins, result.stragglers
-    wire["refused"] = {
+    refused = {
         link.user_id: refusal(ap, link.user_id) for link in links if link.user_id not in ap.users
     }
+    session_s = time.perf_counter() - start
+    wire = _wire_block(driver, lobby, links, (join_s, session_s), (result, refused))
     for uid, reason in lobby.missing_reasons.items():
         log.warning("%s did not join session %s: %s", uid, offer.session_id, reason)
     return result, wire
@@ -243,32 +221,42 @@ def _no_users(
 
 
 def _wire_block(
-    driver: MeasuredDriver, lobby, links: list[GrpcLink], join_s: float, session_s: float
-) -> dict[str, Any]:
-    """One networked session's ``wire`` block: timings, latency per round, bytes per user."""
+    driver: MeasuredDriver,
+    lobby,
+    links: list[GrpcLink],
+    times: tuple[float, float],
+    outcome: tuple[SessionResult, dict[str, str]],
+) -> WireBlock:
+    """One networked session's ``wire`` block: ``times`` (join_s, session_s), latency per
+    round, bytes per user, and from ``outcome`` (the session's result, the refused users and
+    why) its rejoins, stragglers and refusals."""
     latencies = [w.latency_s for w in driver.wire_rounds]
-    return {
-        "transport": "grpc",
-        "join_s": join_s,
-        "session_s": session_s,
-        **driver.timings,
-        "not_joined": lobby.missing,
-        "not_joined_reasons": lobby.missing_reasons,
-        "dropped_at_s": driver.drop_times,
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
-        "rounds": [w.as_dict() for w in driver.wire_rounds],
-        "users": {
-            link.user_id: {
-                "peer": link.peer,
-                "bytes_down": link.counters()[0],
-                "bytes_up": link.counters()[1],
-                "messages_down": link.messages_down,
-                "messages_up": link.messages_up,
-            }
+    result, refused = outcome
+    return WireBlock(
+        transport="grpc",
+        join_s=times[0],
+        session_s=times[1],
+        handshake_s=driver.timings.get("handshake_s"),
+        not_joined=list(lobby.missing),
+        not_joined_reasons=dict(lobby.missing_reasons),
+        dropped_at_s=dict(driver.drop_times),
+        latency_p50_s=percentile(latencies, 50),
+        latency_p95_s=percentile(latencies, 95),
+        rounds=list(driver.wire_rounds),
+        users={
+            link.user_id: WireUser(
+                peer=link.peer,
+                bytes_down=link.counters()[0],
+                bytes_up=link.counters()[1],
+                messages_down=link.messages_down,
+                messages_up=link.messages_up,
+            )
             for link in links
         },
-    }
+        rejoins=list(result.rejoins),
+        stragglers=list(result.stragglers),
+        refused=refused,
+    )
 
 
 @dataclass(frozen=True)
@@ -296,7 +284,7 @@ class SessionHooks:
 
     Attributes:
         on_round: ``(seed, record, wire)`` after each round.
-        on_seed: each seed's ``SeedResult.to_dict()``.
+        on_seed: each seed's :class:`SeedResult` once it is done.
         on_joined: ``(seed, user_ids)`` once a session's users have joined.
         poll: ``(joined_ids) -> {user_id: reason}`` while the first session waits for its
             users (progress, fail-fast checks of child processes; the users known lost).
@@ -304,7 +292,7 @@ class SessionHooks:
     """
 
     on_round: Callable[[int, RoundRecord, WireRound], None] | None = None
-    on_seed: Callable[[dict[str, Any]], None] | None = None
+    on_seed: Callable[[SeedResult], None] | None = None
     on_joined: Callable[[int, list[str]], None] | None = None
     poll: Callable[[list[str]], dict[str, str] | None] | None = None
     metrics: NoMetrics | None = None
@@ -315,11 +303,11 @@ def serve_sessions(
     plan: SessionsPlan,
     settings: ServeSettings,
     hooks: SessionHooks | None = None,
-) -> dict[str, Any]:
-    """One session per seed, then the simulator's aggregate plus a ``network`` summary and
-    the users that were ``lost``.
+) -> RunResult:
+    """One session per seed, then the simulator's aggregate plus a ``network`` summary, the
+    users' own reports (``measured_by``) and the users that were ``lost``.
 
-    Returns the results JSON as a dict (``RunResult.to_dict()`` with ``network``). The first
+    Returns the run's results (its ``to_dict()`` is the results JSON). The first
     session waits for every invitee (``settings.join_timeout``; ``hooks.poll`` meanwhile);
     later sessions wait only for the users that finished the one before. With
     ``settings.checkpoint`` the run is saved after every handshake, round and seed;
@@ -328,8 +316,8 @@ def serve_sessions(
     """
     hooks = hooks or SessionHooks()
     saved = _start_or_resume(plan, settings)
-    blocks = [SeedResult.from_dict(block) for block in saved.finished]
-    reported: list[dict[str, dict]] = list(saved.reported)  # per seed: each user's own report
+    blocks = list(saved.finished)
+    reported: list[dict[str, UserReport]] = list(saved.reported)  # per seed: users' reports
     required: set[str] | None = None  # first session: everyone expected
     for index in range(len(blocks), len(plan.seeds)):
         result, block = _serve_seed(service, plan, settings, hooks, saved, index, required)
@@ -339,17 +327,24 @@ def serve_sessions(
         reported.append(result.reports)
         blocks.append(block)
         if settings.checkpoint:
-            saved.finished.append(block.to_dict())
+            saved.finished.append(block)
             saved.reported.append(result.reports)
             saved.current = None
             checkpoints.save(settings.checkpoint, saved)
         if hooks.on_seed:
-            hooks.on_seed(block.to_dict())
+            hooks.on_seed(block)
+    return networked_result(plan, blocks, reported)
+
+
+def networked_result(
+    plan: SessionsPlan, blocks: list[SeedResult], reported: list[dict[str, UserReport]]
+) -> RunResult:
+    """The run's results from its seeds (served now or restored from a checkpoint) and, per
+    seed, the users' own reports: the simulator's aggregate, labelled, with ``network`` and
+    ``lost``."""
     run = run_result(plan.config, blocks, plan.extra)
-    run.network = network_summary(blocks)
-    results = label_self_reported(run.to_dict(), reported)
-    results["lost"] = lost_users(blocks)
-    return results
+    run = replace(run, network=network_summary(blocks), lost=lost_users(blocks))
+    return label_self_reported(run, reported)
 
 
 def _start_or_resume(plan: SessionsPlan, settings: ServeSettings) -> checkpoints.Checkpoint:

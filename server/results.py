@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from semalign.common.config import AlignmentConfig
+from semalign.common.network_records import WireBlock
 from semalign.common.records import (
     ROUND_FIELDS,
     USER_METRICS,
@@ -30,17 +31,17 @@ def seed_result(
     seconds: float | None = None,
     whitening_condition: float | None = None,
     strategy_info: dict[str, Any] | None = None,
-    wire: dict[str, Any] | None = None,
+    wire: WireBlock | None = None,
 ) -> SeedResult:
     """One seed's results: users (in handshake order), means over users, rounds, traffic."""
     users = []
     for user_id in result.user_order:
-        report = result.reports.get(user_id) or {}
+        report = result.reports.get(user_id)
         users.append(
             UserResult(
                 name=user_id,
                 encoder=result.encoders.get(user_id, ""),
-                **{key: report.get(key) for key in USER_METRICS},
+                **{key: getattr(report, key) if report else None for key in USER_METRICS},
                 dropped=result.dropped.get(user_id),
             )
         )
@@ -52,8 +53,8 @@ def seed_result(
         mean_native_accuracy=nan_mean(u.native_accuracy for u in done),
         mean_mse=nan_mean(u.mse for u in done),
         rounds=list(result.rounds),
-        phases=result.phases,
-        dropped=result.dropped,
+        phases=dict(result.phases),
+        dropped=dict(result.dropped),
         seconds=seconds,
         ap_whitening_condition=whitening_condition,
         strategy_info=dict(strategy_info or {}),

@@ -33,7 +33,8 @@ from typing import Protocol
 import numpy as np
 from semalign.common.errors import LinkClosed, LinkError, LinkRejoined, LinkTimeout, ProtocolError
 from semalign.common.failpoints import failpoint
-from semalign.common.records import RoundRecord
+from semalign.common.network_records import Rejoin, Straggler
+from semalign.common.records import PhaseTraffic, RoundRecord, UserReport, phases_from_dict
 from semalign.common.wire import parse_user_message
 from semalign.server.access_point import AccessPoint, RoundStats
 from semalign.server.metrics import NO_METRICS, NoMetrics
@@ -91,10 +92,9 @@ class SessionResult:
     """What a session produced.
 
     Attributes:
-        reports: user id -> its evaluation report (accuracy, native_accuracy, mse,
-            mse_whitened, samples); users without a report are missing.
+        reports: user id -> its evaluation report; users without a report are missing.
         rounds: one record per ADMM round (none for the baselines).
-        phases: traffic per phase, see :class:`~semalign.common.records.SeedResult`.
+        phases: traffic per phase (handshake, setup, final, evaluation), in that order.
         dropped: user id -> why and when it was dropped.
         user_order: user ids in handshake order.
         encoders: user id -> its encoder name.
@@ -102,14 +102,14 @@ class SessionResult:
         stragglers: replies that missed the round deadline: user, round, phase, deadline_s.
     """
 
-    reports: dict[str, dict]
+    reports: dict[str, UserReport]
     rounds: list[RoundRecord]
-    phases: dict[str, dict]
+    phases: dict[str, PhaseTraffic]
     dropped: dict[str, str]
     user_order: list[str]
     encoders: dict[str, str]
-    rejoins: list[dict] = field(default_factory=list)
-    stragglers: list[dict] = field(default_factory=list)
+    rejoins: list[Rejoin] = field(default_factory=list)
+    stragglers: list[Straggler] = field(default_factory=list)
 
 
 class SessionDriver:
@@ -156,8 +156,8 @@ class SessionDriver:
         self.phases: dict[str, dict] = dict(restored.get("phases", {}))
         self.records: list[RoundRecord] = list(restored.get("rounds", []))
         self.user_order: list[str] = list(restored.get("user_order", []))
-        self.rejoins: list[dict] = []
-        self.stragglers: list[dict] = []
+        self.rejoins: list[Rejoin] = []
+        self.stragglers: list[Straggler] = []
         #: per user: the message it has not answered yet, and the state-building messages it
         #: answered (final broadcast, pilots) that a user coming back needs again
         self.unanswered: dict[str, bytes | None] = {}
@@ -261,8 +261,7 @@ class SessionDriver:
         """Record the user's reply as past the round deadline; False if the policy drops it
         for that (``stragglers="drop"``), True if the driver waits on."""
         policy = self.policy
-        straggler = {"user": user_id, "round": self.ap.round, "phase": phase}
-        self.stragglers.append({**straggler, "deadline_s": policy.round_deadline})
+        self.stragglers.append(Straggler(user_id, self.ap.round, phase, policy.round_deadline))
         self.metrics.straggler(user_id)
         if policy.stragglers == "drop":
             self._drop(
@@ -314,7 +313,7 @@ class SessionDriver:
             text = str(exc) if not isinstance(exc, LinkRejoined) else "it rejoined twice"
             self._drop(user_id, f"{phase}: rejoin failed: {text}")
             return False
-        self.rejoins.append({"user": user_id, "round": self.ap.round, "phase": phase})
+        self.rejoins.append(Rejoin(user_id, self.ap.round, phase))
         self.metrics.rejoined(user_id)
         where = {"session_id": self.ap.session_id, "user_id": user_id, "round": self.ap.round}
         log.info("%s rejoined at round %d (%s)", user_id, self.ap.round, phase, extra=where)
@@ -451,9 +450,9 @@ class SessionDriver:
             except LinkError as exc:
                 log.debug("end to %s failed: %s", user_id, exc)
         return SessionResult(
-            reports={uid: _report_dict(r) for uid, r in reports.items()},
+            reports={uid: _user_report(r) for uid, r in reports.items()},
             rounds=rounds,
-            phases=self.phases,
+            phases=phases_from_dict(self.phases),
             dropped={u.user_id: u.dropped for u in self.ap.users.values() if u.dropped},
             user_order=self.user_order,
             encoders={u.user_id: u.encoder for u in self.ap.users.values()},
@@ -474,6 +473,7 @@ def _add_traffic(total: dict, more: dict) -> dict:
     return total
 
 
-def _report_dict(report) -> dict:
+def _user_report(report) -> UserReport:
+    """The typed copy of a user's evaluation report (its protobuf message)."""
     keys = ("accuracy", "native_accuracy", "mse", "mse_whitened", "samples")
-    return {key: getattr(report, key) for key in keys}
+    return UserReport(**{key: getattr(report, key) for key in keys})

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from semalign.common.channels import path_loss_snr_db
-from semalign.common.records import RunResult, measured_by_of, provenance_of
+from semalign.common.records import Provenance, RunResult, measured_by_of, provenance_of
 from synthetic import make_latents
 
 import semalign
@@ -89,7 +89,7 @@ def test_simulate_results_carry_the_provenance_block(latents, tmp_path, monkeypa
     assert list(block["libraries"]) == ["numpy", "scipy", "torch", "timm", "flwr", "grpcio"]
     assert block["libraries"]["numpy"] == np.__version__
     # read back: a typed result keeps it
-    assert RunResult.from_dict(results).provenance == block
+    assert RunResult.from_dict(results).provenance.to_dict() == block
 
 
 def test_latents_id_follows_the_cache_entries_used(latents, tmp_path, monkeypatch):
@@ -179,12 +179,13 @@ def test_networked_results_get_measured_by_and_old_files_still_read(latents, tmp
     run = RunResult.from_dict(old)
     assert run.provenance is None and all(u.snr_db is None for u in run.users)
     assert "provenance" not in run.to_dict() and "snr_db" not in run.to_dict()["users"][0]
+    assert run.measured_by.to_dict() == labels  # read under its new name
     block = provenance.provenance_block(latents_id="abc")
-    stamped = provenance.stamp_results(dict(old), block)
-    assert stamped["measured_by"] == labels and stamped["provenance"] is block
-    assert measured_by_of(stamped) == labels and provenance_of(stamped) is block
-    again = provenance.stamp_results(dict(stamped), block)  # idempotent
-    assert again["measured_by"] == labels and again["provenance"] is block
+    stamped = run.with_provenance(Provenance.from_dict(block)).to_dict()
+    assert stamped["measured_by"] == labels and stamped["provenance"] == block
+    assert measured_by_of(stamped) == labels and provenance_of(stamped) == block
+    again = RunResult.from_dict(stamped).with_provenance(Provenance.from_dict(block))
+    assert again.to_dict() == stamped  # idempotent
 
 
 def test_sweep_rows_carry_the_block(latents, tmp_path):

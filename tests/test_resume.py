@@ -19,6 +19,7 @@ from semalign.client.user import user_data_from_cache
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
 from semalign.common.errors import CheckpointError, LinkClosed, LinkTimeout
+from semalign.common.network_records import Straggler
 from semalign.server.access_point import build_access_point
 from semalign.server.checkpoint import Checkpoint, capture, load, restore, run_key, save
 from semalign.server.grpc_link import Abort
@@ -171,7 +172,7 @@ def test_straggler_dropped_at_the_round_deadline(scenario):
     assert result.dropped == {
         "user2": "round 2: straggler: no reply within 0.2 s at round 2",
     }
-    assert result.stragglers == [{"user": "user2", "round": 2, "phase": "round", "deadline_s": 0.2}]
+    assert result.stragglers == [Straggler("user2", 2, "round", 0.2)]
     assert "user2" not in result.reports and set(result.reports) == {"user1", "user3"}
     assert [r.users for r in result.rounds] == [3, 3, 2, 2, 2]
 
@@ -182,7 +183,7 @@ def test_straggler_waited_for_gives_the_undisturbed_results(scenario):
     want = _comparable(_evaluate(driver, scenario), 3)
     policy = WaitPolicy(reply_timeout=30, round_deadline=0.2, stragglers="wait")
     result = _evaluate(_held_session(scenario, config, policy), scenario)
-    assert result.stragglers == [{"user": "user2", "round": 2, "phase": "round", "deadline_s": 0.2}]
+    assert result.stragglers == [Straggler("user2", 2, "round", 0.2)]
     assert not result.dropped
     assert_same_numbers(_comparable(result, 3), want)
 
@@ -237,7 +238,7 @@ def _grpc_run(
             **options,
         )
         hooks = SessionHooks(on_round=(lambda s, r, w: cut(service, s, r)) if cut else None)
-        results = serve_sessions(service, plan, settings, hooks)
+        results = serve_sessions(service, plan, settings, hooks).to_dict()  # the JSON
         for thread in threads:
             thread.join(30)
     finally:

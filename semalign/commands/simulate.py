@@ -39,11 +39,11 @@ from semalign.commands.tracking_options import (
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError, UsageError
 from semalign.common.io import write_json
-from semalign.common.records import RoundRecord, SeedResult
+from semalign.common.records import Provenance, RoundRecord, SeedResult
 from semalign.common.strategies import get_strategy
 from semalign.engine.scenario import build_session, load_scenario, user_names
-from semalign.engine.simulate import record_user_snrs, simulate, user_snrs
-from semalign.experiments.provenance import latents_id, provenance_block, stamp_results
+from semalign.engine.simulate import simulate, user_snrs
+from semalign.experiments.provenance import latents_id, provenance_block
 from semalign.summary import print_summary
 
 #: The ``--config`` keys besides the config fields.
@@ -93,11 +93,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         run = _run_with_progress(console, args, scenario, config, seeds, runs)
     finally:
         end_session_tracking(runs, args, say)
-    results = stamp_results(record_user_snrs(run.to_dict(), snrs), origin)
+    run = run.with_user_snrs(snrs).with_provenance(Provenance.from_dict(origin))
     if not args.quiet:
-        print_summary(results, console)
+        print_summary(run, console)
     if args.out:
-        console.print(f"results written to {write_json(args.out, results)}")
+        console.print(f"results written to {write_json(args.out, run.to_dict())}")
     return 0
 
 

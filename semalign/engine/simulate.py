@@ -3,7 +3,7 @@
 :func:`simulate_seed` and :func:`simulate` are what ``semalign simulate`` and the experiment
 sweeps call; the same driver and state machines run over gRPC in the networked system.
 :func:`user_snrs` resolves each user's SNR as its link gets it (the commands record and print
-it: :func:`record_user_snrs`).
+it: :meth:`~semalign.common.records.RunResult.with_user_snrs`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -87,11 +86,3 @@ def user_snrs(config: AlignmentConfig, names: Sequence[str]) -> dict[str, float]
             ", ".join(f"{name} {snr:.1f} dB" for name, snr in zip(names, snrs, strict=True)),
         )
     return dict(zip(names, snrs, strict=True))
-
-
-def record_user_snrs(results: dict[str, Any], snrs: dict[str, float]) -> dict[str, Any]:
-    """Set ``snr_db`` of every user of a results JSON (a dict) that ``snrs`` names, in place."""
-    for user in results["users"]:
-        if user["name"] in snrs:
-            user["snr_db"] = snrs[user["name"]]
-    return results

@@ -14,10 +14,9 @@
   the installed distributions' metadata, so nothing heavy is imported.
 
 :data:`PROVENANCE_KEYS` are the block's keys a sweep table stores as columns; the sweep rows
-carry the whole block besides (``row["provenance"]``). :func:`stamp_results` puts a block into
-a results JSON (and moves a networked run's figure sources, which the server still files under
-``provenance``, to ``measured_by``). The standard library only (the latents hash aside), and it
-never fails.
+carry the whole block besides (``row["provenance"]``). A results file holds it as a
+:class:`~semalign.common.records.Provenance` (``RunResult.with_provenance``). The standard
+library only (the latents hash aside), and it never fails.
 """
 
 from __future__ import annotations
@@ -76,23 +75,6 @@ def run_provenance(started: datetime | None = None) -> dict[str, Any]:
     starting now (or at ``started``)."""
     block = provenance_block(started)
     return {key: block[key] for key in PROVENANCE_KEYS}
-
-
-def stamp_results(results: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
-    """Put ``block`` into a results JSON (a dict) as its ``provenance``, in place; returns it.
-
-    A networked run's results come from the server with the figures' sources (which the users
-    reported, which the AP measured) under the key ``provenance``, its name before the
-    provenance block: they move to ``measured_by``.
-    """
-    from semalign.common.records import measured_by_of
-
-    labels = measured_by_of(results)
-    results.pop("provenance", None)
-    if labels is not None:
-        results["measured_by"] = labels
-    results["provenance"] = block
-    return results
 
 
 def latents_id(latents_dir: str | os.PathLike[str], encoders: Iterable[str]) -> str:
