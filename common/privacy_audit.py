@@ -17,19 +17,28 @@ pilot domain with the AP's own pilots: P_t X^H B^-1 X = M_t^H Y Pi_X, Pi_X = X^H
 projection onto X's row space, so compact uploads can only ever show Y Pi_X, the part of Y that
 is linear in the AP's own pilots.
 
-Two reconstructions from the row space of Q (:func:`leaked_basis`: orthonormal rows V (r, n),
-r <= m):
+What the audit reports (each figure after removing, on the truth, only the ambiguity that no
+attacker can resolve):
 
-* :func:`subspace_r2` (``reconstruction_r2``): Y_hat = Y V^H V, the least-squares fit of Y by
-  any linear function of the uploads, the map fitted against the truth. No reconstruction that
-  is linear in what the AP received does better: an upper bound.
-* :func:`whitened_estimate` + :func:`procrustes_align` (``procrustes_r2``): what the AP can
-  compute itself. Since Y Y^H = n v I, Q Q^H = n v M^H M, so Q = W Lambda^(1/2) U^H Y with U
-  (m, r) unknown and W, Lambda from Q's SVD: U^H Y = sqrt(n v) V. The AP knows Y up to the
-  semi-unitary U, which nothing it receives fixes; the best U given the truth removes it.
-  For pilot-domain uploads and exact whitening both figures equal r / m (every direction of a
-  whitened Y carries the same energy); for compact uploads the whitened scale does not hold and
-  only the bound is meaningful.
+* attacks, what an AP can compute itself; the best of them (``attack_r2``) is a *lower bound*
+  on leakage (an attack not tried may do better):
+
+  - :func:`whitened_estimate` + :func:`procrustes_align` (``procrustes_r2``). Since
+    Y Y^H = n v I, Q Q^H = n v M^H M, so Q = W Lambda^(1/2) U^H Y with U (m, r) unknown and
+    W, Lambda from Q's SVD: U^H Y = sqrt(n v) V for the top r <= m right singular vectors V
+    (:func:`leaked_basis`). The AP knows Y up to the semi-unitary U, which nothing it receives
+    fixes; the best U given the truth removes it. Exact for pilot-domain uploads; compact
+    uploads are not whitened and the estimate is poorer.
+  - :func:`equalizer_map`, :func:`cross_gram_estimate`, :func:`regression_estimate`
+    (``known_map_r2``): a channel-aware AP that also uses X, the F_t it sent and the CSI
+    solves compact uploads for R^H R and forms Y Pi_X up to a semi-unitary.
+
+* an oracle, :func:`subspace_r2` (``subspace_r2``): the best *row combination* C Q of the
+  uploads, C fitted on the truth (Y projected on Q's numerical row space). Neither bound nor
+  attack: the AP cannot fit C without Y, and an AP that uses X, F_t and the CSI besides the
+  uploads is not limited to row combinations of them (``known_map_r2`` can exceed it).
+* a ceiling for feature-domain uploads, ``own_r2``: Y Pi_X, what X's row space explains with
+  a map fitted on the truth; any (., c) upload maps into X's row space.
 
 Controls: a random r-dimensional subspace of the n pilots explains r / n of Y on average
 (:func:`chance_r2`); the AP's own pilots X already predict much of any user's task.
@@ -63,21 +72,25 @@ def pilot_domain(term: np.ndarray, x: np.ndarray, gram: np.ndarray) -> np.ndarra
     return coefficients.conj().T @ x
 
 
-def leaked_basis(stack: np.ndarray, max_rank: int, rtol: float = RANK_RTOL) -> np.ndarray:
-    """Orthonormal rows V (r, n) of the row space of ``stack`` (rows, n), r <= ``max_rank``.
+def leaked_basis(
+    stack: np.ndarray, max_rank: int | None = None, rtol: float = RANK_RTOL
+) -> np.ndarray:
+    """Orthonormal rows V (r, n) of the numerical row space of ``stack`` (rows, n).
 
-    The top right singular vectors whose singular values exceed ``rtol`` times the largest:
-    the rank-r least-squares fit of the stack (Eckart-Young). ``max_rank`` is m, the rows of
-    Y (the AP knows the user's latent dimension from the handshake). An empty or zero stack
-    gives (0, n).
+    The top right singular vectors whose singular values exceed ``rtol`` times the largest
+    (below that: float32 rounding of the uploads), at most ``max_rank`` of them when given:
+    the attacker's whitened-subspace estimate keeps m, the rows of Y (the AP knows the user's
+    latent dimension from the handshake); the row-combination oracle keeps all (``None``).
+    An empty or zero stack gives (0, n).
     """
     n = stack.shape[1]
-    if stack.shape[0] == 0 or max_rank <= 0:
+    if stack.shape[0] == 0 or (max_rank is not None and max_rank <= 0):
         return np.zeros((0, n), dtype=np.complex128)
     _, sv, vh = np.linalg.svd(np.asarray(stack, dtype=np.complex128), full_matrices=False)
     if sv.size == 0 or sv[0] <= 0:
         return np.zeros((0, n), dtype=np.complex128)
-    rank = min(int(np.sum(sv > rtol * sv[0])), max_rank)
+    rank = int(np.sum(sv > rtol * sv[0]))
+    rank = rank if max_rank is None else min(rank, max_rank)
     return vh[:rank]
 
 
@@ -99,8 +112,9 @@ def r2(truth: np.ndarray, estimate: np.ndarray) -> float:
 
 def subspace_r2(y: np.ndarray, basis: np.ndarray) -> float:
     """R^2 of Y_hat = Y V^H V for Y (m, n) and orthonormal rows V (r, n): the best
-    reconstruction of Y by any linear map of the rows of V, fitted on the truth (an upper
-    bound on linear attacks on the uploads V spans)."""
+    row combination C V of V, C fitted on the truth (an oracle, not an attack: it needs Y).
+    With V the row space of the uploads, no C Q of the uploads Q does better; an AP that also
+    uses what else it knows (X, F_t, CSI) is not limited to C Q."""
     return r2(y, (y @ basis.conj().T) @ basis)
 
 
@@ -111,6 +125,17 @@ def whitened_estimate(basis: np.ndarray, n: int, variance: float = 1.0) -> np.nd
     sqrt(n v) V are the coordinates of Y in an orthonormal frame U (m, r) of M's column space.
     """
     return np.sqrt(n * variance) * basis
+
+
+def whitened_attack_r2(
+    y: np.ndarray, stack: np.ndarray, variance: float = 1.0, rtol: float = RANK_RTOL
+) -> float:
+    """R^2 of the AP's whitened-subspace estimate from the uploads ``stack`` (rows, n) of a
+    user with Y (m, n): sqrt(n v) V for the top m directions V of the stack
+    (:func:`leaked_basis`, :func:`whitened_estimate`), aligned to Y by
+    :func:`procrustes_align`. 0 for an empty stack."""
+    basis = leaked_basis(stack, y.shape[0], rtol)
+    return r2(y, procrustes_align(whitened_estimate(basis, y.shape[1], variance), y))
 
 
 def procrustes_align(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -172,19 +197,23 @@ def regression_estimate(
 
 def chance_r2(rank: int, n: int) -> float:
     """Expected :func:`subspace_r2` of a uniformly random ``rank``-dimensional subspace of the
-    n pilots for a centered Y: rank / n (what that many uploads of noise would 'explain')."""
+    n pilots for a centered Y: rank / n (what the oracle 'explains' with that many rows of
+    noise)."""
     return min(rank, n) / n if n else 0.0
 
 
 def r2_by_rounds(
-    y: np.ndarray, rounds: Sequence[np.ndarray], rtol: float = RANK_RTOL
+    y: np.ndarray,
+    rounds: Sequence[np.ndarray],
+    rtol: float = RANK_RTOL,
+    max_rank: int | None = None,
 ) -> list[tuple[int, float]]:
     """(rank, :func:`subspace_r2`) after each prefix of ``rounds`` (pilot-domain terms, each
-    (s_t, n)): entry t uses rounds 0..t. Y (m, n).
+    (s_t, n)): entry t uses rounds 0..t. Y (m, n). ``max_rank`` as in :func:`leaked_basis`.
 
     Computed from the Gram matrix G = Q Q^H (k x k) of the stack Q (k, n) and C = Y Q^H, once:
     a prefix of k_t rows has the singular values sqrt(eig(G_t)) and, for its top eigenpairs
-    (U, L) (at most m, eigenvalues above rtol^2 of the largest), orthonormal rows
+    (U, L) (eigenvalues above rtol^2 of the largest), orthonormal rows
     V = L^(-1/2) U^H Q_t, so ||Y V^H||^2 = ||C_t U L^(-1/2)||^2 and, V being orthonormal,
     R^2 = 1 - (||Y||^2 - ||Y V^H||^2) / ||Y - mean||^2.
     """
@@ -197,7 +226,7 @@ def r2_by_rounds(
     for block in rounds:
         rows += block.shape[0]
         eigvals, eigvecs = np.linalg.eigh(gram[:rows, :rows])
-        order = np.argsort(eigvals)[::-1][: y.shape[0]]
+        order = np.argsort(eigvals)[::-1][:max_rank]
         top = eigvals.max(initial=0.0)
         keep = order[eigvals[order] > rtol**2 * top] if top > 0 else order[:0]
         captured = cross[:, :rows] @ (eigvecs[:, keep] / np.sqrt(eigvals[keep]))

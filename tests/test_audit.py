@@ -151,7 +151,7 @@ def test_cka_is_invariant_to_rotation_and_sees_unrelated_data():
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     root, ap, users = make_latents(
-        tmp_path_factory.mktemp("audit"), ap_dim=16, user_dims=(12, 40), n_train=200
+        tmp_path_factory.mktemp("audit"), ap_dim=16, user_dims=(12, 40, 16), n_train=200
     )
     return load_scenario(root, ap, users)
 
@@ -204,7 +204,6 @@ def test_the_audit_reads_the_wire_not_the_users_memory(scenario, monkeypatch):
             audit.user_truth(u, ap),
             ap_record.decode_uploads(recorder.messages[u.user_id], ap),
             ap,
-            None,
         )
         for u in users
     }
@@ -219,20 +218,24 @@ def test_paper_leakage_is_capped_by_the_ap_features(scenario):
     wide = next(r for r in records if r.m == 20)
     assert wide.c == 8 and wide.rank <= 8
     assert wide.reconstruction_r2 <= 8 / 20 + 1e-6
-    assert wide.reconstruction_r2 == pytest.approx(wide.procrustes_r2, abs=1e-3)
-    assert np.all(np.diff(wide.r2_by_round) > -1e-9)  # more rounds never leak less
-    assert wide.r2_by_round[-1] == pytest.approx(wide.linear_r2, abs=1e-9)
+    # paper uploads are whitened: the AP's own estimate reaches the row-combination oracle
+    assert wide.reconstruction_r2 == pytest.approx(wide.subspace_r2, abs=1e-3)
+    assert wide.reconstruction_r2 == wide.attack_r2 == wide.r2_by_round[-1]
+    assert np.all(np.diff(wide.subspace_r2_by_round) > -1e-9)  # more rows never explain less
+    assert wide.subspace_r2_by_round[-1] == pytest.approx(wide.subspace_r2, abs=1e-9)
 
 
-LATENTS = ["--ap-encoder", "ap_enc", "--user-encoders", "user_enc0,user_enc1"]
+LATENTS = ["--ap-encoder", "ap_enc", "--user-encoders", "user_enc0,user_enc1,user_enc2"]
 RUN = ["--iterations", "4", "--channel-uses", "1", "--antennas-tx", "2", "--antennas-rx", "2"]
 RUN += ["--task-model", "logistic", "--seeds", "3", "-q"]
 
 
 def test_cli_writes_reconstruction_r2_per_user_for_every_protocol(scenario, tmp_path):
     """Paper, compact and compact with secure aggregation (the default --aggregations runs it
-    where the session allows: fed and compact): per-user R^2 for each; secure leaves none
-    per user, only what the sum shows."""
+    where the session allows: fed and compact), and secure again with user3 dropped at the
+    middle round (--drop-round auto, 3 users): per-user R^2 for each. Under secure
+    aggregation the AP rebuilds the dropped user's key of the drop round from the shares the
+    others reveal (the audit does too), and that key opens none of user3's earlier uploads."""
     out, figure = tmp_path / "audit.json", tmp_path / "leak.png"
     argv = ["audit", "--latents", str(scenario.latents_dir), *LATENTS, *RUN]
     argv += ["--targets", "latents", "--json", str(out), "--figure", str(figure)]
@@ -240,22 +243,34 @@ def test_cli_writes_reconstruction_r2_per_user_for_every_protocol(scenario, tmp_
     data = json.loads(out.read_text())
     sessions: dict[tuple, dict] = {}
     for row in data["users"]:
-        sessions.setdefault((row["protocol"], row["aggregation"]), {})[row["user"]] = row
-    assert set(sessions) == {("paper", "plain"), ("compact", "plain"), ("compact", "secure")}
+        key = (row["protocol"], row["aggregation"], row["drop_round"])
+        sessions.setdefault(key, {})[row["user"]] = row
+    plain, compact = ("paper", "plain", None), ("compact", "plain", None)
+    secure, drop = ("compact", "secure", None), ("compact", "secure", 2)
+    assert set(sessions) == {plain, compact, secure, drop}
     for rows in sessions.values():
-        assert set(rows) == {"user1", "user2"}
+        assert set(rows) == {"user1", "user2", "user3"}
         for row in rows.values():
-            assert -1e-9 <= row["reconstruction_r2"] <= 1 + 1e-9
-            assert len(row["r2_by_round"]) == 4
-    assert sessions["paper", "plain"]["user1"]["reconstruction_r2"] > 0.99  # 4 x 2 rows >= m = 6
-    for row in sessions["compact", "plain"].values():  # feature-domain: at most Y Pi_X
+            assert row["reconstruction_r2"] == row["attack_r2"] == row["r2_by_round"][-1]
+            assert len(row["r2_by_round"]) == (2 if row["dropped"] else 4)
+    paper = sessions[plain]
+    assert paper["user1"]["reconstruction_r2"] > 0.99  # 4 x 2 rows >= m = 6
+    assert paper["user2"]["reconstruction_r2"] < 0.5  # m = 20 > c = 8: at most 8 / 20
+    for row in sessions[compact].values():  # feature-domain: at most Y Pi_X
         assert row["reconstruction_r2"] <= row["own_r2"] + 1e-6
+        assert row["subspace_r2"] <= row["own_r2"] + 1e-6
         assert row["known_map_r2"] is not None and row["probe_estimate"] == "known-map"
-    for row in sessions["compact", "secure"].values():
-        assert row["rank"] == 0 and row["masked_fields"] == ["secure_upload.masked"]
-        assert row["reconstruction_r2"] == pytest.approx(0.0, abs=1e-9)
-        assert 0 < row["aggregate_r2"] <= 1
-    assert len(data["summary"]) == 3
+    for rows in (sessions[secure], sessions[drop]):  # the issue's "done when"
+        worst = max(r["reconstruction_r2"] for r in rows.values())
+        assert worst < max(r["reconstruction_r2"] for r in paper.values()) - 0.5
+    dropped = sessions[drop]["user3"]
+    assert dropped["dropped"] and dropped["rebuilt_rounds"] == [2]  # the AP's recovery, redone
+    assert dropped["opened_rounds"] == []  # a round-2 key opens neither round 0 nor 1
+    assert dropped["r2_by_round"] == pytest.approx([0, 0], abs=1e-9)
+    for user in ("user1", "user2"):
+        assert sessions[drop][user]["rebuilt_rounds"] == sessions[secure][user]["rebuilt_rounds"]
+        assert sessions[drop][user]["rebuilt_rounds"] == []
+    assert len(data["summary"]) == 4
     assert figure.stat().st_size > 0
 
 
@@ -278,33 +293,37 @@ def test_bad_options_are_one_line_and_exit_2(scenario, tmp_path, capsys, extra, 
     assert len(err) == 1 and text.replace("{d}", str(tmp_path)) in err[0]
 
 
-def test_masked_uploads_leave_only_their_sum(scenario):
-    """Secure aggregation: per user, a masked uint64 vector leaves no term to attack; the sum
-    over users (masks cancel modulo 2^64) is decoded to sum_l F_l, as the AP decodes it."""
+def test_a_rebuilt_key_opens_the_drop_rounds_masks_and_no_earlier_upload(scenario):
+    """Secure session, user3 dropped at round 2. From the recorded shares the audit rebuilds
+    user3's round-2 masking key (the AP's functions); with it the survivors' round-2 sum
+    decodes below the fixed-point limit (the masks came off), while user3's round-0 and
+    round-1 uploads do not open. The opener is not blind: user3's own round-0 key (its
+    memory, never sent) opens its round-0 upload to an F_l of the broadcast's shape."""
     from semalign.common import secure_aggregation as sa
-    from semalign.common.wire import to_matrix
-    from semalign.proto import semalign_pb2 as pb
 
-    ap, _ = build_session(scenario, AlignmentConfig(**CONFIG))
-    rng = np.random.default_rng(7)
-    shape = (ap.symbols, ap.cdim)
-    recorded: dict[str, list[bytes]] = {"u1": [], "u2": []}
-    sums = []
-    for round_ in range(3):
-        fs = [rng.standard_normal(shape) + 1j * rng.standard_normal(shape) for _ in range(2)]
-        mask = rng.integers(0, 2**63, size=sa.contribution_size(shape, 2, real=False))
-        mask = mask.astype(np.uint64) * np.uint64(2)
-        for (user, f), sign in zip(zip(recorded, fs, strict=True), (1, -1), strict=True):
-            q = sa.quantize(sa.pack_contribution(f, [1.0, 2.0], real=False), 2)
-            masked = q + mask if sign > 0 else q - mask
-            upload = pb.SecureUpload(session_id="s", round=round_, masked=to_matrix(masked))
-            recorded[user].append(pb.UserMessage(secure_upload=upload).SerializeToString())
-        sums.append(fs[0] + fs[1])
-    uploads = [ap_record.decode_uploads(recorded[u], ap) for u in recorded]
-    for up in uploads:
-        assert [r.shape[0] for r in up.rounds] == [0, 0, 0]  # three rounds, no term
-        assert up.masked_fields == ["secure_upload.masked"]
-    aggregate = np.vstack(audit.aggregate_rounds(uploads, ap))
-    gram = ap.x @ ap.x.conj().T
-    expected = np.vstack([pa.pilot_domain(f, ap.x, gram) for f in sums])
-    np.testing.assert_allclose(aggregate, expected, atol=1e-6 * np.abs(expected).max())
+    config = AlignmentConfig(**CONFIG, protocol="compact", aggregation="secure")
+    ap, users, recorder, _ = audit.record_session(scenario, config, drop_round=2)
+    record = ap_record.secure_record(recorder, ap)
+    keys = ap_record.rebuilt_keys(record)
+    owner = ap.users["user3"].index
+    assert sorted(keys) == [(owner, 2)]
+    mine = ap_record.decode_uploads(recorder.messages["user3"], ap)
+    assert mine.masked_rounds == [0, 1]
+    for vector, round_ in zip(mine.masked, mine.masked_rounds, strict=True):
+        assert ap_record.open_upload(vector, owner, round_, keys[owner, 2], record) is None
+    own = ap_record.open_upload(mine.masked[0], owner, 0, users[2].strategy.masking[0], record)
+    assert own is not None
+    shape, real = (ap.symbols, ap.cdim), ap.representation.widely_linear
+    f0, _ = sa.unpack_contribution(own, shape, 2, real=real)
+    assert np.all(np.isfinite(f0)) and np.abs(f0).max() > 0
+    rebuilt, opened = audit.opened_contributions(mine, owner, record, keys, ap)
+    assert rebuilt == [2] and opened == {}
+    survivors = {}
+    for user_id in ("user1", "user2"):
+        decoded = ap_record.decode_uploads(recorder.messages[user_id], ap)
+        survivors[ap.users[user_id].index] = decoded.masked[decoded.masked_rounds.index(2)]
+    peers = {i: sa.load_public(record.round_keys[i][2], "key") for i in survivors}
+    total = sa.unmask_dropped(
+        sa.ring_sum(list(survivors.values())), keys[owner, 2], owner, peers, record.session_id, 2
+    )
+    assert np.abs(sa.decode_sum(total)).max() < sa.value_limit(3)  # every mask came off

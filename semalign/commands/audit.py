@@ -36,13 +36,14 @@ from semalign.engine.audit import UserLeakage, audit_seed, summarize
 from semalign.engine.scenario import build_session, load_scenario
 from semalign.experiments.provenance import latents_id, provenance_block
 
-#: table columns: (title, JSON keys shown as a/b/c)
+#: table columns: (title, JSON keys shown as a/b/c): the best attack (a lower bound on
+#: leakage), the attacks tried, the row-combination oracle, chance, the ceiling X gives
 COLUMNS = (
-    ("R2", ("reconstruction_r2",)),
-    ("linear/subsp./map", ("linear_r2", "procrustes_r2", "known_map_r2")),
+    ("attack R2", ("attack_r2",)),
+    ("whitened/map", ("procrustes_r2", "known_map_r2")),
+    ("subspace", ("subspace_r2",)),
     ("chance", ("chance_r2",)),
     ("own", ("own_r2",)),
-    ("sum", ("aggregate_r2",)),
     ("probe rec/Y/X", ("probe_accuracy", "probe_truth_accuracy", "probe_ap_accuracy")),
     ("CKA rec/Y", ("cka", "cka_truth")),
 )
@@ -83,6 +84,39 @@ def audit_configs(args: argparse.Namespace) -> list[AlignmentConfig]:
     return configs
 
 
+def drop_round(text: str, config: AlignmentConfig, users: int) -> int | None:
+    """The round of ``--drop-round`` (``auto``: the middle round, with 3 users or more; ``none``:
+    no drop case); UsageError for a round the session does not have, or too few users."""
+    if text == "none":
+        return None
+    if text == "auto":
+        return config.iterations // 2 if users >= 3 else None
+    try:
+        round_ = int(text)
+    except ValueError:
+        raise UsageError(f"--drop-round: {text!r} is not a round, auto or none") from None
+    if not 0 <= round_ < config.iterations:
+        raise UsageError(f"--drop-round {round_}: rounds are 0..{config.iterations - 1}")
+    if users < 3:
+        raise UsageError(
+            "--drop-round: a drop needs 3 users or more (secure aggregation's threshold is 2)"
+        )
+    return round_
+
+
+def audit_cases(
+    configs: list[AlignmentConfig], drop: int | None
+) -> list[tuple[AlignmentConfig, int | None]]:
+    """(config, drop round) of every session to run: each config without a drop, and each
+    secure one again with the last user dropped at ``drop`` (when not ``None``)."""
+    out: list[tuple[AlignmentConfig, int | None]] = []
+    for config in configs:
+        out.append((config, None))
+        if drop is not None and config.aggregation == "secure":
+            out.append((config, drop))
+    return out
+
+
 def _first_error(exc: ValueError) -> str:
     """The first line of a validation error's message (pydantic's or a plain one)."""
     errors = getattr(exc, "errors", None)
@@ -95,14 +129,18 @@ def print_table(records: list[UserLeakage], console) -> None:
     from rich.table import Table
 
     rows = summarize(records, by_user=True)
-    for session in dict.fromkeys((r["protocol"], r["aggregation"], r["target"]) for r in rows):
-        protocol, aggregation, target = session
+    sessions = dict.fromkeys(
+        (r["protocol"], r["aggregation"], r["target"], r["drop_round"]) for r in rows
+    )
+    for session in sessions:
+        protocol, aggregation, target, drop = session
         title = f"{protocol} rounds, {aggregation} aggregation, target {target}"
+        title += "" if drop is None else f", last user dropped at round {drop}"
         table = Table(title=f"{title}: what the AP reconstructs")
         for title in ("user", "encoder", "rank/m", *(c[0] for c in COLUMNS)):
             table.add_column(title, justify="left" if title in ("user", "encoder") else "right")
         for row in rows:
-            if (row["protocol"], row["aggregation"], row["target"]) != session:
+            if (row["protocol"], row["aggregation"], row["target"], row["drop_round"]) != session:
                 continue
             cells = ["/".join(_fmt(row[key]) for key in keys) for _, keys in COLUMNS]
             table.add_row(row["user"], row["encoder"], f"{row['rank']:.0f}/{row['m']}", *cells)
@@ -132,14 +170,17 @@ def run_audit(args: argparse.Namespace) -> int:
             build_session(scenario, config)
     except (LatentsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    drop = drop_round(args.drop_round, configs[0], len(users))
     records: list[UserLeakage] = []
     memo: dict = {}  # figures that do not depend on the protocol or seed
-    for config in configs:
+    for config, dropped in audit_cases(configs, drop):
         for seed in seeds:
             if not args.quiet:
                 what = f"{config.protocol} rounds, {config.aggregation} aggregation"
+                what += "" if dropped is None else f", last user dropped at round {dropped}"
                 console.print(f"audit: {what}, target {config.target}, seed {seed}")
-            records += audit_seed(scenario, config.model_copy(update={"seed": seed}), memo)
+            session = config.model_copy(update={"seed": seed})
+            records += audit_seed(scenario, session, memo, dropped)
     if not args.quiet:
         print_table(records, console)
     origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))
@@ -207,6 +248,13 @@ def register(subparsers) -> None:
         default="plain,secure",
         help="aggregations to audit, comma-separated (replaces --aggregation; secure runs only "
         "with compact rounds and fed)",
+    )
+    parser.add_argument(
+        "--drop-round",
+        default="auto",
+        help="audit each secure session again with the last user dropped when this round's "
+        "broadcast reaches it (the AP rebuilds its masking key of that round): a round "
+        "number, auto (the middle round, with 3 users or more) or none",
     )
     parser.add_argument("--json", help="write per-user figures here (checked before any work)")
     parser.add_argument("--figure", help="draw leakage vs rounds per protocol here (.png, .pdf)")

@@ -7,11 +7,18 @@ recorded bytes as the AP decodes them and mounts the attacks of
 :mod:`semalign.common.privacy_audit` on each user's uploads. The users' memory is read only for
 the truth an attack is scored against (Y_l, native pilots, the user's own classifier).
 
-Generic over what the AP receives (:mod:`semalign.engine.ap_record` decodes it). A protocol
-that sends masked contributions (secure aggregation: a uint64 vector per round, uniform
-in Z / 2^64 whatever the user's data) leaves no per-user term; the per-round sum over users
-(``aggregate_r2``: of the masked vectors, decoded as the AP decodes them, or of the plain terms)
-shows what the AP learns from what the masks leave.
+Generic over what the AP receives (:mod:`semalign.engine.ap_record` decodes it). Secure
+aggregation sends masked contributions (a uint64 vector per round, uniform in Z / 2^64
+whatever the user's data); the AP removes masks only with keys it rebuilds from the shares the
+survivors reveal after a drop. The audit does the same with the recorded shares
+(:func:`~semalign.engine.ap_record.rebuilt_keys`), tries every rebuilt key of a user on every
+recorded upload of that user (:func:`opened_contributions`) and attacks what opens (the user's
+F_l, a feature-domain term). ``drop_round`` makes a user drop at that round's broadcast
+(:class:`DroppingLink`), so that the AP has shares to rebuild from.
+
+What the sum over users shows is not reported per user: the decoded sum of the F_l is
+(K N_T, c), and any (., c) matrix maps into X's row space (F B^-1 X), so its R^2 of Y is at
+most ``own_r2`` whatever the users' data: it would measure the AP's pilots, not the users.
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ import numpy as np
 
 from semalign.common import privacy_audit as pa
 from semalign.common.config import AlignmentConfig
-from semalign.common.errors import UsageError
+from semalign.common.errors import LinkClosed, UsageError
 from semalign.common.stats import nan_mean
 from semalign.common.threads import single_thread
+from semalign.engine import ap_record
 from semalign.engine.ap_record import ApRecorder, Uploads, decode_uploads, sent_pre_equalizers
 from semalign.engine.loopback import LoopbackLink
 from semalign.engine.scenario import Scenario, build_session
+from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver
 
@@ -43,18 +52,23 @@ class UserLeakage:
     """What the AP's uploads of one user give an attacker (one protocol, target, seed).
 
     R^2 figures are of the user's whitened pilots Y (``m`` rows, ``n`` pilots), each after the
-    ambiguity no attacker can resolve is removed on the truth: ``linear_r2`` the best linear
-    map of the uploads (fitted on the truth), ``procrustes_r2`` the AP's own whitened-subspace
-    estimate, ``known_map_r2`` the channel-aware AP's estimate from compact uploads (``None``
-    elsewhere), ``reconstruction_r2`` the best of these; ``*_by_round[t]`` use rounds 0..t.
-    ``rank`` is the dimension of the leaked row space (at most m).
+    ambiguity no attacker can resolve is removed on the truth. Attacks (what the AP computes
+    itself): ``procrustes_r2`` the whitened-subspace estimate, ``known_map_r2`` the
+    channel-aware estimate from compact uploads (``None`` elsewhere); ``attack_r2`` the best
+    of them, a lower bound on leakage, and ``reconstruction_r2`` the same figure (the name
+    the results keep). ``subspace_r2``: the best row combination of the uploads, fitted on the
+    truth (an oracle); ``own_r2``: what X's row space explains, the ceiling of feature-domain
+    uploads. ``*_by_round[t]`` use rounds 0..t (``r2_by_round``: ``attack_r2``). ``rank``: the
+    dimension of the uploads' numerical row space.
+    Secure aggregation: ``rebuilt_rounds`` the rounds whose masking key of this user the AP
+    rebuilt, ``opened_rounds`` the rounds whose recorded upload a rebuilt key opened (their
+    F_l join the attacked uploads); ``drop_round`` the session's drop (``None``: none) and
+    ``dropped`` whether this user is the one dropped.
     Probes predict the user's own classifier's labels on its pilots (test rows: the last 30%)
     from: the attacker's reconstruction (``probe_accuracy``), the true Y
     (``probe_truth_accuracy``), the AP's own pilots X (``probe_ap_accuracy``); the majority
     label's share is ``probe_majority``. CKA is with the user's native pilot latents (its
-    target-space pilots for ``target`` logits). ``aggregate_r2`` (and per round): the bound
-    from the per-round sums over users (:func:`aggregate_rounds`); ``masked_fields``: uploads
-    that were masked.
+    target-space pilots for ``target`` logits). ``masked_fields``: uploads that were masked.
     """
 
     user: str
@@ -71,16 +85,15 @@ class UserLeakage:
     masked_fields: list[str]
     rank: int
     reconstruction_r2: float
-    linear_r2: float
+    attack_r2: float
+    subspace_r2: float
     procrustes_r2: float
     known_map_r2: float | None
     probe_estimate: str
     chance_r2: float
     own_r2: float
-    aggregate_r2: float | None
-    aggregate_r2_by_round: list[float]
     r2_by_round: list[float]
-    linear_r2_by_round: list[float]
+    subspace_r2_by_round: list[float]
     known_map_r2_by_round: list[float]
     rank_by_round: list[int]
     probe_accuracy: float
@@ -91,6 +104,10 @@ class UserLeakage:
     cka_truth: float
     cka_ap: float
     aligned_accuracy: float | None
+    rebuilt_rounds: list[int]
+    opened_rounds: list[int]
+    drop_round: int | None
+    dropped: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,26 +163,28 @@ def attack_user(
     truth: UserTruth,
     uploads: Uploads,
     ap: AccessPoint,
-    aggregate: list[np.ndarray] | None,
     memo: dict[str, dict[str, float]] | None = None,
     known_estimates: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The attacks' figures for one user (the :class:`UserLeakage` fields they set).
 
-    ``reconstruction_r2`` (and ``r2_by_round``) is the best of the linear bound and the
-    known-map attack (``known_estimates``: :func:`known_map_estimates`, compact rounds with
-    CSI); the probe and CKA use the known-map estimate where there is one. ``memo`` keeps
-    :func:`control_figures` between calls."""
+    ``attack_r2`` (= ``reconstruction_r2``; per round ``r2_by_round``) is the best of the
+    whitened-subspace attack and the known-map attack (``known_estimates``:
+    :func:`known_map_estimates`, compact rounds with CSI); the probe and CKA use the known-map
+    estimate where there is one. ``subspace_r2`` is the row-combination oracle. ``memo``
+    keeps :func:`control_figures` between calls."""
     y, n = truth.y, truth.y.shape[1]
     variance = ap.representation.whitened_variance
     stack = np.vstack(uploads.rounds) if uploads.rounds else np.zeros((0, n), complex)
-    basis = pa.leaked_basis(stack, y.shape[0])
-    estimate = pa.whitened_estimate(basis, n, variance)
-    by_round = pa.r2_by_rounds(y, uploads.rounds)
+    oracle = pa.r2_by_rounds(y, uploads.rounds)
+    rows = np.cumsum([r.shape[0] for r in uploads.rounds]).astype(int)
+    subspace = [pa.whitened_attack_r2(y, stack[:k], variance) for k in rows]
     known = [pa.r2(y, pa.procrustes_align(e, y)) for e in known_estimates or []]
-    best = [max([r, *known[t : t + 1]]) for t, (_, r) in enumerate(by_round)]
+    best = [max([r, *known[t : t + 1]]) for t, r in enumerate(subspace)]
+    estimate = pa.whitened_estimate(pa.leaked_basis(stack, y.shape[0]), n, variance)
     guess = pa.real_samples(known_estimates[-1] if known else estimate)
-    agg = pa.r2_by_rounds(y, aggregate) if aggregate else []
+    basis = pa.leaked_basis(stack)
+    attack = best[-1] if best else 0.0
     return {
         "m": y.shape[0],
         "n": n,
@@ -174,18 +193,17 @@ def attack_user(
         "fields": list(uploads.fields),
         "masked_fields": list(uploads.masked_fields),
         "rank": int(basis.shape[0]),
-        "reconstruction_r2": best[-1] if best else pa.subspace_r2(y, basis),
-        "linear_r2": pa.subspace_r2(y, basis),
-        "procrustes_r2": pa.r2(y, pa.procrustes_align(estimate, y)),
+        "reconstruction_r2": attack,
+        "attack_r2": attack,
+        "subspace_r2": pa.subspace_r2(y, basis),
+        "procrustes_r2": pa.whitened_attack_r2(y, stack, variance),
         "known_map_r2": known[-1] if known else None,
         "probe_estimate": "known-map" if known else "whitened-subspace",
         "chance_r2": pa.chance_r2(basis.shape[0], n),
-        "aggregate_r2": agg[-1][1] if agg else None,
-        "aggregate_r2_by_round": [r for _, r in agg],
         "r2_by_round": best,
-        "linear_r2_by_round": [r for _, r in by_round],
+        "subspace_r2_by_round": [r for _, r in oracle],
         "known_map_r2_by_round": known,
-        "rank_by_round": [k for k, _ in by_round],
+        "rank_by_round": [k for k, _ in oracle],
         "probe_accuracy": pa.probe_accuracy(guess, truth.labels),
         "cka": pa.linear_cka(guess, truth.native),
         **_controls(truth, ap, {} if memo is None else memo),
@@ -222,59 +240,114 @@ def known_map_estimates(
     ]
 
 
-def aggregate_rounds(uploads: list[Uploads], ap: AccessPoint) -> list[np.ndarray] | None:
-    """What the per-round sums over users show, in the pilot domain: one (rows, n) block per
-    round; ``None`` when the users' uploads differ in shape or count (no sum is formed).
+class DroppingLink:
+    """A link whose user drops when the broadcast of round ``round_`` reaches it: it never
+    answers again and the AP sees its stream closed (the AP's tap still records what passed)."""
 
-    Masked vectors (secure aggregation) are summed modulo 2^64, where the masks cancel, and
-    decoded as the AP decodes them: the sum of the users' F_l (K N_T, c), in the feature
-    domain. Otherwise the users' pilot-domain terms are summed.
-    """
-    if uploads and all(u.masked for u in uploads):
-        sizes = {tuple(len(v) for v in u.masked) for u in uploads}
-        if len(sizes) != 1:
-            return None
-        from semalign.common import secure_aggregation as sa  # only for masked sessions
+    def __init__(self, link: LoopbackLink, round_: int) -> None:
+        self.link, self.round, self.dead = link, round_, False
+        self.user = link.user
 
-        real, shape = ap.representation.widely_linear, (ap.symbols, ap.cdim)
-        terms = len(uploads[0].masked[0]) - sa.contribution_size(shape, 0, real=real)
-        gram = ap.x @ ap.x.conj().T
-        sums = []
-        for vectors in zip(*(u.masked for u in uploads), strict=True):
-            total = sa.decode_sum(sa.ring_sum(list(vectors)))
-            f_sum, _ = sa.unpack_contribution(total, shape, terms, real=real)
-            sums.append(pa.pilot_domain(f_sum, ap.x, gram))
-        return sums
-    shapes = {tuple(r.shape for r in u.rounds) for u in uploads}
-    if len(shapes) != 1 or not uploads or not uploads[0].rounds:
-        return None
-    return [sum(rounds) for rounds in zip(*(u.rounds for u in uploads), strict=True)]
+    def send(self, data: bytes) -> None:
+        if self.dead:
+            raise LinkClosed("the user dropped")
+        message = pb.ApMessage.FromString(data)
+        if message.WhichOneof("body") == "compact_broadcast":
+            body = message.compact_broadcast
+            if body.round == self.round and not body.final:
+                self.dead = True
+                return
+        self.link.send(data)
+
+    def receive(self, timeout: float | None) -> bytes:
+        if self.dead:
+            raise LinkClosed("the user dropped")
+        return self.link.receive(timeout)
 
 
-def audit_seed(
-    scenario: Scenario, config: AlignmentConfig, memo: dict | None = None
-) -> list[UserLeakage]:
-    """Run one recorded in-process session for ``config`` and attack every user's uploads
-    (``memo``: control figures kept between sessions, :func:`attack_user`)."""
+def opened_contributions(
+    uploads: Uploads, index: int, record: ap_record.SecureRecord | None, keys: dict, ap
+) -> tuple[list[int], dict[int, np.ndarray]]:
+    """(rounds whose masking key of user ``index`` was rebuilt, round -> the F_l (K N_T, c)
+    of each recorded upload of that user that one of those keys opens): every rebuilt key of
+    the user is tried on every one of its uploads (:func:`~semalign.engine.ap_record.
+    open_upload`). ``keys``: :func:`~semalign.engine.ap_record.rebuilt_keys`."""
+    from semalign.common import secure_aggregation as sa  # only for masked sessions
+
+    mine = {r: key for (owner, r), key in keys.items() if owner == index}
+    opened: dict[int, np.ndarray] = {}
+    if record is None or not mine:
+        return sorted(mine), opened
+    real, shape = ap.representation.widely_linear, (ap.symbols, ap.cdim)
+    for vector, round_ in zip(uploads.masked, uploads.masked_rounds, strict=True):
+        for key in mine.values():
+            values = ap_record.open_upload(vector, index, round_, key, record)
+            if values is not None:
+                terms = len(values) - sa.contribution_size(shape, 0, real=real)
+                opened[round_] = sa.unpack_contribution(values, shape, terms, real=real)[0]
+                break
+    return sorted(mine), opened
+
+
+def with_opened(uploads: Uploads, opened: dict[int, np.ndarray], ap: AccessPoint) -> Uploads:
+    """``uploads`` with each opened F_l (K N_T, c) in the pilot domain (F_l B^-1 X) as the
+    term of the round it was sent for (a masked round has none otherwise)."""
+    if not opened:
+        return uploads
+    gram = ap.x @ ap.x.conj().T
+    rounds = list(uploads.rounds)
+    for position, round_ in enumerate(uploads.masked_rounds):
+        if round_ in opened and position < len(rounds):
+            term = pa.pilot_domain(opened[round_].astype(np.complex128), ap.x, gram)
+            rounds[position] = np.vstack([rounds[position], term])
+    fields = [*uploads.fields, "secure_upload.masked (opened)"]
+    return Uploads(**{**vars(uploads), "rounds": rounds, "fields": fields})
+
+
+def record_session(
+    scenario: Scenario, config: AlignmentConfig, drop_round: int | None = None
+) -> tuple[AccessPoint, list, ApRecorder, Any]:
+    """Run one in-process session with the AP's side of every link recorded: (AP, users,
+    recorder, the session's result). With ``drop_round`` the last user drops when that
+    round's broadcast reaches it (:class:`DroppingLink`)."""
     if config.user_groups > 1:
         raise UsageError("audit: --user-groups > 1 runs several sessions; audit one at a time")
     ap, users = build_session(scenario, config)
     recorder = ApRecorder()
-    driver = SessionDriver(ap, [LoopbackLink(u, tap=recorder) for u in users])
+    links: list = [LoopbackLink(u, tap=recorder) for u in users]
+    if drop_round is not None:
+        links[-1] = DroppingLink(links[-1], drop_round)
     test_ids = np.arange(len(scenario.ap_test), dtype=np.int64)
-    result = driver.run(scenario.ap_test, test_ids)
+    result = SessionDriver(ap, links).run(scenario.ap_test, test_ids)
+    return ap, users, recorder, result
+
+
+def audit_seed(
+    scenario: Scenario,
+    config: AlignmentConfig,
+    memo: dict | None = None,
+    drop_round: int | None = None,
+) -> list[UserLeakage]:
+    """Run one recorded in-process session for ``config`` and attack every user's uploads
+    (``memo``: control figures kept between sessions, :func:`attack_user`). With
+    ``drop_round`` the last user drops when that round's broadcast reaches it."""
+    ap, users, recorder, result = record_session(scenario, config, drop_round)
     uploads = {u.user_id: decode_uploads(recorder.messages[u.user_id], ap) for u in users}
     for user_id, up in uploads.items():
         if up.ignored:
             log.warning("%s: ignored fields %s (neither (., n) nor (., c))", user_id, up.ignored)
-    aggregate = aggregate_rounds(list(uploads.values()), ap)
+    record = ap_record.secure_record(recorder, ap)
+    keys = ap_record.rebuilt_keys(record) if record is not None else {}
     out = []
     for user in users:
         truth = user_truth(user, ap)
         mine, sent = uploads[user.user_id], recorder.sent[user.user_id]
+        index = ap.users[user.user_id].index
+        rebuilt, opened = opened_contributions(mine, index, record, keys, ap)
+        mine = with_opened(mine, opened, ap)
         with single_thread():  # matrices of a few hundred rows (common/threads.py)
             known = known_map_estimates(mine, sent, user.user_id, ap, truth.y.shape[0])
-            figures = attack_user(truth, mine, ap, aggregate, memo, known)
+            figures = attack_user(truth, mine, ap, memo, known)
         report = result.reports.get(user.user_id, {})
         out.append(
             UserLeakage(
@@ -285,6 +358,10 @@ def audit_seed(
                 target=config.target,
                 seed=config.seed,
                 aligned_accuracy=report.get("accuracy"),
+                rebuilt_rounds=rebuilt,
+                opened_rounds=sorted(opened),
+                drop_round=drop_round,
+                dropped=drop_round is not None and user is users[-1],
                 **figures,
             )
         )
@@ -295,12 +372,12 @@ def audit_seed(
 MEAN_FIELDS = (
     "rank",
     "reconstruction_r2",
-    "linear_r2",
+    "attack_r2",
+    "subspace_r2",
     "procrustes_r2",
     "known_map_r2",
     "chance_r2",
     "own_r2",
-    "aggregate_r2",
     "probe_accuracy",
     "probe_truth_accuracy",
     "probe_ap_accuracy",
@@ -313,19 +390,20 @@ MEAN_FIELDS = (
 
 
 def summarize(records: list[UserLeakage], *, by_user: bool) -> list[dict[str, Any]]:
-    """Means over seeds (``by_user``) or over seeds and users, per protocol, aggregation and
-    target, in
-    first-seen order: :data:`MEAN_FIELDS` (NaN-aware), ``m`` (the largest), ``r2_by_round``
-    (per round, over the records that have that round) and ``users`` (records averaged)."""
+    """Means over seeds (``by_user``) or over seeds and users, per protocol, aggregation,
+    drop round and target, in first-seen order: :data:`MEAN_FIELDS` (NaN-aware), ``m`` (the
+    largest), ``r2_by_round`` (per round, over the records that have that round) and
+    ``records`` (records averaged)."""
     groups: dict[tuple, list[UserLeakage]] = defaultdict(list)
     for r in records:
-        key = (r.protocol, r.aggregation, r.target) + ((r.user, r.encoder) if by_user else ())
-        groups[key].append(r)
+        key = (r.protocol, r.aggregation, r.target, r.drop_round)
+        groups[key + ((r.user, r.encoder) if by_user else ())].append(r)
     out = []
     for key, group in groups.items():
         row: dict[str, Any] = {"protocol": key[0], "aggregation": key[1], "target": key[2]}
+        row["drop_round"] = key[3]
         if by_user:
-            row |= {"user": key[3], "encoder": key[4]}
+            row |= {"user": key[4], "encoder": key[5]}
         row["m"] = max(r.m for r in group)
         row |= {name: nan_mean(getattr(r, name) for r in group) for name in MEAN_FIELDS}
         rounds = max((len(r.r2_by_round) for r in group), default=0)

@@ -1,6 +1,6 @@
-"""``semalign audit --figure``: reconstruction R^2 vs rounds, one panel per target, one line per
-round protocol and aggregation (mean over users and seeds, band: the users' range), with the
-chance level."""
+"""``semalign audit --figure``: the best attack's R^2 (``r2_by_round``, a lower bound on
+leakage) vs rounds, one panel per target, one line per round protocol, aggregation and drop
+(mean over users and seeds, band: the users' range), with the chance level."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ from semalign.engine.audit import UserLeakage
 
 #: line colors per session kind (others cycle through matplotlib's defaults)
 COLORS = {"paper": "tab:red", "compact": "tab:blue", "compact, secure": "tab:green"}
+#: line styles per session kind (a drop case is dashed)
+STYLES = {True: "--", False: "-"}
 
 
 def session_label(record: UserLeakage) -> str:
-    """``paper``, ``compact``, or ``compact, secure`` (the aggregation when not plain)."""
+    """``paper``, ``compact``, ``compact, secure`` (the aggregation when not plain), and
+    ``, drop at r`` for a session with a drop."""
     plain = record.aggregation == "plain"
-    return record.protocol if plain else f"{record.protocol}, {record.aggregation}"
+    label = record.protocol if plain else f"{record.protocol}, {record.aggregation}"
+    return label if record.drop_round is None else f"{label}, drop at {record.drop_round}"
 
 
 def curves(
@@ -51,7 +55,7 @@ def draw_leakage(records: list[UserLeakage], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data, sums = curves(records), curves(records, "aggregate_r2_by_round")
+    data = curves(records)
     fig, axes = plt.subplots(1, max(len(data), 1), figsize=(5 * max(len(data), 1), 3.6))
     axes = np.atleast_1d(axes)
     for ax, (target, by_protocol) in zip(axes, data.items(), strict=False):
@@ -59,28 +63,19 @@ def draw_leakage(records: list[UserLeakage], path: str | Path) -> Path:
             if table.shape[1] == 0:
                 continue
             rounds = np.arange(1, table.shape[1] + 1)
-            color = COLORS.get(protocol)
-            ax.plot(rounds, np.nanmean(table, axis=0), color=color, lw=1.8, label=protocol)
+            color = COLORS.get(protocol.split(", drop")[0])
+            style = STYLES["drop" in protocol]
+            mean = np.nanmean(table, axis=0)
+            ax.plot(rounds, mean, color=color, ls=style, lw=1.8, label=protocol)
             ax.fill_between(
                 rounds, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=color, alpha=0.15
             )
-        for label, table in sums.get(target, {}).items():
-            if "secure" in label and table.shape[1]:  # what the sum over users shows
-                rounds = np.arange(1, table.shape[1] + 1)
-                ax.plot(
-                    rounds,
-                    np.nanmean(table, axis=0),
-                    color=COLORS.get(label),
-                    ls="--",
-                    lw=1.4,
-                    label=f"{label}: sum over users",
-                )
         chance = [r.chance_r2 for r in records if r.target == target]
         if chance:
             ax.axhline(max(chance), color="grey", ls=":", lw=1, label="chance (largest)")
         ax.set_title(f"target: {target}")
         ax.set_xlabel("rounds T the AP has seen")
-        ax.set_ylabel("reconstruction R$^2$ of Y (bound)")
+        ax.set_ylabel("R$^2$ of Y, best attack (lower bound)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
