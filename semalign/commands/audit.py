@@ -22,18 +22,16 @@ from semalign.commands.options import (
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
-    check_channel_users,
     check_output,
     config_from_args,
+    load_checked_scenario,
     parse_seeds,
-    resolve_latents,
 )
 from semalign.commands.simulate import SCENARIO
 from semalign.common.config import Aggregation, AlignmentConfig, RoundProtocol, Target
-from semalign.common.errors import LatentsError, UsageError
+from semalign.common.errors import UsageError
 from semalign.common.io import write_json
 from semalign.engine.audit import UserLeakage, audit_seed, summarize
-from semalign.engine.scenario import build_session, load_scenario
 from semalign.experiments.provenance import latents_id, provenance_block
 
 #: table columns: (title, JSON keys shown as a/b/c): the best attack (a lower bound on
@@ -162,14 +160,8 @@ def run_audit(args: argparse.Namespace) -> int:
     check_output(args.figure, "--figure")
     # the table is wide: a file or pipe gets 140 columns instead of rich's 80
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-    try:
-        latents_dir, ap, users = resolve_latents(args)
-        check_channel_users(configs[0], len(users))
-        scenario = load_scenario(latents_dir, ap, users)
-        for config in configs:  # the geometry of every session, before any work
-            build_session(scenario, config)
-    except (LatentsError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    loaded = load_checked_scenario(args, configs)  # every session's geometry, before any work
+    scenario, latents_dir, ap, users = loaded.scenario, loaded.latents_dir, loaded.ap, loaded.users
     drop = drop_round(args.drop_round, configs[0], len(users))
     records: list[UserLeakage] = []
     memo: dict = {}  # figures that do not depend on the protocol or seed

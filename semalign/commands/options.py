@@ -14,7 +14,10 @@ encoder list, a count or ids) stay accepted for one release and log a deprecatio
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from semalign.commands.config_options import (  # noqa: F401 (re-exported)
     CHANNEL_OPTIONS,
@@ -353,3 +356,32 @@ def resolve_latents(args: argparse.Namespace) -> tuple[Path, str, list[str]]:
     latents = Path(args.latents) if getattr(args, "latents", None) else None
     users = resolve_users(args.users, latents, ap)
     return prepare_latents(args, [ap, *users]), ap, users
+
+
+@dataclass(frozen=True)
+class CheckedScenario:
+    """What :func:`load_checked_scenario` gives: the loaded scenario, the latent folder, the
+    AP's and the users' encoder names."""
+
+    scenario: Any
+    latents_dir: Path
+    ap: str
+    users: list[str]
+
+
+def load_checked_scenario(args: argparse.Namespace, configs: Sequence[Any]) -> CheckedScenario:
+    """Resolve the latents (:func:`resolve_latents`), check ``configs[0]``'s per-user channel
+    lists against the users, load the scenario and build every config's session once (its
+    geometry), before any work; a LatentsError or ValueError becomes a one-line UsageError."""
+    from semalign.common.errors import LatentsError
+    from semalign.engine.scenario import build_session, load_scenario
+
+    try:
+        latents_dir, ap, users = resolve_latents(args)
+        check_channel_users(configs[0], len(users))
+        scenario = load_scenario(latents_dir, ap, users)
+        for config in configs:
+            build_session(scenario, config)
+    except (LatentsError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return CheckedScenario(scenario, latents_dir, ap, users)

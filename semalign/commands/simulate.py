@@ -24,11 +24,10 @@ from semalign.commands.options import (
     add_data_arguments,
     add_users_argument,
     add_verbosity_arguments,
-    check_channel_users,
     check_output,
     config_from_args,
+    load_checked_scenario,
     parse_seeds,
-    resolve_latents,
 )
 from semalign.commands.tracking_options import (
     add_tracking_arguments,
@@ -37,11 +36,11 @@ from semalign.commands.tracking_options import (
     track_session,
 )
 from semalign.common.config import AlignmentConfig
-from semalign.common.errors import LatentsError, UsageError
+from semalign.common.errors import UsageError
 from semalign.common.io import write_json
 from semalign.common.records import Provenance, RoundRecord, SeedResult
 from semalign.common.strategies import get_strategy
-from semalign.engine.scenario import build_session, load_scenario, user_names
+from semalign.engine.scenario import user_names
 from semalign.engine.simulate import simulate, user_snrs
 from semalign.experiments.provenance import latents_id, provenance_block
 from semalign.summary import print_summary
@@ -77,14 +76,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     check_output(args.out)
     check_tracking(args)
     console = Console(stderr=True)
+    loaded = load_checked_scenario(args, [config])
+    scenario, latents_dir, ap, users = loaded.scenario, loaded.latents_dir, loaded.ap, loaded.users
     try:
-        latents_dir, ap, users = resolve_latents(args)
-        check_channel_users(config, len(users))
-        scenario = load_scenario(latents_dir, ap, users)
-        # Validate the geometry once before any work (raises with a clear message).
-        build_session(scenario, config)
         snrs = user_snrs(config, user_names(users))
-    except (LatentsError, ValueError) as exc:
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     origin = provenance_block(started, latents_id=latents_id(latents_dir, [ap, *users]))
     names = dict(zip(user_names(users), users, strict=True))
