@@ -202,6 +202,29 @@ def chance_r2(rank: int, n: int) -> float:
     return min(rank, n) / n if n else 0.0
 
 
+def _prefix_projections(
+    y: np.ndarray, rounds: Sequence[np.ndarray], rtol: float, max_rank: int | None
+) -> list[np.ndarray]:
+    """Per prefix of ``rounds`` (rounds 0..t, k_t rows), Y V_t^H (m, r_t) for the orthonormal
+    rows V_t (r_t, n) of :func:`leaked_basis` of that prefix (``max_rank``, ``rtol`` as
+    there).
+
+    From the Gram matrix G = Q Q^H (k x k) of the stack Q (k, n) and C = Y Q^H, once: a prefix
+    has the singular values sqrt(eig(G_t)) and, for its top eigenpairs (U, L) (eigenvalues
+    above rtol^2 of the largest), V_t = L^(-1/2) U^H Q_t, so Y V_t^H = C_t U L^(-1/2)."""
+    stack = np.vstack(rounds).astype(np.complex128)
+    gram, cross = stack @ stack.conj().T, y @ stack.conj().T
+    out, rows = [], 0
+    for block in rounds:
+        rows += block.shape[0]
+        eigvals, eigvecs = np.linalg.eigh(gram[:rows, :rows])
+        order = np.argsort(eigvals)[::-1][:max_rank]
+        top = eigvals.max(initial=0.0)
+        keep = order[eigvals[order] > rtol**2 * top] if top > 0 else order[:0]
+        out.append(cross[:, :rows] @ (eigvecs[:, keep] / np.sqrt(eigvals[keep])))
+    return out
+
+
 def r2_by_rounds(
     y: np.ndarray,
     rounds: Sequence[np.ndarray],
@@ -211,26 +234,37 @@ def r2_by_rounds(
     """(rank, :func:`subspace_r2`) after each prefix of ``rounds`` (pilot-domain terms, each
     (s_t, n)): entry t uses rounds 0..t. Y (m, n). ``max_rank`` as in :func:`leaked_basis`.
 
-    Computed from the Gram matrix G = Q Q^H (k x k) of the stack Q (k, n) and C = Y Q^H, once:
-    a prefix of k_t rows has the singular values sqrt(eig(G_t)) and, for its top eigenpairs
-    (U, L) (eigenvalues above rtol^2 of the largest), orthonormal rows
-    V = L^(-1/2) U^H Q_t, so ||Y V^H||^2 = ||C_t U L^(-1/2)||^2 and, V being orthonormal,
-    R^2 = 1 - (||Y||^2 - ||Y V^H||^2) / ||Y - mean||^2.
+    With P = Y V^H (:func:`_prefix_projections`) and V orthonormal,
+    R^2 = 1 - (||Y||^2 - ||P||^2) / ||Y - mean||^2.
     """
     if not rounds:
         return []
-    stack = np.vstack(rounds).astype(np.complex128)
-    gram, cross = stack @ stack.conj().T, y @ stack.conj().T
     energy, total = centered_energy(y), float(np.sum(np.abs(y) ** 2))
-    out, rows = [], 0
-    for block in rounds:
-        rows += block.shape[0]
-        eigvals, eigvecs = np.linalg.eigh(gram[:rows, :rows])
-        order = np.argsort(eigvals)[::-1][:max_rank]
-        top = eigvals.max(initial=0.0)
-        keep = order[eigvals[order] > rtol**2 * top] if top > 0 else order[:0]
-        captured = cross[:, :rows] @ (eigvecs[:, keep] / np.sqrt(eigvals[keep]))
-        out.append((len(keep), 1.0 - (total - float(np.sum(np.abs(captured) ** 2))) / energy))
+    return [
+        (p.shape[1], 1.0 - (total - float(np.sum(np.abs(p) ** 2))) / energy)
+        for p in _prefix_projections(y, rounds, rtol, max_rank)
+    ]
+
+
+def whitened_attack_by_rounds(
+    y: np.ndarray, rounds: Sequence[np.ndarray], variance: float = 1.0, rtol: float = RANK_RTOL
+) -> list[float]:
+    """:func:`whitened_attack_r2` after each prefix of ``rounds`` (each (s_t, n)), Y (m, n).
+
+    The estimate E = sqrt(n v) V has orthonormal rows times sqrt(n v), and the Procrustes fit
+    U E of Y leaves ||Y - U E||^2 = ||Y||^2 + n v r - 2 ||Y E^H||_* (the nuclear norm: the
+    optimum of orthogonal Procrustes), with Y E^H = sqrt(n v) Y V^H
+    (:func:`_prefix_projections`, at most m directions)."""
+    if not rounds:
+        return []
+    n = y.shape[1]
+    energy, total = centered_energy(y), float(np.sum(np.abs(y) ** 2))
+    out = []
+    for p in _prefix_projections(y, rounds, rtol, y.shape[0]):
+        nuclear = float(np.sum(np.linalg.svd(p, compute_uv=False))) if p.size else 0.0
+        scale = np.sqrt(n * variance)
+        residual = total + n * variance * p.shape[1] - 2 * scale * nuclear
+        out.append(1.0 - residual / energy)
     return out
 
 

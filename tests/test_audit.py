@@ -65,6 +65,20 @@ def test_uploads_that_do_not_span_y_give_part_of_it():
     assert [r for _, r in pa.r2_by_rounds(y, uploads)] == pytest.approx([0.2, 0.4], abs=1e-9)
 
 
+def test_the_attack_by_rounds_is_the_attack_on_each_prefix():
+    """The per-round whitened-subspace attack (Gram matrix, closed-form Procrustes) equals the
+    attack run on each prefix of the uploads, for uploads that are not whitened and that
+    exceed m rows (the top m directions kept)."""
+    rng = np.random.default_rng(9)
+    n, m = 120, 5
+    y = whitened(m, n, rng)
+    rounds = [rng.standard_normal((3, m)) @ y + 0.3 * rng.standard_normal((3, n)) for _ in range(4)]
+    fast = pa.whitened_attack_by_rounds(y, rounds, 0.5)
+    slow = [pa.whitened_attack_r2(y, np.vstack(rounds[: t + 1]), 0.5) for t in range(4)]
+    assert fast == pytest.approx(slow, abs=1e-9)
+    assert len(set(np.round(fast, 6))) == 4  # the prefixes differ: not one figure repeated
+
+
 def test_uploads_unrelated_to_y_explain_only_chance():
     """Rows that are not combinations of Y's rows explain about rank / n of it."""
     rng = np.random.default_rng(3)

@@ -177,8 +177,7 @@ def attack_user(
     variance = ap.representation.whitened_variance
     stack = np.vstack(uploads.rounds) if uploads.rounds else np.zeros((0, n), complex)
     oracle = pa.r2_by_rounds(y, uploads.rounds)
-    rows = np.cumsum([r.shape[0] for r in uploads.rounds]).astype(int)
-    subspace = [pa.whitened_attack_r2(y, stack[:k], variance) for k in rows]
+    subspace = pa.whitened_attack_by_rounds(y, uploads.rounds, variance)
     known = [pa.r2(y, pa.procrustes_align(e, y)) for e in known_estimates or []]
     best = [max([r, *known[t : t + 1]]) for t, r in enumerate(subspace)]
     estimate = pa.whitened_estimate(pa.leaked_basis(stack, y.shape[0]), n, variance)
@@ -196,7 +195,7 @@ def attack_user(
         "reconstruction_r2": attack,
         "attack_r2": attack,
         "subspace_r2": pa.subspace_r2(y, basis),
-        "procrustes_r2": pa.whitened_attack_r2(y, stack, variance),
+        "procrustes_r2": subspace[-1] if subspace else 0.0,
         "known_map_r2": known[-1] if known else None,
         "probe_estimate": "known-map" if known else "whitened-subspace",
         "chance_r2": pa.chance_r2(basis.shape[0], n),
