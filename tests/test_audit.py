@@ -297,6 +297,8 @@ def test_cli_writes_reconstruction_r2_per_user_for_every_protocol(scenario, tmp_
         (["--json", "{d}"], "--json {d}: cannot write there"),
         (["--seeds", "x"], "--seeds"),
         (["--protocols", "paper", "--aggregations", "secure"], "no session to audit"),
+        (["--drop-round", "4"], "--drop-round 4: rounds are 0..3"),
+        (["--drop-round", "x"], "--drop-round: 'x' is not a round"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(scenario, tmp_path, capsys, extra, text):
