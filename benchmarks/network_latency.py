@@ -153,9 +153,9 @@ def tcp_check(root: Path, encoders: list[str], config: AlignmentConfig, workdir:
         time.sleep(0.5)  # let the streams close
     server.stop()
     proxy.close()
-    grpc_down = sum(u["bytes_down"] for u in wire["users"].values())
-    grpc_up = sum(u["bytes_up"] for u in wire["users"].values())
-    messages = sum(u["messages_down"] + u["messages_up"] for u in wire["users"].values())
+    grpc_down = sum(u.bytes_down for u in wire.users.values())
+    grpc_up = sum(u.bytes_up for u in wire.users.values())
+    messages = sum(u.messages_down + u.messages_up for u in wire.users.values())
     return {
         "grpc_payload_down": grpc_down,
         "grpc_payload_up": grpc_up,
@@ -213,7 +213,7 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
             cfg = config.model_copy(update={"seed": index})
             if index:
                 block = simulate_seed(scenario, cfg)
-                inproc += [r["seconds"] for r in block["rounds"]]
+                inproc += [r.seconds for r in block.rounds]
             ap = build_access_point(ap_train, cfg, len(ids))
             offer = SessionOffer(ap.session_id, index, sessions, cfg.model_dump())
             result, wire = serve_session(
@@ -231,14 +231,14 @@ def measure(root: Path, encoders: list[str], config: AlignmentConfig, reps: int,
             if not index:
                 joined_s = time.perf_counter() - startup
                 continue
-            networked += [w["latency_s"] for w in wire["rounds"]]
-            later += [w["latency_s"] for w in wire["rounds"][1:]]
-            for w in wire["rounds"]:
-                down += list(w["bytes_down"].values())
-                up += list(w["bytes_up"].values())
+            networked += [w.latency_s for w in wire.rounds]
+            later += [w.latency_s for w in wire.rounds[1:]]
+            for w in wire.rounds:
+                down += list(w.bytes_down.values())
+                up += list(w.bytes_up.values())
             if os.environ.get("BENCH_DEBUG"):
-                print("inproc", [round(r["seconds"] * 1e3) for r in block["rounds"]])
-                print("net", [round(w["latency_s"] * 1e3) for w in wire["rounds"]], flush=True)
+                print("inproc", [round(r.seconds * 1e3) for r in block.rounds])
+                print("net", [round(w.latency_s * 1e3) for w in wire.rounds], flush=True)
     server.stop()
     return inproc, networked, down, up, joined_s, later
 

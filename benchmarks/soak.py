@@ -133,7 +133,7 @@ class Twins:
                 for r in result.rounds
             ]
             self.cache[key] = {
-                "reports": result.reports,
+                "reports": {uid: r.to_dict() for uid, r in result.reports.items()},
                 "rounds": rounds,
                 "dropped": result.dropped,
             }

@@ -46,12 +46,6 @@ class _Record:
     def from_dict(cls, data: dict[str, Any]):
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # type: ignore[arg-type]
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
 
 @dataclass(frozen=True)
 class RoundRecord(_Record):

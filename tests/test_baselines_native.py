@@ -64,7 +64,7 @@ def _test_mse(strategy: str, ap_lat, user_map, **cfg) -> float:
     about 1e-7 is exact)."""
     ap, user, test = _session(strategy, ap_lat, user_map, **cfg)
     res = SessionDriver(ap, [LoopbackLink(user)]).run(test, np.arange(N_TEST))
-    return res.reports["user1"]["mse"] / float(np.var(user_map(test)))
+    return res.reports["user1"].mse / float(np.var(user_map(test)))
 
 
 def _scaled_latents(rng) -> np.ndarray:

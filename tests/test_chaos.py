@@ -147,7 +147,8 @@ def in_process(latents, fails_at: int | None) -> dict:
         links[1] = FailingLink(links[1], fails_at)
     test_ids = np.arange(len(scenario.ap_test), dtype=np.int64)
     result = SessionDriver(ap_machine, links).run(scenario.ap_test, test_ids)
-    return {"reports": result.reports, "rounds": result.rounds, "dropped": result.dropped}
+    reports = {uid: report.to_dict() for uid, report in result.reports.items()}
+    return {"reports": reports, "rounds": result.rounds, "dropped": result.dropped}
 
 
 def assert_same_user(got: dict, want: dict) -> None:

@@ -155,7 +155,7 @@ def test_session_runs_and_keeps_power_constraint(strategy):
     result = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(len(test)))
     assert set(result.reports) == {"user1", "user2"}
     for rep in result.reports.values():
-        assert 0 <= rep["accuracy"] <= 1 and rep["samples"] == len(test)
+        assert 0 <= rep.accuracy <= 1 and rep.samples == len(test)
     if strategy == "fed":
         z = ap.strategy.shared.z
         assert np.real(np.vdot(z, z)) <= ap.config.power * (1 + 1e-9)
@@ -198,9 +198,9 @@ def test_noiseless_invertible_single_user_is_aligned_to_near_zero_mse():
     user = User("user1", "enc", data, 2, 2, 100.0, (0, 0))
     result = SessionDriver(ap, [LoopbackLink(user)]).run(ap_lat[n:], np.arange(n_test))
     report = result.reports["user1"]
-    assert report["mse_whitened"] < 1e-4
-    assert report["mse"] < 1e-4 * np.mean(user_lat**2)
-    assert report["accuracy"] == pytest.approx(report["native_accuracy"])
+    assert report.mse_whitened < 1e-4
+    assert report.mse < 1e-4 * np.mean(user_lat**2)
+    assert report.accuracy == pytest.approx(report.native_accuracy)
 
 
 def test_fed_equals_multi_link_for_a_single_user():
@@ -209,7 +209,7 @@ def test_fed_equals_multi_link_for_a_single_user():
         ap, users, test = _session(strategy, dims=(10,), iterations=4)
         out[strategy] = SessionDriver(ap, [LoopbackLink(users[0])]).run(test, np.arange(50))
     a, b = out["fed"], out["multi-link"]
-    assert a.reports["user1"]["mse"] == pytest.approx(b.reports["user1"]["mse"], rel=1e-9)
+    assert a.reports["user1"].mse == pytest.approx(b.reports["user1"].mse, rel=1e-9)
     for ra, rb in zip(a.rounds, b.rounds, strict=True):
         assert ra.primal_residual == pytest.approx(rb.primal_residual, rel=1e-9, abs=1e-12)
 
@@ -243,7 +243,7 @@ def test_baseline_fit_variants_differ_and_full_needs_reference():
             "first-k", channel_uses=1, antennas_tx=2, baseline_fit=fit, snr_db=5.0
         )
         res = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(50))
-        results[fit] = res.reports["user1"]["mse"]
+        results[fit] = res.reports["user1"].mse
     assert results["received"] != results["full"]
     ap, users, _ = _session("first-k", channel_uses=1, antennas_tx=2, baseline_fit="full")
     users[0].handle(ap.handshake(users[0].handshake_request())[1])

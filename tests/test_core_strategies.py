@@ -149,9 +149,10 @@ def test_records_read_back_the_results_json_unchanged():
         assert back == results, name
         assert run.strategy == results["strategy"] and run.seeds[0].seed == 27
         assert isinstance(run.seeds[0], SeedResult)
-    networked = dict(reference["top-k"])
-    networked["seeds"] = [{**s, "wire": {"transport": "grpc"}} for s in networked["seeds"]]
-    networked["network"] = {"rounds": 0}
+    stored = json.loads((REFERENCE.parent / "results_networked.json").read_text())
+    networked = dict(reference["top-k"])  # with a stored networked run's wire and network
+    networked["seeds"] = [{**s, "wire": stored["seeds"][0]["wire"]} for s in networked["seeds"]]
+    networked["network"] = stored["network"]
     run = RunResult.from_dict(networked)
     assert run.seeds[0].strategy_info == {"baseline": networked["seeds"][0]["baseline"]}
     back = run.to_dict()
@@ -213,7 +214,7 @@ def test_a_strategy_is_one_spec_one_ap_class_and_one_user_class(outside):
     result = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(len(test)))
     assert result.rounds == [] and set(result.reports) == {"user1", "user2"}
     assert all(type(u.strategy) is USER_STRATEGIES.get("noop") for u in users)
-    assert result.reports["user1"]["mse_whitened"] == pytest.approx(1.0, rel=0.5)
+    assert result.reports["user1"].mse_whitened == pytest.approx(1.0, rel=0.5)
 
 
 def _choices(parser, command: str, dest: str):

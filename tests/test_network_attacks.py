@@ -85,7 +85,7 @@ def _run_ap(service, latents, expected, join_timeout=30, reply_timeout=20, polic
         splits["test"].latents,
     )
     policy = policy or WaitPolicy(reply_timeout=reply_timeout)
-    return serve_sessions(service, plan, ServeSettings(expected, join_timeout, policy))
+    return serve_sessions(service, plan, ServeSettings(expected, join_timeout, policy)).to_dict()
 
 
 class Peer(threading.Thread):
@@ -690,7 +690,7 @@ def test_dropped_user_command_prints_the_reason_and_exits_non_zero(latents):
             service,
             SessionsPlan(make_ap, CONFIG, [SEED], splits["test"].latents),
             ServeSettings(["user1", "user2"], 60, WaitPolicy(reply_timeout=30)),
-        )
+        ).to_dict()
         _, err = proc.communicate(timeout=60)
         peer.join(30)
     finally:

@@ -104,7 +104,7 @@ def run_ap(
         join_timeout=join_timeout,
         policy=WaitPolicy(reply_timeout=reply_timeout),
     )
-    return serve_sessions(service, plan, settings)
+    return serve_sessions(service, plan, settings).to_dict()  # the JSON
 
 
 def test_grpc_session_matches_simulator_and_measures_bytes(latents):

@@ -380,7 +380,7 @@ def test_in_process_driver_feeds_the_metrics_with_its_results(aggregation):
     for direction in ("down", "up"):
         key = f"bytes_{direction}_per_user"
         rounds = [r.to_dict() for r in result.rounds]
-        blocks = {"round": rounds, **{p: [result.phases[p]] for p in phases}}
+        blocks = {"round": rounds, **{p: [result.phases[p].to_dict()] for p in phases}}
         for phase, rows in blocks.items():
             want = per_user(rows, key)
             users = set(want) | set(result.user_order)  # a user the results miss is seen too

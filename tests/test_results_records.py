@@ -4,6 +4,7 @@ writes back equal (keys, order and values), and a fresh run's JSON has the store
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,54 @@ def test_a_seed_without_labels_writes_no_self_reported():
     seed = SeedResult.from_dict(block)
     assert seed.self_reported is None
     assert all("self_reported" not in u for u in seed.to_dict()["users"])
+
+
+def _schema(value):
+    """A JSON value's shape: objects as (key, shape) pairs in order, a list as its first
+    element's shape, scalars by kind (int and float alike: a number)."""
+    if isinstance(value, dict):
+        return [(k, _schema(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return ["list", _schema(value[0])] if value else ["list"]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return type(value).__name__
+    return "number"
+
+
+ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2", "--iterations", "3"]
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    from synthetic import make_latents
+
+    return make_latents(tmp_path_factory.mktemp("lat"), user_dims=(12, 20), n_train=200)
+
+
+def test_a_fresh_simulate_json_has_the_stored_schema(latents, tmp_path):
+    from semalign.cli import main
+
+    root, ap, users = latents
+    out = tmp_path / "sim.json"
+    argv = ["simulate", "--latents", str(root), "--ap-encoder", ap, "--user-encoders"]
+    assert main([*argv, ",".join(users), *ALIGN, "--seeds", "7,8", "-q", "--out", str(out)]) == 0
+    stored = json.loads((DATA / "results_simulate.json").read_text())
+    fresh = json.loads(out.read_text())
+    assert _schema(fresh) == _schema(stored)
+    assert _ordered(RunResult.from_dict(fresh).to_dict()) == _ordered(fresh)
+
+
+def test_a_fresh_networked_json_has_the_stored_schema(latents, tmp_path):
+    from semalign.deploy.launcher import semalign_command
+
+    root, ap, _ = latents
+    out = tmp_path / "run.json"
+    argv = [*semalign_command(), "run", "--latents", str(root), "--ap-encoder", ap]
+    argv += ["--num-users", "2", *ALIGN, "--seeds", "7,8", "--no-flower", "-q"]
+    argv += ["--workdir", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = json.loads((DATA / "results_networked.json").read_text())
+    fresh = json.loads(out.read_text())
+    assert _schema(fresh) == _schema(stored)
+    assert _ordered(RunResult.from_dict(fresh).to_dict()) == _ordered(fresh)

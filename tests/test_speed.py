@@ -131,13 +131,13 @@ def test_compact_session_results_and_bytes():
     for n in (300, 600):
         paper, compact = results["paper", n][0], results["compact", n][0]
         for uid, report in paper.reports.items():
-            assert compact.reports[uid]["accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
-            assert compact.reports[uid]["mse"] == pytest.approx(report["mse"], rel=1e-6)
+            assert compact.reports[uid].accuracy == pytest.approx(report.accuracy, abs=1e-9)
+            assert compact.reports[uid].mse == pytest.approx(report.mse, rel=1e-6)
         info = results["compact", n][1]["round_protocol"]
         assert info["compact_users"] == 3 and info["paper_users"] == 0
         # X (8, n) complex64 + B (8, 8) complex128 per user, inside the handshake bytes
         assert info["handshake_pilot_bytes"] >= 3 * (8 * n * 8 + 64 * 16)
-        assert compact.phases["handshake"]["bytes_down"] > info["handshake_pilot_bytes"]
+        assert compact.phases["handshake"].bytes_down > info["handshake_pilot_bytes"]
         assert results["paper", n][1] == {}
     compact_round = [results["compact", n][0].rounds[0] for n in (300, 600)]
     paper_round = [results["paper", n][0].rounds[0] for n in (300, 600)]

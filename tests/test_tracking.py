@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from semalign.common.records import SeedResult
 from synthetic import make_latents
 
 from semalign.cli import main
@@ -50,35 +51,38 @@ def fed_plan(latents: Path, seeds=(27, 42)):
     return make_plan(grid, latents, groups)
 
 
-def test_from_seed_block_reads_a_block_or_a_record():
+def test_from_seed_block_reads_a_seed_record():
+    user = {"encoder": "e", "mse_whitened": None, "dropped": None}
+    traffic = {"bytes_down": 10, "bytes_up": 20, "users": 2}
     block = {
         "seed": 1,
         "users": [
-            {"name": "user1", "accuracy": 0.5, "native_accuracy": 0.9, "mse": 2.0},
-            {"name": "user2", "accuracy": None, "native_accuracy": 0.8, "mse": None},
+            {**user, "name": "user1", "accuracy": 0.5, "native_accuracy": 0.9, "mse": 2.0},
+            {**user, "name": "user2", "accuracy": None, "native_accuracy": 0.8, "mse": None},
         ],
+        "mean_accuracy": 0.5, "mean_native_accuracy": 0.85, "mean_mse": 2.0,
         "rounds": [
             {"round": 0, "mse": 0.9, "objective": 3.0, "primal_residual": 1.0,
-             "dual_residual": 0.5, "bytes_down": 10, "bytes_up": 20, "seconds": 0.1},
+             "dual_residual": 0.5, **traffic, "seconds": 0.1},
             {"round": 1, "mse": 0.7, "objective": 2.0, "primal_residual": 0.5,
-             "dual_residual": 0.2, "bytes_down": 10, "bytes_up": 20, "seconds": 0.1},
+             "dual_residual": 0.2, **traffic, "seconds": 0.1},
         ],
-        "phases": {"final": {"mse": 0.65}},
+        "phases": {"final": {"bytes_down": 1, "bytes_up": 1, "mse": 0.65, "objective": 1.0}},
+        "dropped": {},
         "seconds": 1.5,
     }  # fmt: skip
-
-    class Record:  # what the engine's typed SeedResult offers
-        def to_dict(self):
-            return block
-
-    for source in (block, Record()):
-        run = from_seed_block("r", {"rho": 1.0}, source, {"host": "h", "git_commit": None})
-        assert [r["pilot_mse_whitened"] for r in run.rounds] == [0.9, 0.7]
-        assert set(run.rounds[0]) == set(ROUND_METRICS.values())
-        assert run.final["user1/accuracy"] == 0.5 and "user2/accuracy" not in run.final
-        assert run.final["accuracy"] == 0.5 and run.final["native_accuracy"] == pytest.approx(0.85)
-        assert run.final["network_mse"] == 0.65 and run.final["seconds"] == 1.5
-        assert run.tags == {"host": "h", "git_commit": ""}
+    run = from_seed_block(
+        "r", {"rho": 1.0}, SeedResult.from_dict(block), {"host": "h", "git_commit": None}
+    )
+    assert [r["pilot_mse_whitened"] for r in run.rounds] == [0.9, 0.7]
+    assert set(run.rounds[0]) == set(ROUND_METRICS.values())
+    assert run.final["user1/accuracy"] == 0.5 and "user2/accuracy" not in run.final
+    assert run.final["accuracy"] == 0.5 and run.final["native_accuracy"] == pytest.approx(0.85)
+    assert run.final["network_mse"] == 0.65 and run.final["seconds"] == 1.5
+    assert run.tags == {"host": "h", "git_commit": ""}
+    assert run.params["user1/encoder"] == "e"
+    without_final = SeedResult.from_dict({**block, "phases": {}})  # the last round's MSE
+    assert from_seed_block("r", {}, without_final).final["network_mse"] == 0.7
 
 
 def test_mlflow_file_store_has_every_round(latents, tmp_path):

@@ -347,7 +347,7 @@ def audit_seed(
         with single_thread():  # matrices of a few hundred rows (common/threads.py)
             known = known_map_estimates(mine, sent, user.user_id, ap, truth.y.shape[0])
             figures = attack_user(truth, mine, ap, memo, known)
-        report = result.reports.get(user.user_id, {})
+        report = result.reports.get(user.user_id)
         out.append(
             UserLeakage(
                 user=user.user_id,
@@ -356,7 +356,7 @@ def audit_seed(
                 aggregation=config.aggregation,
                 target=config.target,
                 seed=config.seed,
-                aligned_accuracy=report.get("accuracy"),
+                aligned_accuracy=report.accuracy if report is not None else None,
                 rebuilt_rounds=rebuilt,
                 opened_rounds=sorted(opened),
                 drop_round=drop_round,

@@ -33,6 +33,7 @@ from typing import Any
 
 from semalign.common.errors import SweepError
 from semalign.common.io import SpawnPool
+from semalign.common.records import SeedResult
 from semalign.experiments.plan import (
     Plan,
     Run,
@@ -64,7 +65,7 @@ def _scenario(spec: ScenarioSpec):
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 
-def execute(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def execute(run: Run) -> tuple[list[dict[str, Any]], SeedResult]:
     """Run one (cell, seed) in this process; returns its table rows and its results block.
 
     The users' data is loaded and whitened before the engine's clock starts, so a run's
@@ -77,8 +78,7 @@ def execute(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     for encoder in run.spec.users:
         data = scenario.data_for(encoder, run.config.pilot_fraction, run.config)
         data.whitened_pilots(list(range(len(data.pilot_ids))))
-    result = simulate_seed(scenario, run.config)
-    block = result.to_dict() if hasattr(result, "to_dict") else result
+    block = simulate_seed(scenario, run.config)
     rows = rows_from_seed(run, block, provenance)
     for row in rows:
         row["provenance"] = provenance
@@ -127,7 +127,7 @@ class Outcome:
 
     key: str
     rows: list[dict[str, Any]] | None
-    block: dict[str, Any] | None
+    block: SeedResult | None
     error: str | None = None
 
 
@@ -187,7 +187,7 @@ def check_executor(executor: str) -> None:
         )
 
 
-def tracked_run(run: Run, rows: list[dict[str, Any]], block: dict[str, Any]) -> Any:
+def tracked_run(run: Run, rows: list[dict[str, Any]], block: SeedResult) -> Any:
     """The :class:`~semalign.tracking.TrackedRun` of a finished run: its config and cell as
     params, its provenance as tags, its rounds and per-user results as metrics."""
     from semalign.tracking import from_seed_block
@@ -318,7 +318,7 @@ def _track(
     summary: SweepSummary,
     run: Run,
     rows: list[dict[str, Any]],
-    block: dict[str, Any] | None,
+    block: SeedResult | None,
 ) -> None:
     """Log a finished run to ``tracker``; the first failure stops the tracking (logged and in
     the summary), never the sweep: the run is in the table."""

@@ -32,6 +32,7 @@ from typing import Any
 from semalign.common.baselines import LEGACY_SELECTION
 from semalign.common.errors import SweepError
 from semalign.common.io import atomic_write_text, file_lock
+from semalign.common.records import SeedResult
 from semalign.common.strategies import get_strategy, strategy_family
 from semalign.experiments.grid import LEGACY_RESEARCH_VALUES, antennas_label
 from semalign.experiments.plan import Run, zeta
@@ -144,38 +145,38 @@ SCHEMAS: dict[int, list[str]] = {
 }
 
 
-def read_seed(block: dict[str, Any]) -> dict[str, Any]:
-    """What the table keeps of one seed's results block (:func:`simulate_seed`'s dict).
+def read_seed(block: SeedResult) -> dict[str, Any]:
+    """What the table keeps of one seed's results (:func:`simulate_seed`'s record).
 
-    The one place that reads that block: run-level values, the baselines' accounting
-    (``baseline``, empty for ADMM strategies) and one dict of table columns per user.
+    The one place that reads it: run-level values, the baselines' accounting (``baseline``,
+    empty for ADMM strategies) and one dict of table columns per user.
     """
-    final = block.get("phases", {}).get("final", {})
-    rounds = block.get("rounds") or []
-    last_round = rounds[-1]["mse"] if rounds else None
+    final = block.phases.get("final")
+    last_round = block.rounds[-1].mse if block.rounds else None
     users = [
         {
-            "user": user["name"],
-            "encoder": user["encoder"],
-            "accuracy": user["accuracy"],
-            "native_accuracy": user["native_accuracy"],
-            "mse": user["mse"],
-            "mse_whitened": user["mse_whitened"],
-            "dropped": user["dropped"] or "",
+            "user": user.name,
+            "encoder": user.encoder,
+            "accuracy": user.accuracy,
+            "native_accuracy": user.native_accuracy,
+            "mse": user.mse,
+            "mse_whitened": user.mse_whitened,
+            "dropped": user.dropped or "",
         }
-        for user in block["users"]
+        for user in block.users
     ]
+    network_mse = final.final.mse if final is not None and final.final is not None else last_round
     return {
-        "network_mse": final.get("mse", last_round),
+        "network_mse": network_mse,
         "last_round_mse": last_round,
-        "baseline": block.get("baseline", {}),
-        "seconds": block.get("seconds"),
+        "baseline": block.strategy_info.get("baseline", {}),
+        "seconds": block.seconds,
         "users": users,
     }
 
 
 def rows_from_seed(
-    run: Run, block: dict[str, Any], provenance: dict[str, Any] | None = None
+    run: Run, block: SeedResult, provenance: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The table rows of one run's results block (one per user), with the run's provenance
     (:func:`~semalign.experiments.provenance.run_provenance`; empty columns without it)."""

@@ -9,7 +9,7 @@ A :class:`TrackedRun` is backend-neutral: the run's name, its parameters (the co
 user's encoder as ``<user>/encoder``), tags (the provenance), one dict of metrics per ADMM round
 (step = round) and the final metrics (network means and ``<user>/<metric>`` per user id).
 :func:`from_seed_block` builds one from a seed's results block
-(:func:`semalign.engine.simulate.simulate_seed`'s dict, or a record with ``to_dict()``);
+(:func:`semalign.engine.simulate.simulate_seed`'s :class:`~semalign.common.records.SeedResult`);
 :func:`open_tracker` opens a backend, whose package is an optional extra
 (``pip install 'semalign[mlflow]'``, ``[tensorboard]``, ``[wandb]``)::
 

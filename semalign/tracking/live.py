@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from semalign.common.records import RoundRecord, SeedResult
 from semalign.tracking.runs import TrackedRun, Tracker, from_seed_block, round_metric_values
 
 log = logging.getLogger(__name__)
@@ -57,22 +58,16 @@ class SeedRuns:
             self.error = str(exc) or type(exc).__name__
             log.warning("tracking stopped after a failure: %s", self.error)
 
-    def on_round(self, seed: int, record: Any) -> None:
-        """Log one round (a :class:`~semalign.common.records.RoundRecord` or its dict)."""
-        self._guard(lambda: self._run(seed).round(_step(record), round_metric_values(record)))
+    def on_round(self, seed: int, record: RoundRecord) -> None:
+        """Log one round."""
+        self._guard(lambda: self._run(seed).round(record.round, round_metric_values(record)))
 
-    def on_seed(self, block: Any) -> None:
-        """Finish the seed's run with its final metrics (a seed's results block or record)."""
+    def on_seed(self, block: SeedResult) -> None:
+        """Finish the seed's run with its final metrics."""
 
         def finish() -> None:
-            data = block.to_dict() if hasattr(block, "to_dict") else block
-            final = from_seed_block(self.name, {}, data).final
-            self._run(int(data["seed"])).finish(final)
+            final = from_seed_block(self.name, {}, block).final
+            self._run(block.seed).finish(final)
             self.finished += 1
 
         self._guard(finish)
-
-
-def _step(record: Any) -> int:
-    data = record.to_dict() if hasattr(record, "to_dict") else record
-    return int(data.get("round", 0))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from semalign.common.errors import SemalignError
+from semalign.common.records import RoundRecord, SeedResult, UserResult
 
 #: Backends :func:`open_tracker` knows, with the extra that installs each.
 TRACKERS: dict[str, str] = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb"}
@@ -87,30 +88,27 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def round_metric_values(record: Any) -> dict[str, float]:
-    """The tracked metrics of one round record (a dict, or a record with ``to_dict()``;
-    missing or non-numeric values left out)."""
-    if hasattr(record, "to_dict"):
-        record = record.to_dict()
+def round_metric_values(record: RoundRecord) -> dict[str, float]:
+    """The tracked metrics of one round record (non-numeric values, NaN aside, left out)."""
     metrics = {}
     for source, name in ROUND_METRICS.items():
-        value = _number(record.get(source))
+        value = _number(getattr(record, source))
         if value is not None:
             metrics[name] = value
     return metrics
 
 
-def round_metrics(rounds: Iterable[dict[str, Any]]) -> list[dict[str, float]]:
-    """The tracked metrics of each round record (missing or non-numeric values left out)."""
+def round_metrics(rounds: Iterable[RoundRecord]) -> list[dict[str, float]]:
+    """The tracked metrics of each round record (non-numeric values left out)."""
     return [round_metric_values(record) for record in rounds]
 
 
-def user_encoders(users: Iterable[Any]) -> dict[str, str]:
+def user_encoders(users: Iterable[UserResult]) -> dict[str, str]:
     """``{"<user>/encoder": encoder}`` for per-user results that name both (the parameters
     that say which encoder each user id's metrics belong to)."""
     out = {}
     for user in users:
-        name, encoder = user.get("name") or user.get("user"), user.get("encoder")
+        name, encoder = user.name, user.encoder
         if name and encoder:
             out[f"{name}/encoder"] = str(encoder)
     return out
@@ -122,22 +120,21 @@ def _mean(values: Iterable[Any]) -> float | None:
 
 
 def final_metrics(
-    users: Iterable[dict[str, Any]], extra: dict[str, Any] | None = None
+    users: Iterable[UserResult], extra: dict[str, Any] | None = None
 ) -> dict[str, float]:
-    """Final metrics from per-user results (``name`` or ``user``, and :data:`USER_METRICS`):
-    each user's values and the means over users, plus the numbers in ``extra``."""
+    """Final metrics from per-user results (:data:`USER_METRICS`): each user's values and the
+    means over users, plus the numbers in ``extra``."""
     users = list(users)
     final: dict[str, float] = {}
     for key in ("accuracy", "native_accuracy", "mse"):
-        mean = _mean(u.get(key) for u in users)
+        mean = _mean(getattr(u, key) for u in users)
         if mean is not None:
             final[key] = mean
     for user in users:
-        name = user.get("name") or user.get("user")
         for key in USER_METRICS:
-            value = _number(user.get(key))
+            value = _number(getattr(user, key))
             if value is not None:
-                final[f"{name}/{key}"] = value
+                final[f"{user.name}/{key}"] = value
     for key, value in (extra or {}).items():
         number = _number(value)
         if number is not None:
@@ -148,22 +145,23 @@ def final_metrics(
 def from_seed_block(
     name: str,
     params: dict[str, Any],
-    block: Any,
+    block: SeedResult,
     tags: dict[str, Any] | None = None,
     group: str | None = None,
 ) -> TrackedRun:
-    """A tracked run from one seed's results block (a dict, or a record with ``to_dict()``)."""
-    if hasattr(block, "to_dict"):
-        block = block.to_dict()
-    rounds = block.get("rounds") or []
-    final_phase = (block.get("phases") or {}).get("final") or {}
-    network_mse = final_phase.get("mse", rounds[-1].get("mse") if rounds else None)
-    extra = {"network_mse": network_mse, "seconds": block.get("seconds")}
+    """A tracked run from one seed's results (a results file's seed: ``SeedResult.from_dict``)."""
+    rounds = block.rounds
+    final_phase = block.phases.get("final")
+    if final_phase is not None and final_phase.final is not None:
+        network_mse = final_phase.final.mse
+    else:
+        network_mse = rounds[-1].mse if rounds else None
+    extra = {"network_mse": network_mse, "seconds": block.seconds}
     return TrackedRun(
         name=name,
-        params={**params, **user_encoders(block.get("users") or [])},
+        params={**params, **user_encoders(block.users)},
         tags={k: "" if v is None else str(v) for k, v in (tags or {}).items()},
         rounds=round_metrics(rounds),
-        final=final_metrics(block.get("users") or [], extra),
+        final=final_metrics(block.users, extra),
         group=group,
     )
