@@ -12,8 +12,19 @@ Times are seconds, byte counts are bytes of serialized messages, user ids are th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+
+class _Flat:
+    """``to_dict``/``from_dict`` of a record whose JSON keys are its fields, in order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return cls(**{f.name: data[f.name] for f in fields(cls)})  # type: ignore[arg-type]
 
 
 def _count_map(data: dict[str, Any]) -> dict[str, int]:
@@ -58,7 +69,7 @@ class WireRound:
 
 
 @dataclass(frozen=True)
-class WireUser:
+class WireUser(_Flat):
     """One user's stream over the whole session: its peer address, bytes and messages."""
 
     peer: str | None
@@ -67,45 +78,24 @@ class WireUser:
     messages_down: int
     messages_up: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WireUser:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
-class Rejoin:
+class Rejoin(_Flat):
     """A user that came back on a new stream, at which round and in which phase."""
 
     user: str
     round: int
     phase: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Rejoin:
-        return cls(data["user"], data["round"], data["phase"])
-
 
 @dataclass(frozen=True)
-class Straggler:
+class Straggler(_Flat):
     """A reply that missed the round deadline (``deadline_s``)."""
 
     user: str
     round: int
     phase: str
     deadline_s: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Straggler:
-        return cls(data["user"], data["round"], data["phase"], data.get("deadline_s"))
 
 
 @dataclass(frozen=True)
@@ -185,18 +175,11 @@ class WireBlock:
 
 
 @dataclass(frozen=True)
-class DropTime:
+class DropTime(_Flat):
     """Why a user was dropped and when (seconds into its session; None: not measured)."""
 
     reason: str
     at_s: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "at_s": self.at_s}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DropTime:
-        return cls(data["reason"], data.get("at_s"))
 
 
 @dataclass(frozen=True)
@@ -240,19 +223,12 @@ class NetworkSummary:
 
 
 @dataclass(frozen=True)
-class LostUser:
+class LostUser(_Flat):
     """An invited user that did not finish a seed, and why (``lost[]``)."""
 
     seed: int
     user: str
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "user": self.user, "reason": self.reason}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LostUser:
-        return cls(data["seed"], data["user"], data["reason"])
 
 
 @dataclass(frozen=True)

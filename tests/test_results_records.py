@@ -1,5 +1,9 @@
 """The typed results tree and its JSON: every stored results file reads into records and
-writes back equal (keys, order and values), and a fresh run's JSON has the stored schema."""
+writes back equal (keys, order and values), and a fresh run's JSON has the stored schema.
+
+tests/data/results_{simulate,networked,topk}.json were written by ``semalign simulate`` and
+``semalign run --no-flower`` (synthetic latents, 2 users, 3 rounds) while the results were
+still assembled as dicts: the JSON the typed records must keep."""
 
 from __future__ import annotations
 
