@@ -37,6 +37,7 @@ from semalign.common.errors import CheckpointError
 from semalign.common.io import atomic_write_bytes
 from semalign.common.records import RoundRecord, SeedResult, UserReport
 from semalign.server.access_point import AccessPoint, UserState
+from semalign.server.session import RestoredSession
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,9 @@ def capture(ap: AccessPoint, driver, index: int, extra: dict[str, Any] | None = 
     )
 
 
-def restore(ap: AccessPoint, state: SessionState) -> dict[str, Any]:
+def restore(ap: AccessPoint, state: SessionState) -> RestoredSession:
     """Put a freshly built AP (same config, seed and data) back where ``state`` left it;
-    returns what the driver needs (``rounds``, ``phases``, ``user_order``)."""
+    returns what the driver had recorded (rounds, traffic so far, user order)."""
     if pilots_digest(ap) != state.pilots:
         raise CheckpointError("the AP's pilot latents differ from the checkpoint's")
     ap.session_id = state.session_id
@@ -135,11 +136,11 @@ def restore(ap: AccessPoint, state: SessionState) -> dict[str, Any]:
         {k[len(prefix) :]: v for k, v in state.arrays.items() if k.startswith(prefix)}
     )
     ap.round = state.round
-    return {
-        "rounds": [RoundRecord.from_dict(r) for r in state.records],
-        "phases": state.phases,
-        "user_order": state.user_order,
-    }
+    return RestoredSession(
+        rounds=[RoundRecord.from_dict(r) for r in state.records],
+        phases={name: dict(traffic) for name, traffic in state.phases.items()},
+        user_order=list(state.user_order),
+    )
 
 
 def save(path: str | Path, checkpoint: Checkpoint) -> Path:

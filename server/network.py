@@ -38,7 +38,7 @@ from semalign.server.network_results import (
 from semalign.server.results import run_result, seed_result
 from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, GrpcLink
-from semalign.server.session import SessionDriver, SessionResult, WaitPolicy
+from semalign.server.session import RestoredSession, SessionDriver, SessionResult, WaitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class MeasuredDriver(SessionDriver):
         policy: WaitPolicy,
         on_round: Callable[[RoundRecord, WireRound], None] | None = None,
         checkpoint: Callable[[SessionDriver], None] | None = None,
-        restored: dict[str, Any] | None = None,
+        restored: RestoredSession | None = None,
+        wire_rounds: Sequence[WireRound] = (),
         metrics: NoMetrics | None = None,
     ) -> None:
         super().__init__(
@@ -90,9 +91,7 @@ class MeasuredDriver(SessionDriver):
             metrics=metrics,
         )
         self.grpc_links = {link.user_id: link for link in links}
-        self.wire_rounds: list[WireRound] = [
-            WireRound.from_dict(w) for w in (restored or {}).get("wire_rounds", [])
-        ]
+        self.wire_rounds: list[WireRound] = list(wire_rounds)
         self.drop_times: dict[str, float] = {}
         self.timings: dict[str, float] = {}
         self._callback = on_round
@@ -157,7 +156,7 @@ def serve_session(
     poll: Callable[[list[str]], dict[str, str] | None] | None = None,
     required: set[str] | None = None,
     checkpoint: Callable[[SessionDriver], None] | None = None,
-    restored: dict[str, Any] | None = None,
+    restored: tuple[RestoredSession, list[WireRound]] | None = None,
     metrics: NoMetrics | None = None,
 ) -> tuple[SessionResult, WireBlock]:
     """Gather the users of one session and run it; returns the result and its wire block.
@@ -166,7 +165,7 @@ def serve_session(
     return the users known lost meanwhile, ``{user_id: reason}``, whom nobody waits for);
     ``required``: start once these have joined (see :class:`Lobby`); ``checkpoint``: called
     after the handshake and each round; ``restored``: the session continues from a checkpoint
-    (:func:`semalign.server.checkpoint.restore`).
+    (:func:`semalign.server.checkpoint.restore`, and the wire rounds measured before).
     """
     opened = time.perf_counter()
     lobby = service.open_lobby(offer, expected, required)
@@ -183,7 +182,8 @@ def serve_session(
         policy=policy,
         on_round=on_round,
         checkpoint=checkpoint,
-        restored=restored,
+        restored=restored[0] if restored else None,
+        wire_rounds=restored[1] if restored else (),
         metrics=metrics,
     )
     lobby.progress = lambda: ap.round
@@ -376,8 +376,11 @@ def _serve_seed(
     ap = plan.make_ap(cfg)
     restored = None
     if saved.current is not None and saved.current.index == index:
-        restored = checkpoints.restore(ap, saved.current)
-        restored["wire_rounds"] = saved.current.extra.get("wire_rounds", [])
+        wire_rounds = saved.current.extra.get("wire_rounds", [])
+        restored = (
+            checkpoints.restore(ap, saved.current),
+            [WireRound.from_dict(w) for w in wire_rounds],
+        )
         required = {u["user_id"] for u in saved.current.users if not u["dropped"]}
 
     def save_point(driver: MeasuredDriver) -> None:

@@ -112,6 +112,17 @@ class SessionResult:
     stragglers: list[Straggler] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RestoredSession:
+    """What a session continued from a checkpoint had recorded before the AP stopped: its
+    rounds, the traffic per phase so far (the driver's running counts: ``bytes_down``,
+    ``bytes_up`` and per user) and the users in handshake order."""
+
+    rounds: list[RoundRecord]
+    phases: dict[str, dict]
+    user_order: list[str]
+
+
 class SessionDriver:
     """Runs :class:`AccessPoint` against a set of links.
 
@@ -141,7 +152,7 @@ class SessionDriver:
         policy: WaitPolicy | None = None,
         checkpoint: Callable[[SessionDriver], None] | None = None,
         resumed: bool = False,
-        restored: dict | None = None,
+        restored: RestoredSession | None = None,
         metrics: NoMetrics | None = None,
     ) -> None:
         self.ap = ap
@@ -152,10 +163,10 @@ class SessionDriver:
         self.on_round = on_round
         self.checkpoint = checkpoint
         self.resumed = resumed
-        restored = restored or {}
-        self.phases: dict[str, dict] = dict(restored.get("phases", {}))
-        self.records: list[RoundRecord] = list(restored.get("rounds", []))
-        self.user_order: list[str] = list(restored.get("user_order", []))
+        restored = restored or RestoredSession([], {}, [])
+        self.phases: dict[str, dict] = {k: dict(v) for k, v in restored.phases.items()}
+        self.records: list[RoundRecord] = list(restored.rounds)
+        self.user_order: list[str] = list(restored.user_order)
         self.rejoins: list[Rejoin] = []
         self.stragglers: list[Straggler] = []
         #: per user: the message it has not answered yet, and the state-building messages it
