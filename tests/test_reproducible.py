@@ -1,4 +1,4 @@
-"""Issue 23 (6): reproducible by construction.
+"""Reproducible by construction.
 
 The same ``semalign encode`` twice, into two empty caches with the same seed, gives the same
 files byte for byte (latents, classifiers; meta.json but for its timings), whatever torch's
