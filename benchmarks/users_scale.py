@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -161,53 +162,22 @@ def load_text(rows: list[dict]) -> str:
     return f"{min(loads):.1f}-{max(loads):.1f}"
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot_vs_users(
+    rows: list[dict], path: Path, title: str, panels: list[tuple[str, Callable[[dict], float]]]
+) -> None:
+    """One log-log panel per (y label, value of a row) against L, one line per protocol."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
-    for protocol, marker in (("paper", "o"), ("compact", "s")):
-        sel = [r for r in rows if r["protocol"] == protocol]
-        if not sel:
-            continue
-        users = [r["users"] for r in sel]
-        ax_t.plot(users, [r["round_seconds"] for r in sel], marker=marker, label=protocol)
-        total = [(r["bytes_down"] + r["bytes_up"]) / 1e6 for r in sel]
-        ax_b.plot(users, total, marker=marker, label=protocol)
-    for ax, label in ((ax_t, "seconds per ADMM round"), (ax_b, "MB per round (down + up)")):
-        ax.set_xlabel("users L")
-        ax.set_ylabel(label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"figure written to {path}")
-
-
-def plot_scale(rows: list[dict], path: Path, title: str) -> None:
-    """Warm round time (median, first round excluded) and the child's peak RSS against L, both
-    on log-log axes, one line per protocol."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    for protocol, marker in (("paper", "o"), ("compact", "s")):
-        sel = [r for r in rows if r["protocol"] == protocol]
-        if not sel:
-            continue
-        users = [r["users"] for r in sel]
-        ax_t.plot(users, [r["warm_round_seconds"] for r in sel], marker=marker, label=protocol)
-        ax_m.plot(users, [r["peak_rss_gib"] for r in sel], marker=marker, label=protocol)
-    labels = ("seconds per ADMM round (median, warm)", "peak RSS of the process (GiB)")
-    for ax, label in zip((ax_t, ax_m), labels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (label, value) in zip(axes[0], panels, strict=True):
+        for protocol, marker in (("paper", "o"), ("compact", "s")):
+            sel = [r for r in rows if r["protocol"] == protocol]
+            if sel:
+                ax.plot([r["users"] for r in sel], [value(r) for r in sel], marker=marker,
+                        label=protocol)  # fmt: skip
         ax.set_xlabel("users L")
         ax.set_ylabel(label)
         ax.set_xscale("log")
@@ -219,6 +189,32 @@ def plot_scale(rows: list[dict], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     print(f"figure written to {path}")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Round time (median of all rounds) and bytes per round against L."""
+    plot_vs_users(
+        rows,
+        path,
+        title,
+        [
+            ("seconds per ADMM round", lambda r: r["round_seconds"]),
+            ("MB per round (down + up)", lambda r: (r["bytes_down"] + r["bytes_up"]) / 1e6),
+        ],
+    )
+
+
+def plot_scale(rows: list[dict], path: Path, title: str) -> None:
+    """Warm round time (median, first round excluded) and the child's peak RSS against L."""
+    plot_vs_users(
+        rows,
+        path,
+        title,
+        [
+            ("seconds per ADMM round (median, warm)", lambda r: r["warm_round_seconds"]),
+            ("peak RSS of the process (GiB)", lambda r: r["peak_rss_gib"]),
+        ],
+    )
 
 
 HEADER = (
