@@ -15,9 +15,15 @@ on a shared machine the wall time of a round depends on the other jobs, its CPU 
 seconds of an ADMM round (from the results JSON), bytes per round down and up, handshake bytes,
 the CPU seconds of a round (the process, all threads), the process's peak RSS (``ru_maxrss``
 of the child) and its wall time. Prints a table and the
-ratios paper/compact; ``--figure`` draws round time and bytes per round against L.
+ratios paper/compact; ``--figure`` draws round time and bytes per round against L,
+``--scale-figure`` the warm round time (median of the rounds after the first, which includes
+the compact users' R = Y X^H) and the peak RSS against L, both log-log.
 
     nice python benchmarks/users_scale.py --figure docs/figures/users-scale.png
+    # 1,000 users (docs/performance.md, Benchmark 3), in one line:
+    OPENBLAS_NUM_THREADS=1 nice python benchmarks/users_scale.py --test-rows 200
+        --users 10,30,100,300,1000 --protocols compact --iterations 5 --task-model logistic
+        --scale-figure docs/figures/users_scale_1000.png
     python benchmarks/users_scale.py --pilots 2000 --users 2,4 --iterations 2   # a quick look
 """
 
