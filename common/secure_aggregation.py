@@ -57,12 +57,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
-    decrypt,
-    encrypt,
-    generate_shared_key,
-)
 from semalign.common.errors import ProtocolError, SemalignError
 
 #: fractional bits of the fixed-point encoding (quantization step 2^-36 = 1.5e-11)
@@ -81,6 +75,21 @@ SHARE_BYTES = 4 + 48
 #: t-subsets of the revealed shares tried before a key counts as unrecoverable
 MAX_SUBSETS = 256
 _SHARE_HEADER = b"semalign secagg share"
+
+
+def _shamir():
+    """Flower's Shamir module, imported on first use (a user process without secure
+    aggregation never loads Flower for it)."""
+    from flwr.common.secure_aggregation.crypto import shamir
+
+    return shamir
+
+
+def _symmetric():
+    """Flower's key agreement and Fernet helpers, imported on first use."""
+    from flwr.common.secure_aggregation.crypto import symmetric_encryption
+
+    return symmetric_encryption
 
 
 class QuantizationError(SemalignError):
@@ -146,7 +155,7 @@ def pair_secret(private: ec.EllipticCurvePrivateKey, public: ec.EllipticCurvePub
     """The key two users share (ECDH + HKDF-SHA256, 32 bytes urlsafe-base64): the same from
     either side, ``pair_secret(a, B) == pair_secret(b, A)``."""
     try:
-        return generate_shared_key(private, public)
+        return _symmetric().generate_shared_key(private, public)
     except (ValueError, InvalidKey) as exc:
         raise ProtocolError(f"key agreement failed: {exc}") from None
 
@@ -249,7 +258,7 @@ def split_key(key: ec.EllipticCurvePrivateKey, threshold: int, count: int) -> li
     """``count`` Shamir shares of the private scalar, any ``threshold`` of which rebuild it."""
     if not 2 <= threshold <= count:
         raise ProtocolError(f"secure aggregation: threshold {threshold} for {count} shares")
-    return create_shares(private_bytes(key), threshold, count)
+    return _shamir().create_shares(private_bytes(key), threshold, count)
 
 
 def combine_key(shares: Sequence[bytes]) -> ec.EllipticCurvePrivateKey:
@@ -258,7 +267,7 @@ def combine_key(shares: Sequence[bytes]) -> ec.EllipticCurvePrivateKey:
     if len({bytes(s[:4]) for s in shares}) != len(shares) or len({len(s) for s in shares}) != 1:
         raise ProtocolError("secure aggregation: shares with repeated indices or lengths")
     try:
-        return load_private(combine_shares([bytes(s) for s in shares]))
+        return load_private(_shamir().combine_shares([bytes(s) for s in shares]))
     except ValueError as exc:
         raise ProtocolError(f"secure aggregation: cannot combine shares: {exc}") from None
 
@@ -343,14 +352,14 @@ def _share_header(session_id: str, sender: int, recipient: int) -> bytes:
 def seal_share(secret: bytes, session_id: str, sender: int, recipient: int, share: bytes) -> bytes:
     """A share encrypted for its recipient under their pair ``secret`` (Fernet), bound to the
     session and both indices so that the AP cannot replay it elsewhere."""
-    return encrypt(secret, _share_header(session_id, sender, recipient) + share)
+    return _symmetric().encrypt(secret, _share_header(session_id, sender, recipient) + share)
 
 
 def open_share(secret: bytes, session_id: str, sender: int, recipient: int, sealed: bytes) -> bytes:
     """The share inside :func:`seal_share`'s ciphertext; ProtocolError if it does not decrypt
     or was sealed for another session, sender or recipient."""
     try:
-        plain = decrypt(secret, bytes(sealed))
+        plain = _symmetric().decrypt(secret, bytes(sealed))
     except (InvalidToken, ValueError, TypeError):
         raise ProtocolError(f"share from user {sender} does not decrypt") from None
     header = _share_header(session_id, sender, recipient)

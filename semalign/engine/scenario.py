@@ -55,7 +55,10 @@ def load_scenario(latents_dir: str | Path, ap_encoder: str, user_encoders: list[
     if not user_encoders:
         raise LatentsError("at least one user encoder is needed")
     latents_dir = Path(latents_dir)
-    named = {enc: load_encoder_splits(latents_dir, enc) for enc in [ap_encoder, *user_encoders]}
+    named = {
+        enc: load_encoder_splits(latents_dir, enc)
+        for enc in dict.fromkeys([ap_encoder, *user_encoders])
+    }
     check_aligned(named)
     ap = named[ap_encoder]
     return Scenario(
