@@ -125,7 +125,7 @@ def _no_work(*_args, **_kwargs):
 
 #: The entry points of the commands' work: a refused command must reach none of them.
 WORK = (
-    "semalign.commands.simulate.load_scenario",
+    "semalign.engine.scenario.load_scenario",  # simulate and audit load through it
     "semalign.commands.sweep.make_plan",
     "semalign.commands.plot.make_figures",
     "semalign.encoders.encode",
