@@ -3,9 +3,9 @@ paper vs compact protocol, against each session's lower bound.
 
     nice -n 10 .venv/bin/python benchmarks/links.py --pilots 4000 --json links.json
 
-Needs root (network namespaces). It builds a testbed (``semalign.deploy.testbed``): host ``ap``
+Needs root (network namespaces). It builds a testbed (``semalign_testing.testbed``): host ``ap``
 and hosts ``u1``..``u10``, each its own namespace with one veth to a bridge. The link emulator
-(``semalign.deploy.link_emulator``, a relay inside ``ap`` on ap's address, in front of the AP
+(``semalign_testing.link_emulator``, a relay inside ``ap`` on ap's address, in front of the AP
 service on ap's loopback) is the AP's access link that all users share: per direction one
 FIFO at the link rate (TCP payload bytes) followed by the one-way delay. Per (link, protocol)
 it starts ``semalign ap --listen 127.0.0.1:50051`` inside ``ap`` and ``semalign user --ap
@@ -42,13 +42,15 @@ import time
 from pathlib import Path
 
 from semalign.common.credentials import new_secret, user_token
-from semalign.deploy.launcher import child_env, semalign_command, sigterm_as_interrupt
-from semalign.deploy.link_emulator import parse_delay, parse_rate
-from semalign.deploy.testbed import Testbed, TestbedError, remove_stale, require_testbed
-from semalign.deploy.user import user_argv
+from semalign.deploy.commands.user import user_argv
+from semalign.deploy.serving.launcher import child_env, semalign_command, sigterm_as_interrupt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repo root: semalign_testing
 from users_scale import write_cache  # noqa: E402 - the synthetic cache of users_scale.py
+
+from semalign_testing.link_emulator import parse_delay, parse_rate  # noqa: E402
+from semalign_testing.testbed import Testbed, TestbedError, remove_stale, require_testbed  # noqa: E402
 
 PORT = 50051
 

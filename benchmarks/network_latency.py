@@ -45,8 +45,8 @@ from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.credentials import new_secret, user_token
 from semalign.common.latents import load_encoder_splits
-from semalign.deploy.launcher import Processes, child_env
-from semalign.deploy.user import user_argv
+from semalign.deploy.commands.user import user_argv
+from semalign.deploy.serving.launcher import Processes, child_env
 from semalign.server.access_point import build_access_point
 from semalign.server.network import serve_session
 from semalign.server.service import AlignmentService, start_server
@@ -168,7 +168,7 @@ def tcp_check(root: Path, encoders: list[str], config: AlignmentConfig, workdir:
 def command_check(root: Path, users: int, rounds: int, reps: int, workdir: Path) -> dict:
     """`semalign run` itself, with Flower supervising the users and with plain processes,
     alternating: round latency over all rounds, startup (until all users joined) and total."""
-    from semalign.deploy.launcher import semalign_command
+    from semalign.deploy.serving.launcher import semalign_command
 
     out: dict[str, dict[str, list[float]]] = {}
     for rep in range(reps):

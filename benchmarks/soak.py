@@ -47,7 +47,7 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LinkError
 from semalign.common.io import write_json
-from semalign.deploy.launcher import sigterm_as_interrupt
+from semalign.deploy.serving.launcher import sigterm_as_interrupt
 from semalign.server.session import SessionDriver
 from soak_session import FAULTS, USERS, VICTIM, Plan, run_session
 

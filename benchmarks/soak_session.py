@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from semalign.common.credentials import user_token
-from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 
 SEMALIGN = semalign_command()
 SECRET = "soak-secret-0123456789abcdef"
@@ -138,7 +138,7 @@ class Session:
         self.start(uid, self.user_argv(uid), SEMALIGN_TOKEN=user_token(SECRET, uid))
 
     def start_relay(self) -> None:
-        argv = [sys.executable, "-m", "semalign.deploy.link_emulator"]
+        argv = [sys.executable, "-m", "semalign_testing.link_emulator"]
         argv += ["--listen", f"127.0.0.1:{self.relay_port}", "--target", f"127.0.0.1:{self.port}"]
         self.start("relay", argv)
 

@@ -47,7 +47,8 @@ from pathlib import Path
 
 import psutil
 from semalign.common.credentials import new_secret, user_token
-from semalign.deploy.launcher import (
+from semalign.deploy.commands.user import user_argv
+from semalign.deploy.serving.launcher import (
     Processes,
     child_env,
     free_port,
@@ -55,7 +56,6 @@ from semalign.deploy.launcher import (
     sigterm_as_interrupt,
     wait_for_port,
 )
-from semalign.deploy.user import user_argv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from users_scale import write_cache  # noqa: E402 - the synthetic cache of users_scale.py

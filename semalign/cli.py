@@ -20,7 +20,7 @@ from semalign.common.errors import UsageError
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
     "semalign.commands.simulate",
-    "semalign.deploy.commands",
+    "semalign.deploy.cli",
     "semalign.commands.sweep",
     "semalign.commands.plot",
     "semalign.commands.encode",

@@ -5,7 +5,7 @@ any caller of :func:`semalign.server.network.serve_sessions`): who is invited, h
 AP waits for them (join timeout, :class:`~semalign.server.session.WaitPolicy`), where the run
 is saved after every round and whether it resumes, where progress goes, and the listeners
 (service address, TLS files, metrics and health endpoints). Both commands build it from their
-options with one function (:func:`semalign.deploy.option_checks.serve_settings`), so their
+options with one function (:func:`semalign.deploy.options.checks.serve_settings`), so their
 serve paths cannot drift; nothing below them takes these values one by one.
 
 A bad value raises :class:`~semalign.common.errors.UsageError` with one line naming the

@@ -41,7 +41,7 @@ import pytest
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
 from semalign.common.errors import LinkError
-from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from semalign.server.session import SessionDriver
 from synthetic import make_latents
 from test_resume import assert_same_numbers

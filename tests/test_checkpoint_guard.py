@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from semalign.deploy import ap as ap_module
-from semalign.deploy import run as run_module
-from semalign.deploy.launcher import Processes
-from semalign.deploy.reliability_options import start_afresh
+from semalign.deploy.commands import ap as ap_module
+from semalign.deploy.commands import run as run_module
+from semalign.deploy.options.reliability import start_afresh
+from semalign.deploy.serving.launcher import Processes
 from synthetic import make_latents
 
 from semalign.cli import main

@@ -130,10 +130,10 @@ WORK = (
     "semalign.commands.plot.make_figures",
     "semalign.encoders.encode",
     "semalign.encoders.ensure_latents",
-    "semalign.deploy.certs.make_secrets",
-    "semalign.deploy.run.load_plan",
-    "semalign.deploy.ap.load_plan",
-    "semalign.deploy.user.command",
+    "semalign.deploy.commands.certs.make_secrets",
+    "semalign.deploy.commands.run.load_plan",
+    "semalign.deploy.commands.ap.load_plan",
+    "semalign.deploy.commands.user.command",
 )
 
 

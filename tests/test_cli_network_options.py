@@ -9,7 +9,7 @@ import stat
 
 import pytest
 from semalign.common.credentials import user_token
-from semalign.deploy.launcher import Processes
+from semalign.deploy.serving.launcher import Processes
 
 from semalign.cli import main
 
@@ -148,7 +148,7 @@ def test_ap_writes_a_new_secret_readable_by_its_owner_only(folder):
     reuses it next time (the users' tokens stay valid)."""
     import argparse
 
-    from semalign.deploy.ap import ap_secret
+    from semalign.deploy.commands.ap import ap_secret
 
     args = argparse.Namespace(secret_file=None, secret=None, flower=False)
     secret, path, source = ap_secret(args, folder)

@@ -26,7 +26,7 @@ from compose_harness import (
     small_override,
     wait_for,
 )
-from semalign.deploy.user import user_argv
+from semalign.deploy.commands.user import user_argv
 from synthetic import make_latents
 
 from semalign.cli import build_parser, main
@@ -60,7 +60,7 @@ def test_ap_and_ten_users_from_one_image_on_one_network(compose):
         test = svc["healthcheck"]["test"]
         assert test[0] == "CMD", name
         if name == "ap":  # the gRPC health service (tests/test_observability.py)
-            assert test[1:4] == ["python", "-m", "semalign.deploy.healthcheck"], name
+            assert test[1:4] == ["python", "-m", "semalign.deploy.commands.health"], name
         elif name != "encode":
             assert "create_connection" in " ".join(test), name
         env = svc["environment"]
@@ -117,7 +117,8 @@ def test_dockerfile_has_base_image_argument_and_telemetry_off():
 def test_encode_service_prepares_each_cache_once_and_the_others_wait(compose):
     services = compose["services"]
     encode = services["encode"]
-    assert encode["entrypoint"][-1] == "semalign.deploy.prepare" and "--stay" in encode["command"]
+    assert encode["entrypoint"][-1] == "semalign.deploy.commands.prepare"
+    assert "--stay" in encode["command"]
     pairs = dict(a.split("=", 1) for a in encode["command"] if "=" in a)
     assert pairs == {"ap": DEFAULT_AP} | {
         f"user{i}": e for i, e in enumerate(GROUPS["paper-users"], 1)
@@ -176,7 +177,7 @@ def test_the_image_installs_every_package_of_the_source_tree():
 
 
 def test_prepare_copies_a_host_cache_entry_without_its_weights(tmp_path):
-    from semalign.deploy.prepare import copy_entry
+    from semalign.deploy.commands.prepare import copy_entry
 
     from semalign.encoders.store import ENTRY_FILES, META
 

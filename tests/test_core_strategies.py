@@ -28,7 +28,7 @@ from semalign.common.strategies import (
     unregister_strategy,
 )
 from semalign.common.wire import parse_user_message
-from semalign.deploy.display import Display
+from semalign.deploy.serving.display import Display
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.session import SessionDriver
 from semalign.server.strategies import AP_STRATEGIES, ApStrategy, register_ap_strategy

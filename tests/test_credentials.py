@@ -33,7 +33,7 @@ def test_malformed_ids_tokens_and_secrets_are_refused():
 def test_flower_binding_gives_each_id_to_one_node_only():
     """The ServerApp's binding: the first SuperNode to claim an invited id gets its token;
     a second claim, an id not invited, a malformed id or one user too many are refused."""
-    from semalign.deploy.flwr_app.serverapp import Binding
+    from semalign.deploy.flower.app.serverapp import Binding
 
     binding = Binding(["user1", "user2"], users=2)
     assert binding.claim(11, "user1") is None

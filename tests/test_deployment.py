@@ -1,6 +1,7 @@
 """The deployment across hosts: `semalign ap` and `semalign user` on separate emulated hosts
-(network namespaces, deploy/testbed.py), TLS and SuperNode authentication by default, and an
-outsider on the same LAN who can neither join, nor list or stop the run, nor read the protocol.
+(network namespaces, semalign_testing/testbed.py), TLS and SuperNode authentication by default,
+and an outsider on the same LAN who can neither join, nor list or stop the run, nor read the
+protocol.
 
 Also: `semalign certs`, deploy/requirements.txt against pyproject.toml.
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 import pytest
 import tomllib
 from semalign.common.credentials import user_token
-from semalign.deploy.launcher import child_env, semalign_command
-from semalign.deploy.testbed import Testbed, capture, require_testbed, wait_for_port
+from semalign.deploy.serving.launcher import child_env, semalign_command
 from synthetic import make_latents
 
 from semalign.cli import main
+from semalign_testing.testbed import Testbed, capture, require_testbed, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SEMALIGN = semalign_command()

@@ -19,8 +19,8 @@ import psutil
 import pytest
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
-from semalign.deploy.flower import FlowerRun
-from semalign.deploy.launcher import Processes, alive, descendants, semalign_command
+from semalign.deploy.flower.launch import FlowerRun
+from semalign.deploy.serving.launcher import Processes, alive, descendants, semalign_command
 from semalign.server.lobby import Lobby
 from synthetic import make_latents
 

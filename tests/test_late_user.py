@@ -10,7 +10,7 @@ import time
 
 import pytest
 from semalign.common.credentials import user_token
-from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from synthetic import make_latents
 
 SECRET = "late-user-secret-0123456789abcdef"

@@ -26,7 +26,7 @@ def _no_start(*_args, **_kwargs):
 def trapped(folder, monkeypatch):  # noqa: F811
     """``folder``, with the steps that start a session replaced by a failing trap."""
     for name in ("load_plan", "make_workdir", "start_service", "serve_with_children"):
-        monkeypatch.setattr(f"semalign.deploy.run.{name}", _no_start)
+        monkeypatch.setattr(f"semalign.deploy.commands.run.{name}", _no_start)
     return folder
 
 
@@ -106,8 +106,8 @@ def test_run_refuses_damaged_user_latents(case, split, trapped, capsys):
 
 @pytest.mark.parametrize("command", ["ap", "user"])
 def test_ap_and_user_refuse_non_finite_latents(command, folder, capsys, monkeypatch):  # noqa: F811
-    monkeypatch.setattr("semalign.deploy.ap.start_service", _no_start)
-    monkeypatch.setattr("semalign.deploy.user.join_directly", _no_start)
+    monkeypatch.setattr("semalign.deploy.commands.ap.start_service", _no_start)
+    monkeypatch.setattr("semalign.deploy.commands.user.join_directly", _no_start)
     encoder = "ap_enc" if command == "ap" else "user_enc0"
     path = folder / "lat" / encoder / "test.npz"
     _rewrite(path, _nan_rows)

@@ -25,6 +25,7 @@ PACKAGES = {
     "semalign.server": ROOT / "server",
     "semalign.client": ROOT / "client",
     "semalign.deploy": ROOT / "deploy",
+    "semalign_testing": ROOT / "semalign_testing",
     "semalign": ROOT / "semalign",
 }
 GENERATED = {"semalign.proto.semalign_pb2", "semalign.proto.semalign_pb2_grpc"}
@@ -42,6 +43,7 @@ def layer(module: str) -> tuple[int, str]:
         ("semalign.client", 2, "client"),
         ("semalign.commands", 4, "commands"),
         ("semalign.deploy", 5, "deploy"),
+        ("semalign_testing", 7, "testing"),
     ):
         if module == prefix or module.startswith(prefix + "."):
             return rank, name

@@ -1,4 +1,4 @@
-"""deploy/link_emulator.py: units, the link's FIFO timing, and a relay on loopback (no root)."""
+"""semalign_testing/link_emulator.py: units, FIFO timing, a relay on loopback (no root)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import time
 
 import pytest
-from semalign.deploy.link_emulator import LinkDirection, LinkEmulator, parse_delay, parse_rate
+
+from semalign_testing.link_emulator import LinkDirection, LinkEmulator, parse_delay, parse_rate
 
 
 def test_units_follow_tc():

@@ -655,7 +655,7 @@ def test_dropped_user_command_prints_the_reason_and_exits_non_zero(latents):
     line and exits 1; user2 finishes."""
     import subprocess
 
-    from semalign.deploy.launcher import child_env, semalign_command
+    from semalign.deploy.serving.launcher import child_env, semalign_command
 
     root, ap_enc, encoders = latents
     service, server = _server()

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from semalign.deploy.launcher import (
+from semalign.deploy.serving.launcher import (
     Processes,
     alive,
     child_env,

@@ -4,7 +4,7 @@ session, user and round, and the option checks of ``--metrics-listen``.
 
 The session runs over real gRPC on 127.0.0.1 with in-process users (threads running the user
 process's stream loop), through the AP side ``semalign ap`` and ``semalign run`` use
-(:mod:`semalign.deploy.serving`).
+(:mod:`semalign.deploy.serving.ap_side`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import pytest
 from semalign.client.stream import user_factory
 from semalign.client.user import user_data_from_cache
 from semalign.common.config import AlignmentConfig
-from semalign.deploy import healthcheck
-from semalign.deploy.display import Display
-from semalign.deploy.launcher import free_port
-from semalign.deploy.serving import load_plan, start_service
+from semalign.deploy.commands import health as healthcheck
+from semalign.deploy.serving.ap_side import load_plan, start_service
+from semalign.deploy.serving.display import Display
+from semalign.deploy.serving.launcher import free_port
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, start_server
@@ -66,7 +66,7 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 def probe(*argv: str) -> tuple[int, str]:
-    """``python -m semalign.deploy.healthcheck`` in this process: (exit code, its output)."""
+    """``python -m semalign.deploy.commands.health`` in this process: (exit code, its output)."""
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(out):
         code = healthcheck.main(list(argv))
@@ -113,7 +113,7 @@ def run_observed_session(latents, tmp_path):
     """The AP side of ``semalign ap`` with --metrics-listen and --health-listen, three users
     (user3 crashes); scrapes and probes before, during (the first seed's round MID_ROUND) and
     after the sessions. Returns (results, what was observed, json log lines)."""
-    from semalign.deploy.serving import finish, serve
+    from semalign.deploy.serving.ap_side import finish, serve
 
     root, ap_enc, encoders = latents
     ids = [f"user{i + 1}" for i in range(len(encoders))]
@@ -273,7 +273,7 @@ def test_json_format_from_the_cli_option_is_one_object_per_line():
 
 def test_probe_with_mutual_tls_needs_a_client_certificate(tmp_path):
     from semalign.common.contract import SessionOffer, TlsFiles
-    from semalign.deploy.certs import make_secrets
+    from semalign.deploy.commands.certs import make_secrets
 
     secrets = tmp_path / "secrets"
     make_secrets(secrets, ["user1"], names=["ap"])

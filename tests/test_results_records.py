@@ -125,7 +125,7 @@ def test_a_fresh_simulate_json_has_the_stored_schema(latents, tmp_path):
 
 
 def test_a_fresh_networked_json_has_the_stored_schema(latents, tmp_path):
-    from semalign.deploy.launcher import semalign_command
+    from semalign.deploy.serving.launcher import semalign_command
 
     root, ap, _ = latents
     out = tmp_path / "run.json"

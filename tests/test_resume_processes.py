@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from synthetic import make_latents
 from test_resume import assert_same_numbers
 

@@ -9,7 +9,7 @@ import json
 import subprocess
 
 import pytest
-from semalign.deploy.launcher import child_env, semalign_command
+from semalign.deploy.serving.launcher import child_env, semalign_command
 from synthetic import make_latents
 
 ALIGN = ["--antennas-tx", "2", "--antennas-rx", "2", "--channel-uses", "2", "--iterations", "2"]

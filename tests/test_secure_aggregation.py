@@ -30,7 +30,7 @@ from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
 from semalign.common.errors import LinkClosed, ProtocolError
 from semalign.common.wire import parse_ap_message, parse_user_message, view_matrix
-from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver

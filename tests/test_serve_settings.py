@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 from semalign.common.contract import TlsFiles
 from semalign.common.errors import UsageError
-from semalign.deploy.serving import grpc_workers
+from semalign.deploy.serving.ap_side import grpc_workers
 from semalign.server.serve_settings import ServeSettings
 from semalign.server.session import WaitPolicy
 from test_cli_files import AP, RUN, assert_one_line, run_cli
@@ -92,7 +92,7 @@ def _settings_of(command: str, argv: list[str], folder, capsys, monkeypatch) -> 
         seen.append(settings)
         raise UsageError("captured")
 
-    monkeypatch.setattr(f"semalign.deploy.{command}.load_plan", capture)
+    monkeypatch.setattr(f"semalign.deploy.commands.{command}.load_plan", capture)
     code, err = run_cli(argv, folder, capsys)
     assert code == 2 and "captured" in err, err
     assert len(seen) == 1

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
-from semalign.deploy.launcher import child_env
+from semalign.deploy.serving.launcher import child_env
 
 SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
 

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from semalign.deploy.flower import control_host
-from semalign.deploy.superlink import FleetOnlyFromNetwork, needs_loopback_listener
-from semalign.deploy.testbed import Testbed, require_testbed, wait_for_port
+from semalign.deploy.flower.launch import control_host
+from semalign.deploy.flower.superlink import FleetOnlyFromNetwork, needs_loopback_listener
 
 from semalign.cli import main
+from semalign_testing.testbed import Testbed, require_testbed, wait_for_port
 
 REASON = require_testbed()
 
@@ -82,8 +82,8 @@ AP_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 from semalign.common.contract import TlsFiles
-from semalign.deploy.flower import start_flower
-from semalign.deploy.launcher import Processes
+from semalign.deploy.flower.launch import start_flower
+from semalign.deploy.serving.launcher import Processes
 
 host, secrets, work = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 secret = work / "ap-secret"

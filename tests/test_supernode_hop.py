@@ -3,7 +3,7 @@ Runtime API): the SuperNode must serve it on loopback only (docs/deployment.md, 
 
 from __future__ import annotations
 
-from semalign.deploy.flower import supernode_argv
+from semalign.deploy.flower.launch import supernode_argv
 
 
 def test_the_supernode_runtime_api_listens_on_loopback_only():

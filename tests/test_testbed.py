@@ -1,4 +1,4 @@
-"""deploy/testbed.py: namespaces, addresses, names, netem shaping, link cut, cleanup."""
+"""semalign_testing/testbed.py: namespaces, addresses, names, netem shaping, link cut, cleanup."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 import time
 
 import pytest
-from semalign.deploy.testbed import Testbed, TestbedError, require_testbed, wait_for_port
+
+from semalign_testing.testbed import Testbed, TestbedError, require_testbed, wait_for_port
 
 REASON = require_testbed()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"testbed unavailable: {REASON}")

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from semalign.common.credentials import user_token
-from semalign.deploy.launcher import Processes, child_env, free_port, semalign_command
+from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from synthetic import make_latents
 
 SECRET = "exit-code-secret-0123456789abcdef"

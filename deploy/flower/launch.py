@@ -2,7 +2,7 @@
 
 :func:`start_flower` is the one way ``semalign run`` and ``semalign ap`` start Flower: a
 SuperLink (plus, for ``run``, one SuperNode per user on the same machine), then the semalign
-Flower App (:mod:`semalign.deploy.flwr_app`) submitted with ``flwr run``. Its ServerApp invites
+Flower App (:mod:`semalign.deploy.flower.app`) submitted with ``flwr run``. Its ServerApp invites
 every SuperNode to the AP's alignment service and writes the users' final reports to a status
 file, which :class:`FlowerRun` reads (users lost while the others join; final reports at the
 end).
@@ -22,11 +22,11 @@ from typing import Any
 
 from semalign.common.contract import TlsFiles
 from semalign.common.errors import LaunchError
-from semalign.deploy.launcher import Processes, child_env, tool, wait_for_port
-from semalign.deploy.superlink import is_loopback
+from semalign.deploy.flower.superlink import is_loopback
+from semalign.deploy.serving.launcher import Processes, child_env, tool, wait_for_port
 
-#: The Flower App folder (its pyproject.toml names the components in semalign.deploy.flwr_app).
-APP_DIR = Path(__file__).resolve().parent / "flwr_app"
+#: The Flower App folder (its pyproject.toml names the components in semalign.deploy.flower.app).
+APP_DIR = Path(__file__).resolve().parent / "app"
 
 #: How long the AP waits for its SuperLink to listen (minutes on a busy 2-core host with ten
 #: user containers starting).
@@ -53,10 +53,10 @@ def config_string(values: dict[str, Any]) -> str:
 def superlink_argv(
     host: str, port: int, *, tls: TlsFiles | None = None, supernode_auth: bool = False
 ) -> list[str]:
-    """``flower-superlink`` behind :mod:`semalign.deploy.superlink` (Control and Runtime APIs
+    """``flower-superlink`` behind :mod:`semalign.deploy.flower.superlink` (Control and Runtime APIs
     loopback-only). TLS needs the CA too: Flower's SuperExec verifies the SuperLink with it.
     SuperNode authentication needs TLS."""
-    argv = [sys.executable, "-m", "semalign.deploy.superlink"]
+    argv = [sys.executable, "-m", "semalign.deploy.flower.superlink"]
     argv += ["--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
     if tls is not None and tls.enabled:
         if not (tls.cert and tls.key and tls.ca):
@@ -75,7 +75,7 @@ def superlink_argv(
 def control_host(host: str) -> str:
     """Where the AP's own ``flwr`` calls reach a SuperLink listening on ``host``: loopback
     always (the guard serves the Control API to loopback only; on a specific non-loopback
-    address the SuperLink listens on 127.0.0.1 too, :mod:`semalign.deploy.superlink`)."""
+    address the SuperLink listens on 127.0.0.1 too, :mod:`semalign.deploy.flower.superlink`)."""
     return host if is_loopback(host) else "127.0.0.1"
 
 
@@ -87,10 +87,10 @@ def supernode_argv(
     root_ca: str | None = None,
     auth_key: str | None = None,
 ) -> list[str]:
-    """``flower-supernode`` (behind :mod:`semalign.deploy.supernode`: time for ClientApps to
+    """``flower-supernode`` (behind :mod:`semalign.deploy.flower.supernode`: time for ClientApps to
     start): TLS to the SuperLink when ``root_ca`` is given (else --insecure), SuperNode
     authentication with ``auth_key`` (EC private key, OpenSSH format)."""
-    argv = [sys.executable, "-m", "semalign.deploy.supernode", "--superlink", superlink]
+    argv = [sys.executable, "-m", "semalign.deploy.flower.supernode", "--superlink", superlink]
     argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
     argv += ["--node-config", config_string(node_config)]
     argv += ["--root-certificates", root_ca] if root_ca else ["--insecure"]
@@ -144,7 +144,7 @@ def register_supernodes(flwr_home: Path, public_keys: Sequence[Path]) -> list[in
     SuperNodes holding one of the private keys may then connect. Returns the node ids."""
     if not public_keys:
         return []
-    argv = [sys.executable, "-m", "semalign.deploy.superlink", "register"]
+    argv = [sys.executable, "-m", "semalign.deploy.flower.superlink", "register"]
     argv += [str(Path(k).resolve()) for k in public_keys]
     done = subprocess.run(
         argv, env=child_env(flwr_home), capture_output=True, text=True, timeout=300, cwd=flwr_home
@@ -244,7 +244,7 @@ def start_flower(
     ``tls`` (certificate, key, CA): TLS on the SuperLink. ``supernode_keys`` (public keys, with
     TLS): SuperNode authentication on, these keys registered before the run is submitted
     (SuperNodes retry until their key is known). The Control and Runtime APIs answer only on
-    loopback (:mod:`semalign.deploy.superlink`).
+    loopback (:mod:`semalign.deploy.flower.superlink`).
     """
     flwr = workdir / "flwr"
     auth = supernode_keys is not None

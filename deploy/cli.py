@@ -1,10 +1,10 @@
-"""The command line of the networked system: ``semalign run``, ``semalign ap``, ``semalign user``
-and ``semalign token`` (a user's token from the AP's secret).
+"""The command line of the networked system: the parsers of ``semalign run``, ``ap``, ``user``,
+``certs``, ``token`` and ``health``.
 
 Argparse only: every option, its help and its validation (one line, exit code 2, through
 :class:`~semalign.common.errors.UsageError`) before the entry point runs. The entry points are
-:mod:`semalign.deploy.run`, :mod:`semalign.deploy.ap` and :mod:`semalign.deploy.user`,
-imported when their command runs so ``semalign --help`` stays fast.
+the modules of :mod:`semalign.deploy.commands`, one per command, imported when their command
+runs so ``semalign --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable
 
 from semalign.common.errors import UsageError
-from semalign.deploy import observability_options, reliability_options
-from semalign.deploy.option_checks import (
+from semalign.deploy.options import observability, reliability
+from semalign.deploy.options.checks import (
     check_data,
     check_file,
     check_host_port,
@@ -70,10 +70,10 @@ def check_ap_side(args: argparse.Namespace, scenario: tuple[str, ...]) -> None:
     check_seconds("--reply-timeout", args.reply_timeout)
     check_seconds("--first-message-timeout", args.first_message_timeout)
     check_host_port("--listen address", args.listen)
-    reliability_options.check_ap(args)
+    reliability.check_ap(args)
     if args.progress_file:
         check_output(args.progress_file)
-    observability_options.check_metrics(args)
+    observability.check_metrics(args)
 
 
 def validate_run(args: argparse.Namespace) -> None:
@@ -84,12 +84,12 @@ def validate_run(args: argparse.Namespace) -> None:
 
 
 def validate_ap(args: argparse.Namespace) -> None:
-    from semalign.deploy.ap import expected_users
+    from semalign.deploy.commands.ap import expected_users
 
     check_ap_side(args, AP_SCENARIO)
     check_host_port("--advertise address", args.advertise)
     check_host_port("--superlink-listen address", args.superlink_listen)
-    observability_options.check_health(args)
+    observability.check_health(args)
     if args.users is None:
         raise UsageError(
             "the users to wait for are required: --users, now spelled --num-users N or "
@@ -137,7 +137,7 @@ def validate_user(args: argparse.Namespace) -> None:
     if not 1 <= args.runtime_port <= 65535:
         raise UsageError(f"--runtime-port must be in 1-65535, got {args.runtime_port}")
     check_seconds("--connect-timeout", args.connect_timeout)
-    reliability_options.check_user(args)
+    reliability.check_user(args)
     check_folder("--flwr-home", args.flwr_home)
     check_data(args, "--encoder")
     check_tls(args, side="user")
@@ -217,9 +217,9 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds an authenticated stream has to send its handshake",
     )
-    reliability_options.add_ap_arguments(parser)
+    reliability.add_ap_arguments(parser)
     add_tracking_arguments(parser, "each seed (its rounds as they end)", "the command: run or ap")
-    observability_options.add_metrics_argument(parser)
+    observability.add_metrics_argument(parser)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -242,7 +242,7 @@ def register_run(subparsers) -> None:
         "(plus a Flower SuperLink) and one process per user (a Flower SuperNode whose ClientApp "
         "runs the user's side over one gRPC stream). Same options and results as `simulate`, "
         "plus wire figures per round.",
-        epilog=reliability_options.EXIT_EPILOG,
+        epilog=reliability.EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(run)
@@ -270,7 +270,7 @@ def register_run(subparsers) -> None:
         "without it a temporary workdir is removed and a --workdir loses its secrets",
     )
     one_line_errors(run)
-    run.set_defaults(func=entry("semalign.deploy.run", validate_run))
+    run.set_defaults(func=entry("semalign.deploy.commands.run", validate_run))
 
 
 def register_ap(subparsers) -> None:
@@ -278,7 +278,7 @@ def register_ap(subparsers) -> None:
         "ap",
         help="the AP of a deployment: gRPC alignment service (and a Flower SuperLink)",
         description="Serve the alignment protocol to users on other hosts.",
-        epilog=reliability_options.EXIT_EPILOG,
+        epilog=reliability.EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     add_ap_side_arguments(ap)
@@ -291,7 +291,7 @@ def register_ap(subparsers) -> None:
         help="the service address as users reach it (default: --listen, with this host's name "
         "for 0.0.0.0)",
     )
-    observability_options.add_health_argument(ap)
+    observability.add_health_argument(ap)
     creds = ap.add_argument_group("credentials and limits")
     creds.add_argument(
         "--secret-file",
@@ -324,7 +324,7 @@ def register_ap(subparsers) -> None:
     )
     add_output_arguments(ap, "results/ap.json")
     one_line_errors(ap)
-    ap.set_defaults(func=entry("semalign.deploy.ap", validate_ap))
+    ap.set_defaults(func=entry("semalign.deploy.commands.ap", validate_ap))
 
 
 def register_user(subparsers) -> None:
@@ -334,7 +334,7 @@ def register_user(subparsers) -> None:
         description="A user process: its own encoder and private latents. With --superlink it "
         "runs a Flower SuperNode whose ClientApp joins the AP named in Flower's invitation; "
         "with --ap it connects to the AP's alignment service directly.",
-        epilog=reliability_options.USER_EXIT_EPILOG,
+        epilog=reliability.USER_EXIT_EPILOG,
         formatter_class=HelpFormatter,
     )
     where = user.add_mutually_exclusive_group(required=True)
@@ -359,7 +359,7 @@ def register_user(subparsers) -> None:
     user.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to keep trying the AP"
     )
-    reliability_options.add_user_arguments(user)
+    reliability.add_user_arguments(user)
     add_tls_arguments(user, "user")
     flower = user.add_argument_group("Flower (with --superlink)")
     flower.add_argument("--superlink-ca", help="CA certificate of the SuperLink (default: SECRETS)")
@@ -376,7 +376,7 @@ def register_user(subparsers) -> None:
     flower.add_argument("--flwr-home", help="FLWR_HOME of the SuperNode (default: per user id)")
     add_verbosity_arguments(user)
     one_line_errors(user)
-    user.set_defaults(func=entry("semalign.deploy.user", validate_user))
+    user.set_defaults(func=entry("semalign.deploy.commands.user", validate_user))
 
 
 def register_certs(subparsers) -> None:
@@ -404,7 +404,7 @@ def register_certs(subparsers) -> None:
     certs.add_argument("-q", "--quiet", action="store_true", help="do not list the files")
 
     def validate(args: argparse.Namespace) -> None:
-        from semalign.deploy.certs import user_ids
+        from semalign.deploy.commands.certs import user_ids
 
         if args.days < 1:
             raise UsageError(f"--days must be at least 1, got {args.days}")
@@ -414,7 +414,7 @@ def register_certs(subparsers) -> None:
         check_user_ids("--users", ids)
         check_folder("--out", args.out)
 
-    certs.set_defaults(func=entry("semalign.deploy.certs", validate))
+    certs.set_defaults(func=entry("semalign.deploy.commands.certs", validate))
 
 
 def register_token(subparsers) -> None:
@@ -432,16 +432,7 @@ def register_token(subparsers) -> None:
         "--secret-file", help="file holding the AP's secret (default: $SEMALIGN_SECRET)"
     )
     one_line_errors(token)
-    token.set_defaults(func=entry("semalign.deploy.commands", validate_token, "print_tokens"))
-
-
-def print_tokens(args: argparse.Namespace) -> int:
-    """``semalign token``: one token per USER_ID on stdout."""
-    from semalign.common.credentials import user_token
-
-    for user_id in args.user_ids:
-        print(user_token(args.secret, user_id))
-    return 0
+    token.set_defaults(func=entry("semalign.deploy.commands.token", validate_token))
 
 
 def register(subparsers) -> None:
@@ -450,6 +441,6 @@ def register(subparsers) -> None:
     register_ap(subparsers)
     register_user(subparsers)
     register_token(subparsers)
-    from semalign.deploy import healthcheck
+    from semalign.deploy.commands import health
 
-    healthcheck.register(subparsers)
+    health.register(subparsers)

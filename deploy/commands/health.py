@@ -1,4 +1,4 @@
-"""``semalign health`` (or ``python -m semalign.deploy.healthcheck``): ask an AP's gRPC health
+"""``semalign health`` (or ``python -m semalign.deploy.commands.health``): ask an AP's gRPC health
 service (``grpc.health.v1.Health/Check``) whether it serves.
 
 Exit code 0 when the answer is SERVING, 1 otherwise (NOT_SERVING, an unknown service name, no
@@ -66,7 +66,7 @@ def tls_files(args: argparse.Namespace) -> TlsFiles | None:
         raise UsageError("TLS is on by default: --secrets DIR or --tls-ca FILE, or --insecure")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    from semalign.deploy.option_checks import check_pem
+    from semalign.deploy.options.checks import check_pem
 
     for option in ("--tls-ca", "--tls-cert", "--tls-key"):
         check_pem(option, getattr(args, option[2:].replace("-", "_")))
@@ -121,7 +121,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from semalign.deploy.option_checks import one_line_errors
+    from semalign.deploy.options.checks import one_line_errors
 
     parser = subparsers.add_parser(
         "health", help="ask an AP's gRPC health service (exit 0: serving)", description=DESCRIPTION
@@ -131,7 +131,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m semalign.deploy.healthcheck``: without the CLI's other imports."""
+    """``python -m semalign.deploy.commands.health``: without the CLI's other imports."""
     parser = argparse.ArgumentParser(prog="semalign health", description=DESCRIPTION)
     parser.error = lambda message: parser.exit(  # type: ignore[method-assign]
         EXIT_USAGE, f"{parser.prog}: error: {message}\n"

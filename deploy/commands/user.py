@@ -18,7 +18,7 @@ from pathlib import Path
 
 from semalign.common.contract import TOKEN_ENV
 from semalign.common.errors import LatentsError, TransportError, UsageError
-from semalign.deploy.launcher import child_env, semalign_command
+from semalign.deploy.serving.launcher import child_env, semalign_command
 
 from semalign.commands.options import prepare_latents
 
@@ -92,7 +92,7 @@ def become_supernode(args: argparse.Namespace, ordinal: int, cache: Path) -> Non
     it supervises it instead: the SuperNode exits when the SuperLink does not know its key yet
     (users may start before the AP has registered their keys), so it is started again every
     few seconds for up to ``REGISTER_WAIT_S``; SIGTERM/SIGINT stop it and all it started."""
-    from semalign.deploy.flower import supernode_argv
+    from semalign.deploy.flower.launch import supernode_argv
 
     node = {
         "user-id": args.user_id,
@@ -142,7 +142,7 @@ def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> i
     import time
 
     import psutil
-    from semalign.deploy.launcher import sigterm_as_interrupt, terminate_tree
+    from semalign.deploy.serving.launcher import sigterm_as_interrupt, terminate_tree
 
     deadline = time.monotonic() + REGISTER_WAIT_S
     pause = 5.0
@@ -191,7 +191,7 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
     from semalign.client.stream import run_user, user_factory
     from semalign.client.user import user_data_from_cache
     from semalign.common.contract import TlsFiles
-    from semalign.deploy.launcher import sigterm_as_interrupt
+    from semalign.deploy.serving.launcher import sigterm_as_interrupt
 
     token = args.token or os.environ.get(TOKEN_ENV)  # checked with the options
     if not token:

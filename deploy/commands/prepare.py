@@ -2,7 +2,8 @@
 
 ::
 
-    python -m semalign.deploy.prepare --caches /caches ap=vit_tiny_patch16_224 user1=rexnet_100
+    python -m semalign.deploy.commands.prepare --caches /caches \\
+        ap=vit_tiny_patch16_224 user1=rexnet_100
 
 For each ``NAME=ENCODER`` the encoder is trained (or its valid cache entry reused) into
 ``CACHES/NAME`` (``semalign encode`` into that volume alone: users' latents stay in their own
@@ -92,7 +93,7 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m semalign.deploy.prepare")
+    parser = argparse.ArgumentParser(prog="python -m semalign.deploy.commands.prepare")
     parser.add_argument("pairs", nargs="+", metavar="NAME=ENCODER")
     parser.add_argument("--caches", default="/caches", help="one sub-folder (volume) per NAME")
     parser.add_argument("--dataset", default="digits")

@@ -6,7 +6,7 @@ port, and the open-source SuperLink authenticates the Control API only with OIDC
 plugin). Exposing that port to users would let anyone who can reach it list, stop or submit
 runs and read the ServerApp's messages.
 
-``python -m semalign.deploy.superlink [flower-superlink options]`` runs the unchanged
+``python -m semalign.deploy.flower.superlink [flower-superlink options]`` runs the unchanged
 ``flower-superlink`` with one ASGI middleware in front of Flower's: a request from a peer that
 is not on loopback may only reach the Fleet API (``/v1/fleet/``); anything else (Control,
 Runtime, docs) gets 403. The AP's own ``flwr`` CLI and SuperExec run on the AP host and connect

@@ -2,7 +2,7 @@
 
 ::
 
-    from semalign.deploy.testbed import Testbed, require_testbed
+    from semalign_testing.testbed import Testbed, require_testbed
 
     with Testbed(["ap", "user1", "user2"]) as tb:          # everything removed on exit
         tb.shape("user1", rate="100mbit", delay="20ms")   # tc netem on user1's link
@@ -31,7 +31,7 @@ links' ``delay``; a 100 Mbit/s, 20 ms one-way path between A and B is
 
 Without ``sch_netem`` (some kernels lack it) :meth:`Testbed.shape` can only limit the rate (tbf);
 :meth:`Testbed.relay` emulates a link of given delay and rate for the TCP connections to one port
-of a host instead: a userspace relay (``semalign.deploy.link_emulator``) inside that host, on its
+of a host instead: a userspace relay (``semalign_testing.link_emulator``) inside that host, on its
 address, in front of the service listening on the host's loopback::
 
     link = tb.relay("ap", 50051, delay="20ms", rate="100mbit")  # ap:50051 -> 127.0.0.1:50051
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semalign.deploy.link_emulator import Relay
+from semalign_testing.link_emulator import Relay
 
 #: Where host addresses come from (RFC 2544 benchmarking range; only inside the namespaces).
 SUBNET_PREFIX = "198.18.0."
@@ -376,7 +376,7 @@ class Testbed:
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"{self.prefix}relay-")
         stats = Path(self._tmp.name) / f"{host}-{port}.json"
-        argv = [sys.executable, "-m", "semalign.deploy.link_emulator"]
+        argv = [sys.executable, "-m", "semalign_testing.link_emulator"]
         argv += ["--listen", f"{h.ip}:{listen_port or port}", "--target", f"127.0.0.1:{port}"]
         argv += ["--stats", str(stats)] + (["--half-duplex"] if half_duplex else [])
         argv += (["--delay", str(delay)] if delay else []) + (["--rate", str(rate)] if rate else [])

@@ -11,7 +11,7 @@ is never in the run config) and gives each SuperNode only ``user_token(secret, u
 the user id it claims, bound to that node: an id claimed by an earlier node, an id that is not
 invited, or more ids than ``users`` are refused (``status["refused"]``, no invitation).
 
-Run config (deploy/flwr_app/pyproject.toml has the defaults; ``semalign ap``/``semalign run``
+Run config (deploy/flower/app/pyproject.toml has the defaults; ``semalign ap``/``semalign run``
 override them when they start the run):
 
 * ``service-address``: host:port of the alignment service as the users reach it;

@@ -23,12 +23,10 @@ from semalign.common.contract import TlsFiles, check_address
 from semalign.common.credentials import SECRET_FILE, new_secret, write_secret_file
 from semalign.common.errors import UsageError
 from semalign.common.records import Provenance
-from semalign.deploy.display import Display
-from semalign.deploy.flower import FlowerRun, start_flower
-from semalign.deploy.launcher import Processes
-from semalign.deploy.option_checks import serve_settings
-from semalign.deploy.reliability_options import start_afresh
-from semalign.deploy.serving import (
+from semalign.deploy.flower.launch import FlowerRun, start_flower
+from semalign.deploy.options.checks import serve_settings
+from semalign.deploy.options.reliability import start_afresh
+from semalign.deploy.serving.ap_side import (
     Plan,
     finish,
     load_plan,
@@ -37,6 +35,8 @@ from semalign.deploy.serving import (
     serve_with_children,
     start_service,
 )
+from semalign.deploy.serving.display import Display
+from semalign.deploy.serving.launcher import Processes
 from semalign.server.serve_settings import ServeSettings
 
 from semalign.commands.options import check_channel_users, parse_seeds, prepare_latents

@@ -69,7 +69,7 @@ def apply_secrets(args: argparse.Namespace, *, side: str) -> None:
     explicitly; ``--insecure`` excludes both. Without either, TLS is required."""
     import os
 
-    from semalign.deploy.certs import ApSecrets, UserSecrets
+    from semalign.deploy.commands.certs import ApSecrets, UserSecrets
 
     if args.secrets is None and not args.insecure:
         args.secrets = os.environ.get("SEMALIGN_SECRETS") or None
@@ -233,7 +233,7 @@ def serve_settings(args: argparse.Namespace, invitees: int | list[str], **overri
     ``invitees``: how many users, or their ids; ``overrides``: what the command itself decides
     (``run``: the per-address stream limit for users all on this host, later its own TLS)."""
     from semalign.common.contract import TlsFiles
-    from semalign.deploy.reliability_options import wait_policy
+    from semalign.deploy.options.reliability import wait_policy
     from semalign.server.serve_settings import ServeSettings
 
     tls = None

@@ -26,9 +26,9 @@ from semalign.common.errors import (
     UsageError,
 )
 from semalign.common.records import RunResult, SeedResult
-from semalign.deploy.display import Display
-from semalign.deploy.flower import FlowerRun
-from semalign.deploy.launcher import Processes, sigterm_as_interrupt
+from semalign.deploy.flower.launch import FlowerRun
+from semalign.deploy.serving.display import Display
+from semalign.deploy.serving.launcher import Processes, sigterm_as_interrupt
 from semalign.server.serve_settings import ServeSettings
 
 
@@ -149,7 +149,7 @@ def start_endpoints(server, plan: Plan, metrics_listen: str | None, health_liste
     """Prometheus metrics on ``metrics_listen`` (``plan.metrics``, fed by every session) and
     the gRPC health service alone on ``health_listen``; both stop with ``server``. Their
     addresses go to ``plan.endpoints``; UsageError with one line if one cannot listen."""
-    from semalign.deploy.observability_options import listen_address
+    from semalign.deploy.options.observability import listen_address
     from semalign.server.service import start_health_server
 
     if health_listen:
@@ -270,9 +270,9 @@ def finish(
     out: str,
 ) -> int:
     """Attach the deployment figures, show the tables, write the results JSON (once); the exit
-    code: 0, or 3 when users were lost (:mod:`semalign.deploy.reliability_options`)."""
+    code: 0, or 3 when users were lost (:mod:`semalign.deploy.options.reliability`)."""
     from semalign.common.io import write_json
-    from semalign.deploy.reliability_options import EXIT_OK, EXIT_USERS_LOST
+    from semalign.deploy.options.reliability import EXIT_OK, EXIT_USERS_LOST
 
     deployment["total_s"] = time.perf_counter() - t_start
     results = results.with_deployment(deployment)

@@ -3,7 +3,7 @@ serializes it at a link rate, for kernels without ``sch_netem``.
 
 ::
 
-    python -m semalign.deploy.link_emulator --listen 198.18.0.1:50051 \\
+    python -m semalign_testing.link_emulator --listen 198.18.0.1:50051 \\
         --target 127.0.0.1:50051 --delay 20ms --rate 100mbit --stats relay.json [--half-duplex]
 
 The relay accepts TCP connections on ``--listen`` and forwards each, both directions, to
@@ -167,7 +167,7 @@ class _Pipe:
 
 @dataclass
 class Relay:
-    """A running link emulator (a process started by ``Testbed.relay`` in ``deploy/testbed.py``)."""
+    """A running link emulator (a process started by ``Testbed.relay``, :mod:`.testbed`)."""
 
     host: str
     address: str  # "IP:PORT" clients dial (the host's address)

@@ -21,13 +21,12 @@ from typing import Any
 from semalign.common.contract import TlsFiles
 from semalign.common.credentials import SECRET_FILE, new_secret, user_token, write_secret_file
 from semalign.common.records import Provenance
-from semalign.deploy.certs import ApSecrets, make_secrets
-from semalign.deploy.display import Display
-from semalign.deploy.flower import FlowerRun, start_flower
-from semalign.deploy.launcher import Processes, child_env, free_port
-from semalign.deploy.option_checks import serve_settings
-from semalign.deploy.reliability_options import remove_checkpoint, start_afresh
-from semalign.deploy.serving import (
+from semalign.deploy.commands.certs import ApSecrets, make_secrets
+from semalign.deploy.commands.user import user_argv
+from semalign.deploy.flower.launch import FlowerRun, start_flower
+from semalign.deploy.options.checks import serve_settings
+from semalign.deploy.options.reliability import remove_checkpoint, start_afresh
+from semalign.deploy.serving.ap_side import (
     Plan,
     finish,
     grpc_workers,
@@ -37,7 +36,8 @@ from semalign.deploy.serving import (
     serve_with_children,
     start_service,
 )
-from semalign.deploy.user import user_argv
+from semalign.deploy.serving.display import Display
+from semalign.deploy.serving.launcher import Processes, child_env, free_port
 from semalign.server.serve_settings import ServeSettings
 
 from semalign.commands.options import (

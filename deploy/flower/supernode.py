@@ -7,7 +7,7 @@ another for the same message. On a loaded host (eleven containers starting on tw
 cores) the imports of a ClientApp take longer than that, every retry adds load, and the
 invitations never arrive: measured here, users joined after minutes or not at all.
 
-``python -m semalign.deploy.supernode [flower-supernode options]`` runs the unchanged
+``python -m semalign.deploy.flower.supernode [flower-supernode options]`` runs the unchanged
 ``flower-supernode`` with that window set to :data:`CLIENTAPP_START_S` in this process only
 (it also sets how long a running task's heartbeat stays valid: twice the window).
 """

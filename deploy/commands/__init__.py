@@ -1,0 +1,2 @@
+"""The networked commands' entry points, one module per command: ``semalign run``, ``ap``,
+``user``, ``certs``, ``token``, ``health``, and ``python -m`` :mod:`.prepare` (compose's ``encode``)."""
