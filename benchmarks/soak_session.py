@@ -138,7 +138,8 @@ class Session:
         self.start(uid, self.user_argv(uid), SEMALIGN_TOKEN=user_token(SECRET, uid))
 
     def start_relay(self) -> None:
-        argv = [sys.executable, "-m", "semalign_testing.link_emulator"]
+        emulator = Path(__file__).resolve().parents[1] / "semalign_testing" / "link_emulator.py"
+        argv = [sys.executable, str(emulator)]  # a script: any working folder
         argv += ["--listen", f"127.0.0.1:{self.relay_port}", "--target", f"127.0.0.1:{self.port}"]
         self.start("relay", argv)
 

@@ -61,6 +61,11 @@ from semalign.common.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+#: How to start a relay from any working folder (a testbed host, a benchmark's child): this file
+#: run as a script, so the repository root need not be on the child's path (it imports only the
+#: installed semalign). ``python -m semalign_testing.link_emulator`` from the root does the same.
+COMMAND = (sys.executable, str(Path(__file__).resolve()))
+
 #: Most bytes read (and forwarded as one piece) at a time.
 CHUNK = 64 * 1024
 #: Default bytes held per connection and direction before the relay stops reading.

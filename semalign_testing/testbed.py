@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semalign_testing.link_emulator import Relay
+from semalign_testing.link_emulator import COMMAND, Relay
 
 #: Where host addresses come from (RFC 2544 benchmarking range; only inside the namespaces).
 SUBNET_PREFIX = "198.18.0."
@@ -376,8 +376,8 @@ class Testbed:
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"{self.prefix}relay-")
         stats = Path(self._tmp.name) / f"{host}-{port}.json"
-        argv = [sys.executable, "-m", "semalign_testing.link_emulator"]
-        argv += ["--listen", f"{h.ip}:{listen_port or port}", "--target", f"127.0.0.1:{port}"]
+        argv = [*COMMAND, "--listen", f"{h.ip}:{listen_port or port}"]
+        argv += ["--target", f"127.0.0.1:{port}"]
         argv += ["--stats", str(stats)] + (["--half-duplex"] if half_duplex else [])
         argv += (["--delay", str(delay)] if delay else []) + (["--rate", str(rate)] if rate else [])
         proc = self.run(host, argv)
