@@ -44,8 +44,6 @@ MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_RECEIVE_BYTES = 64 << 20
 #: Most sessions (seeds) one AP run may announce.
 MAX_SESSIONS = 1_000_000
-#: Seconds the AP waits for the first message (the handshake) of an authenticated stream.
-FIRST_MESSAGE_TIMEOUT = 30.0
 
 
 def receive_limit(config: AlignmentConfig, n_pilots: int) -> int:

@@ -16,6 +16,17 @@ import os
 from collections.abc import Callable
 
 from semalign.common.errors import UsageError
+from semalign.common.network_defaults import (
+    AP_LISTEN,
+    CONNECT_TIMEOUT,
+    FIRST_MESSAGE_TIMEOUT,
+    JOIN_TIMEOUT,
+    LOCAL_LISTEN,
+    MAX_STREAMS_PER_ADDRESS,
+    REPLY_TIMEOUT,
+    SUPERLINK_LISTEN,
+    SUPERNODE_RUNTIME_PORT,
+)
 from semalign.deploy.options import observability, reliability
 from semalign.deploy.options.checks import (
     check_data,
@@ -44,13 +55,6 @@ from semalign.commands.options import (
     check_folder,
 )
 from semalign.commands.tracking_options import add_tracking_arguments, check_tracking
-
-#: The alignment service's and the Flower SuperLink's default ports (``semalign ap``).
-DEFAULT_PORT = 50051
-DEFAULT_SUPERLINK_PORT = 9092
-#: The SuperNode's local runtime API port (``semalign user --superlink``).
-DEFAULT_RUNTIME_PORT = 9094
-
 
 #: The ``--config`` keys besides the config fields, of ``run`` and of ``ap``.
 RUN_SCENARIO = ("seeds", "ap_encoder", "user_encoders", "num_users", "latents", "dataset")
@@ -144,12 +148,13 @@ def validate_user(args: argparse.Namespace) -> None:
     check_file("--superlink-ca", args.superlink_ca)
 
 
-def entry(module: str, validate: Callable[[argparse.Namespace], None], name: str = "command"):
-    """A command's ``func``: validate the options, then run ``module.<name>``."""
+def entry(module: str, validate: Callable[[argparse.Namespace], None]):
+    """A command's ``func``: validate the options, then run ``module.command`` (a module of
+    :mod:`semalign.deploy.commands`)."""
 
     def func(args: argparse.Namespace) -> int:
         validate(args)
-        return getattr(importlib.import_module(module), name)(args)
+        return importlib.import_module(module).command(args)
 
     return func
 
@@ -202,19 +207,19 @@ def add_ap_side_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--join-timeout",
         type=float,
-        default=600.0,
+        default=JOIN_TIMEOUT,
         help="seconds to wait for users to join a session",
     )
     group.add_argument(
         "--reply-timeout",
         type=float,
-        default=60.0,
+        default=REPLY_TIMEOUT,
         help="seconds to wait for a user's reply before dropping it",
     )
     group.add_argument(
         "--first-message-timeout",
         type=float,
-        default=30.0,
+        default=FIRST_MESSAGE_TIMEOUT,
         help="seconds an authenticated stream has to send its handshake",
     )
     reliability.add_ap_arguments(parser)
@@ -254,7 +259,7 @@ def register_run(subparsers) -> None:
         help="Flower SuperLink/SuperNodes supervise the users (--no-flower: plain processes)",
     )
     run.add_argument(
-        "--listen", default="127.0.0.1:0", help="alignment service address (port 0: any free)"
+        "--listen", default=LOCAL_LISTEN, help="alignment service address (port 0: any free)"
     )
     run.add_argument(
         "--insecure",
@@ -283,9 +288,7 @@ def register_ap(subparsers) -> None:
     )
     add_ap_side_arguments(ap)
     add_expected_users_arguments(ap)
-    ap.add_argument(
-        "--listen", default=f"0.0.0.0:{DEFAULT_PORT}", help="alignment service listen address"
-    )
+    ap.add_argument("--listen", default=AP_LISTEN, help="alignment service listen address")
     ap.add_argument(
         "--advertise",
         help="the service address as users reach it (default: --listen, with this host's name "
@@ -302,7 +305,7 @@ def register_ap(subparsers) -> None:
     creds.add_argument(
         "--max-streams-per-address",
         type=int,
-        default=8,
+        default=MAX_STREAMS_PER_ADDRESS,
         help="open streams allowed from one peer address (users behind one NAT share it)",
     )
     add_tls_arguments(ap, "ap")
@@ -314,7 +317,7 @@ def register_ap(subparsers) -> None:
     )
     flower.add_argument(
         "--superlink-listen",
-        default=f"0.0.0.0:{DEFAULT_SUPERLINK_PORT}",
+        default=SUPERLINK_LISTEN,
         help="Flower SuperLink address (with --flower; only its Fleet API answers other hosts)",
     )
     flower.add_argument(
@@ -357,7 +360,10 @@ def register_user(subparsers) -> None:
         "default: $SEMALIGN_TOKEN); with --superlink Flower's invitation brings it",
     )
     user.add_argument(
-        "--connect-timeout", type=float, default=60.0, help="seconds to keep trying the AP"
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT,
+        help="seconds to keep trying the AP",
     )
     reliability.add_user_arguments(user)
     add_tls_arguments(user, "user")
@@ -370,7 +376,7 @@ def register_user(subparsers) -> None:
     flower.add_argument(
         "--runtime-port",
         type=int,
-        default=DEFAULT_RUNTIME_PORT,
+        default=SUPERNODE_RUNTIME_PORT,
         help="the SuperNode's local runtime API port",
     )
     flower.add_argument("--flwr-home", help="FLWR_HOME of the SuperNode (default: per user id)")
@@ -390,7 +396,7 @@ def register_certs(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     certs.add_argument("--out", default="secrets", help="the secrets folder")
-    certs.add_argument("--users", default="10", help="N (user1..userN) or comma-separated user ids")
+    add_expected_users_arguments(certs, "to make secrets for", default="10")
     certs.add_argument(
         "--name",
         action="append",
@@ -410,8 +416,8 @@ def register_certs(subparsers) -> None:
             raise UsageError(f"--days must be at least 1, got {args.days}")
         ids = user_ids(args.users)
         if not ids:
-            raise UsageError("--users must name at least one user")
-        check_user_ids("--users", ids)
+            raise UsageError("--user-ids must name at least one user")
+        check_user_ids("--user-ids", ids)
         check_folder("--out", args.out)
 
     certs.set_defaults(func=entry("semalign.deploy.commands.certs", validate))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from semalign.common.contract import TlsFiles
 from semalign.common.errors import UsageError
+from semalign.common.network_defaults import LOCAL_LISTEN
 from semalign.server.session import WaitPolicy
 
 #: What ``--stragglers`` may say (:class:`~semalign.server.session.WaitPolicy`).
@@ -80,7 +81,7 @@ class ServeSettings:
     checkpoint: str | None = None
     resume: bool = False
     progress_file: str | None = None
-    listen: str = "127.0.0.1:0"
+    listen: str = LOCAL_LISTEN
     tls: TlsFiles | None = None
     first_message_timeout: float | None = None
     max_streams_per_address: int | None = None

@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 import grpc
 from semalign.common.contract import (
     DEFAULT_RECEIVE_BYTES,
-    FIRST_MESSAGE_TIMEOUT,
     MAX_MESSAGE_BYTES,
     METHOD_NAME,
     OFFER_KEY,
@@ -68,6 +67,11 @@ from semalign.common.contract import (
 )
 from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_secret, token_is_valid
 from semalign.common.errors import ProtocolError, UsageError
+from semalign.common.network_defaults import (
+    FIRST_MESSAGE_TIMEOUT,
+    LOCAL_LISTEN,
+    MAX_STREAMS_PER_ADDRESS,
+)
 from semalign.common.validation import check_handshake, one_line
 from semalign.common.wire import parse_user_message
 from semalign.server.grpc_link import (
@@ -106,7 +110,7 @@ class AlignmentService:
         *,
         lobby_wait: float = 300.0,
         first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
-        max_streams_per_address: int = 8,
+        max_streams_per_address: int = MAX_STREAMS_PER_ADDRESS,
         max_streams_per_user: int = 2,
     ) -> None:
         try:
@@ -392,7 +396,7 @@ class RunningServer:
 
 def start_server(
     service: AlignmentService,
-    address: str = "127.0.0.1:0",
+    address: str = LOCAL_LISTEN,
     *,
     tls: TlsFiles | None = None,
     max_workers: int = 64,

@@ -176,6 +176,50 @@ def test_the_image_installs_every_package_of_the_source_tree():
     assert found <= listed, sorted(found - listed)
 
 
+def test_the_test_hosts_stay_out_of_the_wheel_and_the_image():
+    """semalign_testing (network namespaces, the link emulator) is for tests and benchmarks:
+    no package of the wheel is it or maps onto its folder, the image does not copy it, and it
+    is importable from the repository root (pytest's pythonpath)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not [p for p in setuptools["packages"] if p.split(".")[0] == "semalign_testing"]
+    folders = {Path(folder).parts[0] for folder in setuptools["package-dir"].values()}
+    assert "semalign_testing" not in folders and "." not in setuptools["package-dir"].values()
+    assert "semalign_testing" not in (ROOT / "deploy" / "Dockerfile").read_text()
+    import semalign_testing.link_emulator
+    import semalign_testing.testbed
+
+    assert Path(semalign_testing.testbed.__file__).parent == ROOT / "semalign_testing"
+    # a relay starts from any working folder: the file itself, run as a script
+    assert semalign_testing.link_emulator.COMMAND[1] == str(
+        ROOT / "semalign_testing" / "link_emulator.py"
+    )
+
+
+def test_compose_dockerfile_and_flower_app_repeat_the_default_ports(compose):
+    """The files that cannot import Python repeat common/network_defaults.py's ports."""
+    from semalign.common import network_defaults as net
+
+    services = compose["services"]
+    ap = services["ap"]["command"]
+    assert _opt(ap, "--listen") == net.AP_LISTEN
+    assert _opt(ap, "--advertise") == f"ap:{net.SERVICE_PORT}"
+    assert _opt(ap, "--superlink-listen") == net.SUPERLINK_LISTEN
+    assert _opt(ap, "--health-listen") == f"127.0.0.1:{net.HEALTH_PORT}"
+    probe = services["ap"]["healthcheck"]["test"]
+    assert _opt(probe, "--address") == f"127.0.0.1:{net.HEALTH_PORT}"
+    for i in range(1, 11):
+        user = services[f"user{i}"]
+        assert _opt(user["command"], "--superlink") == f"ap:{net.SUPERLINK_PORT}"
+        assert _opt(user["command"], "--runtime-port") is None  # the default, probed below
+        probe = " ".join(user["healthcheck"]["test"])
+        assert f"('127.0.0.1', {net.SUPERNODE_RUNTIME_PORT})" in probe
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(rf"^EXPOSE {net.SERVICE_PORT} {net.SUPERLINK_PORT}$", dockerfile, re.M)
+    app = tomllib.loads((ROOT / "deploy" / "flower" / "app" / "pyproject.toml").read_text())
+    config = app["tool"]["flwr"]["app"]["config"]
+    assert config["service-address"] == f"127.0.0.1:{net.SERVICE_PORT}"
+
+
 def test_prepare_copies_a_host_cache_entry_without_its_weights(tmp_path):
     from semalign.deploy.commands.prepare import copy_entry
 
@@ -226,7 +270,7 @@ def deployment(tmp_path):
     for path in [lat, *lat.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     secrets = tmp_path / "secrets"
-    assert main(["certs", "--out", str(secrets), "--users", "10", "--owner", "1000", "-q"]) == 0
+    assert main(["certs", "--out", str(secrets), "--num-users", "10", "--owner", "1000", "-q"]) == 0
     projects: list[Project] = []
 
     def project(users: int, ap_args: list[str]) -> Project:

@@ -59,7 +59,7 @@ def _cert_names(pem: Path) -> set[str]:
 
 def test_certs_makes_one_folder_per_host_with_the_right_names(tmp_path, capsys):
     out = tmp_path / "s"
-    assert main(["certs", "--out", str(out), "--users", "2", "--name", "ap,ap.example"]) == 0
+    assert main(["certs", "--out", str(out), "--num-users", "2", "--name", "ap,ap.example"]) == 0
     assert {p.name for p in out.iterdir()} == {"ca.pem", "ca.key", "ap", "user1", "user2"}
     assert _cert_names(out / "ap" / "server.pem") == {"ap", "ap.example", "localhost", "127.0.0.1"}
     assert _cert_names(out / "user2" / "client.pem") == {"user2"}
@@ -71,7 +71,7 @@ def test_certs_makes_one_folder_per_host_with_the_right_names(tmp_path, capsys):
     # again with a third user: only its files are new, same CA
     ca = (out / "ca.pem").read_bytes()
     capsys.readouterr()
-    assert main(["certs", "--out", str(out), "--users", "3"]) == 0
+    assert main(["certs", "--out", str(out), "--num-users", "3"]) == 0
     assert "5 new files" in capsys.readouterr().out  # user3: ca, cert, key, sn key; pub
     assert (out / "ca.pem").read_bytes() == ca == (out / "user3" / "ca.pem").read_bytes()
 
@@ -122,8 +122,8 @@ def test_two_hosts_tls_walkthrough_and_an_outsider_gets_nothing(latents, simulat
     is public) and her own keys, tries to join, list and stop runs, and listens on the wire."""
     root, ap_enc, users = latents
     secrets, eve_secrets = tmp_path / "secrets", tmp_path / "eve-secrets"
-    assert main(["certs", "--out", str(secrets), "--users", "2", "-q"]) == 0
-    assert main(["certs", "--out", str(eve_secrets), "--users", "user1", "-q"]) == 0
+    assert main(["certs", "--out", str(secrets), "--num-users", "2", "-q"]) == 0
+    assert main(["certs", "--out", str(eve_secrets), "--user-ids", "user1", "-q"]) == 0
     out = tmp_path / "ap.json"
     with Testbed(["ap", "user1", "user2", "eve"]) as tb:
         wire = tmp_path / "wire.bin"

@@ -3,11 +3,13 @@ no two modules import each other, directly or through others.
 
 Layers, lowest first (a module may import its own layer and those below):
 
-    proto < common < server | client < semalign (library) < commands < deploy < entry
+    proto < common < server | client < semalign (library) < commands < deploy < entry | testing
 
 server and client are side by side and never import each other. ``semalign.commands`` holds
-the argparse modules; no library module imports them. The entry layer is the console script
-(``semalign.cli``) and ``python -m semalign``.
+the argparse modules; no library module imports them. deploy includes its subpackages (cli,
+commands, options, serving, flower). The entry layer is the console script (``semalign.cli``)
+and ``python -m semalign``; beside it, the test hosts (``semalign_testing``, outside the wheel)
+may use everything below, and nothing in the wheel imports them.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ GRAPH = {
 
 def test_the_walk_sees_the_whole_tree():
     assert {"semalign.server.session", "semalign.client.user", "semalign.cli"} <= set(GRAPH)
+    assert {"semalign.deploy.commands.run", "semalign.deploy.flower.app.serverapp"} <= set(GRAPH)
+    assert "semalign_testing.testbed" in GRAPH
     assert "semalign.common.errors" in GRAPH["semalign.server.access_point"]
 
 
@@ -164,3 +168,5 @@ def test_the_checks_can_fail():
     assert layer("semalign.server.session") > layer("semalign.common.admm")
     assert layer("semalign.server.x")[1] != layer("semalign.client.x")[1]
     assert layer("semalign.engine.simulate") < layer("semalign.commands.simulate")
+    assert layer("semalign.deploy.commands.run") < layer("semalign_testing.testbed")
+    assert layer("semalign_testing.testbed")[1] != layer("semalign.cli")[1]  # side by side

@@ -138,7 +138,7 @@ def test_compose_service_commands_run_as_local_processes(latents, simulated, tmp
     plain to about 1e-7 each)."""
     root, ap_enc, users = latents
     secrets = tmp_path / "secrets"
-    assert main(["certs", "--out", str(secrets), "--users", "2", "-q"]) == 0
+    assert main(["certs", "--out", str(secrets), "--num-users", "2", "-q"]) == 0
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     port, superlink = free_port(), free_port()
     out = tmp_path / "results" / "run.json"

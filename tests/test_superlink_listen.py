@@ -107,7 +107,7 @@ finally:
 @pytest.mark.skipif(REASON is not None, reason=f"no emulated hosts: {REASON}")
 def test_superlink_on_the_aps_own_address_starts_and_the_lan_gets_403(tmp_path):
     secrets = tmp_path / "secrets"
-    assert main(["certs", "--out", str(secrets), "--users", "1", "-q"]) == 0
+    assert main(["certs", "--out", str(secrets), "--num-users", "1", "-q"]) == 0
     ap_files = sorted(p.name for p in (secrets / "ap").iterdir())
     assert "supernodes" in ap_files, ap_files
     with Testbed(["ap", "eve"]) as tb:

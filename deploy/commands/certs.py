@@ -286,7 +286,7 @@ def make_secrets(
 
 
 def user_ids(spec: str) -> list[str]:
-    """``--users``: N (user1..userN) or comma-separated user ids."""
+    """The users of ``--num-users N`` (user1..userN) or ``--user-ids IDS`` (comma-separated)."""
     spec = spec.strip()
     if spec.isdigit():
         return [f"user{i}" for i in range(1, int(spec) + 1)]

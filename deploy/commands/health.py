@@ -18,6 +18,7 @@ from pathlib import Path
 
 from semalign.common.contract import SERVICE, TlsFiles, TransportError, check_address
 from semalign.common.errors import UsageError
+from semalign.common.network_defaults import HEALTH_CHECK_TIMEOUT
 
 #: Exit codes: serving, not serving (or no answer), bad usage.
 EXIT_SERVING, EXIT_NOT_SERVING, EXIT_USAGE = 0, 1, 2
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="",
         help=f'the service name to ask about: "" (default: the server) or {SERVICE}',
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for it")
+    parser.add_argument(
+        "--timeout", type=float, default=HEALTH_CHECK_TIMEOUT, help="seconds to wait for it"
+    )
     tls = parser.add_argument_group("TLS (on by default)")
     tls.add_argument(
         "--secrets",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from semalign.common.errors import TransportError, UsageError
+from semalign.common.network_defaults import HEALTH_PORT
 
 
 def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def add_health_argument(parser: argparse.ArgumentParser) -> None:
         "--health-listen",
         metavar="HOST:PORT",
         help="also serve the gRPC health service alone, in plaintext, here (e.g. "
-        "127.0.0.1:50052 for a container's healthcheck; the --listen port answers it too)",
+        f"127.0.0.1:{HEALTH_PORT} for a container's healthcheck; the --listen port answers it "
+        "too)",
     )
 
 

@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from semalign.common.errors import UsageError
+from semalign.common.network_defaults import REJOIN_GRACE
 
 #: Exit codes of ``semalign run`` and ``semalign ap``.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_USERS_LOST = 0, 1, 2, 3
@@ -38,7 +39,6 @@ USER_EXIT_EPILOG = (
     "--rejoin-grace; one line on stderr); 2 bad usage, or refused or unreachable before its "
     "first session (one line on stderr)."
 )
-DEFAULT_REJOIN_GRACE = 60.0
 
 
 def add_ap_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def add_ap_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--rejoin-grace",
         type=float,
-        default=DEFAULT_REJOIN_GRACE,
+        default=REJOIN_GRACE,
         metavar="S",
         help="seconds a user whose stream broke may take to come back (0: drop it at once)",
     )
@@ -89,7 +89,7 @@ def add_user_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rejoin-grace",
         type=float,
-        default=DEFAULT_REJOIN_GRACE,
+        default=REJOIN_GRACE,
         metavar="S",
         help="seconds to keep coming back when the stream to the AP breaks mid-session "
         "(the AP restarting included; 0: give up at once)",

@@ -113,18 +113,19 @@ def start_service(secret: str, plan: Plan):
     Users authenticate with ``user_token(secret, user_id)``; the server accepts messages up to
     :func:`~semalign.common.contract.receive_limit` of the plan's session and at most
     :func:`grpc_workers` streams; one address may hold ``max_streams_per_address`` of them
-    (default: 8). The settings' metrics and health listeners start the operator endpoints too
-    (:func:`start_endpoints`).
+    (default: :data:`~semalign.common.network_defaults.MAX_STREAMS_PER_ADDRESS`). The settings'
+    metrics and health listeners start the operator endpoints too (:func:`start_endpoints`).
     """
-    from semalign.common.contract import FIRST_MESSAGE_TIMEOUT, receive_limit
+    from semalign.common.contract import receive_limit
     from semalign.common.latents import pilot_count
+    from semalign.common.network_defaults import FIRST_MESSAGE_TIMEOUT, MAX_STREAMS_PER_ADDRESS
     from semalign.server.service import AlignmentService, start_server
 
     settings = plan.settings
     service = AlignmentService(
         secret,
         first_message_timeout=settings.first_message_timeout or FIRST_MESSAGE_TIMEOUT,
-        max_streams_per_address=settings.max_streams_per_address or 8,
+        max_streams_per_address=settings.max_streams_per_address or MAX_STREAMS_PER_ADDRESS,
     )
     n_pilots = pilot_count(len(plan.ap_train), plan.config.pilot_fraction)
     try:

@@ -163,18 +163,24 @@ def add_users_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_expected_users_arguments(parser: argparse.ArgumentParser) -> None:
-    """``ap``: ``--num-users N`` or ``--user-ids IDS`` (one of them, in ``args.users``), and
-    the deprecated ``--users`` that took either."""
+def add_expected_users_arguments(
+    parser: argparse.ArgumentParser, what: str = "to wait for", default: str | None = None
+) -> None:
+    """``ap`` (the users ``what``: to wait for) and ``certs`` (to make secrets for):
+    ``--num-users N`` or ``--user-ids IDS`` (one of them, in ``args.users``; ``default`` when
+    neither is given), and the deprecated ``--users`` that took either."""
     group = parser.add_mutually_exclusive_group()
     add = group.add_argument
+    otherwise = f"; default: {default}" if default else ""
     add("--num-users", dest="users", action=GivenStore, type=user_count, metavar="N",
-        help="how many users to wait for (ids user1..userN)")  # fmt: skip
+        help=f"how many users {what} (ids user1..userN{otherwise})")  # fmt: skip
     add("--user-ids", dest="users", action=GivenStore, type=names_not_count, metavar="IDS",
-        help="the comma-separated ids of the users to wait for")  # fmt: skip
+        help=f"the comma-separated ids of the users {what}")  # fmt: skip
     add("--users", dest="users", action=GivenStore,
         deprecated={"--users": "--num-users N or --user-ids IDS"},
         help="deprecated: --num-users N or --user-ids IDS")  # fmt: skip
+    if default:
+        parser.set_defaults(users=default)
 
 
 def add_ap_encoder_argument(parser: argparse.ArgumentParser) -> None:

@@ -62,6 +62,7 @@ def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict
     """Join the AP's sessions as the user described by ``node``; the session reports."""
     from semalign.client.stream import run_user, user_factory
     from semalign.common.contract import TlsFiles
+    from semalign.common.network_defaults import CONNECT_TIMEOUT, REJOIN_GRACE
 
     user_id = str(node["user-id"])
     factory = user_factory(
@@ -83,8 +84,8 @@ def run_invitation(node: dict, address: str, token: str, tls: bool) -> list[dict
         factory,
         # the user's own CA pins the AP: it never falls back to plaintext on the invitation's word
         tls=files if (tls or files.enabled) else None,
-        connect_timeout=float(node.get("connect-timeout-s", 60.0)),
-        rejoin_grace=float(node.get("rejoin-grace-s", 60.0)),
+        connect_timeout=float(node.get("connect-timeout-s", CONNECT_TIMEOUT)),
+        rejoin_grace=float(node.get("rejoin-grace-s", REJOIN_GRACE)),
         user_id=user_id,
     )
     return [r.as_dict() for r in reports]
