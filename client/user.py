@@ -32,7 +32,14 @@ from semalign.common.secure_aggregation import UserKeys
 from semalign.common.strategies import get_strategy, strategy_for_code
 from semalign.common.validation import check_accept, check_ids, one_line
 from semalign.common.whitening import Whitener
-from semalign.common.wire import PROTOCOL_VERSION, check_matrix, parse_ap_message, to_matrix
+from semalign.common.wire import (
+    PROTOCOL_VERSION,
+    WireFormat,
+    check_matrix,
+    parse_ap_message,
+    to_matrix,
+    wire_precision_name,
+)
 from semalign.proto import semalign_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -145,6 +152,7 @@ class User:
         self.noise_rng = np.random.default_rng((*self.channel_seed, 1))
         self.accept: pb.HandshakeAccept | None = None
         self.representation: Representation = LINEAR  # the accept's (widely linear or not)
+        self.wire: WireFormat = LINEAR.wire_format()  # the accept's wire precision
         self.whitener: Whitener | None = None
         self.y: np.ndarray | None = None
         self.channel: BlockFadingLink | None = None  # the truth: what symbols go through
@@ -197,6 +205,7 @@ class User:
         except KeyError as exc:
             raise ProtocolError(f"AP asked for pilot {exc} this user does not hold") from None
         self.representation = Representation(widely_linear=acc.widely_linear)
+        self.wire = self.representation.wire_format(wire_precision_name(acc.wire_precision))
         if acc.widely_linear and not get_strategy(strategy).has_rounds:
             raise ProtocolError(f"widely-linear equalizers with strategy {strategy}")
         # Y_l: whitened pilots, never leave the user
@@ -317,7 +326,7 @@ class User:
         ids = check_ids(msg.sample_ids, "evaluation ids", unique=False, limit=len(native))
         rep = self.representation
         rows = rep.symbol_rows(self.accept.channel_uses * self.accept.antennas_tx)
-        symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)), rep.wire_codes)
+        symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)), self.wire.codes)
         indices = None
         if msg.HasField("indices"):
             if self.strategy is None:

@@ -36,6 +36,8 @@ Target = Literal["latents", "logits", "task-subspace"]
 PilotSelection = Literal["first", "random", "k-center", "herding"]
 RoundProtocol = Literal["paper", "compact"]
 Precision = Literal["double", "single"]
+#: precision of the float matrices on the wire (``semalign.common.wire.WireFormat``)
+WirePrecision = Literal["native", "float16", "bfloat16"]
 #: F and G strictly linear on the packed complex latents (the paper) or widely linear
 #: (``semalign.common.representation``)
 Equalizer = Literal["linear", "widely-linear"]
@@ -85,6 +87,13 @@ class AlignmentConfig(BaseModel):
         "double",
         description="arithmetic of the O(n) per-round products: double (complex128) or single "
         "(complex64, results within 1e-5 of double; whitening and F-step stay double)",
+    )
+    wire_precision: WirePrecision = Field(
+        "native",
+        description="float matrices on the wire (features, symbols, F, uploads): native "
+        "(complex64, float32 when widely linear) or float16/bfloat16 (half the bytes, decoded "
+        "to the working precision; B = X X^H, Z - U, CSI, the baselines' whitening and "
+        "precoder and secure aggregation's fixed-point uploads keep theirs)",
     )
     seed: int = Field(42, ge=0, le=2**32 - 1)
     # ---- research options (docs/research.md); their defaults are the paper's method
@@ -185,6 +194,8 @@ class AlignmentConfig(BaseModel):
             data.pop("channel")
         if self.aggregation == "plain":  # as before the field existed
             data.pop("aggregation")
+        if self.wire_precision == "native":  # as before the field existed
+            data.pop("wire_precision")
         if self.dp_noise_multiplier == 0:  # no differential privacy: as before the fields
             for key in ("dp_noise_multiplier", "dp_clip", "dp_delta"):
                 data.pop(key)

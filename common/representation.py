@@ -31,6 +31,7 @@ from semalign.common.admm import apply_block_channel, init_pre_equalizer
 from semalign.common.config import Equalizer
 from semalign.common.packing import ShapeError, complex_dim, complex_to_real, real_to_complex
 from semalign.common.whitening import Whitener, fit_whitener
+from semalign.common.wire import WireFormat
 from semalign.proto import semalign_pb2 as pb
 
 EQUALIZERS: tuple[str, ...] = get_args(Equalizer)
@@ -72,6 +73,12 @@ class Representation:
         if self.widely_linear:
             return (pb.FLOAT32, pb.FLOAT64)
         return (pb.COMPLEX64, pb.COMPLEX128)
+
+    def wire_format(self, precision: str = "native") -> WireFormat:
+        """How this representation's features, symbols, F and uploads travel at wire
+        ``precision`` (``native``, ``float16`` or ``bfloat16``): real matrices when widely
+        linear, complex ones otherwise (:class:`~semalign.common.wire.WireFormat`)."""
+        return WireFormat(real=self.widely_linear, precision=precision)
 
     def feature_dim(self, real_dim: int) -> int:
         """Rows c of the features of a latent of ``real_dim`` reals: d or ceil(d/2)."""

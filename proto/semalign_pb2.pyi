@@ -18,6 +18,15 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INT32: _ClassVar[DType]
     UINT16: _ClassVar[DType]
     UINT64: _ClassVar[DType]
+    FLOAT16: _ClassVar[DType]
+    BFLOAT16: _ClassVar[DType]
+    COMPLEX_FLOAT16: _ClassVar[DType]
+    COMPLEX_BFLOAT16: _ClassVar[DType]
+
+class Layout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DENSE: _ClassVar[Layout]
+    HERMITIAN: _ClassVar[Layout]
 
 class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -50,6 +59,13 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECISION_UNSPECIFIED: _ClassVar[Precision]
     DOUBLE: _ClassVar[Precision]
     SINGLE: _ClassVar[Precision]
+
+class WirePrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WIRE_PRECISION_UNSPECIFIED: _ClassVar[WirePrecision]
+    WIRE_NATIVE: _ClassVar[WirePrecision]
+    WIRE_FLOAT16: _ClassVar[WirePrecision]
+    WIRE_BFLOAT16: _ClassVar[WirePrecision]
 DTYPE_UNSPECIFIED: DType
 COMPLEX64: DType
 COMPLEX128: DType
@@ -59,6 +75,12 @@ INT64: DType
 INT32: DType
 UINT16: DType
 UINT64: DType
+FLOAT16: DType
+BFLOAT16: DType
+COMPLEX_FLOAT16: DType
+COMPLEX_BFLOAT16: DType
+DENSE: Layout
+HERMITIAN: Layout
 STRATEGY_UNSPECIFIED: Strategy
 FED: Strategy
 MULTI_LINK: Strategy
@@ -76,16 +98,24 @@ SECURE: Aggregation
 PRECISION_UNSPECIFIED: Precision
 DOUBLE: Precision
 SINGLE: Precision
+WIRE_PRECISION_UNSPECIFIED: WirePrecision
+WIRE_NATIVE: WirePrecision
+WIRE_FLOAT16: WirePrecision
+WIRE_BFLOAT16: WirePrecision
 
 class Matrix(_message.Message):
-    __slots__ = ("shape", "dtype", "data")
+    __slots__ = ("shape", "dtype", "data", "layout", "exponent")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    EXPONENT_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
     data: bytes
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    layout: Layout
+    exponent: int
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ..., layout: _Optional[_Union[Layout, str]] = ..., exponent: _Optional[int] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
     __slots__ = ("protocol_version", "user_id", "encoder", "latent_dim", "antennas_rx", "snr_db", "pilot_ids", "csi", "token", "round_protocols", "encryption_key", "masking_key")
@@ -116,7 +146,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ..., round_protocols: _Optional[_Iterable[_Union[RoundProtocol, str]]] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeAccept(_message.Message):
-    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation", "dp_noise_multiplier", "dp_clip")
+    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation", "dp_noise_multiplier", "dp_clip", "wire_precision")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_INDEX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +169,7 @@ class HandshakeAccept(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     DP_CLIP_FIELD_NUMBER: _ClassVar[int]
+    WIRE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_index: int
     strategy: Strategy
@@ -161,7 +192,8 @@ class HandshakeAccept(_message.Message):
     aggregation: Aggregation
     dp_noise_multiplier: float
     dp_clip: float
-    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_clip: _Optional[float] = ...) -> None: ...
+    wire_precision: WirePrecision
+    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_clip: _Optional[float] = ..., wire_precision: _Optional[_Union[WirePrecision, str]] = ...) -> None: ...
 
 class RoundBroadcast(_message.Message):
     __slots__ = ("session_id", "round", "symbols", "final")

@@ -36,7 +36,12 @@ from semalign.common.representation import Representation
 from semalign.common.strategies import get_strategy
 from semalign.common.validation import check_handshake, check_report, check_terms, one_line
 from semalign.common.whitening import Whitener
-from semalign.common.wire import PROTOCOL_VERSION, parse_user_message, to_matrix
+from semalign.common.wire import (
+    PROTOCOL_VERSION,
+    parse_user_message,
+    to_matrix,
+    wire_precision_code,
+)
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies import make_ap_strategy
 from semalign.server.strategies.base import UserState
@@ -93,6 +98,8 @@ class AccessPoint:
         #: the paper's complex packing, or the real-composite view (widely-linear F and G)
         self.representation = Representation.of(cfg.equalizer)
         rep = self.representation
+        #: how features, symbols, F and the uploads travel (``wire_precision``)
+        self.wire = rep.wire_format(cfg.wire_precision)
         self.cdim = rep.feature_dim(self.latent_dim)
         #: the users' F_l reach the AP only as a masked sum (``--aggregation secure``)
         self.secure = cfg.aggregation == "secure"
@@ -248,6 +255,7 @@ class AccessPoint:
             baseline_fit=_FIT_CODES[cfg.baseline_fit],
             protocol_version=PROTOCOL_VERSION,
             widely_linear=self.representation.widely_linear,
+            wire_precision=wire_precision_code(cfg.wire_precision),
         )
         self.strategy.complete_accept(state, req, accept)
         return pb.ApMessage(accept=accept).SerializeToString()
@@ -404,9 +412,7 @@ class AccessPoint:
                 symbols, indices = self.encode(latents, state)
                 msg = pb.EvaluationRequest(
                     session_id=self.session_id,
-                    symbols=to_matrix(
-                        self.representation.to_wire(symbols), self.representation.wire_dtype()
-                    ),
+                    symbols=self.wire.matrix(symbols),
                     sample_ids=np.asarray(sample_ids).tolist(),
                 )
                 if indices is not None:

@@ -135,8 +135,9 @@ def test_compact_session_results_and_bytes():
             assert compact.reports[uid].mse == pytest.approx(report.mse, rel=1e-6)
         info = results["compact", n][1]["round_protocol"]
         assert info["compact_users"] == 3 and info["paper_users"] == 0
-        # X (8, n) complex64 + B (8, 8) complex128 per user, inside the handshake bytes
-        assert info["handshake_pilot_bytes"] >= 3 * (8 * n * 8 + 64 * 16)
+        # X (8, n) complex64 + B (8, 8) complex128 Hermitian-packed (64 reals) per user,
+        # inside the handshake bytes
+        assert info["handshake_pilot_bytes"] >= 3 * (8 * n * 8 + 64 * 8)
         assert compact.phases["handshake"].bytes_down > info["handshake_pilot_bytes"]
         assert results["paper", n][1] == {}
     compact_round = [results["compact", n][0].rounds[0] for n in (300, 600)]

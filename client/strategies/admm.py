@@ -31,7 +31,7 @@ from semalign.client.strategies.registry import register_user_strategy
 from semalign.common import admm
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
-from semalign.common.wire import check_matrix, fill_matrix
+from semalign.common.wire import check_matrix
 from semalign.proto import semalign_pb2 as pb
 
 
@@ -99,11 +99,14 @@ class AdmmUser(UserStrategy):
         user = self.user
         if not (acc.HasField("pilots") and acc.HasField("pilot_gram")):
             raise ProtocolError("compact round protocol without the pilots X and X X^H")
-        rep = self.representation
+        rep, codes = self.representation, user.wire.codes
         c = rep.feature_dim(acc.ap_latent_dim)
-        codes = rep.wire_codes
         x = check_matrix(acc.pilots, "pilots X", (c, len(acc.pilot_ids)), codes, copy=False)
-        gram = check_matrix(acc.pilot_gram, "pilot Gram matrix", (c, c), codes, copy=False)
+        # B in double precision whatever the wire precision, Hermitian-packed
+        layouts = (pb.HERMITIAN, pb.DENSE)
+        gram = check_matrix(
+            acc.pilot_gram, "pilot Gram matrix", (c, c), rep.wire_codes, copy=False, layouts=layouts
+        )
         gram = gram.astype(np.complex128, copy=False)
 
         def cross() -> np.ndarray:
@@ -126,7 +129,7 @@ class AdmmUser(UserStrategy):
             rep.symbol_rows(k * (user.antennas_rx if acc.channel_aware else acc.antennas_tx)),
             len(acc.pilot_ids),
         )
-        s = check_matrix(msg.symbols, "broadcast symbols", expected, rep.wire_codes, copy=False)
+        s = check_matrix(msg.symbols, "broadcast symbols", expected, user.wire.codes, copy=False)
         s = s.astype(self.y_work.dtype, copy=False)
         if not acc.channel_aware:  # S_l = H_l (F X) on the user's estimate of H_l, no noise
             s = rep.from_symbols(user.design_channel(rep.to_symbols(s), noiseless=True))
@@ -149,7 +152,9 @@ class AdmmUser(UserStrategy):
             raise ProtocolError("compact broadcast in a paper session")
         rep = self.representation
         expected = (rep.symbol_rows(acc.channel_uses * acc.antennas_tx), self.pilot_gram.shape[0])
-        f = check_matrix(msg.pre_equalizer, "pre-equalizer F", expected, rep.wire_codes, copy=False)
+        f = check_matrix(
+            msg.pre_equalizer, "pre-equalizer F", expected, user.wire.codes, copy=False
+        )
         f = f.astype(np.complex128, copy=False)
         with single_thread():
             hf = rep.apply_block_channel(user.hbar_estimate, f)  # H F on the estimate (K N_R, c)
@@ -189,9 +194,9 @@ class AdmmUser(UserStrategy):
         out = pb.UserMessage()
         up = getattr(out, kind)
         up.session_id, up.round = self.user.accept.session_id, round_
-        rep = self.representation
-        fill_matrix(up.a, rep.to_wire(a), rep.wire_dtype())
-        fill_matrix(up.p if kind == "upload" else up.cross, rep.to_wire(term), rep.wire_dtype())
+        wire = self.user.wire
+        wire.fill(up.a, a, hermitian=True)  # A_l is Hermitian: its upper triangle suffices
+        wire.fill(up.p if kind == "upload" else up.cross, term)
         up.squared_error, up.noise_term = sq, noise
         return out.SerializeToString()
 

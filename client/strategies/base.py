@@ -17,6 +17,7 @@ import numpy as np
 from semalign.common.channels import BlockFadingLink
 from semalign.common.errors import ProtocolError
 from semalign.common.representation import Representation
+from semalign.common.wire import WireFormat
 from semalign.proto import semalign_pb2 as pb
 
 
@@ -41,6 +42,7 @@ class UserContext(Protocol):
     y: np.ndarray  # (m/2, n) whitened complex pilots Y_l (never leave the user); (m, n) reals
     # (as complex128) when widely linear
     representation: Representation  # the paper's complex packing or the real-composite view
+    wire: WireFormat  # how features, symbols, F and uploads travel (the accept's precision)
     y_norm2: float  # ||Y_l||_F^2
     data: PrivateData  # the private latents (:class:`~semalign.client.user.UserData`)
     received_rounds: list[int]

@@ -26,7 +26,7 @@ from semalign.common import baselines
 from semalign.common.errors import ProtocolError
 from semalign.common.validation import check_indices
 from semalign.common.whitening import Whitener
-from semalign.common.wire import check_matrix
+from semalign.common.wire import WireFormat, check_matrix
 from semalign.proto import semalign_pb2 as pb
 
 #: Largest condition number accepted for the AP's whitening factor L L^H.
@@ -110,7 +110,7 @@ class BaselineUser(UserStrategy):
         if self.alignment is not None:
             raise ProtocolError("a second pilot transmission")
         n = len(acc.pilot_ids)
-        symbols = check_matrix(msg.symbols, "pilot symbols", (self._sent[0], n))
+        symbols = check_matrix(msg.symbols, "pilot symbols", (self._sent[0], n), user.wire.codes)
         indices = self.read_indices(msg.indices, n)
         self.whitening = self._whitening(msg)
         self.receiver = self._receiver(msg)
@@ -119,8 +119,9 @@ class BaselineUser(UserStrategy):
         if acc.baseline_fit == pb.FULL:
             if not msg.HasField("reference"):
                 raise ProtocolError("full-feature fit needs the AP's reference pilots")
+            codes = WireFormat(real=True, precision=user.wire.precision).codes
             reference = check_matrix(
-                msg.reference, "reference pilots", (acc.ap_latent_dim, n), (pb.FLOAT32, pb.FLOAT64)
+                msg.reference, "reference pilots", (acc.ap_latent_dim, n), codes
             )
             self.alignment = baselines.fit_alignment(reference, target)
         else:

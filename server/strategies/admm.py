@@ -29,7 +29,7 @@ from semalign.common import admm
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
 from semalign.common.validation import check_bounded, check_terms, one_line
-from semalign.common.wire import check_matrix, fill_matrix, to_matrix
+from semalign.common.wire import check_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import ApContext, ApStrategy, UserState
 
@@ -69,6 +69,7 @@ class AdmmStrategy(ApStrategy):
         self.x_work = ap.x.astype(admm.COMPLEX[self.config.precision], copy=False)
         rng = np.random.default_rng(self.config.seed)
         self.representation = rep = ap.representation
+        self.wire = ap.wire  # features, symbols, F and uploads (``wire_precision``)
         #: the bound on tr(F F^H) that gives transmit power P_T in this representation
         self.power_budget = rep.power_budget(self.config.power)
         self.shared = AdmmVariables.initial(rep.init_pre_equalizer(ap.symbols, ap.cdim, rng))
@@ -99,9 +100,10 @@ class AdmmStrategy(ApStrategy):
             return
         if self._pilot_matrices is None:  # serialized once, for every user
             rep = self.representation
+            gram = rep.to_wire(self.gram.matrix)  # Hermitian up to rounding: made exactly so
             self._pilot_matrices = (
-                to_matrix(rep.to_wire(self.ap.x), rep.wire_dtype()),
-                to_matrix(rep.to_wire(self.gram.matrix), rep.wire_dtype(double=True)),
+                self.wire.matrix(self.ap.x),
+                to_matrix((gram + gram.conj().T) / 2, rep.wire_dtype(double=True), hermitian=True),
             )
         pilots, gram = self._pilot_matrices
         state.round_protocol = "compact"
@@ -122,8 +124,7 @@ class AdmmStrategy(ApStrategy):
         """ApMessage bytes per active user, with the transmit matrix Z instead of F when
         ``final`` (users answer with an Ack then): paper users get S_l = H_l F X
         (channel-aware) or F X, compact users F itself."""
-        ap, rep = self.ap, self.representation
-        wire = rep.wire_dtype()
+        ap, rep, wire = self.ap, self.representation, self.wire
         out = {}
         pilots: dict[int, np.ndarray] = {}  # F X per distinct F (id), computed once
         shared: dict[int, bytes] = {}  # the message, when every user gets the same F X
@@ -135,7 +136,7 @@ class AdmmStrategy(ApStrategy):
             if state.round_protocol == "compact":
                 msg = message.compact_broadcast
                 msg.session_id, msg.round, msg.final = ap.session_id, ap.round, final
-                fill_matrix(msg.pre_equalizer, rep.to_wire(f), wire)
+                wire.fill(msg.pre_equalizer, f)
                 self.complete_broadcast(msg, variables)
                 out[state.user_id] = message.SerializeToString()
                 continue
@@ -150,9 +151,9 @@ class AdmmStrategy(ApStrategy):
             if self.config.csi:
                 with single_thread():
                     received = rep.apply_block_channel(state.hbar, pilots[key])
-                fill_matrix(msg.symbols, rep.to_wire(received), wire)
+                wire.fill(msg.symbols, received)
             else:
-                fill_matrix(msg.symbols, rep.to_wire(pilots[key]), wire)
+                wire.fill(msg.symbols, pilots[key])
             out[state.user_id] = message.SerializeToString()
             if not self.config.csi:
                 shared[key] = out[state.user_id]
@@ -181,8 +182,9 @@ class AdmmStrategy(ApStrategy):
         what = f"upload from {user_id}"
         s, columns = ap.symbols, (ap.cdim if compact else ap.n)
         name = "P X^H" if compact else "P"
-        codes = self.representation.wire_codes[:1]  # users send single precision
-        a = check_matrix(upload.a, f"{what}: A", (s, s), codes)
+        codes = self.wire.codes[:1]  # users send single precision (or the 16-bit code)
+        # A_l Hermitian-packed (a dense A_l is still taken, and checked to be Hermitian)
+        a = check_matrix(upload.a, f"{what}: A", (s, s), codes, layouts=(pb.HERMITIAN, pb.DENSE))
         # P_l stays a view of the message's bytes until the step converts it, once
         term = check_matrix(
             upload.cross if compact else upload.p,

@@ -27,10 +27,8 @@ import numpy as np
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import ProtocolError
 from semalign.common.representation import Representation
+from semalign.common.wire import WireFormat
 from semalign.proto import semalign_pb2 as pb
-
-#: dtype of every matrix the AP sends.
-WIRE_DTYPE = "complex64"
 
 
 @dataclass
@@ -75,6 +73,7 @@ class ApContext(Protocol):
     cdim: int  # c: d/2 complex features of the AP latent (d reals when widely linear)
     symbols: int  # K N_T data symbols per data point (2 K N_T reals when widely linear)
     representation: Representation  # the paper's complex packing or the real-composite view
+    wire: WireFormat  # how features, symbols, F and uploads travel (``wire_precision``)
     data_channel_uses: int  # K minus side-information uses
 
     @property

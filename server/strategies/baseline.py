@@ -22,9 +22,9 @@ from semalign.common.channels import block_channel
 from semalign.common.config import AlignmentConfig, GeometryError
 from semalign.common.errors import ProtocolError
 from semalign.common.whitening import Whitener
-from semalign.common.wire import to_matrix
+from semalign.common.wire import fill_matrix, to_matrix
 from semalign.proto import semalign_pb2 as pb
-from semalign.server.strategies.base import WIRE_DTYPE, ApContext, ApStrategy, UserState
+from semalign.server.strategies.base import ApContext, ApStrategy, UserState
 
 
 @dataclass
@@ -100,7 +100,9 @@ class BaselineStrategy(ApStrategy):
     def final_messages(self) -> dict[str, bytes]:
         """PilotTransmission bytes, the same for every active user: the precoded pilots, their
         indices, the whitening of the selected symbols (mean, factor), the precoder F, and the
-        AP's full native pilots for ``baseline_fit="full"``."""
+        AP's full native pilots for ``baseline_fit="full"``. The symbols and the native pilots
+        travel at the session's wire precision; the whitening and F in complex128 (users
+        invert them)."""
         ap = self.ap
         if self.pilots is None:
             raise ProtocolError("baseline used before start()")
@@ -109,14 +111,15 @@ class BaselineStrategy(ApStrategy):
         whitener = self.selection_whitener
         msg = pb.PilotTransmission(
             session_id=ap.session_id,
-            symbols=to_matrix(self.precoder @ selected, WIRE_DTYPE),
+            symbols=ap.wire.matrix(self.precoder @ selected),
             indices=to_matrix(indices, "uint16"),
             whitening_mean=to_matrix(whitener.mean[:, None], "complex128"),
             whitening_factor=to_matrix(whitener.factor, "complex128"),
             precoder=to_matrix(self.precoder, "complex128"),
         )
         if self.config.baseline_fit == "full":
-            msg.reference.CopyFrom(to_matrix(np.asarray(ap.pilot_latents).T, "float32"))
+            reference = np.asarray(ap.pilot_latents).T
+            fill_matrix(msg.reference, reference, "float32", precision=ap.wire.precision)
         data = pb.ApMessage(pilots=msg).SerializeToString()
         for state in ap.active_users:
             state.terms = None
