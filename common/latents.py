@@ -6,13 +6,18 @@ int64 (n,); row i is the same data point for every encoder. An optional
 
 This module is the one reader of split files (:func:`read_split_file`): the encoders' cache
 checks, the simulator and the user processes all go through it, so a damaged file is always a
-:class:`LatentsError` naming the file and the problem.
+:class:`LatentsError` naming the file and the problem. It also names a cache's content: the
+latents fingerprint (:func:`latents_fingerprint`, a run's ``latents_id``).
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,3 +216,88 @@ def _save_task_model(model, path: Path) -> None:
 def pilot_count(n_train: int, pilot_fraction: float) -> int:
     """Pilots are the first ``pilot_fraction`` of the train split (at least 2)."""
     return max(2, int(round(n_train * pilot_fraction)))
+
+
+#: What a fingerprint hashes of each encoder's entry, in this order.
+FINGERPRINT_FILES = ("train.npz", "test.npz", "classifier.npz")
+#: The fingerprint's definition, hashed into it. v1 (before): one blake2b stream over every
+#: listed encoder's files, so L users read their files L times; v2: the per-file digests.
+FINGERPRINT_VERSION = "v2"
+#: A file modified less than this many seconds before it is hashed is not memoized: a rewrite
+#: within the file system's timestamp granularity could leave size and mtime as they were.
+RACY_SECONDS = 2.0
+
+#: Per-file digests of this process, by (resolved path, size, mtime, ctime, inode).
+_FILE_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _stat_key(path: Path) -> tuple[str, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def file_digest(path: str | Path) -> str | None:
+    """blake2b digest (32 hex digits) of a file's bytes, None when there is no file.
+
+    Memoized in this process per (path, size, mtime, ctime, inode), so a file listed by many
+    users is read once; a file changed less than :data:`RACY_SECONDS` before it is read is read
+    again next time (its timestamps could hide a second write).
+    """
+    path = Path(path)
+    key = _stat_key(path)
+    if key is None:
+        return None
+    if key in _FILE_DIGESTS:
+        return _FILE_DIGESTS[key]
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    settled = key[2] < (time.time() - RACY_SECONDS) * 1e9  # last written long enough ago
+    if settled and _stat_key(path) == key:  # unchanged while it was read
+        _FILE_DIGESTS[key] = value
+    return value
+
+
+def latents_fingerprint(latents_dir: str | Path, encoders: Iterable[str]) -> str:
+    """Content hash (16 hex digits) of the listed encoders' entries: their train and test
+    latents and classifier (:data:`FINGERPRINT_FILES`); a run's ``latents_id``.
+
+    Version 2 (:data:`FINGERPRINT_VERSION`, hashed in): blake2b over the list, in order, of
+    (encoder, the digest of each of its files or null for a missing one). Each distinct file is
+    read once per process (:func:`file_digest`), however many users list its encoder: 1,000
+    users of 10 encoders read 10 entries, not 1,000. The order and the repeats of ``encoders``
+    count, as users do.
+    """
+    entries = [
+        [encoder, [file_digest(Path(latents_dir) / encoder / name) for name in FINGERPRINT_FILES]]
+        for encoder in encoders
+    ]
+    material = json.dumps({"fingerprint": FINGERPRINT_VERSION, "entries": entries})
+    return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
+
+
+def latents_fingerprint_v1(latents_dir: str | Path, encoders: Iterable[str]) -> str:
+    """The fingerprint of before version 2 (16 hex digits): one blake2b stream over each listed
+    encoder's name and files (a missing one: ``-``), every file read once per listing.
+
+    Only to recognize what was keyed with it (a sweep table written before version 2:
+    :mod:`semalign.experiments.rekey`); it reads L entries for L users.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for encoder in encoders:
+        folder = Path(latents_dir) / encoder
+        digest.update(encoder.encode())
+        for name in FINGERPRINT_FILES:
+            path = folder / name
+            if not path.exists():
+                digest.update(b"-")
+                continue
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from semalign.common.errors import SweepError
+from semalign.common.latents import latents_fingerprint_v1
 from synthetic import make_latents
 
 from semalign.cli import main
@@ -16,6 +17,7 @@ from semalign.experiments import runner
 from semalign.experiments.grid import PRESETS, grid_from_options
 from semalign.experiments.plan import make_plan
 from semalign.experiments.provenance import PROVENANCE_KEYS
+from semalign.experiments.rekey import as_v1
 from semalign.experiments.runner import run_sweep
 from semalign.experiments.table import (
     COLUMNS,
@@ -323,6 +325,15 @@ def test_table_matches_the_reference(tmp_path):
         baselines = iter(list(csv.DictReader(fh)))
     want = [next(baselines) if w["strategy"] in ("first-k", "top-k") else w for w in want]
     assert next(baselines, None) is None
+    # the reference's latents_id is these latents' fingerprint of version 1 (each user's files
+    # hashed in one stream); the table's is version 2
+    fingerprints = (
+        sweep_plan.latents_fingerprint(root, [ap, *users]),
+        latents_fingerprint_v1(root, [ap, *users]),
+    )
+    assert {(g["latents_id"], w["latents_id"]) for g, w in zip(got, want, strict=True)} == {
+        fingerprints
+    }
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         # schema 5: schema 1 with the channel model after csi and the research options after
         # it, the baselines' selection order after topk_index_cost, then provenance
@@ -335,7 +346,11 @@ def test_table_matches_the_reference(tmp_path):
         at = list(g).index("csi") + 1
         assert list(g)[at : at + len(added)] == list(added) and g["channel"] == "rayleigh"
         assert [g[c] for c in RESEARCH_COLUMNS] == ["logistic", "latents", "first", "1", "linear"]
-        diff = {k: (g[k], w[k]) for k in w if k not in NOT_COMPARED and not _same(g[k], w[k])}
+        diff = {
+            k: (g[k], w[k])
+            for k in w
+            if k not in NOT_COMPARED and k != "latents_id" and not _same(g[k], w[k])
+        }
         assert not diff, f"row {i + 2}: {diff}"
         assert g["run_key"] == f"{g['cell_key']}-{g['seed']}"
     # the same grouping of rows into runs and cells (the keys themselves differ: the reference
@@ -516,10 +531,16 @@ def test_a_moved_cache_finds_its_cells_complete(latents, tmp_path):
     assert len(read_table(table).rows) == 8
 
 
+def v1_run(run):
+    """``run`` as a version before latents fingerprint 2 keyed it (older tables' keys all are)."""
+    spec = run.spec
+    return as_v1(run, latents_fingerprint_v1(spec.latents_dir, [spec.ap, *spec.users]))
+
+
 def _as_schema1(table: Path, plan, keep: int) -> None:
     """Rewrite ``table`` as the previous version wrote it: schema-1 columns and keys, and only
     the first ``keep`` runs."""
-    legacy = {r.key: sweep_plan.legacy_run_key(r, r.spec.latents_dir) for r in plan.runs}
+    legacy = {r.key: sweep_plan.legacy_run_key(v1_run(r), r.spec.latents_dir) for r in plan.runs}
     rows = read_table(table).rows
     kept_runs = list(dict.fromkeys(r["run_key"] for r in rows))[:keep]
     with open(table, "w", newline="") as fh:
@@ -532,6 +553,7 @@ def _as_schema1(table: Path, plan, keep: int) -> None:
             # give its rows a key of their own, as that version would have
             old = legacy[row["run_key"]] or f"whitened{row['cell_key']}-{row['seed']}"
             row = {**row, "run_key": old, "cell_key": old.rpartition("-")[0]}
+            row["latents_id"] = v1_run(plan.runs[0]).spec.fingerprint  # the id of then
             writer.writerow(["" if row[c] is None else str(row[c]) for c in V1_COLUMNS])
 
 
@@ -559,6 +581,7 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     assert len(new.rows) == 8 and all(
         r["run_key"] == f"{r['cell_key']}-{r['seed']}" for r in new.rows
     )
+    assert {r["latents_id"] for r in new.rows} == {plan.runs[0].spec.fingerprint}  # version 2
     assert sum(1 for r in new.rows if r["host"]) == 2  # the one new run's two users
     with open(table, newline="") as fh:
         assert next(csv.reader(fh)) == list(COLUMNS)
@@ -626,7 +649,7 @@ def test_runs_keyed_on_fields_their_strategy_ignores_are_rekeyed_not_rerun(laten
     """A table written before cell keys left out the fields a strategy does not read (fed cells
     of a sweep with --baseline-fit full hashed it) resumes: its runs are re-keyed, none re-run."""
     plan = tiny_plan(latents, strategies=("fed",), baseline_fit="full")
-    previous = {r.key: sweep_plan.previous_run_key(r) for r in plan.runs}
+    previous = {r.key: sweep_plan.previous_run_key(v1_run(r)) for r in plan.runs}
     assert all(previous.values()) and all(k != v for k, v in previous.items())
     table = tmp_path / "t.csv"
     run_sweep(plan, table)
@@ -637,6 +660,7 @@ def test_runs_keyed_on_fields_their_strategy_ignores_are_rekeyed_not_rerun(laten
         for row in rows:
             old = previous[row["run_key"]]
             row = {**row, "run_key": old, "cell_key": old.rpartition("-")[0]}
+            row["latents_id"] = v1_run(plan.runs[0]).spec.fingerprint  # the id of then
             writer.writerow(["" if row[c] is None else str(row[c]) for c in COLUMNS])
     summary = run_sweep(plan, table)
     assert (summary.rekeyed, summary.done, summary.already_done) == (2, 0, 2)

@@ -199,8 +199,8 @@ def _report(
     console.print(f"table: {table_path}")
     if summary.rekeyed:
         console.print(
-            f"{summary.rekeyed} run(s) of an older table found under their former keys (which "
-            "hashed the latents' folder) and re-keyed"
+            f"{summary.rekeyed} run(s) of an older table found under their former keys (an "
+            "older key schema or latents fingerprint) and re-keyed"
         )
     if args.track:
         where = f" ({args.track_uri})" if args.track_uri else ""

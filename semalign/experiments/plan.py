@@ -2,7 +2,9 @@
 
 Keys: :func:`cell_key` hashes every parameter of a cell (the :class:`AlignmentConfig` except the
 seed, the group label, its user encoders, the AP encoder and the latents' content fingerprint,
-plus :data:`SCHEMA`); :func:`run_key` is ``<cell_key>-<seed>``. Changing any of them is a new
+plus :data:`SCHEMA`); :func:`run_key` is ``<cell_key>-<seed>``. The fingerprint is version 2
+(:func:`latents_fingerprint`); every key changed with it, and a table keyed with version 1 is
+re-keyed, not run again (:mod:`semalign.experiments.rekey`). Changing any of them is a new
 cell. Where the latents lie is not part of a key: a moved or copied cache, or a table shared with
 someone whose cache is elsewhere, finds its cells complete. (Schema 1 keys hashed the folder's
 path too; :func:`legacy_run_key` recomputes them so that a sweep re-keys an older table's runs
@@ -37,6 +39,7 @@ from pydantic import BaseModel
 from semalign.common.baselines import SELECTION
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
+from semalign.common.latents import latents_fingerprint as fingerprint_v2
 from semalign.common.packing import complex_dim
 from semalign.common.strategies import get_strategy, strategy_family
 from semalign.experiments.grid import (
@@ -287,24 +290,14 @@ def zeta(channel_uses: int, d_ap: int) -> float:
 
 
 def latents_fingerprint(latents_dir: str | Path, encoders: Iterable[str]) -> str:
-    """Content hash of the encoders' train/test latents and classifiers (16 hex digits).
+    """Content hash of the encoders' train/test latents and classifiers (16 hex digits, version
+    2: :func:`semalign.common.latents.latents_fingerprint`, each distinct file read once).
 
     Part of every cell key: re-encoding the cache (a new recipe, a new seed) makes new cells
-    instead of silently mixing old and new latents in one table.
+    instead of silently mixing old and new latents in one table. Tables keyed with the version-1
+    fingerprint are found by :mod:`semalign.experiments.rekey`.
     """
-    digest = hashlib.blake2b(digest_size=8)
-    for encoder in encoders:
-        folder = Path(latents_dir) / encoder
-        digest.update(encoder.encode())
-        for name in ("train.npz", "test.npz", "classifier.npz"):
-            path = folder / name
-            if not path.exists():
-                digest.update(b"-")
-                continue
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
+    return fingerprint_v2(latents_dir, encoders)
 
 
 def resolve_groups(

@@ -8,7 +8,9 @@
   not a git checkout or git is not there, never an error;
 * ``started_at`` (UTC, ISO 8601 to the second), ``host``, ``command_line`` (``sys.argv``);
 * ``latents_id``: the content hash of the latent cache entries the run used
-  (:func:`latents_id`, the sweep's cell-key fingerprint), None when not given;
+  (:func:`latents_id`, the sweep's cell-key fingerprint; version 2 since each file is hashed
+  once, so a results file written before holds the version-1 value of the same latents), None
+  when not given;
 * ``python`` and ``libraries``: the versions of numpy, scipy, torch, timm, flwr and grpcio
   (None for one that is not installed: a deployment image may run without torch). Read from
   the installed distributions' metadata, so nothing heavy is imported.

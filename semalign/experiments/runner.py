@@ -34,16 +34,9 @@ from typing import Any
 from semalign.common.errors import SweepError
 from semalign.common.io import SpawnPool
 from semalign.common.records import SeedResult
-from semalign.experiments.plan import (
-    Plan,
-    Run,
-    ScenarioSpec,
-    describe,
-    legacy_run_key,
-    previous_run_key,
-    zeta,
-)
+from semalign.experiments.plan import Plan, Run, ScenarioSpec, describe, zeta
 from semalign.experiments.provenance import PROVENANCE_KEYS, provenance_block
+from semalign.experiments.rekey import older_runs
 from semalign.experiments.table import ResultsTable, rows_from_seed
 
 log = logging.getLogger(__name__)
@@ -155,7 +148,7 @@ class SweepSummary:
     done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    rekeyed: int = 0  # runs of an older table found under their schema-1 keys
+    rekeyed: int = 0  # runs of an older table found under their former keys (rekey.py)
     tracked: int = 0  # runs logged to the tracker
     tracking_error: str | None = None  # why tracking stopped (the sweep went on)
 
@@ -209,28 +202,6 @@ def tracked_run(run: Run, rows: list[dict[str, Any]], block: SeedResult) -> Any:
     return from_seed_block(f"{cell} seed {run.config.seed}", params, block, tags, group=cell)
 
 
-def _legacy_renames(plan: Plan, table: ResultsTable) -> dict[str, tuple[str, str]]:
-    """Older run keys -> the plan's keys: a schema-2 key that hashed fields the run's strategy
-    does not read (:func:`previous_run_key`), or a schema-1 key (with every latent folder the
-    table names)."""
-    renames: dict[str, tuple[str, str]] = {}
-    if not table.complete:
-        return renames
-    for run in plan.runs:
-        if run.key in table.complete:
-            continue
-        previous = previous_run_key(run)
-        if previous is not None and previous in table.complete:
-            renames[previous] = (run.key, run.cell_key)
-            continue
-        for folder in sorted(table.latents_dirs):
-            old = legacy_run_key(run, folder)
-            if old is not None and old in table.complete:
-                renames[old] = (run.key, run.cell_key)
-                break
-    return renames
-
-
 def run_sweep(
     plan: Plan,
     table_path: str | os.PathLike[str],
@@ -249,8 +220,8 @@ def run_sweep(
     (``spawn``); ``ray``: Ray tasks on a local instance of ``workers`` CPUs, or on the cluster at
     ``ray_address``. A failing run is reported (``on_run``, a warning in the log and the summary)
     and left undone; the rest go on. KeyboardInterrupt stops the workers at once; finished runs
-    are already in the table. Runs of an older table found under their schema-1 keys are
-    re-keyed, not run again.
+    are already in the table. Runs of an older table found under their former keys
+    (:mod:`semalign.experiments.rekey`) are re-keyed, not run again.
 
     ``tracker`` (a :class:`~semalign.tracking.Tracker`) gets each run done by this call, from
     this process; a tracking failure stops the tracking (``summary.tracking_error``), not the
@@ -263,7 +234,8 @@ def run_sweep(
     check_executor(executor)
     start = time.perf_counter()
     with ResultsTable(table_path) as table:
-        rekeyed = table.rekey(_legacy_renames(plan, table))
+        older = older_runs(plan, table)
+        rekeyed = table.rekey(older.runs, older.latents_ids)
         if rekeyed:
             log.info("%s: %d run(s) of an older table re-keyed", table_path, rekeyed)
         todo = [r for r in plan.runs if r.key not in table.complete]

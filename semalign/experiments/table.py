@@ -357,6 +357,8 @@ class ResultsTable:
         self.complete: set[str] = set()
         #: The latent folders the complete runs read (the ``latents`` column), for re-keying.
         self.latents_dirs: set[str] = set()
+        #: (AP encoder, group, latents_id) of the complete runs -> how many, for re-keying.
+        self.fingerprints: dict[tuple[str, str, str], int] = {}
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> ResultsTable:
@@ -380,6 +382,7 @@ class ResultsTable:
         contents = read_table(self.path)
         self.complete = contents.complete
         self.latents_dirs = {row["latents"] for row in contents.rows}
+        self.fingerprints = _fingerprints(contents.rows)
         if contents.torn_tail or contents.dropped_lines:
             log.warning(
                 "%s: dropped %d row(s) of unfinished runs%s; they will run again",
@@ -398,9 +401,13 @@ class ResultsTable:
             )
             self._rewrite(contents.rows)
 
-    def rekey(self, renames: dict[str, tuple[str, str]]) -> int:
+    def rekey(
+        self, renames: dict[str, tuple[str, str]], latents_ids: dict[str, str] | None = None
+    ) -> int:
         """Give complete runs new keys: ``{old run_key: (run_key, cell_key)}``; rewrites the
         table atomically when any of them is there. Returns the number of runs re-keyed.
+        ``latents_ids`` (old -> new) renames the fingerprint of the re-keyed rows (the same
+        latents under a newer fingerprint version).
 
         A new key already complete in the table is left alone (its old-key rows stay), so no
         run is ever there twice.
@@ -421,7 +428,9 @@ class ResultsTable:
             new = renames.get(row["run_key"])
             if new is not None:
                 row["run_key"], row["cell_key"] = new
+                row["latents_id"] = (latents_ids or {}).get(row["latents_id"], row["latents_id"])
         self._rewrite(rows)
+        self.fingerprints = _fingerprints(rows)
         self.complete = (self.complete - set(renames)) | {new for new, _ in renames.values()}
         return len(renames)
 
@@ -449,6 +458,15 @@ class ResultsTable:
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+
+
+def _fingerprints(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
+    """(AP encoder, group, latents_id) -> the number of runs with rows of it."""
+    runs: dict[tuple[str, str, str], set[str]] = {}
+    for row in rows:
+        key = (row["ap_encoder"], row["group"], row["latents_id"])
+        runs.setdefault(key, set()).add(row["run_key"])
+    return {key: len(keys) for key, keys in runs.items()}
 
 
 def _csv_text(rows: Iterable[dict[str, Any]], *, header: bool) -> str:
