@@ -15,7 +15,9 @@ HandshakeAccept.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +99,44 @@ class UserData:
         if full:
             self._whitened[representation] = result
         return result
+
+    def evaluation_reference(
+        self,
+        ids: np.ndarray,
+        whitener: Whitener,
+        representation: Representation,
+        pilot_ids: Sequence[int],
+    ) -> tuple[np.ndarray, float]:
+        """What a user's evaluation compares its estimate with, for the test rows ``ids``: their
+        native latents whitened by ``whitener``, (m/2, len(ids)) complex (or (m, len(ids)) in the
+        widely-linear ``representation``), read-only, and the task model's accuracy on them
+        (the native accuracy).
+
+        Both depend only on this data, the rows and the whitener, which the pilot ids and the
+        ``representation`` fix; kept in :attr:`memo` under those (by content, as R = Y X^H is),
+        so users sharing this data in one process whiten an encoder's test latents once.
+        """
+        key = ("evaluation", _content_key(pilot_ids), representation, _content_key(ids))
+        if key not in self.memo:
+            self.memo[key] = evaluation_reference(self, ids, whitener, representation)
+        return self.memo[key]
+
+
+def evaluation_reference(
+    data: UserData, ids: np.ndarray, whitener: Whitener, representation: Representation
+) -> tuple[np.ndarray, float]:
+    """:meth:`UserData.evaluation_reference` computed afresh (each user did before the cache)."""
+    native = np.asarray(np.asarray(data.test_latents)[ids], dtype=np.float64)
+    labels = np.asarray(data.test_labels)[ids]
+    whitened = whitener.whiten(representation.features(native))
+    whitened.setflags(write=False)  # shared by the users of this data
+    return whitened, float(data.classifier.accuracy(native, labels))
+
+
+def _content_key(values: Sequence[int] | np.ndarray) -> str:
+    """Content key of integer ids (their int64 bytes)."""
+    ids = np.ascontiguousarray(values, dtype=np.int64)
+    return hashlib.blake2b(ids.view(np.uint8), digest_size=16).hexdigest()
 
 
 @dataclass
@@ -320,10 +360,10 @@ class User:
         return self.representation.latents(self.whitener.dewhiten(y_hat), self.latent_dim), y_hat
 
     def _on_evaluate(self, msg: pb.EvaluationRequest) -> bytes:
-        native = np.asarray(self.data.test_latents, dtype=np.float64)
-        if not 1 <= len(msg.sample_ids) <= len(native):
-            raise ProtocolError(f"{len(msg.sample_ids)} evaluation ids for {len(native)} test rows")
-        ids = check_ids(msg.sample_ids, "evaluation ids", unique=False, limit=len(native))
+        count = len(self.data.test_latents)
+        if not 1 <= len(msg.sample_ids) <= count:
+            raise ProtocolError(f"{len(msg.sample_ids)} evaluation ids for {count} test rows")
+        ids = check_ids(msg.sample_ids, "evaluation ids", unique=False, limit=count)
         rep = self.representation
         rows = rep.symbol_rows(self.accept.channel_uses * self.accept.antennas_tx)
         symbols = check_matrix(msg.symbols, "evaluation symbols", (rows, len(ids)), self.wire.codes)
@@ -333,14 +373,17 @@ class User:
                 raise ProtocolError("no equalizer yet: evaluation before alignment")
             indices = self.strategy.read_indices(msg.indices, len(ids))
         decoded, y_hat = self.decode(symbols.astype(np.complex128), indices)
-        native, labels = native[ids], np.asarray(self.data.test_labels)[ids]
-        y_true = self.whitener.whiten(rep.features(native))
+        native = np.asarray(np.asarray(self.data.test_latents)[ids], dtype=np.float64)
+        labels = np.asarray(self.data.test_labels)[ids]
+        y_true, native_accuracy = self.data.evaluation_reference(
+            ids, self.whitener, rep, self.accept.pilot_ids
+        )
         # per complex feature (two reals when widely linear), as the rounds' pilot MSE
         per_feature = len(ids) * complex_dim(self.latent_dim)
         report = pb.EvaluationReport(
             session_id=self.accept.session_id,
             accuracy=self.data.classifier.accuracy(decoded, labels),
-            native_accuracy=self.data.classifier.accuracy(native, labels),
+            native_accuracy=native_accuracy,
             mse=float(np.mean((decoded - native) ** 2)),
             mse_whitened=float(np.sum(np.abs(y_hat - y_true) ** 2) / per_feature),
             samples=len(ids),
