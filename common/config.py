@@ -21,9 +21,8 @@ from semalign.common.strategies import (
 #: The registered strategy names (``semalign.common.strategies``) as a type: its values are the
 #: CLI choices. Validation asks the registry itself, so a strategy registered later is accepted.
 Strategy = Literal[strategy_names()]  # type: ignore[valid-type]
-#: Derived from the registry; kept for the sweep module (prefer ``strategy_names()``).
-STRATEGIES: tuple[str, ...] = strategy_names()
-ADMM_STRATEGIES: tuple[str, ...] = admm_strategy_names()
+#: The names themselves are asked of the registry when needed (``strategy_names()``,
+#: ``admm_strategy_names()``), never copied at import: a plug-in registered later is in them.
 BaselineFit = Literal["received", "full"]
 IndexCost = Literal["none", "channel-uses"]
 TaskModelKind = Literal["logistic", "mlp"]

@@ -40,7 +40,7 @@ from semalign.cli import build_parser
 from semalign.engine.grouping import check_groupable
 from semalign.engine.loopback import LoopbackLink
 from semalign.experiments.figures import strategy_style
-from semalign.experiments.grid import SweepGrid
+from semalign.experiments.grid import SweepGrid, grid_from_options, preset_fields
 
 
 def test_registry_lists_the_paper_strategies_in_order():
@@ -232,6 +232,10 @@ def test_a_strategy_from_outside_reaches_the_cli_sweep_figures_and_display(outsi
     cells = {(c.strategy, c.user_groups, c.equalizer) for _, c in grid.configs()}
     assert ("shared", 2, "widely-linear") in cells and ("fed", 2, "linear") in cells
     assert {c for c in cells if c[0] == "noop"} == {("noop", 1, "linear")}
+    for preset in ("fig2", "snr"):  # the paper's all-strategy presets, read after registering
+        assert preset_fields(preset)["strategies"] == strategy_names()
+        assert {"noop", "shared"} <= set(grid_from_options(preset, {}).strategies)
+    assert grid_from_options("fig3", {}).strategies == ("fed",)
     assert strategy_style("noop", variant=1) == {
         "label": "Outside noop",
         "color": "tab:pink",

@@ -8,9 +8,10 @@ research options (task models, targets, pilot selections, user-group counts, equ
 that share one F (``fed``), a widely-linear equalizer to those with ADMM rounds: the specs'
 capabilities (:mod:`semalign.common.strategies`) say which; other strategies get no such cell
 (:meth:`SweepGrid.configs`).
-Presets reproduce the paper's figures (:data:`PRESETS`: ``fig2``, ``fig3``, ``snr``). Every value
-is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so a bad value
-fails before any work, with the name of the option that set it (:data:`OPTION_NAMES`).
+Presets reproduce the paper's figures (:func:`preset_fields`: ``fig2``, ``fig3``, ``snr``).
+Every value is checked against :class:`~semalign.common.config.AlignmentConfig`'s own bounds, so
+a bad value fails before any work, with the name of the option that set it
+(:data:`OPTION_NAMES`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from semalign.common.channels import FADING_MODELS, ChannelConfig
-from semalign.common.config import (
-    LEGACY_TASK_MODEL,
-    STRATEGIES,
-    AlignmentConfig,
-)
+from semalign.common.config import LEGACY_TASK_MODEL, AlignmentConfig
 from semalign.common.errors import SweepError
 from semalign.common.strategies import get_strategy, strategies_with, strategy_names
 
@@ -36,11 +33,13 @@ PAPER_SEEDS: tuple[int, ...] = (27, 42, 100, 123, 144, 200)
 #: The compression-factor grid of the reference experiments (communication.channel_usage).
 PAPER_CHANNEL_USES: tuple[int, ...] = (1, 2, 4, 6, 8, 10, 20)
 
-#: Grid presets named after the paper's figures; command-line options override their fields.
-PRESETS: dict[str, dict[str, Any]] = {
+#: Grid presets named after the paper's figures (read them with :func:`preset_fields`); a
+#: callable value is called when the preset is read (``strategy_names``: every strategy
+#: registered by then, a plug-in's included). Command-line options override their fields.
+_PRESETS: dict[str, dict[str, Any]] = {
     # Fig. 2: accuracy vs compression factor, 10 users, SNR 20 dB, square MIMO, all strategies.
     "fig2": {
-        "strategies": STRATEGIES,
+        "strategies": strategy_names,
         "channel_uses": PAPER_CHANNEL_USES,
         "antennas": ("1x1", "2x2", "4x4"),
         "snr_db": (20.0,),
@@ -62,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Accuracy vs SNR (reference README, simulation=snr): 4x4, K in {1, 4, 8}.
     "snr": {
-        "strategies": STRATEGIES,
+        "strategies": strategy_names,
         "channel_uses": (1, 4, 8),
         "antennas": ("4x4",),
         "snr_db": (-20.0, -10.0, 0.0, 10.0, 20.0, 30.0),
@@ -72,6 +71,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "csi": (True,),
     },
 }
+
+#: The presets' names.
+PRESETS: tuple[str, ...] = tuple(_PRESETS)
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    """The grid fields of preset ``name`` (one of :data:`PRESETS`), computed now: the
+    strategies of ``fig2`` and ``snr`` are those registered when this is called.
+
+    Raises:
+        SweepError: not a preset.
+    """
+    if name not in _PRESETS:
+        raise SweepError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return {key: value() if callable(value) else value for key, value in _PRESETS[name].items()}
+
 
 #: Grid fields that are lists, with the AlignmentConfig field each value must be valid for.
 _LIST_FIELDS: dict[str, str] = {
@@ -432,9 +447,7 @@ def grid_from_options(preset: str | None, overrides: dict[str, Any]) -> SweepGri
     """
     fields: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise SweepError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        fields.update(PRESETS[preset])
+        fields.update(preset_fields(preset))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return SweepGrid(**fields)
