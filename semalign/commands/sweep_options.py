@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -25,7 +25,13 @@ from semalign.common.channels import ChannelConfig
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import SweepError, UsageError
 from semalign.common.strategies import strategy_names
-from semalign.experiments.grid import PRESETS, SweepGrid, grid_from_options
+from semalign.experiments.grid import (
+    PRESETS,
+    RESEARCH_AXES,
+    SweepGrid,
+    antennas_label,
+    grid_from_options,
+)
 from semalign.experiments.plan import (
     default_ap,
     resolve_groups,
@@ -301,16 +307,24 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--preset", choices=tuple(PRESETS), help="the paper's grids: " + ", ".join(PRESETS))
     add("--strategies", help="comma-separated: " + ",".join(strategy_names()) + " (default: all)")
-    add("--channel-uses", help="K values, e.g. 1,2,4,6,8,10,20 (default: those)")
-    add("--antennas", help="N_TxN_R configurations, e.g. 1x1,2x2,4x4 or 2x4 (default: 4x4)")
-    add("--snr-db", help="SNRs in dB (default: 20)")
-    add("--seeds", help="seeds (default: 27,42)")
+    add("--channel-uses", help=f"K values (default: {grid_default('channel_uses')})")
+    add(
+        "--antennas",
+        help=f"N_TxN_R configurations, e.g. 1x1,2x2,4x4 or 2x4 (default: "
+        f"{grid_default('antennas')})",
+    )
+    add("--snr-db", help=f"SNRs in dB (default: {grid_default('snr_db')})")
+    add("--seeds", help=f"seeds (default: {grid_default('seeds')})")
     add(
         "--groups",
         help="user groups: paper-users, homogeneous, heterogeneous, or enc1+enc2 "
-        "(default: paper-users)",
+        f"(default: {grid_default('groups')})",
     )
-    add("--pilot-fractions", help="fractions of the train split used as pilots (default: 1)")
+    add(
+        "--pilot-fractions",
+        help="fractions of the train split used as pilots "
+        f"(default: {grid_default('pilot_fractions')})",
+    )
     csi = parser.add_mutually_exclusive_group()
     csi.add_argument(
         "--csi",
@@ -334,14 +348,19 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--channel-models",
-        help="fading models, e.g. rayleigh,kronecker,rician (default: rayleigh)",
+        help="fading models, e.g. rayleigh,kronecker,rician "
+        f"(default: {grid_default('channel_models')})",
     )
     add(
         "--correlations",
         help="kronecker: correlations rho (rho_tx = rho_rx = rho), e.g. 0,0.5,0.9",
     )
     add("--k-factors", help="rician: K-factors (linear), e.g. 1,10")
-    add("--csi-errors", help="CSI error variances (linear), e.g. 0,0.1,0.3 (default: 0)")
+    add(
+        "--csi-errors",
+        help="CSI error variances (linear), e.g. 0,0.1,0.3 "
+        f"(default: {grid_default('csi_errors')})",
+    )
     _add_research_arguments(parser)
 
 
@@ -362,32 +381,54 @@ def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
     add_ap_encoder_argument(parser)
 
 
+#: The research options (grid field -> its other spelling, its help before the values, a note
+#: after the default). Their values and defaults are read from the models when the parser is
+#: built: the AlignmentConfig field's Literal values, the SweepGrid field's default.
+RESEARCH_OPTIONS: dict[str, tuple[str | None, str, str]] = {
+    "task_models": ("--task-model", "users' task models", ""),
+    "targets": ("--target", "what users align", ""),
+    "pilot_selections": ("--pilot-selection", "which train points are pilots", ""),
+    "user_groups": (
+        None,
+        "fed: numbers of user groups with one F each, e.g. 1,2",
+        "; above 1 crosses fed cells only, and needs K at least as large",
+    ),
+    "equalizers": (
+        "--equalizer",
+        "ADMM F and G",
+        ", the paper; widely-linear crosses the ADMM strategies only",
+    ),
+}
+
+
+def grid_default(grid_field: str) -> str:
+    """:class:`SweepGrid`'s default of ``grid_field`` as its option takes it (comma-separated,
+    antennas as N_TxN_R)."""
+    values = SweepGrid.model_fields[grid_field].get_default(call_default_factory=True)
+    shown = []
+    for value in values:
+        if isinstance(value, tuple):
+            shown.append(antennas_label(*value))
+        else:
+            shown.append(f"{value:g}" if isinstance(value, float) else str(value))
+    return ",".join(shown)
+
+
+def research_help(grid_field: str) -> str:
+    """The help of research option ``grid_field``: its values (those of the config field's
+    Literal) and the grid's default."""
+    _, text, note = RESEARCH_OPTIONS[grid_field]
+    annotation = AlignmentConfig.model_fields[RESEARCH_AXES[grid_field]].annotation
+    if get_origin(annotation) is Literal:
+        text += ": " + ",".join(get_args(annotation))
+    return f"{text} (default: {grid_default(grid_field)}{note})"
+
+
 def _add_research_arguments(parser: argparse.ArgumentParser) -> None:
     research = parser.add_argument_group("research options (docs/research.md; defaults: the paper)")
-    research.add_argument(
-        "--task-models", "--task-model", help="users' task models: mlp,logistic (default: mlp)"
-    )
-    research.add_argument(
-        "--targets",
-        "--target",
-        help="what users align: latents,logits,task-subspace (default: latents)",
-    )
-    research.add_argument(
-        "--pilot-selections",
-        "--pilot-selection",
-        help="which train points are pilots: first,random,k-center,herding (default: first)",
-    )
-    research.add_argument(
-        "--user-groups",
-        help="fed: numbers of user groups with one F each, e.g. 1,2 (default: 1; above 1 "
-        "crosses fed cells only, and needs K at least as large)",
-    )
-    research.add_argument(
-        "--equalizers",
-        "--equalizer",
-        help="ADMM F and G: linear,widely-linear (default: linear, the paper; widely-linear "
-        "crosses the ADMM strategies only)",
-    )
+    for grid_field, (alias, _, _) in RESEARCH_OPTIONS.items():
+        option = "--" + grid_field.replace("_", "-")
+        research.add_argument(option, *([alias] if alias else []), help=research_help(grid_field))
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
