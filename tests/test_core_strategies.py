@@ -161,6 +161,26 @@ def test_records_read_back_the_results_json_unchanged():
     assert back == networked
 
 
+def test_a_compact_round_keeps_its_step_for_g_and_drops_an_earlier_g():
+    """G_l of a compact round is formed from the round's step when first used, whatever G_l was
+    before: an order-dependent reset (the step cleared by the ``g`` setter after being set)
+    would leave no equalizer and the session would drop every user."""
+    ap, users, test = _session("fed", protocol="compact", iterations=2)
+    for user in users:
+        user.round_protocols = ("compact",)
+    result = SessionDriver(ap, [LoopbackLink(u) for u in users]).run(test, np.arange(len(test)))
+    assert all(result.reports[u.user_id].accuracy is not None for u in users)
+    strategy = users[0].strategy
+    step = strategy._step
+    assert step is not None  # noisy channel: the final broadcast took the compact step
+    formed = step.equalizer(strategy.cross)
+    np.testing.assert_array_equal(strategy.g, formed)
+    strategy.g = np.zeros_like(formed)  # an explicit G_l drops the step ...
+    assert strategy._step is None and not strategy.g.any()
+    strategy._defer_g(step)  # ... and a deferred one drops the explicit G_l
+    np.testing.assert_array_equal(strategy.g, formed)
+
+
 # ------------------------------------------------------------------ a strategy added from outside
 def _register_outside(name: str, family: str, **capabilities) -> None:
     """What a module outside the package does: a spec, then one decorated class per side."""

@@ -61,7 +61,15 @@ class AdmmUser(UserStrategy):
 
     @g.setter
     def g(self, value: np.ndarray | None) -> None:
+        """G_l formed now: a compact step kept from an earlier round is dropped."""
         self._g, self._step = value, None
+
+    def _defer_g(self, step: admm.CompactStep) -> None:
+        """This compact round's G_l, formed from ``step`` on first use (:attr:`g`); the G_l of
+        an earlier round is dropped. Sets both fields directly (not through the :attr:`g`
+        setter, which drops the step), so no assignment order matters."""
+        self._g = None
+        self._step = step
 
     def on_accept(self, acc: pb.HandshakeAccept) -> None:
         user = self.user
@@ -170,7 +178,7 @@ class AdmmUser(UserStrategy):
                 )
                 a, cross = admm.uplink_statistics(self.g, self.h, self.cross)
             else:
-                self.g, self._step = None, step
+                self._defer_g(step)
                 a, cross, sq, noise = step.a, step.cross, step.squared_error, step.noise_term
             user.received_rounds.append(msg.round)
             if msg.final:
