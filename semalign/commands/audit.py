@@ -16,18 +16,13 @@ from typing import Any, get_args
 from semalign.commands.config_files import apply_config_file
 from semalign.commands.options import (
     HelpFormatter,
-    add_alignment_arguments,
-    add_ap_encoder_argument,
-    add_config_argument,
-    add_data_arguments,
-    add_users_argument,
     add_verbosity_arguments,
     check_output,
     config_from_args,
     load_checked_scenario,
     parse_seeds,
 )
-from semalign.commands.simulate import SCENARIO
+from semalign.commands.simulate import SCENARIO, add_session_arguments
 from semalign.common.config import Aggregation, AlignmentConfig, RoundProtocol, Target
 from semalign.common.errors import UsageError
 from semalign.common.io import write_json
@@ -219,11 +214,7 @@ def register(subparsers) -> None:
         "uploads (R^2, a probe of the user's task, CKA). See docs/privacy.md.",
         formatter_class=HelpFormatter,
     )
-    add_config_argument(parser)
-    add_data_arguments(parser)
-    add_ap_encoder_argument(parser)
-    add_users_argument(parser)
-    add_alignment_arguments(parser)
+    add_session_arguments(parser)
     parser.add_argument(
         "--protocols",
         default="paper,compact",

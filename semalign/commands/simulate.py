@@ -174,6 +174,17 @@ def _also(callback: Callable, runs: Any) -> Callable:
     return both
 
 
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the sessions ``simulate`` runs (``audit`` runs the same ones):
+    ``--config``, the latents (dataset, cache), the AP's and the users' encoders and every
+    session option; :data:`SCENARIO` names those a config file may set besides the fields."""
+    add_config_argument(parser)
+    add_data_arguments(parser)
+    add_ap_encoder_argument(parser)
+    add_users_argument(parser)
+    add_alignment_arguments(parser)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "simulate",
@@ -184,11 +195,7 @@ def register(subparsers) -> None:
         "again); options on the command line override it.",
         formatter_class=HelpFormatter,
     )
-    add_config_argument(parser)
-    add_data_arguments(parser)
-    add_ap_encoder_argument(parser)
-    add_users_argument(parser)
-    add_alignment_arguments(parser)
+    add_session_arguments(parser)
     parser.add_argument("--out", help="write the results JSON here (checked before any work)")
     add_tracking_arguments(parser, "each seed (its rounds as they end)", "simulate")
     add_verbosity_arguments(parser)
