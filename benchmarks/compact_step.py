@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+from measure_env import load_average_line, print_load
 from semalign.common import admm
 from semalign.common.threads import single_thread
 
@@ -84,8 +84,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15, help="timed calls per way")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
-    load = os.getloadavg()[0]
-    print(f"m={args.m}, c={args.c}, one BLAS thread; load average {load:.2f}", flush=True)
+    print(f"m={args.m}, c={args.c}, one BLAS thread; {load_average_line(2)}", flush=True)
     rows = []
     for k_nt in (int(v) for v in args.symbols.split(",")):
         row = measure(args.m, args.c, k_nt, args.pilots, args.reps)
@@ -96,7 +95,7 @@ def main() -> None:
             f"(agreement {row['agreement']:.1e})",
             flush=True,
         )
-    print(f"load average {os.getloadavg()[0]:.2f} after", flush=True)
+    print_load("after", digits=2)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

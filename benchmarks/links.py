@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from semalign.deploy.serving.launcher import child_env, semalign_command, sigter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repo root: semalign_testing
+from measure_env import load_average, load_average_line, print_load  # noqa: E402
 from users_scale import write_cache  # noqa: E402 - the synthetic cache of users_scale.py
 
 from semalign_testing.link_emulator import parse_delay, parse_rate  # noqa: E402
@@ -376,8 +376,7 @@ def main() -> int:
         print("links: interrupted; namespaces and processes removed", file=sys.stderr)
         return 130
     report(rows, args)
-    load = os.getloadavg()[0]
-    print(f"# load average {load:.1f} at the end")
+    load = print_load("at the end")
     if args.time_to_accuracy:
         report_time_to_accuracy(rows)
         title = (
@@ -411,17 +410,17 @@ def measure(links: list[dict], args) -> list[dict]:
         hosts = ["ap"] + [f"u{i + 1}" for i in range(args.users)]
         print(
             f"# n={args.pilots:,}, K={args.channel_uses}, N_T=N_R=4, T={args.iterations}, "
-            f"L={args.users}; hosts: {', '.join(hosts)}; load average {os.getloadavg()[0]:.1f}",
+            f"L={args.users}; hosts: {', '.join(hosts)}; {load_average_line()}",
             flush=True,
         )
         with Testbed(hosts) as tb:
             for link in links:
                 for protocol in protocols:
-                    load = os.getloadavg()[0]
+                    load = load_average()
                     row = run_session(tb, cache, small, link, protocol, args, Path(tmp))
                     row["inprocess_round_s"] = local[protocol]["rounds"][0]["seconds"]
                     row["budget_accuracy"] = accuracy[protocol]
-                    row["load_before"], row["load_after"] = load, os.getloadavg()[0]
+                    row["load_before"], row["load_after"] = load, load_average()
                     rows.append(row)
                     print(
                         f"{link['name']}, {protocol}: session "

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure_env import load_average_line, print_load
 from semalign.common.config import AlignmentConfig
 from semalign.common.contract import SessionOffer
 from semalign.common.credentials import new_secret, user_token
@@ -267,7 +268,7 @@ def main() -> int:
     k, nt, nr = config.channel_uses, config.antennas_tx, config.antennas_rx
     rows, tcp_checks, command_checks = [], [], []
     print(
-        f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; K={k}, "
+        f"# {os.cpu_count()} CPUs, {load_average_line()} at start; K={k}, "
         f"N_T={nt}, N_R={nr}, {args.rounds} rounds x {args.reps} sessions per transport",
         flush=True,
     )
@@ -347,7 +348,7 @@ def main() -> int:
             f"(+{tcp['tcp_up'] - tcp['grpc_payload_up']:,} B, "
             f"{100 * (tcp['tcp_up'] / tcp['grpc_payload_up'] - 1):.2f}%)"
         )
-    print(f"# load average {os.getloadavg()[0]:.1f} at end")
+    print_load("at end")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
