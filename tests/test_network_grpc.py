@@ -89,6 +89,30 @@ def start_users(address, root, encoders, *, token=None, make=None, errors=None, 
     return reports, threads, errors
 
 
+def faulty_users(root, fault):
+    """A ``make`` for :func:`start_users`: users of ``root``'s latents that pass every AP message
+    to ``fault(user_id, message)`` before handling it (``fault`` raises: the user crashes;
+    blocks: it stalls)."""
+
+    def make(uid, enc, ordinal):
+        base = user_factory(uid, enc, ordinal, lambda pf: user_data_from_cache(root, enc, pf))
+
+        def build(offer):
+            user = base(offer)
+            handle = user.handle
+
+            def faulty(data):
+                fault(uid, pb.ApMessage.FromString(data))
+                return handle(data)
+
+            user.handle = faulty
+            return user
+
+        return build
+
+    return make
+
+
 def run_ap(
     service, root, ap_enc, n_users, config=CONFIG, seeds=SEEDS, join_timeout=20, reply_timeout=20
 ):
@@ -249,28 +273,15 @@ def test_stalled_and_dead_users_are_dropped_and_session_finishes(latents):
     server = start_server(service, "127.0.0.1:0")
     release = threading.Event()
 
-    def make(uid, enc, ordinal):
-        base = user_factory(uid, enc, ordinal, lambda pf: user_data_from_cache(root, enc, pf))
-
-        def build(offer):
-            user = base(offer)
-            handle = user.handle
-
-            def faulty(data):
-                msg = pb.ApMessage.FromString(data)
-                if msg.WhichOneof("body") == "broadcast" and msg.broadcast.round == 1:
-                    if uid == "user2":
-                        release.wait(30)  # stall past the AP's reply timeout
-                    if uid == "user3":
-                        raise RuntimeError("user3 crashed")
-                return handle(data)
-
-            user.handle = faulty
-            return user
-
-        return build
+    def fault(uid, msg):
+        if msg.WhichOneof("body") == "broadcast" and msg.broadcast.round == 1:
+            if uid == "user2":
+                release.wait(30)  # stall past the AP's reply timeout
+            if uid == "user3":
+                raise RuntimeError("user3 crashed")
 
     try:
+        make = faulty_users(root, fault)
         _, threads, errors = start_users(server.address, root, encoders, make=make, connect=2)
         start = time.perf_counter()
         results = run_ap(service, root, ap_enc, 3, seeds=[3, 4], reply_timeout=1.5, join_timeout=30)

@@ -20,20 +20,17 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import replace
 
 import pytest
-from semalign.client.stream import user_factory
-from semalign.client.user import user_data_from_cache
 from semalign.common.config import AlignmentConfig
 from semalign.deploy.commands import health as healthcheck
 from semalign.deploy.serving.ap_side import load_plan, start_service
 from semalign.deploy.serving.display import Display
 from semalign.deploy.serving.launcher import free_port
-from semalign.proto import semalign_pb2 as pb
 from semalign.server.serve_settings import ServeSettings
 from semalign.server.service import AlignmentService, start_server
 from semalign.server.session import WaitPolicy
 from synthetic import make_latents
 from test_cli_files import assert_one_line, run_cli
-from test_network_grpc import SECRET, start_users
+from test_network_grpc import SECRET, faulty_users, start_users
 
 from semalign.commands.log_format import JsonFormatter
 
@@ -73,28 +70,11 @@ def probe(*argv: str) -> tuple[int, str]:
     return code, out.getvalue().strip()
 
 
-def crash_user3(root):
-    """user3 raises on round 1's broadcast of its first session: the AP drops it."""
-
-    def make(uid, enc, ordinal):
-        base = user_factory(uid, enc, ordinal, lambda pf: user_data_from_cache(root, enc, pf))
-
-        def build(offer):
-            user = base(offer)
-            handle = user.handle
-
-            def faulty(data):
-                msg = pb.ApMessage.FromString(data)
-                if uid == "user3" and msg.WhichOneof("body") == "broadcast":
-                    raise RuntimeError("user3 crashed")
-                return handle(data)
-
-            user.handle = faulty
-            return user
-
-        return build
-
-    return make
+def crash_user3(uid, msg):
+    """A fault for :func:`faulty_users`: user3 raises on the first round broadcast it gets, so
+    the AP drops it."""
+    if uid == "user3" and msg.WhichOneof("body") == "broadcast":
+        raise RuntimeError("user3 crashed")
 
 
 class Records(logging.Handler):
@@ -145,7 +125,8 @@ def run_observed_session(latents, tmp_path):
     logger.setLevel(logging.INFO)
     logger.addHandler(records)
     try:
-        _, threads, errors = start_users(server.address, root, encoders, make=crash_user3(root))
+        make = faulty_users(root, crash_user3)
+        _, threads, errors = start_users(server.address, root, encoders, make=make)
         display = Display(CONFIG, SEEDS, len(ids), quiet=True)
         served = serve(service, plan, display, lambda: {})
         for thread in threads:
