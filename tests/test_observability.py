@@ -339,14 +339,14 @@ def test_in_process_driver_feeds_the_metrics_with_its_results(aggregation):
     import numpy as np
     from semalign.server.metrics import ApMetrics
     from semalign.server.session import SessionDriver
-    from test_secure_aggregation import PLAIN, DyingLink, _session
+    from test_secure_aggregation import PLAIN, _session
 
-    from semalign.engine.loopback import LoopbackLink
+    from semalign.engine.loopback import DroppingLink, LoopbackLink
 
     config = PLAIN.model_copy(update={"aggregation": aggregation})
     ap, users, test = _session(config)
     links = [LoopbackLink(u) for u in users]
-    links[1] = DyingLink(links[1], dies_at=2)
+    links[1] = DroppingLink(links[1], dies_at=2)
     metrics = ApMetrics()
     result = SessionDriver(ap, links, metrics=metrics).run(test, np.arange(len(test)))
 

@@ -28,8 +28,8 @@ from semalign.common import differential_privacy as dp
 from semalign.common import secure_aggregation as sa
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
-from semalign.common.errors import LinkClosed, ProtocolError
-from semalign.common.wire import parse_ap_message, parse_user_message, view_matrix
+from semalign.common.errors import ProtocolError
+from semalign.common.wire import parse_user_message, view_matrix
 from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint
@@ -38,37 +38,12 @@ from synthetic import make_latents
 from test_core_protocol import _users_data
 
 from semalign.cli import main
-from semalign.engine.loopback import LoopbackLink
+from semalign.engine.loopback import DroppingLink, LoopbackLink
 from semalign.engine.scenario import build_session, load_scenario
 
 BASE = {"antennas_tx": 2, "antennas_rx": 2, "channel_uses": 2, "iterations": 5}
 PLAIN = AlignmentConfig(**BASE, protocol="compact")
 SECURE = PLAIN.model_copy(update={"aggregation": "secure"})
-
-
-class DyingLink:
-    """A loopback link whose user dies when the broadcast of round ``dies_at`` reaches it: it
-    never answers, and the AP sees its stream closed."""
-
-    def __init__(self, link: LoopbackLink, dies_at: int) -> None:
-        self.link, self.dies_at, self.dead = link, dies_at, False
-        self.user = link.user
-
-    def send(self, data: bytes) -> None:
-        if self.dead:
-            raise LinkClosed("the user is gone")
-        msg = parse_ap_message(data)
-        if msg.WhichOneof("body") == "compact_broadcast":
-            body = msg.compact_broadcast
-            if body.round == self.dies_at and not body.final:
-                self.dead = True
-                return
-        self.link.send(data)
-
-    def receive(self, timeout: float | None) -> bytes:
-        if self.dead:
-            raise LinkClosed("the user is gone")
-        return self.link.receive(timeout)
 
 
 class TapLink(LoopbackLink):
@@ -101,7 +76,7 @@ def _run(config: AlignmentConfig, *, dies: dict[int, int] | None = None, after_s
     ap, users, test = _session(config, **kw)
     dies = dies or {}
     links = [TapLink(u) for u in users]
-    wrapped = [DyingLink(lk, dies[i]) if i in dies else lk for i, lk in enumerate(links)]
+    wrapped = [DroppingLink(lk, dies[i]) if i in dies else lk for i, lk in enumerate(links)]
     driver = SessionDriver(ap, wrapped)
     driver.handshake()
     if after_setup is not None:
@@ -417,7 +392,7 @@ def _in_process(latents, config: AlignmentConfig, user2_dies_at: int):
     scenario = load_scenario(root, ap_enc, encoders)
     ap, machines = build_session(scenario, config)
     links = [LoopbackLink(u) for u in machines]
-    links[1] = DyingLink(links[1], user2_dies_at)
+    links[1] = DroppingLink(links[1], user2_dies_at)
     test_ids = np.arange(len(scenario.ap_test), dtype=np.int64)
     return SessionDriver(ap, links).run(scenario.ap_test, test_ids)
 

@@ -14,7 +14,7 @@ survivors reveal after a drop. The audit does the same with the recorded shares
 (:func:`~semalign.engine.ap_record.rebuilt_keys`), tries every rebuilt key of a user on every
 recorded upload of that user (:func:`opened_contributions`) and attacks what opens (the user's
 F_l, a feature-domain term). ``drop_round`` makes a user drop at that round's broadcast
-(:class:`DroppingLink`), so that the AP has shares to rebuild from.
+(:class:`~semalign.engine.loopback.DroppingLink`), so that the AP has shares to rebuild from.
 
 What the sum over users shows is not reported per user: the decoded sum of the F_l is
 (K N_T, c), and any (., c) matrix maps into X's row space (F B^-1 X), so its R^2 of Y is at
@@ -33,14 +33,13 @@ import numpy as np
 
 from semalign.common import privacy_audit as pa
 from semalign.common.config import AlignmentConfig
-from semalign.common.errors import LinkClosed, UsageError
+from semalign.common.errors import UsageError
 from semalign.common.stats import nan_mean
 from semalign.common.threads import single_thread
 from semalign.engine import ap_record
 from semalign.engine.ap_record import ApRecorder, Uploads, decode_uploads, sent_pre_equalizers
-from semalign.engine.loopback import LoopbackLink
+from semalign.engine.loopback import DroppingLink, LoopbackLink
 from semalign.engine.scenario import Scenario, build_session
-from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver
 
@@ -239,31 +238,6 @@ def known_map_estimates(
     ]
 
 
-class DroppingLink:
-    """A link whose user drops when the broadcast of round ``round_`` reaches it: it never
-    answers again and the AP sees its stream closed (the AP's tap still records what passed)."""
-
-    def __init__(self, link: LoopbackLink, round_: int) -> None:
-        self.link, self.round, self.dead = link, round_, False
-        self.user = link.user
-
-    def send(self, data: bytes) -> None:
-        if self.dead:
-            raise LinkClosed("the user dropped")
-        message = pb.ApMessage.FromString(data)
-        if message.WhichOneof("body") == "compact_broadcast":
-            body = message.compact_broadcast
-            if body.round == self.round and not body.final:
-                self.dead = True
-                return
-        self.link.send(data)
-
-    def receive(self, timeout: float | None) -> bytes:
-        if self.dead:
-            raise LinkClosed("the user dropped")
-        return self.link.receive(timeout)
-
-
 def opened_contributions(
     uploads: Uploads, index: int, record: ap_record.SecureRecord | None, keys: dict, ap
 ) -> tuple[list[int], dict[int, np.ndarray]]:
@@ -308,7 +282,7 @@ def record_session(
 ) -> tuple[AccessPoint, list, ApRecorder, Any]:
     """Run one in-process session with the AP's side of every link recorded: (AP, users,
     recorder, the session's result). With ``drop_round`` the last user drops when that
-    round's broadcast reaches it (:class:`DroppingLink`)."""
+    round's broadcast reaches it (:class:`~semalign.engine.loopback.DroppingLink`)."""
     if config.user_groups > 1:
         raise UsageError("audit: --user-groups > 1 runs several sessions; audit one at a time")
     ap, users = build_session(scenario, config)

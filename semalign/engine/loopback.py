@@ -1,4 +1,5 @@
-"""The in-process transport: a user's link that calls its state machine directly."""
+"""The in-process transport: a user's link that calls its state machine directly, and a link
+whose user drops at a given round (tests, ``semalign audit``, benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections import deque
 from collections.abc import Callable
 
 from semalign.client.user import User
-from semalign.common.errors import LinkError
+from semalign.common.errors import LinkClosed, LinkError
+from semalign.proto import semalign_pb2 as pb
 
 #: Called with (user id, "up" or "down", bytes) for every message the AP takes from a link
 #: ("up") or hands to it ("down").
@@ -40,3 +42,34 @@ class LoopbackLink:
         if self.tap is not None:
             self.tap(self.user.user_id, "up", data)
         return data
+
+
+class DroppingLink:
+    """A link whose user drops when the broadcast of round ``dies_at`` reaches it: that
+    broadcast is not delivered, the user never answers again, and the AP sees its stream
+    closed (:class:`~semalign.common.errors.LinkClosed`) on every later send or receive.
+
+    Wraps a :class:`LoopbackLink` (its ``tap`` still records what passed); ``dead`` says
+    whether the user has dropped. Only ADMM rounds of the compact protocol (CompactBroadcast,
+    secure aggregation's rounds) count; the final broadcast never drops.
+    """
+
+    def __init__(self, link: LoopbackLink, dies_at: int) -> None:
+        self.link, self.dies_at, self.dead = link, dies_at, False
+        self.user = link.user
+
+    def send(self, data: bytes) -> None:
+        if self.dead:
+            raise LinkClosed(f"user {self.user.user_id} dropped")
+        message = pb.ApMessage.FromString(data)
+        if message.WhichOneof("body") == "compact_broadcast":
+            body = message.compact_broadcast
+            if body.round == self.dies_at and not body.final:
+                self.dead = True
+                return
+        self.link.send(data)
+
+    def receive(self, timeout: float | None) -> bytes:
+        if self.dead:
+            raise LinkClosed(f"user {self.user.user_id} dropped")
+        return self.link.receive(timeout)
