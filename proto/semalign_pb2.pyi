@@ -146,7 +146,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., user_id: _Optional[str] = ..., encoder: _Optional[str] = ..., latent_dim: _Optional[int] = ..., antennas_rx: _Optional[int] = ..., snr_db: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., csi: _Optional[_Union[Matrix, _Mapping]] = ..., token: _Optional[str] = ..., round_protocols: _Optional[_Iterable[_Union[RoundProtocol, str]]] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeAccept(_message.Message):
-    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation", "dp_noise_multiplier", "dp_clip", "wire_precision")
+    __slots__ = ("session_id", "user_index", "strategy", "channel_uses", "antennas_tx", "rho", "iterations", "power", "pilot_ids", "ap_latent_dim", "channel_aware", "noise_var", "baseline_fit", "protocol_version", "round_protocol", "pilots", "pilot_gram", "precision", "widely_linear", "aggregation", "dp_noise_multiplier", "dp_clip", "wire_precision", "pilot_stream")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_INDEX_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class HandshakeAccept(_message.Message):
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     DP_CLIP_FIELD_NUMBER: _ClassVar[int]
     WIRE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PILOT_STREAM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_index: int
     strategy: Strategy
@@ -193,7 +194,8 @@ class HandshakeAccept(_message.Message):
     dp_noise_multiplier: float
     dp_clip: float
     wire_precision: WirePrecision
-    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_clip: _Optional[float] = ..., wire_precision: _Optional[_Union[WirePrecision, str]] = ...) -> None: ...
+    pilot_stream: PilotStream
+    def __init__(self, session_id: _Optional[str] = ..., user_index: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., channel_uses: _Optional[int] = ..., antennas_tx: _Optional[int] = ..., rho: _Optional[float] = ..., iterations: _Optional[int] = ..., power: _Optional[float] = ..., pilot_ids: _Optional[_Iterable[int]] = ..., ap_latent_dim: _Optional[int] = ..., channel_aware: _Optional[bool] = ..., noise_var: _Optional[float] = ..., baseline_fit: _Optional[_Union[BaselineFit, str]] = ..., protocol_version: _Optional[int] = ..., round_protocol: _Optional[_Union[RoundProtocol, str]] = ..., pilots: _Optional[_Union[Matrix, _Mapping]] = ..., pilot_gram: _Optional[_Union[Matrix, _Mapping]] = ..., precision: _Optional[_Union[Precision, str]] = ..., widely_linear: _Optional[bool] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., dp_noise_multiplier: _Optional[float] = ..., dp_clip: _Optional[float] = ..., wire_precision: _Optional[_Union[WirePrecision, str]] = ..., pilot_stream: _Optional[_Union[PilotStream, _Mapping]] = ...) -> None: ...
 
 class RoundBroadcast(_message.Message):
     __slots__ = ("session_id", "round", "symbols", "final")
@@ -440,7 +442,7 @@ class UserMessage(_message.Message):
     def __init__(self, handshake: _Optional[_Union[HandshakeRequest, _Mapping]] = ..., upload: _Optional[_Union[RoundUpload, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_upload: _Optional[_Union[CompactUpload, _Mapping]] = ..., secure_shares: _Optional[_Union[SecureShares, _Mapping]] = ..., secure_upload: _Optional[_Union[SecureUpload, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ...) -> None: ...
 
 class ApMessage(_message.Message):
-    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error", "compact_broadcast", "secure_setup", "share_delivery", "unmask_request")
+    __slots__ = ("accept", "broadcast", "pilots", "evaluate", "end", "error", "compact_broadcast", "secure_setup", "share_delivery", "unmask_request", "pilot_chunk")
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     BROADCAST_FIELD_NUMBER: _ClassVar[int]
     PILOTS_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +453,7 @@ class ApMessage(_message.Message):
     SECURE_SETUP_FIELD_NUMBER: _ClassVar[int]
     SHARE_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PILOT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     accept: HandshakeAccept
     broadcast: RoundBroadcast
     pilots: PilotTransmission
@@ -461,4 +464,25 @@ class ApMessage(_message.Message):
     secure_setup: SecureSetup
     share_delivery: ShareDelivery
     unmask_request: UnmaskRequest
-    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_broadcast: _Optional[_Union[CompactBroadcast, _Mapping]] = ..., secure_setup: _Optional[_Union[SecureSetup, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
+    pilot_chunk: PilotChunk
+    def __init__(self, accept: _Optional[_Union[HandshakeAccept, _Mapping]] = ..., broadcast: _Optional[_Union[RoundBroadcast, _Mapping]] = ..., pilots: _Optional[_Union[PilotTransmission, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluationRequest, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., compact_broadcast: _Optional[_Union[CompactBroadcast, _Mapping]] = ..., secure_setup: _Optional[_Union[SecureSetup, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., pilot_chunk: _Optional[_Union[PilotChunk, _Mapping]] = ...) -> None: ...
+
+class PilotStream(_message.Message):
+    __slots__ = ("total_bytes", "chunks", "rows_per_chunk")
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    total_bytes: int
+    chunks: int
+    rows_per_chunk: int
+    def __init__(self, total_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., rows_per_chunk: _Optional[int] = ...) -> None: ...
+
+class PilotChunk(_message.Message):
+    __slots__ = ("session_id", "index", "data")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    index: int
+    data: bytes
+    def __init__(self, session_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
