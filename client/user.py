@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from semalign.client.strategies import UserStrategy, make_user_strategy
-from semalign.client.strategies.secure_admm import SecureAdmmUser
 from semalign.common.channels import BlockFadingLink, ChannelModel
 from semalign.common.classifier import ScoreClassifier
 from semalign.common.config import PAPER_TASK_MODEL, AlignmentConfig
@@ -47,12 +46,9 @@ from semalign.proto import semalign_pb2 as pb
 log = logging.getLogger(__name__)
 
 _ROUND_PROTOCOLS = {"paper": pb.PAPER, "compact": pb.COMPACT}
-#: secure aggregation's messages besides the rounds -> the secure strategy's handler
-_SECURE_MESSAGES = {
-    "secure_setup": "on_setup",
-    "share_delivery": "on_delivery",
-    "unmask_request": "on_unmask",
-}
+#: the AP's messages of the protocol's phases; any other goes to the strategy's ``on_extra``
+#: (secure aggregation's key setup and unmasking)
+_PHASE_MESSAGES = ("broadcast", "compact_broadcast", "pilots", "evaluate")
 
 
 @dataclass
@@ -256,17 +252,7 @@ class User:
             if self.hbar_estimate is self.hbar
             else BlockFadingLink(self.hbar_estimate, acc.channel_uses, acc.noise_var)
         )
-        if (acc.aggregation == pb.SECURE) != self.secure:
-            raise ProtocolError(
-                "the AP runs secure aggregation and this user has no keys"
-                if self.secure_keys is None
-                else "this user takes part only in secure aggregation; the AP runs plain"
-            )
-        if self.secure and not get_strategy(strategy).secure_aggregation:
-            raise ProtocolError(f"secure aggregation with strategy {strategy}, which has none")
-        self.strategy = (
-            SecureAdmmUser(self, strategy) if self.secure else make_user_strategy(strategy, self)
-        )
+        self.strategy = make_user_strategy(strategy, self, self._aggregation(acc, strategy))
         self.accept = acc
         self.strategy.on_accept(acc)
         if self.whitener.shrinkage:
@@ -275,6 +261,19 @@ class User:
                 self.user_id,
                 self.whitener.condition,
             )
+
+    def _aggregation(self, acc: pb.HandshakeAccept, strategy: str) -> str:
+        """The session's aggregation (``plain`` or ``secure``): the AP's, which must be this
+        user's own (a secure user has keys and takes part in nothing else)."""
+        if (acc.aggregation == pb.SECURE) != self.secure:
+            raise ProtocolError(
+                "the AP runs secure aggregation and this user has no keys"
+                if self.secure_keys is None
+                else "this user takes part only in secure aggregation; the AP runs plain"
+            )
+        if self.secure and not get_strategy(strategy).secure_aggregation:
+            raise ProtocolError(f"secure aggregation with strategy {strategy}, which has none")
+        return "secure" if self.secure else "plain"
 
     # ------------------------------------------------------------------ messages
     #: Errors that answer an AP message with a ProtocolError reply instead of escaping
@@ -305,10 +304,8 @@ class User:
             if self.accept is None:
                 raise ProtocolError(f"got {kind} before the handshake was accepted")
             self._check_session(msg, kind)
-            if kind in _SECURE_MESSAGES:
-                if not isinstance(self.strategy, SecureAdmmUser):
-                    raise ProtocolError(f"got {kind} without secure aggregation")
-                return getattr(self.strategy, _SECURE_MESSAGES[kind])(getattr(msg, kind))
+            if kind not in _PHASE_MESSAGES:
+                return self.strategy.on_extra(kind, getattr(msg, kind))
             failpoint(*_phase(msg, kind))  # chaos tests only (common/failpoints.py)
             if kind == "broadcast":
                 self._check_round(msg.broadcast)

@@ -122,17 +122,20 @@ class Implementations(Generic[T]):
 
     Each class registers itself with the :meth:`register` decorator in its own module; a name
     must have a spec (:func:`register_strategy`) first, and one class may serve several names.
+    ``requires``: a capability of :class:`StrategySpec` every name registered here must have
+    (the secure-aggregation variants: ``"secure_aggregation"``).
     """
 
-    def __init__(self, side: str, base: type[T]) -> None:
-        self.side, self.base = side, base
+    def __init__(self, side: str, base: type[T], requires: str | None = None) -> None:
+        self.side, self.base, self.requires = side, base, requires
         self._classes: dict[str, type[T]] = {}
 
     def register(self, *names: str) -> Callable[[type[T]], type[T]]:
         """Class decorator: ``cls`` is this side's half of every strategy in ``names``.
 
         Raises UnknownStrategy for a name without a spec, StrategyError for a name this side
-        already has or a class that does not derive from the side's base class.
+        already has, a spec without the :attr:`requires` capability or a class that does not
+        derive from the side's base class.
         """
 
         def add(cls: type[T]) -> type[T]:
@@ -140,6 +143,8 @@ class Implementations(Generic[T]):
                 raise StrategyError(f"{cls!r} is not a {self.base.__name__}")
             for name in names:
                 spec = get_strategy(name)
+                if self.requires and not getattr(spec, self.requires):
+                    raise StrategyError(f"strategy {name!r} has no {self.requires} capability")
                 if spec.name in self._classes:
                     raise StrategyError(f"strategy {name!r} has a {self.side} half already")
                 self._classes[spec.name] = cls

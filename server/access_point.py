@@ -10,12 +10,15 @@ session of section III-B through serialized proto messages:
 * :meth:`final_messages` (ADMM: the final broadcast; baselines: the precoded pilots), whose Acks
   give :meth:`final_stats`;
 * :meth:`evaluation_requests` encodes test data into transmitted symbols;
-* with secure aggregation, :meth:`extra_messages` and :meth:`receive_extra`: the key setup
-  after the handshake and a round's mask recovery (:mod:`.strategies.secure_admm`).
+* :meth:`extra_messages` and :meth:`receive_extra`: the strategy's exchanges besides these
+  phases (secure aggregation: the key setup after the handshake and each round's unmasking,
+  :mod:`.strategies.secure_admm`).
 
 What differs between strategies is delegated to the strategy object
-(:mod:`semalign.server.strategies`). Nothing here knows how bytes travel: the in-process
-simulator, the gRPC service and the Flower deployment all call these same methods.
+(:mod:`semalign.server.strategies`), found by the strategy's name and the aggregation (plain,
+or the strategy's secure-aggregation variant); nothing here branches on either. Nothing here
+knows how bytes travel: the in-process simulator, the gRPC service and the Flower deployment
+all call these same methods.
 
 (Over 450 lines: the AP's whole protocol, every phase's checks included, is one state machine.)
 """
@@ -45,7 +48,6 @@ from semalign.common.wire import (
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies import make_ap_strategy
 from semalign.server.strategies.base import UserState
-from semalign.server.strategies.secure_admm import SecureSharedAdmm, check_secure_request
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +103,7 @@ class AccessPoint:
         #: how features, symbols, F and the uploads travel (``wire_precision``)
         self.wire = rep.wire_format(cfg.wire_precision)
         self.cdim = rep.feature_dim(self.latent_dim)
-        #: the users' F_l reach the AP only as a masked sum (``--aggregation secure``)
-        self.secure = cfg.aggregation == "secure"
-        self.strategy = (
-            SecureSharedAdmm(cfg, self.cdim) if self.secure else make_ap_strategy(cfg, self.cdim)
-        )
+        self.strategy = make_ap_strategy(cfg, self.cdim)
         self.data_channel_uses = self.strategy.data_channel_uses
         complex_symbols = self.data_channel_uses * cfg.antennas_tx
         self.symbols = rep.symbol_rows(complex_symbols)
@@ -139,8 +137,7 @@ class AccessPoint:
         shape and values), then those of this session.
         """
         hbar = check_handshake(req, self.config)
-        if self.secure:
-            check_secure_request(req)
+        self.strategy.check_request(req)
         if req.user_id in self.users:
             raise ProtocolError(f"user id {req.user_id!r} is already registered")
         if self.round > 0:
@@ -223,8 +220,7 @@ class AccessPoint:
             )
         if len(np.setdiff1d(self.pilot_ids, np.asarray(req.pilot_ids, dtype=np.int64))):
             raise ProtocolError(f"rejoin of {req.user_id} without the session's pilots")
-        if self.secure:
-            self.strategy.check_keys(state, req)
+        self.strategy.check_rejoin(state, req)
         return state, req
 
     def rejoin(self, data: bytes) -> tuple[str, bytes]:
@@ -314,8 +310,7 @@ class AccessPoint:
         msg, kind = _reply(user_id, data)
         if self.expecting not in ("upload", "ack"):
             raise ProtocolError(f"unexpected {kind} from {user_id}: nothing was sent to answer")
-        uploads = ("secure_upload",) if self.secure else ("upload", "compact_upload")
-        expected = uploads if self.expecting == "upload" else ("ack",)
+        expected = self.strategy.upload_kinds if self.expecting == "upload" else ("ack",)
         if kind not in expected:
             raise ProtocolError(f"expected an {self.expecting} from {user_id}, got {kind}")
         if kind == "ack":
@@ -327,21 +322,18 @@ class AccessPoint:
                 )
             state.terms = check_terms(ack.squared_error, ack.noise_term, f"ack from {user_id}")
             return
-        upload = getattr(msg, kind)
-        if kind != "secure_upload":  # its loss terms are inside the masked vector
-            check_terms(upload.squared_error, upload.noise_term, f"upload from {user_id}")
-        self.strategy.receive_upload(state, upload)
+        self.strategy.receive_upload(state, getattr(msg, kind))  # checks its loss terms too
 
     def extra_messages(self) -> dict[str, bytes]:
         """ApMessage bytes per user of the next exchange besides the protocol's phases (secure
-        aggregation: key setup after the handshake, a round's mask recovery), or none; the
-        driver asks until there is none."""
-        return self.strategy.extra_messages() if self.secure else {}
+        aggregation: key setup after the handshake, a round's unmasking), or none; the driver
+        asks until there is none."""
+        return self.strategy.extra_messages()
 
     def receive_extra(self, user_id: str, data: bytes) -> None:
         """A user's reply to an :meth:`extra_messages` message (ProtocolError if out of place)."""
         state = self.users.get(user_id)
-        if state is None or state.dropped or not self.secure:
+        if state is None or state.dropped:
             raise ProtocolError(f"unexpected message from {one_line(user_id, 80)!r}")
         self.strategy.receive_extra(state, _reply(user_id, data)[0])
 
@@ -351,11 +343,11 @@ class AccessPoint:
         if not users:
             raise ProtocolError(f"round {self.round}: no uploads to step on")
         primal, dual = self.strategy.step(users)
-        if self.secure:  # only the means over the uploads reach the AP
-            mse, objective = self.strategy.loss_totals()
-            stats = RoundStats(self.round, mse, objective, primal, dual, len(users))
-        else:
+        totals = self.strategy.loss_totals()  # masked uploads: the strategy decoded the means
+        if totals is None:
             stats = self._round_stats(users, primal, dual)
+        else:
+            stats = RoundStats(self.round, *totals, primal, dual, len(users))
         self.round += 1
         return stats
 

@@ -476,3 +476,39 @@ def test_dp_without_secure_aggregation_exits_2(latents, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "aggregation secure" in err
+
+
+def test_the_secure_variant_is_registered_by_aggregation():
+    """One place per side: each half of ``fed``'s secure variant is registered under
+    ``aggregation="secure"``, found from the config (AP) or the accept (user); a secure variant
+    of a strategy without the capability is refused; a plain AP strategy has no extra
+    exchanges."""
+    from semalign.client.strategies import SECURE_USER_STRATEGIES, USER_STRATEGIES
+    from semalign.client.strategies.registry import register_user_strategy
+    from semalign.client.strategies.secure_admm import SecureAdmmUser
+    from semalign.common.strategies import StrategyError
+    from semalign.server.strategies import AP_STRATEGIES, SECURE_AP_STRATEGIES
+    from semalign.server.strategies.registry import register_ap_strategy
+    from semalign.server.strategies.secure_admm import SecureSharedAdmm
+
+    assert SECURE_AP_STRATEGIES.names() == SECURE_USER_STRATEGIES.names() == ("fed",)
+    assert SECURE_AP_STRATEGIES.get("fed") is SecureSharedAdmm
+    assert SECURE_USER_STRATEGIES.get("fed") is SecureAdmmUser
+    assert AP_STRATEGIES.get("fed") is not SecureSharedAdmm
+    assert USER_STRATEGIES.get("fed") is not SecureAdmmUser
+    with pytest.raises(StrategyError, match="no secure_aggregation capability"):
+        register_ap_strategy("multi-link", aggregation="secure")(SecureSharedAdmm)
+    with pytest.raises(StrategyError, match="no secure_aggregation capability"):
+        register_user_strategy("first-k", aggregation="secure")(SecureAdmmUser)
+    ap, users, _ = _session(SECURE)
+    assert type(ap.strategy) is SecureSharedAdmm
+    plain, plain_users, _ = _session(PLAIN)
+    assert type(plain.strategy) is AP_STRATEGIES.get("fed")
+    assert plain.extra_messages() == {} and plain.strategy.loss_totals() is None
+    driver = SessionDriver(ap, [LoopbackLink(u) for u in users])
+    driver.handshake()
+    assert all(type(u.strategy) is SecureAdmmUser for u in users)
+    setup = pb.ApMessage(secure_setup=pb.SecureSetup(session_id=plain.session_id))
+    SessionDriver(plain, [LoopbackLink(u) for u in plain_users]).handshake()
+    reply = parse_user_message(plain_users[0].handle(setup.SerializeToString()))
+    assert "unexpected message secure_setup" in reply.error.message

@@ -12,15 +12,27 @@ import importlib
 import pkgutil
 
 from semalign.client.strategies.base import UserContext, UserStrategy
-from semalign.client.strategies.registry import USER_STRATEGIES, register_user_strategy
+from semalign.client.strategies.registry import (
+    SECURE_USER_STRATEGIES,
+    USER_STRATEGIES,
+    register_user_strategy,
+    user_strategies,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def make_user_strategy(name: str, user: UserContext) -> UserStrategy:
-    """The user half of strategy ``name`` for ``user`` (StrategyError, a ValueError, if none)."""
-    return USER_STRATEGIES.get(name)(user, name)
+def make_user_strategy(name: str, user: UserContext, aggregation: str = "plain") -> UserStrategy:
+    """The user half of strategy ``name`` under ``aggregation`` (plain, or its secure-aggregation
+    variant) for ``user`` (StrategyError, a ValueError, if none)."""
+    return user_strategies(aggregation).get(name)(user, name)
 
 
-__all__ = ["USER_STRATEGIES", "UserStrategy", "make_user_strategy", "register_user_strategy"]
+__all__ = [
+    "SECURE_USER_STRATEGIES",
+    "USER_STRATEGIES",
+    "UserStrategy",
+    "make_user_strategy",
+    "register_user_strategy",
+]

@@ -3,9 +3,10 @@
 The :class:`~semalign.client.user.User` owns the handshake, its whitened pilots Y_l, its channel
 and the evaluation (decoding, metrics). Between the HandshakeAccept and the evaluation the AP's
 messages belong to the strategy: ``broadcast`` (ADMM rounds) goes to
-:meth:`UserStrategy.on_broadcast`, ``pilots`` (baselines) to :meth:`UserStrategy.on_pilots`. At
-evaluation the user asks :meth:`UserStrategy.estimate` for its whitened estimate of the test
-latents.
+:meth:`UserStrategy.on_broadcast`, ``pilots`` (baselines) to :meth:`UserStrategy.on_pilots`, and
+any message besides the protocol's phases (secure aggregation's key setup and unmasking) to
+:meth:`UserStrategy.on_extra`. At evaluation the user asks :meth:`UserStrategy.estimate` for its
+whitened estimate of the test latents.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class UserStrategy(ABC):
     def on_pilots(self, msg: pb.PilotTransmission) -> bytes:
         """Answer a PilotTransmission (UserMessage bytes)."""
         raise ProtocolError(f"strategy {self.name} expects no pilot transmission")
+
+    def on_extra(self, kind: str, body: Any) -> bytes:
+        """Answer an AP message besides the protocol's phases (``kind``: its ApMessage field,
+        ``body`` the message); by default none is expected (ProtocolError)."""
+        raise ProtocolError(f"unexpected message {kind}")
 
     def read_indices(self, message: pb.Matrix, n: int) -> np.ndarray:
         """Checked feature indices of an evaluation request of ``n`` points (baselines only)."""

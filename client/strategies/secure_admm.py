@@ -17,8 +17,11 @@ round keys, and from then on refuses a round that lists one of them as a partici
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from semalign.client.strategies.admm import AdmmUser
+from semalign.client.strategies.registry import register_user_strategy
 from semalign.common import admm
 from semalign.common import differential_privacy as dp
 from semalign.common import secure_aggregation as sa
@@ -32,8 +35,16 @@ from semalign.proto import semalign_pb2 as pb
 LOSS_TERMS = 2
 
 
+@register_user_strategy("fed", aggregation="secure")
 class SecureAdmmUser(AdmmUser):
     """Compact rounds with a local F-step and masked uploads."""
+
+    #: the AP's messages besides the rounds -> their handler
+    EXTRA_HANDLERS = {
+        "secure_setup": "on_setup",
+        "share_delivery": "on_delivery",
+        "unmask_request": "on_unmask",
+    }
 
     def on_accept(self, acc: pb.HandshakeAccept) -> None:
         if acc.round_protocol != pb.COMPACT:
@@ -61,6 +72,12 @@ class SecureAdmmUser(AdmmUser):
         self.noise_rng = np.random.default_rng()
 
     # ------------------------------------------------------------------ setup
+    def on_extra(self, kind: str, body: Any) -> bytes:
+        """The key setup, the share delivery and the unmasking requests."""
+        if kind not in self.EXTRA_HANDLERS:
+            return super().on_extra(kind, body)
+        return getattr(self, self.EXTRA_HANDLERS[kind])(body)
+
     def on_setup(self, msg: pb.SecureSetup) -> bytes:
         """Check the participants, make the round masking keys, send their public keys and
         the sealed share bundles."""

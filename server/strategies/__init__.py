@@ -13,15 +13,27 @@ import pkgutil
 
 from semalign.common.config import AlignmentConfig
 from semalign.server.strategies.base import ApStrategy
-from semalign.server.strategies.registry import AP_STRATEGIES, register_ap_strategy
+from semalign.server.strategies.registry import (
+    AP_STRATEGIES,
+    SECURE_AP_STRATEGIES,
+    ap_strategies,
+    register_ap_strategy,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def make_ap_strategy(config: AlignmentConfig, cdim: int) -> ApStrategy:
-    """The AP half of ``config.strategy`` for an AP latent of ``cdim`` complex features."""
-    return AP_STRATEGIES.get(config.strategy)(config, cdim)
+    """The AP half of ``config.strategy`` under ``config.aggregation`` (plain, or its
+    secure-aggregation variant) for an AP latent of ``cdim`` complex features."""
+    return ap_strategies(config.aggregation).get(config.strategy)(config, cdim)
 
 
-__all__ = ["AP_STRATEGIES", "ApStrategy", "make_ap_strategy", "register_ap_strategy"]
+__all__ = [
+    "AP_STRATEGIES",
+    "SECURE_AP_STRATEGIES",
+    "ApStrategy",
+    "make_ap_strategy",
+    "register_ap_strategy",
+]

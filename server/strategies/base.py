@@ -6,10 +6,17 @@ users, drops and the evaluation plumbing; at each phase of the session it asks i
 * construction (``cls(config, cdim)``): how many of the K channel uses carry data
   (:attr:`ApStrategy.data_channel_uses`; Top-K may spend some on side information);
 * :meth:`ApStrategy.start`: state once the pilots are whitened (X, section III);
-* :meth:`ApStrategy.add_user`: a user passed the handshake; :meth:`ApStrategy.complete_accept`
-  adds the strategy's entries to its HandshakeAccept (the ADMM family: the round protocol);
+* :meth:`ApStrategy.check_request` (and :meth:`ApStrategy.check_rejoin`): what the strategy
+  needs of a handshake (of a rejoin); :meth:`ApStrategy.add_user`: a user passed the
+  handshake; :meth:`ApStrategy.complete_accept` adds the strategy's entries to its
+  HandshakeAccept (the ADMM family: the round protocol);
+* :meth:`ApStrategy.extra_messages` / :meth:`ApStrategy.receive_extra`: exchanges besides the
+  protocol's phases, after the handshake and after each round's uploads (none by default;
+  secure aggregation: its key setup and each round's unmasking);
 * :attr:`ApStrategy.rounds` rounds of :meth:`round_messages` -> :meth:`receive_upload` per
-  user -> :meth:`step` (the ADMM family; baselines have none);
+  user (uploads of the kinds :attr:`ApStrategy.upload_kinds`) -> :meth:`step` (the ADMM
+  family; baselines have none), whose round figures are :meth:`loss_totals` when the strategy
+  decodes them itself;
 * :meth:`final_messages`: the last transmission before evaluation (ADMM: the final broadcast
   of Z; baselines: the precoded pilots), exchanged as phase :attr:`final_phase`;
 * :meth:`transmit`: native test latents to transmitted symbols (by default the AP's whitened
@@ -101,6 +108,8 @@ class ApStrategy(ABC):
     final_phase: ClassVar[str] = "final"
     #: whether evaluation symbols differ per user (otherwise one message is shared)
     per_user_encoding: ClassVar[bool] = False
+    #: the UserMessage kinds a round's upload may have (the AP refuses any other)
+    upload_kinds: ClassVar[tuple[str, ...]] = ("upload", "compact_upload")
 
     def __init__(self, config: AlignmentConfig, cdim: int) -> None:
         self.config = config
@@ -110,6 +119,16 @@ class ApStrategy(ABC):
     def start(self, ap: ApContext) -> None:
         """The AP's pilots are whitened: set up the strategy's state."""
         self.ap = ap
+
+    def check_request(self, request: pb.HandshakeRequest) -> None:  # noqa: B027 (optional hook)
+        """Refuse (ProtocolError) a handshake this strategy cannot serve, before the user is
+        registered (secure aggregation: its keys, the compact protocol)."""
+
+    def check_rejoin(  # noqa: B027 (optional hook)
+        self, state: UserState, request: pb.HandshakeRequest
+    ) -> None:
+        """Refuse (ProtocolError) a rejoin of ``state`` the strategy cannot take back (secure
+        aggregation: other keys than its first handshake)."""
 
     def add_user(self, state: UserState) -> None:  # noqa: B027 (optional hook)
         """``state`` completed its handshake."""
@@ -136,6 +155,23 @@ class ApStrategy(ABC):
     def step(self, users: list[UserState]) -> tuple[float, float]:
         """Update from the uploads of ``users``; returns (primal, dual) residual norms."""
         raise ProtocolError(f"strategy {self.config.strategy} has no ADMM rounds")
+
+    def loss_totals(self) -> tuple[float, float] | None:
+        """(pilot MSE, objective) of the round just stepped, when the strategy decodes them
+        itself (masked uploads: only their means reach the AP); ``None`` (the default): the AP
+        computes them from each user's loss terms."""
+        return None
+
+    def extra_messages(self) -> dict[str, bytes]:
+        """ApMessage bytes per user of the next exchange besides the protocol's phases, or
+        none (the default). The driver asks after the handshake and after each round's
+        uploads, until there is none."""
+        return {}
+
+    def receive_extra(self, state: UserState, msg: pb.UserMessage) -> None:
+        """A user's reply to an :meth:`extra_messages` message (ProtocolError if out of place;
+        by default nothing is expected)."""
+        raise ProtocolError(f"unexpected {msg.WhichOneof('body')} from {state.user_id}")
 
     def final_messages(self) -> dict[str, bytes]:
         """ApMessage bytes per active user for the last transmission before evaluation."""

@@ -39,6 +39,7 @@ from semalign.common.wire import check_matrix, fill_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.admm import AdmmVariables
 from semalign.server.strategies.base import ApContext, UserState
+from semalign.server.strategies.registry import register_ap_strategy
 from semalign.server.strategies.shared_admm import SharedAdmm
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ def check_secure_request(req: pb.HandshakeRequest) -> bytes:
     return bytes(req.encryption_key)
 
 
+@register_ap_strategy("fed", aggregation="secure")
 class SecureSharedAdmm(SharedAdmm):
     """Federated ADMM on masked sums: one F, Z, U for everyone, as ``fed``."""
+
+    upload_kinds = ("secure_upload",)
 
     def start(self, ap: ApContext) -> None:
         super().start(ap)
@@ -97,6 +101,10 @@ class SecureSharedAdmm(SharedAdmm):
         return sa.contribution_size(shape, LOSS_TERMS, real=self.representation.widely_linear)
 
     # ------------------------------------------------------------------ handshake
+    def check_request(self, request: pb.HandshakeRequest) -> None:
+        """A user without keys or the compact protocol cannot take part."""
+        check_secure_request(request)
+
     def complete_accept(
         self, state: UserState, request: pb.HandshakeRequest, accept: pb.HandshakeAccept
     ) -> None:
@@ -107,7 +115,7 @@ class SecureSharedAdmm(SharedAdmm):
             accept.dp_clip = self.config.dp_clip
         self.keys.setdefault(state.user_id, check_secure_request(request))
 
-    def check_keys(self, state: UserState, request: pb.HandshakeRequest) -> None:
+    def check_rejoin(self, state: UserState, request: pb.HandshakeRequest) -> None:
         """A rejoin must bring the keys of the first handshake (the others' masks and shares
         were built on them)."""
         if self.keys.get(state.user_id) != request.encryption_key:
