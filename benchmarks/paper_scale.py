@@ -19,8 +19,14 @@ that did not settle is flagged. The load average before and after each K*N_T is 
   cannot avoid (per user Y S^H, S S^H, (G H)^H Y; at the AP F X and all P_l X^H as one
   stacked product), on arrays of the same shapes and precisions, timed in the same loop.
 
-    nice python benchmarks/paper_scale.py --reference PATH/TO/REFERENCE   # the issue's sizes
+    nice python benchmarks/paper_scale.py --reference PATH/TO/REFERENCE \
+        --json paper_scale.json --figure paper-scale.png                   # the paper's sizes
     python benchmarks/paper_scale.py --pilots 4000 --reps 2                # a quick look
+    python benchmarks/paper_scale.py --replot paper_scale.json --figure paper-scale.png
+
+The JSON carries the run's provenance (our commit and whether the tree was dirty, the
+reference's commit, the machine's CPU count, the load averages, the arguments); the figure's
+title repeats it, so a figure cannot be mistaken for another run's.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver
 
 from semalign.engine.loopback import LoopbackLink
+from semalign.experiments.provenance import git_commit, git_dirty
 
 N_T = N_R = 4
 SNR_DB = 20.0
@@ -290,10 +297,19 @@ def main() -> None:
     parser.add_argument("--reference", help="checkout of the reference repository")
     parser.add_argument("--no-single", action="store_true", help="skip paper-single")
     parser.add_argument("--json", help="write all measurements here")
+    parser.add_argument("--figure", help="plot seconds per iteration per mode here (PNG)")
+    parser.add_argument(
+        "--replot", metavar="JSON", help="only plot a run saved with --json (needs --figure)"
+    )
     parser.add_argument(
         "--threads", type=int, help="BLAS and torch threads for every mode (default: as loaded)"
     )
     args = parser.parse_args()
+    if args.replot:
+        if not args.figure:
+            parser.error("--replot needs --figure")
+        plot(json.loads(Path(args.replot).read_text()), Path(args.figure))
+        return
     if args.threads:
         from threadpoolctl import threadpool_limits
 
@@ -364,8 +380,60 @@ def main() -> None:
         gc.collect()
     print_ratios(results)
     print(f"total {time.perf_counter() - t0:.0f} s")
+    run = {"args": vars(args), "provenance": provenance(args.reference), "results": results}
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps(run, indent=1))
+    if args.figure:
+        plot(json.loads(json.dumps(run)), Path(args.figure))  # as read back from --json
+
+
+def provenance(reference: str | None) -> dict:
+    """Which code ran where: our commit (and dirty flag), the reference's commit, CPUs."""
+    return {
+        "commit": git_commit(),
+        "dirty": git_dirty(),
+        "reference_commit": git_commit(reference) if reference else None,
+        "cpus": os.cpu_count(),
+    }
+
+
+MODE_ORDER = ("reference", "paper", "paper-single", "floor", "floor-single", "compact")
+
+
+def plot(run: dict, path: Path) -> None:
+    """Bars of median seconds per iteration, one group per K*N_T, log scale; the title names
+    the sizes, the commits and the load averages of ``run`` (a --json document)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results, args, prov = run["results"], run["args"], run.get("provenance") or {}
+    groups = list(results)
+    modes = [m for m in MODE_ORDER if any(m in results[g] for g in groups)]
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for i, mode in enumerate(modes):
+        xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(groups))]
+        ys = [results[g][mode]["seconds"] if mode in results[g] else 0 for g in groups]
+        ax.bar(xs, ys, width, label=mode)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), [f"K N_T = {g}" for g in groups])
+    ax.set_ylabel("seconds per ADMM iteration (median)")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    loads = [v for g in groups for v in results[g].get("loadavg", {}).values()]
+    commit = (prov.get("commit") or "unknown")[:7] + ("+dirty" if prov.get("dirty") else "")
+    ref = (prov.get("reference_commit") or "-")[:7]
+    ax.set_title(
+        f"L={args['users']} users, n={args['pilots']} pilots, AP d={args['ap_dim']}, user dims "
+        f"{args['user_dims']}\nsemalign {commit}, reference {ref}, load average "
+        + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"),
+        fontsize=9,
+    )
+    ax.legend(ncol=len(modes), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def print_ratios(results: dict[int, dict]) -> None:
