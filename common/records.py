@@ -185,6 +185,47 @@ class PhaseTraffic:
         )
 
 
+@dataclass(frozen=True)
+class SessionTraffic(_Record):
+    """Bytes of one session (one seed) of serialized messages, down (AP -> users) and up: in
+    total (every phase and every ADMM round) and per round (the mean over the ``rounds``
+    rounds; None without rounds). The seed JSON's ``traffic``."""
+
+    bytes_down: int
+    bytes_up: int
+    rounds: int
+    bytes_down_per_round: float | None
+    bytes_up_per_round: float | None
+
+    @classmethod
+    def of(cls, rounds: list[RoundRecord], phases: dict[str, PhaseTraffic]) -> SessionTraffic:
+        """The totals of a session's ``rounds`` and ``phases``."""
+        down = [r.bytes_down for r in rounds]
+        up = [r.bytes_up for r in rounds]
+        return cls(
+            bytes_down=sum(down) + sum(p.bytes_down for p in phases.values()),
+            bytes_up=sum(up) + sum(p.bytes_up for p in phases.values()),
+            rounds=len(rounds),
+            bytes_down_per_round=sum(down) / len(down) if down else None,
+            bytes_up_per_round=sum(up) / len(up) if up else None,
+        )
+
+    @classmethod
+    def total(cls, parts: list[SessionTraffic]) -> SessionTraffic:
+        """Several sessions' traffic as one (grouped users: one session per group, side by
+        side): totals and per-round means added, rounds the most of any part."""
+        per_round = {
+            key: [getattr(p, key) for p in parts if getattr(p, key) is not None]
+            for key in ("bytes_down_per_round", "bytes_up_per_round")
+        }
+        return cls(
+            bytes_down=sum(p.bytes_down for p in parts),
+            bytes_up=sum(p.bytes_up for p in parts),
+            rounds=max((p.rounds for p in parts), default=0),
+            **{key: sum(values) if values else None for key, values in per_round.items()},
+        )
+
+
 def phases_from_dict(data: dict[str, dict[str, Any]]) -> dict[str, PhaseTraffic]:
     """A seed's ``phases`` (phase name -> its traffic), in the JSON's order."""
     return {name: PhaseTraffic.from_dict(block) for name, block in data.items()}
@@ -220,6 +261,8 @@ class SeedResult(_Record):
         ap_whitening_condition: condition number of the AP's pilot covariance.
         strategy_info: the strategy's extra entries (e.g. ``baseline`` for First-K/Top-K).
         wire: the gRPC-boundary measurements of a networked session.
+        traffic: the session's bytes in total and per round (None, and not in the JSON, for
+            a file written before it was recorded).
         self_reported: user id -> its evaluation report as it sent it (None: it sent none);
             set by the networked AP's labels (``users[].self_reported`` in the JSON), None
             (and not in the JSON) otherwise.
@@ -238,6 +281,7 @@ class SeedResult(_Record):
     strategy_info: dict[str, Any] = field(default_factory=dict)
     wire: WireBlock | None = None
     self_reported: dict[str, UserReport | None] | None = None
+    traffic: SessionTraffic | None = None
 
     _OPTIONAL = ("seconds", "ap_whitening_condition")
 
@@ -258,8 +302,10 @@ class SeedResult(_Record):
             "mean_mse": self.mean_mse,
             "rounds": [r.to_dict() for r in self.rounds],
             "phases": {name: p.to_dict() for name, p in self.phases.items()},
-            "dropped": dict(self.dropped),
         }
+        if self.traffic is not None:
+            out["traffic"] = self.traffic.to_dict()
+        out["dropped"] = dict(self.dropped)
         out.update({k: getattr(self, k) for k in self._OPTIONAL if getattr(self, k) is not None})
         out.update(self.strategy_info)
         if self.wire is not None:
@@ -269,7 +315,7 @@ class SeedResult(_Record):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeedResult:
         known = {f.name for f in fields(cls)} - {"strategy_info", "self_reported"}
-        wire = data.get("wire")
+        wire, traffic = data.get("wire"), data.get("traffic")
         return cls(
             seed=data["seed"],
             users=[UserResult.from_dict(u) for u in data["users"]],
@@ -284,6 +330,7 @@ class SeedResult(_Record):
             strategy_info={k: v for k, v in data.items() if k not in known},
             wire=WireBlock.from_dict(wire) if wire is not None else None,
             self_reported=_self_reported_of(data["users"]),
+            traffic=SessionTraffic.from_dict(traffic) if traffic is not None else None,
         )
 
 

@@ -17,6 +17,7 @@ from semalign.common.records import (
     RoundSummary,
     RunResult,
     SeedResult,
+    SessionTraffic,
     UserResult,
     UserSummary,
 )
@@ -59,6 +60,7 @@ def seed_result(
         ap_whitening_condition=whitening_condition,
         strategy_info=dict(strategy_info or {}),
         wire=wire,
+        traffic=SessionTraffic.of(result.rounds, result.phases),
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from semalign.client.user import build_user
 from semalign.common.config import AlignmentConfig
 from semalign.common.errors import UsageError
-from semalign.common.records import SeedResult
+from semalign.common.records import SeedResult, SessionTraffic
 from semalign.common.stats import nan_mean
 from semalign.common.strategies import get_strategy, strategies_with
 from semalign.engine.loopback import LoopbackLink
@@ -142,6 +142,7 @@ def simulate_grouped_seed(scenario: Scenario, config: AlignmentConfig) -> SeedRe
         phases={},
         dropped={k: v for part in parts for k, v in part.dropped.items()},
         seconds=time.perf_counter() - start,
+        traffic=SessionTraffic.total([p.traffic for p in parts if p.traffic is not None]),
         strategy_info={
             "grouping": {
                 "groups": [[scenario.user_encoders[i] for i in g] for g in groups],
