@@ -254,14 +254,16 @@ class SecureParticipant(_message.Message):
     def __init__(self, index: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., round_masking_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SecureSetup(_message.Message):
-    __slots__ = ("session_id", "threshold", "participants")
+    __slots__ = ("session_id", "threshold", "participants", "double_masking")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_MASKING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     threshold: int
     participants: _containers.RepeatedCompositeFieldContainer[SecureParticipant]
-    def __init__(self, session_id: _Optional[str] = ..., threshold: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[SecureParticipant, _Mapping]]] = ...) -> None: ...
+    double_masking: bool
+    def __init__(self, session_id: _Optional[str] = ..., threshold: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[SecureParticipant, _Mapping]]] = ..., double_masking: _Optional[bool] = ...) -> None: ...
 
 class SealedShare(_message.Message):
     __slots__ = ("sender", "recipient", "ciphertext")
@@ -274,14 +276,16 @@ class SealedShare(_message.Message):
     def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class SecureShares(_message.Message):
-    __slots__ = ("session_id", "shares", "round_masking_keys")
+    __slots__ = ("session_id", "shares", "round_masking_keys", "self_mask_keys")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
     ROUND_MASKING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_KEYS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
     round_masking_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., round_masking_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    self_mask_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, session_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., round_masking_keys: _Optional[_Iterable[bytes]] = ..., self_mask_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ShareDelivery(_message.Message):
     __slots__ = ("session_id", "shares", "participants")
@@ -304,14 +308,16 @@ class SecureUpload(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., masked: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
 
 class UnmaskRequest(_message.Message):
-    __slots__ = ("session_id", "round", "dropped")
+    __slots__ = ("session_id", "round", "dropped", "arrived")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     dropped: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+    arrived: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., dropped: _Optional[_Iterable[int]] = ..., arrived: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("owner", "share")
@@ -322,14 +328,16 @@ class RevealedShare(_message.Message):
     def __init__(self, owner: _Optional[int] = ..., share: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskShares(_message.Message):
-    __slots__ = ("session_id", "round", "shares")
+    __slots__ = ("session_id", "round", "shares", "self_mask_shares")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
+    self_mask_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., self_mask_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
 
 class CompactUpload(_message.Message):
     __slots__ = ("session_id", "round", "a", "cross", "squared_error", "noise_term")
