@@ -173,14 +173,12 @@ def add_expected_users_arguments(
     add = group.add_argument
     otherwise = f"; default: {default}" if default else ""
     add("--num-users", dest="users", action=GivenStore, type=user_count, metavar="N",
-        help=f"how many users {what} (ids user1..userN{otherwise})")  # fmt: skip
+        default=default, help=f"how many users {what} (ids user1..userN{otherwise})")  # fmt: skip
     add("--user-ids", dest="users", action=GivenStore, type=names_not_count, metavar="IDS",
         help=f"the comma-separated ids of the users {what}")  # fmt: skip
     add("--users", dest="users", action=GivenStore,
         deprecated={"--users": "--num-users N or --user-ids IDS"},
         help="deprecated: --num-users N or --user-ids IDS")  # fmt: skip
-    if default:
-        parser.set_defaults(users=default)
 
 
 def add_ap_encoder_argument(parser: argparse.ArgumentParser) -> None:
