@@ -4,7 +4,8 @@ Packing is lossless (exact round trips, every number of a session unchanged, byt
 predicted); a bad packed length, layout or exponent is refused with a reason that names it;
 bfloat16 and float16 meet their rounding bounds and refuse NaN and infinity; a float16 or
 bfloat16 session agrees with the native one within the tolerances stated below, with half the
-bytes of its float payloads; the option reaches ``simulate``, ``run`` and ``ap`` and config files.
+bytes of its float payloads; the option reaches ``simulate``, ``run`` and ``ap`` and config files,
+and a results file has the bytes per round and per session (``traffic``).
 """
 
 from __future__ import annotations
@@ -332,6 +333,15 @@ def test_the_option_from_a_config_file_reaches_the_results(tmp_path, capsys):
     assert main(argv) == 0
     results = json.loads(out.read_text())
     assert results["config"]["wire_precision"] == "bfloat16"
+    # bytes per round and per session in the results file: every phase and round counted
+    seed = results["seeds"][0]
+    traffic, rounds, phases = seed["traffic"], seed["rounds"], seed["phases"].values()
+    assert traffic["rounds"] == len(rounds) == 2
+    for way in ("down", "up"):
+        per_round = [r[f"bytes_{way}"] for r in rounds]
+        total = sum(per_round) + sum(p[f"bytes_{way}"] for p in phases)
+        assert traffic[f"bytes_{way}"] == total
+        assert traffic[f"bytes_{way}_per_round"] == pytest.approx(np.mean(per_round))
     capsys.readouterr()
     bad = tmp_path / "bad.toml"
     bad.write_text('wire_precision = "float8"\n')
