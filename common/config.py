@@ -35,6 +35,9 @@ Target = Literal["latents", "logits", "task-subspace"]
 PilotSelection = Literal["first", "random", "k-center", "herding"]
 RoundProtocol = Literal["paper", "compact"]
 Precision = Literal["double", "single"]
+#: What a record without a ``precision`` ran (a results JSON older than the field), and the
+#: value a sweep's cell key leaves out: double, the default before single precision.
+LEGACY_PRECISION: Precision = "double"
 #: precision of the float matrices on the wire (``semalign.common.wire.WireFormat``)
 WirePrecision = Literal["native", "float16", "bfloat16"]
 #: F and G strictly linear on the packed complex latents (the paper) or widely linear

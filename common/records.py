@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from semalign.common.config import LEGACY_TASK_MODEL, AlignmentConfig
+from semalign.common.config import LEGACY_PRECISION, LEGACY_TASK_MODEL, AlignmentConfig
 from semalign.common.network_records import LostUser, MeasuredBy, NetworkSummary, WireBlock
 
 #: Per-user metrics reported at evaluation.
@@ -424,6 +424,7 @@ class RunResult(_Record):
         cfg = dict(data["config"])
         cfg.pop("seeds", None)
         cfg.setdefault("task_model", LEGACY_TASK_MODEL)  # a file older than the field
+        cfg.setdefault("precision", LEGACY_PRECISION)  # likewise
         fields_ = AlignmentConfig.model_fields
         config = AlignmentConfig(**{k: v for k, v in cfg.items() if k in fields_})
         network, labels, block = data.get("network"), measured_by_of(data), provenance_of(data)

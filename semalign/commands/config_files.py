@@ -25,7 +25,7 @@ from typing import Any
 import tomllib
 
 from semalign.commands.config_options import CHANNEL_OPTIONS, CLI_FIELDS, given
-from semalign.common.config import LEGACY_TASK_MODEL
+from semalign.common.config import LEGACY_PRECISION, LEGACY_TASK_MODEL
 from semalign.common.errors import UsageError
 
 #: Other spellings of keys -> the key (the options' names, the results JSON's names).
@@ -98,9 +98,10 @@ def _yaml(path: Path, text: str) -> Any:
 
 def results_config(block: dict[str, Any]) -> dict[str, Any]:
     """A results JSON's ``config`` block as a config mapping: the scenario under its keys, a
-    file older than the task model's field with the task model it ran."""
+    file older than the task model's or the precision's field with the value it ran."""
     data = {KEY_ALIASES.get(k, k): v for k, v in block.items()}
     data.setdefault("task_model", LEGACY_TASK_MODEL)
+    data.setdefault("precision", LEGACY_PRECISION)
     data["from_results"] = True
     return data
 

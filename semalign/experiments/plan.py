@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from semalign.common.baselines import SELECTION
-from semalign.common.config import AlignmentConfig
+from semalign.common.config import LEGACY_PRECISION, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
 from semalign.common.latents import latents_fingerprint as fingerprint_v2
 from semalign.common.packing import complex_dim
@@ -81,6 +81,20 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The value a field added after schema 1 is left out of a key at, where that is not its default
+#: now: the default it had when older rows ran (the research options' legacy values, and
+#: ``precision`` double, the default before single precision: double cells keep their keys, and
+#: single-precision cells are never found among an older table's double-precision rows).
+KEY_NEUTRAL: dict[str, Any] = {**LEGACY_RESEARCH_VALUES, "precision": LEGACY_PRECISION}
+
+
+def _neutral(config: AlignmentConfig, name: str) -> Any:
+    """The value of field ``name`` that a key leaves out (:data:`KEY_NEUTRAL`, else its
+    default)."""
+    default = type(config).model_fields[name].get_default(call_default_factory=True)
+    return KEY_NEUTRAL.get(name, default)
+
+
 def unused_fields(strategy: str) -> tuple[str, ...]:
     """The config fields ``strategy`` does not read (the other families' :data:`FAMILY_FIELDS`),
     asked of the strategy registry; none for a name it does not know."""
@@ -91,13 +105,12 @@ def unused_fields(strategy: str) -> tuple[str, ...]:
 
 
 def key_config(config: AlignmentConfig) -> AlignmentConfig:
-    """``config`` with the fields its strategy does not read at their defaults: what a cell key
-    hashes (a baseline cell is the same cell whatever the ADMM rounds' count or penalty)."""
+    """``config`` with the fields its strategy does not read at the values keys leave out
+    (their defaults, :data:`KEY_NEUTRAL`): what a cell key hashes (a baseline cell is the same
+    cell whatever the ADMM rounds' count, penalty or precision)."""
     fields = type(config).model_fields
     update = {
-        name: fields[name].get_default(call_default_factory=True)
-        for name in unused_fields(config.strategy)
-        if name in fields
+        name: _neutral(config, name) for name in unused_fields(config.strategy) if name in fields
     }
     update = {name: value for name, value in update.items() if getattr(config, name) != value}
     return config.model_copy(update=update) if update else config
@@ -176,14 +189,14 @@ class Outline:
 
 def _key_params(config: AlignmentConfig) -> dict[str, Any]:
     """The config fields a cell key hashes: every field of schema 1, and any later field whose
-    value is not its default when it was added (:data:`LEGACY_RESEARCH_VALUES` for the research
-    options; the seed is never part of a cell key)."""
+    value is not its default when it was added (:data:`KEY_NEUTRAL`; the seed is never part of
+    a cell key)."""
     params = config.model_dump()
     params.pop("seed", None)
     for name, info in type(config).model_fields.items():
         if name in KEY_FIELDS_V1 or name not in params or info.is_required():
             continue
-        default = LEGACY_RESEARCH_VALUES.get(name, info.get_default(call_default_factory=True))
+        default = KEY_NEUTRAL.get(name, info.get_default(call_default_factory=True))
         if isinstance(default, BaseModel):
             default = default.model_dump()
         if params[name] == default:
@@ -226,8 +239,12 @@ def _full_key(spec: ScenarioSpec, group: str, config: AlignmentConfig) -> str:
 def previous_run_key(run: Run) -> str | None:
     """The schema-2 key ``run`` had before keys left out the fields its strategy does not read
     (they hashed the grid's value), None where that is its key now (those fields at their
-    defaults). A sweep may re-key a table's runs found under it, as for :func:`legacy_run_key`."""
-    old = run_key(_full_key(run.spec, run.group, run.config), run.config.seed)
+    defaults). A sweep may re-key a table's runs found under it, as for :func:`legacy_run_key`.
+    Those keys hashed the grid's values, and a grid always had ``precision`` double then."""
+    config = run.config
+    if "precision" in unused_fields(config.strategy):
+        config = config.model_copy(update={"precision": LEGACY_PRECISION})
+    old = run_key(_full_key(run.spec, run.group, config), run.config.seed)
     return None if old == run.key else old
 
 
