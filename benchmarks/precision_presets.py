@@ -1,0 +1,127 @@
+"""``--precision single`` against the default (double) on the sweep presets: every ADMM run of
+each preset (the cells of ``semalign sweep --preset P --strategies fed,multi-link``, every
+seed) run twice on the same latents, channel draws and noise, once per precision; per preset the
+largest difference over cells, seeds and users of each user's accuracy, and the largest relative
+difference of its test MSE (and of its whitened MSE), against the paper's reporting precision
+(accuracy to 1e-3, MSE to 1e-4 relative).
+
+The baselines (First-K, Top-K) do not read ``precision`` (``plan.FAMILY_FIELDS``): their runs
+are the same in both and are left out. Runs go to ``--workers`` spawned processes, one BLAS
+thread each, each loading a preset's latents once.
+
+    OPENBLAS_NUM_THREADS=1 nice python benchmarks/precision_presets.py --latents cache/digits \\
+        --presets fig2,fig3,snr --workers 2 --json precision.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+_SCENARIOS: dict = {}
+
+
+def _one_thread() -> None:
+    """A worker's set-up, as the sweep's: one BLAS thread, warnings only."""
+    import logging
+
+    from semalign.experiments.runner import _worker_init
+
+    _worker_init(1, logging.WARNING)
+
+
+def pair(spec: tuple[str, str, tuple[str, ...]], config_json: str) -> dict:
+    """One run in both precisions: per user (accuracy, mse, mse_whitened) of each."""
+    from semalign.common.config import AlignmentConfig
+
+    from semalign.engine.scenario import load_scenario
+    from semalign.engine.simulate import simulate_seed
+
+    if spec not in _SCENARIOS:
+        _SCENARIOS[spec] = load_scenario(spec[0], spec[1], list(spec[2]))
+    scenario = _SCENARIOS[spec]
+    config = AlignmentConfig.model_validate_json(config_json)
+    out = {}
+    for precision in ("double", "single"):
+        block = simulate_seed(scenario, config.model_copy(update={"precision": precision}))
+        out[precision] = {
+            u.name: [u.accuracy, u.mse, u.mse_whitened] for u in block.users if u.dropped is None
+        }
+    return out
+
+
+def preset_runs(preset: str, latents: Path) -> list:
+    """The ADMM runs of ``preset`` (cells x seeds) on ``latents``."""
+    from semalign.experiments.grid import grid_from_options
+    from semalign.experiments.plan import make_plan, resolve_groups
+
+    grid = grid_from_options(preset, {"strategies": ("fed", "multi-link")})
+    groups, _ = resolve_groups(grid.groups, latents_given=True)
+    return make_plan(grid, latents, groups).runs
+
+
+def differences(result: dict) -> tuple[float, float, float]:
+    """(max |accuracy difference|, max relative MSE difference, max relative whitened-MSE
+    difference) over the users of one run."""
+    acc = mse = white = 0.0
+    for user, (a_d, m_d, w_d) in result["double"].items():
+        a_s, m_s, w_s = result["single"][user]
+        acc = max(acc, abs(a_s - a_d))
+        mse = max(mse, abs(m_s - m_d) / abs(m_d))
+        white = max(white, abs(w_s - w_d) / abs(w_d))
+    return acc, mse, white
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latents", required=True, help="latent cache folder (cache/digits)")
+    parser.add_argument("--presets", default="fig2,fig3,snr")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", help="write every run's per-user figures here")
+    args = parser.parse_args()
+    from semalign.common.io import SpawnPool
+
+    latents = Path(args.latents).resolve()
+    print(f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    record: dict = {}
+    rows = []
+    with SpawnPool(args.workers, initializer=_one_thread) as pool:
+        for preset in args.presets.split(","):
+            runs = preset_runs(preset, latents)
+            start = time.perf_counter()
+            futures = [
+                (run, pool.submit(pair, (run.spec.latents_dir, run.spec.ap, run.spec.users),
+                                  run.config.model_dump_json()))
+                for run in runs
+            ]  # fmt: skip
+            results = [(run, future.result()) for run, future in futures]
+            worst = [max(d) for d in zip(*(differences(r) for _, r in results), strict=True)]
+            users = sum(len(r["double"]) for _, r in results)
+            rows.append((preset, len(results), users, *worst, time.perf_counter() - start))
+            record[preset] = [
+                {"run_key": run.key, "strategy": run.config.strategy, **result}
+                for run, result in results
+            ]
+            print(
+                f"{preset}: {len(results)} runs ({users} user results), max |d accuracy| "
+                f"{worst[0]:.2e}, max rel. d MSE {worst[1]:.2e}, max rel. d whitened MSE "
+                f"{worst[2]:.2e}; {rows[-1][-1]:.0f} s; load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    print(
+        "\n| preset | ADMM runs (cells x seeds) | user results | max abs. accuracy difference "
+        "| max rel. MSE difference | max rel. whitened-MSE difference | meets 1e-3 / 1e-4 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for preset, count, users, acc, mse, white, _ in rows:
+        meets = "yes" if acc <= 1e-3 and mse <= 1e-4 else "**no**"
+        print(f"| {preset} | {count} | {users} | {acc:.1e} | {mse:.1e} | {white:.1e} | {meets} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
