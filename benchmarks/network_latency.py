@@ -288,7 +288,8 @@ def main() -> int:
                 inproc, net, down, up, joined, later = measure(
                     root, names[:count], config, args.reps, Path(tmp) / f"w{n}-{count}"
                 )
-                f_down, f_up = 8 * k * nr * n, 8 * k * nt * (k * nt + n)
+                # A_l Hermitian-packed: (K N_T)^2 reals of 4 bytes
+                f_down, f_up = 8 * k * nr * n, 8 * k * nt * n + 4 * (k * nt) ** 2
                 row = {
                     "users": count,
                     "pilots": n,
