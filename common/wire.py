@@ -381,6 +381,20 @@ def matrix_payload_bytes(message: pb.Matrix) -> int:
     return len(message.data)
 
 
+def dense_bytes(shape: Iterable[int], dtype: int) -> int:
+    """Bytes of data a DENSE Matrix of ``shape`` and element type ``dtype`` (a proto code)
+    carries: 2 a real number at 16 bits, the numpy item size otherwise (ProtocolError for an
+    unknown code). What a receiver holds a declared size against before any data arrives."""
+    half = _HALF.get(dtype)
+    if half is not None:
+        size = 4 if half[1] else 2
+    elif dtype in _TO_NUMPY:
+        size = _TO_NUMPY[dtype].itemsize
+    else:
+        raise ProtocolError(f"unknown matrix dtype code {dtype}")
+    return math.prod(int(s) for s in shape) * size
+
+
 def parse_user_message(data: bytes) -> pb.UserMessage:
     msg = pb.UserMessage()
     try:

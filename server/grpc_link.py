@@ -53,11 +53,17 @@ class Abort:
 
 
 class Binding:
-    """One stream of a link: its generation and the queue of messages for it."""
+    """One stream of a link: its generation and the queue of messages for it.
 
-    def __init__(self, generation: int, peer: str) -> None:
+    ``pilot_chunk_bytes``: the most bytes of X in one PilotChunk the user's process on this
+    stream takes (its metadata, :mod:`semalign.common.pilot_stream`); ``None``: X whole, in
+    the HandshakeAccept.
+    """
+
+    def __init__(self, generation: int, peer: str, pilot_chunk_bytes: int | None = None) -> None:
         self.generation = generation
         self.peer = peer
+        self.pilot_chunk_bytes = pilot_chunk_bytes
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.closed_reason: str | None = None
         #: the stream ended in a way that ends the user (a message over the receive limit)
@@ -83,11 +89,13 @@ class GrpcLink:
     so the driver decides at a well-defined point.
     """
 
-    def __init__(self, user_id: str, handshake: bytes, peer: str = "") -> None:
+    def __init__(
+        self, user_id: str, handshake: bytes, peer: str = "", pilot_chunk_bytes: int | None = None
+    ) -> None:
         self.user_id = user_id
         self._cond = threading.Condition()
         self._items: deque[tuple[int, bytes]] = deque()
-        self._binding = Binding(0, peer)
+        self._binding = Binding(0, peer, pilot_chunk_bytes)
         self._pending: tuple[Binding, bytes] | None = None
         self.ended = False  # finished or aborted by the AP: no coming back
         self.bytes_up = 0
@@ -109,6 +117,12 @@ class GrpcLink:
     @property
     def peer(self) -> str:
         return self._binding.peer
+
+    @property
+    def pilot_chunk_bytes(self) -> int | None:
+        """The chunk size for X the current stream takes (the driver's
+        :meth:`~semalign.server.session.SessionDriver._send_accept` asks it)."""
+        return self._binding.pilot_chunk_bytes
 
     @property
     def closed_reason(self) -> str | None:
@@ -198,7 +212,9 @@ class GrpcLink:
             return self.bytes_down, self.bytes_up
 
     # ---------------------------------------------------------------- gRPC side
-    def rebind(self, handshake: bytes, peer: str) -> Binding | Abort:
+    def rebind(
+        self, handshake: bytes, peer: str, pilot_chunk_bytes: int | None = None
+    ) -> Binding | Abort:
         """A new stream of this user with its handshake, or why it is refused (the link and
         its streams are then untouched):
 
@@ -230,7 +246,7 @@ class GrpcLink:
                     "second stream is refused while it lasts",
                 )
             newest = live.generation
-            binding = Binding(newest + 1, peer)
+            binding = Binding(newest + 1, peer, pilot_chunk_bytes)
             replaced, self._pending = self._pending, (binding, handshake)
             self.bytes_up += len(handshake)
             self.messages_up += 1

@@ -72,6 +72,7 @@ from semalign.common.network_defaults import (
     LOCAL_LISTEN,
     MAX_STREAMS_PER_ADDRESS,
 )
+from semalign.common.pilot_stream import CHUNKS_KEY, requested_limit
 from semalign.common.validation import check_handshake, one_line
 from semalign.common.wire import parse_user_message
 from semalign.server.grpc_link import (
@@ -201,10 +202,7 @@ class AlignmentService:
     def _authenticate(self, context: grpc.ServicerContext) -> tuple[str, str]:
         """(user id, token) the stream's metadata proves (constant-time token compare), or
         abort UNAUTHENTICATED before anything is sent or read."""
-        metadata = {}
-        for key, value in context.invocation_metadata() or ():
-            if key in (USER_KEY, TOKEN_KEY) and isinstance(value, str):
-                metadata[key] = value
+        metadata = _metadata(context)
         user_id, token = metadata.get(USER_KEY, ""), metadata.get(TOKEN_KEY, "")
         if token_is_valid(self._secret, user_id, token):
             return user_id, token
@@ -301,8 +299,9 @@ class AlignmentService:
         first = self._handshake(context, request_iterator, credentials, lobby)
         if first is None:
             return
+        chunks = requested_limit(_metadata(context).get(CHUNKS_KEY))
         if lobby.is_open:
-            link = GrpcLink(user_id, first, peer=context.peer())
+            link = GrpcLink(user_id, first, peer=context.peer(), pilot_chunk_bytes=chunks)
             binding = link.binding
             refused = lobby.join(link)
             if refused is not None:
@@ -311,7 +310,7 @@ class AlignmentService:
                 context.abort(refused.code, refused.reason)
         else:  # a user of the running session, back on a new stream
             link = lobby.links[user_id]
-            rebound = link.rebind(first, context.peer())
+            rebound = link.rebind(first, context.peer(), chunks)
             if isinstance(rebound, Abort):
                 log.warning("refused %r from %s: %s", user_id, context.peer(), rebound.reason)
                 self._refuse(context, rebound.code, rebound.reason)
@@ -370,6 +369,16 @@ def _first_message(request_iterator, timeout: float) -> bytes | object | None:
     if not done.wait(timeout):
         return _TIMEOUT
     return box["data"]
+
+
+def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
+    """The stream's text metadata (credentials, the pilot chunk size a user takes)."""
+    known = (USER_KEY, TOKEN_KEY, CHUNKS_KEY)
+    return {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key in known and isinstance(value, str)
+    }
 
 
 def _peer_host(peer: str) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from semalign.common.errors import LinkClosed, LinkError, LinkRejoined, LinkTimeout, ProtocolError
 from semalign.common.failpoints import failpoint
 from semalign.common.network_records import Rejoin, Straggler
+from semalign.common.pilot_stream import PilotSplitter
 from semalign.common.records import PhaseTraffic, RoundRecord, UserReport, phases_from_dict
 from semalign.common.wire import parse_user_message
 from semalign.server.access_point import AccessPoint, RoundStats
@@ -173,6 +174,10 @@ class SessionDriver:
         #: answered (final broadcast, pilots) that a user coming back needs again
         self.unanswered: dict[str, bytes | None] = {}
         self.prelude: dict[str, list[bytes]] = {}
+        #: cuts a compact accept's X into chunks for links that take them (made once a session)
+        self.splitter = PilotSplitter()
+        #: a round's checkpoint, written once the next exchange's messages are out
+        self._checkpoint_due = False
 
     # -------------------------------------------------------------- plumbing
     def _drop(self, user_id: str, reason: str) -> None:
@@ -186,10 +191,23 @@ class SessionDriver:
             self.metrics.user_lost(user_id)
         self.ap.drop(user_id, reason)
 
-    def _exchange(self, phase: str, messages: dict[str, bytes]) -> dict[str, bytes]:
+    def _exchange(
+        self,
+        phase: str,
+        messages: dict[str, bytes],
+        handler: Callable[[str, bytes], object] | None = None,
+        label: str | None = None,
+    ) -> dict[str, object]:
         """Send each user its message, then collect one reply each; counts bytes both ways
-        (the protocol's messages once: what a rejoin resends is the wire's, not the phase's)."""
-        down, up, replies = {}, {}, {}
+        (the protocol's messages once: what a rejoin resends is the wire's, not the phase's).
+
+        Without ``handler``: the replies (bytes). With it, each reply is handed to
+        ``handler(user_id, reply)`` as soon as it is in, while the later ones are still on
+        their way, and its results are returned; a ProtocolError drops that user (the reason
+        names ``label``, default ``phase``). Replies are taken in the users' order, so the
+        handler sees them in the order it would after the last one.
+        """
+        down, up, out = {}, {}, {}
         for user_id, data in messages.items():
             try:
                 self.unanswered[user_id] = data
@@ -197,18 +215,36 @@ class SessionDriver:
                 down[user_id] = len(data)
             except LinkError as exc:
                 self._drop(user_id, f"{phase}: send failed: {exc}")
+        self._write_checkpoint()  # while the messages travel and the users compute
         started = time.monotonic()
         for user_id in list(down):
             reply = self._await(user_id, phase, started)
-            if reply is not None:
-                replies[user_id], up[user_id] = reply, len(reply)
+            if reply is None:
+                continue
+            up[user_id] = len(reply)
+            if handler is None:
+                out[user_id] = reply
+                continue
+            try:
+                out[user_id] = handler(user_id, reply)
+            except ProtocolError as exc:
+                self._drop(user_id, f"{label or phase}: {exc}")
         self.phases[phase] = {
             "bytes_down": sum(down.values()),
             "bytes_up": sum(up.values()),
             "bytes_down_per_user": down,
             "bytes_up_per_user": up,
         }
-        return replies
+        return out
+
+    def _send_accept(self, link: UserLink, accept: bytes) -> int:
+        """Send a HandshakeAccept: whole, or, to a link that takes chunks
+        (``pilot_chunk_bytes``), without X's data and then X in PilotChunks, so the user works
+        on each as it arrives (:mod:`semalign.common.pilot_stream`). Returns the bytes sent."""
+        parts = self.splitter.split(accept, getattr(link, "pilot_chunk_bytes", None))
+        for part in parts:
+            link.send(part)
+        return sum(len(part) for part in parts)
 
     def _wait_time(self, sent_at: float, started: float, straggled: bool) -> tuple[float, bool]:
         """(seconds to wait now, whether that wait ends at the round deadline)."""
@@ -314,7 +350,7 @@ class SessionDriver:
         if accept_rejoin is not None:
             accept_rejoin()
         try:
-            link.send(accept)
+            self._send_accept(link, accept)
             for message in self.prelude.get(user_id, []):
                 link.send(message)
                 reply = parse_user_message(link.receive(self.policy.reply_timeout))
@@ -353,7 +389,7 @@ class SessionDriver:
             try:
                 request = link.receive(self.policy.reply_timeout)
                 user_id, accept = register(request)
-                link.send(accept)
+                sent = self._send_accept(link, accept)
             except (LinkError, ProtocolError) as exc:
                 log.warning("handshake failed: %s", exc)
                 if user_id is not None:  # registered, but the accept never arrived
@@ -364,7 +400,7 @@ class SessionDriver:
             check_rejoins_with = getattr(link, "check_rejoins_with", None)
             if check_rejoins_with is not None:
                 check_rejoins_with(self.ap.check_rejoin)
-            down, up = down + len(accept), up + len(request)
+            down, up = down + sent, up + len(request)
         if self.resumed:  # the traffic of the first handshake stays the session's
             for user_id in self.ap.users:
                 if user_id not in self.links:
@@ -387,15 +423,13 @@ class SessionDriver:
         traffic summed, as :meth:`_exchange` counts it."""
         total: dict = {"bytes_down": 0, "bytes_up": 0}
         while messages := self.ap.extra_messages():
-            replies = self._exchange(phase, messages)
-            self._deliver(phase, self.ap.receive_extra, replies)
+            self._exchange(phase, messages, self.ap.receive_extra)
             _add_traffic(total, self.phases.pop(phase))
         return total
 
     def admm_round(self) -> RoundRecord:
         start = time.perf_counter()
-        replies = self._exchange("round", self.ap.round_messages())
-        self._deliver("round", self.ap.receive, replies)
+        self._exchange("round", self.ap.round_messages(), self.ap.receive)
         recovery = self._extra_exchanges("recovery")
         stats: RoundStats = self.ap.step()
         failpoint("ap.round", at=stats.round)
@@ -419,9 +453,20 @@ class SessionDriver:
         log.info("round %d finished: %.3f s", record.round, record.seconds, extra=where)
         if self.on_round:
             self.on_round(record)
-        if self.checkpoint:
-            self.checkpoint(self)
+        # written once the next exchange's messages are out: off the round trip's path, and
+        # on disk before that exchange's replies are taken (:meth:`_write_checkpoint`)
+        self._checkpoint_due = self.checkpoint is not None
         return record
+
+    def _write_checkpoint(self) -> None:
+        """Save the checkpoint of the last round if it is due. The driver calls it after
+        sending the next exchange's messages, which change nothing a checkpoint holds (the
+        AP's F, Z, U, round and users, the records and traffic so far), so the file is the
+        one written right after the round; and before taking that exchange's replies, so a
+        crash from then on resumes where it did."""
+        if self._checkpoint_due:
+            self._checkpoint_due = False
+            self.checkpoint(self)
 
     def align(self) -> list[RoundRecord]:
         """The strategy's rounds (if any, from the AP's current round on), then its final
@@ -430,8 +475,7 @@ class SessionDriver:
             self.admm_round()
         phase = self.ap.final_phase
         messages = self.ap.final_messages()
-        replies = self._exchange(phase, messages)
-        self._deliver("final", self.ap.receive, replies)
+        self._exchange(phase, messages, self.ap.receive, label="final")
         for user_id in self.links:  # a user coming back later needs it again
             if user_id in messages:
                 self.prelude[user_id] = [messages[user_id]]
@@ -442,6 +486,7 @@ class SessionDriver:
             self.metrics.phase_traffic("final", self.phases["final"])
         except ProtocolError as exc:
             log.warning("%s", exc)
+        self._write_checkpoint()  # no exchange followed the last round (no users left)
         failpoint("ap.final")
         return self.records
 
@@ -450,8 +495,8 @@ class SessionDriver:
         self.handshake()
         failpoint("ap.handshake")
         rounds = self.align()
-        replies = self._exchange("evaluation", self.ap.evaluation_requests(test_latents, test_ids))
-        reports = self._deliver("evaluation", self.ap.receive_report, replies)
+        requests = self.ap.evaluation_requests(test_latents, test_ids)
+        reports = self._exchange("evaluation", requests, self.ap.receive_report)
         self.metrics.phase_traffic("evaluation", self.phases["evaluation"])
         failpoint("ap.evaluation")
         end = self.ap.end_message()

@@ -15,6 +15,9 @@ Round protocols (the AP says which in the HandshakeAccept):
   S S^H = H F B F^H H^H, and the upload is P_l X^H = (G_l H_l)^H R: no O(n) work a round.
   With W = R^H R (c, c), also once, :func:`~semalign.common.admm.compact_step` gives the
   round's A_l, P_l X^H and loss terms without forming G_l (m, K N_R): no O(m) work either.
+  X may also follow the accept in chunks of rows (:mod:`semalign.common.pilot_stream`, over
+  gRPC when the user asks): R is then formed column block by block as they arrive
+  (:class:`StreamedCross`), while the rest of X is still on its way.
 
 Arrays derived from the user's pilots alone (Y in complex64, R for one X) are kept on its
 :class:`~semalign.client.user.UserData`, so users that share an encoder's data in one process
@@ -24,12 +27,14 @@ Arrays derived from the user's pilots alone (Y in complex64, R for one X) are ke
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.client.strategies.registry import register_user_strategy
 from semalign.common import admm
 from semalign.common.errors import ProtocolError
+from semalign.common.pilot_stream import PilotAssembly
 from semalign.common.threads import single_thread
 from semalign.common.wire import check_matrix
 from semalign.proto import semalign_pb2 as pb
@@ -51,6 +56,8 @@ class AdmmUser(UserStrategy):
         self.y_work: np.ndarray | None = None  # Y in the precision of the O(n) products
         self.cross: np.ndarray | None = None  # compact: R = Y X^H (m, c)
         self.pilot_gram: np.ndarray | None = None  # compact: B = X X^H (c, c)
+        #: compact, X in chunks: R as they come (kept once whole, to refuse chunks beyond)
+        self.streamed: StreamedCross | None = None
 
     @property
     def g(self) -> np.ndarray | None:
@@ -108,29 +115,55 @@ class AdmmUser(UserStrategy):
         if not (acc.HasField("pilots") and acc.HasField("pilot_gram")):
             raise ProtocolError("compact round protocol without the pilots X and X X^H")
         rep, codes = self.representation, user.wire.codes
-        c = rep.feature_dim(acc.ap_latent_dim)
-        x = check_matrix(acc.pilots, "pilots X", (c, len(acc.pilot_ids)), codes, copy=False)
+        shape = (rep.feature_dim(acc.ap_latent_dim), len(acc.pilot_ids))
+        c = shape[0]
         # B in double precision whatever the wire precision, Hermitian-packed
         layouts = (pb.HERMITIAN, pb.DENSE)
         gram = check_matrix(
             acc.pilot_gram, "pilot Gram matrix", (c, c), rep.wire_codes, copy=False, layouts=layouts
         )
-        gram = gram.astype(np.complex128, copy=False)
+        self.pilot_gram = gram.astype(np.complex128, copy=False)
+        if acc.HasField("pilot_stream"):  # X follows in chunks: R column block by block
+            assembly = PilotAssembly(acc.pilots, acc.pilot_stream, shape, codes, who=user.user_id)
+            self.streamed = StreamedCross(user.y, assembly)
+            return
 
         def cross() -> np.ndarray:
             x_h = np.conjugate(x, dtype=np.complex128).T  # the one conversion of X
             return user.y @ x_h
 
-        key = ("cross", self._rows, _digest(x))
-        self.cross = self._derived(key, cross)
+        x = check_matrix(acc.pilots, "pilots X", shape, codes, copy=False)
+        self._keep_cross(("cross", self._rows, _digest(x)), cross)
+
+    def _keep_cross(self, key: tuple, compute) -> None:
+        """R = Y X^H for the X of digest ``key[-1]`` (shared by users of the same data)."""
+        self.cross = self._derived(key, compute)
         self._cross_key = key
-        self.pilot_gram = gram
+
+    def on_extra(self, kind: str, body: Any) -> bytes | None:
+        """A PilotChunk of a streamed X: its rows' columns of R now, while the rest travels;
+        W = R^H R once the last is in. No reply."""
+        if kind != "pilot_chunk":
+            return super().on_extra(kind, body)
+        streamed = self.streamed
+        if streamed is None:
+            raise ProtocolError("a pilot chunk, but the accept declared no streamed X")
+        if streamed.add(body):  # the last one (a chunk beyond it is refused: kept to tell)
+            self._keep_cross(("cross", self._rows, streamed.digest()), lambda: streamed.r)
+            self._cross_gram()
+        return None
+
+    def _not_compact_yet(self) -> str:
+        """Why a compact broadcast cannot be answered yet."""
+        if self.streamed is None:
+            return "compact broadcast in a paper session"
+        return self.streamed.assembly.missing()
 
     # ------------------------------------------------------------------ paper rounds
     def on_broadcast(self, msg: pb.RoundBroadcast) -> bytes:
         user = self.user
         acc = user.accept
-        if self.cross is not None:
+        if self.cross is not None or self.streamed is not None:
             raise ProtocolError("paper broadcast in a compact session")
         rep, k = self.representation, acc.channel_uses
         expected = (
@@ -157,7 +190,7 @@ class AdmmUser(UserStrategy):
         user = self.user
         acc = user.accept
         if self.cross is None:
-            raise ProtocolError("compact broadcast in a paper session")
+            raise ProtocolError(self._not_compact_yet())
         rep = self.representation
         expected = (rep.symbol_rows(acc.channel_uses * acc.antennas_tx), self.pilot_gram.shape[0])
         f = check_matrix(
@@ -223,3 +256,28 @@ class AdmmUser(UserStrategy):
             raise ProtocolError("no equalizer yet: evaluation before alignment")
         rep = self.representation
         return self.g @ rep.from_symbols(self.user.channel(rep.to_symbols(symbols)))
+
+
+class StreamedCross:
+    """R = Y X^H (m, c) of an X that arrives in chunks of rows (:class:`PilotAssembly`): each
+    chunk's rows give R's columns of the same index, R[:, rows] = Y X[rows]^H, the products
+    of the whole X's one (each column is the same sum over the n pilots). X's digest is
+    taken on the way, over the same bytes as :func:`_digest` of the whole X."""
+
+    def __init__(self, y: np.ndarray, assembly: PilotAssembly) -> None:
+        self.y, self.assembly = y, assembly
+        self.r = np.empty((y.shape[0], assembly.shape[0]), dtype=np.complex128)
+        self._hash = hashlib.blake2b(digest_size=16)
+
+    def add(self, chunk: pb.PilotChunk) -> bool:
+        """Take one chunk (ProtocolError if it breaks the declaration); True once R is whole."""
+        taken = self.assembly.add(chunk)
+        if taken is None:  # the stream was refused already: dropped unread
+            return False
+        rows, block = taken
+        self.r[:, rows] = self.y @ np.conjugate(block, dtype=np.complex128).T
+        self._hash.update(np.ascontiguousarray(block).view(np.uint8))
+        return self.assembly.done
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()
