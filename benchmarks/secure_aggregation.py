@@ -7,8 +7,13 @@ Runs the real AP and user state machines over the loopback transport on syntheti
 * the handshake: bytes, and seconds including the key setup (secure only: two exchanges after
   the handshake, whose bytes are printed apart);
 * per round: bytes down/up per user, median seconds per round (users and AP together);
-* a round in which one user drops (secure: the survivors' shares and the unmasking);
+* what double masking adds to every secure round: the unmasking exchange after the uploads
+  (the UnmaskRequest down, the users' shares of the self-mask keys up), its median seconds,
+  and the AP's median step (rebuilding each upload's self-mask key, removing the masks);
+* a round in which one user drops (secure: shares of its masking key too);
 * the ratios secure / plain, and the largest relative difference of the final F.
+
+The machine's load average is printed before and after.
 
     python benchmarks/secure_aggregation.py                    # L = 3 and 10
     python benchmarks/secure_aggregation.py --users 5 --rounds 5 --dim 64
@@ -19,16 +24,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
+from measure_env import print_load
 from semalign.client.user import User, UserData
 from semalign.common.classifier import LinearClassifier
 from semalign.common.config import AlignmentConfig
-from semalign.common.errors import LinkClosed
+from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint
 from semalign.server.session import SessionDriver
 
-from semalign.engine.loopback import LoopbackLink
+from semalign.engine.loopback import DroppingLink, LoopbackLink
+
+#: the messages of the unmasking exchange after each secure round's uploads
+UNMASKING = {"down": ("unmask_request", pb.ApMessage), "up": ("unmask_shares", pb.UserMessage)}
 
 
 def _classifier(dim: int) -> LinearClassifier:
@@ -36,20 +46,38 @@ def _classifier(dim: int) -> LinearClassifier:
     return LinearClassifier(np.zeros(dim), np.ones(dim), zeros, np.zeros(2), np.arange(2))
 
 
-class _Vanishing(LoopbackLink):
-    """A loopback link whose user stops answering once ``gone`` is set."""
+class UnmaskingBytes:
+    """A link tap (:data:`~semalign.engine.loopback.Tap`) that sums the bytes of the unmasking
+    exchange, per direction."""
 
-    gone = False
+    def __init__(self) -> None:
+        self.bytes = {"down": 0, "up": 0}
 
-    def send(self, data: bytes) -> None:
-        if self.gone:
-            raise LinkClosed("gone")
-        super().send(data)
+    def __call__(self, user_id: str, direction: str, data: bytes) -> None:
+        kind, message = UNMASKING[direction]
+        if message.FromString(data).WhichOneof("body") == kind:
+            self.bytes[direction] += len(data)
 
-    def receive(self, timeout: float | None) -> bytes:
-        if self.gone:
-            raise LinkClosed("gone")
-        return super().receive(timeout)
+
+class TimedDriver(SessionDriver):
+    """The session driver, also timing each exchange besides the protocol's phases (phase
+    ``setup``: the key setup; ``recovery``: a round's unmasking)."""
+
+    def _extra_exchanges(self, phase: str) -> dict:
+        start = time.perf_counter()
+        out = super()._extra_exchanges(phase)
+        self.extra_seconds.setdefault(phase, []).append(time.perf_counter() - start)
+        return out
+
+
+def _timed(step: Callable, seconds: list[float]) -> Callable:
+    def timed():
+        start = time.perf_counter()
+        out = step()
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    return timed
 
 
 def build(config: AlignmentConfig, users: int, n: int, d: int, m: int):
@@ -80,21 +108,32 @@ def build(config: AlignmentConfig, users: int, n: int, d: int, m: int):
 def measure(config: AlignmentConfig, users: int, n: int, d: int, m: int) -> dict:
     """Setup and per-round traffic and time; the last round loses one user."""
     ap, machines = build(config, users, n, d, m)
-    links = [_Vanishing(u) for u in machines]
-    driver = SessionDriver(ap, links)
+    tap = UnmaskingBytes()
+    links: list = [LoopbackLink(u, tap=tap) for u in machines]
+    links[-1] = DroppingLink(links[-1], config.iterations - 1)
+    driver = TimedDriver(ap, links)
+    driver.extra_seconds, steps = {}, []
+    ap.step = _timed(ap.step, steps)
     start = time.perf_counter()
     driver.handshake()
     setup_s = time.perf_counter() - start
     records = [driver.admm_round() for _ in range(config.iterations - 1)]
-    links[-1].gone = True
+    unmasking = dict(tap.bytes)
     dropped = driver.admm_round()
+    recovery = driver.extra_seconds.get("recovery", [0.0])[: len(records)]
+    handshake = driver.phases["handshake"]
+    setup = driver.phases.get("setup", {"bytes_down": 0, "bytes_up": 0})
     return {
-        "handshake": driver.phases["handshake"],
-        "setup": driver.phases.get("setup", {"bytes_down": 0, "bytes_up": 0}),
+        "handshake_bytes": handshake["bytes_down"] + handshake["bytes_up"],
+        "setup_bytes": setup["bytes_down"] + setup["bytes_up"],
         "handshake_s": setup_s,
         "down": records[-1].bytes_down / users,
         "up": records[-1].bytes_up / users,
+        "unmask_down": unmasking["down"] / len(records) / users,
+        "unmask_up": unmasking["up"] / len(records) / users,
         "round_s": statistics.median(r.seconds for r in records),
+        "unmask_s": statistics.median(recovery),
+        "step_s": statistics.median(steps[: len(records)]),
         "dropped_s": dropped.seconds,
         "dropped_up": dropped.bytes_up,
         "f": ap.strategy.shared.f.copy(),
@@ -107,27 +146,25 @@ def report(users: int, n: int, d: int, m: int, channel_uses: int, rounds: int) -
     secure = measure(base.model_copy(update={"aggregation": "secure"}), users, n, d, m)
     diff = np.linalg.norm(secure["f"] - plain["f"]) / np.linalg.norm(plain["f"])
     print(f"\nL={users} n={n} d={d} m={m} K N_T={channel_uses * base.antennas_tx} rounds={rounds}")
-    print(f"  {'':28s}{'plain':>12s}{'secure':>12s}{'ratio':>8s}")
+    print(f"  {'':32s}{'plain':>12s}{'secure':>12s}{'ratio':>8s}")
 
-    def row(name: str, a: float, b: float, fmt: str = "{:12.0f}") -> None:
+    def row(name: str, key: str, fmt: str = "{:12.0f}") -> None:
+        a, b = plain[key], secure[key]
         ratio = b / a if a else float("nan")
-        print(f"  {name:28s}{fmt.format(a)}{fmt.format(b)}{ratio:8.2f}")
+        print(f"  {name:32s}{fmt.format(a)}{fmt.format(b)}{ratio:8.2f}")
 
-    row(
-        "handshake bytes (all users)",
-        plain["handshake"]["bytes_up"] + plain["handshake"]["bytes_down"],
-        secure["handshake"]["bytes_up"] + secure["handshake"]["bytes_down"],
-    )
-    print(
-        f"  {'key setup bytes (all users)':28s}{0:12d}"
-        f"{secure['setup']['bytes_down'] + secure['setup']['bytes_up']:12d}"
-    )
-    row("handshake (+ key setup) s", plain["handshake_s"], secure["handshake_s"], "{:12.3f}")
-    row("round bytes down per user", plain["down"], secure["down"])
-    row("round bytes up per user", plain["up"], secure["up"])
-    row("round seconds (median)", plain["round_s"], secure["round_s"], "{:12.4f}")
-    row("round with a drop, seconds", plain["dropped_s"], secure["dropped_s"], "{:12.4f}")
-    row("round with a drop, bytes up", plain["dropped_up"], secure["dropped_up"])
+    row("handshake bytes (all users)", "handshake_bytes")
+    row("key setup bytes (all users)", "setup_bytes")
+    row("handshake (+ key setup) s", "handshake_s", "{:12.3f}")
+    row("round bytes down per user", "down")
+    row("round bytes up per user", "up")
+    row("  of which unmasking, down", "unmask_down")
+    row("  of which unmasking, up", "unmask_up")
+    row("round seconds (median)", "round_s", "{:12.4f}")
+    row("  of which unmasking exchange s", "unmask_s", "{:12.4f}")
+    row("  AP step s (median)", "step_s", "{:12.4f}")
+    row("round with a drop, seconds", "dropped_s", "{:12.4f}")
+    row("round with a drop, bytes up", "dropped_up")
     print(f"  final F, secure vs plain: relative difference {diff:.1e}")
 
 
@@ -140,8 +177,10 @@ def main() -> None:
     parser.add_argument("--channel-uses", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    print_load("at the start")
     for users in args.users:
         report(users, args.pilots, args.dim, args.user_dim, args.channel_uses, args.rounds)
+    print_load("at the end")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@ from the handshake), publishes the T public keys and Shamir-shares each private 
 pair masks come from the round-r keys only, so a key rebuilt after a drop at round r opens
 that round's masks and nothing of rounds 0..r-1 (whose uploads the AP holds) nor later ones.
 
+Double masking (Bonawitz et al., section 4). Every upload also carries a *self mask*
+:func:`self_mask`, PRG(b_u^r), whose seed b_u^r is the private scalar of the user's round-r
+*self-mask key*, made and Shamir-shared like the masking keys (its public key lets the AP
+check the seed it rebuilds, :func:`rebuild_key`). After each round's uploads the AP asks the
+users whose upload arrived for their shares of the self-mask keys of those users and of the
+masking keys of those that did not; an honest user gives one kind per user and round, never
+both. An upload the AP holds therefore never loses both masks: a user it claims dropped after
+its upload arrived keeps its self mask, and one whose self mask came off keeps its pair masks.
+
 Primitives (none written here; all from maintained libraries):
 
 * key agreement: ECDH on NIST P-256 (``cryptography``), the shared key derived by HKDF-SHA256
@@ -23,13 +32,9 @@ Primitives (none written here; all from maintained libraries):
   key HKDF(pair key, "semalign secagg mask" | session | round). Flower's own
   ``pseudo_rand_gen`` seeds numpy's Mersenne twister with 32 bits: not a cryptographic PRG.
 
-Each user holds an *encryption* key pair (shares in transit) and T *masking* key pairs (pairwise
-masks, one per round). Only the masking keys are Shamir-shared, so a reconstructed key of a
-dropped user opens none of the shares in transit.
-
-Not implemented: Bonawitz's double masking (a self-mask whose seed is also shared). Without it,
-an upload for round r that reaches the AP after that round's key was rebuilt (a straggler the AP
-declared dropped) is readable by the AP.
+Each user holds an *encryption* key pair (shares in transit), T *masking* key pairs (pairwise
+masks, one per round) and T *self-mask* key pairs (self masks, one per round). Only the masking
+and self-mask keys are Shamir-shared, so no reconstructed key opens the shares in transit.
 
 Fixed point. A contribution is a real vector v (the real and imaginary parts of F_l, row-major,
 then the user's two loss scalars). It is sent as q = round(v 2^:data:`FRACTION_BITS`) in the
@@ -69,6 +74,11 @@ CURVE = ec.SECP256R1()
 PUBLIC_KEY_BYTES = 33
 PRIVATE_KEY_BYTES = 32
 _MASK_INFO = b"semalign secagg mask"
+_SELF_MASK_INFO = b"semalign secagg self mask"
+#: the two keys of each round whose shares a user's bundle holds, in this order: its masking
+#: key (rebuilt when it drops) and its self-mask key (rebuilt when its upload arrived)
+MASKING, SELF_MASK = "masking", "self-mask"
+KEY_KINDS = (MASKING, SELF_MASK)
 #: bytes of one Shamir share of a private scalar (4-byte index, three 16-byte chunks of the
 #: PKCS#7-padded 32-byte scalar)
 SHARE_BYTES = 4 + 48
@@ -115,9 +125,9 @@ class UserKeys:
 
 
 def round_keys(rounds: int) -> list[ec.EllipticCurvePrivateKey]:
-    """``rounds`` fresh masking key pairs, round r's at position r."""
+    """``rounds`` fresh key pairs (masking or self-mask keys), round r's at position r."""
     if rounds < 1:
-        raise ProtocolError(f"secure aggregation: {rounds} rounds of masking keys")
+        raise ProtocolError(f"secure aggregation: {rounds} rounds of keys")
     return [ec.generate_private_key(CURVE) for _ in range(rounds)]
 
 
@@ -144,11 +154,11 @@ def private_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
 def load_private(data: bytes) -> ec.EllipticCurvePrivateKey:
     """The private key of a 32-byte scalar; ProtocolError if it is not a valid scalar."""
     if len(data) != PRIVATE_KEY_BYTES:
-        raise ProtocolError(f"a masking key of {len(data)} bytes, expected {PRIVATE_KEY_BYTES}")
+        raise ProtocolError(f"a private key of {len(data)} bytes, expected {PRIVATE_KEY_BYTES}")
     try:
         return ec.derive_private_key(int.from_bytes(data, "big"), CURVE)
     except ValueError:
-        raise ProtocolError("a reconstructed masking key is not a valid scalar") from None
+        raise ProtocolError("a reconstructed key is not a valid scalar") from None
 
 
 def pair_secret(private: ec.EllipticCurvePrivateKey, public: ec.EllipticCurvePublicKey) -> bytes:
@@ -169,16 +179,30 @@ def threshold_for(participants: int) -> int:
 
 
 # ---------------------------------------------------------------------- masks
+def _key_stream(material: bytes, info: bytes, size: int) -> np.ndarray:
+    """(size,) uint64: the ChaCha20 key stream under HKDF-SHA256(``material``, ``info``), read
+    as little-endian uint64 (uniform on Z / 2^64)."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(8 * size)), dtype="<u8").astype(np.uint64)
+
+
 def pair_mask(secret: bytes, session_id: str, round_: int, size: int) -> np.ndarray:
     """The mask (size,) uint64 of one pair of users in one round: the ChaCha20 key stream
     under HKDF(``secret``, info = "semalign secagg mask" | session | round), read as
     little-endian uint64 (uniform on Z / 2^64)."""
     info = b"|".join((_MASK_INFO, session_id.encode(), str(round_).encode()))
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
-        base64.urlsafe_b64decode(secret)
-    )
-    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    return np.frombuffer(stream.update(bytes(8 * size)), dtype="<u8").astype(np.uint64)
+    return _key_stream(base64.urlsafe_b64decode(secret), info, size)
+
+
+def self_mask(
+    key: ec.EllipticCurvePrivateKey, session_id: str, owner: int, round_: int, size: int
+) -> np.ndarray:
+    """User ``owner``'s self mask (size,) uint64 of ``round_``, PRG(b_u^r): the ChaCha20 key
+    stream under HKDF(b_u^r, info = "semalign secagg self mask" | session | owner | round),
+    b_u^r the 32-byte private scalar of its self-mask ``key`` of that round."""
+    info = b"|".join((_SELF_MASK_INFO, session_id.encode(), str(owner).encode()))
+    return _key_stream(private_bytes(key), info + b"|" + str(round_).encode(), size)
 
 
 def mask_sum(
@@ -193,6 +217,19 @@ def mask_sum(
             raise ProtocolError(f"user {own} listed as its own peer")
         mask = pair_mask(secret, session_id, round_, size)
         total = total + mask if own < peer else total - mask
+    return total
+
+
+def remove_self_masks(
+    total: np.ndarray,
+    keys: Mapping[int, ec.EllipticCurvePrivateKey],
+    session_id: str,
+    round_: int,
+) -> np.ndarray:
+    """``total`` (size,) uint64, a sum of uploads of ``round_``, without the self masks of
+    their senders (index -> its self-mask private key of ``round_``)."""
+    for owner, key in keys.items():
+        total = total - self_mask(key, session_id, owner, round_, len(total))
     return total
 
 
@@ -275,21 +312,25 @@ def combine_key(shares: Sequence[bytes]) -> ec.EllipticCurvePrivateKey:
 def split_round_keys(
     keys: Sequence[ec.EllipticCurvePrivateKey], threshold: int, count: int
 ) -> list[bytes]:
-    """Per share holder (position 0..count-1), its shares of every round's key concatenated
-    (len(keys) * :data:`SHARE_BYTES` bytes; round r's at offset r * SHARE_BYTES)."""
-    per_round = [split_key(key, threshold, count) for key in keys]
-    return [b"".join(shares[position] for shares in per_round) for position in range(count)]
+    """Per share holder (position 0..count-1), its shares of every key in ``keys`` concatenated
+    (len(keys) * :data:`SHARE_BYTES` bytes; the share of ``keys[k]`` at offset k * SHARE_BYTES).
+    A user's bundle: its T masking keys, then its T self-mask keys (:data:`KEY_KINDS`)."""
+    per_key = [split_key(key, threshold, count) for key in keys]
+    return [b"".join(shares[position] for shares in per_key) for position in range(count)]
 
 
-def round_share(bundle: bytes, round_: int, rounds: int) -> bytes:
-    """Round ``round_``'s share out of a :func:`split_round_keys` bundle of ``rounds``
-    shares; ProtocolError if the bundle has another length."""
-    if len(bundle) != rounds * SHARE_BYTES or not 0 <= round_ < rounds:
+def round_share(bundle: bytes, round_: int, rounds: int, kind: str = MASKING) -> bytes:
+    """The share of round ``round_``'s key of ``kind`` (:data:`KEY_KINDS`) out of a
+    :func:`split_round_keys` bundle of a user's T = ``rounds`` masking keys and T self-mask
+    keys; ProtocolError if the bundle has another length."""
+    size = len(KEY_KINDS) * rounds * SHARE_BYTES
+    if len(bundle) != size or not 0 <= round_ < rounds or kind not in KEY_KINDS:
         raise ProtocolError(
-            f"secure aggregation: a share bundle of {len(bundle)} bytes for round {round_} of "
-            f"{rounds} (expected {rounds * SHARE_BYTES})"
+            f"secure aggregation: a share bundle of {len(bundle)} bytes for the {kind} key of "
+            f"round {round_} of {rounds} (expected {size})"
         )
-    return bundle[round_ * SHARE_BYTES : (round_ + 1) * SHARE_BYTES]
+    start = (KEY_KINDS.index(kind) * rounds + round_) * SHARE_BYTES
+    return bundle[start : start + SHARE_BYTES]
 
 
 def share_index(share: bytes) -> int:
@@ -318,7 +359,7 @@ def rebuild_key(
     senders = sorted(shares)
     if len(senders) < threshold:
         raise ProtocolError(
-            f"secure aggregation: {len(senders)} shares of a masking key, {threshold} needed"
+            f"secure aggregation: {len(senders)} shares of a key, {threshold} needed"
         )
     key = _matches([shares[s] for s in senders], public)
     if key is not None:
@@ -335,7 +376,7 @@ def rebuild_key(
             return key, bad
     raise ProtocolError(
         f"secure aggregation: no {threshold} of the {len(senders)} revealed shares rebuild the "
-        "masking key (tried the first "
+        "key (tried the first "
         f"{min(MAX_SUBSETS, math.comb(len(senders), threshold))} subsets)"
     )
 

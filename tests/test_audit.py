@@ -311,10 +311,11 @@ def test_bad_options_are_one_line_and_exit_2(scenario, tmp_path, capsys, extra, 
 
 def test_a_rebuilt_key_opens_the_drop_rounds_masks_and_no_earlier_upload(scenario):
     """Secure session, user3 dropped at round 2. From the recorded shares the audit rebuilds
-    user3's round-2 masking key (the AP's functions); with it the survivors' round-2 sum
-    decodes below the fixed-point limit (the masks came off), while user3's round-0 and
-    round-1 uploads do not open. The opener is not blind: user3's own round-0 key (its
-    memory, never sent) opens its round-0 upload to an F_l of the broadcast's shape."""
+    user3's round-2 masking key (the AP's functions); with it (and the survivors' round-2
+    self-mask keys the AP rebuilt) the survivors' round-2 sum decodes below the fixed-point
+    limit (the masks came off), while user3's round-0 and round-1 uploads do not open. The
+    opener is not blind: user3's own round-0 keys (its memory, never sent) open its round-0
+    upload to an F_l of the broadcast's shape."""
     from semalign.common import secure_aggregation as sa
 
     config = AlignmentConfig(**CONFIG, protocol="compact", aggregation="secure")
@@ -327,7 +328,9 @@ def test_a_rebuilt_key_opens_the_drop_rounds_masks_and_no_earlier_upload(scenari
     assert mine.masked_rounds == [0, 1]
     for vector, round_ in zip(mine.masked, mine.masked_rounds, strict=True):
         assert ap_record.open_upload(vector, owner, round_, keys[owner, 2], record) is None
-    own = ap_record.open_upload(mine.masked[0], owner, 0, users[2].strategy.masking[0], record)
+    keys0 = users[2].strategy
+    unself = sa.remove_self_masks(mine.masked[0], {owner: keys0.self_masks[0]}, ap.session_id, 0)
+    own = ap_record.open_upload(unself, owner, 0, keys0.masking[0], record)
     assert own is not None
     shape, real = (ap.symbols, ap.cdim), ap.representation.widely_linear
     f0, _ = sa.unpack_contribution(own, shape, 2, real=real)
@@ -339,7 +342,7 @@ def test_a_rebuilt_key_opens_the_drop_rounds_masks_and_no_earlier_upload(scenari
         decoded = ap_record.decode_uploads(recorder.messages[user_id], ap)
         survivors[ap.users[user_id].index] = decoded.masked[decoded.masked_rounds.index(2)]
     peers = {i: sa.load_public(record.round_keys[i][2], "key") for i in survivors}
-    total = sa.unmask_dropped(
-        sa.ring_sum(list(survivors.values())), keys[owner, 2], owner, peers, record.session_id, 2
-    )
+    selfs = {i: ap.strategy.rebuilt_self[i, 2] for i in survivors}
+    summed = sa.remove_self_masks(sa.ring_sum(list(survivors.values())), selfs, ap.session_id, 2)
+    total = sa.unmask_dropped(summed, keys[owner, 2], owner, peers, record.session_id, 2)
     assert np.abs(sa.decode_sum(total)).max() < sa.value_limit(3)  # every mask came off

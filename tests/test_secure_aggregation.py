@@ -2,12 +2,17 @@
 
 * in-process: every round's F, Z, U and every G_l equal plain aggregation (compact protocol)
   to 1e-6 relative, and ``semalign simulate`` gives the same test MSE and accuracy;
-* a masked upload alone looks nothing like its F_l (correlation ~ 0) while the sum decodes;
+* a masked upload alone looks nothing like its F_l (correlation ~ 0) while the sum decodes
+  once every upload's self mask is removed (double masking), and not before;
 * a user dropped mid-round: the others finish, its masks are removed (the iterates equal a
   plain session that lost the same user at the same moment), and the AP refuses to decode
   with fewer uploads than the threshold;
 * one masking key per round: the key rebuilt after a drop at round r removes round r's masks
-  and does not open the dropped user's earlier uploads;
+  and does not open the dropped user's earlier uploads, even with their self-mask keys;
+* double masking: an AP that claims a live user dropped after its upload arrived rebuilds
+  that user's masking key but cannot open the upload (its self mask stays on), and the users
+  refuse to reveal the self-mask key too; a user asked for both kinds of share of one user
+  in one round refuses, is dropped, and the session goes on for the others;
 * a bad revealed share: the key is rebuilt from good ones and the sender alone is dropped;
 * fixed point: values beyond the documented limit are refused, not wrapped;
 * differential privacy: the noise in the decoded sum has the claimed spread, and epsilon is
@@ -29,7 +34,7 @@ from semalign.common import secure_aggregation as sa
 from semalign.common.config import AlignmentConfig
 from semalign.common.credentials import user_token
 from semalign.common.errors import ProtocolError
-from semalign.common.wire import parse_user_message, view_matrix
+from semalign.common.wire import parse_ap_message, parse_user_message, view_matrix
 from semalign.deploy.serving.launcher import Processes, child_env, free_port, semalign_command
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.access_point import AccessPoint
@@ -72,7 +77,7 @@ def _session(config: AlignmentConfig, *, dims=(10, 14, 12), d=16, n=300, seed=0)
 
 def _run(config: AlignmentConfig, *, dies: dict[int, int] | None = None, after_setup=None, **kw):
     """Round by round: the AP's F, Z, U and each live user's G_l; then the evaluation.
-    ``after_setup(users)`` runs between the key setup and the first round."""
+    ``after_setup(users, ap)`` runs between the key setup and the first round."""
     ap, users, test = _session(config, **kw)
     dies = dies or {}
     links = [TapLink(u) for u in users]
@@ -80,7 +85,7 @@ def _run(config: AlignmentConfig, *, dies: dict[int, int] | None = None, after_s
     driver = SessionDriver(ap, wrapped)
     driver.handshake()
     if after_setup is not None:
-        after_setup(users)
+        after_setup(users, ap)
     iterates = []
     for _ in range(config.iterations):
         record = driver.admm_round()
@@ -99,7 +104,7 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def _assert_same(got, want, tol=1e-6) -> None:
+def _assert_same(got, want, tol=1e-6, *, users: bool = True) -> None:
     assert len(got) == len(want)
     for (rec, f, z, u, gs), (wrec, wf, wz, wu, wgs) in zip(got, want, strict=True):
         assert _rel(f, wf) < tol and _rel(z, wz) < tol
@@ -109,7 +114,7 @@ def _assert_same(got, want, tol=1e-6) -> None:
             assert _rel(gs[uid], g) < tol
         assert rec.mse == pytest.approx(wrec.mse, rel=tol)
         assert rec.objective == pytest.approx(wrec.objective, rel=tol)
-        assert rec.users == wrec.users
+        assert rec.users == wrec.users or not users
 
 
 @pytest.mark.parametrize(
@@ -135,7 +140,10 @@ def test_masked_uploads_look_random_but_sum_to_the_average():
             if msg.WhichOneof("body") == "secure_upload" and msg.secure_upload.round == 0:
                 uploads.append(np.array(view_matrix(msg.secure_upload.masked)))
     assert len(uploads) == 3 and all(u.shape == (size,) for u in uploads)
-    average = sa.decode_sum(sa.ring_sum(uploads)) / 3
+    selfs = {i: ap.strategy.rebuilt_self[(i, 0)] for i in range(3)}
+    total = sa.ring_sum(uploads)
+    average = sa.decode_sum(sa.remove_self_masks(total, selfs, ap.session_id, 0)) / 3
+    assert np.median(np.abs(sa.decode_sum(total))) > 1e6 * np.max(np.abs(average))  # self masks
     f0 = iterates[0][1]
     f_part, _ = sa.unpack_contribution(average, f0.shape, 2, real=False)
     assert _rel(f_part, f0) < 1e-9  # the sum decodes to the F the AP stepped with
@@ -158,6 +166,9 @@ def test_a_user_dropped_mid_round_is_survived_and_its_masks_removed():
     assert "user2" in [u.user_id for u in ap.users.values() if u.dropped]
     for uid, report in plain_reports.items():
         assert secure_reports[uid].mse == pytest.approx(report.mse, rel=1e-6)
+    # every round, the self mask of every upload that arrived came off (and no other)
+    arrived = [(i, r) for r in range(5) for i in range(4) if i != 1 or r < 2]
+    assert sorted(ap.strategy.rebuilt_self, key=lambda k: (k[1], k[0])) == arrived
 
 
 def _uploads(link: TapLink, round_: int) -> list[np.ndarray]:
@@ -170,33 +181,45 @@ def _uploads(link: TapLink, round_: int) -> list[np.ndarray]:
     return out
 
 
-def _strip(upload: np.ndarray, key, owner: int, peers: dict, session: str, round_: int):
+def _strip(upload: np.ndarray, key, owner: int, peers: dict, session: str, round_: int, own=None):
     """``upload`` of user ``owner`` minus the pair masks ``key`` makes with ``peers`` (index ->
-    masking public key of ``round_``): the attack on a dropped user's upload, decoded."""
+    masking public key of ``round_``) and minus the self mask of the self-mask key ``own``
+    (if given): the attack on a user's upload, decoded."""
     secrets = {i: sa.pair_secret(key, pub) for i, pub in peers.items()}
-    return sa.decode_sum(upload - sa.mask_sum(owner, secrets, session, round_, len(upload)))
+    upload = upload - sa.mask_sum(owner, secrets, session, round_, len(upload))
+    if own is not None:
+        upload = sa.remove_self_masks(upload, {owner: own}, session, round_)
+    return sa.decode_sum(upload)
 
 
 def test_a_dropped_users_earlier_uploads_stay_masked():
     """user2 dies at round 2: its round-2 key is rebuilt, and with it the AP removes round 2's
-    masks; but its round-0 upload, which the AP holds, does not open with any key the AP has."""
+    masks; but its round-0 upload, which the AP holds, does not open with any key the AP has,
+    its round-0 self-mask key (rebuilt when that upload arrived) included."""
     _, _, ap, links = _run(SECURE, dies={1: 2}, dims=(10, 14, 12, 11))
     strategy, session = ap.strategy, ap.session_id
     assert sorted(strategy.rebuilt) == [(1, 2)]
     (upload,) = _uploads(links[1], 0)
     peers0 = {i: sa.load_public(strategy.round_keys[i][0], "key") for i in (0, 2, 3)}
-    # the truth, opened with user2's own round-0 private key (which never left it)
-    truth = _strip(upload, links[1].user.strategy.masking[0], 1, peers0, session, 0)
+    # the truth, opened with user2's own round-0 private keys (which never left it)
+    own = links[1].user.strategy
+    truth = _strip(upload, own.masking[0], 1, peers0, session, 0, own.self_masks[0])
     assert np.median(np.abs(truth)) < 1e3  # F_l and loss scalars: O(1)
     for key in strategy.rebuilt.values():  # everything the AP can build
-        attack = _strip(upload, key, 1, peers0, session, 0)
+        attack = _strip(upload, key, 1, peers0, session, 0, strategy.rebuilt_self[(1, 0)])
         assert _rel(attack, truth) > 0.5
         assert np.median(np.abs(attack)) > 1e6 * np.max(np.abs(truth))  # uniform on the ring
     # round 2: the survivors' sum without user2's masks decodes to the F the AP stepped with
     survivors = [_uploads(links[i], 2)[0] for i in (0, 2, 3)]
     peers2 = {i: sa.load_public(strategy.round_keys[i][2], "key") for i in (0, 2, 3)}
+    selfs = {i: strategy.rebuilt_self[(i, 2)] for i in (0, 2, 3)}
     total = sa.unmask_dropped(
-        sa.ring_sum(survivors), strategy.rebuilt[(1, 2)], 1, peers2, session, 2
+        sa.remove_self_masks(sa.ring_sum(survivors), selfs, session, 2),
+        strategy.rebuilt[(1, 2)],
+        1,
+        peers2,
+        session,
+        2,
     )
     f2, _ = sa.unpack_contribution(sa.decode_sum(total) / 3, strategy.shared.f.shape, 2, real=False)
     f_round2 = _run(PLAIN, dies={1: 2}, dims=(10, 14, 12, 11))[0][2][1]
@@ -210,7 +233,7 @@ def test_a_bad_share_is_refused_and_its_sender_alone_dropped():
     user2 dies at round 2 and user5 at round 3."""
     five = {"dims": (10, 14, 12, 11, 13)}
 
-    def corrupt(users):  # one byte of user5's share of user2's round-2 key, past its index
+    def corrupt(users, ap):  # one byte of user5's share of user2's round-2 key, past its index
         held = users[4].strategy.held
         bundle = bytearray(held[1])
         bundle[2 * sa.SHARE_BYTES + 9] ^= 0x40
@@ -269,6 +292,113 @@ def test_a_user_refuses_to_mask_with_a_peer_whose_key_was_revealed():
     broadcast = pb.CompactBroadcast(session_id=ap.session_id, round=3, participants=stale)
     with pytest.raises(ProtocolError, match="revealed"):
         user.strategy.on_compact_broadcast(broadcast)
+
+
+FOUR = {"dims": (10, 14, 12, 11)}  # four users: t = 3
+
+
+def test_an_ap_claiming_a_live_user_dropped_cannot_open_its_upload():
+    """The attack double masking stops. Round 1: user2's upload reaches the AP, which keeps it
+    and claims user2 dropped; the others reveal their shares of user2's round-1 masking key
+    (as for any drop), the AP rebuilds it and strips user2's pair masks from the kept upload:
+    what is left is uniform on the ring, nothing like user2's contribution (opened here with
+    user2's own keys), because its self mask is still on. Asked next for user2's round-1
+    self-mask key, every user refuses, naming why."""
+    ap, users, _ = _session(SECURE, **FOUR)
+    driver = SessionDriver(ap, [LoopbackLink(u) for u in users])
+    driver.handshake()
+    driver.admm_round()
+    strategy, session, honest, kept = ap.strategy, ap.session_id, ap.strategy.receive_upload, []
+
+    def keep(state, upload):  # the AP takes user2's round-1 upload and says it never came
+        if state.index == 1 and ap.round == 1:
+            kept.append(np.array(view_matrix(upload.masked)))
+            return
+        honest(state, upload)
+
+    strategy.receive_upload = keep
+    driver.admm_round()
+    (upload,) = kept
+    assert sorted(strategy.rebuilt) == [(1, 1)] and (1, 1) not in strategy.rebuilt_self
+    peers = {i: sa.load_public(strategy.round_keys[i][1], "key") for i in (0, 2, 3)}
+    own = users[1].strategy
+    truth = _strip(upload, own.masking[1], 1, peers, session, 1, own.self_masks[1])
+    assert np.median(np.abs(truth)) < 1e3  # user2's F_l and loss scalars: O(1)
+    attack = _strip(upload, strategy.rebuilt[(1, 1)], 1, peers, session, 1)
+    assert _rel(attack, truth) > 0.5
+    assert np.median(np.abs(attack)) > 1e6 * np.max(np.abs(truth))  # uniform on the ring:
+    assert np.mean(np.abs(attack) < sa.value_limit(4)) < 0.3  # 1/8 below the limit expected
+    request = pb.UnmaskRequest(session_id=session, round=1, arrived=[0, 1, 2, 3])
+    data = pb.ApMessage(unmask_request=request).SerializeToString()
+    for user in (users[0], users[2], users[3]):
+        reply = parse_user_message(user.handle(data))
+        assert reply.WhichOneof("body") == "error"
+        why = "refused: a share of user 1's self-mask key of round 1 after its masking key's"
+        assert why in reply.error.message
+
+
+def test_a_user_asked_for_both_shares_of_one_user_refuses_and_the_session_goes_on():
+    """Round 1: after the honest unmasking request (every upload arrived), the AP asks user1
+    again, now claiming user2 dropped. user1 refuses the whole request, naming why; the AP
+    drops it, as any user that answers with an error, after its round-1 upload counted, and
+    the session goes on for the others: the iterates equal a plain session in which user1
+    dies at round 2."""
+    lies: list[pb.UnmaskRequest] = []
+
+    def lie(users, ap):
+        honest = ap.strategy.extra_messages
+
+        def extra():
+            messages = honest()
+            if messages or lies or ap.round != 1 or ap.expecting != "upload":
+                return messages
+            lies.append(pb.UnmaskRequest(session_id=ap.session_id, round=1, dropped=[1]))
+            lies[0].arrived.extend([0, 2, 3])
+            return {"user1": pb.ApMessage(unmask_request=lies[0]).SerializeToString()}
+
+        ap.strategy.extra_messages = extra
+
+    plain, plain_reports, _, _ = _run(PLAIN, dies={0: 2}, **FOUR)
+    secure, secure_reports, ap, _ = _run(SECURE, after_setup=lie, **FOUR)
+    assert len(lies) == 1
+    secure = [  # user1's stale G_l aside (its state machine lives on, dropped by the AP)
+        (*it[:4], {k: g for k, g in it[4].items() if k in p[4]})
+        for it, p in zip(secure, plain, strict=True)
+    ]
+    _assert_same(secure, plain, users=False)
+    assert [r.users for r, *_ in secure] == [4, 3, 3, 3, 3]  # user1 dropped before the step
+    why = ap.users["user1"].dropped
+    assert "round 1" in why and "refused: a share of user 1's masking key of round 1" in why
+    assert sorted(secure_reports) == sorted(plain_reports) == ["user2", "user3", "user4"]
+
+
+@pytest.mark.parametrize(
+    ("dropped", "arrived", "round_", "text"),
+    [
+        ([0], [1, 2], 2, "listing this user's upload as missing"),
+        ([1], [0, 1, 2], 2, "once each"),  # user2 as dropped and as arrived
+        ([], [0, 1], 2, "once each"),  # user3 in neither list
+        ([1, 2], [0], 2, "fewer arrived uploads than the threshold 2"),
+        ([], [0, 1, 2], 1, "this user's last upload was round 2"),
+    ],
+)
+def test_a_user_refuses_an_unmask_request_that_does_not_add_up(dropped, arrived, round_, text):
+    config = SECURE.model_copy(update={"iterations": 3})
+    _, _, ap, links = _run(config)
+    request = pb.UnmaskRequest(session_id=ap.session_id, round=round_, dropped=dropped)
+    request.arrived.extend(arrived)
+    with pytest.raises(ProtocolError, match=text):
+        links[0].user.strategy.on_unmask(request)
+
+
+def test_a_user_refuses_a_setup_without_double_masking():
+    ap, users, _ = _session(SECURE)
+    for user in users:
+        assert user.handle(ap.handshake(user.handshake_request())[1]) is None
+    setup = parse_ap_message(ap.extra_messages()["user1"])
+    setup.secure_setup.double_masking = False
+    reply = parse_user_message(users[0].handle(setup.SerializeToString()))
+    assert "the AP does not remove self masks" in reply.error.message
 
 
 def test_fixed_point_refuses_values_beyond_its_limit():

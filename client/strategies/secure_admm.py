@@ -7,12 +7,21 @@ Z - U and uploads F_l in fixed point plus its pairwise masks
 precision the plain protocol sends them in, so that both compute the same F_l.
 
 Key setup: on SecureSetup the user checks the participants (itself among them, the threshold a
-majority), makes one masking key pair per round (T) and answers with their public keys and
-their Shamir shares, one bundle sealed for each recipient; on ShareDelivery it opens and keeps
-the bundles sealed for it and takes every participant's round keys. Round r masks with the
-round-r keys only. On an UnmaskRequest for the round it just uploaded in (never another: a
-past round's key would open an upload the AP holds) it reveals its shares of the listed users'
-round keys, and from then on refuses a round that lists one of them as a participant.
+majority) and that the AP removes self masks (double masking), makes one masking key pair and
+one self-mask key pair per round (T of each) and answers with their public keys and their
+Shamir shares, one bundle sealed for each recipient (and keeps its own); on ShareDelivery it
+opens and keeps the bundles sealed for it and takes every participant's round masking keys.
+Round r's upload carries the pair masks of the round-r masking keys and the self mask of the
+round-r self-mask key.
+
+Unmasking: on an UnmaskRequest for the round it just uploaded in (never another: a past
+round's key would open an upload the AP holds) it reveals its shares of the self-mask keys of
+the users listed as arrived (its own included) and of the masking keys of those listed as
+dropped, and from then on refuses a round that lists one of the dropped as a participant. It
+refuses the whole request (:meth:`SecureAdmmUser.on_unmask`, an error reply naming the reason)
+when it would give both kinds of share of one user in one round, counting what it revealed
+before in that round: with both, the AP could open that user's upload. The AP drops a user that
+refuses, as any user that answers with an error, and the session goes on for the others.
 """
 
 from __future__ import annotations
@@ -61,10 +70,13 @@ class SecureAdmmUser(AdmmUser):
         self.peers: dict[int, bytes] = {}  # index -> encryption public key
         self.rounds = int(acc.iterations)
         self.masking: list = []  # this user's masking private key of each round
+        self.self_masks: list = []  # this user's self-mask private key of each round
         self.peer_masking: dict[int, list] = {}  # index -> masking public key of each round
         self.held: dict[int, bytes] = {}  # sender index -> its share bundle for this user
         self.round: int | None = None  # the round of the last upload
-        self.revealed: set[int] = set()
+        self.revealed: set[int] = set()  # users whose masking-key shares it revealed
+        #: (owner, round) -> the kind of share of that user's key it revealed in that round
+        self.disclosed: dict[tuple[int, int], str] = {}
         self.offset: np.ndarray | None = None
         self.participants: list[int] = []
         self.threshold = 0
@@ -91,14 +103,21 @@ class SecureAdmmUser(AdmmUser):
                 f"secure setup: threshold {msg.threshold} for {len(listed)} participants, "
                 f"expected {sa.threshold_for(len(listed))}"
             )
+        if not msg.double_masking:
+            raise ProtocolError(
+                "secure setup: the AP does not remove self masks (no double masking)"
+            )
         order = sorted(listed)
         self.threshold = msg.threshold
-        self.masking = sa.round_keys(self.rounds)
-        bundles = sa.split_round_keys(self.masking, msg.threshold, len(order))
+        self.masking, self.self_masks = sa.round_keys(self.rounds), sa.round_keys(self.rounds)
+        keys = [*self.masking, *self.self_masks]  # the order of sa.KEY_KINDS
+        bundles = sa.split_round_keys(keys, msg.threshold, len(order))
         reply = pb.SecureShares(session_id=self.user.accept.session_id)
         reply.round_masking_keys.extend(sa.public_bytes(k.public_key()) for k in self.masking)
+        reply.self_mask_keys.extend(sa.public_bytes(k.public_key()) for k in self.self_masks)
         for position, peer in enumerate(order):
-            if peer == self.index:
+            if peer == self.index:  # its own share of its self-mask keys: revealed when asked
+                self.held[peer] = bundles[position]
                 continue
             encryption = sa.load_public(listed[peer], f"encryption key of user {peer}")
             self.peers[peer] = listed[peer]
@@ -144,21 +163,54 @@ class SecureAdmmUser(AdmmUser):
             ]
 
     def on_unmask(self, msg: pb.UnmaskRequest) -> bytes:
-        """Reveal this user's shares of the dropped participants' masking keys of the round it
-        just uploaded in (any other round is refused)."""
-        if msg.round != self.round:
-            raise ProtocolError(
-                f"unmask request for round {msg.round}; this user's last upload was round "
-                f"{self.round}"
-            )
-        reply = pb.UnmaskShares(session_id=self.user.accept.session_id, round=msg.round)
-        for owner in dict.fromkeys(msg.dropped):
-            if owner not in self.held or owner not in self.participants:
-                raise ProtocolError(f"unmask request for user {owner}, not a peer of this round")
-            self.revealed.add(owner)
-            share = sa.round_share(self.held[owner], msg.round, self.rounds)
-            reply.shares.add(owner=owner, share=share)
+        """Reveal this user's shares of the arrived participants' self-mask keys and of the
+        dropped participants' masking keys of the round it just uploaded in; refuse the whole
+        request (ProtocolError) if :meth:`_check_unmask` does."""
+        round_ = msg.round
+        dropped, arrived = list(dict.fromkeys(msg.dropped)), list(dict.fromkeys(msg.arrived))
+        self._check_unmask(round_, dropped, arrived)
+        reply = pb.UnmaskShares(session_id=self.user.accept.session_id, round=round_)
+        for owners, kind, out in (
+            (dropped, sa.MASKING, reply.shares),
+            (arrived, sa.SELF_MASK, reply.self_mask_shares),
+        ):
+            for owner in owners:
+                self.disclosed[(owner, round_)] = kind
+                share = sa.round_share(self.held[owner], round_, self.rounds, kind)
+                out.add(owner=owner, share=share)
+        self.revealed.update(dropped)
         return pb.UserMessage(unmask_shares=reply).SerializeToString()
+
+    def _check_unmask(self, round_: int, dropped: list[int], arrived: list[int]) -> None:
+        """ProtocolError unless the request is one this user answers: for the round it just
+        uploaded in, listing every participant of that round once, as dropped or as arrived
+        (itself arrived, at least t arrived), and asking for no user's share of the other kind
+        than the one this user revealed for it in this round already."""
+        if round_ != self.round:
+            raise ProtocolError(
+                f"unmask request for round {round_}; this user's last upload was round {self.round}"
+            )
+        if sorted([*dropped, *arrived]) != self.participants:
+            raise ProtocolError(
+                f"unmask request listing dropped {sorted(dropped)} and arrived {sorted(arrived)}, "
+                f"not the participants {self.participants} of round {round_} once each"
+            )
+        unknown = [owner for owner in [*dropped, *arrived] if owner not in self.held]
+        if unknown:
+            raise ProtocolError(f"unmask request for users {unknown}, whose shares this user lacks")
+        if self.index in dropped or len(arrived) < self.threshold:
+            raise ProtocolError(
+                f"unmask request for round {round_} listing this user's upload as missing, or "
+                f"fewer arrived uploads than the threshold {self.threshold}"
+            )
+        for owners, kind in ((dropped, sa.MASKING), (arrived, sa.SELF_MASK)):
+            for owner in owners:
+                before = self.disclosed.get((owner, round_), kind)
+                if before != kind:
+                    raise ProtocolError(
+                        f"refused: a share of user {owner}'s {kind} key of round {round_} after "
+                        f"its {before} key's: both would open that user's upload"
+                    )
 
     # ------------------------------------------------------------------ rounds
     def on_compact_broadcast(self, msg: pb.CompactBroadcast) -> bytes:
@@ -210,8 +262,10 @@ class SecureAdmmUser(AdmmUser):
             for p in self.participants
             if p != self.index
         }
-        masked = sa.quantize(values, len(self.participants)) + sa.mask_sum(
-            self.index, peers, acc.session_id, round_, len(values)
+        masked = (
+            sa.quantize(values, len(self.participants))
+            + sa.mask_sum(self.index, peers, acc.session_id, round_, len(values))
+            + sa.self_mask(self.self_masks[round_], acc.session_id, self.index, round_, len(values))
         )
         self.offset = None
         self.round = round_

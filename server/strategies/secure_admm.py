@@ -11,18 +11,22 @@ driver runs after the handshake and after each round's uploads):
 
 1. setup: every user gets the participants' encryption keys and the threshold t
    (:func:`~semalign.common.secure_aggregation.threshold_for`) and answers with the public
-   keys of its T masking keys (one per round) and its shares of them, one bundle sealed for
-   each other participant;
+   keys of its T masking keys and T self-mask keys (one of each per round) and its shares of
+   them, one bundle sealed for each other participant;
 2. delivery: each user gets the bundles sealed for it (the AP cannot open them) and every
-   participant's round keys, and acks;
-3. recovery, only in a round r where a participant did not upload: the users who did upload
-   send their shares of the missing users' round-r masking keys; the AP rebuilds each key
-   (checked against its round-r public key; :func:`~semalign.common.secure_aggregation.
-   rebuild_key` tries t-subsets if a share is bad, and the sender of a bad share is dropped)
-   and removes that user's masks from the sum. The rebuilt key opens round r's masks only.
+   participant's round masking keys, and acks;
+3. unmasking, after every round r's uploads (double masking): the users whose upload arrived
+   send their shares of the round-r self-mask keys of those users and of the round-r masking
+   keys of the participants that did not upload. The AP rebuilds each key (checked against
+   its round-r public key; :func:`~semalign.common.secure_aggregation.rebuild_key` tries
+   t-subsets if a share is bad, and the sender of a bad share is dropped), removes every
+   arrived upload's self mask and the missing users' pair masks from the sum. A rebuilt
+   masking key opens round r's pair masks only, and never an upload the AP holds: that
+   upload's self mask stays on (users refuse to reveal both kinds for one user and round).
 
-A user whose key was rebuilt is dropped for good (users refuse to mask with it again); the AP
-refuses to decode a sum of fewer than t uploads.
+A user whose masking key was rebuilt is dropped for good (users refuse to mask with it again);
+the AP refuses to decode, and asks for no shares of, a sum of fewer than t uploads; an upload
+that arrives after the round's unmasking request is refused.
 """
 
 from __future__ import annotations
@@ -71,11 +75,13 @@ class SecureSharedAdmm(SharedAdmm):
         super().start(ap)
         self.keys: dict[str, bytes] = {}  # user id -> encryption public key
         self.round_keys: dict[int, list[bytes]] = {}  # index -> masking public key per round
+        self.self_mask_keys: dict[int, list[bytes]] = {}  # index -> self-mask public key per round
         self.stage = "keys"  # -> "shares" -> "ready" -> "done"
         self.by_index: dict[int, str] = {}  # setup participants: index -> user id
         self.threshold = 0
         self.sealed: dict[int, list[pb.SealedShare]] = {}  # recipient -> shares for it
         self.rebuilt: dict[tuple[int, int], Any] = {}  # (index, round) -> its masking key
+        self.rebuilt_self: dict[tuple[int, int], Any] = {}  # (index, round) -> self-mask key
         self.recoveries: list[dict] = []
         cfg = self.config
         #: (epsilon, delta) of the T rounds under differential privacy (None: off); computed
@@ -91,6 +97,7 @@ class SecureSharedAdmm(SharedAdmm):
         self.participants = participants
         self.masked: dict[int, np.ndarray] = {}  # index -> this round's masked upload
         self.revealed: dict[int, dict[int, bytes]] = {}  # dropped -> sender -> share
+        self.revealed_self: dict[int, dict[int, bytes]] = {}  # arrived -> sender -> share
         self.unmask_asked = False
         self.losses: tuple[float, float] | None = None
 
@@ -137,15 +144,16 @@ class SecureSharedAdmm(SharedAdmm):
         if self.stage == "ready":
             self.stage = "done"
             return {}
-        missing = self._missing()
-        if self.ap.expecting != "upload" or not missing or self.unmask_asked:
+        if self.ap.expecting != "upload" or self.unmask_asked:
             return {}
         self.unmask_asked = True
+        if len(self.masked) < self.threshold:  # step refuses to decode: ask for no shares
+            return {}
         request = pb.UnmaskRequest(session_id=self.ap.session_id, round=self.ap.round)
-        request.dropped.extend(missing)
+        request.dropped.extend(self._missing())
+        request.arrived.extend(sorted(self.masked))
         data = pb.ApMessage(unmask_request=request).SerializeToString()
-        survivors = [self.by_index[i] for i in self.masked]
-        return {u.user_id: data for u in self.ap.active_users if u.user_id in survivors}
+        return {u.user_id: data for u in self.ap.active_users if u.index in self.masked}
 
     def _setup_messages(self) -> dict[str, bytes]:
         users = self.ap.active_users
@@ -153,7 +161,9 @@ class SecureSharedAdmm(SharedAdmm):
         self.threshold = sa.threshold_for(len(users))
         if len(users) < 2:
             raise ProtocolError("secure aggregation needs at least 2 users")
-        setup = pb.SecureSetup(session_id=self.ap.session_id, threshold=self.threshold)
+        setup = pb.SecureSetup(
+            session_id=self.ap.session_id, threshold=self.threshold, double_masking=True
+        )
         for state in users:
             setup.participants.add(index=state.index, encryption_key=self.keys[state.user_id])
         data = pb.ApMessage(secure_setup=setup).SerializeToString()
@@ -193,31 +203,33 @@ class SecureSharedAdmm(SharedAdmm):
                 f"secure aggregation: {state.user_id} sent shares for {got}, expected one for "
                 f"each of {recipients}"
             )
-        rounds = self.config.iterations
-        if len(body.round_masking_keys) != rounds:
-            raise ProtocolError(
-                f"secure aggregation: {state.user_id} sent {len(body.round_masking_keys)} "
-                f"masking keys for {rounds} rounds"
-            )
-        for r, key in enumerate(body.round_masking_keys):
-            sa.load_public(key, f"round {r} masking key of {state.user_id}")
-        limit = 1024 + 2 * rounds * sa.SHARE_BYTES  # Fernet: base64 of IV, bundle, HMAC
+        masking = _public_keys(body.round_masking_keys, "masking", state.user_id, self.rounds)
+        selfs = _public_keys(body.self_mask_keys, "self-mask", state.user_id, self.rounds)
+        # Fernet: base64 of IV, the bundle of 2 T shares and its header, HMAC
+        limit = 1024 + 2 * len(sa.KEY_KINDS) * self.rounds * sa.SHARE_BYTES
         for share in body.shares:
             if len(share.ciphertext) > limit:
                 raise ProtocolError(f"secure aggregation: an oversized share from {state.user_id}")
             self.sealed.setdefault(share.recipient, []).append(share)
-        self.round_keys[state.index] = [bytes(k) for k in body.round_masking_keys]
+        self.round_keys[state.index], self.self_mask_keys[state.index] = masking, selfs
 
     def _take_revealed(self, state: UserState, body: pb.UnmaskShares) -> None:
-        missing = set(self._missing())
-        owners = [s.owner for s in body.shares]
-        if sorted(owners) != sorted(missing):
-            raise ProtocolError(
-                f"secure aggregation: {state.user_id} revealed shares of {owners}, "
-                f"asked for {sorted(missing)}"
-            )
-        for share in body.shares:
-            self.revealed.setdefault(share.owner, {})[state.index] = bytes(share.share)
+        """A user's shares of the missing users' masking keys and of the arrived users' self-mask
+        keys (exactly those)."""
+        asked = (
+            (body.shares, self._missing(), self.revealed, "masking"),
+            (body.self_mask_shares, sorted(self.masked), self.revealed_self, "self-mask"),
+        )
+        for shares, owners, _, what in asked:
+            got = sorted(s.owner for s in shares)
+            if got != owners:
+                raise ProtocolError(
+                    f"secure aggregation: {state.user_id} revealed shares of the {what} keys of "
+                    f"{got}, asked for {owners}"
+                )
+        for shares, _, kept, _ in asked:
+            for share in shares:
+                kept.setdefault(share.owner, {})[state.index] = bytes(share.share)
 
     # ------------------------------------------------------------------ rounds
     def round_messages(self) -> dict[str, bytes]:
@@ -252,6 +264,8 @@ class SecureSharedAdmm(SharedAdmm):
             )
         if state.index not in self.participants:
             raise ProtocolError(f"upload from {state.user_id}, not a participant of the round")
+        if self.unmask_asked:
+            raise ProtocolError(f"upload from {state.user_id} after the round's unmasking request")
         what = f"secure upload from {state.user_id}"
         self.masked[state.index] = check_matrix(upload.masked, what, (self.size,), (pb.UINT64,))
         # marks the upload as in for AccessPoint.step; the sum is taken from self.masked
@@ -268,7 +282,7 @@ class SecureSharedAdmm(SharedAdmm):
                 f"secure aggregation: round {self.ap.round} has {count} uploads, fewer than "
                 f"the threshold {self.threshold}"
             )
-        total = sa.ring_sum(list(self.masked.values()))
+        total = self._without_self_masks(sa.ring_sum(list(self.masked.values())))
         missing = self._missing()
         for index in missing:
             total = self._unmask(total, index)
@@ -293,33 +307,46 @@ class SecureSharedAdmm(SharedAdmm):
         round_ = self.ap.round
         key = self.rebuilt.get((dropped, round_))
         if key is None:
-            key = self._rebuild(dropped, round_)
+            public = self.round_keys[dropped][round_]
+            key = self._rebuild(dropped, self.revealed.get(dropped, {}), public, "masking key")
+            self.rebuilt[(dropped, round_)] = key
         peers = {
             index: sa.load_public(self.round_keys[index][round_], f"masking key of user {index}")
             for index in self.masked
         }
         return sa.unmask_dropped(total, key, dropped, peers, self.ap.session_id, round_)
 
-    def _rebuild(self, dropped: int, round_: int) -> Any:
-        """User ``dropped``'s round masking key from the revealed shares; a sender whose share
-        is not at its own position or not on the key's polynomial is dropped."""
-        shares = dict(self.revealed.get(dropped, {}))
+    def _without_self_masks(self, total: np.ndarray) -> np.ndarray:
+        """``total`` without the self masks of this round's uploads, whose self-mask keys are
+        rebuilt from the shares the users revealed (senders of bad shares are dropped)."""
+        round_, keys = self.ap.round, {}
+        for owner in sorted(self.masked):
+            public = self.self_mask_keys[owner][round_]
+            shares = self.revealed_self.get(owner, {})
+            keys[owner] = self._rebuild(owner, shares, public, "self-mask key")
+            self.rebuilt_self[(owner, round_)] = keys[owner]
+        return sa.remove_self_masks(total, keys, self.ap.session_id, round_)
+
+    def _rebuild(self, owner: int, revealed: dict[int, bytes], public: bytes, what: str) -> Any:
+        """User ``owner``'s ``what`` of this round (the private key of ``public``) from the
+        ``revealed`` shares (sender -> share); a sender whose share is not at its own position
+        or not on the key's polynomial is dropped."""
+        round_ = self.ap.round
+        shares = dict(revealed)
         order = sorted(self.by_index)
         bad = [s for s, share in shares.items() if sa.share_index(share) != order.index(s) + 1]
         for sender in bad:
             del shares[sender]
-        registered = self.round_keys[dropped][round_]
         try:
-            key, off = sa.rebuild_key(shares, self.threshold, registered)
+            key, off = sa.rebuild_key(shares, self.threshold, public)
         except ProtocolError as exc:
-            raise ProtocolError(f"{exc} (user {dropped}, round {round_})") from None
+            raise ProtocolError(f"{exc} (user {owner}'s {what}, round {round_})") from None
         for sender in sorted({*bad, *off}):
             self.ap.drop(
                 self.by_index[sender],
-                f"secure aggregation: its share of user {dropped}'s round {round_} masking key "
+                f"secure aggregation: its share of user {owner}'s round {round_} {what} "
                 "is not a share of that key",
             )
-        self.rebuilt[(dropped, round_)] = key
         return key
 
     def loss_totals(self) -> tuple[float, float]:
@@ -347,3 +374,15 @@ class SecureSharedAdmm(SharedAdmm):
                 "rounds": cfg.iterations,
             }
         return info
+
+
+def _public_keys(keys, what: str, user_id: str, rounds: int) -> list[bytes]:
+    """A user's T public keys of one kind (``masking`` or ``self-mask``), each checked to be a
+    point of the curve; ProtocolError if there are not ``rounds`` of them."""
+    if len(keys) != rounds:
+        raise ProtocolError(
+            f"secure aggregation: {user_id} sent {len(keys)} {what} keys for {rounds} rounds"
+        )
+    for r, key in enumerate(keys):
+        sa.load_public(key, f"round {r} {what} key of {user_id}")
+    return [bytes(k) for k in keys]
