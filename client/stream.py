@@ -8,6 +8,10 @@ joined again for each; :func:`run_user` returns one :class:`UserSessionReport` p
 A stream that breaks mid-session is reopened within the rejoin grace period, with a fresh
 handshake (the AP sends what the user needs to go on).
 
+Every stream (a gRPC call; a daemon thread of gRPC's takes its requests from the session's
+outbox) ends with its session: the outbox gets its end mark, and a stream given up on is
+cancelled. The channel (:mod:`semalign.client.channel`) outlives the streams.
+
 Two things overlap the handshake's transfer with the user's arithmetic: the stream asks for
 the compact handshake's X in chunks (metadata ``semalign-pilot-chunks``,
 :mod:`semalign.common.pilot_stream`), which the state machine turns into R = Y X^H block by
@@ -29,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 import numpy as np
+from semalign.client.channel import close_channel, open_channel
 from semalign.client.user import User, UserData, build_user
 from semalign.common import failpoints
 from semalign.common.channels import ChannelConfig
@@ -39,7 +44,6 @@ from semalign.common.contract import (
     SessionOffer,
     TlsFiles,
     TransportError,
-    channel_options,
     check_address,
 )
 from semalign.common.credentials import TOKEN_KEY, USER_KEY, check_user_id
@@ -90,21 +94,6 @@ class UserSessionReport:
         return asdict(self)
 
 
-def open_channel(
-    address: str, *, tls: TlsFiles | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
-) -> grpc.Channel:
-    check_address(address, what="AP address")
-    options = channel_options(max_message_bytes) + [
-        # come back quickly once the AP listens again (gRPC's default backoff reaches 120 s)
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
-    if tls is not None and tls.enabled:
-        return grpc.secure_channel(address, tls.channel_credentials(), options=options)
-    return grpc.insecure_channel(address, options=options)
-
-
 def _short(details: str | None) -> str:
     """gRPC connection errors are long; keep the most specific line."""
     text = (details or "").strip()
@@ -139,10 +128,17 @@ class _Session:
         self._outbox.put(data)
 
     def close(self) -> None:
+        """No more requests: gRPC's thread that sends them ends (the stream half-closes)."""
         self._outbox.put(None)
 
     def cancel(self) -> None:
         self.call.cancel()
+
+    def end(self) -> None:
+        """This user is done with the stream: no more requests, and cancelled if it has not
+        ended (a no-op for a stream the AP ended)."""
+        self.close()
+        self.cancel()
 
 
 def run_user(
@@ -156,6 +152,7 @@ def run_user(
     user_id: str = "",
     on_session: Callable[[UserSessionReport], None] | None = None,
     rejoin_grace: float = 0.0,
+    channel: grpc.Channel | None = None,
 ) -> list[UserSessionReport]:
     """Join the AP's sessions until its last one; returns one report per session.
 
@@ -166,6 +163,10 @@ def run_user(
     backoff for up to ``rejoin_grace`` seconds; the user handshakes again with a state machine
     built afresh from the offer (the same one: it depends on the seed and the ordinal only)
     and the session goes on where the AP is. ``rejoin_grace`` 0: a broken stream is an error.
+
+    ``channel``: the caller's open channel to ``address`` (:func:`open_channel`), left open
+    on return (every stream ended); by default one is opened here and closed with
+    :func:`close_channel`.
 
     Raises ``TransportError`` (one line) when the AP cannot be reached within
     ``connect_timeout`` seconds (refusals for being busy are retried until then), refuses this
@@ -178,7 +179,9 @@ def run_user(
         raise TransportError(str(exc)) from None
     if not token or len(token) > 256 or not (token.isascii() and token.isprintable()):
         raise TransportError(f"user {user_id}: the token must be 1-256 printable ASCII characters")
-    channel = open_channel(address, tls=tls, max_message_bytes=max_message_bytes)
+    own = channel is None
+    if own:
+        channel = open_channel(address, tls=tls, max_message_bytes=max_message_bytes)
     peer = _Peer(channel, address, token, user_id, make_user)
     reports: list[UserSessionReport] = []
     opened: tuple[_Session, SessionOffer] | None = None
@@ -193,7 +196,10 @@ def run_user(
             if last and opened is None:
                 break
     finally:
-        channel.close()
+        if opened is not None:  # a stream for a session this user will not run (an error)
+            opened[0].end()
+        if own:
+            close_channel(channel)
     return reports
 
 
@@ -216,7 +222,7 @@ class _Peer:
             if offer is not None:
                 return session, offer
             code, details = session.call.code(), session.call.details()
-            session.close()
+            session.end()
             left = deadline - time.monotonic()
             if code in _RETRY and left > 0:  # not up yet, between sessions, or busy: again
                 time.sleep(min(left, delay * (1 + 0.5 * random.random())))
@@ -250,8 +256,7 @@ class _Peer:
                     f"built user {user.user_id!r} for credentials of {self.user_id!r}"
                 )
         except Exception:
-            session.cancel()
-            session.close()
+            session.end()
             raise
         user.token = self.token
         report.session_id, report.index = offer.session_id, offer.index
@@ -269,6 +274,7 @@ class _Peer:
         report = UserSessionReport(user_id=self.user_id)
         start = time.perf_counter()
         comeback_until: float | None = None  # coming back: by when (one grace per break)
+        handed_on = None  # the stream of a later session, open for the caller
         try:
             while True:
                 user = self._start(session, offer, report)
@@ -293,7 +299,7 @@ class _Peer:
                             f"the stream to the AP at {self.address} broke: {code.name}: {details}"
                         ) from None
                     log.warning("%s: the stream broke (%s); coming back", self.user_id, details)
-                    session.close()
+                    session.end()
                     if comeback_until is None:
                         comeback_until = time.monotonic() + rejoin_grace
                     try:
@@ -305,14 +311,13 @@ class _Peer:
                     if later.index != offer.index:  # the AP finished this one without us
                         report.status = "interrupted"
                         report.detail = f"the stream broke ({details}); the AP moved on"
+                        handed_on = session
                         return report, offer.last, (session, later)
                     report.rejoins += 0 if retry else 1
                     offer = later
-                except BaseException:
-                    session.cancel()
-                    raise
         finally:
-            session.close()
+            if session is not handed_on:
+                session.end()  # a stream broken off by an error is cancelled here
             report.seconds = time.perf_counter() - start
 
     def _broken(self, code, details: str, report: UserSessionReport, offer) -> bool:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
+import logging
 import os
 import re
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from semalign.common.contract import TOKEN_ENV
 from semalign.common.errors import LatentsError, TransportError, UsageError
@@ -186,8 +189,11 @@ def supervise_supernode(argv: list[str], env: dict[str, str], user_id: str) -> i
                 terminate_tree([psutil.Process(proc.pid)])
 
 
-def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
-    """Join the AP's sessions over gRPC; 0 if every session ended ok, else 1."""
+def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> NoReturn:
+    """Join the AP's sessions over gRPC, then end the process (:func:`end_process`): exit
+    code 0 if every session ended ok, else 1. Refused or unreachable before any session:
+    UsageError."""
+    from semalign.client.channel import open_channel
     from semalign.client.stream import run_user, user_factory
     from semalign.client.user import user_data_from_cache
     from semalign.common.contract import TlsFiles
@@ -220,11 +226,12 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
 
     try:
         with sigterm_as_interrupt():
+            channel = open_channel(args.ap, tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
             reports = run_user(
                 args.ap,
                 token,
                 joining,
-                tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
+                channel=channel,  # left open: the process ends without gRPC's teardown
                 connect_timeout=args.connect_timeout,
                 user_id=args.user_id,
                 on_session=None if args.quiet else print_session,
@@ -234,10 +241,38 @@ def join_directly(args: argparse.Namespace, ordinal: int, cache: Path) -> int:
         if not offers:  # refused at the door, or no AP to reach: before any session
             raise UsageError(str(exc)) from None
         # in a session: the stream broke for longer than --rejoin-grace, or a refusal
-        return session_lost(args.user_id, offers[-1], exc)
+        code = session_lost(args.user_id, offers[-1], exc)
     except LatentsError as exc:  # this user's own data
         raise UsageError(str(exc)) from None
-    return exit_code(reports)
+    else:
+        code = exit_code(reports)
+    end_process(code)
+
+
+#: Seconds a user process may take to end once it is done with the AP (a limit only: it ends
+#: at once); past it, every thread's stack goes to stderr and it exits with code 1.
+EXIT_LIMIT_S = 30.0
+
+
+def end_process(code: int) -> NoReturn:
+    """End this process with ``code`` now that its sessions are over, without gRPC's teardown.
+
+    Every stream has ended and every line is written; what is left is gRPC's teardown:
+    closing the process's last channel tears gRPC core down (``grpc_shutdown``: its timer,
+    executor and I/O threads) in the calling thread while it holds the GIL, and the
+    interpreter's exit would do the same for any gRPC object still alive and then wait for
+    every non-daemon thread. Once, after an AP was killed and resumed, a user printed its
+    session line and never exited, unmoved by SIGTERM: stuck in C code there. The kernel
+    closes the connection and reclaims the threads, so the process flushes its output and
+    leaves with ``os._exit``; faulthandler's watchdog (a C thread: it needs no GIL) writes
+    every thread's stack to stderr and exits with code 1 should even that not be done within
+    :data:`EXIT_LIMIT_S`.
+    """
+    faulthandler.dump_traceback_later(EXIT_LIMIT_S, exit=True)
+    logging.shutdown()  # flushes the log handlers
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def exit_code(reports: list) -> int:
