@@ -66,8 +66,9 @@ PORT = 50051
 
 def ap_argv(cache: Path, users: int, protocol: str, args, out: Path, workdir: Path) -> list[str]:
     """``semalign ap`` for one session on the AP's loopback (the relay faces the users)."""
-    argv = [*semalign_command(), *log_options(args), "ap", "--latents", str(cache), "--ap", "ap"]
-    argv += ["--users", str(users), "--listen", f"127.0.0.1:{PORT}", "--insecure"]
+    argv = [*semalign_command(), *log_options(args), "ap", "--latents", str(cache)]
+    argv += ["--ap-encoder", "ap", "--num-users", str(users)]
+    argv += ["--listen", f"127.0.0.1:{PORT}", "--insecure"]
     argv += ["--channel-uses", str(args.channel_uses), "--antennas-tx", "4", "--antennas-rx", "4"]
     argv += ["--iterations", str(args.iterations), "--protocol", protocol, "--seeds", "0"]
     argv += ["--join-timeout", "600", "--reply-timeout", "900"]

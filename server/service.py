@@ -37,6 +37,11 @@ The server also answers the standard gRPC health checking protocol
 (:mod:`semalign.server.health`): SERVING from the first lobby until the service closes;
 :func:`start_health_server` serves it alone on another address.
 
+A user that sends ``semalign-pilot-chunks`` in its metadata (the most bytes it takes in one
+message) gets the compact handshake's X in PilotChunks after a HandshakeAccept without X's
+data (:mod:`semalign.common.pilot_stream`; the driver cuts it, the stream's binding carries the
+size, a comeback's new stream its own).
+
 Bytes are counted per link where they cross the gRPC boundary: both sides register the method
 without protobuf (de)serializers, so the byte strings a link hands to gRPC (counted when the driver
 sends them, so each lands in its own round) and receives from it are the gRPC message payloads.
