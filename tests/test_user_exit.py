@@ -11,7 +11,9 @@ with a non-daemon library thread that never ends; the AP is killed by a failpoin
 and resumed. A user that tore gRPC down or waited for its threads would hang; the user ends
 its process without either (``deploy/commands/user.py: end_process``).
 
-The library's own close (:func:`semalign.client.channel.close_channel`) is bounded and names a
+``end_process`` flushes and exits with its code whatever threads still run; should it not
+finish (an output nobody reads) its watchdog writes every thread's stack and exits 1. The
+library's own close (:func:`semalign.client.channel.close_channel`) is bounded and names a
 close that does not return; a stream kept open for the AP's next session is not ended with the
 session the user lost.
 """
@@ -189,3 +191,34 @@ def test_a_stream_kept_for_the_aps_next_session_is_not_ended(monkeypatch):
     assert handed == (later, offers[1])
     assert first.requests() == [b"hello", None]  # the broken stream: handshake, end mark
     assert later.requests() == [] and not later.call.cancelled  # open, untouched
+
+
+def _end_process(program: str) -> subprocess.CompletedProcess:
+    """``python -c`` with ``end_process`` imported; its exit code and output."""
+    head = "import sys, time\nfrom semalign.deploy.commands.user import end_process\n"
+    argv = [sys.executable, "-c", head + program]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)  # a limit only
+
+
+def test_end_process_flushes_and_exits_with_the_code_whatever_threads_run():
+    done = _end_process(
+        "import threading\n"
+        "threading.Thread(target=threading.Event().wait).start()  # never ends\n"
+        "print('the session line')\n"  # no flush of its own: end_process flushes
+        "end_process(3)\n"
+    )
+    assert done.returncode == 3 and done.stdout == "the session line\n", done.stderr
+
+
+def test_end_process_that_cannot_finish_dumps_every_stack_and_exits_1():
+    done = _end_process(
+        "import semalign.deploy.commands.user as user\n"
+        "user.EXIT_LIMIT_S = 1.0\n"
+        "class Stuck:\n"
+        "    def flush(self):\n"
+        "        time.sleep(3600)  # an output nobody reads\n"
+        "sys.stdout = Stuck()\n"
+        "end_process(0)\n"
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Timeout (0:00:01)!" in done.stderr and "in flush" in done.stderr, done.stderr
