@@ -15,9 +15,14 @@ changed three times. Each older form is looked up for a plan's run the table doe
 All three forms come from tables written before version 2, so all are made with the version-1
 fingerprint. That fingerprint reads every listed user's files (what version 2 avoids), so it
 is computed only for a group whose rows in the table carry a fingerprint other than the plan's.
-Runs found are re-keyed and their ``latents_id`` set to the version-2 value: the same latents
-then have one fingerprint in the table. Rows of a plan's group made from other latents (neither
-fingerprint: the cache was re-encoded) are not reused, and one warning per fingerprint says so.
+Once a group's version-1 fingerprint is found, every row of the table carrying it is re-keyed,
+not only the plan's runs: a row's run is rebuilt from its own columns
+(:func:`run_of_row`) and kept only when its old key is one that run had. Runs found are
+re-keyed and their ``latents_id`` set to the version-2 value: the same latents then have one
+fingerprint in the table, and version 1 is computed once per table (a row whose run its
+columns do not say in full, a channel other than the default say, keeps its key and id). Rows
+of a plan's group made from other latents (neither fingerprint: the cache was re-encoded) are
+not reused, and one warning per fingerprint says so.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
+from pydantic import ValidationError
+
+from semalign.common.config import AlignmentConfig
 from semalign.common.latents import latents_fingerprint_v1
 from semalign.experiments.plan import (
     Plan,
@@ -35,8 +44,9 @@ from semalign.experiments.plan import (
     legacy_run_key,
     previous_run_key,
     run_key,
+    unused_fields,
 )
-from semalign.experiments.table import ResultsTable
+from semalign.experiments.table import ResultsTable, read_table
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +105,71 @@ def older_runs(plan: Plan, table: ResultsTable) -> Renames:
             if old in table.complete:
                 renames.runs[old] = (run.key, run.cell_key)
                 break
+    if v1:
+        _rows_carrying(table, plan, v1, renames)
     return renames
+
+
+#: The table columns a row's :class:`AlignmentConfig` is rebuilt from (the rest of its fields
+#: have no column: a sweep leaves them at their defaults).
+_CONFIG_COLUMNS = (
+    "strategy",
+    "antennas_tx",
+    "antennas_rx",
+    "channel_uses",
+    "snr_db",
+    "rho",
+    "power",
+    "iterations",
+    "csi",
+    "pilot_fraction",
+    "baseline_fit",
+    "topk_index_cost",
+    "task_model",
+    "target",
+    "pilot_selection",
+    "user_groups",
+    "equalizer",
+    "seed",
+)
+
+
+def run_of_row(row: dict[str, Any], spec: ScenarioSpec) -> Run | None:
+    """The run a table row (read by :func:`read_table`) of ``spec``'s latents was made by,
+    rebuilt from its columns (those its strategy does not read, or empty, at their defaults);
+    None when the columns cannot say it (a channel other than the default, an invalid value)."""
+    if row.get("channel") not in (None, "", "rayleigh"):
+        return None
+    unused = set(unused_fields(str(row["strategy"])))
+    fields = {
+        name: row[name]
+        for name in _CONFIG_COLUMNS
+        if name not in unused and row.get(name) not in (None, "")
+    }
+    try:
+        config = AlignmentConfig(**fields)
+    except (ValidationError, TypeError):
+        return None
+    group = str(row["group"])
+    return Run(cell_key(spec, group, config), group, spec, config, int(row["d_ap"]))
+
+
+def _rows_carrying(table: ResultsTable, plan: Plan, v1: dict[str, str], renames: Renames) -> None:
+    """Add to ``renames`` every complete run of ``table`` whose rows carry a group's version-1
+    fingerprint (``v1``: group -> fingerprint), its run rebuilt from its columns and kept where
+    its key is one that run had (:func:`older_run_keys`)."""
+    seen = set(renames.runs)
+    for row in read_table(table.path).rows:
+        old, group = row["run_key"], row["group"]
+        if old in seen or group not in v1 or row["latents_id"] != v1[group]:
+            continue
+        seen.add(old)
+        spec = plan.specs[group]
+        if row["ap_encoder"] != spec.ap:
+            continue
+        run = run_of_row(row, spec)
+        if run is not None and old in older_run_keys(as_v1(run, v1[group]), table.latents_dirs):
+            renames.runs[old] = (run.key, run.cell_key)
 
 
 def _version1_of(table: ResultsTable, group: str, spec: ScenarioSpec) -> str | None:

@@ -1,0 +1,81 @@
+"""A version-1 sweep table resumed with a plan that holds only some of its runs: every row
+carrying the version-1 fingerprint is re-keyed (its run rebuilt from its columns), so the table
+has one ``latents_id`` for one set of latents and version 1 is computed once."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from semalign.common import latents
+from synthetic import make_latents
+
+from semalign.experiments import rekey
+from semalign.experiments.grid import grid_from_options
+from semalign.experiments.plan import make_plan, resolve_groups
+from semalign.experiments.rekey import as_v1, run_of_row
+from semalign.experiments.runner import run_sweep
+from semalign.experiments.table import COLUMNS, read_table
+
+
+def _plan(root: Path, ap: str, users: list[str], strategies: tuple[str, ...]):
+    fields = {"strategies": strategies, "channel_uses": (1, 2), "antennas": ("2x2",)}
+    fields.update(seeds=(3,), groups=("+".join(users),), iterations=2, ap=ap)
+    grid = grid_from_options(None, fields)
+    return make_plan(grid, root, resolve_groups(grid.groups, latents_given=True)[0])
+
+
+def _as_version1(table: Path, plan) -> str:
+    """Rewrite ``table`` with the keys and ``latents_id`` of fingerprint version 1."""
+    spec = plan.runs[0].spec
+    old_id = latents.latents_fingerprint_v1(spec.latents_dir, [spec.ap, *spec.users])
+    keys = {r.key: as_v1(r, old_id) for r in plan.runs}
+    rows = read_table(table).rows
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            old = keys[row["run_key"]]
+            row = {**row, "run_key": old.key, "cell_key": old.cell_key, "latents_id": old_id}
+            writer.writerow(["" if row[c] is None else str(row[c]) for c in COLUMNS])
+    return old_id
+
+
+def test_a_subset_plan_rekeys_every_row_of_the_version1_table(tmp_path, monkeypatch):
+    root, ap, users = make_latents(tmp_path / "lat", n_train=120, n_test=30)
+    full = _plan(root, ap, users, ("fed", "first-k"))
+    table = tmp_path / "t.csv"
+    assert run_sweep(full, table).done == 4
+    old_id = _as_version1(table, full)
+    calls: list[str] = []
+
+    def counting_v1(*args, **kwargs):
+        calls.append("v1")
+        return latents.latents_fingerprint_v1(*args, **kwargs)
+
+    monkeypatch.setattr(rekey, "latents_fingerprint_v1", counting_v1)
+    fed_only = _plan(root, ap, users, ("fed",))
+    summary = run_sweep(fed_only, table)
+    assert (summary.rekeyed, summary.done, summary.already_done) == (4, 0, 2)
+    rows = read_table(table).rows
+    assert {r["latents_id"] for r in rows} == {full.runs[0].spec.fingerprint} != {old_id}
+    assert {r["run_key"] for r in rows} == {r.key for r in full.runs}
+    assert {r["cell_key"] for r in rows} == {r.cell_key for r in full.runs}
+    assert calls == ["v1"]
+    again = run_sweep(full, table)
+    assert (again.rekeyed, again.done, again.already_done) == (0, 0, 4)
+    assert calls == ["v1"]  # nothing carries version 1 any more
+
+
+def test_a_row_rebuilds_its_run(tmp_path):
+    root, ap, users = make_latents(tmp_path / "lat", n_train=120, n_test=30)
+    plan = _plan(root, ap, users, ("fed", "first-k"))
+    table = tmp_path / "t.csv"
+    run_sweep(plan, table)
+    runs = {r.key: r for r in plan.runs}
+    for row in read_table(table).rows:
+        rebuilt = run_of_row(row, plan.specs[row["group"]])
+        assert rebuilt is not None and rebuilt.key == row["run_key"]
+        assert rebuilt.cell_key == runs[row["run_key"]].cell_key
+    row = {**read_table(table).rows[0], "channel": "kronecker(rho_tx=0.5,rho_rx=0)"}
+    assert run_of_row(row, plan.specs[row["group"]]) is None  # not said in full
