@@ -223,8 +223,9 @@ FINGERPRINT_FILES = ("train.npz", "test.npz", "classifier.npz")
 #: The fingerprint's definition, hashed into it. v1 (before): one blake2b stream over every
 #: listed encoder's files, so L users read their files L times; v2: the per-file digests.
 FINGERPRINT_VERSION = "v2"
-#: A file modified less than this many seconds before it is hashed is not memoized: a rewrite
-#: within the file system's timestamp granularity could leave size and mtime as they were.
+#: A file modified (mtime or ctime) less than this many seconds before it is hashed is not
+#: memoized: a rewrite within the file system's timestamp granularity could leave size and
+#: timestamps as they were.
 RACY_SECONDS = 2.0
 
 #: Per-file digests of this process, by (resolved path, size, mtime, ctime, inode).
@@ -243,8 +244,9 @@ def file_digest(path: str | Path) -> str | None:
     """blake2b digest (32 hex digits) of a file's bytes, None when there is no file.
 
     Memoized in this process per (path, size, mtime, ctime, inode), so a file listed by many
-    users is read once; a file changed less than :data:`RACY_SECONDS` before it is read is read
-    again next time (its timestamps could hide a second write).
+    users is read once; a file changed (mtime or ctime, whichever is later: ``cp -p``,
+    ``rsync -t`` or ``tar x`` keep an old mtime on a new file) less than :data:`RACY_SECONDS`
+    before it is read is read again next time (its timestamps could hide a second write).
     """
     path = Path(path)
     key = _stat_key(path)
@@ -257,7 +259,8 @@ def file_digest(path: str | Path) -> str | None:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     value = digest.hexdigest()
-    settled = key[2] < (time.time() - RACY_SECONDS) * 1e9  # last written long enough ago
+    changed = max(key[2], key[3])  # the ctime too: a copy keeping its mtime is new
+    settled = changed < (time.time() - RACY_SECONDS) * 1e9  # last changed long enough ago
     if settled and _stat_key(path) == key:  # unchanged while it was read
         _FILE_DIGESTS[key] = value
     return value

@@ -26,10 +26,21 @@ from semalign.experiments.table import COLUMNS, read_table
 
 
 def _age(root: Path, seconds: float = 100.0) -> None:
-    """Every file under ``root`` last modified ``seconds`` ago (settled: memoized)."""
+    """Every file under ``root`` last modified ``seconds`` ago (its ctime is now)."""
     when = time.time() - seconds
     for path in root.rglob("*.npz"):
         os.utime(path, (when, when))
+
+
+class _LaterClock:
+    """``time`` as :mod:`semalign.common.latents` sees it: ``seconds`` on, so a file whose
+    ctime is now counts as changed that long ago (settled)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def time(self) -> float:
+        return time.time() + self.seconds
 
 
 @pytest.fixture
@@ -38,6 +49,7 @@ def cache(tmp_path, monkeypatch):
     digest memo, and the list of files this module opens."""
     root, ap, users = make_latents(tmp_path / "lat", n_train=40, n_test=20)
     _age(root)
+    monkeypatch.setattr(latents, "time", _LaterClock(100.0))  # the ctimes settled too
     monkeypatch.setattr(latents, "_FILE_DIGESTS", {})
     opened: list[str] = []
 
@@ -79,10 +91,22 @@ def test_a_changed_file_is_read_again_and_changes_the_id(cache):
 
 def test_a_file_changed_just_now_is_not_memoized(cache):
     root, ap, users, opened = cache
-    os.utime(root / ap / "train.npz")  # now: could be rewritten within its timestamp's tick
+    now = latents.time.time()  # now on the module's clock
+    os.utime(root / ap / "train.npz", (now, now))  # could be rewritten within its tick
     latents.latents_fingerprint(root, [ap])
     latents.latents_fingerprint(root, [ap])
     assert opened.count("train.npz") == 2 and opened.count("test.npz") == 1
+
+
+def test_a_copy_keeping_its_mtime_is_not_memoized_at_once(cache, monkeypatch):
+    root, ap, _, opened = cache
+    monkeypatch.setattr(latents, "time", time)  # the real clock: the copy's ctime is now
+    copy = root.parent / "copied"
+    shutil.copytree(root / ap, copy / ap)  # cp -p: the old mtime kept, a fresh ctime
+    assert (copy / ap / "train.npz").stat().st_mtime < time.time() - 50
+    latents.latents_fingerprint(copy, [ap])
+    latents.latents_fingerprint(copy, [ap])
+    assert opened.count("train.npz") == 2 and opened.count("test.npz") == 2
 
 
 def test_the_id_is_versioned_and_follows_the_list(cache, monkeypatch):
