@@ -234,15 +234,7 @@ def run_sweep(
     check_executor(executor)
     start = time.perf_counter()
     with ResultsTable(table_path) as table:
-        older = older_runs(plan, table)
-        rekeyed = table.rekey(older.runs, older.latents_ids)
-        if rekeyed:
-            log.info("%s: %d run(s) of an older table re-keyed", table_path, rekeyed)
-        todo = [r for r in plan.runs if r.key not in table.complete]
-        todo.sort(key=lambda r: r.cost, reverse=True)
-        summary = SweepSummary(
-            total=len(plan.runs), already_done=len(plan.runs) - len(todo), rekeyed=rekeyed
-        )
+        todo, summary = _pending(plan, table)
         if on_start:
             on_start(summary)
 
@@ -263,6 +255,21 @@ def run_sweep(
         _execute(todo, executor, workers, blas_threads, finish, ray_address)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _pending(plan: Plan, table: ResultsTable) -> tuple[list[Run], SweepSummary]:
+    """The plan's runs ``table`` does not hold, longest first, and the summary they start, once
+    the table's runs under older keys are re-keyed (:mod:`semalign.experiments.rekey`)."""
+    older = older_runs(plan, table)
+    rekeyed = table.rekey(older.runs, older.latents_ids)
+    if rekeyed:
+        log.info("%s: %d run(s) of an older table re-keyed", table.path, rekeyed)
+    todo = [r for r in plan.runs if r.key not in table.complete]
+    todo.sort(key=lambda r: r.cost, reverse=True)
+    summary = SweepSummary(
+        total=len(plan.runs), already_done=len(plan.runs) - len(todo), rekeyed=rekeyed
+    )
+    return todo, summary
 
 
 def _execute(
