@@ -9,7 +9,7 @@ from typing import get_args
 
 from semalign.common.config import AlignmentConfig
 
-from semalign.commands.sweep_options import add_grid_arguments
+from semalign.commands.sweep_arguments import add_grid_arguments
 from semalign.experiments.grid import RESEARCH_AXES, SweepGrid
 
 

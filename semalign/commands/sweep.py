@@ -22,11 +22,8 @@ from semalign.commands.options import (
     check_workers,
     prepare_latents,
 )
-from semalign.commands.sweep_options import (
-    add_execution_arguments,
-    add_grid_arguments,
-    grid_from_args,
-)
+from semalign.commands.sweep_arguments import add_execution_arguments, add_grid_arguments
+from semalign.commands.sweep_options import grid_from_args
 from semalign.commands.tracking_options import check_tracking, open_tracker_from_args
 from semalign.common.errors import LatentsError, SweepError, UsageError
 from semalign.common.packing import complex_dim
