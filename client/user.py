@@ -15,12 +15,12 @@ HandshakeAccept.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from semalign.client.evaluation import content_key, evaluation_reference
 from semalign.client.strategies import UserStrategy, make_user_strategy
 from semalign.common.channels import BlockFadingLink, ChannelModel
 from semalign.common.classifier import ScoreClassifier
@@ -112,27 +112,10 @@ class UserData:
         ``representation`` fix; kept in :attr:`memo` under those (by content, as R = Y X^H is),
         so users sharing this data in one process whiten an encoder's test latents once.
         """
-        key = ("evaluation", _content_key(pilot_ids), representation, _content_key(ids))
+        key = ("evaluation", content_key(pilot_ids), representation, content_key(ids))
         if key not in self.memo:
             self.memo[key] = evaluation_reference(self, ids, whitener, representation)
         return self.memo[key]
-
-
-def evaluation_reference(
-    data: UserData, ids: np.ndarray, whitener: Whitener, representation: Representation
-) -> tuple[np.ndarray, float]:
-    """:meth:`UserData.evaluation_reference` computed afresh (each user did before the cache)."""
-    native = np.asarray(np.asarray(data.test_latents)[ids], dtype=np.float64)
-    labels = np.asarray(data.test_labels)[ids]
-    whitened = whitener.whiten(representation.features(native))
-    whitened.setflags(write=False)  # shared by the users of this data
-    return whitened, float(data.classifier.accuracy(native, labels))
-
-
-def _content_key(values: Sequence[int] | np.ndarray) -> str:
-    """Content key of integer ids (their int64 bytes)."""
-    ids = np.ascontiguousarray(values, dtype=np.int64)
-    return hashlib.blake2b(ids.view(np.uint8), digest_size=16).hexdigest()
 
 
 @dataclass
