@@ -1,4 +1,5 @@
-"""Typed results of an alignment run, and their JSON form.
+"""Typed results of an alignment run, and their JSON form. (Over 450 lines: one record tree,
+its JSON written and read back in one place.)
 
 A run (one configuration, several seeds) gives a :class:`RunResult`: per-user and per-round
 means over seeds and one :class:`SeedResult` per seed, which holds each user's
