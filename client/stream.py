@@ -1,6 +1,6 @@
 """A user's side of the networked session: one gRPC stream to the AP's alignment service.
-(Over 450 lines: the session loop, its reconnecting peer and the user factory it calls; a
-split waits for the work in progress here.)
+(Over 450 lines: the session loop, its reconnecting peer and the user factory it builds its
+users with, kept beside the session state they share.)
 
 The loop is the whole transport: read the :class:`~semalign.common.contract.SessionOffer` from the
 stream's initial metadata, build the ``User`` state machine for it, send
