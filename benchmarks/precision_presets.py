@@ -6,8 +6,10 @@ difference of its test MSE (and of its whitened MSE), against the paper's report
 (accuracy to 1e-3, MSE to 1e-4 relative).
 
 The baselines (First-K, Top-K) do not read ``precision`` (``plan.FAMILY_FIELDS``): their runs
-are the same in both and are left out. Runs go to ``--workers`` spawned processes, one BLAS
-thread each, each loading a preset's latents once.
+are the same in both and are left out. Each run's two precisions are paired
+:func:`~semalign.engine.simulate.simulate_seed` calls in one of ``--workers`` spawned processes
+(one BLAS thread each, each loading a preset's latents once: ``benchmarks/preset_runs.py``),
+not the sweep's runner: no table is written, ``--json`` keeps every run's figures.
 
     OPENBLAS_NUM_THREADS=1 nice python benchmarks/precision_presets.py --latents cache/digits \\
         --presets fig2,fig3,snr --workers 2 --json precision.json
@@ -21,46 +23,20 @@ import os
 import time
 from pathlib import Path
 
-_SCENARIOS: dict = {}
+from preset_runs import each_value, one_thread, preset_runs, spec_of
 
-
-def _one_thread() -> None:
-    """A worker's set-up, as the sweep's: one BLAS thread, warnings only."""
-    import logging
-
-    from semalign.experiments.runner import _worker_init
-
-    _worker_init(1, logging.WARNING)
+PRECISIONS = ("double", "single")
 
 
 def pair(spec: tuple[str, str, tuple[str, ...]], config_json: str) -> dict:
     """One run in both precisions: per user (accuracy, mse, mse_whitened) of each."""
-    from semalign.common.config import AlignmentConfig
-
-    from semalign.engine.scenario import load_scenario
-    from semalign.engine.simulate import simulate_seed
-
-    if spec not in _SCENARIOS:
-        _SCENARIOS[spec] = load_scenario(spec[0], spec[1], list(spec[2]))
-    scenario = _SCENARIOS[spec]
-    config = AlignmentConfig.model_validate_json(config_json)
-    out = {}
-    for precision in ("double", "single"):
-        block = simulate_seed(scenario, config.model_copy(update={"precision": precision}))
-        out[precision] = {
+    blocks = each_value(spec, config_json, "precision", PRECISIONS)
+    return {
+        precision: {
             u.name: [u.accuracy, u.mse, u.mse_whitened] for u in block.users if u.dropped is None
         }
-    return out
-
-
-def preset_runs(preset: str, latents: Path) -> list:
-    """The ADMM runs of ``preset`` (cells x seeds) on ``latents``."""
-    from semalign.experiments.grid import grid_from_options
-    from semalign.experiments.plan import make_plan, resolve_groups
-
-    grid = grid_from_options(preset, {"strategies": ("fed", "multi-link")})
-    groups, _ = resolve_groups(grid.groups, latents_given=True)
-    return make_plan(grid, latents, groups).runs
+        for precision, block in blocks.items()
+    }
 
 
 def differences(result: dict) -> tuple[float, float, float]:
@@ -88,13 +64,12 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
     record: dict = {}
     rows = []
-    with SpawnPool(args.workers, initializer=_one_thread) as pool:
+    with SpawnPool(args.workers, initializer=one_thread) as pool:
         for preset in args.presets.split(","):
-            runs = preset_runs(preset, latents)
+            runs = preset_runs(preset, latents, {"strategies": ("fed", "multi-link")})
             start = time.perf_counter()
             futures = [
-                (run, pool.submit(pair, (run.spec.latents_dir, run.spec.ap, run.spec.users),
-                                  run.config.model_dump_json()))
+                (run, pool.submit(pair, spec_of(run), run.config.model_dump_json()))
                 for run in runs
             ]  # fmt: skip
             results = [(run, future.result()) for run, future in futures]

@@ -31,35 +31,16 @@ from collections import defaultdict
 from pathlib import Path
 
 from measure_env import load_average_line, print_load
+from preset_runs import each_value, one_thread, preset_runs, spec_of
 
 PRECISIONS = ("native", "float16", "bfloat16")
-_SCENARIOS: dict = {}
-
-
-def _one_thread() -> None:
-    """A worker's set-up, as the sweep's: one BLAS thread, warnings only."""
-    import logging
-
-    from semalign.experiments.runner import _worker_init
-
-    _worker_init(1, logging.WARNING)
 
 
 def triple(spec: tuple[str, str, tuple[str, ...]], config_json: str) -> dict:
     """One run at each wire precision: per precision, each user's [accuracy, mse] and the
     session's traffic (bytes per round down + up, bytes per session down + up)."""
-    from semalign.common.config import AlignmentConfig
-
-    from semalign.engine.scenario import load_scenario
-    from semalign.engine.simulate import simulate_seed
-
-    if spec not in _SCENARIOS:
-        _SCENARIOS[spec] = load_scenario(spec[0], spec[1], list(spec[2]))
-    scenario = _SCENARIOS[spec]
-    config = AlignmentConfig.model_validate_json(config_json)
     out = {}
-    for precision in PRECISIONS:
-        block = simulate_seed(scenario, config.model_copy(update={"wire_precision": precision}))
+    for precision, block in each_value(spec, config_json, "wire_precision", PRECISIONS).items():
         traffic = block.traffic
         per_round = None
         if traffic.bytes_down_per_round is not None:
@@ -120,16 +101,6 @@ def print_sizes(ns: list[int]) -> None:
                 f"| {n:,} | {precision} | {down:,} = {f_down:,} + {down - f_down} B "
                 f"| {up:,} = {f_up:,} + {up - f_up} B |"
             )
-
-
-def preset_runs(preset: str, latents: Path, overrides: dict) -> list:
-    """The runs of ``preset`` (cells x seeds) on ``latents``, with grid ``overrides``."""
-    from semalign.experiments.grid import grid_from_options
-    from semalign.experiments.plan import make_plan, resolve_groups
-
-    grid = grid_from_options(preset, overrides)
-    groups, _ = resolve_groups(grid.groups, latents_given=True)
-    return make_plan(grid, latents, groups).runs
 
 
 def summarize(results: list[dict]) -> dict[str, dict]:
@@ -218,7 +189,7 @@ def main() -> None:
     print_load("at start")
     record: dict = defaultdict(list)
     rows = []
-    with SpawnPool(args.workers, initializer=_one_thread) as pool:
+    with SpawnPool(args.workers, initializer=one_thread) as pool:
         for preset in args.presets.split(","):
             start = time.perf_counter()
             jobs = []
@@ -228,9 +199,9 @@ def main() -> None:
                     config = run.config
                     if protocol != "-":
                         config = config.model_copy(update={"protocol": protocol})
-                    spec = (run.spec.latents_dir, run.spec.ap, run.spec.users)
                     key = (run.config.strategy, protocol)
-                    jobs.append((run, key, pool.submit(triple, spec, config.model_dump_json())))
+                    job = pool.submit(triple, spec_of(run), config.model_dump_json())
+                    jobs.append((run, key, job))
             results: dict[tuple[str, str], list[dict]] = defaultdict(list)
             for run, key, future in jobs:
                 result = future.result()
