@@ -32,7 +32,6 @@ from semalign.common.config import Equalizer
 from semalign.common.packing import ShapeError, complex_dim, complex_to_real, real_to_complex
 from semalign.common.whitening import Whitener, fit_whitener
 from semalign.common.wire import WireFormat
-from semalign.proto import semalign_pb2 as pb
 
 EQUALIZERS: tuple[str, ...] = get_args(Equalizer)
 
@@ -62,17 +61,16 @@ class Representation:
 
     def wire_dtype(self, *, double: bool = False) -> str:
         """dtype of the matrices that carry features, symbols or statistics on the wire:
-        complex64 (complex128 when ``double``), or float32 (float64) when widely linear."""
-        if self.widely_linear:
-            return "float64" if double else "float32"
-        return "complex128" if double else "complex64"
+        complex64 (complex128 when ``double``), or float32 (float64) when widely linear (the
+        native :meth:`wire_format`'s)."""
+        wire = self.wire_format()
+        return wire.double_dtype if double else wire.dtype
 
     @property
     def wire_codes(self) -> tuple[int, ...]:
-        """The proto dtype codes a receiver accepts for those matrices."""
-        if self.widely_linear:
-            return (pb.FLOAT32, pb.FLOAT64)
-        return (pb.COMPLEX64, pb.COMPLEX128)
+        """The proto dtype codes a receiver accepts for those matrices at native precision (the
+        native :meth:`wire_format`'s)."""
+        return self.wire_format().codes
 
     def wire_format(self, precision: str = "native") -> WireFormat:
         """How this representation's features, symbols, F and uploads travel at wire
@@ -107,8 +105,8 @@ class Representation:
 
     def to_wire(self, array: np.ndarray) -> np.ndarray:
         """The array as it travels: its real part when widely linear (the imaginary part is
-        zero up to rounding), the array itself otherwise."""
-        return np.real(array) if self.widely_linear else array
+        zero up to rounding), the array itself otherwise (:meth:`WireFormat.to_wire`)."""
+        return self.wire_format().to_wire(array)
 
     # ------------------------------------------------------------------ symbols and channel
     def symbol_rows(self, symbols: int) -> int:

@@ -354,6 +354,17 @@ class WireFormat:
         return "float32" if self.real else "complex64"
 
     @property
+    def double_dtype(self) -> str:
+        """The numpy dtype of the matrices that travel in double precision by design (B = X X^H,
+        Z - U), whatever :attr:`precision`: float64 or complex128."""
+        return "float64" if self.real else "complex128"
+
+    def to_wire(self, array: np.ndarray) -> np.ndarray:
+        """``array`` as it travels: its real part when ``real`` (the imaginary part is zero up
+        to rounding), the array itself otherwise."""
+        return np.real(array) if self.real else array
+
+    @property
     def codes(self) -> tuple[int, ...]:
         """The proto codes a receiver accepts: native single and double precision (single
         first), or the one 16-bit code of the precision."""
@@ -366,14 +377,18 @@ class WireFormat:
     def fill(self, target: pb.Matrix, array: np.ndarray, *, hermitian: bool = False) -> pb.Matrix:
         """Write ``array`` into ``target`` in this format (its real part when ``real``: the
         imaginary part is zero up to rounding); ``hermitian``: the packed upper triangle."""
-        values = np.real(array) if self.real else array
         return fill_matrix(
-            target, values, self.dtype, precision=self.precision, hermitian=hermitian
+            target, self.to_wire(array), self.dtype, precision=self.precision, hermitian=hermitian
         )
 
     def matrix(self, array: np.ndarray, *, hermitian: bool = False) -> pb.Matrix:
         """``array`` as a new Matrix in this format (:meth:`fill`)."""
         return self.fill(pb.Matrix(), array, hermitian=hermitian)
+
+    def double_matrix(self, array: np.ndarray, *, hermitian: bool = False) -> pb.Matrix:
+        """``array`` as a new Matrix of :attr:`double_dtype` (B = X X^H; ``hermitian``: the
+        packed upper triangle)."""
+        return to_matrix(self.to_wire(array), self.double_dtype, hermitian=hermitian)
 
 
 def matrix_payload_bytes(message: pb.Matrix) -> int:

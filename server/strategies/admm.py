@@ -29,7 +29,7 @@ from semalign.common import admm
 from semalign.common.errors import ProtocolError
 from semalign.common.threads import single_thread
 from semalign.common.validation import check_bounded, check_terms, one_line
-from semalign.common.wire import check_matrix, to_matrix
+from semalign.common.wire import check_matrix
 from semalign.proto import semalign_pb2 as pb
 from semalign.server.strategies.base import ApContext, ApStrategy, UserState
 
@@ -99,11 +99,10 @@ class AdmmStrategy(ApStrategy):
             log.warning("%s does not offer the compact round protocol: paper rounds", state.user_id)
             return
         if self._pilot_matrices is None:  # serialized once, for every user
-            rep = self.representation
-            gram = rep.to_wire(self.gram.matrix)  # Hermitian up to rounding: made exactly so
+            gram = self.gram.matrix  # Hermitian up to rounding: made exactly so
             self._pilot_matrices = (
                 self.wire.matrix(self.ap.x),
-                to_matrix((gram + gram.conj().T) / 2, rep.wire_dtype(double=True), hermitian=True),
+                self.wire.double_matrix((gram + gram.conj().T) / 2, hermitian=True),
             )
         pilots, gram = self._pilot_matrices
         state.round_protocol = "compact"
