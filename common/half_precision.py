@@ -113,8 +113,9 @@ def decode(data: bytes, fmt: HalfFormat, exponent: int) -> np.ndarray:
     product leaves float32's range, which the receiver's finiteness check then refuses).
 
     Raises:
-        ProtocolError: an odd byte count, an exponent beyond +-:data:`MAX_EXPONENT`, or a NaN
-            or infinite value.
+        ProtocolError: an odd byte count, an exponent beyond +-:data:`MAX_EXPONENT` (or any
+            but 0 for bfloat16, which :func:`block_exponent` never scales), or a NaN or
+            infinite value.
     """
     if fmt not in HALF_FORMATS:
         raise ProtocolError(f"unknown 16-bit format {fmt!r}")
@@ -122,6 +123,10 @@ def decode(data: bytes, fmt: HalfFormat, exponent: int) -> np.ndarray:
         raise ProtocolError(f"{fmt}: {len(data)} bytes is not a whole number of values")
     if abs(exponent) > MAX_EXPONENT:
         raise ProtocolError(f"{fmt}: exponent {exponent} beyond +-{MAX_EXPONENT}")
+    if fmt == "bfloat16" and exponent:  # its range is float32's: block_exponent gives 0
+        raise ProtocolError(
+            f"bfloat16: exponent {exponent}, expected 0 (bfloat16 blocks are unscaled)"
+        )
     if fmt == "float16":
         values = np.frombuffer(data, dtype="<f2").astype(np.float32)
         if not np.all(np.isfinite(values)):

@@ -115,7 +115,8 @@ def pack_hermitian(matrix: np.ndarray) -> np.ndarray:
 
 def unpack_hermitian(values: np.ndarray, size: int, is_complex: bool) -> np.ndarray:
     """Inverse of :func:`pack_hermitian`: the (size, size) Hermitian (real: symmetric) matrix
-    of ``values`` (1-D reals, :func:`packed_count` of them), in their precision."""
+    of ``values`` (1-D reals, :func:`packed_count` of them), in their precision. Non-finite
+    values are unpacked silently: :func:`check_matrix` refuses them, naming the matrix."""
     values = np.asarray(values)
     kind = np.result_type(values.dtype, np.complex64) if is_complex else values.dtype
     out = np.zeros((size, size), dtype=kind)
@@ -124,8 +125,9 @@ def unpack_hermitian(values: np.ndarray, size: int, is_complex: bool) -> np.ndar
     if is_complex:
         upper = np.ascontiguousarray(upper).view(kind)
     out[rows, cols] = upper
-    out = out + out.conj().T
-    out[np.diag_indices(size)] = values[:size]
+    with np.errstate(invalid="ignore"):  # NaN or inf in a payload: the receiver refuses it
+        out = out + out.conj().T
+        out[np.diag_indices(size)] = values[:size]
     return out
 
 

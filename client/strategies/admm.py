@@ -117,8 +117,9 @@ class AdmmUser(UserStrategy):
         rep, codes = self.representation, user.wire.codes
         shape = (rep.feature_dim(acc.ap_latent_dim), len(acc.pilot_ids))
         c = shape[0]
-        # B in double precision whatever the wire precision, Hermitian-packed
-        layouts = (pb.HERMITIAN, pb.DENSE)
+        # B in double precision whatever the wire precision, Hermitian-packed (protocol 3:
+        # a dense B is a protocol error)
+        layouts = (pb.HERMITIAN,)
         gram = check_matrix(
             acc.pilot_gram, "pilot Gram matrix", (c, c), rep.wire_codes, copy=False, layouts=layouts
         )

@@ -182,8 +182,8 @@ class AdmmStrategy(ApStrategy):
         s, columns = ap.symbols, (ap.cdim if compact else ap.n)
         name = "P X^H" if compact else "P"
         codes = self.wire.codes[:1]  # users send single precision (or the 16-bit code)
-        # A_l Hermitian-packed (a dense A_l is still taken, and checked to be Hermitian)
-        a = check_matrix(upload.a, f"{what}: A", (s, s), codes, layouts=(pb.HERMITIAN, pb.DENSE))
+        # A_l Hermitian-packed, always (protocol 3): a dense A_l is a protocol error
+        a = check_matrix(upload.a, f"{what}: A", (s, s), codes, layouts=(pb.HERMITIAN,))
         # P_l stays a view of the message's bytes until the step converts it, once
         term = check_matrix(
             upload.cross if compact else upload.p,
