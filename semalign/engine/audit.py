@@ -9,11 +9,17 @@ the truth an attack is scored against (Y_l, native pilots, the user's own classi
 
 Generic over what the AP receives (:mod:`semalign.engine.ap_record` decodes it). Secure
 aggregation sends masked contributions (a uint64 vector per round, uniform in Z / 2^64
-whatever the user's data); the AP removes masks only with keys it rebuilds from the shares the
-survivors reveal after a drop. The audit does the same with the recorded shares
-(:func:`~semalign.engine.ap_record.rebuilt_keys`), tries every rebuilt key of a user on every
-recorded upload of that user (:func:`opened_contributions`) and attacks what opens (the user's
-F_l, a feature-domain term). ``drop_round`` makes a user drop at that round's broadcast
+whatever the user's data) under double masking: pair masks and a self mask PRG(b_u^r)
+(:mod:`semalign.common.secure_aggregation`). After each round the AP gets shares of the
+self-mask keys of the users whose upload arrived and of the masking keys of those that did
+not, never both kinds for one user and round. The audit decodes the recorded masking-key
+shares into the keys they rebuild (:func:`~semalign.engine.ap_record.rebuilt_keys`, checked
+against the registered public keys), tries every rebuilt key of a user on every recorded
+upload of that user, pair masks removed (:func:`opened_contributions`), and attacks what
+opens (the user's F_l, a feature-domain term). It does not remove self masks: an upload that
+arrived keeps its self mask, so for an honest AP nothing opens (a key rebuilt after a drop at
+round r belongs to round r, whose upload never came); the self-mask shares only take the self
+masks off the round's sum. ``drop_round`` makes a user drop at that round's broadcast
 (:class:`~semalign.engine.loopback.DroppingLink`), so that the AP has shares to rebuild from.
 
 What the sum over users shows is not reported per user: the decoded sum of the F_l is
