@@ -130,8 +130,8 @@ def test_the_id_is_versioned_and_follows_the_list(cache, monkeypatch):
 # ----------------------------------------------------------------------------- sweep tables
 
 
-def _plan(root: Path, ap: str, users: list[str]):
-    fields = {"strategies": ("fed",), "channel_uses": (1, 2), "antennas": ("2x2",)}
+def _plan(root: Path, ap: str, users: list[str], strategies: tuple[str, ...] = ("fed",)):
+    fields = {"strategies": strategies, "channel_uses": (1, 2), "antennas": ("2x2",)}
     fields.update(seeds=(3,), groups=("+".join(users),), iterations=2, ap=ap)
     grid = grid_from_options(None, fields)
     return make_plan(grid, root, resolve_groups(grid.groups, latents_given=True)[0])

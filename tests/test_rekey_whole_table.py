@@ -4,46 +4,19 @@ has one ``latents_id`` for one set of latents and version 1 is computed once."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 from semalign.common import latents
 from synthetic import make_latents
+from test_latents_fingerprint import _as_version1, _plan
 
 from semalign.experiments import rekey
-from semalign.experiments.grid import grid_from_options
-from semalign.experiments.plan import make_plan, resolve_groups
-from semalign.experiments.rekey import as_v1, run_of_row
+from semalign.experiments.rekey import run_of_row
 from semalign.experiments.runner import run_sweep
-from semalign.experiments.table import COLUMNS, read_table
-
-
-def _plan(root: Path, ap: str, users: list[str], strategies: tuple[str, ...]):
-    fields = {"strategies": strategies, "channel_uses": (1, 2), "antennas": ("2x2",)}
-    fields.update(seeds=(3,), groups=("+".join(users),), iterations=2, ap=ap)
-    grid = grid_from_options(None, fields)
-    return make_plan(grid, root, resolve_groups(grid.groups, latents_given=True)[0])
-
-
-def _as_version1(table: Path, plan) -> str:
-    """Rewrite ``table`` with the keys and ``latents_id`` of fingerprint version 1."""
-    spec = plan.runs[0].spec
-    old_id = latents.latents_fingerprint_v1(spec.latents_dir, [spec.ap, *spec.users])
-    keys = {r.key: as_v1(r, old_id) for r in plan.runs}
-    rows = read_table(table).rows
-    with open(table, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for row in rows:
-            old = keys[row["run_key"]]
-            row = {**row, "run_key": old.key, "cell_key": old.cell_key, "latents_id": old_id}
-            writer.writerow(["" if row[c] is None else str(row[c]) for c in COLUMNS])
-    return old_id
+from semalign.experiments.table import read_table
 
 
 def test_a_subset_plan_rekeys_every_row_of_the_version1_table(tmp_path, monkeypatch):
     root, ap, users = make_latents(tmp_path / "lat", n_train=120, n_test=30)
-    full = _plan(root, ap, users, ("fed", "first-k"))
+    full = _plan(root, ap, users, strategies=("fed", "first-k"))
     table = tmp_path / "t.csv"
     assert run_sweep(full, table).done == 4
     old_id = _as_version1(table, full)
@@ -54,7 +27,7 @@ def test_a_subset_plan_rekeys_every_row_of_the_version1_table(tmp_path, monkeypa
         return latents.latents_fingerprint_v1(*args, **kwargs)
 
     monkeypatch.setattr(rekey, "latents_fingerprint_v1", counting_v1)
-    fed_only = _plan(root, ap, users, ("fed",))
+    fed_only = _plan(root, ap, users, strategies=("fed",))
     summary = run_sweep(fed_only, table)
     assert (summary.rekeyed, summary.done, summary.already_done) == (4, 0, 2)
     rows = read_table(table).rows
@@ -69,7 +42,7 @@ def test_a_subset_plan_rekeys_every_row_of_the_version1_table(tmp_path, monkeypa
 
 def test_a_row_rebuilds_its_run(tmp_path):
     root, ap, users = make_latents(tmp_path / "lat", n_train=120, n_test=30)
-    plan = _plan(root, ap, users, ("fed", "first-k"))
+    plan = _plan(root, ap, users, strategies=("fed", "first-k"))
     table = tmp_path / "t.csv"
     run_sweep(plan, table)
     runs = {r.key: r for r in plan.runs}

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from semalign.common.config import AlignmentConfig
 from semalign.common.latents import latents_fingerprint_v1
 from semalign.experiments.plan import (
+    KEY_FIELDS_V1,
     Plan,
     Run,
     ScenarioSpec,
@@ -46,7 +47,7 @@ from semalign.experiments.plan import (
     run_key,
     unused_fields,
 )
-from semalign.experiments.table import ResultsTable, read_table
+from semalign.experiments.table import RESEARCH_COLUMNS, ResultsTable, read_table
 
 log = logging.getLogger(__name__)
 
@@ -110,28 +111,10 @@ def older_runs(plan: Plan, table: ResultsTable) -> Renames:
     return renames
 
 
-#: The table columns a row's :class:`AlignmentConfig` is rebuilt from (the rest of its fields
-#: have no column: a sweep leaves them at their defaults).
-_CONFIG_COLUMNS = (
-    "strategy",
-    "antennas_tx",
-    "antennas_rx",
-    "channel_uses",
-    "snr_db",
-    "rho",
-    "power",
-    "iterations",
-    "csi",
-    "pilot_fraction",
-    "baseline_fit",
-    "topk_index_cost",
-    "task_model",
-    "target",
-    "pilot_selection",
-    "user_groups",
-    "equalizer",
-    "seed",
-)
+#: The table columns a row's :class:`AlignmentConfig` is rebuilt from: schema 1's fields, the
+#: research options and the seed (the rest of its fields have no column: a sweep leaves them at
+#: their defaults).
+_CONFIG_COLUMNS = (*KEY_FIELDS_V1, *RESEARCH_COLUMNS, "seed")
 
 
 def run_of_row(row: dict[str, Any], spec: ScenarioSpec) -> Run | None:
