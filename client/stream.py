@@ -17,8 +17,8 @@ cancelled. The channel (:mod:`semalign.client.channel`) outlives the streams.
 Two things overlap the handshake's transfer with the user's arithmetic: the stream asks for
 the compact handshake's X in chunks (metadata ``semalign-pilot-chunks``,
 :mod:`semalign.common.pilot_stream`), which the state machine turns into R = Y X^H block by
-block as they arrive; and once its handshake is sent the user whitens its pilots and test
-latents (:func:`prepare`) while the AP gathers the others and its accept travels.
+block as they arrive; and the user whitens its pilots and test latents before it joins
+(:func:`prepare`), so no session waits for that in its first round.
 
 Only what ``User.handle`` produces leaves this process: the handshake (ids, dimensions, CSI),
 A_l and whitened P_l per round, scalar loss terms and evaluation metrics.
@@ -264,8 +264,8 @@ class _Peer:
         report.session_id, report.index = offer.session_id, offer.index
         report.seed = offer.config.seed
         session.report = report
+        prepare(user, offer)  # ready before joining: the session waits for nobody's whitening
         session.send(user.handshake_request())
-        prepare(user, offer)  # while the AP gathers the users and its accept travels
         return user
 
     def run_session(
@@ -340,15 +340,16 @@ class _Peer:
 
 
 def prepare(user: User, offer: SessionOffer) -> None:
-    """Work this user can do on its own data before the AP's accept: whiten its pilots (in
-    their stored order, the rows the AP asks for by default) and its test latents (all rows,
-    what the AP evaluates by default) in the offer's representation, kept in its
-    :class:`~semalign.client.user.UserData`, where the state machine finds them. Sent after
-    the handshake, so it runs while the AP waits for the other users and its accept (and X)
-    travel, not after; O(m^2 n) of the user's own arithmetic (whitening m = 1,280 features of
-    4,000 pilots: about a second on one core). The same arrays the state machine would
-    compute, so nothing changes but when; anything that fails here is left to the accept to
-    report as it always did."""
+    """Work this user can do on its own data before it joins: whiten its pilots (in their
+    stored order, the rows the AP asks for by default) and its test latents (all rows, what
+    the AP evaluates by default) in the offer's representation, kept in its
+    :class:`~semalign.client.user.UserData`, where the state machine finds them when the
+    accept and the evaluation come. O(m^2 n) of the user's own arithmetic (m = 1,280 features
+    of 4,000 pilots: about a second on one core), once per process (later sessions and a
+    comeback find it done), before the handshake: a session starts once its users have
+    joined, so none of them whitens in its first round while the others wait. The same arrays
+    the state machine would compute, so nothing changes but when; anything that fails here is
+    left to the accept to report as it always did."""
     data = user.data
     try:
         representation = Representation.of(offer.config.equalizer)

@@ -17,6 +17,14 @@ final broadcast (or the baselines' pilots) it already acknowledged, if the sessi
 and the message it has not answered yet. Users are stateless across rounds (G_l is computed
 from each round's message), so the round completes as if nothing had happened.
 
+The driver keeps the link busy and the AP's work beside it: a HandshakeAccept goes to a link
+that takes chunks (gRPC, when its user asked) with the compact protocol's X cut into
+PilotChunks (:meth:`SessionDriver._send_accept`, :mod:`semalign.common.pilot_stream`), so the
+user works on X as it arrives; each reply is handed to the AP as soon as it is in, while the
+later ones travel; and a round's checkpoint is written once the next round's messages are out.
+None of it changes the order in which the AP takes anything, so a session's numbers are the
+same.
+
 A session can also continue from a checkpoint (:mod:`semalign.server.checkpoint`): the driver
 is then built with ``resumed=True``, takes every user back through :meth:`AccessPoint.rejoin`
 and continues at the AP's next round.
