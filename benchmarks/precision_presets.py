@@ -1,9 +1,10 @@
 """``--precision single`` against the default (double) on the sweep presets: every ADMM run of
-each preset (the cells of ``semalign sweep --preset P --strategies fed,multi-link``, every
-seed) run twice on the same latents, channel draws and noise, once per precision; per preset the
-largest difference over cells, seeds and users of each user's accuracy, and the largest relative
-difference of its test MSE (and of its whitened MSE), against the paper's reporting precision
-(accuracy to 1e-3, MSE to 1e-4 relative).
+each preset (the cells of ``semalign sweep --preset P`` of its ADMM strategies: fed and
+multi-link in fig2 and snr, fed in fig3; every seed) run twice on the same latents, channel
+draws and noise, once per precision; per preset the largest difference over cells, seeds and
+users of each user's accuracy, and the largest relative difference of its test MSE (and of its
+whitened MSE), against the paper's reporting precision (accuracy to 1e-3, MSE to 1e-4
+relative).
 
 The baselines (First-K, Top-K) do not read ``precision`` (``plan.FAMILY_FIELDS``): their runs
 are the same in both and are left out. Each run's two precisions are paired
@@ -39,6 +40,15 @@ def pair(spec: tuple[str, str, tuple[str, ...]], config_json: str) -> dict:
     }
 
 
+def admm_strategies(preset: str) -> tuple[str, ...]:
+    """The strategies of ``preset`` that read ``precision`` (the ADMM family)."""
+    from semalign.common.strategies import strategy_family
+
+    from semalign.experiments.grid import preset_fields
+
+    return tuple(s for s in preset_fields(preset)["strategies"] if strategy_family(s) == "admm")
+
+
 def differences(result: dict) -> tuple[float, float, float]:
     """(max |accuracy difference|, max relative MSE difference, max relative whitened-MSE
     difference) over the users of one run."""
@@ -66,7 +76,7 @@ def main() -> None:
     rows = []
     with SpawnPool(args.workers, initializer=one_thread) as pool:
         for preset in args.presets.split(","):
-            runs = preset_runs(preset, latents, {"strategies": ("fed", "multi-link")})
+            runs = preset_runs(preset, latents, {"strategies": admm_strategies(preset)})
             start = time.perf_counter()
             futures = [
                 (run, pool.submit(pair, spec_of(run), run.config.model_dump_json()))
