@@ -325,8 +325,8 @@ def mutate_fields(draw, msg, depth=0) -> None:
             items.append(draw(values))
         elif op == "duplicate" and len(items):
             items.append(items[draw(st.integers(0, len(items) - 1))])
-        else:
-            items.extend(range(2000))
+        else:  # one drawn value of the field's own type, 2,000 times
+            items.extend([draw(values)] * 2000)
     else:
         setattr(msg, field.name, draw(values))
 
