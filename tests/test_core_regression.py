@@ -34,12 +34,15 @@ SEEDS = [27, 42]
 #: relative tolerance: machine-independent (BLAS rounding differs between CPUs by ~1e-9)
 RTOL = 1e-6
 # The paper's task model is pinned: the default task model may change by design (research).
+# So is the precision: double, the reference's arithmetic, whatever the default (single precision
+# is compared with double in tests/test_speed.py).
 BASE = {
     "antennas_tx": 2,
     "antennas_rx": 2,
     "channel_uses": 2,
     "iterations": 4,
     "task_model": "logistic",
+    "precision": "double",
 }
 CASES = {
     "fed": {"strategy": "fed"},
@@ -74,9 +77,9 @@ class _FailingLink(LoopbackLink):
         return super().receive(timeout)
 
 
-def _dropped_case(scenario, strategy: str, after: tuple[int | None, ...]) -> RunResult:
+def _dropped_case(scenario, strategy: str, after: tuple[int | None, ...], base: dict) -> RunResult:
     """A session whose users vanish after ``after`` replies (``None``: never)."""
-    config = AlignmentConfig(strategy=strategy, **BASE)
+    config = AlignmentConfig(strategy=strategy, **base)
     blocks = []
     for seed in SEEDS:
         ap, users = build_session(scenario, config.model_copy(update={"seed": seed}))
@@ -89,18 +92,20 @@ def _dropped_case(scenario, strategy: str, after: tuple[int | None, ...]) -> Run
     return run_result(config, blocks)
 
 
-def run_cases(root: Path) -> dict[str, dict]:
+def run_cases(root: Path, base: dict | None = None) -> dict[str, dict]:
+    """Every case's results JSON; ``base``: the settings every case starts from (:data:`BASE`)."""
+    base = BASE if base is None else base
     root, ap, users = make_latents(root, user_dims=(12, 20, 10))
     out = {}
     for name, case in CASES.items():
         case = dict(case)
         encoders = users[: case.pop("users", 2)]
         scenario = load_scenario(root, ap, encoders)
-        out[name] = simulate(scenario, AlignmentConfig(**{**BASE, **case}), SEEDS)
+        out[name] = simulate(scenario, AlignmentConfig(**{**base, **case}), SEEDS)
     scenario = load_scenario(root, ap, users[:2])
-    out["fed-dropped-user"] = _dropped_case(scenario, "fed", (None, 3))  # in round 2
-    out["top-k-dropped-user"] = _dropped_case(scenario, "top-k", (None, 1))  # at the pilots
-    out["first-k-all-dropped"] = _dropped_case(scenario, "first-k", (1, 1))
+    out["fed-dropped-user"] = _dropped_case(scenario, "fed", (None, 3), base)  # in round 2
+    out["top-k-dropped-user"] = _dropped_case(scenario, "top-k", (None, 1), base)  # at pilots
+    out["first-k-all-dropped"] = _dropped_case(scenario, "first-k", (1, 1), base)
     return {name: json_safe(result.to_dict()) for name, result in out.items()}
 
 

@@ -74,10 +74,11 @@ def test_simulate_end_to_end_writes_results(latents, tmp_path):
             "bytes_up",
             "seconds",
         }
-    # 2 users: down K N_R n complex64 each, up K N_T (K N_T + n) each, plus framing
+    # 2 users: down K N_R n complex64 each; up P_l, K N_T n complex64, and A_l Hermitian-packed,
+    # (K N_T)^2 float32 reals, each; plus framing
     n = 400
     assert res["rounds"][0]["bytes_down"] >= 2 * 8 * 4 * n
-    assert res["rounds"][0]["bytes_up"] >= 2 * 8 * 4 * (4 + n)
+    assert res["rounds"][0]["bytes_up"] >= 2 * (8 * 4 * n + 4 * 4 * 4)
     assert res["rounds"][0]["bytes_down"] < 1.01 * 2 * 8 * 4 * n + 400
     assert 0.5 < res["mean_accuracy"] <= 1.0  # well above chance (0.25) on separable data
     seeds = [b["mean_accuracy"] for b in res["seeds"]]

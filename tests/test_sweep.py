@@ -37,6 +37,12 @@ def latents(tmp_path_factory) -> Path:
     return root
 
 
+#: The grid axis of double precision, pinned whatever the default: what the reference table and
+#: every table of an older version ran (a sweep never reuses their rows for single-precision
+#: cells).
+DOUBLE = (("precision", ("double",)),)
+
+
 def tiny_grid(**overrides):
     fields = {
         "strategies": ("fed", "first-k"),
@@ -295,6 +301,7 @@ def reference_grid(users: list[str], ap: str):
             "iterations": 3,
             "ap": ap,
             "task_models": ("logistic",),  # the reference's (the default when it was made)
+            "axes": DOUBLE,  # likewise
         },
     )
 
@@ -377,11 +384,13 @@ def test_cell_keys_are_pinned():
         csi=False,
         pilot_fraction=0.5,
         task_model="logistic",
+        precision="double",
     )
     # the logistic task model (the default until the MLP) keeps its key; the MLP has its own
-    logistic = AlignmentConfig(task_model="logistic")
+    logistic = AlignmentConfig(task_model="logistic", precision="double")
     assert sweep_plan.cell_key(spec, "g", logistic) == "77b2ee8b1ee4a562"
-    assert sweep_plan.cell_key(spec, "g", AlignmentConfig()) == "a9e907cecad0e01f"
+    double = AlignmentConfig(precision="double")
+    assert sweep_plan.cell_key(spec, "g", double) == "a9e907cecad0e01f"
     # a baseline's key hashes its selection order (native): the whitened-symbol cells of older
     # versions (key f07650c88f0607a3 for this one) are other cells, never reused
     assert sweep_plan.cell_key(spec, "g", other) == "05c575c75652affb"
@@ -392,7 +401,10 @@ def test_cell_keys_are_pinned():
     admm_only = {"iterations": 5, "rho": 2.0, "protocol": "compact", "precision": "single"}
     assert sweep_plan.cell_key(spec, "g", other.model_copy(update=admm_only)) == "05c575c75652affb"
     fit = AlignmentConfig(
-        task_model="logistic", baseline_fit="full", topk_index_cost="channel-uses"
+        task_model="logistic",
+        precision="double",
+        baseline_fit="full",
+        topk_index_cost="channel-uses",
     )
     assert sweep_plan.cell_key(spec, "g", fit) == "77b2ee8b1ee4a562"
     legacy = sweep_plan.legacy_cell_key
@@ -560,8 +572,10 @@ def _as_schema1(table: Path, plan, keep: int) -> None:
 def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     import shutil
 
-    # schema 1 knew one task model, the logistic one: only its cells can be in such a table
-    plan = tiny_plan(latents, task_models=("logistic",), strategies=("fed",), channel_uses=(1, 2))
+    # schema 1 knew one task model, the logistic one, and one precision, double: only their
+    # cells can be in such a table
+    old_cells = {"task_models": ("logistic",), "strategies": ("fed",), "axes": DOUBLE}
+    plan = tiny_plan(latents, **old_cells, channel_uses=(1, 2))
     table = tmp_path / "t.csv"
     run_sweep(plan, table)
     _as_schema1(table, plan, keep=3)
@@ -571,10 +585,7 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
     # the sweep resumes it from a moved cache: three runs re-keyed, one run done
     moved = tmp_path / "moved"
     shutil.copytree(latents, moved)
-    summary = run_sweep(
-        tiny_plan(moved, task_models=("logistic",), strategies=("fed",), channel_uses=(1, 2)),
-        table,
-    )
+    summary = run_sweep(tiny_plan(moved, **old_cells, channel_uses=(1, 2)), table)
     assert (summary.rekeyed, summary.done, summary.already_done) == (3, 1, 3)
     new = read_table(table)
     assert new.schema == TABLE_SCHEMA and new.complete == {r.key for r in plan.runs}
@@ -592,7 +603,7 @@ def test_a_schema1_table_loads_and_resumes(latents, tmp_path):
 def test_old_baseline_rows_are_kept_labelled_and_never_reused(latents, tmp_path):
     """A schema-1 table's First-K rows selected among whitened symbols: they stay in the table,
     read as ``whitened-symbols``, and the sweep runs the native-selection cells anew."""
-    plan = tiny_plan(latents, task_models=("logistic",))
+    plan = tiny_plan(latents, task_models=("logistic",), axes=DOUBLE)
     table = tmp_path / "t.csv"
     run_sweep(plan, table)
     _as_schema1(table, plan, keep=4)
