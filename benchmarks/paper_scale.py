@@ -9,8 +9,8 @@ runs once untimed first (warm-up); then blocks of ``--reps`` repetitions are tim
 mode's block medians agree within ``--spread`` (5 %), at most ``--blocks`` blocks, and a mode
 that did not settle is flagged. The load average before and after each K*N_T is printed.
 
-* ``paper``: the paper protocol (section III-B) in double precision, the default path;
-* ``paper-single``: the same with ``--precision single`` (complex64 O(n) products);
+* ``paper``: the paper protocol (section III-B) in double precision (``--precision double``);
+* ``paper-single``: the same in single precision, the default (complex64 O(n) products);
 * ``compact``: the compact round protocol (X once at the handshake, then F down, P_l X^H up);
 * ``reference``: the authors' code (``--reference PATH``, a checkout of
   SPAICOM/multi-agent-semantic-alignment; imported from there, needs torch and scipy), with the
@@ -329,7 +329,11 @@ def main() -> None:
     results = {}
     for symbols in (int(s) for s in args.symbols.split(",")):
         base = AlignmentConfig(
-            strategy="fed", antennas_tx=N_T, antennas_rx=N_R, channel_uses=symbols // N_T
+            strategy="fed",
+            antennas_tx=N_T,
+            antennas_rx=N_R,
+            channel_uses=symbols // N_T,
+            precision="double",
         )
         start = time.perf_counter()
         drivers = {"paper": our_session(base, ap_lat, data)}
