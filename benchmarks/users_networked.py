@@ -24,9 +24,9 @@ available memory falls under ``--reserve-gib`` (the level is stopped then, so th
 on the machine keep their memory). Before a level it also refuses one whose projected memory
 (the previous level's USS per user times L, its shared pages once, plus the AP) would leave
 less than the reserve: that is reported as the limit, with the projection. It stops at the
-first break. Every process it starts is stopped on every exit (``deploy.serving.launcher.Processes``:
-SIGTERM, then SIGKILL, the whole process tree), Ctrl-C and SIGTERM included; temporary files
-are removed.
+first break. Every process it starts is stopped on every exit
+(``deploy.serving.launcher.Processes``: SIGTERM, then SIGKILL, the whole process tree), Ctrl-C
+and SIGTERM included; temporary files are removed.
 
     nice -n 10 .venv/bin/python benchmarks/users_networked.py --json users_networked.json
     .venv/bin/python benchmarks/users_networked.py --users 2,4 --iterations 2   # a quick look

@@ -54,7 +54,16 @@ def latents(tmp_path_factory) -> tuple[Path, str, list[str]]:
 def simulate(latents, out: Path, monkeypatch, *extra: str) -> tuple[int, dict]:
     """``semalign simulate`` in this process, with ``sys.argv`` as the console script sets it."""
     root, ap, users = latents
-    argv = ["simulate", "--latents", str(root), "--ap-encoder", ap, "--user-encoders", ",".join(users), *SMALL]
+    argv = [
+        "simulate",
+        "--latents",
+        str(root),
+        "--ap-encoder",
+        ap,
+        "--user-encoders",
+        ",".join(users),
+        *SMALL,
+    ]
     argv += ["--seeds", "3", "--out", str(out), *extra]
     monkeypatch.setattr(sys, "argv", ["semalign", *argv])
     rc = main(argv)
@@ -167,8 +176,9 @@ def test_networked_results_get_measured_by_and_old_files_still_read(latents, tmp
     them), and an old run.json (figure sources under ``provenance``) read back."""
     root, ap, users = latents
     out = tmp_path / "r.json"
-    assert main(["simulate", "--latents", str(root), "--ap-encoder", ap, "--user-encoders", ",".join(users)]
-                + SMALL + ["--seeds", "3", "-q", "--out", str(out)]) == 0  # fmt: skip
+    argv = ["simulate", "--latents", str(root), "--ap-encoder", ap]
+    argv += ["--user-encoders", ",".join(users), *SMALL, "--seeds", "3", "-q", "--out", str(out)]
+    assert main(argv) == 0
     old = json.loads(out.read_text())
     del old["provenance"]
     for user in old["users"]:
