@@ -1,4 +1,4 @@
-"""``--precision single`` against the default (double) on the sweep presets: every ADMM run of
+"""``--precision single`` (the default) against ``--precision double`` on the sweep presets: every ADMM run of
 each preset (the cells of ``semalign sweep --preset P`` of its ADMM strategies: fed and
 multi-link in fig2 and snr, fed in fig3; every seed) run twice on the same latents, channel
 draws and noise, once per precision; per preset the largest difference over cells, seeds and
