@@ -1,10 +1,9 @@
-"""``--precision single`` (the default) against ``--precision double`` on the sweep presets: every ADMM run of
-each preset (the cells of ``semalign sweep --preset P`` of its ADMM strategies: fed and
-multi-link in fig2 and snr, fed in fig3; every seed) run twice on the same latents, channel
+"""``--precision single`` (the default) against ``--precision double`` on the sweep presets: every
+ADMM run of each preset (the cells of ``semalign sweep --preset P`` of its ADMM strategies: fed
+and multi-link in fig2 and snr, fed in fig3; every seed) run twice on the same latents, channel
 draws and noise, once per precision; per preset the largest difference over cells, seeds and
 users of each user's accuracy, and the largest relative difference of its test MSE (and of its
-whitened MSE), against the paper's reporting precision (accuracy to 1e-3, MSE to 1e-4
-relative).
+whitened MSE), against the paper's reporting precision (accuracy to 1e-3, MSE to 1e-4 relative).
 
 The baselines (First-K, Top-K) do not read ``precision`` (``plan.FAMILY_FIELDS``): their runs
 are the same in both and are left out. Each run's two precisions are paired
