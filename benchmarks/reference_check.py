@@ -19,7 +19,7 @@ matrices (semalign's per-user Hbar_l for a seed, handed to the reference's class
   editing them), for all users together and for each user alone. The "output the user's
   mean" floor is the per-feature variance of the user's test latents.
 
-    .venv/bin/python benchmarks/reference_check.py --reference /work/reference \\
+    .venv/bin/python benchmarks/reference_check.py --reference PATH/TO/REFERENCE \\
         --latents cache/digits --ap efficientvit_m5 --users resnet18,rexnet_100 --json out.json
 
 Needs torch and scipy (the reference's imports). Accuracy is not measured here (every user gets
