@@ -196,7 +196,7 @@ def _key_params(config: AlignmentConfig) -> dict[str, Any]:
     for name, info in type(config).model_fields.items():
         if name in KEY_FIELDS_V1 or name not in params or info.is_required():
             continue
-        default = KEY_NEUTRAL.get(name, info.get_default(call_default_factory=True))
+        default = _neutral(config, name)
         if isinstance(default, BaseModel):
             default = default.model_dump()
         if params[name] == default:
