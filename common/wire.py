@@ -244,7 +244,7 @@ def view_matrix(message: pb.Matrix, dtype: str | np.dtype | None = None) -> np.n
     shape = _shape(message)
     data = message.data
     if half is None and message.layout == pb.DENSE:  # the common case: a view of the bytes
-        expected = math.prod(shape) * wire_dtype.itemsize
+        expected = dense_bytes(shape, message.dtype)
         if len(data) != expected:
             raise ProtocolError(
                 f"matrix {shape} {wire_dtype} needs {expected} bytes, got {len(data)}"
