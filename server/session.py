@@ -232,11 +232,8 @@ class SessionDriver:
             up[user_id] = len(reply)
             if handler is None:
                 out[user_id] = reply
-                continue
-            try:
-                out[user_id] = handler(user_id, reply)
-            except ProtocolError as exc:
-                self._drop(user_id, f"{label or phase}: {exc}")
+            else:
+                out.update(self._deliver(label or phase, handler, {user_id: reply}))
         self.phases[phase] = {
             "bytes_down": sum(down.values()),
             "bytes_up": sum(up.values()),
@@ -379,6 +376,8 @@ class SessionDriver:
     def _deliver(
         self, phase: str, handler: Callable[[str, bytes], object], replies: dict[str, bytes]
     ) -> dict[str, object]:
+        """``handler(user_id, reply)`` of each reply; a ProtocolError drops that user (the
+        reason names ``phase``) and leaves it out of the results."""
         out = {}
         for user_id, data in replies.items():
             try:
