@@ -30,6 +30,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+from semalign.client.evaluation import content_key
 from semalign.client.strategies.base import UserContext, UserStrategy
 from semalign.client.strategies.registry import register_user_strategy
 from semalign.common import admm
@@ -85,9 +86,7 @@ class AdmmUser(UserStrategy):
         # real-composite form when widely linear)
         self.h = rep.channel_matrix(user.design_channel.matrix)
         # the pilots' rows and the representation: what Y, and so every derived array, is of
-        self._rows = _digest(np.asarray(acc.pilot_ids, dtype=np.int64)) + (
-            "-wl" if rep.widely_linear else ""
-        )
+        self._rows = content_key(acc.pilot_ids) + ("-wl" if rep.widely_linear else "")
         self.noise_var = rep.noise_var(acc.noise_var)  # per row of the received block
         self.y_work = user.y
         if acc.precision == pb.SINGLE:
