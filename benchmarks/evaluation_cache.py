@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure_env import load_average
 from users_scale import write_cache  # noqa: E402 (the users_scale benchmark's cache)
 
 
@@ -127,7 +127,7 @@ def main() -> None:
     print(
         f"L={args.users} users of 10 encoders (dims 384..1280), {args.test_rows} test rows, "
         f"{args.task_model} task model, compact, K*N_T={args.symbols}; "
-        f"load average {os.getloadavg()[0]:.1f} at start",
+        f"load average {load_average():.1f} at start",
         flush=True,
     )
     runs: dict[str, list[dict]] = {"per-user": [], "cached": []}
@@ -151,7 +151,7 @@ def main() -> None:
         f"per-user / cached (medians of {args.repeats}): evaluation time "
         f"{p['evaluation_seconds'] / c['evaluation_seconds']:.1f}x, phase peak "
         f"{p['phase_peak_mib'] / max(c['phase_peak_mib'], 1e-9):.2f}x; reports equal to 1e-12; "
-        f"load average {os.getloadavg()[0]:.1f} at end"
+        f"load average {load_average():.1f} at end"
     )
 
 

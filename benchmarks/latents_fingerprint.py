@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure_env import load_average
 from semalign.common import latents
 
 
@@ -76,7 +77,7 @@ def main() -> None:
         entry = sum(p.stat().st_size for p in (root / names[0]).iterdir())
         print(
             f"L={args.users} users of {args.encoders} encoders (+ the AP), "
-            f"{entry / 1e6:.1f} MB per entry; load average {os.getloadavg()[0]:.1f} at start"
+            f"{entry / 1e6:.1f} MB per entry; load average {load_average():.1f} at start"
         )
         results: dict[str, list[tuple[int, float]]] = {"v1": [], "v2 cold": [], "v2 warm": []}
         for _ in range(args.repeats):
@@ -98,7 +99,7 @@ def main() -> None:
         (mb1, s1), (mb2, s2) = medians["v1"], medians["v2 cold"]
         print(
             f"v1 / v2 (cold): bytes {mb1 / mb2:.1f}x, time {s1 / s2:.1f}x; "
-            f"load average {os.getloadavg()[0]:.1f} at end"
+            f"load average {load_average():.1f} at end"
         )
 
 

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from measure_env import load_average
 from semalign.client.user import User, UserData
 from semalign.common import admm
 from semalign.common.channels import rayleigh_matrix
@@ -352,14 +353,14 @@ def main() -> None:
             modes["floor-single"] = Floor(drivers["paper-single"], single=True)
         handshake = drivers["compact"].phases["handshake"]["bytes_down"]
         setup = time.perf_counter() - start
-        load = os.getloadavg()[0]
+        load = load_average()
         print(
             f"K*N_T={symbols}: setup {setup:.0f} s, timing blocks of {args.reps} warm reps "
             f"(load average {load:.2f})...",
             flush=True,
         )
         res = settled(modes, args.reps, args.spread, args.blocks)
-        res["loadavg"] = {"start": load, "end": os.getloadavg()[0]}
+        res["loadavg"] = {"start": load, "end": load_average()}
         res["compact"]["handshake_bytes_down"] = handshake
         res["agreement"] = agreement(drivers)
         results[symbols] = res

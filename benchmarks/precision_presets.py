@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
+from measure_env import load_average
 from preset_runs import each_value, one_thread, preset_runs, spec_of
 
 PRECISIONS = ("double", "single")
@@ -81,7 +81,7 @@ def main() -> None:
     from semalign.common.io import SpawnPool
 
     latents = Path(args.latents).resolve()
-    print(f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(f"load average {load_average():.1f} at start", flush=True)
     record: dict = {}
     rows = []
     with SpawnPool(args.workers, initializer=one_thread) as pool:
@@ -105,7 +105,7 @@ def main() -> None:
                 f"{preset}: {len(results)} runs ({users} user results), max |d accuracy| "
                 f"{worst[0]:.2e}, max rel. d MSE {worst[1]:.2e}, max rel. d whitened MSE "
                 f"{worst[2]:.2e}, max rel. d network MSE {network:.2e}; {rows[-1][-1]:.0f} s; "
-                f"load average {os.getloadavg()[0]:.1f}",
+                f"load average {load_average():.1f}",
                 flush=True,
             )
     print(
