@@ -240,6 +240,15 @@ def _stat_key(path: Path) -> tuple[str, int, int, int, int] | None:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def _feed_file(digest: hashlib._Hash, path: Path) -> hashlib._Hash:
+    """``digest`` (a hashlib object) updated with the bytes of ``path``, read in 1 MiB
+    pieces; returned."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
+
+
 def file_digest(path: str | Path) -> str | None:
     """blake2b digest (32 hex digits) of a file's bytes, None when there is no file.
 
@@ -254,11 +263,7 @@ def file_digest(path: str | Path) -> str | None:
         return None
     if key in _FILE_DIGESTS:
         return _FILE_DIGESTS[key]
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    value = _feed_file(hashlib.blake2b(digest_size=16), path).hexdigest()
     changed = max(key[2], key[3])  # the ctime too: a copy keeping its mtime is new
     settled = changed < (time.time() - RACY_SECONDS) * 1e9  # last changed long enough ago
     if settled and _stat_key(path) == key:  # unchanged while it was read
@@ -300,7 +305,5 @@ def latents_fingerprint_v1(latents_dir: str | Path, encoders: Iterable[str]) -> 
             if not path.exists():
                 digest.update(b"-")
                 continue
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            _feed_file(digest, path)
     return digest.hexdigest()
