@@ -21,14 +21,15 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from measure_env import load_average
-from preset_runs import each_value, one_thread, preset_runs, spec_of
+from preset_runs import each_value, one_thread, preset_runs
 
 PRECISIONS = ("double", "single")
 
 
-def pair(spec: tuple[str, str, tuple[str, ...]], config_json: str) -> dict:
+def pair(spec: Any, config_json: str) -> dict:
     """One run in both precisions: per user (accuracy, mse, mse_whitened) of each, and the
     run's network MSE (the final broadcast's whitened pilot MSE, Fig. 3's) of each."""
     from semalign.experiments.table import read_seed
@@ -89,7 +90,7 @@ def main() -> None:
             runs = preset_runs(preset, latents, {"strategies": admm_strategies(preset)})
             start = time.perf_counter()
             futures = [
-                (run, pool.submit(pair, spec_of(run), run.config.model_dump_json()))
+                (run, pool.submit(pair, run.spec, run.config.model_dump_json()))
                 for run in runs
             ]  # fmt: skip
             results = [(run, future.result()) for run, future in futures]

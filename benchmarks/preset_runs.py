@@ -13,9 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: Each worker's scenarios, by (latents folder, AP encoder, user encoders): loaded once.
-_SCENARIOS: dict = {}
-
 
 def one_thread() -> None:
     """A worker's set-up, as the sweep's: one BLAS thread, warnings only."""
@@ -37,24 +34,16 @@ def preset_runs(preset: str, latents: Path, overrides: dict[str, Any]) -> list:
     return make_plan(grid, latents, groups).runs
 
 
-def spec_of(run: Any) -> tuple[str, str, tuple[str, ...]]:
-    """A run's latents as a worker takes them: (folder, AP encoder, user encoders)."""
-    return (run.spec.latents_dir, run.spec.ap, run.spec.users)
-
-
-def each_value(
-    spec: tuple[str, str, tuple[str, ...]], config_json: str, name: str, values: Sequence[str]
-) -> dict[str, Any]:
+def each_value(spec: Any, config_json: str, name: str, values: Sequence[str]) -> dict[str, Any]:
     """One run (``config_json``, an AlignmentConfig) with config field ``name`` at each of
-    ``values`` in turn, on this worker's scenario of ``spec``: value -> its seed block."""
+    ``values`` in turn, on this worker's scenario of ``spec`` (a run's ScenarioSpec, loaded
+    once per worker by the sweep runner's own cache): value -> its seed block."""
     from semalign.common.config import AlignmentConfig
 
-    from semalign.engine.scenario import load_scenario
     from semalign.engine.simulate import simulate_seed
+    from semalign.experiments.runner import _scenario
 
-    if spec not in _SCENARIOS:
-        _SCENARIOS[spec] = load_scenario(spec[0], spec[1], list(spec[2]))
-    scenario = _SCENARIOS[spec]
+    scenario = _scenario(spec)
     config = AlignmentConfig.model_validate_json(config_json)
     return {
         value: simulate_seed(scenario, config.model_copy(update={name: value})) for value in values

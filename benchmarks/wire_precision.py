@@ -29,14 +29,15 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from measure_env import load_average_line, print_load
-from preset_runs import each_value, one_thread, preset_runs, spec_of
+from preset_runs import each_value, one_thread, preset_runs
 
 PRECISIONS = ("native", "float16", "bfloat16")
 
 
-def triple(spec: tuple[str, str, tuple[str, ...]], config_json: str) -> dict:
+def triple(spec: Any, config_json: str) -> dict:
     """One run at each wire precision: per precision, each user's [accuracy, mse] and the
     session's traffic (bytes per round down + up, bytes per session down + up)."""
     out = {}
@@ -200,7 +201,7 @@ def main() -> None:
                     if protocol != "-":
                         config = config.model_copy(update={"protocol": protocol})
                     key = (run.config.strategy, protocol)
-                    job = pool.submit(triple, spec_of(run), config.model_dump_json())
+                    job = pool.submit(triple, run.spec, config.model_dump_json())
                     jobs.append((run, key, job))
             results: dict[tuple[str, str], list[dict]] = defaultdict(list)
             for run, key, future in jobs:
