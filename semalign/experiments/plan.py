@@ -39,7 +39,7 @@ from pydantic import BaseModel
 from semalign.common.baselines import SELECTION
 from semalign.common.config import LEGACY_PRECISION, AlignmentConfig
 from semalign.common.errors import LatentsError, SweepError
-from semalign.common.latents import latents_fingerprint as fingerprint_v2
+from semalign.common.latents import latents_fingerprint
 from semalign.common.packing import complex_dim
 from semalign.common.strategies import get_strategy, strategy_family
 from semalign.experiments.grid import (
@@ -123,7 +123,10 @@ class ScenarioSpec:
     latents_dir: str
     ap: str
     users: tuple[str, ...]
-    fingerprint: str = ""  # content hash of those encoders' latents (see latents_fingerprint)
+    #: content hash of those encoders' latents (:func:`latents_fingerprint`, version 2), part
+    #: of every cell key: re-encoding the cache makes new cells instead of silently mixing old
+    #: and new latents in one table (version-1 keys are found by :mod:`.rekey`)
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -304,17 +307,6 @@ def describe(group: str, config: AlignmentConfig) -> str:
 def zeta(channel_uses: int, d_ap: int) -> float:
     """Compression factor zeta = K / (d_AP / 2), with d_AP / 2 = ceil(d_AP / 2) complex features."""
     return channel_uses / complex_dim(d_ap)
-
-
-def latents_fingerprint(latents_dir: str | Path, encoders: Iterable[str]) -> str:
-    """Content hash of the encoders' train/test latents and classifiers (16 hex digits, version
-    2: :func:`semalign.common.latents.latents_fingerprint`, each distinct file read once).
-
-    Part of every cell key: re-encoding the cache (a new recipe, a new seed) makes new cells
-    instead of silently mixing old and new latents in one table. Tables keyed with the version-1
-    fingerprint are found by :mod:`semalign.experiments.rekey`.
-    """
-    return fingerprint_v2(latents_dir, encoders)
 
 
 def resolve_groups(

@@ -82,9 +82,9 @@ def run_provenance(started: datetime | None = None) -> dict[str, Any]:
 def latents_id(latents_dir: str | os.PathLike[str], encoders: Iterable[str]) -> str:
     """Content hash of the cache entries of ``encoders`` under ``latents_dir`` (their train
     and test latents and classifier): the fingerprint a sweep's cell keys carry
-    (:func:`semalign.experiments.plan.latents_fingerprint`), so a results file and a sweep
+    (:func:`semalign.common.latents.latents_fingerprint`), so a results file and a sweep
     row made from the same latents name them alike."""
-    from semalign.experiments.plan import latents_fingerprint
+    from semalign.common.latents import latents_fingerprint
 
     return latents_fingerprint(latents_dir, encoders)
 
