@@ -25,6 +25,8 @@ all call these same methods.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -127,6 +129,14 @@ class AccessPoint:
         self.round = 0
         self.finished = False
         self.strategy.start(self)
+
+    @functools.cached_property
+    def pilots_digest(self) -> str:
+        """Digest of the whitened pilots X (the AP's data and pilot choice), taken once: X does
+        not change once the AP is built, a checkpoint follows every round, and X is 130 MB at
+        the paper's n = 42,500."""
+        x = np.ascontiguousarray(self.x).view(np.uint8)
+        return hashlib.blake2b(x, digest_size=16).hexdigest()
 
     # ------------------------------------------------------------------ handshake
     def _check_request(self, req: pb.HandshakeRequest) -> np.ndarray | None:

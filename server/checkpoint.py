@@ -56,17 +56,6 @@ def run_key(config: AlignmentConfig, seeds: list[int], expected: list[str] | int
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def pilots_digest(ap: AccessPoint) -> str:
-    """Digest of the AP's whitened pilots X (its data and pilot choice). Taken once per AP
-    and kept on it (X does not change once the AP is built): a checkpoint follows every round,
-    and X is 130 MB at the paper's n = 42,500."""
-    digest = ap.__dict__.get("_pilots_digest")
-    if digest is None:
-        x = np.ascontiguousarray(ap.x).view(np.uint8)
-        digest = ap.__dict__["_pilots_digest"] = hashlib.blake2b(x, digest_size=16).hexdigest()
-    return digest
-
-
 @dataclass
 class SessionState:
     """The seed in progress, as :func:`capture` took it after a handshake or a round."""
@@ -117,7 +106,7 @@ def capture(ap: AccessPoint, driver, index: int, extra: dict[str, Any] | None = 
         seed=ap.config.seed,
         session_id=ap.session_id,
         round=ap.round,
-        pilots=pilots_digest(ap),
+        pilots=ap.pilots_digest,
         users=users,
         records=[r.to_dict() for r in driver.records],
         phases=dict(driver.phases),
@@ -130,7 +119,7 @@ def capture(ap: AccessPoint, driver, index: int, extra: dict[str, Any] | None = 
 def restore(ap: AccessPoint, state: SessionState) -> RestoredSession:
     """Put a freshly built AP (same config, seed and data) back where ``state`` left it;
     returns what the driver had recorded (rounds, traffic so far, user order)."""
-    if pilots_digest(ap) != state.pilots:
+    if ap.pilots_digest != state.pilots:
         raise CheckpointError("the AP's pilot latents differ from the checkpoint's")
     ap.session_id = state.session_id
     for user in sorted(state.users, key=lambda u: u["index"]):
