@@ -74,7 +74,6 @@ class SecureAdmmUser(AdmmUser):
         self.peer_masking: dict[int, list] = {}  # index -> masking public key of each round
         self.held: dict[int, bytes] = {}  # sender index -> its share bundle for this user
         self.round: int | None = None  # the round of the last upload
-        self.revealed: set[int] = set()  # users whose masking-key shares it revealed
         #: (owner, round) -> the kind of share of that user's key it revealed in that round
         self.disclosed: dict[tuple[int, int], str] = {}
         self.offset: np.ndarray | None = None
@@ -178,8 +177,13 @@ class SecureAdmmUser(AdmmUser):
                 self.disclosed[(owner, round_)] = kind
                 share = sa.round_share(self.held[owner], round_, self.rounds, kind)
                 out.add(owner=owner, share=share)
-        self.revealed.update(dropped)
         return pb.UserMessage(unmask_shares=reply).SerializeToString()
+
+    @property
+    def revealed(self) -> set[int]:
+        """Users whose masking-key shares this user revealed (in any round): they dropped, so
+        no later round may list them as participants."""
+        return {owner for (owner, _), kind in self.disclosed.items() if kind == sa.MASKING}
 
     def _check_unmask(self, round_: int, dropped: list[int], arrived: list[int]) -> None:
         """ProtocolError unless the request is one this user answers: for the round it just
