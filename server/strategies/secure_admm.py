@@ -333,8 +333,8 @@ class SecureSharedAdmm(SharedAdmm):
         or not on the key's polynomial is dropped."""
         round_ = self.ap.round
         shares = dict(revealed)
-        order = sorted(self.by_index)
-        bad = [s for s, share in shares.items() if sa.share_index(share) != order.index(s) + 1]
+        position = {index: i + 1 for i, index in enumerate(sorted(self.by_index))}
+        bad = [s for s, share in shares.items() if sa.share_index(share) != position[s]]
         for sender in bad:
             del shares[sender]
         try:
